@@ -1,0 +1,85 @@
+import { createHash } from 'node:crypto';
+import type { Q } from '../store/db.ts';
+import { type AuditRow, type Decision, auditRows } from '../store/audit.ts';
+
+export const GENESIS_HASH = '0'.repeat(64);
+
+export interface AuditEntry {
+  at: number;
+  event: string;
+  decision: Decision;
+  agentId?: string | null;
+  sid?: string | null;
+  jti?: string | null;
+  chain?: string[] | null;
+  reason?: string | null;
+  params?: Record<string, unknown>;
+}
+
+/** Keys whose values must never reach the log, wherever they appear in params. */
+const SECRET_KEYS = /^(client_secret|secret|password|token|subject_token|actor_token|access_token|assertion|client_assertion|dpop|authorization|secret_id|secretaccesskey|sessiontoken|security_token|jwt)$/i;
+
+/** Drops secret-bearing keys and bounds sizes, so a caller cannot smuggle a secret or a megabyte into the log. */
+export function scrub(params: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(params)) {
+    if (v === undefined) continue;
+    if (SECRET_KEYS.test(k)) {
+      out[k] = '[redacted]';
+      continue;
+    }
+    if (typeof v === 'string') out[k] = v.length > 300 ? `${v.slice(0, 300)}…` : v;
+    else if (v !== null && typeof v === 'object' && !Array.isArray(v)) out[k] = scrub(v as Record<string, unknown>);
+    else out[k] = v;
+  }
+  return out;
+}
+
+/** Deterministic JSON: sorted keys at every level, so the hash does not depend on insertion order or the database. */
+export function canonical(value: unknown): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  const keys = Object.keys(value as object).sort();
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
+}
+
+export function rowHash(row: Omit<AuditRow, 'hash'>): string {
+  const body = canonical({
+    seq: row.seq,
+    at: row.at,
+    event: row.event,
+    decision: row.decision,
+    agent_id: row.agentId,
+    sid: row.sid,
+    jti: row.jti,
+    chain: row.chain,
+    reason: row.reason,
+    params: row.params,
+  });
+  return createHash('sha256').update(row.prevHash).update('\n').update(body).digest('hex');
+}
+
+/**
+ * Appends one row to the hash chain. Must be called inside the transaction that makes the
+ * change it records, so the change and its row commit or fail together.
+ */
+export async function appendAudit(tx: Q, entry: AuditEntry): Promise<AuditRow> {
+  await auditRows.lockChain(tx);
+  const head = await auditRows.head(tx);
+  const base: Omit<AuditRow, 'hash'> = {
+    seq: (head?.seq ?? 0) + 1,
+    at: entry.at,
+    event: entry.event,
+    decision: entry.decision,
+    agentId: entry.agentId ?? null,
+    sid: entry.sid ?? null,
+    jti: entry.jti ?? null,
+    chain: entry.chain ?? null,
+    reason: entry.reason ? entry.reason.slice(0, 500) : null,
+    params: scrub(entry.params ?? {}),
+    prevHash: head?.hash ?? GENESIS_HASH,
+  };
+  const row = { ...base, hash: rowHash(base) };
+  await auditRows.insert(tx, row);
+  return row;
+}

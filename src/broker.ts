@@ -1,0 +1,70 @@
+import pino, { type Logger } from 'pino';
+import { type Clock, systemClock } from './clock.ts';
+import type { Config } from './config/index.ts';
+import { type Db, migrate, openDb } from './store/db.ts';
+import { Keyring, ensureSigningKey, loadSecretHashKey } from './keys/keyring.ts';
+import { loadPolicies } from './policy/load.ts';
+import type { PolicySet } from './policy/load.ts';
+import { appendAudit } from './audit/log.ts';
+
+/**
+ * Everything a decision needs, built once at start and passed down explicitly
+ * (no module-level singletons, so tests can run several brokers side by side).
+ */
+export interface Broker {
+  config: Config;
+  db: Db;
+  clock: Clock;
+  keys: Keyring;
+  policies: PolicySet;
+  secretHashKey: Buffer;
+  log: Logger;
+  /** Hooks other modules attach to (providers, metrics); kept loose so the core does not import them. */
+  hooks: BrokerHooks;
+}
+
+export interface BrokerHooks {
+  /** Called after a revocation commits, so backend credentials die with the sessions and tokens. */
+  onRevoked: Array<(r: { sids: string[]; jtis: string[] }) => Promise<void>>;
+  /** Counts issued and refused decisions for metrics. */
+  onDecision: Array<(event: string, decision: 'allow' | 'deny', reason: string | null) => void>;
+}
+
+export interface OpenOptions {
+  clock?: Clock;
+  log?: Logger;
+  /** Record the policy load in the audit log (the server does; one-shot CLI commands do not). */
+  auditPolicyLoad?: boolean;
+}
+
+/** Opens the database (migrating it), signing keys and policies. Fails closed on any problem. */
+export async function openBroker(config: Config, opts: OpenOptions = {}): Promise<Broker> {
+  const clock = opts.clock ?? systemClock;
+  const log = opts.log ?? pino({ level: config.logLevel, redact: ['req.headers.authorization', 'req.headers.dpop', '*.client_secret'] });
+  const policies = await loadPolicies(config.policyDir);
+  const db = openDb(config.databaseUrl);
+  try {
+    await migrate(db);
+    await ensureSigningKey(db, config.keyDir, config.keyAlg, clock);
+    const keys = await Keyring.load(db, config.keyDir, clock);
+    const secretHashKey = loadSecretHashKey(config.keyDir);
+    if (opts.auditPolicyLoad) {
+      await db.transaction((tx) =>
+        appendAudit(tx, {
+          at: clock.now(),
+          event: 'policy.load',
+          decision: 'info',
+          params: { dir: config.policyDir, policies: policies.names() },
+        }),
+      );
+    }
+    return { config, db, clock, keys, policies, secretHashKey, log, hooks: { onRevoked: [], onDecision: [] } };
+  } catch (e) {
+    await db.destroy();
+    throw e;
+  }
+}
+
+export async function closeBroker(b: Broker): Promise<void> {
+  await b.db.destroy();
+}

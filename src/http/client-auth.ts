@@ -1,0 +1,85 @@
+import type { Request, Response } from 'express';
+import { createLocalJWKSet, jwtVerify } from 'jose';
+import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { agents, type Agent } from '../store/agents.ts';
+import { replayGuard } from '../store/replay.ts';
+import { secretMatches } from '../keys/keyring.ts';
+import { isWellFormedId } from '../ids.ts';
+import { type Form, single } from './form.ts';
+
+const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const ASSERTION_ALGS = ['ES256', 'EdDSA', 'RS256', 'PS256'];
+const fail = (why: string): CordonError => new CordonError('invalid_client', why, { reason: 'client_auth_failed' });
+
+/**
+ * Client authentication for the endpoints the broker serves itself (/introspect, /revoke):
+ * the same three methods oidc-provider accepts at /token, against the same agent records.
+ */
+export async function authenticateClient(b: Broker, req: Request, res: Response, form: Form): Promise<Agent> {
+  const header = req.headers.authorization;
+  const bodySecret = single(form, 'client_secret');
+  const assertion = single(form, 'client_assertion');
+  if ([header, bodySecret, assertion].filter(Boolean).length > 1) throw new CordonError('invalid_request', 'client authentication must use exactly one method');
+  let clientId = single(form, 'client_id');
+  let secret: string | undefined;
+  if (header) {
+    res.locals.basicAuth = true;
+    const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header);
+    if (!m) throw fail('authorization header must be Basic');
+    const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+    const i = decoded.indexOf(':');
+    if (i < 0) throw fail('malformed Basic credentials');
+    try {
+      clientId = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
+      secret = decodeURIComponent(decoded.slice(i + 1).replace(/\+/g, ' '));
+    } catch {
+      throw fail('malformed Basic credentials');
+    }
+  } else if (bodySecret) {
+    secret = bodySecret;
+  }
+  if (assertion) {
+    if (single(form, 'client_assertion_type') !== ASSERTION_TYPE) throw new CordonError('invalid_request', `client_assertion_type must be ${ASSERTION_TYPE}`);
+    return assertionAuth(b, req, assertion, clientId);
+  }
+  if (!clientId || secret === undefined) throw fail('client authentication is required');
+  if (!isWellFormedId(clientId)) throw fail('unknown client');
+  const agent = await agents.get(b.db, clientId);
+  if (!agent || agent.authMethod === 'private_key_jwt' || !secretMatches(b.secretHashKey, secret, agent.secretHash)) throw fail('invalid client credentials');
+  if (agent.status === 'revoked') throw fail('agent is revoked');
+  return agent;
+}
+
+async function assertionAuth(b: Broker, req: Request, assertion: string, claimedId: string | undefined): Promise<Agent> {
+  let sub: unknown;
+  try {
+    sub = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8')).sub;
+  } catch {
+    throw fail('client_assertion is malformed');
+  }
+  if (!isWellFormedId(sub) || (claimedId && claimedId !== sub)) throw fail('client_assertion sub is not a known client');
+  const agent = await agents.get(b.db, sub);
+  if (!agent || agent.authMethod !== 'private_key_jwt' || !agent.jwks) throw fail('client does not use private_key_jwt');
+  if (agent.status === 'revoked') throw fail('agent is revoked');
+  const endpoint = `${b.config.issuer}${req.path}`;
+  try {
+    const { payload } = await jwtVerify(assertion, createLocalJWKSet(agent.jwks as never), {
+      algorithms: ASSERTION_ALGS,
+      issuer: agent.id,
+      subject: agent.id,
+      audience: [b.config.issuer, endpoint, `${b.config.issuer}/token`],
+      currentDate: new Date(b.clock.now()),
+      clockTolerance: b.config.clockSkewSec,
+      requiredClaims: ['exp', 'jti'],
+      maxTokenAge: undefined,
+    });
+    const exp = (payload.exp as number) * 1000;
+    if (exp - b.clock.now() > 10 * 60_000) throw fail('client_assertion lives too long (max 10 minutes)');
+    if (!(await replayGuard.claim(b.db, `assert:${agent.id}:${payload.jti}`, exp, b.clock.now()))) throw fail('client_assertion has been used before');
+  } catch (e) {
+    if (e instanceof CordonError) throw e;
+    throw fail('client_assertion could not be verified');
+  }
+  return agent;
+}

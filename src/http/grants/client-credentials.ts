@@ -1,0 +1,23 @@
+import type { KoaContextWithOIDC } from 'oidc-provider';
+import type { Broker } from '../../broker.ts';
+import { startSession } from '../../tokens/session-start.ts';
+import { audiences, dpopOf, param, tokenResponse } from './params.ts';
+
+/** Session start: the agent authenticated itself; tokens/ decides the rest. */
+export const grantType = 'client_credentials';
+export const parameters = ['scope', 'task', 'resource', 'audience', 'session', 'expires_in'];
+export const allowDuplicates = ['resource', 'audience'];
+
+export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void> {
+  const dpopJkt = await dpopOf(b, ctx);
+  const r = await startSession(b, {
+    clientId: ctx.oidc.client!.clientId,
+    scope: param(ctx, 'scope'),
+    task: param(ctx, 'task'),
+    audience: audiences(ctx),
+    requestedTtl: param(ctx, 'expires_in'),
+    session: param(ctx, 'session'),
+    dpopJkt,
+  });
+  ctx.body = tokenResponse(r, { session_expires_at: Math.floor(r.sessionExpiresAt / 1000) });
+}

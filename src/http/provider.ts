@@ -1,0 +1,164 @@
+import Provider, { errors as oidcErrors, type KoaContextWithOIDC, type Adapter, type AdapterPayload } from 'oidc-provider';
+import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { agents } from '../store/agents.ts';
+import { replayGuard } from '../store/replay.ts';
+import { secretMatches } from '../keys/keyring.ts';
+import { isWellFormedId } from '../ids.ts';
+import { GRANT_TOKEN_EXCHANGE } from '../tokens/claims.ts';
+import { DPOP_ALGS } from '../tokens/dpop.ts';
+import { recordDenial } from '../tokens/issue.ts';
+import * as clientCredentials from './grants/client-credentials.ts';
+import * as tokenExchange from './grants/token-exchange.ts';
+
+export const GRANT_TYPES = ['client_credentials', GRANT_TOKEN_EXCHANGE];
+export const CLIENT_AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'private_key_jwt'] as const;
+
+/**
+ * oidc-provider's storage adapter. Clients come from the agents table (the secret field holds
+ * only the keyed hash, compared by the patched compareClientSecret below); client-assertion
+ * replay detection goes to the shared replay_guard table so every replica sees it. The provider
+ * keeps nothing else: Cordon's tokens and sessions live in Cordon's own tables.
+ */
+function adapterFor(b: Broker) {
+  return class CordonAdapter implements Adapter {
+    readonly model: string;
+    constructor(model: string) {
+      this.model = model;
+    }
+    async find(id: string): Promise<AdapterPayload | undefined> {
+      if (this.model === 'Client') {
+        if (!isWellFormedId(id)) return undefined;
+        const a = await agents.get(b.db, id);
+        if (!a || a.status === 'revoked') return undefined;
+        return {
+          client_id: a.id,
+          ...(a.authMethod === 'private_key_jwt' ? { jwks: a.jwks as never } : { client_secret: a.secretHash ?? undefined }),
+          token_endpoint_auth_method: a.authMethod,
+          grant_types: GRANT_TYPES,
+          response_types: [],
+          redirect_uris: [],
+        } as AdapterPayload;
+      }
+      if (this.model === 'ReplayDetection') {
+        return (await replayGuard.seen(b.db, `oidc:${id}`, b.clock.now())) ? ({ jti: id } as AdapterPayload) : undefined;
+      }
+      return undefined;
+    }
+    async upsert(id: string, _payload: AdapterPayload, expiresIn: number): Promise<void> {
+      if (this.model === 'ReplayDetection') await replayGuard.claim(b.db, `oidc:${id}`, b.clock.now() + expiresIn * 1000, b.clock.now());
+    }
+    async findByUserCode(): Promise<undefined> {
+      return undefined;
+    }
+    async findByUid(): Promise<undefined> {
+      return undefined;
+    }
+    async consume(): Promise<void> {}
+    async destroy(): Promise<void> {}
+    async revokeByGrantId(): Promise<void> {}
+  };
+}
+
+/** Typed broker errors thrown in a grant become oidc-provider errors, which it renders as RFC 6749 JSON. */
+export function toProviderError(e: CordonError): Error {
+  const err = new oidcErrors.CustomOIDCProviderError(e.code, e.description) as Error & { status: number; statusCode: number; expose: boolean };
+  err.status = e.status;
+  err.statusCode = e.status;
+  err.expose = true; // our descriptions are written for the caller, including 5xx backend errors
+  return err;
+}
+
+export type GrantHandler = (b: Broker, ctx: KoaContextWithOIDC) => Promise<void>;
+
+export async function createProvider(b: Broker): Promise<Provider> {
+  await b.keys.fresh();
+  const { alg } = b.keys.active();
+  const { exportJWK } = await import('jose');
+  // oidc-provider signs nothing we use, but refuses to start without a key; give it the active one.
+  const jwk = { ...(await exportJWK(b.keys.active().privateKey)), kid: b.keys.active().kid, alg, use: 'sig' };
+  const provider = new Provider(b.config.issuer, {
+    adapter: adapterFor(b),
+    jwks: { keys: [jwk as never] },
+    clientAuthMethods: [...CLIENT_AUTH_METHODS],
+    clientDefaults: { grant_types: GRANT_TYPES, response_types: [], id_token_signed_response_alg: alg, token_endpoint_auth_method: 'client_secret_basic' },
+    enabledJWA: { clientAuthSigningAlgValues: ['ES256', 'EdDSA', 'RS256', 'PS256'], idTokenSigningAlgValues: [alg] },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      introspection: { enabled: false },
+      revocation: { enabled: false },
+      userinfo: { enabled: false },
+      dPoP: { enabled: false }, // DPoP is checked by Cordon itself (tokens/dpop.ts), at /token and at /credentials alike
+    },
+    discovery: {
+      introspection_endpoint: `${b.config.issuer}/introspect`,
+      revocation_endpoint: `${b.config.issuer}/revoke`,
+      introspection_endpoint_auth_methods_supported: [...CLIENT_AUTH_METHODS],
+      revocation_endpoint_auth_methods_supported: [...CLIENT_AUTH_METHODS],
+      dpop_signing_alg_values_supported: DPOP_ALGS,
+      revocation_feed_endpoint: `${b.config.issuer}/revocations`,
+      credentials_endpoint: `${b.config.issuer}/credentials`,
+    },
+    routes: { jwks: '/jwks', token: '/token' },
+    scopes: [],
+    claims: {},
+    responseTypes: ['none'],
+    pkce: { required: () => false },
+    renderError: async (ctx, out) => {
+      ctx.type = 'json';
+      ctx.body = out;
+    },
+  });
+  // Secrets are stored as a keyed hash, so compare the hash of what was presented.
+  provider.Client.prototype.compareClientSecret = function compare(this: { clientSecret?: string }, actual: string) {
+    return Promise.resolve(secretMatches(b.secretHashKey, actual, this.clientSecret ?? null));
+  } as never;
+  for (const g of [clientCredentials, tokenExchange]) {
+    provider.registerGrantType(g.grantType, (ctx: KoaContextWithOIDC) => runGrant(b, g.handler, ctx), g.parameters, g.allowDuplicates);
+  }
+  provider.on('grant.error', (ctx: KoaContextWithOIDC, err: Error & { error?: string; error_description?: string; audited?: boolean }) => {
+    if (err.audited) return;
+    // Refusals oidc-provider makes itself (client authentication, malformed requests) are audited too.
+    const clientId = ctx.oidc?.client?.clientId ?? null;
+    b.db
+      .transaction(async (tx) => {
+        const { appendAudit } = await import('../audit/log.ts');
+        await appendAudit(tx, {
+          at: b.clock.now(),
+          event: 'deny',
+          decision: 'deny',
+          agentId: clientId,
+          reason: `${err.error ?? err.message}: ${err.error_description ?? ''}`.slice(0, 300),
+          params: { attempted: 'token', grant_type: String(ctx.oidc?.params?.grant_type ?? '').slice(0, 100) },
+        });
+      })
+      .catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
+    for (const f of b.hooks.onDecision) f('token', 'deny', err.error ?? 'invalid_request');
+  });
+  provider.on('server_error', (_ctx: unknown, err: Error) => b.log.error({ err: err.message }, 'token endpoint error'));
+  return provider;
+}
+
+async function runGrant(b: Broker, handler: GrantHandler, ctx: KoaContextWithOIDC): Promise<void> {
+  try {
+    await handler(b, ctx);
+    ctx.set('Cache-Control', 'no-store');
+  } catch (e) {
+    if (e instanceof CordonError) {
+      if (!e.audited) {
+        await recordDenial(b, {
+          event: 'token',
+          agentId: ctx.oidc.client?.clientId ?? null,
+          reason: `${e.code}: ${e.description}`,
+          params: { grant_type: String(ctx.oidc.params?.grant_type ?? '').slice(0, 100) },
+        });
+      }
+      const pe = toProviderError(e) as Error & { audited?: boolean };
+      pe.audited = true; // the grant-error listener must not write it again
+      throw pe;
+    }
+    b.log.error({ err: (e as Error).message }, 'grant failed');
+    throw toProviderError(new CordonError('server_error', 'the broker could not complete the request'));
+  }
+}

@@ -1,0 +1,167 @@
+import { randomBytes, createHmac, timingSafeEqual, type KeyObject, createPrivateKey, createPublicKey } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
+import type { Clock } from '../clock.ts';
+import type { Db, Q } from '../store/db.ts';
+import { num, numOrNull } from '../store/db.ts';
+import { appendAudit } from '../audit/log.ts';
+
+export type SigningAlg = 'EdDSA' | 'ES256';
+export const SIGNING_ALGS: readonly SigningAlg[] = ['EdDSA', 'ES256'];
+
+export interface KeyInfo {
+  kid: string;
+  alg: SigningAlg;
+  status: 'active' | 'retired';
+  publicJwk: JWK;
+  createdAt: number;
+  retiredAt: number | null;
+  publishUntil: number | null;
+}
+
+const fromRow = (r: Record<string, unknown>): KeyInfo => ({
+  kid: r.kid as string,
+  alg: r.alg as SigningAlg,
+  status: r.status as KeyInfo['status'],
+  publicJwk: JSON.parse(r.public_jwk as string),
+  createdAt: num(r.created_at),
+  retiredAt: numOrNull(r.retired_at),
+  publishUntil: numOrNull(r.publish_until),
+});
+
+export const listKeys = async (q: Q): Promise<KeyInfo[]> => (await q('signing_keys').orderBy('created_at')).map(fromRow);
+
+function ensureDir(dir: string): void {
+  if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
+}
+
+/** Writes a private file readable by the broker's user only. */
+function writePrivate(path: string, data: string | Buffer): void {
+  writeFileSync(path, data, { mode: 0o600 });
+  chmodSync(path, 0o600); // the mode option does not apply when the file already existed
+}
+
+/**
+ * Creates a key pair: the private JWK goes to disk first (mode 0600), then the public half and
+ * its audit row commit together. A crash in between leaves only an unused file.
+ */
+async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, event: string, retire?: { publishUntil: number }): Promise<KeyInfo> {
+  ensureDir(keyDir);
+  const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true, crv: alg === 'EdDSA' ? 'Ed25519' : undefined });
+  const pub = await exportJWK(publicKey);
+  const kid = (await calculateJwkThumbprint(pub)).slice(0, 16);
+  const priv = await exportJWK(privateKey);
+  writePrivate(join(keyDir, `${kid}.jwk.json`), JSON.stringify({ ...priv, kid, alg, use: 'sig' }));
+  const publicJwk: JWK = { ...pub, kid, alg, use: 'sig' };
+  const at = clock.now();
+  await db.transaction(async (tx) => {
+    if (retire) {
+      await tx('signing_keys').where({ status: 'active' }).update({ status: 'retired', retired_at: at, publish_until: retire.publishUntil });
+    }
+    await tx('signing_keys').insert({ kid, alg, public_jwk: JSON.stringify(publicJwk), status: 'active', created_at: at, retired_at: null, publish_until: null });
+    await appendAudit(tx, { at, event, decision: 'info', params: { kid, alg, ...(retire ? { retired_publish_until: new Date(retire.publishUntil).toISOString() } : {}) } });
+  });
+  return { kid, alg, status: 'active', publicJwk, createdAt: at, retiredAt: null, publishUntil: null };
+}
+
+/** First start: one active key. Later starts: nothing. */
+export async function ensureSigningKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock): Promise<void> {
+  const active = await db('signing_keys').where({ status: 'active' }).first();
+  if (!active) await createKey(db, keyDir, alg, clock, 'key.create');
+}
+
+/**
+ * Adds a new active key and retires the old one, which stays published until every token it
+ * signed has expired (`longestTokenTtlMs` covers tokens a replica may still sign before it reloads).
+ */
+export async function rotateSigningKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, longestTokenTtlMs: number): Promise<KeyInfo> {
+  const old = await db('signing_keys').where({ status: 'active' }).first();
+  const lastExpiry = old ? num((await db('tokens').max({ m: 'expires_at' }).where({ kid: old.kid }).first())?.m) : 0;
+  const publishUntil = Math.max(lastExpiry, clock.now() + longestTokenTtlMs) + KEYRING_RELOAD_MS;
+  return createKey(db, keyDir, alg, clock, 'key.rotate', { publishUntil });
+}
+
+/** How often a running broker re-reads the key table, so a rotation by the CLI is picked up. */
+export const KEYRING_RELOAD_MS = 10_000;
+
+export interface ActiveKey {
+  kid: string;
+  alg: SigningAlg;
+  privateKey: KeyObject;
+}
+
+/** The in-memory view a running broker signs and verifies with. */
+export class Keyring {
+  #active!: ActiveKey;
+  #verify = new Map<string, { alg: SigningAlg; key: KeyObject }>();
+  #jwks: { keys: JWK[] } = { keys: [] };
+  #loadedAt = 0;
+  readonly #db: Db;
+  readonly #keyDir: string;
+  readonly #clock: Clock;
+
+  private constructor(db: Db, keyDir: string, clock: Clock) {
+    this.#db = db;
+    this.#keyDir = keyDir;
+    this.#clock = clock;
+  }
+
+  static async load(db: Db, keyDir: string, clock: Clock): Promise<Keyring> {
+    const k = new Keyring(db, keyDir, clock);
+    await k.reload();
+    return k;
+  }
+
+  async reload(): Promise<void> {
+    const now = this.#clock.now();
+    const rows = await listKeys(this.#db);
+    const active = rows.find((r) => r.status === 'active');
+    if (!active) throw new Error('no active signing key: run `cordon init`');
+    const file = join(this.#keyDir, `${active.kid}.jwk.json`);
+    if (!existsSync(file)) throw new Error(`private key for kid ${active.kid} is missing from ${this.#keyDir}`);
+    const jwk = JSON.parse(readFileSync(file, 'utf8'));
+    const privateKey = createPrivateKey({ key: jwk, format: 'jwk' });
+    const published = rows.filter((r) => r.status === 'active' || (r.publishUntil !== null && r.publishUntil > now));
+    const verify = new Map<string, { alg: SigningAlg; key: KeyObject }>();
+    for (const r of published) verify.set(r.kid, { alg: r.alg, key: createPublicKey({ key: r.publicJwk as never, format: 'jwk' }) });
+    this.#active = { kid: active.kid, alg: active.alg, privateKey };
+    this.#verify = verify;
+    this.#jwks = { keys: published.map((r) => r.publicJwk) };
+    this.#loadedAt = now;
+  }
+
+  /** Re-reads keys when the cached view is older than the reload interval. Cheap to call per request. */
+  async fresh(): Promise<this> {
+    if (this.#clock.now() - this.#loadedAt > KEYRING_RELOAD_MS) await this.reload();
+    return this;
+  }
+
+  active(): ActiveKey {
+    return this.#active;
+  }
+  verificationKey(kid: string): { alg: SigningAlg; key: KeyObject } | undefined {
+    return this.#verify.get(kid);
+  }
+  /** Public keys only: the active key and retired keys still inside their publish window. */
+  jwks(): { keys: JWK[] } {
+    return this.#jwks;
+  }
+}
+
+/** The key for hashing client secrets (HMAC-SHA256), created once beside the signing keys. */
+export function loadSecretHashKey(keyDir: string): Buffer {
+  ensureDir(keyDir);
+  const file = join(keyDir, 'client-secret-hmac.key');
+  if (!existsSync(file)) writePrivate(file, randomBytes(32).toString('base64url'));
+  return Buffer.from(readFileSync(file, 'utf8').trim(), 'base64url');
+}
+
+export const hashSecret = (key: Buffer, secret: string): string => createHmac('sha256', key).update(secret).digest('hex');
+
+export function secretMatches(key: Buffer, secret: string, storedHash: string | null): boolean {
+  if (!storedHash) return false;
+  const a = Buffer.from(hashSecret(key, secret), 'hex');
+  const b = Buffer.from(storedHash, 'hex');
+  return a.length === b.length && timingSafeEqual(a, b);
+}

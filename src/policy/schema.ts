@@ -1,0 +1,156 @@
+/**
+ * The shape of one policy file, as zod schemas. Objects are strict: an unknown key is far
+ * more often a typo of a restriction (`sesion_ttl`) than a harmless extra, and a typo'd
+ * restriction silently falls back to a default. Checks that relate one field to another
+ * (ttl ordering, delegation ⊆ scopes, cred: scopes ↔ credentials) live in lint.ts.
+ */
+import { z } from 'zod';
+import { parseDuration } from './duration.ts';
+import { CRED_PREFIX, isScopeToken, isWildcard } from './scopes.ts';
+
+/** Policy and credential names: they end up in URLs (`/credentials/:name`), session tags and audit rows. */
+export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+export const MAX_DELEGATION_DEPTH = 16;
+/** AWS limits: plaintext inline session policy ≤ 2048 chars, ≤ 10 managed policy ARNs, DurationSeconds ≤ 43200. */
+export const MAX_SESSION_POLICY_CHARS = 2048;
+export const MAX_POLICY_ARNS = 10;
+export const MAX_STS_TTL = 43_200;
+
+const ROLE_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,64}$/;
+const POLICY_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::(?:\d{12}|aws):policy\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,128}$/;
+const EXTERNAL_ID = /^[\w+=,.@:/-]{2,1224}$/;
+/** Vault API path segment; `.`/`..`, `?`, `#` and spaces are out because the path is spliced into `/v1/<path>`. */
+const VAULT_SEGMENT = /^[A-Za-z0-9_@+=:-][A-Za-z0-9_.@+=:-]*$/;
+
+export const durationSchema = z.unknown().transform((v, ctx): number => {
+  if (typeof v !== 'string' && typeof v !== 'number') {
+    ctx.addIssue({ code: 'custom', message: 'must be a duration such as 30s, 10m, 1h30m or 2d' });
+    return z.NEVER;
+  }
+  try {
+    return parseDuration(v);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    return z.NEVER;
+  }
+});
+
+/** A scope as written in a policy: a valid token, not the lone `*`, and no wildcard reaching into `cred:`. */
+export const policyScopeSchema = z.string().superRefine((s, ctx) => {
+  if (!isScopeToken(s)) {
+    ctx.addIssue({ code: 'custom', message: `invalid scope token ${JSON.stringify(s)} (printable ASCII, no spaces, quotes or backslashes)` });
+  } else if (s === '*') {
+    ctx.addIssue({ code: 'custom', message: 'scope "*" is too broad; list the scopes (a prefix wildcard such as tickets:* is fine)' });
+  } else if (isWildcard(s)) {
+    // A wildcard over cred: would grant credentials nobody named; each credential must be granted by name.
+    const prefix = s.slice(0, -1);
+    if (CRED_PREFIX.startsWith(prefix) || prefix.startsWith(CRED_PREFIX)) {
+      ctx.addIssue({ code: 'custom', message: `wildcard ${JSON.stringify(s)} reaches cred: scopes; grant each credential as cred:NAME` });
+    }
+  }
+});
+
+const vaultPathSchema = z.string().refine((p) => {
+  const segs = p.split('/');
+  return segs.length >= 2 && segs.every((s) => VAULT_SEGMENT.test(s) && s !== '.' && s !== '..');
+}, 'must be a Vault API path such as database/creds/NAME (no leading slash, no empty, . or .. segments)');
+
+const vaultPolicyName = z
+  .string()
+  .regex(/^[A-Za-z0-9_.@:/-]+$/, 'must be a Vault policy name')
+  // Vault lowercases policy names; a child token carrying root would be the whole Vault.
+  .refine((p) => p.toLowerCase() !== 'root', 'the Vault root policy may not be handed to agents');
+
+export const vaultCredentialSchema = z
+  .strictObject({
+    provider: z.literal('vault'),
+    ttl: durationSchema,
+    vault_policies: z.array(vaultPolicyName).min(1, 'must list at least one Vault policy').optional(),
+    path: vaultPathSchema.optional(),
+    num_uses: z.number().int('must be a whole number').min(1, 'must be at least 1').optional(),
+    explicit_max_ttl: durationSchema.optional(),
+    kv_path: vaultPathSchema.optional(),
+  })
+  .superRefine((c, ctx) => {
+    const has = (c.vault_policies !== undefined ? 1 : 0) + (c.path !== undefined ? 1 : 0);
+    if (has !== 1) {
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          has === 0
+            ? 'a vault credential needs vault_policies (child token) or path (secret read)'
+            : 'a vault credential takes vault_policies or path, not both',
+        path: has === 0 ? [] : ['path'],
+      });
+    }
+  });
+
+export const awsStsCredentialSchema = z.strictObject({
+  provider: z.literal('aws-sts'),
+  ttl: durationSchema.refine((t) => t <= MAX_STS_TTL, `must be at most 12h (${MAX_STS_TTL}s), the STS maximum`),
+  role_arn: z.string().regex(ROLE_ARN, 'must look like arn:aws:iam::123456789012:role/NAME'),
+  session_policy: z
+    .record(z.string(), z.unknown())
+    .refine(
+      (p) => JSON.stringify(p).length <= MAX_SESSION_POLICY_CHARS,
+      `is longer than ${MAX_SESSION_POLICY_CHARS} characters as compact JSON (the STS limit)`,
+    )
+    .optional(),
+  policy_arns: z
+    .array(z.string().regex(POLICY_ARN, 'must look like arn:aws:iam::123456789012:policy/NAME'))
+    .max(MAX_POLICY_ARNS, `may list at most ${MAX_POLICY_ARNS} policy ARNs (the STS limit)`)
+    .optional(),
+  external_id: z.string().regex(EXTERNAL_ID, 'must be 2-1224 characters of [A-Za-z0-9+=,.@:/_-]').optional(),
+  allow_overhang: z.boolean().optional(),
+  revoke_via_iam: z.boolean().optional(),
+});
+
+export const credentialSchema = z.discriminatedUnion('provider', [vaultCredentialSchema, awsStsCredentialSchema]);
+
+const jwksUri = z.string().refine((u) => {
+  try {
+    const url = new URL(u);
+    // JWKS over plain HTTP lets anyone on the path mint identities; allow it only on loopback (tests, sidecars).
+    return url.protocol === 'https:' || (url.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(url.hostname));
+  } catch {
+    return false;
+  }
+}, 'must be an https:// URL (http:// only on loopback)');
+
+/** neither/both of jwks_uri / jwks_file is checked in lint.ts so it can point at the rule. */
+export const federationRuleSchema = z.strictObject({
+  issuer: z.string().min(1, 'must not be empty'),
+  jwks_uri: jwksUri.optional(),
+  jwks_file: z.string().min(1, 'must not be empty').optional(),
+  audience: z.string().min(1, 'must not be empty'),
+  claim: z.string().min(1, 'must not be empty').default('sub'),
+  match: z.string().min(1, 'must not be empty'),
+});
+
+export const policyFileSchema = z.strictObject({
+  name: z.string(),
+  description: z.string().default(''),
+  token_ttl: durationSchema.optional(),
+  session_ttl: durationSchema.optional(),
+  scopes: z.array(policyScopeSchema),
+  audiences: z.array(z.string().regex(/^\S+$/, 'must be a non-empty string without spaces')).default([]),
+  delegation: z
+    .strictObject({
+      max_depth: z
+        .number()
+        .int('must be a whole number')
+        .min(0, `must be between 0 and ${MAX_DELEGATION_DEPTH}`)
+        .max(MAX_DELEGATION_DEPTH, `must be between 0 and ${MAX_DELEGATION_DEPTH}`)
+        .default(0),
+      scopes: z.array(policyScopeSchema).default([]),
+    })
+    .default({ max_depth: 0, scopes: [] }),
+  credentials: z.record(z.string(), credentialSchema).default({}),
+  require_dpop: z.boolean().default(false),
+  federation: z.array(federationRuleSchema).default([]),
+});
+
+export type PolicyFile = z.output<typeof policyFileSchema>;
+
+export const DEFAULT_TOKEN_TTL = 600;
+export const DEFAULT_SESSION_TTL = 3600;

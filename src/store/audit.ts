@@ -1,0 +1,70 @@
+import { type Q, isPostgres, num } from './db.ts';
+
+export type Decision = 'allow' | 'deny' | 'info';
+
+export interface AuditRow {
+  seq: number;
+  at: number;
+  event: string;
+  decision: Decision;
+  agentId: string | null;
+  sid: string | null;
+  jti: string | null;
+  chain: string[] | null;
+  reason: string | null;
+  params: Record<string, unknown>;
+  prevHash: string;
+  hash: string;
+}
+
+const fromRow = (r: Record<string, unknown>): AuditRow => ({
+  seq: num(r.seq),
+  at: num(r.at),
+  event: r.event as string,
+  decision: r.decision as Decision,
+  agentId: (r.agent_id as string | null) ?? null,
+  sid: (r.sid as string | null) ?? null,
+  jti: (r.jti as string | null) ?? null,
+  chain: r.chain ? JSON.parse(r.chain as string) : null,
+  reason: (r.reason as string | null) ?? null,
+  params: JSON.parse(r.params as string),
+  prevHash: r.prev_hash as string,
+  hash: r.hash as string,
+});
+
+/** Raw row access. Hashing and the chain rules live in src/audit/. */
+export const auditRows = {
+  /** Serialises appenders across replicas: on PostgreSQL a transaction-scoped advisory lock; SQLite has one writer. */
+  async lockChain(q: Q): Promise<void> {
+    if (isPostgres(q)) await q.raw('SELECT pg_advisory_xact_lock(7201)');
+  },
+  async head(q: Q): Promise<{ seq: number; hash: string } | undefined> {
+    const r = await q('audit').select('seq', 'hash').orderBy('seq', 'desc').first();
+    return r ? { seq: num(r.seq), hash: r.hash as string } : undefined;
+  },
+  async insert(q: Q, row: AuditRow): Promise<void> {
+    await q('audit').insert({
+      seq: row.seq,
+      at: row.at,
+      event: row.event,
+      decision: row.decision,
+      agent_id: row.agentId,
+      sid: row.sid,
+      jti: row.jti,
+      chain: row.chain ? JSON.stringify(row.chain) : null,
+      reason: row.reason,
+      params: JSON.stringify(row.params),
+      prev_hash: row.prevHash,
+      hash: row.hash,
+    });
+  },
+  async page(q: Q, afterSeq: number, limit: number): Promise<AuditRow[]> {
+    return (await q('audit').where('seq', '>', afterSeq).orderBy('seq').limit(limit)).map(fromRow);
+  },
+  async tail(q: Q, n: number): Promise<AuditRow[]> {
+    return (await q('audit').orderBy('seq', 'desc').limit(n)).map(fromRow).reverse();
+  },
+  async bySession(q: Q, sid: string): Promise<AuditRow[]> {
+    return (await q('audit').where({ sid }).orderBy('seq')).map(fromRow);
+  },
+};

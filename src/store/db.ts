@@ -1,0 +1,45 @@
+import { mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import knexFactory, { type Knex } from 'knex';
+import { migrationSource } from '../../migrations/index.ts';
+
+export type Db = Knex;
+/** A repository call runs either on the pool or inside a caller's transaction. */
+export type Q = Knex | Knex.Transaction;
+
+export const isPostgres = (db: Q): boolean => (db.client.config.client as string) === 'pg';
+
+/** Opens the database named by DATABASE_URL: sqlite://path (embedded, WAL) or postgres://… */
+export function openDb(databaseUrl: string): Db {
+  if (databaseUrl.startsWith('sqlite:')) {
+    const filename = sqlitePath(databaseUrl);
+    if (filename !== ':memory:') mkdirSync(dirname(filename), { recursive: true });
+    return knexFactory({
+      client: 'sqlite3',
+      connection: { filename },
+      useNullAsDefault: true,
+      // One connection: SQLite has one writer anyway, and it keeps transactions strictly serial.
+      pool: {
+        min: 1,
+        max: 1,
+        afterCreate(conn: { exec: (sql: string, cb: (err: Error | null) => void) => void }, done: (err: Error | null, c: unknown) => void) {
+          conn.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;', (err) => done(err, conn));
+        },
+      },
+    });
+  }
+  return knexFactory({ client: 'pg', connection: databaseUrl, pool: { min: 1, max: 10 } });
+}
+
+export function sqlitePath(databaseUrl: string): string {
+  const rest = databaseUrl.replace(/^sqlite:(\/\/)?/, '');
+  return rest === ':memory:' ? rest : resolve(rest);
+}
+
+export async function migrate(db: Db): Promise<void> {
+  await db.migrate.latest({ migrationSource });
+}
+
+/** bigint columns come back from pg as strings; everything that reads times goes through this. */
+export const num = (v: unknown): number => (v === null || v === undefined ? 0 : Number(v));
+export const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));

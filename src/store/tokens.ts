@@ -1,0 +1,103 @@
+import { type Q, num, numOrNull } from './db.ts';
+
+export interface TokenRecord {
+  jti: string;
+  sid: string;
+  clientId: string;
+  parentJti: string | null;
+  scope: string;
+  audience: string[];
+  depth: number;
+  act: Record<string, unknown> | null;
+  cnfJkt: string | null;
+  kid: string;
+  issuedAt: number;
+  expiresAt: number;
+  revokedAt: number | null;
+}
+
+const fromRow = (r: Record<string, unknown>): TokenRecord => ({
+  jti: r.jti as string,
+  sid: r.sid as string,
+  clientId: r.client_id as string,
+  parentJti: (r.parent_jti as string | null) ?? null,
+  scope: r.scope as string,
+  audience: JSON.parse(r.audience as string),
+  depth: num(r.depth),
+  act: r.act ? JSON.parse(r.act as string) : null,
+  cnfJkt: (r.cnf_jkt as string | null) ?? null,
+  kid: r.kid as string,
+  issuedAt: num(r.issued_at),
+  expiresAt: num(r.expires_at),
+  revokedAt: numOrNull(r.revoked_at),
+});
+
+/** SQLite caps bound variables per statement; chunk long IN lists. */
+const CHUNK = 500;
+
+export const tokens = {
+  async insert(q: Q, t: TokenRecord): Promise<void> {
+    await q('tokens').insert({
+      jti: t.jti,
+      sid: t.sid,
+      client_id: t.clientId,
+      parent_jti: t.parentJti,
+      scope: t.scope,
+      audience: JSON.stringify(t.audience),
+      depth: t.depth,
+      act: t.act ? JSON.stringify(t.act) : null,
+      cnf_jkt: t.cnfJkt,
+      kid: t.kid,
+      issued_at: t.issuedAt,
+      expires_at: t.expiresAt,
+      revoked_at: t.revokedAt,
+    });
+  },
+  async get(q: Q, jti: string): Promise<TokenRecord | undefined> {
+    const r = await q('tokens').where({ jti }).first();
+    return r ? fromRow(r) : undefined;
+  },
+  async bySession(q: Q, sid: string): Promise<TokenRecord[]> {
+    return (await q('tokens').where({ sid }).orderBy('issued_at').orderBy('depth')).map(fromRow);
+  },
+  /** The token and every token delegated from it, breadth first (one query per level). */
+  async subtree(q: Q, jti: string): Promise<TokenRecord[]> {
+    const root = await tokens.get(q, jti);
+    if (!root) return [];
+    const out = [root];
+    let frontier = [root.jti];
+    while (frontier.length) {
+      const next: TokenRecord[] = [];
+      for (let i = 0; i < frontier.length; i += CHUNK) {
+        const rows = await q('tokens').whereIn('parent_jti', frontier.slice(i, i + CHUNK));
+        next.push(...rows.map(fromRow));
+      }
+      out.push(...next);
+      frontier = next.map((t) => t.jti);
+    }
+    return out;
+  },
+  /** Marks the given tokens revoked; returns the jtis that were live (not already revoked). */
+  async revokeMany(q: Q, jtis: string[], at: number): Promise<string[]> {
+    const changed: string[] = [];
+    for (let i = 0; i < jtis.length; i += CHUNK) {
+      const part = jtis.slice(i, i + CHUNK);
+      const live = await q('tokens').select('jti').whereIn('jti', part).whereNull('revoked_at');
+      const ids = live.map((r) => r.jti as string);
+      if (ids.length) await q('tokens').whereIn('jti', ids).update({ revoked_at: at });
+      changed.push(...ids);
+    }
+    return changed;
+  },
+  async revokeSession(q: Q, sid: string, at: number): Promise<number> {
+    return q('tokens').where({ sid }).whereNull('revoked_at').update({ revoked_at: at });
+  },
+  async countLive(q: Q, at: number): Promise<Array<{ clientId: string; count: number }>> {
+    const rows = await q('tokens').select('client_id').count({ n: '*' }).whereNull('revoked_at').andWhere('expires_at', '>', at).groupBy('client_id');
+    return (rows as Array<Record<string, unknown>>).map((r) => ({ clientId: r.client_id as string, count: num(r.n) }));
+  },
+  async maxExpiryByKid(q: Q, kid: string): Promise<number> {
+    const r = await q('tokens').max({ m: 'expires_at' }).where({ kid }).first();
+    return num(r?.m);
+  },
+};

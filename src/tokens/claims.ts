@@ -1,0 +1,42 @@
+/** RFC 8693 §4.1 actor claim: the outermost `sub` is the current actor, nested `act` the earlier links. */
+export interface ActClaim {
+  sub: string;
+  act?: ActClaim;
+}
+
+/** The claims of a Cordon access token (RFC 9068 plus Cordon's session and chain claims). */
+export interface AccessTokenClaims {
+  iss: string;
+  sub: string;
+  aud: string | string[];
+  iat: number;
+  nbf: number;
+  exp: number;
+  jti: string;
+  client_id: string;
+  scope: string;
+  sid: string;
+  task?: string;
+  cordon_depth: number;
+  act?: ActClaim;
+  cnf?: { jkt: string };
+}
+
+export const ACCESS_TOKEN_TYP = 'at+jwt';
+export const TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token';
+export const TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt';
+export const TOKEN_TYPE_BOOTSTRAP = 'urn:cordon:token-type:bootstrap';
+export const GRANT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+
+/** The chain of holders from root to current, read from an act claim (bounded: a real chain is never deep). */
+export function chainOf(claims: { client_id: string; act?: ActClaim; sub: string }, rootClientId?: string): string[] {
+  const holders: string[] = [];
+  let a: ActClaim | undefined = claims.act;
+  while (a && holders.length < 64) {
+    holders.push(a.sub);
+    a = a.act;
+  }
+  holders.reverse();
+  if (!holders.length) return [claims.client_id];
+  return rootClientId && holders[0] !== rootClientId ? [rootClientId, ...holders] : holders;
+}

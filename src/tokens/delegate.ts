@@ -1,0 +1,139 @@
+import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { sessions } from '../store/sessions.ts';
+import { isWellFormedId } from '../ids.ts';
+import { intersect, parseScope, uncovered } from '../policy/scopes.ts';
+import { NAME_PATTERN } from '../policy/schema.ts';
+import { agents } from '../store/agents.ts';
+import { chainOf, type ActClaim, type AccessTokenClaims } from './claims.ts';
+import { issueToken, recordDenial, type IssuedToken } from './issue.ts';
+import { activeAgentAndPolicy, parseRequestedScope, parseRequestedTtl } from './session-start.ts';
+import { requireActiveToken } from './verify.ts';
+
+export interface DelegationRequest {
+  callerClientId: string;
+  subjectToken: string;
+  requestedActor?: string;
+  scope?: string;
+  audience: string[];
+  /** `intersect` trims the request to what the bounds allow instead of refusing it. */
+  scopePolicy?: string;
+  requestedTtl?: string;
+  /** The sub-agent's key thumbprint the orchestrator binds the new token to (cnf.jkt). */
+  bindJkt?: string;
+  /** The caller's own DPoP proof thumbprint, needed when its token is DPoP-bound. */
+  dpopJkt?: string | null;
+}
+
+const JKT_PATTERN = /^[A-Za-z0-9_-]{43}$/;
+
+/**
+ * RFC 8693 delegation: a holder hands a sub-agent a token that is never wider, never longer
+ * and never deeper than its own token and the policies allow. Every refusal names the bound.
+ */
+export async function delegate(b: Broker, req: DelegationRequest): Promise<IssuedToken> {
+  let parent: AccessTokenClaims | undefined;
+  let chain: string[] | null = [req.callerClientId];
+  try {
+    const { claims } = await requireActiveToken(b, req.subjectToken, 'invalid_grant');
+    parent = claims;
+    chain = chainOf(claims);
+    if (claims.client_id !== req.callerClientId) throw new CordonError('invalid_grant', 'subject_token is held by another agent: only its holder may exchange it', { reason: 'not_holder' });
+    if (claims.cnf?.jkt && req.dpopJkt !== claims.cnf.jkt) throw new CordonError('invalid_grant', 'subject_token is DPoP-bound: send a DPoP proof made with its key', { reason: 'dpop_binding' });
+
+    if (!req.requestedActor) throw new CordonError('invalid_request', 'requested_actor (the sub-agent client_id) is required', { reason: 'actor_missing' });
+    if (!isWellFormedId(req.requestedActor) && !NAME_PATTERN.test(req.requestedActor)) throw new CordonError('invalid_request', 'requested_actor is malformed', { reason: 'actor_malformed' });
+    const actorRow = (await agents.get(b.db, req.requestedActor)) ?? (await agents.byName(b.db, req.requestedActor));
+    if (!actorRow) throw new CordonError('invalid_request', `requested_actor ${req.requestedActor} does not exist`, { reason: 'actor_unknown' });
+    if (actorRow.status !== 'active') throw new CordonError('invalid_request', `requested_actor ${actorRow.name} is ${actorRow.status}`, { reason: 'actor_inactive' });
+    if (chain.includes(actorRow.id)) throw new CordonError('invalid_grant', `delegation loop: ${actorRow.name} is already in the chain`, { reason: 'delegation_loop' });
+
+    const { policy: callerPolicy } = await activeAgentAndPolicy(b, req.callerClientId);
+    const { agent: actor, policy: actorPolicy } = await activeAgentAndPolicy(b, actorRow.id);
+    const session = await sessions.get(b.db, claims.sid);
+    if (!session) throw new CordonError('invalid_grant', 'session of subject_token not found', { reason: 'session_unknown' });
+    const { policy: rootPolicy } = await activeAgentAndPolicy(b, session.agentId).catch(() => {
+      throw new CordonError('invalid_grant', 'the root agent of this session is no longer active', { reason: 'root_inactive' });
+    });
+
+    // Depth: the root policy caps the chain; the caller may reach at most its own max_depth below itself.
+    const depth = claims.cordon_depth + 1;
+    if (depth > rootPolicy.delegation.maxDepth) throw new CordonError('invalid_grant', `delegation depth ${depth} exceeds max_depth ${rootPolicy.delegation.maxDepth} of root policy ${rootPolicy.name}`, { reason: 'depth_exceeded' });
+    if (callerPolicy.delegation.maxDepth < 1) throw new CordonError('invalid_grant', `policy ${callerPolicy.name} does not allow delegation (max_depth 0)`, { reason: 'depth_exceeded' });
+    if (depth > claims.cordon_depth + callerPolicy.delegation.maxDepth) throw new CordonError('invalid_grant', `delegation depth ${depth} exceeds what policy ${callerPolicy.name} may hand down`, { reason: 'depth_exceeded' });
+
+    // Scope: within the parent token, the sub-agent's policy and what the caller's policy may hand down.
+    const requested = parseRequestedScope(req.scope);
+    const parentScope = parseScope(claims.scope);
+    const bounds: Array<[string[], string]> = [
+      [parentScope, 'the parent token scope'],
+      [actorPolicy.scopes, `policy ${actorPolicy.name} of ${actor.name}`],
+      [callerPolicy.delegation.scopes, `delegation.scopes of policy ${callerPolicy.name}`],
+    ];
+    let scope: string[];
+    if (req.scopePolicy !== undefined && req.scopePolicy !== 'intersect') throw new CordonError('invalid_request', 'scope_policy must be "intersect" when given', { reason: 'scope_policy_malformed' });
+    if (req.scopePolicy === 'intersect') {
+      scope = bounds.reduce((acc, [held]) => intersect(acc, held), requested);
+      if (!scope.length) throw new CordonError('invalid_scope', 'the intersection of the requested scope with the parent token, the sub-agent policy and the delegable scopes is empty', { reason: 'scope_empty' });
+    } else {
+      for (const [held, name] of bounds) {
+        const out = uncovered(held, requested);
+        if (out.length) throw new CordonError('invalid_scope', `scope ${out.join(' ')} is not within ${name}`, { reason: 'scope_widening' });
+      }
+      scope = requested;
+    }
+
+    // Audience: within the parent's audience and the sub-agent's allowed audiences.
+    const parentAud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+    let audience: string[];
+    if (req.audience.length) {
+      for (const a of req.audience) {
+        if (!parentAud.includes(a)) throw new CordonError('invalid_target', `audience ${a.slice(0, 200)} is not within the parent token's audience`, { reason: 'audience_widening' });
+        if (!actorPolicy.audiences.includes(a) && a !== b.config.issuer) throw new CordonError('invalid_target', `audience ${a.slice(0, 200)} is not allowed by policy ${actorPolicy.name}`, { reason: 'audience_not_allowed' });
+      }
+      audience = [...new Set(req.audience)];
+    } else {
+      audience = parentAud.filter((a) => a === b.config.issuer || actorPolicy.audiences.includes(a));
+      if (!audience.length) audience = [b.config.issuer];
+    }
+
+    // Lifetime: never past the parent, the session, or the sub-agent's token_ttl.
+    const now = b.clock.now();
+    const parentExp = claims.exp * 1000;
+    const cap = Math.min(parentExp, session.expiresAt, now + actorPolicy.tokenTtl * 1000);
+    const ttl = parseRequestedTtl(req.requestedTtl);
+    if (ttl !== undefined && now + ttl * 1000 > cap && req.scopePolicy !== 'intersect') {
+      throw new CordonError('invalid_grant', `expires_in ${ttl}s exceeds the ${Math.floor((cap - now) / 1000)}s the parent token and policy ${actorPolicy.name} allow`, { reason: 'lifetime_exceeded' });
+    }
+    const expiresAt = ttl !== undefined ? Math.min(cap, now + ttl * 1000) : cap;
+    if (expiresAt - now < 1000) throw new CordonError('invalid_grant', 'the parent token has no life left to hand down', { reason: 'lifetime_exhausted' });
+
+    if (req.bindJkt !== undefined && !JKT_PATTERN.test(req.bindJkt)) throw new CordonError('invalid_request', 'dpop_jkt must be a base64url SHA-256 JWK thumbprint', { reason: 'jkt_malformed' });
+    if (actorPolicy.requireDpop && !req.bindJkt) throw new CordonError('invalid_request', `policy ${actorPolicy.name} requires DPoP: name the sub-agent's key with dpop_jkt`, { reason: 'dpop_required' });
+
+    const act: ActClaim = { sub: actor.id, act: claims.act ?? { sub: claims.client_id } };
+    const newChain = [...chain, actor.id];
+    return await b.db.transaction((tx) =>
+      issueToken(
+        b,
+        tx,
+        { sid: claims.sid, subject: claims.sub, clientId: actor.id, parentJti: claims.jti, scope, audience, task: claims.task ?? null, depth, act, cnfJkt: req.bindJkt ?? null, expiresAt },
+        { event: 'delegation.issue', chain: newChain, params: { requested_scope: req.scope, scope_policy: req.scopePolicy, audience, by: req.callerClientId } },
+      ),
+    );
+  } catch (e) {
+    if (e instanceof CordonError && !e.audited) {
+      await recordDenial(b, {
+        event: 'delegation.issue',
+        agentId: req.callerClientId,
+        sid: parent?.sid ?? null,
+        jti: parent?.jti ?? null,
+        chain,
+        reason: `${e.code}: ${e.description}`,
+        params: { requested_actor: req.requestedActor?.slice(0, 64), scope: req.scope, audience: req.audience, scope_policy: req.scopePolicy, expires_in: req.requestedTtl },
+      });
+      e.audited = true;
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,39 @@
+import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { loadTokenView, stateOf, verifySignature } from './verify.ts';
+
+export type IntrospectionResponse = { active: false } | ({ active: true } & Record<string, unknown>);
+
+/**
+ * RFC 7662 from the broker's own records. Anything we cannot vouch for — bad signature, foreign
+ * key, `alg: none`, expired, revoked, revoked session or holder — is simply `active: false` (§2.2).
+ */
+export async function introspect(b: Broker, token: unknown): Promise<IntrospectionResponse> {
+  let claims;
+  try {
+    claims = await verifySignature(b, token, 'invalid_token');
+  } catch (e) {
+    if (e instanceof CordonError) return { active: false };
+    throw e;
+  }
+  const view = await loadTokenView(b, claims.jti);
+  if (!stateOf(view, b.clock.now()).active || view!.sid !== claims.sid || view!.clientId !== claims.client_id) return { active: false };
+  return {
+    active: true,
+    token_type: claims.cnf ? 'DPoP' : 'Bearer',
+    iss: claims.iss,
+    sub: claims.sub,
+    aud: claims.aud,
+    client_id: claims.client_id,
+    scope: claims.scope,
+    sid: claims.sid,
+    ...(claims.task ? { task: claims.task } : {}),
+    ...(claims.act ? { act: claims.act } : {}),
+    iat: claims.iat,
+    nbf: claims.nbf,
+    exp: claims.exp,
+    jti: claims.jti,
+    cordon_depth: claims.cordon_depth,
+    ...(claims.cnf ? { cnf: claims.cnf } : {}),
+  };
+}

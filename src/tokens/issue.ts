@@ -1,0 +1,94 @@
+import type { Broker } from '../broker.ts';
+import { appendAudit } from '../audit/log.ts';
+import type { Q } from '../store/db.ts';
+import { tokens } from '../store/tokens.ts';
+import { newJti } from '../ids.ts';
+import type { AccessTokenClaims, ActClaim } from './claims.ts';
+import { signAccessToken } from './mint.ts';
+
+/** A decided grant: every bound has been checked; only minting and recording remain. */
+export interface Grant {
+  sid: string;
+  subject: string;
+  clientId: string;
+  parentJti: string | null;
+  scope: string[];
+  audience: string[];
+  task: string | null;
+  depth: number;
+  act: ActClaim | null;
+  cnfJkt: string | null;
+  expiresAt: number; // ms
+}
+
+export interface IssuedToken {
+  jwt: string;
+  claims: AccessTokenClaims;
+  expiresIn: number;
+}
+
+/**
+ * Signs the token and records it with its audit row inside the caller's transaction, so
+ * a token exists only if its record and its audit row do.
+ */
+export async function issueToken(b: Broker, tx: Q, g: Grant, audit: { event: string; chain: string[]; params: Record<string, unknown> }): Promise<IssuedToken> {
+  const now = b.clock.now();
+  const iat = Math.floor(now / 1000);
+  const exp = Math.floor(g.expiresAt / 1000);
+  const claims: AccessTokenClaims = {
+    iss: b.config.issuer,
+    sub: g.subject,
+    aud: g.audience.length === 1 ? g.audience[0] : g.audience,
+    iat,
+    nbf: iat,
+    exp,
+    jti: newJti(),
+    client_id: g.clientId,
+    scope: g.scope.join(' '),
+    sid: g.sid,
+    ...(g.task ? { task: g.task } : {}),
+    cordon_depth: g.depth,
+    ...(g.act ? { act: g.act } : {}),
+    ...(g.cnfJkt ? { cnf: { jkt: g.cnfJkt } } : {}),
+  };
+  await b.keys.fresh();
+  const { jwt, kid } = await signAccessToken(b.keys, claims);
+  await tokens.insert(tx, {
+    jti: claims.jti,
+    sid: g.sid,
+    clientId: g.clientId,
+    parentJti: g.parentJti,
+    scope: claims.scope,
+    audience: g.audience,
+    depth: g.depth,
+    act: g.act as Record<string, unknown> | null,
+    cnfJkt: g.cnfJkt,
+    kid,
+    issuedAt: iat * 1000,
+    expiresAt: exp * 1000,
+    revokedAt: null,
+  });
+  await appendAudit(tx, {
+    at: now,
+    event: audit.event,
+    decision: 'allow',
+    agentId: g.clientId,
+    sid: g.sid,
+    jti: claims.jti,
+    chain: audit.chain,
+    params: { ...audit.params, scope: claims.scope, exp, depth: g.depth, ...(g.parentJti ? { parent_jti: g.parentJti } : {}) },
+  });
+  for (const f of b.hooks.onDecision) f(audit.event, 'allow', null);
+  return { jwt, claims, expiresIn: exp - iat };
+}
+
+/** Refusals are recorded as carefully as grants: who, what was asked, why. */
+export async function recordDenial(
+  b: Broker,
+  d: { event: string; agentId?: string | null; sid?: string | null; jti?: string | null; chain?: string[] | null; reason: string; params: Record<string, unknown> },
+): Promise<void> {
+  await b.db.transaction((tx) =>
+    appendAudit(tx, { at: b.clock.now(), event: 'deny', decision: 'deny', agentId: d.agentId, sid: d.sid, jti: d.jti, chain: d.chain, reason: d.reason, params: { ...d.params, attempted: d.event } }),
+  );
+  for (const f of b.hooks.onDecision) f(d.event, 'deny', d.reason);
+}

@@ -1,0 +1,144 @@
+import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { appendAudit } from '../audit/log.ts';
+import type { Q } from '../store/db.ts';
+import { agents } from '../store/agents.ts';
+import { sessions } from '../store/sessions.ts';
+import { tokens } from '../store/tokens.ts';
+import { revocations } from '../store/revocations.ts';
+import { isWellFormedId } from '../ids.ts';
+import { verifySignature } from './verify.ts';
+
+export interface RevokeOutcome {
+  tokens: string[];
+  sessions: string[];
+}
+
+export interface RevokedSet {
+  sids: string[];
+  jtis: string[];
+}
+
+/** After commit: backend credentials tied to what was revoked die too (providers listen here). */
+async function notify(b: Broker, r: RevokedSet): Promise<void> {
+  if (!r.sids.length && !r.jtis.length) return;
+  for (const f of b.hooks.onRevoked) {
+    try {
+      await f(r);
+    } catch (e) {
+      // The revocation itself is committed; the sweeper retries backend cleanup.
+      b.log.error({ err: (e as Error).message }, 'backend cleanup after revocation failed; the sweeper will retry');
+    }
+  }
+}
+
+/** Revokes a token and every token delegated from it, in one transaction with the feed and audit rows. */
+async function revokeSubtreeTx(b: Broker, tx: Q, jti: string, at: number): Promise<string[]> {
+  const tree = await tokens.subtree(tx, jti);
+  const changed = await tokens.revokeMany(tx, tree.map((t) => t.jti), at);
+  const byJti = new Map(tree.map((t) => [t.jti, t]));
+  await revocations.add(tx, changed.map((j) => ({ kind: 'jti' as const, value: j, expiresAt: byJti.get(j)!.expiresAt, revokedAt: at })));
+  return changed;
+}
+
+export async function revokeTokenChain(b: Broker, jti: string, by: { actor: string; via: string }): Promise<RevokeOutcome> {
+  if (!isWellFormedId(jti)) throw new CordonError('invalid_request', 'token id is malformed', { reason: 'jti_malformed' });
+  const at = b.clock.now();
+  const result = await b.db.transaction(async (tx) => {
+    const root = await tokens.get(tx, jti);
+    if (!root) throw new CordonError('not_found', `no token with jti ${jti}`, { reason: 'token_unknown' });
+    const changed = await revokeSubtreeTx(b, tx, jti, at);
+    await appendAudit(tx, {
+      at,
+      event: 'revoke',
+      decision: 'allow',
+      agentId: root.clientId,
+      sid: root.sid,
+      jti,
+      reason: `token chain revoked by ${by.actor}`,
+      params: { via: by.via, target: 'token', revoked_count: changed.length, revoked_jtis: changed.slice(0, 50) },
+    });
+    return { tokens: changed, sessions: [] };
+  });
+  await notify(b, { sids: [], jtis: result.tokens });
+  return result;
+}
+
+async function revokeSessionsTx(b: Broker, tx: Q, sids: Array<{ sid: string; expiresAt: number }>, at: number, reason: string): Promise<string[]> {
+  const done: string[] = [];
+  for (const s of sids) {
+    if (await sessions.revoke(tx, s.sid, at, reason)) {
+      await tokens.revokeSession(tx, s.sid, at);
+      done.push(s.sid);
+    }
+  }
+  await revocations.add(tx, sids.filter((s) => done.includes(s.sid)).map((s) => ({ kind: 'sid' as const, value: s.sid, expiresAt: s.expiresAt, revokedAt: at })));
+  return done;
+}
+
+export async function revokeSession(b: Broker, sid: string, by: { actor: string; via: string }): Promise<RevokeOutcome> {
+  if (!isWellFormedId(sid)) throw new CordonError('invalid_request', 'session id is malformed', { reason: 'sid_malformed' });
+  const at = b.clock.now();
+  const result = await b.db.transaction(async (tx) => {
+    const s = await sessions.get(tx, sid);
+    if (!s) throw new CordonError('not_found', `no session ${sid}`, { reason: 'session_unknown' });
+    const done = await revokeSessionsTx(b, tx, [{ sid, expiresAt: s.expiresAt }], at, `revoked by ${by.actor}`);
+    await appendAudit(tx, { at, event: 'revoke', decision: 'allow', agentId: s.agentId, sid, reason: `session revoked by ${by.actor}`, params: { via: by.via, target: 'session', already_revoked: done.length === 0 } });
+    return { tokens: [], sessions: done };
+  });
+  await notify(b, { sids: result.sessions, jtis: [] });
+  return result;
+}
+
+/** Revokes the agent itself, every live session it opened and every token issued to it elsewhere, with their subtrees. */
+export async function revokeAgent(b: Broker, agentId: string, by: { actor: string; via: string }): Promise<RevokeOutcome> {
+  if (!isWellFormedId(agentId)) throw new CordonError('invalid_request', 'agent id is malformed', { reason: 'agent_malformed' });
+  const at = b.clock.now();
+  const result = await b.db.transaction(async (tx) => {
+    const agent = await agents.get(tx, agentId);
+    if (!agent) throw new CordonError('not_found', `no agent ${agentId}`, { reason: 'agent_unknown' });
+    await agents.setStatus(tx, agentId, 'revoked', at);
+    const live = await sessions.liveSidsOfAgent(tx, agentId, at);
+    const sids = await revokeSessionsTx(b, tx, live, at, `agent revoked by ${by.actor}`);
+    const held = await tx('tokens').select('jti').where({ client_id: agentId }).whereNull('revoked_at').andWhere('expires_at', '>', at);
+    const jtis: string[] = [];
+    for (const r of held) jtis.push(...(await revokeSubtreeTx(b, tx, r.jti as string, at)));
+    await revocations.add(tx, [{ kind: 'agent', value: agentId, expiresAt: at + 365 * 86400_000, revokedAt: at }]);
+    await appendAudit(tx, { at, event: 'revoke', decision: 'allow', agentId, reason: `agent revoked by ${by.actor}`, params: { via: by.via, target: 'agent', sessions: sids.length, tokens: jtis.length } });
+    return { tokens: jtis, sessions: sids };
+  });
+  await notify(b, { sids: result.sessions, jtis: result.tokens });
+  return result;
+}
+
+/**
+ * RFC 7009 at /revoke: the caller must hold the token or an ancestor of it. Tokens we cannot
+ * verify are ignored with success, as §2.2 says; a token held by someone else is refused.
+ */
+export async function revokeByHolder(b: Broker, callerClientId: string, token: unknown): Promise<void> {
+  let claims;
+  try {
+    claims = await verifySignature(b, token, 'invalid_token');
+  } catch (e) {
+    if (e instanceof CordonError) return;
+    throw e;
+  }
+  const rec = await tokens.get(b.db, claims.jti);
+  if (!rec) return;
+  if (rec.clientId !== callerClientId) {
+    // An orchestrator may revoke what it handed down: walk up the recorded chain.
+    let p = rec.parentJti;
+    let allowed = false;
+    for (let hops = 0; p && hops < 32; hops++) {
+      const parent = await tokens.get(b.db, p);
+      if (!parent) break;
+      if (parent.clientId === callerClientId) {
+        allowed = true;
+        break;
+      }
+      p = parent.parentJti;
+    }
+    if (!allowed) throw new CordonError('unauthorized_client', 'this token was not issued to the caller or to one of its delegates', { reason: 'revoke_not_holder' });
+  }
+  if (rec.revokedAt === null) await revokeTokenChain(b, rec.jti, { actor: callerClientId, via: 'oauth-revoke' });
+}

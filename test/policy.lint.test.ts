@@ -1,0 +1,385 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { formatProblem, lintPolicyDir, PolicyDirError } from '../src/policy/lint.ts';
+import { loadPolicies, PolicyLintError } from '../src/policy/load.ts';
+import type { LintProblem } from '../src/policy/types.ts';
+
+const SHIPPED = fileURLToPath(new URL('../policies/', import.meta.url));
+
+const tmpDirs: string[] = [];
+async function dirWith(files: Record<string, string | Buffer>): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'cordon-policy-'));
+  tmpDirs.push(dir);
+  for (const [name, body] of Object.entries(files)) await writeFile(join(dir, name), body);
+  return dir;
+}
+
+/** Lint one file named p.yaml; returns its problems and the file path. */
+async function lintOne(text: string) {
+  const dir = await dirWith({ 'p.yaml': text });
+  const r = await lintPolicyDir(dir);
+  return { ...r, file: join(dir, 'p.yaml') };
+}
+
+/** Exactly one problem, at file:line[:column], whose message matches. */
+function one(problems: LintProblem[], file: string, line: number, match: RegExp, column?: number): LintProblem {
+  assert.equal(problems.length, 1, `expected one problem, got:\n${problems.map(formatProblem).join('\n')}`);
+  const [p] = problems;
+  assert.equal(p.file, file);
+  assert.equal(p.line, line, formatProblem(p));
+  if (column !== undefined) assert.equal(p.column, column, formatProblem(p));
+  assert.match(p.message, match);
+  return p;
+}
+
+// A valid policy; tests append or substitute lines and assert the line numbers that follow.
+const BASE = `name: base
+scopes: [tickets:read, cred:db]
+credentials:
+  db: { provider: vault, path: database/creds/ro, ttl: 10m }
+`;
+
+describe('policy/lint', () => {
+  after(async () => {
+    for (const d of tmpDirs) await rm(d, { recursive: true, force: true });
+  });
+
+  describe('the shipped policies/', () => {
+    it('lint clean', async () => {
+      const { policies, problems } = await lintPolicyDir(SHIPPED);
+      assert.deepEqual(problems.map(formatProblem), []);
+      assert.deepEqual(policies.map((p) => p.name), ['doc-reader', 'research-planner', 'support-summarizer']);
+    });
+
+    it('load with the values DESIGN.md describes', async () => {
+      const set = await loadPolicies(SHIPPED);
+      const s = set.get('support-summarizer')!;
+      assert.equal(s.tokenTtl, 600);
+      assert.equal(s.sessionTtl, 3600);
+      assert.deepEqual(s.audiences, ['https://tickets.internal']);
+      assert.deepEqual(s.delegation, { maxDepth: 1, scopes: ['tickets:read'] });
+      assert.deepEqual(s.credentials['tickets-vault'], { provider: 'vault', vault_policies: ['tickets-read'], ttl: 600 });
+      assert.deepEqual(s.credentials['tickets-db'], { provider: 'vault', path: 'database/creds/tickets-ro', ttl: 600 });
+      const s3 = s.credentials['reports-s3'];
+      assert.equal(s3.provider, 'aws-sts');
+      assert.equal(s3.ttl, 900);
+      assert.equal(s.requireDpop, false);
+      assert.deepEqual(s.federation, []);
+      const r = set.get('research-planner')!;
+      assert.deepEqual([r.tokenTtl, r.sessionTtl, r.delegation.maxDepth], [900, 7200, 2]);
+      const d = set.get('doc-reader')!;
+      assert.deepEqual([d.tokenTtl, d.delegation.maxDepth, d.delegation.scopes, d.credentials], [300, 0, [], {}]);
+      assert.deepEqual(set.names(), ['doc-reader', 'research-planner', 'support-summarizer']);
+      assert.equal(set.list().length, 3);
+      assert.equal(set.get('nope'), undefined);
+    });
+  });
+
+  describe('defaults and the Policy shape', () => {
+    it('applies defaults and converts keys to camelCase', async () => {
+      const { policies, problems } = await lintOne('name: tiny\nscopes: [a, a, b:*]\n');
+      assert.deepEqual(problems, []);
+      const [p] = policies;
+      assert.deepEqual(
+        { ...p, file: undefined },
+        {
+          name: 'tiny', description: '', file: undefined, tokenTtl: 600, sessionTtl: 3600, scopes: ['a', 'b:*'], audiences: [],
+          delegation: { maxDepth: 0, scopes: [] }, credentials: {}, requireDpop: false, federation: [],
+        },
+      );
+    });
+
+    it('reads require_dpop, federation (claim defaults to sub) and numeric seconds', async () => {
+      const { policies, problems } = await lintOne(
+        'name: fed\ntoken_ttl: 300\nscopes: [a]\nrequire_dpop: true\nfederation:\n  - { issuer: https://ci.example, jwks_uri: https://ci.example/jwks, audience: cordon, match: repo:x }\n',
+      );
+      assert.deepEqual(problems, []);
+      assert.equal(policies[0].tokenTtl, 300);
+      assert.equal(policies[0].requireDpop, true);
+      assert.deepEqual(policies[0].federation, [
+        { issuer: 'https://ci.example', jwks_uri: 'https://ci.example/jwks', audience: 'cordon', claim: 'sub', match: 'repo:x' },
+      ]);
+    });
+  });
+
+  describe('YAML', () => {
+    it('reports a syntax error with its position', async () => {
+      const { file, problems } = await lintOne('name: x\nscopes: [a, b\n');
+      assert.ok(problems.length >= 1);
+      assert.equal(problems[0].file, file);
+      assert.match(problems[0].message, /^YAML: /);
+      assert.ok(problems[0].line >= 2, formatProblem(problems[0]));
+    });
+
+    it('reports (does not throw on) a file that is not text', async () => {
+      const dir = await dirWith({ 'bin.yaml': Buffer.from([0x89, 0x50, 0x4e, 0x47, 0xff, 0xfe, 0x00, 0x01]) });
+      const { problems } = await lintPolicyDir(dir);
+      one(problems, join(dir, 'bin.yaml'), 1, /not a YAML file/, 1);
+    });
+
+    it('reports a file that is YAML but not a mapping', async () => {
+      const { file, problems } = await lintOne('# just prose\nThis is a README, not a policy.\n');
+      one(problems, file, 2, /must be a YAML mapping/, 1);
+    });
+
+    it('reports an empty file', async () => {
+      const { file, problems } = await lintOne('# nothing here\n');
+      one(problems, file, 1, /empty policy file/);
+    });
+
+    it('refuses a second document in one file', async () => {
+      const { file, problems } = await lintOne(`${BASE}---\nname: other\nscopes: []\n`);
+      one(problems, file, 5, /one policy per file/, 1);
+    });
+
+    it('refuses duplicate keys rather than letting the last one win', async () => {
+      const { file, problems } = await lintOne(`${BASE}token_ttl: 5m\ntoken_ttl: 50m\n`);
+      one(problems, file, 6, /unique/i, 1);
+    });
+  });
+
+  describe('schema rules', () => {
+    it('unknown top-level key, at the key', async () => {
+      const { file, problems } = await lintOne(`${BASE}sesion_ttl: 2h\n`);
+      one(problems, file, 5, /unknown key "sesion_ttl"/, 1);
+    });
+
+    it('unknown nested keys, at the key', async () => {
+      const { file, problems } = await lintOne(
+        `name: base\nscopes: [a, cred:db]\ndelegation:\n  maxDepth: 1\ncredentials:\n  db:\n    provider: vault\n    path: database/creds/ro\n    tll: 10m\n    ttl: 1m\n`,
+      );
+      assert.equal(problems.length, 2, problems.map(formatProblem).join('\n'));
+      assert.deepEqual([problems[0].file, problems[0].line, problems[0].column], [file, 4, 3]);
+      assert.match(problems[0].message, /delegation: unknown key "maxDepth"/);
+      assert.deepEqual([problems[1].line, problems[1].column], [9, 5]);
+      assert.match(problems[1].message, /credentials\.db: unknown key "tll"/);
+    });
+
+    it('missing required keys point at the mapping', async () => {
+      const { file, problems } = await lintOne('# c\ndescription: no name, no scopes\n');
+      assert.equal(problems.length, 2);
+      for (const p of problems) assert.deepEqual([p.file, p.line, p.column], [file, 2, 1]);
+      assert.deepEqual(problems.map((p) => p.message).sort(), ['name: is required', 'scopes: is required']);
+    });
+
+    it('wrong types', async () => {
+      const { file, problems } = await lintOne('name: base\nscopes: tickets:read\n');
+      one(problems, file, 2, /scopes: must be a list/, 9);
+    });
+
+    it('bad durations, at the value', async () => {
+      const { file, problems } = await lintOne(`${BASE}token_ttl: 10x\n`);
+      one(problems, file, 5, /token_ttl: invalid duration "10x"/, 12);
+      const zero = await lintOne(`${BASE}session_ttl: 0\n`);
+      one(zero.problems, zero.file, 5, /session_ttl: .*greater than zero/);
+      const float = await lintOne(`${BASE}session_ttl: "1.5h"\n`);
+      one(float.problems, float.file, 5, /session_ttl: invalid duration/);
+    });
+
+    it('invalid scope tokens, the lone * and wildcards over cred:', async () => {
+      const { file, problems } = await lintOne(
+        'name: base\nscopes:\n  - ok:*\n  - "*"\n  - "a b"\n  - cred:*\n  - c*\n  - \'say"hi\'\n',
+      );
+      assert.deepEqual(
+        problems.map((p) => [p.file, p.line, p.column]),
+        [[file, 4, 5], [file, 5, 5], [file, 6, 5], [file, 7, 5], [file, 8, 5]],
+      );
+      assert.match(problems[0].message, /scopes\[1\]: scope "\*" is too broad/);
+      assert.match(problems[1].message, /invalid scope token "a b"/);
+      assert.match(problems[2].message, /reaches cred:/);
+      assert.match(problems[3].message, /reaches cred:/);
+      assert.match(problems[4].message, /invalid scope token/);
+    });
+
+    it('the lone * in delegation.scopes too', async () => {
+      const { file, problems } = await lintOne(`${BASE}delegation: { max_depth: 1, scopes: ["*"] }\n`);
+      one(problems, file, 5, /delegation\.scopes\[0\]: scope "\*" is too broad/, 38);
+    });
+
+    for (const depth of ['17', '-1', '1.5'])
+      it(`max_depth ${depth} is outside 0..16`, async () => {
+        const { file, problems } = await lintOne(`${BASE}delegation:\n  max_depth: ${depth}\n`);
+        one(problems, file, 6, /delegation\.max_depth: must be/, 14);
+      });
+
+    it('a credential without a provider, or with an unknown one', async () => {
+      const { file, problems } = await lintOne(
+        'name: base\nscopes: [cred:a, cred:b]\ncredentials:\n  a: { path: database/creds/x, ttl: 1m }\n  b: { provider: gcp, ttl: 1m }\n',
+      );
+      assert.equal(problems.length, 2, problems.map(formatProblem).join('\n'));
+      assert.deepEqual([problems[0].file, problems[0].line], [file, 4]);
+      assert.match(problems[0].message, /credentials\.a: credential needs a provider/);
+      assert.deepEqual([problems[1].line, problems[1].column], [5, 18]);
+      assert.match(problems[1].message, /unknown provider "gcp"/);
+    });
+
+    it('vault needs exactly one of vault_policies / path', async () => {
+      const neither = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v: { provider: vault, ttl: 1m }\n');
+      one(neither.problems, neither.file, 4, /credentials\.v: .*needs vault_policies .* or path/);
+      const both = await lintOne(
+        'name: base\nscopes: [cred:v]\ncredentials:\n  v:\n    provider: vault\n    vault_policies: [p]\n    path: secret/data/x\n    ttl: 1m\n',
+      );
+      one(both.problems, both.file, 7, /not both/, 11);
+    });
+
+    it('vault: no root policy, no path tricks', async () => {
+      const root = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v: { provider: vault, vault_policies: [Root], ttl: 1m }\n');
+      one(root.problems, root.file, 4, /root policy/);
+      const dots = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v: { provider: vault, path: secret/../sys/raw, ttl: 1m }\n');
+      one(dots.problems, dots.file, 4, /credentials\.v\.path: must be a Vault API path/);
+    });
+
+    it('aws-sts: role_arn shape, session_policy size, policy_arns count, ttl cap', async () => {
+      const cred = (extra: string) =>
+        `name: base\nscopes: [cred:s3]\nsession_ttl: 12h\ncredentials:\n  s3:\n    provider: aws-sts\n    ttl: 15m\n${extra}`;
+      const arn = await lintOne(cred('    role_arn: arn:aws:iam::1234:role/x\n'));
+      one(arn.problems, arn.file, 8, /role_arn: must look like arn:aws:iam::123456789012:role\/NAME/, 15);
+      const ok = '    role_arn: arn:aws:iam::123456789012:role/path/agent\n';
+      const big = await lintOne(`${cred(ok)}    session_policy: { Statement: "${'x'.repeat(2048)}" }\n`);
+      one(big.problems, big.file, 9, /session_policy: is longer than 2048/);
+      // Exactly at the limit passes: {"Statement":"…"} is 16 characters of JSON around the value.
+      const edge = await lintOne(`${cred(ok)}    session_policy: { Statement: "${'x'.repeat(2048 - 16)}" }\n`);
+      assert.deepEqual(edge.problems, []);
+      const arns = Array.from({ length: 11 }, (_, i) => `arn:aws:iam::aws:policy/P${i}`).join(', ');
+      const many = await lintOne(`${cred(ok)}    policy_arns: [${arns}]\n`);
+      one(many.problems, many.file, 9, /at most 10 policy ARNs/);
+      const long = await lintOne(cred(ok).replace('ttl: 15m', 'ttl: 13h').replace('session_ttl: 12h', 'session_ttl: 1d'));
+      one(long.problems, long.file, 7, /ttl: must be at most 12h/);
+    });
+  });
+
+  describe('semantic rules', () => {
+    it('session_ttl shorter than token_ttl, at session_ttl', async () => {
+      const { file, problems } = await lintOne(`${BASE}token_ttl: 30m\nsession_ttl: 20m\n`);
+      one(problems, file, 6, /session_ttl \(1200s\) is shorter than token_ttl \(1800s\)/, 14);
+    });
+
+    it('token_ttl above the default session_ttl, at token_ttl', async () => {
+      const { file, problems } = await lintOne(`${BASE}token_ttl: 2h\n`);
+      one(problems, file, 5, /shorter than token_ttl/, 12);
+    });
+
+    it('delegation.scopes not covered by scopes', async () => {
+      const { file, problems } = await lintOne(
+        `${BASE}delegation:\n  max_depth: 1\n  scopes:\n    - tickets:read\n    - tickets:write\n`,
+      );
+      one(problems, file, 9, /delegation\.scopes\[1\]: tickets:write is handed down but not held/, 7);
+    });
+
+    it('delegation.scopes covered by a wildcard pass', async () => {
+      const { problems } = await lintOne('name: w\nscopes: [tickets:*]\ndelegation: { max_depth: 1, scopes: [tickets:read, tickets:a:*] }\n');
+      assert.deepEqual(problems, []);
+    });
+
+    it('a cred: scope with no credentials entry', async () => {
+      const { file, problems } = await lintOne('name: base\nscopes:\n  - tickets:read\n  - cred:ghost\n');
+      one(problems, file, 4, /scopes\[1\]: cred:ghost grants a credential that credentials: does not define/, 5);
+    });
+
+    it('a credentials entry no cred: scope grants, at the key', async () => {
+      const { file, problems } = await lintOne(`${BASE}  extra: { provider: vault, path: kv/data/x, ttl: 1m }\n`);
+      one(problems, file, 5, /credential extra is defined but no cred:extra scope grants it/, 3);
+    });
+
+    it('credential names must match the name pattern', async () => {
+      const { file, problems } = await lintOne(
+        'name: base\nscopes: [cred:Bad_Name]\ncredentials:\n  Bad_Name: { provider: vault, path: kv/data/x, ttl: 1m }\n',
+      );
+      one(problems, file, 4, /credential name "Bad_Name" must match/, 3);
+    });
+
+    it('policy names must match the name pattern', async () => {
+      const { file, problems } = await lintOne(BASE.replace('name: base', 'name: Base Policy'));
+      one(problems, file, 1, /policy name "Base Policy" must match/, 7);
+    });
+
+    it("a credential's ttl longer than session_ttl", async () => {
+      const { file, problems } = await lintOne(
+        'name: base\nsession_ttl: 30m\nscopes: [cred:db]\ncredentials:\n  db:\n    provider: vault\n    path: database/creds/ro\n    ttl: 1h\n',
+      );
+      one(problems, file, 8, /credentials\.db\.ttl: ttl \(3600s\) is longer than session_ttl \(1800s\)/, 10);
+    });
+
+    it('federation rules need exactly one of jwks_uri / jwks_file', async () => {
+      const rule = (keys: string) => `${BASE}federation:\n  - issuer: https://k8s.example\n    audience: cordon\n    match: system:serviceaccount:ns:sa\n${keys}`;
+      const neither = await lintOne(rule(''));
+      one(neither.problems, neither.file, 6, /federation\[0\]: needs jwks_uri or jwks_file/, 5);
+      const both = await lintOne(rule('    jwks_uri: https://k8s.example/jwks\n    jwks_file: /etc/jwks.json\n'));
+      one(both.problems, both.file, 6, /federation\[0\]: takes jwks_uri or jwks_file, not both/);
+      const http = await lintOne(rule('    jwks_uri: http://k8s.example/jwks\n'));
+      one(http.problems, http.file, 9, /jwks_uri: must be an https:\/\/ URL/, 15);
+      const loopback = await lintOne(rule('    jwks_uri: http://127.0.0.1:9999/jwks\n'));
+      assert.deepEqual(loopback.problems, []);
+    });
+  });
+
+  describe('the directory', () => {
+    it('names the second file of a duplicate policy name and mentions the first', async () => {
+      const dir = await dirWith({ 'a.yaml': BASE, 'b.yml': `# same name\n${BASE}` });
+      const { policies, problems } = await lintPolicyDir(dir);
+      one(problems, join(dir, 'b.yml'), 2, new RegExp(`policy base is already defined in ${join(dir, 'a.yaml').replace(/[.\\]/g, '\\$&')}`), 7);
+      assert.deepEqual(policies.map((p) => p.file), [join(dir, 'a.yaml')]);
+    });
+
+    it('reads *.yaml and *.yml only, sorted, skipping hidden files and subdirectories, following symlinks', async () => {
+      const dir = await dirWith({
+        'b.yml': BASE.replace('base', 'b'),
+        'a.yaml': BASE.replace('base', 'a'),
+        'README.md': 'not a policy',
+        '.hidden.yaml': 'garbage: [',
+        'notes.yaml.bak': 'garbage: [',
+      });
+      await mkdir(join(dir, 'sub.yaml'));
+      await writeFile(join(dir, 'sub.yaml', 'x.yaml'), 'garbage: [');
+      await symlink(join(dir, 'a.yaml'), join(dir, 'c.yaml'));
+      const { policies, problems } = await lintPolicyDir(dir);
+      one(problems, join(dir, 'c.yaml'), 1, /already defined/);
+      assert.deepEqual(policies.map((p) => p.name), ['a', 'b']);
+    });
+
+    it('keeps going after a bad file and reports every file', async () => {
+      const dir = await dirWith({ 'a.yaml': 'name: [', 'b.yaml': BASE, 'c.yaml': `${BASE}bogus: 1\n` });
+      const { policies, problems } = await lintPolicyDir(dir);
+      assert.deepEqual(policies.map((p) => p.name), ['base']);
+      assert.deepEqual([...new Set(problems.map((p) => p.file))], [join(dir, 'a.yaml'), join(dir, 'c.yaml')]);
+    });
+
+    it('an empty directory is zero policies', async () => {
+      const set = await loadPolicies(await dirWith({}));
+      assert.deepEqual(set.names(), []);
+    });
+
+    it('a missing directory is a clear error naming it', async () => {
+      const missing = join(tmpdir(), 'cordon-no-such-policy-dir');
+      await assert.rejects(loadPolicies(missing), (e: unknown) => e instanceof PolicyDirError && e.message.includes(missing) && /does not exist/.test(e.message));
+      const dir = await dirWith({ 'f.yaml': BASE });
+      await assert.rejects(lintPolicyDir(join(dir, 'f.yaml')), /is not a directory/);
+    });
+  });
+
+  describe('loadPolicies', () => {
+    it('refuses the whole set on any problem, first problem in the message', async () => {
+      const dir = await dirWith({ 'a.yaml': BASE, 'b.yaml': `${BASE.replace('base', 'other')}bogus: 1\nalso: 2\n` });
+      await assert.rejects(loadPolicies(dir), (e: unknown) => {
+        assert.ok(e instanceof PolicyLintError);
+        assert.equal(e.problems.length, 2);
+        assert.ok(e.message.startsWith(`${join(dir, 'b.yaml')}:5:1: unknown key "bogus"`), e.message);
+        assert.match(e.message, /and 1 more problem\)$/);
+        return true;
+      });
+    });
+
+    it('hands out frozen policies', async () => {
+      const set = await loadPolicies(await dirWith({ 'a.yaml': BASE }));
+      const p = set.get('base')!;
+      assert.throws(() => p.scopes.push('admin:*'));
+      assert.throws(() => {
+        (p.delegation as { maxDepth: number }).maxDepth = 5;
+      });
+      assert.ok(Object.isFrozen(p.credentials.db));
+    });
+  });
+});
