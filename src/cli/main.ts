@@ -1,18 +1,15 @@
 import { loadConfig } from '../config/index.ts';
-import { openBroker, closeBroker } from '../broker.ts';
-import { listen } from '../http/server.ts';
+import { startBroker } from '../runtime.ts';
 
 /** Entry point; returns the exit code. */
 export async function main(argv: string[]): Promise<number> {
   try {
     if (argv[0] === 'serve') {
       const config = loadConfig();
-      const b = await openBroker(config, { auditPolicyLoad: true });
-      const s = await listen(b);
-      b.log.info({ issuer: config.issuer, listen: s.url, policies: b.policies.names() }, 'cordon broker listening');
+      const r = await startBroker(config);
+      r.b.log.info({ issuer: config.issuer, listen: r.url, policies: r.b.policies.names() }, 'cordon broker listening');
       const stop = async () => {
-        await s.close();
-        await closeBroker(b);
+        await r.stop();
         process.exit(0);
       };
       process.on('SIGINT', stop);
