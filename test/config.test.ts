@@ -1,0 +1,42 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { DEFAULTS, OPTIONAL, loadConfig } from '../src/config/index.ts';
+import { ConfigError } from '../src/errors.ts';
+
+describe('config', () => {
+  it('.env.example lists every variable, defaults with their default value', () => {
+    const text = readFileSync('.env.example', 'utf8');
+    for (const [k, v] of Object.entries(DEFAULTS)) assert.match(text, new RegExp(`^${k}=${v.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}$`, 'm'), k);
+    for (const k of OPTIONAL) assert.match(text, new RegExp(`^# ${k}=`, 'm'), k);
+  });
+
+  it('defaults give a working embedded configuration', () => {
+    const c = loadConfig({});
+    assert.equal(c.issuer, 'http://127.0.0.1:8080');
+    assert.equal(c.port, 8080);
+    assert.match(c.databaseUrl, /^sqlite:/);
+    assert.equal(c.vault, undefined);
+    assert.equal(c.sts, undefined);
+  });
+
+  const bad: Array<[Record<string, string>, string]> = [
+    [{ PORT: 'eighty' }, 'PORT'],
+    [{ PORT: '70000' }, 'PORT'],
+    [{ CORDON_ISSUER: 'not a url' }, 'CORDON_ISSUER'],
+    [{ CORDON_ISSUER: 'ftp://x' }, 'CORDON_ISSUER'],
+    [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
+    [{ CORDON_KEY_ALG: 'HS256' }, 'CORDON_KEY_ALG'],
+    [{ CORDON_LOG_LEVEL: 'loud' }, 'CORDON_LOG_LEVEL'],
+    [{ VAULT_ADDR: 'http://127.0.0.1:8200' }, 'VAULT_TOKEN'],
+    [{ VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_SECRET_ID: 's' }, 'VAULT_ROLE_ID'],
+    [{ AWS_REGION: 'moon' }, 'AWS_REGION'],
+  ];
+  for (const [env, variable] of bad) {
+    it(`a bad ${variable} stops start-up with one line naming it`, () => {
+      assert.throws(
+        () => loadConfig(env),
+        (e: unknown) => e instanceof ConfigError && e.variable === variable && e.message.startsWith(`${variable}:`) && !e.message.includes('\n'),
+      );
+    });
+  }
+});
