@@ -4,6 +4,10 @@ import type { Config } from './config/index.ts';
 import { openBroker, closeBroker, type Broker } from './broker.ts';
 import { listen, type RunningServer } from './http/server.ts';
 import type { AppExtensions } from './http/app.ts';
+import { mountRequestLogging } from './http/logging.ts';
+import { mountMetrics } from './http/metrics.ts';
+import { credentialsRoute } from './http/credentials.ts';
+import { startBackendCredentials } from './tokens/sweeper.ts';
 
 export interface RunningBroker {
   b: Broker;
@@ -18,9 +22,13 @@ export interface RunningBroker {
  */
 export async function startBroker(config: Config, opts: { clock?: Clock; log?: Logger; port?: number } = {}): Promise<RunningBroker> {
   const b = await openBroker(config, { clock: opts.clock, log: opts.log, auditPolicyLoad: true });
-  const ext: Required<AppExtensions> = { routes: [] };
+  const ext: Required<AppExtensions> = { routes: [], before: [mountRequestLogging, (app, b2) => mountMetrics(app, b2, { defaultMetrics: true })] };
   const stops: Array<() => Promise<void>> = [];
   try {
+    // Backend credentials: providers, revocation reaching them, the sweeper (first run recovers orphans).
+    const creds = await startBackendCredentials(b);
+    stops.push(() => creds.stop());
+    ext.routes.push(credentialsRoute);
     const server = await listen(b, ext, opts.port ?? config.port);
     return {
       b,

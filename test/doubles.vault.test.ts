@@ -163,7 +163,7 @@ describe('test double: Vault (through node-vault)', () => {
 
   it('revoking a token revokes its descendants and every lease they created, and nothing above', async () => {
     const broker = await brokerToken();
-    const child = (await as(broker).write('auth/token/create', { policies: ['tickets-read'], ttl: '10m' })).auth;
+    const child = (await as(broker).write('auth/token/create', { policies: ['broker', 'tickets-read'], ttl: '10m' })).auth;
     const grandchild = (await as(child.client_token).write('auth/token/create', { policies: ['tickets-read'], ttl: '5m' })).auth;
     const lease = (await as(grandchild.client_token).read('database/creds/tickets-ro')).lease_id;
     const brokerLease = (await as(broker).read('database/creds/tickets-ro')).lease_id;
@@ -248,7 +248,7 @@ describe('test double: Vault (through node-vault)', () => {
     assert.equal(v.isTokenActive(once.client_token), false);
     assert.equal(v.listLeases(once.client_token).every((l) => l.state === 'revoked'), true);
 
-    const twice = (await as(broker).write('auth/token/create', { policies: ['tickets-read'], ttl: '5m', num_uses: 2 })).auth;
+    const twice = (await as(broker).write('auth/token/create', { policies: ['broker', 'tickets-read'], ttl: '5m', num_uses: 2 })).auth;
     const kept = await as(twice.client_token).read('database/creds/tickets-ro');
     assert.equal(v.isLeaseActive(kept.lease_id), true);
     const cannot = await rejects(as(twice.client_token).write('auth/token/create', { policies: ['tickets-read'] }));

@@ -8,6 +8,8 @@ import { introspectEndpoint, jwksEndpoint, revocationsEndpoint, revokeEndpoint }
 export interface AppExtensions {
   /** Routes other modules add (credentials, metrics); mounted before the OAuth provider. */
   routes?: Array<(app: Express, b: Broker) => void>;
+  /** Middleware mounted ahead of every route (request logging, metrics). */
+  before?: Array<(app: Express, b: Broker) => void>;
 }
 
 /**
@@ -19,6 +21,22 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   const app = express();
   app.disable('x-powered-by');
   app.set('query parser', 'simple');
+  // A reply sent before the request body was read to its end (a body over the limit, a refusal
+  // made on the headers) must not leave the rest of that body on a keep-alive connection: the
+  // server would wait on it as the next request and the connection would hang. Tell the client
+  // the connection closes, and close it.
+  app.use((req, res, next) => {
+    const writeHead = res.writeHead;
+    res.writeHead = function patched(this: Response, ...args: unknown[]) {
+      if (!req.complete && !res.headersSent) res.setHeader('Connection', 'close');
+      return (writeHead as (...a: unknown[]) => Response).apply(this, args);
+    } as typeof res.writeHead;
+    res.on('finish', () => {
+      if (!req.complete) req.socket.destroy();
+    });
+    next();
+  });
+  for (const add of ext.before ?? []) add(app, b);
   const form = express.raw({ type: 'application/x-www-form-urlencoded', limit: b.config.bodyLimitBytes });
 
   app.post('/introspect', form, handle(introspectEndpoint(b)));

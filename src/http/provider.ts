@@ -8,6 +8,7 @@ import { isWellFormedId } from '../ids.ts';
 import { GRANT_TOKEN_EXCHANGE } from '../tokens/claims.ts';
 import { DPOP_ALGS } from '../tokens/dpop.ts';
 import { recordDenial } from '../tokens/issue.ts';
+import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
 import * as clientCredentials from './grants/client-credentials.ts';
 import * as tokenExchange from './grants/token-exchange.ts';
 
@@ -28,6 +29,10 @@ function adapterFor(b: Broker) {
     }
     async find(id: string): Promise<AdapterPayload | undefined> {
       if (this.model === 'Client') {
+        // The public workload client: no secret, token exchange only; the subject token names the agent (grants/token-exchange.ts).
+        if (id === WORKLOAD_CLIENT_ID) {
+          return { client_id: WORKLOAD_CLIENT_ID, token_endpoint_auth_method: 'none', grant_types: [GRANT_TOKEN_EXCHANGE], response_types: [], redirect_uris: [] } as AdapterPayload;
+        }
         if (!isWellFormedId(id)) return undefined;
         const a = await agents.get(b.db, id);
         if (!a || a.status === 'revoked') return undefined;
@@ -80,7 +85,7 @@ export async function createProvider(b: Broker): Promise<Provider> {
   const provider = new Provider(b.config.issuer, {
     adapter: adapterFor(b),
     jwks: { keys: [jwk as never] },
-    clientAuthMethods: [...CLIENT_AUTH_METHODS],
+    clientAuthMethods: [...CLIENT_AUTH_METHODS, 'none'], // 'none' only for the public cordon-workload client
     clientDefaults: { grant_types: GRANT_TYPES, response_types: [], id_token_signed_response_alg: alg, token_endpoint_auth_method: 'client_secret_basic' },
     enabledJWA: { clientAuthSigningAlgValues: ['ES256', 'EdDSA', 'RS256', 'PS256'], idTokenSigningAlgValues: [alg] },
     features: {
@@ -120,7 +125,7 @@ export async function createProvider(b: Broker): Promise<Provider> {
   provider.on('grant.error', (ctx: KoaContextWithOIDC, err: Error & { error?: string; error_description?: string; audited?: boolean }) => {
     if (err.audited) return;
     // Refusals oidc-provider makes itself (client authentication, malformed requests) are audited too.
-    const clientId = ctx.oidc?.client?.clientId ?? null;
+    const clientId = ctx.oidc?.client?.clientId ?? claimedClientId(ctx);
     b.db
       .transaction(async (tx) => {
         const { appendAudit } = await import('../audit/log.ts');
@@ -140,8 +145,43 @@ export async function createProvider(b: Broker): Promise<Provider> {
   return provider;
 }
 
+/**
+ * The client id a refused request claimed, for the audit row, when oidc-provider never loaded the
+ * client (unknown or revoked agent). Taken from the form or the Basic header; only a well-formed id.
+ */
+function claimedClientId(ctx: KoaContextWithOIDC): string | null {
+  const fromParams = (ctx.oidc?.params as Record<string, unknown> | undefined)?.client_id;
+  if (isWellFormedId(fromParams)) return fromParams;
+  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(ctx.headers?.authorization ?? '');
+  if (!m) return null;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i < 0) return null;
+  try {
+    const id = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
+    return isWellFormedId(id) ? id : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * oidc-provider decodes the form leniently: raw bytes that are not UTF-8 and `%FF`-style escapes
+ * both become U+FFFD. Cordon's own endpoints refuse such bodies (form.ts); the token endpoint must
+ * too, so no scope, task or id reaches a decision as replacement characters.
+ */
+function refuseReplacementChars(ctx: KoaContextWithOIDC): void {
+  const body = (ctx.oidc.body ?? {}) as Record<string, unknown>;
+  for (const [k, v] of Object.entries(body)) {
+    for (const s of [k, ...(Array.isArray(v) ? v : [v])]) {
+      if (typeof s === 'string' && s.includes('\uFFFD')) throw new CordonError('invalid_request', 'request body is not valid UTF-8', { reason: 'body_not_utf8' });
+    }
+  }
+}
+
 async function runGrant(b: Broker, handler: GrantHandler, ctx: KoaContextWithOIDC): Promise<void> {
   try {
+    refuseReplacementChars(ctx);
     await handler(b, ctx);
     ctx.set('Cache-Control', 'no-store');
   } catch (e) {

@@ -113,9 +113,13 @@ export class Keyring {
     return k;
   }
 
-  async reload(): Promise<void> {
+  /**
+   * Re-reads the key table. Pass the caller's transaction when inside one: on SQLite the pool has
+   * a single connection, so a read through the pool from inside a transaction would wait forever.
+   */
+  async reload(q: Q = this.#db): Promise<void> {
     const now = this.#clock.now();
-    const rows = await listKeys(this.#db);
+    const rows = await listKeys(q);
     const active = rows.find((r) => r.status === 'active');
     if (!active) throw new Error('no active signing key: run `cordon init`');
     const file = join(this.#keyDir, `${active.kid}.jwk.json`);
@@ -132,8 +136,8 @@ export class Keyring {
   }
 
   /** Re-reads keys when the cached view is older than the reload interval. Cheap to call per request. */
-  async fresh(): Promise<this> {
-    if (this.#clock.now() - this.#loadedAt > KEYRING_RELOAD_MS) await this.reload();
+  async fresh(q?: Q): Promise<this> {
+    if (this.#clock.now() - this.#loadedAt > KEYRING_RELOAD_MS) await this.reload(q);
     return this;
   }
 

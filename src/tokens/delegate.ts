@@ -5,6 +5,8 @@ import { isWellFormedId } from '../ids.ts';
 import { intersect, parseScope, uncovered } from '../policy/scopes.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { agents } from '../store/agents.ts';
+import { isPostgres, type Q } from '../store/db.ts';
+import type { Policy } from '../policy/types.ts';
 import { chainOf, type ActClaim, type AccessTokenClaims } from './claims.ts';
 import { issueToken, recordDenial, type IssuedToken } from './issue.ts';
 import { activeAgentAndPolicy, parseRequestedScope, parseRequestedTtl } from './session-start.ts';
@@ -56,11 +58,15 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
       throw new CordonError('invalid_grant', 'the root agent of this session is no longer active', { reason: 'root_inactive' });
     });
 
-    // Depth: the root policy caps the chain; the caller may reach at most its own max_depth below itself.
+    // Depth: every holder in the chain caps how far below itself the chain may reach (its policy's
+    // max_depth, counted from its own depth): the root policy caps the whole chain, the caller what it
+    // hands down, and an intermediate holder everything delegated under it.
     const depth = claims.cordon_depth + 1;
     if (depth > rootPolicy.delegation.maxDepth) throw new CordonError('invalid_grant', `delegation depth ${depth} exceeds max_depth ${rootPolicy.delegation.maxDepth} of root policy ${rootPolicy.name}`, { reason: 'depth_exceeded' });
     if (callerPolicy.delegation.maxDepth < 1) throw new CordonError('invalid_grant', `policy ${callerPolicy.name} does not allow delegation (max_depth 0)`, { reason: 'depth_exceeded' });
-    if (depth > claims.cordon_depth + callerPolicy.delegation.maxDepth) throw new CordonError('invalid_grant', `delegation depth ${depth} exceeds what policy ${callerPolicy.name} may hand down`, { reason: 'depth_exceeded' });
+    for (const [at, policy] of await intermediatePolicies(b, chain, claims.cordon_depth)) {
+      if (depth > at + policy.delegation.maxDepth) throw new CordonError('invalid_grant', `delegation depth ${depth} exceeds what policy ${policy.name} (at depth ${at} of the chain) allows below it (max_depth ${policy.delegation.maxDepth})`, { reason: 'depth_exceeded' });
+    }
 
     // Scope: within the parent token, the sub-agent's policy and what the caller's policy may hand down.
     const requested = parseRequestedScope(req.scope);
@@ -93,8 +99,10 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
       }
       audience = [...new Set(req.audience)];
     } else {
+      // Never wider than the parent: with nothing in common the request is refused rather than given
+      // the broker's own audience, which the parent may not hold (it would open /credentials).
       audience = parentAud.filter((a) => a === b.config.issuer || actorPolicy.audiences.includes(a));
-      if (!audience.length) audience = [b.config.issuer];
+      if (!audience.length) throw new CordonError('invalid_target', `none of the parent token's audiences is allowed by policy ${actorPolicy.name}`, { reason: 'audience_not_allowed' });
     }
 
     // Lifetime: never past the parent, the session, or the sub-agent's token_ttl.
@@ -113,14 +121,15 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
 
     const act: ActClaim = { sub: actor.id, act: claims.act ?? { sub: claims.client_id } };
     const newChain = [...chain, actor.id];
-    return await b.db.transaction((tx) =>
-      issueToken(
+    return await b.db.transaction(async (tx) => {
+      await assertStillLive(tx, claims.jti, claims.sid);
+      return issueToken(
         b,
         tx,
         { sid: claims.sid, subject: claims.sub, clientId: actor.id, parentJti: claims.jti, scope, audience, task: claims.task ?? null, depth, act, cnfJkt: req.bindJkt ?? null, expiresAt },
         { event: 'delegation.issue', chain: newChain, params: { requested_scope: req.scope, scope_policy: req.scopePolicy, audience, by: req.callerClientId } },
-      ),
-    );
+      );
+    });
   } catch (e) {
     if (e instanceof CordonError && !e.audited) {
       await recordDenial(b, {
@@ -136,4 +145,38 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
     }
     throw e;
   }
+}
+
+/**
+ * The policies of the holders strictly between the root (depth 0) and the caller (depth
+ * `callerDepth`), with their depth. A holder whose record or policy is gone fails closed.
+ */
+async function intermediatePolicies(b: Broker, chain: string[], callerDepth: number): Promise<Array<[number, Policy]>> {
+  if (callerDepth < 2) return [];
+  if (chain.length !== callerDepth + 1) throw new CordonError('invalid_grant', 'subject_token actor chain does not match its depth', { reason: 'chain_mismatch' });
+  const ids = chain.slice(1, -1);
+  const rows = await Promise.all(ids.map((id) => agents.get(b.db, id)));
+  return rows.map((row, i) => {
+    const policy = row ? b.policies.get(row.policy) : undefined;
+    if (!policy) throw new CordonError('invalid_grant', 'a holder earlier in the chain is no longer bound to a loaded policy', { reason: 'chain_policy_missing' });
+    return [i + 1, policy] as [number, Policy];
+  });
+}
+
+/**
+ * Inside the issuing transaction: the parent token and its session are still unrevoked. The check
+ * before it ran outside the transaction, and a cascade that commits in between must not miss the
+ * new child (revocations write every descendant eagerly, so the parent's own row says it all).
+ * SQLite runs one transaction at a time, so this closes the gap. On PostgreSQL the rows are
+ * share-locked, so a revocation's UPDATE of them waits for this commit; for the cascade to see
+ * the new child there too, the revocation's subtree walk must lock the rows it reads (FOR UPDATE).
+ */
+async function assertStillLive(tx: Q, jti: string, sid: string): Promise<void> {
+  const pg = isPostgres(tx);
+  const t = tx('tokens').select('revoked_at').where({ jti });
+  const s = tx('sessions').select('revoked_at').where({ sid });
+  const tok = await (pg ? t.forShare() : t).first();
+  const ses = await (pg ? s.forShare() : s).first();
+  if (!tok || tok.revoked_at !== null) throw new CordonError('invalid_grant', 'token has been revoked', { reason: 'token_revoked' });
+  if (!ses || ses.revoked_at !== null) throw new CordonError('invalid_grant', 'the session of this token has been revoked', { reason: 'token_session_revoked' });
 }

@@ -51,7 +51,7 @@ export async function issueToken(b: Broker, tx: Q, g: Grant, audit: { event: str
     ...(g.act ? { act: g.act } : {}),
     ...(g.cnfJkt ? { cnf: { jkt: g.cnfJkt } } : {}),
   };
-  await b.keys.fresh();
+  await b.keys.fresh(tx); // through tx: the SQLite pool's one connection is held by this transaction
   const { jwt, kid } = await signAccessToken(b.keys, claims);
   await tokens.insert(tx, {
     jti: claims.jti,

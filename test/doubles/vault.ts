@@ -533,7 +533,15 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     const path = rec.vaultPath.replace(/\/+$/, '');
     const method = rec.method.toUpperCase();
     const body: Record<string, unknown> = typeof rec.body === 'object' && rec.body !== null && !Array.isArray(rec.body) ? rec.body : {};
-    if (typeof rec.body === 'string') throw invalid(`failed to parse JSON input: invalid character '${rec.body.trim()[0]}' looking for beginning of value`);
+    if (typeof rec.body === 'string') {
+      let why = 'invalid JSON';
+      try {
+        JSON.parse(rec.body);
+      } catch (e) {
+        why = e instanceof Error ? e.message : why;
+      }
+      throw invalid(`failed to parse JSON input: ${why}`);
+    }
 
     // Unauthenticated system endpoints.
     if (path === 'sys/health' && method === 'GET') return this.#health();

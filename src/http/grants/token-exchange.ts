@@ -3,29 +3,61 @@ import type { Broker } from '../../broker.ts';
 import { CordonError } from '../../errors.ts';
 import { TOKEN_TYPE_ACCESS, TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT, GRANT_TOKEN_EXCHANGE } from '../../tokens/claims.ts';
 import { delegate } from '../../tokens/delegate.ts';
+import { WORKLOAD_CLIENT_ID, redeemBootstrapToken } from '../../tokens/bootstrap.ts';
+import { redeemFederatedJwt } from '../../tokens/federation.ts';
+import { recordDenial } from '../../tokens/issue.ts';
 import { audiences, dpopOf, param, tokenResponse } from './params.ts';
 
 /**
  * RFC 8693 token exchange. The subject token's type picks the rule: an access token is
  * delegated to `requested_actor`; a bootstrap token or a federated JWT opens a session.
+ *
+ * The public client `cordon-workload` (no secret) may only open sessions that way: the agent
+ * it becomes is named by the subject token. Delegation needs an authenticated agent.
  */
 export const grantType = GRANT_TOKEN_EXCHANGE;
 export const parameters = ['scope', 'task', 'resource', 'audience', 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'requested_actor', 'scope_policy', 'expires_in', 'dpop_jkt'];
 export const allowDuplicates = ['resource', 'audience'];
 
+const SESSION_OPENING = [TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT];
+
 export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void> {
+  const clientId = ctx.oidc.client!.clientId;
+  const workload = clientId === WORKLOAD_CLIENT_ID;
+  try {
+    await exchange(b, ctx, clientId, workload);
+  } catch (e) {
+    // Refusals before a rule took over (missing or wrong parameters) are audited here, with the caller as the chain.
+    if (e instanceof CordonError && !e.audited) {
+      await recordDenial(b, {
+        event: 'token_exchange',
+        agentId: clientId,
+        chain: workload ? null : [clientId],
+        reason: `${e.code}: ${e.description}`,
+        params: { subject_token_type: String(ctx.oidc.params?.subject_token_type ?? '').slice(0, 100), requested_actor: param(ctx, 'requested_actor')?.slice(0, 64), scope: param(ctx, 'scope') },
+      }).catch(() => {});
+      e.audited = true;
+    }
+    throw e;
+  }
+}
+
+async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, workload: boolean): Promise<void> {
   const subjectToken = param(ctx, 'subject_token');
   const subjectType = param(ctx, 'subject_token_type');
-  if (!subjectToken) throw new CordonError('invalid_request', 'subject_token is required');
-  if (!subjectType) throw new CordonError('invalid_request', 'subject_token_type is required');
-  if (param(ctx, 'actor_token') !== undefined && param(ctx, 'actor_token_type') === undefined) throw new CordonError('invalid_request', 'actor_token_type is required with actor_token');
-  if (param(ctx, 'actor_token') !== undefined) throw new CordonError('invalid_request', 'actor_token is not used by this broker: name the sub-agent with requested_actor');
+  if (!subjectToken) throw new CordonError('invalid_request', 'subject_token is required', { reason: 'subject_token_missing' });
+  if (!subjectType) throw new CordonError('invalid_request', 'subject_token_type is required', { reason: 'subject_type_missing' });
+  if (param(ctx, 'actor_token') !== undefined && param(ctx, 'actor_token_type') === undefined) throw new CordonError('invalid_request', 'actor_token_type is required with actor_token', { reason: 'actor_type_missing' });
+  if (param(ctx, 'actor_token') !== undefined) throw new CordonError('invalid_request', 'actor_token is not used by this broker: name the sub-agent with requested_actor', { reason: 'actor_token_unsupported' });
+  if (param(ctx, 'actor_token_type') !== undefined) throw new CordonError('invalid_request', 'actor_token_type is only valid with actor_token', { reason: 'actor_type_without_token' });
   const requestedType = param(ctx, 'requested_token_type');
-  if (requestedType !== undefined && requestedType !== TOKEN_TYPE_ACCESS) throw new CordonError('invalid_request', `requested_token_type must be ${TOKEN_TYPE_ACCESS}`);
-  const dpopJkt = await dpopOf(b, ctx);
-  const clientId = ctx.oidc.client!.clientId;
+  if (requestedType !== undefined && requestedType !== TOKEN_TYPE_ACCESS) throw new CordonError('invalid_request', `requested_token_type must be ${TOKEN_TYPE_ACCESS}`, { reason: 'requested_type_unsupported' });
+  if (workload && !SESSION_OPENING.includes(subjectType)) {
+    throw new CordonError('unauthorized_client', `${WORKLOAD_CLIENT_ID} may only redeem a bootstrap token or a federated JWT; delegation needs an authenticated agent`, { reason: 'workload_subject_type' });
+  }
 
   if (subjectType === TOKEN_TYPE_ACCESS) {
+    const dpopJkt = await dpopOf(b, ctx);
     const r = await delegate(b, {
       callerClientId: clientId,
       subjectToken,
@@ -40,8 +72,30 @@ export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void>
     ctx.body = tokenResponse(r, { issued_token_type: TOKEN_TYPE_ACCESS });
     return;
   }
-  if (subjectType === TOKEN_TYPE_BOOTSTRAP || subjectType === TOKEN_TYPE_JWT) {
-    throw new CordonError('invalid_request', `subject_token_type ${subjectType} is not enabled on this broker`, { reason: 'subject_type_unsupported' });
+
+  if (SESSION_OPENING.includes(subjectType)) {
+    // These open a root session: delegation-only parameters would be silently meaningless, so they are refused.
+    for (const p of ['scope_policy', 'dpop_jkt']) {
+      if (param(ctx, p) !== undefined) throw new CordonError('invalid_request', `${p} applies to delegation only, not to ${subjectType}`, { reason: 'param_not_applicable' });
+    }
+    const dpopJkt = await dpopOf(b, ctx);
+    const common = {
+      callerClientId: workload ? null : clientId,
+      scope: param(ctx, 'scope'),
+      task: param(ctx, 'task'),
+      audience: audiences(ctx),
+      requestedTtl: param(ctx, 'expires_in'),
+      dpopJkt,
+    };
+    let r;
+    if (subjectType === TOKEN_TYPE_BOOTSTRAP) {
+      if (param(ctx, 'requested_actor') !== undefined) throw new CordonError('invalid_request', 'requested_actor is not used with a bootstrap token: the token names its agent', { reason: 'param_not_applicable' });
+      r = await redeemBootstrapToken(b, subjectToken, common);
+    } else {
+      r = await redeemFederatedJwt(b, { ...common, subjectToken, requestedActor: param(ctx, 'requested_actor') });
+    }
+    ctx.body = tokenResponse(r, { issued_token_type: TOKEN_TYPE_ACCESS, session_expires_at: Math.floor(r.sessionExpiresAt / 1000) });
+    return;
   }
   throw new CordonError('invalid_request', `unsupported subject_token_type ${subjectType.slice(0, 100)}`, { reason: 'subject_type_unsupported' });
 }

@@ -1,0 +1,73 @@
+/** What every command shares: the output, the environment, and a broker opened for one command. */
+import pino, { type Logger } from 'pino';
+import type { Command } from 'commander';
+import { loadConfig, readEnv, DEFAULTS, type Config } from '../config/index.ts';
+import { ConfigError } from '../errors.ts';
+import { openBroker, closeBroker, type Broker } from '../broker.ts';
+import type { Io } from './output.ts';
+
+export interface Ctx {
+  io: Io;
+  /** The exit code the command decided on; 0 unless it says otherwise. */
+  exitCode: number;
+}
+
+/** process.env over .env in the working directory, as the broker reads it. */
+export const env = (): Record<string, string | undefined> => readEnv();
+
+export const config = (): Config => loadConfig(readEnv());
+
+/** Warnings and errors from the broker core go to stderr as pino lines; stdout stays the command's own. */
+export function cliLogger(io: Io, level: string = 'warn'): Logger {
+  return pino({ level, redact: ['req.headers.authorization', '*.client_secret'] }, { write: (s: string) => io.err(s) });
+}
+
+/** Opens the database, keys and policies for one command and always closes them. */
+export async function withBroker<T>(ctx: Ctx, fn: (b: Broker) => Promise<T>): Promise<T> {
+  const cfg = config();
+  const b = await openBroker(cfg, { log: cliLogger(ctx.io) });
+  try {
+    return await fn(b);
+  } finally {
+    await closeBroker(b);
+  }
+}
+
+/** `--json` may sit on the command or before it (`cordon --json agent list`). */
+export const wantsJson = (cmd: Command): boolean => Boolean(cmd.optsWithGlobals().json);
+
+/** The broker's base URL for commands that talk to a running broker. */
+export function issuerUrl(override?: string): string {
+  const v = (override ?? env().CORDON_ISSUER ?? DEFAULTS.CORDON_ISSUER).trim();
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    throw new ConfigError(override ? '--issuer' : 'CORDON_ISSUER', `is not a valid URL: "${v}"`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ConfigError(override ? '--issuer' : 'CORDON_ISSUER', `must use http: or https:, got ${u.protocol}`);
+  return v.replace(/\/+$/, '');
+}
+
+/** A leaf command: every one takes `--json`. */
+export const leaf = (parent: Command, nameAndArgs: string, description: string): Command =>
+  parent.command(nameAndArgs).description(description).option('--json', 'machine-readable output');
+
+export interface ActionInput {
+  args: string[];
+  // Commander's option bag; each command reads its own keys.
+  opts: Record<string, any>;
+  json: boolean;
+  cmd: Command;
+}
+
+/** Adapts a command body to commander: positional args, options, `--json`, and the exit code it returns. */
+export const action =
+  (ctx: Ctx, fn: (a: ActionInput) => Promise<number | void>) =>
+  async (...raw: unknown[]): Promise<void> => {
+    const cmd = raw[raw.length - 1] as Command;
+    const opts = raw[raw.length - 2] as Record<string, unknown>;
+    const args = raw.slice(0, -2) as string[];
+    const code = await fn({ args, opts, json: wantsJson(cmd), cmd });
+    ctx.exitCode = code ?? 0;
+  };

@@ -1,0 +1,226 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { constants as osConstants, platform } from 'node:os';
+import { CordonAgent, toAwsIdentity, type BackendCredential } from '../sdk/agent.ts';
+import { CordonSdkError } from '../sdk/errors.ts';
+
+export interface ExecOptions {
+  issuer: string;
+  clientId: string;
+  clientSecret?: string;
+  scope: string;
+  task?: string;
+  /** Credential names (`--cred NAME`, repeatable). */
+  creds: string[];
+  /** The command and its arguments. */
+  command: string[];
+}
+
+const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/** Secrets of the agent itself never reach the child: it gets session-bound tokens only. */
+const AGENT_SECRETS = ['CORDON_CLIENT_SECRET', 'CORDON_PRIVATE_KEY_FILE', 'CORDON_BOOTSTRAP_TOKEN', 'CORDON_FEDERATED_TOKEN_FILE', 'CORDON_TOKEN', 'CORDON_TOKEN_URI', 'CORDON_TOKEN_AUTHORIZATION'];
+/** Standing AWS credentials would win over the container endpoint in the SDK's chain; the child must use the broker's. */
+const AWS_STANDING = [
+  'AWS_ACCESS_KEY_ID',
+  'AWS_SECRET_ACCESS_KEY',
+  'AWS_SESSION_TOKEN',
+  'AWS_SECURITY_TOKEN',
+  'AWS_PROFILE',
+  'AWS_DEFAULT_PROFILE',
+  'AWS_CONTAINER_CREDENTIALS_RELATIVE_URI',
+  'AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE',
+  'AWS_WEB_IDENTITY_TOKEN_FILE',
+  'AWS_ROLE_ARN',
+  'AWS_ROLE_SESSION_NAME',
+];
+
+const envName = (cred: string): string => `CORDON_CRED_${cred.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`;
+
+/**
+ * `cordon exec`: opens a session as the agent, runs the command with session-bound credentials
+ * in its environment, forwards SIGINT/SIGTERM/SIGHUP, and revokes the session when the command
+ * exits, whatever the reason. Returns the command's exit code (128 + signal number when a signal
+ * ended it; 127 when it could not be found, 126 when it could not be run).
+ *
+ * The child gets:
+ * - `CORDON_TOKEN` (valid when it starts) and `CORDON_TOKEN_URI` + `CORDON_TOKEN_AUTHORIZATION`,
+ *   a local endpoint that always answers a fresh token (`CordonAgent.fromEnv()` uses it);
+ * - for an `aws-sts` credential, `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
+ *   `AWS_CONTAINER_AUTHORIZATION_TOKEN`: the AWS SDK's container provider refreshes by itself;
+ * - for a Vault token, `VAULT_TOKEN`; for other credentials `CORDON_CRED_<NAME>` (JSON), and for
+ *   all of them `CORDON_CREDENTIALS_URI/<name>`, which answers a fresh copy.
+ * The local endpoint listens on 127.0.0.1 on a random port and wants the random authorization
+ * value; nothing is written to disk.
+ */
+export async function runExec(opts: ExecOptions): Promise<number> {
+  if (!opts.command.length || !opts.command[0]) throw new CordonSdkError('config', 'no command to run: cordon exec --scope S [--cred NAME] -- command args…');
+  const agent = opts.clientSecret !== undefined
+    ? new CordonAgent({ issuer: opts.issuer, clientId: opts.clientId, clientSecret: opts.clientSecret })
+    : CordonAgent.fromEnv(process.env, { issuer: opts.issuer, clientId: opts.clientId });
+  await agent.startSession({ scope: opts.scope, task: opts.task });
+  let local: LocalEndpoint | null = null;
+  let code: number;
+  try {
+    const first = new Map<string, BackendCredential>();
+    for (const name of new Set(opts.creds)) first.set(name, await agent.credentials(name));
+    const aws = [...first.values()].filter((c) => c.provider === 'aws-sts');
+    if (aws.length > 1) throw new CordonSdkError('unsupported', `only one aws-sts credential per command (got ${aws.map((c) => c.name).join(', ')}): the AWS SDK reads one container endpoint`);
+    local = await startLocalEndpoint(agent, [...first.keys()]);
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const k of AGENT_SECRETS) delete env[k];
+    env.CORDON_ISSUER = agent.issuer;
+    env.CORDON_SESSION = agent.session!.sid;
+    env.CORDON_TOKEN = await agent.token();
+    env.CORDON_TOKEN_URI = `${local.url}/token`;
+    env.CORDON_TOKEN_AUTHORIZATION = local.authorization;
+    if (first.size) env.CORDON_CREDENTIALS_URI = `${local.url}/credentials`;
+    let vaultToken: string | null = null;
+    for (const c of first.values()) {
+      if (c.provider === 'aws-sts') {
+        toAwsIdentity(c); // refuse a malformed answer before the child depends on it
+        for (const k of AWS_STANDING) delete env[k];
+        env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `${local.url}/aws/${encodeURIComponent(c.name)}`;
+        env.AWS_CONTAINER_AUTHORIZATION_TOKEN = local.authorization;
+        // A [default] profile in ~/.aws/credentials would otherwise win over the container endpoint.
+        if (platform() !== 'win32') env.AWS_SHARED_CREDENTIALS_FILE = '/dev/null';
+        env.AWS_EC2_METADATA_DISABLED = 'true';
+        continue;
+      }
+      const token = c.provider === 'vault' ? vaultTokenOf(c) : null;
+      if (token) {
+        if (vaultToken) throw new CordonSdkError('unsupported', 'only one Vault token credential per command (VAULT_TOKEN holds one)');
+        vaultToken = token;
+        env.VAULT_TOKEN = token;
+      } else {
+        env[envName(c.name)] = JSON.stringify(c.credentials);
+      }
+    }
+    code = await runChild(opts.command, env);
+  } finally {
+    await local?.close();
+    try {
+      await agent.close();
+    } catch (e) {
+      process.stderr.write(`cordon exec: could not revoke session ${agent.session?.sid ?? ''}: ${(e as Error).message}; its tokens stay valid until they expire\n`);
+    }
+  }
+  return code;
+}
+
+function vaultTokenOf(c: BackendCredential): string | null {
+  const x = c.credentials;
+  for (const k of ['client_token', 'token', 'VAULT_TOKEN']) if (typeof x[k] === 'string' && x[k]) return x[k] as string;
+  const auth = x.auth as Record<string, unknown> | undefined;
+  if (auth && typeof auth.client_token === 'string') return auth.client_token;
+  return null;
+}
+
+function runChild(command: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  return new Promise<number>((resolve) => {
+    let child: ChildProcess;
+    const handlers = new Map<string, () => void>();
+    const cleanup = () => {
+      for (const [sig, h] of handlers) process.removeListener(sig, h);
+    };
+    try {
+      child = spawn(command[0], command.slice(1), { stdio: 'inherit', env });
+    } catch (e) {
+      process.stderr.write(`cordon exec: cannot run ${command[0]}: ${(e as Error).message}\n`);
+      resolve(126);
+      return;
+    }
+    for (const sig of FORWARDED) {
+      const h = () => {
+        if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+      };
+      handlers.set(sig, h);
+      process.on(sig, h);
+    }
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      cleanup();
+      process.stderr.write(`cordon exec: cannot run ${command[0]}: ${e.code === 'ENOENT' ? 'command not found' : e.message}\n`);
+      resolve(e.code === 'ENOENT' ? 127 : 126);
+    });
+    child.on('exit', (code, signal) => {
+      cleanup();
+      if (code !== null) resolve(code);
+      else resolve(128 + ((signal && (osConstants.signals as Record<string, number>)[signal]) || 0));
+    });
+  });
+}
+
+interface LocalEndpoint {
+  url: string;
+  authorization: string;
+  close(): Promise<void>;
+}
+
+/** The child's view of the broker: fresh tokens and credentials, on loopback, behind a random bearer value. */
+async function startLocalEndpoint(agent: CordonAgent, credNames: string[]): Promise<LocalEndpoint> {
+  const authorization = randomBytes(32).toString('base64url');
+  const expected = Buffer.from(authorization);
+  let port = 0;
+  const send = (res: ServerResponse, status: number, body: unknown) => {
+    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+    res.end(JSON.stringify(body));
+  };
+  const fail = (res: ServerResponse, e: unknown) => {
+    if (e instanceof CordonSdkError && e.code === 'session_ended') return send(res, 401, { error: 'invalid_grant', error_description: e.message });
+    if (e instanceof CordonSdkError && e.code === 'oauth') return send(res, e.status && e.status < 500 ? 403 : 502, { error: e.error, error_description: e.error_description ?? e.message });
+    return send(res, 502, { error: 'bad_gateway', error_description: e instanceof Error ? e.message : 'broker unavailable' });
+  };
+  const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    // DNS rebinding: a browser page cannot name 127.0.0.1:port as its Host.
+    if (req.headers.host !== `127.0.0.1:${port}`) return send(res, 403, { error: 'access_denied', error_description: 'bad Host' });
+    const given = Buffer.from(String(req.headers.authorization ?? ''));
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return send(res, 401, { error: 'invalid_token', error_description: 'authorization is required' });
+    if (req.method !== 'GET') return send(res, 405, { error: 'invalid_request', error_description: 'GET only' });
+    const path = (req.url ?? '/').split('?')[0];
+    try {
+      if (path === '/token') {
+        const t = await agent.tokenInfo();
+        const s = agent.session!;
+        return send(res, 200, {
+          access_token: t.accessToken,
+          token_type: t.tokenType,
+          expires_in: Math.max(1, Math.floor((t.expiresAt - Date.now()) / 1000)),
+          scope: s.scope.join(' '),
+          sid: s.sid,
+          ...(s.expiresAt !== null ? { session_expires_at: Math.floor(s.expiresAt / 1000) } : {}),
+        });
+      }
+      const m = /^\/(aws|credentials)\/([^/]+)$/.exec(path);
+      const name = m ? decodeURIComponent(m[2]) : '';
+      if (!m || !credNames.includes(name)) return send(res, 404, { error: 'not_found', error_description: 'no such credential for this command' });
+      const c = await agent.credentials(name);
+      if (m[1] === 'aws') {
+        const id = toAwsIdentity(c);
+        // The container-credentials shape the AWS SDKs read (as ECS and aws-vault serve it).
+        return send(res, 200, { AccessKeyId: id.accessKeyId, SecretAccessKey: id.secretAccessKey, Token: id.sessionToken, Expiration: (id.expiration ?? c.expiresAt).toISOString() });
+      }
+      return send(res, 200, { name: c.name, provider: c.provider, expires_at: c.expiresAt.toISOString(), ...(c.leaseId ? { lease_id: c.leaseId } : {}), credentials: c.credentials });
+    } catch (e) {
+      return fail(res, e);
+    }
+  };
+  const server: Server = createServer((req, res) => {
+    handler(req, res).catch((e) => fail(res, e));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    authorization,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}

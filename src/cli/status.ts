@@ -1,0 +1,153 @@
+/**
+ * `cordon status`: what is alive right now (sessions, tokens, backend credentials per session,
+ * STS credentials revoked but still valid at AWS until they expire) and the invariant check:
+ * no session or token may live longer than its policy allows.
+ */
+import type { Command } from 'commander';
+import type { Broker } from '../broker.ts';
+import { agents } from '../store/agents.ts';
+import { sessions } from '../store/sessions.ts';
+import { tokens } from '../store/tokens.ts';
+import { num } from '../store/db.ts';
+import { listKeys } from '../keys/keyring.ts';
+import { auditRows } from '../store/audit.ts';
+import { action, leaf, withBroker, type Ctx } from './context.ts';
+import { fmtDuration, fmtTime, fmtWhen, iso, kv, printJson, style, table } from './output.ts';
+
+interface CredRow {
+  id: string;
+  sid: string;
+  agentId: string;
+  name: string;
+  provider: string;
+  state: string;
+  expiresAt: number;
+  revokedAt: number | null;
+  note: string | null;
+}
+
+interface OverCap {
+  kind: 'session' | 'token';
+  id: string;
+  agentId: string;
+  policy: string;
+  lifetimeSec: number;
+  capSec: number;
+}
+
+const credRow = (r: Record<string, unknown>): CredRow => ({
+  id: r.id as string,
+  sid: r.sid as string,
+  agentId: r.agent_id as string,
+  name: r.name as string,
+  provider: r.provider as string,
+  state: r.state as string,
+  expiresAt: num(r.expires_at),
+  revokedAt: r.revoked_at === null || r.revoked_at === undefined ? null : num(r.revoked_at),
+  note: (r.note as string | null) ?? null,
+});
+
+/** Records that outlive their cap, found in SQL per policy so a large table is not read into memory. */
+async function overCap(b: Broker): Promise<{ found: OverCap[]; unchecked: string[] }> {
+  const found: OverCap[] = [];
+  const all = await agents.list(b.db);
+  const policies = new Set(all.map((a) => a.policy));
+  const unchecked: string[] = [];
+  for (const name of policies) {
+    const p = b.policies.get(name);
+    if (!p) {
+      unchecked.push(name);
+      continue;
+    }
+    const ids = all.filter((a) => a.policy === name).map((a) => a.id);
+    for (let i = 0; i < ids.length; i += 500) {
+      const part = ids.slice(i, i + 500);
+      const s = await b.db('sessions').select('sid', 'agent_id', 'created_at', 'expires_at').whereIn('agent_id', part).whereRaw('expires_at - created_at > ?', [p.sessionTtl * 1000]).limit(100);
+      for (const r of s) found.push({ kind: 'session', id: r.sid, agentId: r.agent_id, policy: name, lifetimeSec: (num(r.expires_at) - num(r.created_at)) / 1000, capSec: p.sessionTtl });
+      const t = await b.db('tokens').select('jti', 'client_id', 'issued_at', 'expires_at').whereIn('client_id', part).whereRaw('expires_at - issued_at > ?', [p.tokenTtl * 1000]).limit(100);
+      for (const r of t) found.push({ kind: 'token', id: r.jti, agentId: r.client_id, policy: name, lifetimeSec: (num(r.expires_at) - num(r.issued_at)) / 1000, capSec: p.tokenTtl });
+    }
+  }
+  return { found, unchecked };
+}
+
+export function registerStatus(program: Command, ctx: Ctx): void {
+  leaf(program, 'status', 'live sessions, tokens and backend credentials, and the lifetime invariant check')
+    .action(
+      action(ctx, async ({ json }) => {
+        const r = await withBroker(ctx, async (b) => {
+          const now = b.clock.now();
+          const [all, liveS, liveT, keys, head] = await Promise.all([agents.list(b.db), sessions.countLive(b.db, now), tokens.countLive(b.db, now), listKeys(b.db), auditRows.head(b.db)]);
+          const alive = (await b.db('credentials').where({ state: 'issued' }).andWhere('expires_at', '>', now).orderBy('sid').orderBy('expires_at')).map(credRow);
+          const revokedAlive = (await b.db('credentials').where({ provider: 'aws-sts', state: 'revoked' }).andWhere('expires_at', '>', now).orderBy('expires_at')).map(credRow);
+          const failedAlive = (await b.db('credentials').where({ state: 'revoke_failed' }).andWhere('expires_at', '>', now).orderBy('expires_at')).map(credRow);
+          const caps = await overCap(b);
+          return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, issuer: b.config.issuer };
+        });
+        const names = new Map(r.all.map((a) => [a.id, a.name]));
+        const nameOf = (id: string) => names.get(id) ?? id;
+        const s = new Map(r.liveS.map((x) => [x.agentId, x.count]));
+        const t = new Map(r.liveT.map((x) => [x.clientId, x.count]));
+        const perAgent = r.all
+          .map((a) => ({ client_id: a.id, name: a.name, policy: a.policy, status: a.status, live_sessions: s.get(a.id) ?? 0, live_tokens: t.get(a.id) ?? 0 }))
+          .filter((a) => a.status !== 'revoked' || a.live_sessions || a.live_tokens);
+        const bySid = new Map<string, CredRow[]>();
+        for (const c of r.alive) bySid.set(c.sid, [...(bySid.get(c.sid) ?? []), c]);
+        const credJson = (c: CredRow) => ({ id: c.id, name: c.name, provider: c.provider, holder: { client_id: c.agentId, name: names.get(c.agentId) ?? null }, state: c.state, expires_at: iso(c.expiresAt), revoked_at: iso(c.revokedAt), note: c.note });
+        const active = r.keys.find((k) => k.status === 'active');
+
+        if (json) {
+          await printJson(ctx.io, {
+            now: iso(r.now),
+            issuer: r.issuer,
+            signing_key: active ? { kid: active.kid, alg: active.alg } : null,
+            audit_rows: r.head?.seq ?? 0,
+            agents: perAgent,
+            live_credentials: [...bySid].map(([sid, cs]) => ({ sid, credentials: cs.map(credJson) })),
+            revoked_sts_still_valid: r.revokedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
+            revoke_failed_still_valid: r.failedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
+            over_cap: r.caps.found.map((o) => ({ kind: o.kind, id: o.id, agent: { client_id: o.agentId, name: names.get(o.agentId) ?? null }, policy: o.policy, lifetime_sec: o.lifetimeSec, cap_sec: o.capSec })),
+            unchecked_policies: r.caps.unchecked,
+          });
+          return r.caps.found.length ? 1 : 0;
+        }
+
+        const st = style(ctx.io);
+        const io = ctx.io;
+        io.out(kv([
+          ['now', fmtTime(r.now)],
+          ['issuer', r.issuer],
+          ['signing key', active ? `${active.kid} (${active.alg})` : 'none: run `cordon init`'],
+          ['audit rows', r.head?.seq ?? 0],
+        ]));
+
+        io.out(`\n${st.bold('Agents')}\n`);
+        if (!perAgent.length) io.out('  (none)\n');
+        else io.out(table(['AGENT', 'POLICY', 'STATUS', 'LIVE SESSIONS', 'LIVE TOKENS'], perAgent.map((a) => [a.name, a.policy, a.status, a.live_sessions, a.live_tokens])));
+
+        io.out(`\n${st.bold('Backend credentials alive')}\n`);
+        if (!r.alive.length) io.out('  (none)\n');
+        else io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'EXPIRES'], r.alive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now)])));
+
+        io.out(`\n${st.bold('Revoked STS credentials still valid at AWS until expiry')}\n`);
+        if (!r.revokedAlive.length) io.out('  (none)\n');
+        else {
+          io.out(table(['SESSION', 'NAME', 'HOLDER', 'REVOKED', 'VALID UNTIL', 'NOTE'], r.revokedAlive.map((c) => [c.sid, c.name, nameOf(c.agentId), fmtTime(c.revokedAt), fmtWhen(c.expiresAt, r.now), c.note])));
+          io.out(st.yellow('  AWS cannot revoke one STS session; these are denied by an IAM policy where the broker may add one, and die at expiry.\n'));
+        }
+        if (r.failedAlive.length) {
+          io.out(`\n${st.bold(st.red('Backend revocations that failed (still valid until expiry)'))}\n`);
+          io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'VALID UNTIL', 'NOTE'], r.failedAlive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now), c.note])));
+        }
+
+        io.out(`\n${st.bold('Lifetime caps')}\n`);
+        if (!r.caps.found.length) io.out(`  ${st.green('ok')}: no session outlives its policy's session_ttl, no token its holder's token_ttl\n`);
+        else {
+          io.out(st.red(`  ${r.caps.found.length} record(s) outlive their cap: this must never happen\n`));
+          io.out(table(['KIND', 'ID', 'AGENT', 'POLICY', 'LIFETIME', 'CAP'], r.caps.found.map((o) => [o.kind, o.id, nameOf(o.agentId), o.policy, fmtDuration(o.lifetimeSec), fmtDuration(o.capSec)])));
+        }
+        if (r.caps.unchecked.length) io.out(`  not checked (policy not loaded): ${r.caps.unchecked.join(', ')}\n`);
+        return r.caps.found.length ? 1 : 0;
+      }),
+    );
+}

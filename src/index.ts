@@ -1,0 +1,38 @@
+/**
+ * Cordon's package entry: the agent SDK, the resource-server middleware and the types they
+ * share. The broker itself runs through the `cordon` CLI (`cordon serve`).
+ */
+export {
+  CordonAgent,
+  toAwsIdentity,
+  GRANT_TOKEN_EXCHANGE,
+  TOKEN_TYPE_ACCESS,
+  TOKEN_TYPE_BOOTSTRAP,
+  TOKEN_TYPE_JWT,
+  WORKLOAD_CLIENT_ID,
+  type AwsCredentialIdentity,
+  type AwsCredentialProvider,
+  type BackendCredential,
+  type ClientKeyAlg,
+  type CordonAgentOptions,
+  type DelegateRequest,
+  type DelegatedToken,
+  type SdkClock,
+  type SessionInfo,
+  type StartSessionRequest,
+} from './sdk/agent.ts';
+export { CordonSdkError, isCordonSdkError, type CordonSdkErrorCode } from './sdk/errors.ts';
+export { DpopKey, athOf, htuOf, type DpopAlg } from './sdk/dpop.ts';
+export type { FetchLike } from './sdk/http.ts';
+export {
+  requireAgentToken,
+  AgentTokenError,
+  JwksCache,
+  RevocationSet,
+  type AgentIdentity,
+  type AgentTokenErrorCode,
+  type AgentTokenMiddleware,
+  type RequireAgentTokenOptions,
+} from './sdk/middleware.ts';
+export type { AccessTokenClaims, ActClaim } from './tokens/claims.ts';
+export { chainOf } from './tokens/claims.ts';

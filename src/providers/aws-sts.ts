@@ -1,0 +1,293 @@
+/**
+ * AWS STS provider (@aws-sdk/client-sts AssumeRole; @aws-sdk/client-iam for revocation).
+ *
+ * Naming, so CloudTrail and IAM conditions can tell sessions and credentials apart:
+ * - SourceIdentity  `<root agent id>.<session id>`: one per Cordon session, set by AssumeRole and
+ *   immutable for the life of the credentials (it also survives role chaining). A revocation
+ *   denies `aws:SourceIdentity` of that session, so it hits that session only.
+ * - RoleSessionName `cordon.<holder name>.<session tail>.<credential tail>`: unique per credential,
+ *   so revoking some tokens of a live session can deny exactly their credentials (`aws:userid`
+ *   is `<role id>:<role session name>` for a role session).
+ * - Session tags: agent (the holder), session, task, depth. The role's trust policy must allow
+ *   `sts:AssumeRole`, `sts:TagSession` and `sts:SetSourceIdentity` for the broker.
+ *
+ * Lifetime: `DurationSeconds` = the session's remaining life capped by the policy `ttl`; STS
+ * never issues less than 900 s, so when less remains the request is refused unless the policy
+ * sets `allow_overhang: true`, in which case the credential is issued for 900 s and outlives the
+ * session by up to 15 minutes (reported truthfully in `expires_at`). A broker that itself runs
+ * on role credentials is *role chaining*: AWS caps the duration at 1 hour; the provider detects
+ * that answer, caps at 3600 s from then on, and retries once.
+ *
+ * Revocation: AWS cannot revoke one session's keys. With `revoke_via_iam: true` the broker puts an
+ * inline policy on the role that denies everything to credentials of that source identity issued
+ * before the revocation (`aws:TokenIssueTime`), recorded in `iam_denies`; the sweeper deletes it once
+ * everything it denied has expired. Without it, the revocation is recorded and the credential is
+ * reported alive until it expires.
+ */
+import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient, type AssumeRoleCommandInput } from '@aws-sdk/client-sts';
+import { DeleteRolePolicyCommand, IAMClient, PutRolePolicyCommand } from '@aws-sdk/client-iam';
+import type { StsConfig } from '../config/index.ts';
+import { CordonError } from '../errors.ts';
+import { newId } from '../ids.ts';
+import {
+  type CredentialProvider,
+  type DenyRecord,
+  type Handle,
+  type IssuePlan,
+  type IssueRequest,
+  type IssueResult,
+  type ProviderDeps,
+  type ProviderHealth,
+  type RevokeContext,
+  type RevokeResult,
+  type RevokeTarget,
+  ProviderError,
+  backendText,
+  networkErrorKind,
+} from './provider.ts';
+
+/** STS's floor for DurationSeconds. */
+export const STS_MIN_DURATION = 900;
+/** AWS's cap when the caller is itself an assumed role (role chaining). */
+export const ROLE_CHAINING_MAX = 3600;
+const NAME_RE = /^[\w+=,.@-]{2,64}$/;
+
+/** Characters AWS allows in RoleSessionName / SourceIdentity: `[\w+=,.@-]`. */
+const nameSafe = (s: string): string => s.replace(/[^\w+=,.@-]/g, '-');
+/** Characters AWS allows in tag values: letters, spaces, numbers and `_.:/=+-@`; at most 256. */
+export const tagSafe = (s: string): string => Array.from(s.replace(/[^\p{L}\p{Z}\p{N}_.:/=+\-@]/gu, '_')).slice(0, 256).join('');
+const tail = (id: string, n: number): string => nameSafe(id.replace(/^[a-z]+_/, '')).slice(-n);
+
+/** `<agent id>.<session id>`, within `[\w+=,.@-]{2,64}` and never starting with `aws:`. */
+export function sourceIdentityFor(agentId: string, sid: string): string {
+  const s = nameSafe(sid.replace(/^ses_/, '')).slice(0, 40);
+  const a = nameSafe(agentId).slice(0, 64 - 1 - s.length);
+  const si = `${a}.${s}`.slice(0, 64);
+  return si.length >= 2 ? si : `${si}--`.slice(0, 2);
+}
+
+/** `cordon.<holder>.<session tail>.<credential tail>`, unique per credential, within `[\w+=,.@-]{2,64}`. */
+export function roleSessionNameFor(holderName: string, sid: string, credentialId: string): string {
+  const suffix = `.${tail(sid, 10)}.${tail(credentialId, 12)}`;
+  return `cordon.${nameSafe(holderName).slice(0, 64 - 7 - suffix.length)}${suffix}`;
+}
+
+const roleNameOf = (roleArn: string): string => roleArn.slice(roleArn.lastIndexOf('/') + 1);
+const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+export class StsProvider implements CredentialProvider {
+  readonly name = 'aws-sts' as const;
+  readonly #cfg: StsConfig;
+  readonly #deps: ProviderDeps;
+  readonly #sts: STSClient;
+  readonly #iam: IAMClient;
+  /** Learned from AWS's answer: the broker runs on role credentials, so durations are capped at 1 h. */
+  #chained = false;
+
+  constructor(cfg: StsConfig, deps: ProviderDeps) {
+    this.#cfg = cfg;
+    this.#deps = deps;
+    const requestHandler = { requestTimeout: cfg.timeoutMs, connectionTimeout: cfg.timeoutMs };
+    // The agent is waiting: one attempt, bounded by the timeout; the agent retries. IAM cleanup may retry.
+    this.#sts = new STSClient({ region: cfg.region, ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}), maxAttempts: 1, requestHandler });
+    this.#iam = new IAMClient({ region: cfg.region, ...(cfg.iamEndpoint ? { endpoint: cfg.iamEndpoint } : {}), maxAttempts: 3, requestHandler });
+  }
+
+  plan(req: IssueRequest): IssuePlan {
+    const spec = req.spec;
+    if (spec.provider !== 'aws-sts') throw new Error('aws-sts provider given a non-sts credential');
+    const left = req.remainingSec.session;
+    let duration = Math.max(STS_MIN_DURATION, Math.min(spec.ttl, left));
+    if (this.#chained) duration = Math.min(duration, ROLE_CHAINING_MAX);
+    const overhang = Math.max(0, duration - left);
+    if (overhang > 0 && !spec.allow_overhang) {
+      throw new CordonError(
+        'access_denied',
+        `the session ends in ${Math.max(0, left)} s but AWS STS issues credentials for at least ${STS_MIN_DURATION} s: start a new session, or set allow_overhang: true on credential ${req.name} to accept credentials that outlive the session by up to ${overhang} s`,
+        { reason: 'sts_session_too_short' },
+      );
+    }
+    const handle: Handle = {
+      kind: 'sts',
+      role_arn: spec.role_arn,
+      source_identity: sourceIdentityFor(req.session.agentId, req.session.sid),
+      role_session_name: roleSessionNameFor(req.holderName, req.session.sid, req.credentialId),
+      revoke_via_iam: spec.revoke_via_iam === true,
+    };
+    return { ttlSec: duration, expiresAtMax: req.now + duration * 1000 + this.#deps.clockSkewSec * 1000, handle, overhangSec: overhang };
+  }
+
+  async issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult> {
+    const spec = req.spec;
+    if (spec.provider !== 'aws-sts') throw new Error('aws-sts provider given a non-sts credential');
+    const h = plan.handle!;
+    if (!NAME_RE.test(String(h.source_identity)) || !NAME_RE.test(String(h.role_session_name))) throw new Error('derived STS names are out of pattern');
+    // Everything needed to deny this credential is known before the call.
+    await checkpoint(h);
+    const input: AssumeRoleCommandInput = {
+      RoleArn: spec.role_arn,
+      RoleSessionName: String(h.role_session_name),
+      DurationSeconds: plan.ttlSec,
+      SourceIdentity: String(h.source_identity),
+      Tags: [
+        { Key: 'agent', Value: tagSafe(req.claims.client_id) },
+        { Key: 'session', Value: tagSafe(req.session.sid) },
+        ...(req.session.task ? [{ Key: 'task', Value: tagSafe(req.session.task) }] : []),
+        { Key: 'depth', Value: String(req.claims.cordon_depth ?? 0) },
+      ],
+      ...(spec.session_policy ? { Policy: JSON.stringify(spec.session_policy) } : {}),
+      ...(spec.policy_arns?.length ? { PolicyArns: spec.policy_arns.map((arn) => ({ arn })) } : {}),
+      ...(spec.external_id ? { ExternalId: spec.external_id } : {}),
+    };
+    let out;
+    try {
+      out = await this.#assume(input);
+    } catch (e) {
+      const err = e as { name?: string; message?: string };
+      if (err.name === 'ValidationError' && /role chaining/i.test(err.message ?? '') && (input.DurationSeconds ?? 0) > ROLE_CHAINING_MAX) {
+        this.#chained = true;
+        this.#deps.log.warn({}, 'aws-sts: the broker runs on role credentials (role chaining): STS durations are capped at 1 hour');
+        out = await this.#assume({ ...input, DurationSeconds: ROLE_CHAINING_MAX });
+      } else throw this.#mapError('AssumeRole', e, spec.role_arn);
+    }
+    const c = out.Credentials;
+    if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !(c.Expiration instanceof Date)) throw new ProviderError('aws-sts', 'bad_answer', 'AWS STS answered AssumeRole without complete credentials');
+    const expiresAt = c.Expiration.getTime();
+    return {
+      credentials: { AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken, Expiration: c.Expiration.toISOString() },
+      expiresAt,
+      handle: { ...h, access_key_id: c.AccessKeyId, assumed_role_id: out.AssumedRoleUser?.AssumedRoleId ?? null },
+      details: {
+        role_arn: spec.role_arn,
+        role_session_name: h.role_session_name,
+        source_identity: h.source_identity,
+        duration_sec: input.DurationSeconds,
+        tags: (input.Tags ?? []).map((t) => t.Key),
+        session_policy: spec.session_policy !== undefined,
+        ...(spec.policy_arns?.length ? { policy_arns: spec.policy_arns } : {}),
+        ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.round((expiresAt - req.session.expiresAt) / 1000)) } : {}),
+        access_key_id: c.AccessKeyId,
+      },
+    };
+  }
+
+  async #assume(input: AssumeRoleCommandInput) {
+    return this.#sts.send(new AssumeRoleCommand(input), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs) });
+  }
+
+  // ------------------------------------------------------------------ revoke
+
+  async revoke(targets: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]> {
+    const results: RevokeResult[] = [];
+    const groups = new Map<string, RevokeTarget[]>();
+    for (const t of targets) {
+      const h = t.handle;
+      if (!h || h.kind !== 'sts' || typeof h.role_arn !== 'string' || typeof h.source_identity !== 'string') {
+        results.push({ id: t.id, outcome: 'unknown', note: 'no STS handle was recorded' });
+      } else if (t.expiresAt <= ctx.now) {
+        results.push({ id: t.id, outcome: 'expired', note: `expired at ${iso(t.expiresAt)}; nothing to deny` });
+      } else if (h.revoke_via_iam !== true) {
+        results.push({
+          id: t.id,
+          outcome: 'not_revocable',
+          note: `AWS cannot revoke STS credentials one by one and revoke_via_iam is off for this credential: it stays valid until ${iso(t.expiresAt)}`,
+        });
+      } else {
+        const key = `${h.role_arn}\n${h.source_identity}`;
+        groups.set(key, [...(groups.get(key) ?? []), t]);
+      }
+    }
+    for (const group of groups.values()) results.push(...(await this.#deny(group, ctx)));
+    return results;
+  }
+
+  /** One inline deny policy on the role for one session's credentials (all of them, or the named ones). */
+  async #deny(group: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]> {
+    const h = group[0].handle!;
+    const roleArn = String(h.role_arn);
+    const roleName = roleNameOf(roleArn);
+    const skew = this.#deps.clockSkewSec * 1000;
+    const condition: Record<string, Record<string, string | string[]>> = {
+      StringEquals: { 'aws:SourceIdentity': String(h.source_identity) },
+      // Clocks differ: anything AWS stamped up to `skew` after our revocation is still this session's and still denied.
+      DateLessThan: { 'aws:TokenIssueTime': iso(ctx.now + skew) },
+    };
+    if (ctx.scope !== 'session') {
+      // Only some credentials of a live session: name them (aws:userid = <role id>:<role session name>).
+      condition.StringLike = { 'aws:userid': [...new Set(group.map((t) => `*:${String(t.handle!.role_session_name)}`))] };
+    }
+    const deny: DenyRecord = {
+      id: newId('iamd'),
+      roleArn,
+      policyName: '',
+      sid: group[0].sid,
+      removeAfter: Math.max(...group.map((t) => t.expiresAt)) + skew,
+    };
+    deny.policyName = `cordon-revoke-${deny.id}`;
+    const doc = JSON.stringify({ Version: '2012-10-17', Statement: [{ Sid: 'CordonRevokedSession', Effect: 'Deny', Action: '*', Resource: '*', Condition: condition }] });
+    try {
+      await ctx.recordDeny(deny);
+      await this.#iam.send(new PutRolePolicyCommand({ RoleName: roleName, PolicyName: deny.policyName, PolicyDocument: doc }), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2) });
+    } catch (e) {
+      const err = this.#mapError('PutRolePolicy', e, roleArn);
+      return group.map((t) => ({ id: t.id, outcome: 'failed' as const, note: `IAM deny could not be put on role ${roleName}: ${err.description}` }));
+    }
+    return group.map((t) => ({
+      id: t.id,
+      outcome: 'revoked' as const,
+      note: `denied by inline policy ${deny.policyName} on role ${roleName} (aws:SourceIdentity ${String(h.source_identity)}); removed after ${iso(deny.removeAfter)}`,
+      deny,
+    }));
+  }
+
+  async removeDeny(d: { roleArn: string; policyName: string }): Promise<void> {
+    try {
+      await this.#iam.send(new DeleteRolePolicyCommand({ RoleName: roleNameOf(d.roleArn), PolicyName: d.policyName }), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2) });
+    } catch (e) {
+      if ((e as { name?: string }).name === 'NoSuchEntity' || (e as { name?: string }).name === 'NoSuchEntityException') return; // already gone
+      throw this.#mapError('DeleteRolePolicy', e, d.roleArn);
+    }
+  }
+
+  async health(): Promise<ProviderHealth> {
+    try {
+      const me = await this.#sts.send(new GetCallerIdentityCommand({}), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs) });
+      return { ok: true, detail: `calling AWS as ${me.Arn}` };
+    } catch (e) {
+      return { ok: false, detail: this.#mapError('GetCallerIdentity', e).description };
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#sts.destroy();
+    this.#iam.destroy();
+  }
+
+  /** AWS SDK errors → ProviderError with a description an admin can act on. */
+  #mapError(op: string, e: unknown, roleArn?: string): ProviderError {
+    if (e instanceof ProviderError) return e;
+    const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+    const code = err?.name ?? 'Error';
+    const msg = backendText(err?.message);
+    const status = err?.$metadata?.httpStatusCode;
+    const on = roleArn ? ` on ${roleArn}` : '';
+    if (code === 'CredentialsProviderError') return new ProviderError('aws-sts', 'misconfigured', 'the broker has no AWS credentials: the SDK credential chain found none', e);
+    if (status === undefined) {
+      const net = networkErrorKind(e);
+      if (net === 'timeout') return new ProviderError('aws-sts', 'timeout', `AWS ${op} did not answer within ${this.#cfg.timeoutMs} ms`, e);
+      if (net === 'down') return new ProviderError('aws-sts', 'down', `AWS ${op.startsWith('AssumeRole') || op === 'GetCallerIdentity' ? 'STS' : 'IAM'} is unreachable (${(e as { code?: string }).code ?? 'connection failed'})`, e);
+    }
+    if (code === 'Throttling' || code === 'ThrottlingException' || code === 'RequestLimitExceeded' || status === 429) return new ProviderError('aws-sts', 'throttled', `AWS is throttling ${op}`, e);
+    if (status === 503 || code === 'ServiceUnavailable' || code === 'ServiceUnavailableException') return new ProviderError('aws-sts', 'down', `AWS ${op} is unavailable (503)`, e);
+    if (code === 'AccessDenied' || code === 'AccessDeniedException')
+      return new ProviderError('aws-sts', 'refused', `AWS refused ${op}${on} (AccessDenied): the role's trust policy must let the broker call sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity${op === 'PutRolePolicy' ? ', and the broker needs iam:PutRolePolicy on the role' : ''}`, e);
+    if (code === 'InvalidClientTokenId' || code === 'SignatureDoesNotMatch' || code === 'ExpiredToken' || code === 'ExpiredTokenException' || code === 'UnrecognizedClientException')
+      return new ProviderError('aws-sts', 'misconfigured', `AWS rejected the broker's own credentials (${code})`, e);
+    if (code === 'RegionDisabledException') return new ProviderError('aws-sts', 'misconfigured', `STS is not activated in region ${this.#cfg.region}`, e);
+    if (code === 'LimitExceeded' || code === 'LimitExceededException') return new ProviderError('aws-sts', 'refused', `IAM refused ${op}${on} (LimitExceeded: the role's inline policies are full): ${msg}`, e);
+    if (code === 'NoSuchEntity' || code === 'NoSuchEntityException') return new ProviderError('aws-sts', 'not_found', `IAM has no such role${on} (NoSuchEntity)`, e);
+    if (code === 'ValidationError' || code === 'MalformedPolicyDocument' || code === 'MalformedPolicyDocumentException' || code === 'PackedPolicyTooLarge' || code === 'PackedPolicyTooLargeException')
+      return new ProviderError('aws-sts', 'refused', `AWS rejected ${op}${on} (${code}): ${msg}`, e);
+    return new ProviderError('aws-sts', 'bad_answer', `AWS ${op} failed (${code}${status ? ` ${status}` : ''}${msg ? `: ${msg}` : ''})`, e);
+  }
+}

@@ -1,0 +1,190 @@
+/**
+ * The CredentialProvider contract: how the broker turns a decided credential grant into a
+ * backend credential, and how it takes it back. Providers know nothing of HTTP, the database
+ * or the audit log; tokens/credentials.ts records everything around them.
+ *
+ * Life of one credential (tokens/credentials.ts drives it):
+ *   plan()        pure: lifetime and refusals, before anything is written
+ *   intent row    credentials.state = 'pending' (committed)
+ *   issue()       calls the backend; before it creates anything an agent could end up
+ *                 holding it calls `checkpoint(handle)` so the intent row already names
+ *                 something the broker can revoke if the answer is lost
+ *   commit        state = 'issued' with the final handle, in one transaction with the audit row
+ *   revoke()      on revocation, session end, or orphan recovery
+ */
+import type { Clock } from '../clock.ts';
+import { CordonError } from '../errors.ts';
+import type { CredentialSpec } from '../policy/types.ts';
+import type { AccessTokenClaims } from '../tokens/claims.ts';
+
+export type ProviderName = CredentialSpec['provider'];
+
+/**
+ * How to revoke (or deny) what a provider issued. JSON, stored in `credentials.handle`:
+ * accessors, lease ids, role session names, source identities — never a secret.
+ */
+export type Handle = Record<string, string | number | boolean | string[] | null>;
+
+export interface IssueSession {
+  sid: string;
+  /** The root agent (the session's owner, whose policy defines the credential). */
+  agentId: string;
+  agentName: string;
+  task: string | null;
+  expiresAt: number; // ms
+}
+
+export interface IssueRequest {
+  /** The intent row id; providers put it into backend metadata so a credential can be traced back. */
+  credentialId: string;
+  session: IssueSession;
+  /** The claims of the token the credential is issued for (holder, depth, jti, exp). */
+  claims: AccessTokenClaims;
+  /** The holder's agent name (for readable backend names). */
+  holderName: string;
+  name: string;
+  spec: CredentialSpec;
+  /** The broker clock's now (ms), fixed for the whole request. */
+  now: number;
+  /** Seconds left before the token's exp, and before the session ends. */
+  remainingSec: { token: number; session: number };
+}
+
+export interface IssuePlan {
+  /** The lifetime asked of the backend, in seconds. */
+  ttlSec: number;
+  /** The latest the credential can live (ms): recorded on the intent row, used by orphan recovery. */
+  expiresAtMax: number;
+  /** Revocation facts known before any backend call (STS: role, source identity, session name). */
+  handle?: Handle;
+  /** Seconds by which the credential outlives the session (STS allow_overhang); 0 otherwise. */
+  overhangSec: number;
+}
+
+export interface IssueResult {
+  /** What the agent receives. The only place secrets appear; never logged or stored. */
+  credentials: Record<string, unknown>;
+  /** When the credential really stops working (ms), as the backend enforces it. */
+  expiresAt: number;
+  handle: Handle;
+  leaseId?: string;
+  /** Audit-safe facts about what was asked of the backend (policies, ttl, duration). */
+  details: Record<string, unknown>;
+}
+
+/** One credential to revoke: its row id, session and recorded handle. */
+export interface RevokeTarget {
+  id: string;
+  sid: string;
+  jti: string;
+  handle: Handle | null;
+  expiresAt: number; // ms
+}
+
+export interface DenyRecord {
+  id: string;
+  roleArn: string;
+  policyName: string;
+  sid: string;
+  removeAfter: number; // ms
+}
+
+export interface RevokeContext {
+  now: number;
+  /**
+   * Why: `session` (the whole session ended or was revoked), `token` (some tokens of a live
+   * session were revoked: only their credentials may die), `orphan` (an intent whose backend
+   * answer was lost).
+   */
+  scope: 'session' | 'token' | 'orphan';
+  /** Called before a provider writes a deny into IAM, so the sweeper can always remove it later. */
+  recordDeny(d: DenyRecord): Promise<void>;
+}
+
+export type RevokeOutcome =
+  /** The backend confirmed it is gone (or it already was). */
+  | 'revoked'
+  /** The credential had already expired; nothing was asked of the backend. */
+  | 'expired'
+  /** The backend cannot revoke it (STS without revoke_via_iam): it stays alive until expiry. */
+  | 'not_revocable'
+  /** The backend call failed; retry later. */
+  | 'failed'
+  /** Nothing was known to revoke (an orphan whose intent names nothing). */
+  | 'unknown';
+
+export interface RevokeResult {
+  id: string;
+  outcome: RevokeOutcome;
+  /** Safe to show an admin (no secrets). */
+  note: string;
+  deny?: DenyRecord;
+}
+
+export interface ProviderHealth {
+  ok: boolean;
+  detail: string;
+}
+
+export interface CredentialProvider {
+  readonly name: ProviderName;
+  /** Pure: the lifetime this request gets, or a CordonError refusal. No I/O. */
+  plan(req: IssueRequest): IssuePlan;
+  /** Calls the backend. `checkpoint` persists a partial handle before anything revocable exists. */
+  issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult>;
+  /** Revokes many credentials (providers may batch, e.g. one IAM deny per session). One result per target. */
+  revoke(targets: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]>;
+  /** Removes an IAM deny once everything it denied has expired (STS only). */
+  removeDeny?(d: { roleArn: string; policyName: string }): Promise<void>;
+  health(): Promise<ProviderHealth>;
+  /** Warm up (login); failures are logged, not fatal: the backend may come up later. */
+  start?(): Promise<void>;
+  close?(): Promise<void>;
+}
+
+export interface ProviderDeps {
+  clock: Clock;
+  log: { warn(o: object, msg: string): void; info(o: object, msg: string): void; error(o: object, msg: string): void };
+  /** Clock tolerance, seconds (config.clockSkewSec): added where backend and broker clocks meet. */
+  clockSkewSec: number;
+}
+
+/**
+ * Backend failures, typed. `kind` is for logs and tests; the CordonError code is what the agent sees:
+ * - down / sealed / timeout / throttled → 503 temporarily_unavailable (try again later)
+ * - refused / not_found / bad_answer / misconfigured → 502 bad_gateway (the backend said no or
+ *   answered nonsense: an admin must look)
+ */
+export type ProviderErrorKind = 'down' | 'sealed' | 'timeout' | 'throttled' | 'refused' | 'not_found' | 'bad_answer' | 'misconfigured';
+
+export class ProviderError extends CordonError {
+  readonly provider: ProviderName;
+  readonly kind: ProviderErrorKind;
+  constructor(provider: ProviderName, kind: ProviderErrorKind, description: string, cause?: unknown) {
+    const unavailable = kind === 'down' || kind === 'sealed' || kind === 'timeout' || kind === 'throttled';
+    super(unavailable ? 'temporarily_unavailable' : 'bad_gateway', description, { reason: `${provider}_${kind}`, cause });
+    this.provider = provider;
+    this.kind = kind;
+  }
+}
+
+export const isProviderError = (e: unknown): e is ProviderError => e instanceof ProviderError;
+
+/** Bounded, single-line text from a backend message, for error descriptions (backends do not echo secrets, but keep it short). */
+export function backendText(s: unknown, max = 200): string {
+  const t = String(s ?? '')
+    .replace(/\s+/g, ' ')
+    .replace(/^1 error occurred: \* /, '')
+    .trim();
+  return t.length > max ? `${t.slice(0, max)}…` : t;
+}
+
+/** Network-level failures shared by both providers (node errno codes, axios and smithy shapes). */
+export function networkErrorKind(e: unknown): 'down' | 'timeout' | undefined {
+  const err = e as { code?: string; name?: string; message?: string; cause?: { code?: string } };
+  const code = err?.code ?? err?.cause?.code;
+  if (code === 'ECONNABORTED' || code === 'ETIMEDOUT' || code === 'ESOCKETTIMEDOUT' || err?.name === 'TimeoutError' || err?.name === 'AbortError') return 'timeout';
+  if (/timeout/i.test(err?.message ?? '') && !/status/i.test(err?.message ?? '')) return 'timeout';
+  if (code && ['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ERR_SOCKET_CONNECTION_TIMEOUT'].includes(code)) return 'down';
+  return undefined;
+}

@@ -1,0 +1,354 @@
+/**
+ * Vault provider (node-vault over Vault's HTTP API).
+ *
+ * Every credential hangs under its own short-lived *parent* token:
+ *
+ *   broker token ──▶ parent (the broker's policies, ttl = explicit_max_ttl = the credential's life, never leaves the broker)
+ *                      ├─▶ child token (the policy's vault_policies)            — credential kind 'token'
+ *                      └─▶ lease of a secret read with the parent (database/…, aws/…) — kind 'lease'
+ *
+ * The parent's accessor is written to the intent row (checkpoint) *before* anything an agent could
+ * hold exists, so if the broker dies or loses Vault's answer, revoking that accessor takes down
+ * whatever was created below it (Vault revokes children and the leases they own). The parent's
+ * ttl also bounds dynamic-secret leases, whose own TTL is set by the Vault role and cannot be
+ * asked for: when the parent expires, Vault revokes the lease. So `expires_at` is what Vault
+ * enforces, never after the agent token's `exp`.
+ *
+ * Tokens go per request in X-Vault-Token; the node-vault client itself holds no token, so a
+ * login never swaps the identity of calls in flight (why `tokenCreate` is not used).
+ */
+import { readFileSync } from 'node:fs';
+import vaultFactory from 'node-vault';
+import type { VaultConfig } from '../config/index.ts';
+import { CordonError } from '../errors.ts';
+import {
+  type CredentialProvider,
+  type Handle,
+  type IssuePlan,
+  type IssueRequest,
+  type IssueResult,
+  type ProviderDeps,
+  type ProviderHealth,
+  type RevokeContext,
+  type RevokeResult,
+  type RevokeTarget,
+  ProviderError,
+  backendText,
+  networkErrorKind,
+} from './provider.ts';
+
+type VaultClient = ReturnType<typeof vaultFactory>;
+
+interface Login {
+  token: string;
+  /** The broker token's own policies: parents get exactly these (a child's policies must be a subset of its parent's). */
+  policies: string[];
+  /** null: never expires. */
+  expiresAt: number | null;
+  ttlSec: number;
+  renewable: boolean;
+}
+
+interface VaultAuth {
+  client_token: string;
+  accessor: string;
+  policies?: string[];
+  token_policies?: string[];
+  lease_duration: number;
+  renewable?: boolean;
+  num_uses?: number;
+}
+
+/** Vault's answer when the thing to revoke is already gone (expired or revoked before). */
+const ALREADY_GONE = /invalid accessor|invalid lease|lease not found|lease is not found|not found|token not found/i;
+/** Vault truncates display names; ours name the credential. */
+const displayName = (s: string): string => s.replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 48);
+
+export class VaultProvider implements CredentialProvider {
+  readonly name = 'vault' as const;
+  readonly #cfg: VaultConfig;
+  readonly #deps: ProviderDeps;
+  readonly #client: VaultClient;
+  #login: Login | undefined;
+  #loggingIn: Promise<Login> | undefined;
+
+  constructor(cfg: VaultConfig, deps: ProviderDeps) {
+    this.#cfg = cfg;
+    this.#deps = deps;
+    this.#client = vaultFactory({ endpoint: cfg.addr, namespace: cfg.namespace, requestOptions: { timeout: cfg.timeoutMs } });
+    // node-vault falls back to process.env.VAULT_TOKEN / VAULT_NAMESPACE; the broker decides both explicitly.
+    this.#client.token = '';
+    (this.#client as unknown as { namespace: string }).namespace = cfg.namespace ?? '';
+  }
+
+  async start(): Promise<void> {
+    try {
+      const l = await this.#ensureLogin(0);
+      this.#deps.log.info({ method: this.#cfg.auth.method, policies: l.policies, expires_at: l.expiresAt }, 'vault provider logged in');
+    } catch (e) {
+      this.#deps.log.warn({ err: (e as Error).message }, 'vault provider could not log in yet; credential requests answer 503 until it can');
+    }
+  }
+
+  // ------------------------------------------------------------------ plan / issue
+
+  plan(req: IssueRequest): IssuePlan {
+    const spec = req.spec;
+    if (spec.provider !== 'vault') throw new Error('vault provider given a non-vault credential');
+    // Never past the token's exp (the agent refreshes its token, then its credential); 1 s of slack for the round trip.
+    let ttl = Math.min(spec.ttl, req.remainingSec.token - 1, req.remainingSec.session - 1);
+    if (spec.explicit_max_ttl !== undefined) ttl = Math.min(ttl, spec.explicit_max_ttl);
+    if (ttl < 1) throw new CordonError('invalid_token', 'token expires in less than 2 seconds: get a fresh token first', { reason: 'token_expiring' });
+    return { ttlSec: ttl, expiresAtMax: req.now + ttl * 1000 + 1000, overhangSec: 0 };
+  }
+
+  async issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult> {
+    const spec = req.spec;
+    if (spec.provider !== 'vault') throw new Error('vault provider given a non-vault credential');
+    const login = await this.#ensureLogin(plan.ttlSec);
+    // The broker's own token bounds everything created below it.
+    const brokerLeft = login.expiresAt === null ? Infinity : Math.floor((login.expiresAt - this.#deps.clock.now()) / 1000) - 1;
+    const ttl = Math.min(plan.ttlSec, brokerLeft);
+    if (ttl < 1) throw new ProviderError('vault', 'misconfigured', "the broker's own Vault token has expired and could not be renewed");
+    const meta = { agent: req.session.agentId, session: req.session.sid, task: req.session.task ?? '', jti: req.claims.jti, holder: req.claims.client_id, credential: req.name, credential_id: req.credentialId };
+
+    // 1. The parent: never handed out; its accessor makes everything below it revocable.
+    const sentParent = this.#deps.clock.now();
+    const parentRes = await this.#call('auth/token/create', () =>
+      this.#client.write(
+        'auth/token/create',
+        {
+          policies: login.policies,
+          ttl: `${ttl}s`,
+          explicit_max_ttl: `${ttl}s`,
+          renewable: false,
+          display_name: displayName(`cordon-parent-${req.name}`),
+          meta: { ...meta, cordon: 'parent' },
+        },
+        this.#as(login.token),
+      ),
+    );
+    const parent = this.#auth(parentRes, 'auth/token/create');
+    const parentExpires = sentParent + Math.min(parent.lease_duration || ttl, ttl) * 1000;
+    await checkpoint({ kind: spec.vault_policies ? 'token' : 'lease', parent_accessor: parent.accessor });
+
+    if (spec.vault_policies) {
+      // 2a. The agent's child token: the policy's Vault policies, dies with the parent at the latest.
+      const sent = this.#deps.clock.now();
+      const res = await this.#call('auth/token/create', () =>
+        this.#client.write(
+          'auth/token/create',
+          {
+            policies: spec.vault_policies,
+            ttl: `${ttl}s`,
+            explicit_max_ttl: `${ttl}s`,
+            renewable: false,
+            ...(spec.num_uses !== undefined ? { num_uses: spec.num_uses } : {}),
+            display_name: displayName(`cordon-${req.name}`),
+            meta: { ...meta, cordon: 'credential' },
+          },
+          this.#as(parent.client_token),
+        ),
+      );
+      const child = this.#auth(res, 'auth/token/create');
+      const expiresAt = Math.min(sent + (child.lease_duration || ttl) * 1000, parentExpires);
+      return {
+        credentials: {
+          client_token: child.client_token,
+          accessor: child.accessor,
+          policies: child.policies ?? [],
+          token_policies: child.token_policies ?? child.policies ?? [],
+          lease_duration: child.lease_duration,
+          renewable: child.renewable ?? false,
+          ...(spec.num_uses !== undefined ? { num_uses: child.num_uses ?? spec.num_uses } : {}),
+        },
+        expiresAt,
+        handle: { kind: 'token', parent_accessor: parent.accessor, accessor: child.accessor },
+        details: { vault_policies: spec.vault_policies, ttl_sec: ttl, ...(spec.num_uses !== undefined ? { num_uses: spec.num_uses } : {}) },
+      };
+    }
+
+    // 2b. A secret read with the parent: a dynamic secret's lease is owned by the parent and dies with it.
+    const path = spec.path!;
+    const sent = this.#deps.clock.now();
+    const res = await this.#call(path, () => this.#client.read(path, this.#as(parent.client_token)));
+    if (!res || typeof res !== 'object' || res.data === null || typeof res.data !== 'object') throw new ProviderError('vault', 'bad_answer', `Vault answered ${path} without data`);
+    const leaseId = typeof res.lease_id === 'string' && res.lease_id !== '' ? (res.lease_id as string) : undefined;
+    const isKv2 = !leaseId && res.data.data && typeof res.data.data === 'object' && res.data.metadata && typeof res.data.metadata === 'object';
+    const credentials: Record<string, unknown> = isKv2 ? { ...res.data.data } : { ...res.data };
+    if (spec.kv_path) {
+      const kvPath = spec.kv_path;
+      const kv = await this.#call(kvPath, () => this.#client.read(kvPath, this.#as(parent.client_token)));
+      credentials.kv = kv?.data?.data ?? kv?.data ?? null;
+    }
+    const leaseSec = typeof res.lease_duration === 'number' && res.lease_duration > 0 ? res.lease_duration : ttl;
+    const expiresAt = leaseId ? Math.min(sent + leaseSec * 1000, parentExpires) : parentExpires;
+    return {
+      credentials,
+      expiresAt,
+      leaseId,
+      handle: { kind: leaseId ? 'lease' : 'static', parent_accessor: parent.accessor, ...(leaseId ? { lease_id: leaseId } : {}) },
+      details: {
+        path,
+        ttl_sec: ttl,
+        ...(leaseId ? { lease_duration: res.lease_duration } : { static: true }),
+        ...(spec.kv_path ? { kv_path: spec.kv_path } : {}),
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------ revoke
+
+  async revoke(targets: RevokeTarget[], _ctx: RevokeContext): Promise<RevokeResult[]> {
+    const out: RevokeResult[] = [];
+    // Modest parallelism: a session rarely holds many credentials, and Vault should not be stampeded.
+    for (let i = 0; i < targets.length; i += 8) out.push(...(await Promise.all(targets.slice(i, i + 8).map((t) => this.#revokeOne(t)))));
+    return out;
+  }
+
+  async #revokeOne(t: RevokeTarget): Promise<RevokeResult> {
+    const h = t.handle;
+    if (!h || (!h.parent_accessor && !h.accessor && !h.lease_id)) return { id: t.id, outcome: 'unknown', note: 'nothing was recorded to revoke (Vault answered before anything revocable existed, or not at all)' };
+    let login: Login;
+    try {
+      login = await this.#ensureLogin(0);
+    } catch (e) {
+      return { id: t.id, outcome: 'failed', note: (e as Error).message };
+    }
+    const done: string[] = [];
+    const gone: string[] = [];
+    const step = async (what: string, path: string, body: Record<string, unknown>): Promise<void> => {
+      try {
+        await this.#call(path, () => this.#client.write(path, body, this.#as(login.token)));
+        done.push(what);
+      } catch (e) {
+        if (e instanceof ProviderError && e.kind === 'refused' && ALREADY_GONE.test(e.description)) gone.push(what);
+        else throw e;
+      }
+    };
+    try {
+      if (typeof h.lease_id === 'string') await step('lease', 'sys/leases/revoke', { lease_id: h.lease_id });
+      if (typeof h.accessor === 'string') await step('token', 'auth/token/revoke-accessor', { accessor: h.accessor });
+      if (typeof h.parent_accessor === 'string') await step('parent', 'auth/token/revoke-accessor', { accessor: h.parent_accessor });
+    } catch (e) {
+      return { id: t.id, outcome: 'failed', note: `Vault revocation failed: ${(e as Error).message}` };
+    }
+    const note = [done.length ? `revoked ${done.join(', ')}` : '', gone.length ? `${gone.join(', ')} already gone at Vault` : ''].filter(Boolean).join('; ');
+    return { id: t.id, outcome: 'revoked', note };
+  }
+
+  // ------------------------------------------------------------------ health
+
+  async health(): Promise<ProviderHealth> {
+    try {
+      const h = await this.#client.health({ requestOptions: { timeout: this.#cfg.timeoutMs } } as never);
+      if (h?.sealed) return { ok: false, detail: 'Vault is sealed' };
+      await this.#ensureLogin(0);
+      return { ok: true, detail: 'Vault is unsealed and the broker is logged in' };
+    } catch (e) {
+      return { ok: false, detail: (e as Error).message };
+    }
+  }
+
+  // ------------------------------------------------------------------ login
+
+  /** A broker token with at least `minSec` left (renewed or re-obtained as needed), single-flight. */
+  async #ensureLogin(minSec: number): Promise<Login> {
+    const l = this.#login;
+    const now = this.#deps.clock.now();
+    if (l && (l.expiresAt === null || (l.expiresAt - now > minSec * 1000 + 5000 && l.expiresAt - now > (l.ttlSec * 1000) / 3))) return l;
+    this.#loggingIn ??= this.#refresh(l, minSec).finally(() => {
+      this.#loggingIn = undefined;
+    });
+    return this.#loggingIn;
+  }
+
+  async #refresh(current: Login | undefined, minSec: number): Promise<Login> {
+    const now = (): number => this.#deps.clock.now();
+    if (current?.renewable && current.expiresAt !== null) {
+      try {
+        const r = await this.#call('auth/token/renew-self', () => this.#client.write('auth/token/renew-self', {}, this.#as(current.token)));
+        const a = r?.auth as VaultAuth | undefined;
+        if (a && a.lease_duration > minSec + 5) {
+          this.#login = { ...current, expiresAt: now() + a.lease_duration * 1000, ttlSec: a.lease_duration, renewable: a.renewable ?? current.renewable };
+          return this.#login;
+        }
+      } catch (e) {
+        this.#deps.log.warn({ err: (e as Error).message }, 'vault: renewing the broker token failed; logging in again');
+      }
+    }
+    const auth = this.#cfg.auth;
+    let login: Login;
+    if (auth.method === 'token') {
+      const r = await this.#call('auth/token/lookup-self', () => this.#client.read('auth/token/lookup-self', this.#as(auth.token)), 'VAULT_TOKEN');
+      const d = r?.data;
+      if (!d || !Array.isArray(d.policies)) throw new ProviderError('vault', 'bad_answer', 'Vault answered auth/token/lookup-self without policies');
+      const ttl = Number(d.ttl ?? 0);
+      login = { token: auth.token, policies: d.policies, ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: Boolean(d.renewable) };
+    } else {
+      const path = `auth/${auth.method === 'approle' ? auth.mount : auth.mount}/login`;
+      let body: Record<string, string>;
+      if (auth.method === 'approle') body = { role_id: auth.roleId, secret_id: auth.secretId };
+      else {
+        let jwt: string;
+        try {
+          jwt = readFileSync(auth.jwtFile, 'utf8').trim(); // re-read: projected service-account tokens rotate
+        } catch {
+          throw new ProviderError('vault', 'misconfigured', 'the broker cannot read VAULT_JWT_FILE for its Vault login');
+        }
+        body = { role: auth.role, jwt };
+      }
+      const r = await this.#call(path, () => this.#client.write(path, body, { timeout: this.#cfg.timeoutMs }), auth.method === 'approle' ? 'VAULT_ROLE_ID/VAULT_SECRET_ID' : 'VAULT_JWT_ROLE/VAULT_JWT_FILE');
+      const a = this.#auth(r, path);
+      const ttl = a.lease_duration;
+      login = { token: a.client_token, policies: a.token_policies ?? a.policies ?? [], ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: a.renewable ?? false };
+    }
+    // Parents carry the broker's policies; a root broker makes root parents (they never leave the broker, but prefer a dedicated policy).
+    login.policies = login.policies.includes('root') ? ['root'] : login.policies.filter((p) => p !== 'default');
+    if (!login.policies.length) login.policies = ['default'];
+    this.#login = login;
+    return login;
+  }
+
+  // ------------------------------------------------------------------ plumbing
+
+  #as(token: string): { headers: Record<string, string>; timeout: number } {
+    return { headers: { 'X-Vault-Token': token }, timeout: this.#cfg.timeoutMs };
+  }
+
+  #auth(res: unknown, op: string): VaultAuth {
+    const a = (res as { auth?: VaultAuth } | undefined)?.auth;
+    if (!a || typeof a.client_token !== 'string' || typeof a.accessor !== 'string' || !a.client_token || !a.accessor) throw new ProviderError('vault', 'bad_answer', `Vault answered ${op} without a token and accessor`);
+    return a;
+  }
+
+  /** Runs one Vault call and maps its failure to a ProviderError with a clear, secret-free description. */
+  async #call<T>(op: string, fn: () => Promise<T>, loginVar?: string): Promise<T> {
+    try {
+      return await fn();
+    } catch (e) {
+      throw this.#mapError(op, e, loginVar);
+    }
+  }
+
+  #mapError(op: string, e: unknown, loginVar?: string): ProviderError {
+    if (e instanceof ProviderError) return e;
+    const resp = (e as { response?: { statusCode?: number; body?: { errors?: unknown[] } } }).response;
+    if (resp?.statusCode) {
+      const status = resp.statusCode;
+      const msg = backendText(Array.isArray(resp.body?.errors) ? resp.body!.errors.join('; ') : '');
+      if (status === 503 && /sealed/i.test(msg)) return new ProviderError('vault', 'sealed', 'Vault is sealed: no credential can be issued until an operator unseals it', e);
+      if (status === 503) return new ProviderError('vault', 'down', `Vault is unavailable (503${msg ? `: ${msg}` : ''})`, e);
+      if (status === 429) return new ProviderError('vault', 'throttled', 'Vault is rate limiting the broker (429)', e);
+      if (loginVar && (status === 403 || status === 400)) return new ProviderError('vault', 'misconfigured', `Vault refused the broker's login (${status}${msg ? `: ${msg}` : ''}): check ${loginVar}`, e);
+      if (status === 403) return new ProviderError('vault', 'refused', `Vault denied the broker ${op} (403 permission denied): the broker's Vault policy must allow it`, e);
+      if (status === 404) return new ProviderError('vault', 'not_found', `Vault has nothing at ${op} (404): check the mount and role named by the policy`, e);
+      if (status === 400) return new ProviderError('vault', 'refused', `Vault rejected ${op} (400${msg ? `: ${msg}` : ''})`, e);
+      return new ProviderError('vault', 'bad_answer', `Vault failed ${op} (${status}${msg ? `: ${msg}` : ''})`, e);
+    }
+    const net = networkErrorKind(e);
+    if (net === 'timeout') return new ProviderError('vault', 'timeout', `Vault did not answer ${op} within ${this.#cfg.timeoutMs} ms`, e);
+    if (net === 'down') return new ProviderError('vault', 'down', `Vault is unreachable (${(e as { code?: string }).code ?? 'connection failed'})`, e);
+    return new ProviderError('vault', 'bad_answer', `Vault call ${op} failed: ${backendText((e as Error)?.message)}`, e);
+  }
+}

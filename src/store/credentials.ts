@@ -1,0 +1,181 @@
+import { type Q, num, numOrNull } from './db.ts';
+
+/**
+ * Backend credentials the broker issued (tables `credentials` and `iam_denies`, migration 001).
+ *
+ * States: pending (intent written, backend called or about to be) → issued | failed;
+ * issued → revoked | revoke_failed (→ revoked on a later retry). Every transition is a
+ * conditional UPDATE on the current state, so two replicas (or the revocation hook and the
+ * sweeper) never both act on one row: whoever's UPDATE changes the row owns the work.
+ * `revoked_at` is when revocation was requested (for revoke_failed: the last attempt). An
+ * issued row with `revoked_at` set is one the backend cannot revoke (STS without
+ * revoke_via_iam): it is alive until `expires_at`. `handle` is JSON without secrets.
+ */
+export type CredentialState = 'pending' | 'issued' | 'revoked' | 'revoke_failed' | 'failed';
+
+export interface CredentialRow {
+  id: string;
+  sid: string;
+  jti: string;
+  agentId: string;
+  name: string;
+  provider: string;
+  handle: Record<string, any> | null;
+  state: CredentialState;
+  createdAt: number;
+  expiresAt: number;
+  revokedAt: number | null;
+  note: string | null;
+}
+
+const fromRow = (r: Record<string, unknown>): CredentialRow => ({
+  id: r.id as string,
+  sid: r.sid as string,
+  jti: r.jti as string,
+  agentId: r.agent_id as string,
+  name: r.name as string,
+  provider: r.provider as string,
+  handle: r.handle ? JSON.parse(r.handle as string) : null,
+  state: r.state as CredentialState,
+  createdAt: num(r.created_at),
+  expiresAt: num(r.expires_at),
+  revokedAt: numOrNull(r.revoked_at),
+  note: (r.note as string | null) ?? null,
+});
+
+const CHUNK = 400;
+const clip = (s: string | null | undefined): string | null => (s == null ? null : s.length > 500 ? `${s.slice(0, 499)}…` : s);
+
+export const credentials = {
+  async insertPending(q: Q, c: { id: string; sid: string; jti: string; agentId: string; name: string; provider: string; createdAt: number; expiresAt: number; handle?: Record<string, unknown> | null }): Promise<void> {
+    await q('credentials').insert({
+      id: c.id,
+      sid: c.sid,
+      jti: c.jti,
+      agent_id: c.agentId,
+      name: c.name,
+      provider: c.provider,
+      handle: c.handle ? JSON.stringify(c.handle) : null,
+      state: 'pending',
+      created_at: c.createdAt,
+      expires_at: c.expiresAt,
+      revoked_at: null,
+      note: null,
+    });
+  },
+
+  async get(q: Q, id: string): Promise<CredentialRow | undefined> {
+    const r = await q('credentials').where({ id }).first();
+    return r ? fromRow(r) : undefined;
+  },
+
+  /** The intent learns what to revoke before the backend creates anything an agent could hold. */
+  async checkpoint(q: Q, id: string, handle: Record<string, unknown>): Promise<boolean> {
+    return (await q('credentials').where({ id, state: 'pending' }).update({ handle: JSON.stringify(handle) })) > 0;
+  },
+
+  async markIssued(q: Q, id: string, v: { handle: Record<string, unknown>; expiresAt: number }): Promise<boolean> {
+    return (await q('credentials').where({ id, state: 'pending' }).update({ state: 'issued', handle: JSON.stringify(v.handle), expires_at: v.expiresAt })) > 0;
+  },
+
+  async markFailed(q: Q, id: string, note: string): Promise<boolean> {
+    return (await q('credentials').where({ id, state: 'pending' }).update({ state: 'failed', note: clip(note) })) > 0;
+  },
+
+  /** Claims an issued, not yet revoked row for revocation (issued → revoke_failed until the backend confirms). */
+  async claimIssued(q: Q, id: string, at: number, note: string): Promise<boolean> {
+    return (await q('credentials').where({ id, state: 'issued' }).whereNull('revoked_at').update({ state: 'revoke_failed', revoked_at: at, note: clip(note) })) > 0;
+  },
+
+  /** Claims an orphaned intent (pending older than the grace period). */
+  async claimPending(q: Q, id: string, at: number, createdBefore: number, note: string): Promise<boolean> {
+    return (await q('credentials').where({ id, state: 'pending' }).andWhere('created_at', '<', createdBefore).update({ state: 'revoke_failed', revoked_at: at, note: clip(note) })) > 0;
+  },
+
+  /** Claims a failed revocation for another attempt (at most one attempt per `attemptedBefore` window). */
+  async claimRetry(q: Q, id: string, at: number, attemptedBefore: number): Promise<boolean> {
+    return (await q('credentials').where({ id, state: 'revoke_failed' }).andWhere('revoked_at', '<', attemptedBefore).update({ revoked_at: at })) > 0;
+  },
+
+  /** Final state after a revocation attempt on a claimed row. */
+  async finish(q: Q, id: string, v: { state: CredentialState; at: number | null; note: string }): Promise<void> {
+    await q('credentials').where({ id }).update({ state: v.state, revoked_at: v.at, note: clip(v.note) });
+  },
+
+  /** Issued, not yet revoked credentials of these sessions. */
+  async revocableBySids(q: Q, sids: string[]): Promise<CredentialRow[]> {
+    const out: CredentialRow[] = [];
+    for (let i = 0; i < sids.length; i += CHUNK) {
+      out.push(...(await q('credentials').whereIn('sid', sids.slice(i, i + CHUNK)).andWhere({ state: 'issued' }).whereNull('revoked_at')).map(fromRow));
+    }
+    return out;
+  },
+
+  /** Issued, not yet revoked credentials issued to these tokens. */
+  async revocableByJtis(q: Q, jtis: string[]): Promise<CredentialRow[]> {
+    const out: CredentialRow[] = [];
+    for (let i = 0; i < jtis.length; i += CHUNK) {
+      out.push(...(await q('credentials').whereIn('jti', jtis.slice(i, i + CHUNK)).andWhere({ state: 'issued' }).whereNull('revoked_at')).map(fromRow));
+    }
+    return out;
+  },
+
+  async orphans(q: Q, createdBefore: number, limit = 200): Promise<CredentialRow[]> {
+    return (await q('credentials').where({ state: 'pending' }).andWhere('created_at', '<', createdBefore).orderBy('created_at').limit(limit)).map(fromRow);
+  },
+
+  /** Failed revocations worth retrying: last attempt before `attemptedBefore`, and the credential not yet dead by itself. */
+  async retryable(q: Q, attemptedBefore: number, now: number, limit = 200): Promise<CredentialRow[]> {
+    return (await q('credentials').where({ state: 'revoke_failed' }).andWhere('revoked_at', '<', attemptedBefore).andWhere('expires_at', '>', now).orderBy('revoked_at').limit(limit)).map(fromRow);
+  },
+
+  async bySession(q: Q, sid: string): Promise<CredentialRow[]> {
+    return (await q('credentials').where({ sid }).orderBy('created_at')).map(fromRow);
+  },
+
+  /** Credentials that may still work at `at`: issued (revocable or not) or with a revocation not yet confirmed. */
+  async alive(q: Q, at: number, opts: { sid?: string; limit?: number } = {}): Promise<CredentialRow[]> {
+    let b = q('credentials').whereIn('state', ['issued', 'revoke_failed']).andWhere('expires_at', '>', at).orderBy('created_at', 'desc').limit(opts.limit ?? 1000);
+    if (opts.sid) b = b.where({ sid: opts.sid });
+    return (await b).map(fromRow);
+  },
+};
+
+export interface IamDenyRow {
+  id: string;
+  roleArn: string;
+  policyName: string;
+  sid: string;
+  createdAt: number;
+  removeAfter: number;
+  removedAt: number | null;
+}
+
+const denyFromRow = (r: Record<string, unknown>): IamDenyRow => ({
+  id: r.id as string,
+  roleArn: r.role_arn as string,
+  policyName: r.policy_name as string,
+  sid: r.sid as string,
+  createdAt: num(r.created_at),
+  removeAfter: num(r.remove_after),
+  removedAt: numOrNull(r.removed_at),
+});
+
+export const iamDenies = {
+  /** Written before PutRolePolicy, so a deny can always be found and removed later. */
+  async insert(q: Q, d: Omit<IamDenyRow, 'removedAt'>): Promise<void> {
+    await q('iam_denies').insert({ id: d.id, role_arn: d.roleArn, policy_name: d.policyName, sid: d.sid, created_at: d.createdAt, remove_after: d.removeAfter, removed_at: null });
+  },
+  async due(q: Q, now: number, limit = 100): Promise<IamDenyRow[]> {
+    return (await q('iam_denies').whereNull('removed_at').andWhere('remove_after', '<=', now).orderBy('remove_after').limit(limit)).map(denyFromRow);
+  },
+  async markRemoved(q: Q, id: string, at: number): Promise<boolean> {
+    return (await q('iam_denies').where({ id }).whereNull('removed_at').update({ removed_at: at })) > 0;
+  },
+  async bySession(q: Q, sid: string): Promise<IamDenyRow[]> {
+    return (await q('iam_denies').where({ sid }).orderBy('created_at')).map(denyFromRow);
+  },
+  async active(q: Q): Promise<IamDenyRow[]> {
+    return (await q('iam_denies').whereNull('removed_at').orderBy('created_at')).map(denyFromRow);
+  },
+};

@@ -1,0 +1,157 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { appendAudit } from '../audit/log.ts';
+import { bootstrapTokens, type BootstrapRecord } from '../store/bootstrap.ts';
+import { newId } from '../ids.ts';
+import { parseScope, uncovered } from '../policy/scopes.ts';
+import { findAgent } from './agents.ts';
+import { recordDenial } from './issue.ts';
+import { activeAgentAndPolicy, parseRequestedScope, startSession, type SessionStartResult } from './session-start.ts';
+
+/**
+ * The public OAuth client a workload uses at /token before it has any secret: it may only
+ * redeem a bootstrap token or a federated JWT, and the agent it becomes is named by that
+ * subject token, never by the client. Served by the provider adapter (src/http/provider.ts).
+ */
+export const WORKLOAD_CLIENT_ID = 'cordon-workload';
+
+export const BOOTSTRAP_PREFIX = 'cbt_';
+/** `cbt_` + 256 random bits, base64url. */
+const BOOTSTRAP_PATTERN = /^cbt_[A-Za-z0-9_-]{43}$/;
+export const BOOTSTRAP_MIN_TTL_SEC = 1;
+export const BOOTSTRAP_MAX_TTL_SEC = 24 * 3600;
+
+const hashOf = (token: string): string => createHash('sha256').update(token).digest('hex');
+
+export interface IssuedBootstrapToken {
+  /** The secret; shown once, never stored. */
+  token: string;
+  id: string;
+  /** Epoch milliseconds. */
+  expiresAt: number;
+}
+
+/**
+ * `cordon agent bootstrap AGENT --ttl 5m`: a one-time token that opens exactly one session for
+ * AGENT through token exchange. Only its SHA-256 is stored; the row and its audit row commit together.
+ * `scope` (optional) narrows what that session may ask for, within the agent's policy.
+ */
+export async function issueBootstrapToken(b: Broker, agentIdOrName: string, opts: { ttlSec: number; actor?: string; scope?: string }): Promise<IssuedBootstrapToken> {
+  if (!Number.isInteger(opts.ttlSec) || opts.ttlSec < BOOTSTRAP_MIN_TTL_SEC || opts.ttlSec > BOOTSTRAP_MAX_TTL_SEC) {
+    throw new CordonError('invalid_request', `bootstrap ttl must be a whole number of seconds from ${BOOTSTRAP_MIN_TTL_SEC}s to 24h`, { reason: 'ttl_out_of_range' });
+  }
+  const agent = await findAgent(b, agentIdOrName);
+  if (agent.status !== 'active') throw new CordonError('invalid_request', `agent ${agent.name} is ${agent.status}`, { reason: `agent_${agent.status}` });
+  const policy = b.policies.get(agent.policy);
+  if (!policy) throw new CordonError('invalid_request', `agent ${agent.name}'s policy "${agent.policy}" is not loaded`, { reason: 'policy_missing' });
+  let scope: string | null = null;
+  if (opts.scope !== undefined) {
+    const s = parseRequestedScope(opts.scope);
+    const out = uncovered(policy.scopes, s);
+    if (out.length) throw new CordonError('invalid_scope', `scope not allowed by policy ${policy.name}: ${out.join(' ')}`, { reason: 'scope_not_allowed' });
+    scope = s.join(' ');
+  }
+  const token = `${BOOTSTRAP_PREFIX}${randomBytes(32).toString('base64url')}`;
+  const now = b.clock.now();
+  const rec: BootstrapRecord = { id: newId('bst'), agentId: agent.id, tokenHash: hashOf(token), scope, createdAt: now, expiresAt: now + opts.ttlSec * 1000, usedAt: null, usedSid: null };
+  await b.db.transaction(async (tx) => {
+    await bootstrapTokens.insert(tx, rec);
+    await appendAudit(tx, {
+      at: now,
+      event: 'bootstrap.issue',
+      decision: 'allow',
+      agentId: agent.id,
+      chain: [agent.id],
+      params: { bootstrap_id: rec.id, ttl: opts.ttlSec, expires_at: rec.expiresAt, ...(scope ? { scope } : {}), by: opts.actor ?? 'cli' },
+    });
+  });
+  return { token, id: rec.id, expiresAt: rec.expiresAt };
+}
+
+export interface BootstrapRedeemRequest {
+  /** The authenticated agent, or null when the caller is the public workload client. */
+  callerClientId: string | null;
+  scope?: string;
+  task?: string;
+  audience: string[];
+  requestedTtl?: string;
+  dpopJkt?: string | null;
+}
+
+/**
+ * Token exchange with `subject_token_type=urn:cordon:token-type:bootstrap`: opens one session
+ * for the token's agent (origin `bootstrap`) and kills the token.
+ *
+ * The single-use gate is one conditional UPDATE (`used_at IS NULL AND expires_at > now`), so
+ * of concurrent redemptions exactly one proceeds; every other one is refused as a replay.
+ * The winner then opens the session; if that is refused (bad scope, say) the claim is given
+ * back, so a mistyped request does not burn the token. A token that opened a session is dead.
+ */
+export async function redeemBootstrapToken(b: Broker, token: string, req: BootstrapRedeemRequest): Promise<SessionStartResult> {
+  let rec: BootstrapRecord | undefined;
+  try {
+    if (!BOOTSTRAP_PATTERN.test(token)) throw new CordonError('invalid_grant', 'subject_token is not a bootstrap token', { reason: 'bootstrap_malformed' });
+    rec = await bootstrapTokens.byHash(b.db, hashOf(token));
+    if (!rec) throw new CordonError('invalid_grant', 'bootstrap token is not known to this broker', { reason: 'bootstrap_unknown' });
+    if (req.callerClientId !== null && req.callerClientId !== rec.agentId) {
+      throw new CordonError('invalid_grant', 'bootstrap token was issued to another agent', { reason: 'bootstrap_not_holder' });
+    }
+    const now = b.clock.now();
+    if (rec.usedAt !== null) throw replay(rec);
+    if (rec.expiresAt <= now) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
+    await activeAgentAndPolicy(b, rec.agentId).catch((e: CordonError) => {
+      throw new CordonError('invalid_grant', `the agent of this bootstrap token cannot start a session: ${e.description}`, { reason: e.reason });
+    });
+    if (rec.scope !== null) {
+      const out = uncovered(parseScope(rec.scope), parseRequestedScope(req.scope));
+      if (out.length) throw new CordonError('invalid_scope', `scope outside what this bootstrap token allows: ${out.join(' ')}`, { reason: 'scope_outside_bootstrap' });
+    }
+    if (!(await bootstrapTokens.claim(b.db, rec.id, now))) {
+      // Lost the race to a concurrent use (a replay, even if that use later gives its claim back), or expired in between.
+      const again = await bootstrapTokens.get(b.db, rec.id);
+      if (again && again.usedAt === null && again.expiresAt <= now) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
+      throw replay(again ?? rec);
+    }
+    const claimedAt = now;
+    let r: SessionStartResult;
+    try {
+      r = await startSession(b, {
+        clientId: rec.agentId,
+        scope: req.scope,
+        task: req.task,
+        audience: req.audience,
+        requestedTtl: req.requestedTtl,
+        dpopJkt: req.dpopJkt,
+        origin: 'bootstrap',
+        auditParams: { origin: 'bootstrap', bootstrap_id: rec.id },
+      });
+    } catch (e) {
+      await bootstrapTokens.release(b.db, rec.id, claimedAt).catch(() => false);
+      throw e;
+    }
+    const id = rec.id;
+    const agentId = rec.agentId;
+    await b.db.transaction(async (tx) => {
+      await bootstrapTokens.markUsed(tx, id, claimedAt, r.sid);
+      await appendAudit(tx, { at: b.clock.now(), event: 'bootstrap.redeem', decision: 'allow', agentId, sid: r.sid, jti: r.claims.jti, chain: [agentId], params: { bootstrap_id: id } });
+    });
+    return r;
+  } catch (e) {
+    if (e instanceof CordonError && !e.audited) {
+      await recordDenial(b, {
+        event: 'bootstrap.redeem',
+        agentId: rec?.agentId ?? req.callerClientId,
+        sid: rec?.usedSid ?? null,
+        chain: rec ? [rec.agentId] : req.callerClientId ? [req.callerClientId] : null,
+        reason: `${e.code}: ${e.description}`,
+        params: { bootstrap_id: rec?.id, scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap', ...(e.reason === 'bootstrap_replay' ? { replay: true } : {}) },
+      });
+      e.audited = true;
+    }
+    throw e;
+  }
+}
+
+const replay = (rec: BootstrapRecord): CordonError =>
+  new CordonError('invalid_grant', `bootstrap token replay: it was already used${rec.usedSid ? ' to open a session' : ''} and is dead`, { reason: 'bootstrap_replay' });

@@ -1,0 +1,443 @@
+/**
+ * Backend credentials: the decisions (who may have `<name>`, for how long) and the bookkeeping
+ * that makes every credential die with its session, whatever crashes in between.
+ *
+ * Issue:  checks → intent row ('pending', committed) → provider.issue (checkpoints a revocable
+ *         handle before anything exists an agent could hold) → one transaction: 'issued' + audit.
+ *         A provider failure marks the row 'failed' (audited) after cleaning up anything the
+ *         backend may have created; a lost commit or a revocation that raced the issue revokes
+ *         the fresh credential at once.
+ * Revoke: `b.hooks.onRevoked` (revoked sessions and tokens), the sweeper (ended sessions,
+ *         retries, orphans). Rows are claimed with conditional UPDATEs first, so concurrent
+ *         revokers (hook, sweeper, other replicas) never double-act.
+ */
+import type { Broker } from '../broker.ts';
+import { appendAudit } from '../audit/log.ts';
+import { CordonError } from '../errors.ts';
+import { newId } from '../ids.ts';
+import { NAME_PATTERN } from '../policy/schema.ts';
+import { covers, parseScope } from '../policy/scopes.ts';
+import type { CredentialSpec } from '../policy/types.ts';
+import { type Q, isPostgres, num, numOrNull } from '../store/db.ts';
+import { type CredentialRow, type CredentialState, credentials, iamDenies } from '../store/credentials.ts';
+import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
+import type { CredentialProvider, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
+import { isProviderError } from '../providers/provider.ts';
+import { chainOf, type AccessTokenClaims } from './claims.ts';
+import { verifyDpopProof } from './dpop.ts';
+import { recordDenial } from './issue.ts';
+import { requireActiveToken, type TokenView } from './verify.ts';
+
+// ---------------------------------------------------------------------------------------- wiring
+
+const registry = new WeakMap<Broker, Providers>();
+
+/** The providers attached to this broker (empty when none is configured). */
+export const providersOf = (b: Broker): Providers => registry.get(b) ?? new Map();
+
+/**
+ * Attaches providers to a broker and makes revocations reach the backends. Returns a function
+ * that detaches them again (runtime stop, tests).
+ */
+export function attachProviders(b: Broker, providers: Providers): () => void {
+  registry.set(b, providers);
+  const hook = (r: { sids: string[]; jtis: string[] }): Promise<void> => revokeBackendCredentials(b, r).then(() => undefined);
+  b.hooks.onRevoked.push(hook);
+  return () => {
+    const i = b.hooks.onRevoked.indexOf(hook);
+    if (i >= 0) b.hooks.onRevoked.splice(i, 1);
+    if (registry.get(b) === providers) registry.delete(b);
+  };
+}
+
+// ---------------------------------------------------------------------------------------- issue
+
+export interface CredentialRequest {
+  jwt: string;
+  name: string;
+  /** How the token was presented (`Authorization: Bearer` or `Authorization: DPoP`). */
+  scheme?: 'Bearer' | 'DPoP';
+  dpopProof?: string;
+  /** For the DPoP proof's htm / htu. */
+  method: string;
+  url: string;
+}
+
+export interface CredentialResponse {
+  name: string;
+  provider: string;
+  expires_at: string;
+  lease_id?: string;
+  credentials: Record<string, unknown>;
+  /** STS allow_overhang only: seconds the credential outlives the session. */
+  overhang_sec?: number;
+}
+
+const EVENT = 'credential.issue';
+
+/**
+ * `POST /credentials/:name`: the token must be active (and its DPoP proof valid when bound), its
+ * scope must hold `cred:<name>`, the session's root policy must define `<name>` and its provider
+ * must be on. The credential never outlives the token's `exp` (Vault) or the session (STS; see
+ * allow_overhang), and exists only if its record and audit row do.
+ */
+export async function issueCredential(b: Broker, req: CredentialRequest): Promise<CredentialResponse> {
+  const { claims, view } = await requireActiveToken(b, req.jwt, 'invalid_token');
+  const chain = chainOf(claims, view.sessionAgentId);
+  const deny = async (e: unknown, extra: Record<string, unknown> = {}): Promise<never> => {
+    if (e instanceof CordonError && !e.audited) {
+      await recordDenial(b, { event: EVENT, agentId: claims.client_id, sid: claims.sid, jti: claims.jti, chain, reason: `${e.reason}: ${e.description}`, params: { name: req.name, ...extra } });
+      e.audited = true;
+    }
+    throw e;
+  };
+
+  let ctx: Decided;
+  try {
+    await checkDpop(b, req, view);
+    ctx = await decide(b, req.name, claims, view);
+  } catch (e) {
+    return deny(e);
+  }
+  const { provider, spec, ireq } = ctx;
+  let plan;
+  try {
+    plan = provider.plan(ireq);
+  } catch (e) {
+    return deny(e, { provider: spec.provider });
+  }
+
+  // Intent first: from here on a crash leaves a row the sweeper can resolve.
+  await credentials.insertPending(b.db, {
+    id: ireq.credentialId,
+    sid: view.sid,
+    jti: view.jti,
+    agentId: claims.client_id,
+    name: req.name,
+    provider: spec.provider,
+    createdAt: ireq.now,
+    expiresAt: plan.expiresAtMax,
+    handle: null,
+  });
+  let checkpointed: Handle | null = null;
+  const checkpoint = async (h: Handle): Promise<void> => {
+    if (!(await credentials.checkpoint(b.db, ireq.credentialId, h))) throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
+    checkpointed = h;
+  };
+
+  let result;
+  try {
+    result = await provider.issue(ireq, plan, checkpoint);
+  } catch (e) {
+    await failIssue(b, provider, ireq, plan.expiresAtMax, checkpointed, e, chain);
+    throw e instanceof CordonError ? e : new CordonError('bad_gateway', `${spec.provider} failed unexpectedly`, { reason: `${spec.provider}_error`, cause: e });
+  }
+
+  // One transaction: the record, the audit row, and a last look at the token under a row lock,
+  // so a revocation that committed meanwhile is never missed (its hook ran before this row was issued).
+  let outcome: 'issued' | 'token_revoked' | 'claimed';
+  try {
+    outcome = await b.db.transaction(async (tx) => {
+      const live = await stillActive(tx, view.jti, b.clock.now());
+      if (!(await credentials.markIssued(tx, ireq.credentialId, { handle: result.handle, expiresAt: result.expiresAt }))) return 'claimed';
+      // Recorded either way (it exists at the backend); when the token died meanwhile it is revoked right after, never returned.
+      await appendAudit(tx, {
+        at: b.clock.now(),
+        event: EVENT,
+        decision: live ? 'allow' : 'info',
+        agentId: claims.client_id,
+        sid: claims.sid,
+        jti: claims.jti,
+        chain,
+        ...(live ? {} : { reason: 'issued at the backend while the token was being revoked: revoked at once, not returned' }),
+        params: {
+          name: req.name,
+          provider: spec.provider,
+          credential_id: ireq.credentialId,
+          expires_at: new Date(result.expiresAt).toISOString(),
+          ...(result.leaseId ? { lease_id: result.leaseId } : {}),
+          ...result.details,
+        },
+      });
+      return live ? 'issued' : 'token_revoked';
+    });
+  } catch (e) {
+    // The backend issued but the broker could not record it: take it back now.
+    b.log.error({ err: (e as Error).message, credential: ireq.credentialId }, 'could not record an issued credential; revoking it at the backend');
+    const r = await provider.revoke([target(ireq.credentialId, view, result.handle, result.expiresAt)], revokeCtx(b, 'token')).catch(() => undefined);
+    await credentials.markFailed(b.db, ireq.credentialId, `not recorded (${(e as Error).message}); backend: ${r?.[0]?.outcome ?? 'revocation failed'}`).catch(() => {});
+    throw new CordonError('temporarily_unavailable', 'the broker could not record the credential, so it was revoked at the backend; try again', { reason: 'record_failed', cause: e });
+  }
+  if (outcome === 'claimed') {
+    // Orphan recovery took the intent (the backend was slower than the grace period) and revokes what it names; make sure of the rest.
+    await provider.revoke([target(ireq.credentialId, view, result.handle, result.expiresAt)], revokeCtx(b, 'token')).catch(() => undefined);
+    throw new CordonError('temporarily_unavailable', `${spec.provider} answered too late; the credential was revoked. Try again`, { reason: 'issue_too_slow' });
+  }
+  if (outcome === 'token_revoked') {
+    const row = await credentials.get(b.db, ireq.credentialId);
+    if (row) await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the token was revoked while the credential was being issued' });
+    const e = new CordonError('invalid_token', 'the token was revoked while the credential was being issued; the credential has been revoked', { reason: 'token_revoked_during_issue' });
+    return deny(e, { provider: spec.provider, credential_id: ireq.credentialId });
+  }
+  for (const f of b.hooks.onDecision) f(EVENT, 'allow', null);
+  return {
+    name: req.name,
+    provider: spec.provider,
+    expires_at: new Date(result.expiresAt).toISOString(),
+    ...(result.leaseId ? { lease_id: result.leaseId } : {}),
+    credentials: result.credentials,
+    ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.round((result.expiresAt - ireq.session.expiresAt) / 1000)) } : {}),
+  };
+}
+
+interface Decided {
+  provider: CredentialProvider;
+  spec: CredentialSpec;
+  ireq: IssueRequest;
+}
+
+/** Every bound, checked in order, each refusal naming what failed. No writes. */
+async function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenView): Promise<Decided> {
+  if (typeof name !== 'string' || !NAME_PATTERN.test(name)) throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
+  const held = parseScope(view.scope);
+  if (!covers(held, `cred:${name}`)) throw new CordonError('insufficient_scope', `token scope does not grant cred:${name}`, { reason: 'cred_not_in_scope' });
+  // The session's root agent and its policy define what credentials exist in this session.
+  const s = await b.db('sessions as s').join('agents as a', 'a.id', 's.agent_id').select('s.sid', 's.task', 's.expires_at', 'a.id as agent_id', 'a.name as agent_name', 'a.policy as policy', 'a.status as status').where('s.sid', view.sid).first();
+  if (!s) throw new CordonError('invalid_token', 'the session of this token is not known', { reason: 'session_unknown' });
+  if (s.status !== 'active') throw new CordonError('invalid_token', `the root agent of this session is ${s.status}`, { reason: 'root_inactive' });
+  const policy = b.policies.get(s.policy);
+  if (!policy) throw new CordonError('insufficient_scope', `the session's root policy "${s.policy}" is not loaded`, { reason: 'policy_missing' });
+  const spec = Object.hasOwn(policy.credentials, name) ? policy.credentials[name] : undefined;
+  if (!spec) throw new CordonError('insufficient_scope', `policy ${policy.name} (the session's root policy) defines no credential ${name}`, { reason: 'cred_not_defined' });
+  const provider = providersOf(b).get(spec.provider);
+  if (!provider) throw new CordonError('temporarily_unavailable', `the ${spec.provider} provider is not configured on this broker (${ENABLING_VARIABLE[spec.provider]} is unset), so credential ${name} cannot be issued`, { reason: `${spec.provider}_off` });
+  const holderName = claims.client_id === s.agent_id ? (s.agent_name as string) : ((await b.db('agents').select('name').where({ id: claims.client_id }).first())?.name ?? claims.client_id);
+  const now = b.clock.now();
+  const tokenExp = Math.min(view.expiresAt, claims.exp * 1000);
+  const sessionExp = num(s.expires_at);
+  const ireq: IssueRequest = {
+    credentialId: newId('crd'),
+    session: { sid: view.sid, agentId: s.agent_id, agentName: s.agent_name, task: (s.task as string | null) ?? null, expiresAt: sessionExp },
+    claims,
+    holderName,
+    name,
+    spec,
+    now,
+    remainingSec: { token: Math.floor((tokenExp - now) / 1000), session: Math.floor((sessionExp - now) / 1000) },
+  };
+  return { provider, spec, ireq };
+}
+
+/**
+ * RFC 9449 at a protected resource: a DPoP-bound token needs `Authorization: DPoP` and a proof made
+ * with its key over this request (htm, htu, ath); an unbound token may not pose as DPoP.
+ */
+async function checkDpop(b: Broker, req: CredentialRequest, view: TokenView): Promise<void> {
+  const bad = (why: string, reason: string): CordonError => new CordonError('invalid_dpop_proof', why, { reason, status: 401 });
+  if (!view.cnfJkt) {
+    if (req.scheme === 'DPoP') throw new CordonError('invalid_token', 'token is not DPoP-bound: present it as Authorization: Bearer', { reason: 'dpop_unbound' });
+    return;
+  }
+  if (req.scheme !== 'DPoP') throw new CordonError('invalid_token', 'token is DPoP-bound: present it as Authorization: DPoP with a DPoP proof', { reason: 'dpop_scheme' });
+  if (!req.dpopProof) throw bad('a DPoP proof (DPoP header) is required for this token', 'dpop_missing');
+  let jkt: string;
+  try {
+    jkt = await verifyDpopProof(b, req.dpopProof, { method: req.method, url: req.url, accessToken: req.jwt });
+  } catch (e) {
+    if (e instanceof CordonError) throw bad(e.description, e.reason);
+    throw e;
+  }
+  if (jkt !== view.cnfJkt) throw bad('DPoP proof key does not match the token (cnf.jkt)', 'dpop_binding');
+}
+
+/** Inside the commit transaction: is the token (and its session) still live? Locks the token row on PostgreSQL. */
+async function stillActive(tx: Q, jti: string, now: number): Promise<boolean> {
+  let q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.revoked_at as t_rev', 's.revoked_at as s_rev', 's.expires_at as s_exp').where('t.jti', jti);
+  if (isPostgres(tx)) q = q.forUpdate('t');
+  const r = await q.first();
+  return !!r && numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now - 5000;
+}
+
+/**
+ * The provider failed. Whatever the backend may have created is cleaned up: a checkpointed handle
+ * names it. The row ends 'failed' (nothing issued, or everything cleaned) or 'revoke_failed'
+ * (cleanup pending: the sweeper retries until it succeeds or the credential has expired).
+ */
+async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueRequest, expiresAtMax: number, handle: Handle | null, err: unknown, chain: string[]): Promise<void> {
+  const desc = err instanceof CordonError ? err.description : 'unexpected provider failure';
+  const reason = err instanceof CordonError ? err.reason : `${provider.name}_error`;
+  let state: CredentialState = 'failed';
+  let note = `not issued: ${desc}`;
+  // STS checkpoints names before the call (nothing exists yet unless the answer was lost); Vault checkpoints a parent that exists.
+  const maybeExists = handle !== null && (handle.kind !== 'sts' || !isProviderError(err) || err.kind === 'timeout' || err.kind === 'bad_answer' || err.kind === 'down');
+  if (maybeExists) {
+    let r: RevokeResult | undefined;
+    try {
+      [r] = await provider.revoke([{ id: ireq.credentialId, sid: ireq.session.sid, jti: ireq.claims.jti, handle, expiresAt: expiresAtMax }], revokeCtx(b, 'orphan'));
+    } catch (e) {
+      r = { id: ireq.credentialId, outcome: 'failed', note: (e as Error).message };
+    }
+    if (r?.outcome === 'failed') {
+      state = 'revoke_failed';
+      note = `not issued: ${desc}; cleanup of what the backend may have created failed (${r.note}); retrying`;
+    } else if (r) note = `not issued: ${desc}; cleanup: ${r.outcome}${r.note ? ` (${r.note})` : ''}`;
+  }
+  try {
+    await b.db.transaction(async (tx) => {
+      const changed =
+        state === 'failed'
+          ? await credentials.markFailed(tx, ireq.credentialId, note)
+          : (await tx('credentials').where({ id: ireq.credentialId, state: 'pending' }).update({ state, revoked_at: b.clock.now(), note: note.slice(0, 500) })) > 0;
+      if (!changed) return;
+      await appendAudit(tx, {
+        at: b.clock.now(),
+        event: 'deny',
+        decision: 'deny',
+        agentId: ireq.claims.client_id,
+        sid: ireq.session.sid,
+        jti: ireq.claims.jti,
+        chain,
+        reason: `${reason}: ${desc}`,
+        params: { attempted: EVENT, name: ireq.name, provider: provider.name, credential_id: ireq.credentialId, state },
+      });
+    });
+    if (err instanceof CordonError) err.audited = true;
+  } catch (e) {
+    b.log.error({ err: (e as Error).message, credential: ireq.credentialId }, 'could not record a failed credential issue; orphan recovery will resolve the intent');
+  }
+  for (const f of b.hooks.onDecision) f(EVENT, 'deny', reason);
+}
+
+// ---------------------------------------------------------------------------------------- revoke
+
+const target = (id: string, v: { sid: string; jti: string }, handle: Handle | null, expiresAt: number): RevokeTarget => ({ id, sid: v.sid, jti: v.jti, handle, expiresAt });
+
+function revokeCtx(b: Broker, scope: RevokeContext['scope']): RevokeContext {
+  return {
+    now: b.clock.now(),
+    scope,
+    recordDeny: (d) =>
+      b.db.transaction(async (tx) => {
+        await iamDenies.insert(tx, { id: d.id, roleArn: d.roleArn, policyName: d.policyName, sid: d.sid, createdAt: b.clock.now(), removeAfter: d.removeAfter });
+        await appendAudit(tx, {
+          at: b.clock.now(),
+          event: 'credential.iam_deny',
+          decision: 'info',
+          sid: d.sid,
+          reason: `deny on role ${d.roleArn} for revoked STS credentials`,
+          params: { role_arn: d.roleArn, policy_name: d.policyName, remove_after: new Date(d.removeAfter).toISOString(), scope },
+        });
+      }),
+  };
+}
+
+export interface RevokeSummary {
+  revoked: number;
+  notRevocable: number;
+  failed: number;
+  /** Rows someone else had already claimed. */
+  skipped: number;
+}
+
+/**
+ * Claims the rows (conditional UPDATE from the state named by `claim`), asks each provider to revoke
+ * its rows in one batch, and records every outcome with its audit row.
+ */
+export async function revokeRows(
+  b: Broker,
+  rows: CredentialRow[],
+  opts: { scope: RevokeContext['scope']; claim: 'issued' | 'pending' | 'retry'; why: string; pendingBefore?: number; retryBefore?: number },
+): Promise<RevokeSummary> {
+  const sum: RevokeSummary = { revoked: 0, notRevocable: 0, failed: 0, skipped: 0 };
+  const now = b.clock.now();
+  const mine: CredentialRow[] = [];
+  for (const r of rows) {
+    const ok =
+      opts.claim === 'issued'
+        ? await credentials.claimIssued(b.db, r.id, now, `revoking: ${opts.why}`)
+        : opts.claim === 'pending'
+          ? await credentials.claimPending(b.db, r.id, now, opts.pendingBefore ?? now, `orphan recovery: ${opts.why}`)
+          : await credentials.claimRetry(b.db, r.id, now, opts.retryBefore ?? now);
+    if (ok) mine.push(r);
+    else sum.skipped++;
+  }
+  const byProvider = new Map<string, CredentialRow[]>();
+  for (const r of mine) byProvider.set(r.provider, [...(byProvider.get(r.provider) ?? []), r]);
+  for (const [name, group] of byProvider) {
+    const provider = providersOf(b).get(name as never);
+    let results: RevokeResult[];
+    if (!provider) {
+      results = group.map((r) => ({ id: r.id, outcome: 'failed' as const, note: `the ${name} provider is not configured on this broker` }));
+    } else {
+      try {
+        results = await provider.revoke(
+          group.map((r) => target(r.id, r, r.handle as Handle | null, r.expiresAt)),
+          revokeCtx(b, opts.scope),
+        );
+      } catch (e) {
+        results = group.map((r) => ({ id: r.id, outcome: 'failed' as const, note: (e as Error).message }));
+      }
+    }
+    const byId = new Map(results.map((x) => [x.id, x]));
+    for (const r of group) {
+      const res = byId.get(r.id) ?? { id: r.id, outcome: 'failed' as const, note: 'the provider gave no answer for this credential' };
+      const { state, at, decision, text } = settle(r, res, opts.claim === 'pending', now);
+      if (state === 'revoked' || (opts.claim === 'pending' && state === 'failed')) sum.revoked++;
+      else if (state === 'revoke_failed') sum.failed++;
+      else sum.notRevocable++;
+      await b.db.transaction(async (tx) => {
+        await credentials.finish(tx, r.id, { state, at, note: text });
+        await appendAudit(tx, {
+          at: b.clock.now(),
+          event: opts.claim === 'pending' ? 'credential.orphan' : 'credential.revoke',
+          decision,
+          agentId: r.agentId,
+          sid: r.sid,
+          jti: r.jti,
+          reason: `${opts.why}: ${res.outcome}`,
+          params: { name: r.name, provider: r.provider, credential_id: r.id, outcome: res.outcome, state, note: res.note, scope: opts.scope },
+        });
+      });
+    }
+  }
+  return sum;
+}
+
+/** Where a revocation attempt leaves the row. */
+function settle(r: CredentialRow, res: RevokeResult, orphan: boolean, now: number): { state: CredentialState; at: number | null; decision: 'allow' | 'info'; text: string } {
+  const until = new Date(r.expiresAt).toISOString();
+  switch (res.outcome) {
+    case 'revoked':
+      return { state: 'revoked', at: now, decision: 'allow', text: orphan ? `orphan (backend answer lost) revoked: ${res.note}` : res.note };
+    case 'expired':
+      return orphan ? { state: 'failed', at: null, decision: 'info', text: `orphan: anything issued expired at ${until}` } : { state: 'revoked', at: now, decision: 'info', text: res.note };
+    case 'not_revocable':
+      // Alive until expiry, and listed so: an issued row with revoked_at set.
+      return orphan
+        ? { state: 'failed', at: null, decision: 'info', text: `orphan: the broker lost the backend's answer; if it issued, the credential is valid until ${until} (${res.note})` }
+        : { state: 'issued', at: now, decision: 'info', text: `revocation recorded; ${res.note}` };
+    case 'unknown':
+      return { state: 'failed', at: null, decision: 'info', text: `orphan: ${res.note}; anything created expires by ${until}` };
+    default:
+      return { state: 'revoke_failed', at: now, decision: 'info', text: `revocation failed, will retry: ${res.note}` };
+  }
+}
+
+/**
+ * After revoked sessions and tokens commit (`b.hooks.onRevoked`): every issued credential of those
+ * sessions dies (scope `session`), and every credential issued to those tokens (which already
+ * include their delegated subtrees) dies (scope `token`: only those credentials).
+ */
+export async function revokeBackendCredentials(b: Broker, r: { sids: string[]; jtis: string[] }): Promise<RevokeSummary> {
+  const bySid = r.sids.length ? await credentials.revocableBySids(b.db, r.sids) : [];
+  const seen = new Set(bySid.map((x) => x.id));
+  const byJti = (r.jtis.length ? await credentials.revocableByJtis(b.db, r.jtis) : []).filter((x) => !seen.has(x.id));
+  const a = bySid.length ? await revokeRows(b, bySid, { scope: 'session', claim: 'issued', why: 'session revoked' }) : undefined;
+  const c = byJti.length ? await revokeRows(b, byJti, { scope: 'token', claim: 'issued', why: 'token revoked' }) : undefined;
+  return {
+    revoked: (a?.revoked ?? 0) + (c?.revoked ?? 0),
+    notRevocable: (a?.notRevocable ?? 0) + (c?.notRevocable ?? 0),
+    failed: (a?.failed ?? 0) + (c?.failed ?? 0),
+    skipped: (a?.skipped ?? 0) + (c?.skipped ?? 0),
+  };
+}

@@ -1,0 +1,181 @@
+/**
+ * The sweeper: what the broker does for credentials nobody asks about.
+ *
+ * 1. Orphans: intent rows still 'pending' after the grace period (the broker died, or lost the
+ *    backend's answer, between asking and recording). Whatever their checkpointed handle names is
+ *    revoked (a Vault parent token takes its child token and leases with it; an STS credential
+ *    whose names were known before the call is denied by IAM when the policy allows).
+ * 2. Ended sessions (expired or revoked) not yet swept: their remaining issued credentials are
+ *    revoked, then the session is marked swept.
+ * 3. Failed revocations are retried until they succeed or the credential has expired anyway.
+ * 4. IAM deny statements are removed once everything they denied has expired.
+ * 5. Spent one-time values (DPoP proof jtis) are pruned.
+ *
+ * Safe on several replicas: every credential row is claimed with a conditional UPDATE before
+ * any backend call, IAM deletions are idempotent, and marking a session swept is conditional.
+ * Idempotent: running it twice does nothing the second time.
+ */
+import type { Broker } from '../broker.ts';
+import { appendAudit } from '../audit/log.ts';
+import { credentials, iamDenies } from '../store/credentials.ts';
+import { replayGuard } from '../store/replay.ts';
+import { sessions } from '../store/sessions.ts';
+import { createProviders } from '../providers/index.ts';
+import { attachProviders, providersOf, revokeRows } from './credentials.ts';
+
+export interface SweepReport {
+  orphans: number;
+  sessionsSwept: number;
+  revoked: number;
+  notRevocable: number;
+  failed: number;
+  retried: number;
+  deniesRemoved: number;
+  replayPruned: number;
+}
+
+/**
+ * How long an intent may stay 'pending' before it counts as orphaned: longer than any issue can
+ * take (a Vault issue makes up to four calls, each bounded by the timeout), and at least a minute.
+ */
+export function orphanGraceMs(b: Broker): number {
+  const longest = Math.max(b.config.vault?.timeoutMs ?? 0, b.config.sts?.timeoutMs ?? 0);
+  return Math.max(60_000, 4 * longest + 10_000);
+}
+
+const BATCH = 100;
+
+export async function sweepOnce(b: Broker): Promise<SweepReport> {
+  const rep: SweepReport = { orphans: 0, sessionsSwept: 0, revoked: 0, notRevocable: 0, failed: 0, retried: 0, deniesRemoved: 0, replayPruned: 0 };
+  const add = (s: { revoked: number; notRevocable: number; failed: number }): void => {
+    rep.revoked += s.revoked;
+    rep.notRevocable += s.notRevocable;
+    rep.failed += s.failed;
+  };
+  const now = b.clock.now();
+
+  // 1. Orphaned intents.
+  const before = now - orphanGraceMs(b);
+  const orphans = await credentials.orphans(b.db, before, BATCH);
+  if (orphans.length) {
+    const s = await revokeRows(b, orphans, { scope: 'orphan', claim: 'pending', why: 'the broker never recorded the backend answer', pendingBefore: before });
+    rep.orphans += orphans.length - s.skipped;
+    add(s);
+  }
+
+  // 2. Ended sessions.
+  for (const s of await sessions.endedUnswept(b.db, now, BATCH)) {
+    const rows = await credentials.revocableBySids(b.db, [s.sid]);
+    if (rows.length) add(await revokeRows(b, rows, { scope: 'session', claim: 'issued', why: s.revokedAt !== null ? 'session revoked' : 'session ended' }));
+    // In-flight issues of this session (pending rows) finish by themselves: their commit sees the session
+    // ended and revokes, or orphan recovery does. Swept = nothing issued is left to revoke.
+    if (await sessions.markSwept(b.db, s.sid, now)) rep.sessionsSwept++;
+  }
+
+  // 3. Retries (at most one attempt per sweep interval per row).
+  const retryBefore = now - b.config.sweepIntervalSec * 1000 + 1;
+  const retry = await credentials.retryable(b.db, retryBefore, now, BATCH);
+  if (retry.length) {
+    const s = await revokeRows(b, retry, { scope: 'token', claim: 'retry', why: 'retrying a failed revocation', retryBefore });
+    rep.retried += retry.length - s.skipped;
+    add(s);
+  }
+
+  // 4. IAM denies whose credentials have all expired.
+  for (const d of await iamDenies.due(b.db, now, BATCH)) {
+    const p = providersOf(b).get('aws-sts');
+    if (!p?.removeDeny) continue;
+    try {
+      await p.removeDeny({ roleArn: d.roleArn, policyName: d.policyName });
+    } catch (e) {
+      b.log.warn({ err: (e as Error).message, policy: d.policyName, role: d.roleArn }, 'could not remove an IAM deny; will retry');
+      continue;
+    }
+    await b.db.transaction(async (tx) => {
+      if (!(await iamDenies.markRemoved(tx, d.id, b.clock.now()))) return;
+      await appendAudit(tx, {
+        at: b.clock.now(),
+        event: 'credential.iam_deny_removed',
+        decision: 'info',
+        sid: d.sid,
+        reason: 'every credential the deny covered has expired',
+        params: { role_arn: d.roleArn, policy_name: d.policyName },
+      });
+    });
+    rep.deniesRemoved++;
+  }
+
+  // 5. Spent one-time values.
+  rep.replayPruned = await replayGuard.prune(b.db, now);
+  return rep;
+}
+
+export interface Sweeper {
+  /** Runs one sweep now (waits for a running one first). */
+  runNow(): Promise<SweepReport | undefined>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `sweepOnce` right away (start-up recovery of orphans) and then every `intervalSec`, never
+ * two at once. Errors are logged; the next run tries again.
+ */
+export function startSweeper(b: Broker, intervalSec = b.config.sweepIntervalSec): Sweeper {
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<SweepReport | undefined> | undefined;
+  let stopped = false;
+  const run = (): Promise<SweepReport | undefined> => {
+    running ??= sweepOnce(b)
+      .then((rep) => {
+        if (rep.orphans || rep.sessionsSwept || rep.revoked || rep.failed || rep.deniesRemoved) b.log.info({ sweep: rep }, 'sweeper');
+        return rep;
+      })
+      .catch((e: unknown) => {
+        b.log.error({ err: (e as Error).message }, 'sweep failed; retrying at the next interval');
+        return undefined;
+      })
+      .finally(() => {
+        running = undefined;
+      });
+    return running;
+  };
+  const schedule = (): void => {
+    if (stopped) return;
+    timer = setTimeout(() => {
+      void run().finally(schedule);
+    }, intervalSec * 1000);
+    timer.unref();
+  };
+  void run().finally(schedule);
+  return {
+    async runNow() {
+      if (running) await running;
+      return run();
+    },
+    async stop() {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+      if (running) await running;
+    },
+  };
+}
+
+/**
+ * The whole backend-credential subsystem for a running broker: the providers the configuration
+ * turns on (logged in early, not fatally), revocations reaching them, and the sweeper (whose first
+ * run recovers orphans left by a previous crash). `stop` undoes all of it.
+ */
+export async function startBackendCredentials(b: Broker, opts: { sweep?: boolean } = {}): Promise<{ stop(): Promise<void> }> {
+  const providers = createProviders(b.config, { clock: b.clock, log: b.log, clockSkewSec: b.config.clockSkewSec });
+  const detach = attachProviders(b, providers);
+  for (const p of providers.values()) await p.start?.();
+  if (providers.size) b.log.info({ providers: [...providers.keys()] }, 'backend credential providers on');
+  const sweeper = opts.sweep === false ? undefined : startSweeper(b);
+  return {
+    async stop() {
+      await sweeper?.stop();
+      detach();
+      for (const p of providers.values()) await p.close?.().catch(() => {});
+    },
+  };
+}

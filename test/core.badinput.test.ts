@@ -1,0 +1,309 @@
+import assert from 'node:assert/strict';
+import { request as httpRequest } from 'node:http';
+import { SignJWT, generateKeyPair, base64url } from 'jose';
+import { verifyAudit } from '../src/audit/verify.ts';
+import { startTestBroker, basic, type TestBroker } from './helpers/broker.ts';
+
+interface Reply {
+  status: number;
+  text: string;
+  body: any;
+  headers: Headers;
+}
+
+/** Stack frames, source paths or module paths: none may ever reach a caller. */
+const LEAK = /\n\s+at |\bat [\w.<>]+ \(|node_modules|\/work\/|\/src\/|\.ts:\d+|\.js:\d+|Error: /;
+
+/**
+ * Malformed, oversized, duplicated, mis-encoded and hostile input at every endpoint: each is a
+ * clear 4xx (or `active: false` where RFC 7662 says so), nothing is written, the broker keeps serving.
+ */
+describe('core: bad input', () => {
+  let t: TestBroker;
+  let agent: { id: string; secret: string };
+  let auth: string;
+  const replies: Array<{ what: string; r: Reply }> = [];
+
+  before(async () => {
+    t = await startTestBroker();
+    agent = await t.register('summarizer', 'support-summarizer');
+    auth = basic(agent.id, agent.secret);
+  });
+  after(async () => {
+    await t?.close();
+  });
+
+  async function send(what: string, path: string, opts: { method?: string; body?: string | Buffer; type?: string; headers?: Record<string, string> } = {}): Promise<Reply> {
+    const headers: Record<string, string> = { ...(opts.type ? { 'content-type': opts.type } : {}), ...opts.headers };
+    const res = await fetch(`${t.url}${path}`, { method: opts.method ?? 'POST', headers, body: typeof opts.body === 'string' || opts.body === undefined ? opts.body : new Uint8Array(opts.body) });
+    const text = await res.text();
+    let body: any = text;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      /* not JSON */
+    }
+    const r = { status: res.status, text, body, headers: res.headers };
+    replies.push({ what, r });
+    return r;
+  }
+  const FORM = 'application/x-www-form-urlencoded';
+  const form = (what: string, path: string, body: string | Buffer, headers: Record<string, string> = { authorization: '' }) =>
+    send(what, path, { body, type: FORM, headers: headers.authorization === '' ? { authorization: auth } : headers });
+  const is4xx = (r: Reply, what: string): void => assert.ok(r.status >= 400 && r.status < 500, `${what}: status ${r.status} ${r.text.slice(0, 200)}`);
+  const rfcError = (r: Reply, what: string, code?: string): void => {
+    is4xx(r, what);
+    assert.equal(typeof r.body, 'object', `${what}: body is JSON: ${r.text.slice(0, 200)}`);
+    assert.equal(typeof r.body.error, 'string', `${what}: has error`);
+    if (code) assert.equal(r.body.error, code, `${what}: ${r.text.slice(0, 300)}`);
+  };
+  const counts = async (): Promise<Record<string, number>> => {
+    const out: Record<string, number> = {};
+    for (const table of ['sessions', 'tokens', 'revocations', 'agents', 'signing_keys']) out[table] = Number((await t.b.db(table).count({ n: '*' }).first())?.n);
+    return out;
+  };
+
+  /** A chunked upload with no content-length, so only a streaming limit can stop it. */
+  function chunked(path: string, size: number, headers: Record<string, string>): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const u = new URL(`${t.url}${path}`);
+      const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'transfer-encoding': 'chunked', ...headers } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNRESET' || e.code === 'EPIPE' ? resolve(-1) : reject(e)));
+      const chunk = Buffer.from(`scope=${'a'.repeat(1024)}&`);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent < size) {
+          sent += chunk.length;
+          if (!req.write(chunk)) {
+            req.once('drain', pump);
+            return;
+          }
+        }
+        req.end();
+      };
+      pump();
+    });
+  }
+
+  let before0: Record<string, number>;
+  it('(baseline counts)', async () => {
+    before0 = await counts();
+  });
+
+  describe('oversized bodies (> 64 KiB)', () => {
+    const big = `grant_type=client_credentials&scope=tickets:read&task=${'x'.repeat(70 * 1024)}`;
+    for (const path of ['/token', '/introspect', '/revoke']) {
+      it(`${path}: 413 with content-length`, async () => {
+        const r = await form(`oversized ${path}`, path, big);
+        assert.equal(r.status, 413, r.text.slice(0, 200));
+        rfcError(r, `oversized ${path}`);
+      });
+      it(`${path}: refused when chunked with no content-length`, async () => {
+        const status = await chunked(path, 200 * 1024, { authorization: auth });
+        assert.ok(status === -1 || (status >= 400 && status < 500), `status ${status}`);
+      });
+    }
+  });
+
+  describe('content types and malformed bodies', () => {
+    for (const path of ['/token', '/introspect', '/revoke']) {
+      it(`${path}: JSON body → 400 invalid_request`, async () => {
+        rfcError(await send(`json ${path}`, path, { body: JSON.stringify({ grant_type: 'client_credentials', token: 'x' }), type: 'application/json', headers: { authorization: auth } }), `json ${path}`, 'invalid_request');
+      });
+      it(`${path}: malformed JSON → 400 invalid_request`, async () => {
+        rfcError(await send(`bad json ${path}`, path, { body: '{"token": ', type: 'application/json', headers: { authorization: auth } }), `bad json ${path}`, 'invalid_request');
+      });
+      it(`${path}: text/plain and no content type → 400`, async () => {
+        rfcError(await send(`text ${path}`, path, { body: 'token=x', type: 'text/plain', headers: { authorization: auth } }), `text ${path}`, 'invalid_request');
+        rfcError(await send(`no type ${path}`, path, { body: Buffer.from('token=x'), headers: { authorization: auth } }), `no type ${path}`);
+      });
+      it(`${path}: broken percent-encoding → 400`, async () => {
+        rfcError(await form(`bad escape ${path}`, path, 'grant_type=client_credentials&scope=tickets%zzread&token=a%'), `bad escape ${path}`);
+      });
+    }
+
+    it('/token: empty body → 400 invalid_request', async () => {
+      rfcError(await form('empty token body', '/token', ''), 'empty token body', 'invalid_request');
+    });
+  });
+
+  describe('grant types and parameters', () => {
+    it('unknown grant type → unsupported_grant_type', async () => {
+      for (const g of ['password', 'urn:example:nope', 'refresh_token', 'authorization_code']) {
+        const r = await form(`grant ${g}`, '/token', `grant_type=${encodeURIComponent(g)}&scope=tickets:read`);
+        rfcError(r, `grant ${g}`, 'unsupported_grant_type');
+      }
+    });
+
+    it('duplicate parameters → invalid_request (scope twice, grant_type twice, token twice)', async () => {
+      rfcError(await form('dup scope', '/token', 'grant_type=client_credentials&scope=tickets:read&scope=crm.contacts:read'), 'dup scope', 'invalid_request');
+      rfcError(await form('dup grant', '/token', 'grant_type=client_credentials&grant_type=client_credentials&scope=tickets:read'), 'dup grant', 'invalid_request');
+      rfcError(await form('dup task', '/token', 'grant_type=client_credentials&scope=tickets:read&task=a&task=b'), 'dup task', 'invalid_request');
+      rfcError(await form('dup token', '/introspect', 'token=a.b.c&token=d.e.f'), 'dup token', 'invalid_request');
+      rfcError(await form('dup revoke', '/revoke', 'token=a.b.c&token=d.e.f'), 'dup revoke', 'invalid_request');
+    });
+
+    it('two client authentication methods at once → 4xx', async () => {
+      const r = await form('two auths', '/introspect', `token=a.b.c&client_id=${agent.id}&client_secret=${agent.secret}`);
+      rfcError(r, 'two auths', 'invalid_request');
+      const r2 = await form('two auths token', '/token', `grant_type=client_credentials&scope=tickets:read&client_id=${agent.id}&client_secret=${agent.secret}`);
+      rfcError(r2, 'two auths token');
+    });
+
+    it('a task over 200 characters or with control characters → invalid_request', async () => {
+      rfcError(await form('long task', '/token', `grant_type=client_credentials&scope=tickets:read&task=${'t'.repeat(201)}`), 'long task', 'invalid_request');
+      rfcError(await form('ctl task', '/token', 'grant_type=client_credentials&scope=tickets:read&task=a%0Ab'), 'ctl task', 'invalid_request');
+    });
+  });
+
+  describe('non-UTF-8', () => {
+    it('raw non-UTF-8 bytes at /introspect and /revoke → 400', async () => {
+      const body = Buffer.concat([Buffer.from('token='), Buffer.from([0xff, 0xfe, 0xc3, 0x28]), Buffer.from('.a.b')]);
+      for (const path of ['/introspect', '/revoke']) rfcError(await form(`raw bytes ${path}`, path, body), `raw bytes ${path}`, 'invalid_request');
+    });
+    it('percent-encoded non-UTF-8 at /introspect → 400', async () => {
+      rfcError(await form('pct bytes', '/introspect', 'token=%FF%FE.a.b'), 'pct bytes', 'invalid_request');
+    });
+    it('non-UTF-8 at /token is refused, never decoded into a scope or task', async () => {
+      const raw = Buffer.concat([Buffer.from('grant_type=client_credentials&scope=tickets:read&task='), Buffer.from([0xff, 0xfe])]);
+      rfcError(await form('raw bytes token', '/token', raw), 'raw bytes token');
+      rfcError(await form('pct bytes token', '/token', 'grant_type=client_credentials&scope=tickets:read%FF'), 'pct bytes token');
+      rfcError(await form('pct bytes task', '/token', 'grant_type=client_credentials&scope=tickets:read&task=%C3%28'), 'pct bytes task');
+    });
+  });
+
+  describe('hostile tokens at /introspect are simply inactive (RFC 7662 §2.2)', () => {
+    const payload = () => {
+      const now = Math.floor(t.clock.now() / 1000);
+      return { iss: t.url, sub: agent.id, client_id: agent.id, scope: 'tickets:read', sid: 'ses_x', jti: 'jti_forged_0001', iat: now, nbf: now, exp: now + 300, cordon_depth: 0 };
+    };
+    const introspect = (what: string, token: string) => form(what, '/introspect', `token=${encodeURIComponent(token)}`);
+
+    it('alg: none', async () => {
+      const h = base64url.encode(JSON.stringify({ alg: 'none', typ: 'at+jwt', kid: t.b.keys.active().kid }));
+      const p = base64url.encode(JSON.stringify(payload()));
+      for (const tok of [`${h}.${p}.`, `${h}.${p}.AAAA`]) {
+        const r = await introspect('alg none', tok);
+        assert.equal(r.status, 200);
+        assert.deepEqual(r.body, { active: false });
+      }
+    });
+
+    it('signed by a foreign key, with our kid or its own', async () => {
+      const alg = t.b.keys.active().alg;
+      const { privateKey } = await generateKeyPair(alg, { crv: alg === 'EdDSA' ? 'Ed25519' : undefined });
+      for (const kid of [t.b.keys.active().kid, 'foreign-kid']) {
+        const tok = await new SignJWT(payload()).setProtectedHeader({ alg, typ: 'at+jwt', kid }).sign(privateKey);
+        const r = await introspect(`foreign ${kid}`, tok);
+        assert.equal(r.status, 200);
+        assert.deepEqual(r.body, { active: false });
+      }
+    });
+
+    it('HS256 with the public key as secret (algorithm confusion)', async () => {
+      const pub = t.b.keys.jwks().keys[0];
+      const secret = new TextEncoder().encode(JSON.stringify(pub));
+      const tok = await new SignJWT(payload()).setProtectedHeader({ alg: 'HS256', typ: 'at+jwt', kid: pub.kid }).sign(secret);
+      assert.deepEqual((await introspect('hs256', tok)).body, { active: false });
+    });
+
+    it('garbage, overlong and truncated tokens', async () => {
+      const good = await form('good for truncation', '/token', 'grant_type=client_credentials&scope=tickets:read');
+      assert.equal(good.status, 200);
+      const jwt = good.body.access_token as string;
+      for (const tok of ['not-a-jwt', 'a.b.c', '...', jwt.slice(0, -5), `${jwt}x`, jwt.split('.').slice(0, 2).join('.'), 'x'.repeat(20000), `${jwt.split('.')[0]}.e30.${jwt.split('.')[2]}`]) {
+        const r = await introspect('garbage', tok);
+        assert.equal(r.status, 200, tok.slice(0, 40));
+        assert.deepEqual(r.body, { active: false }, tok.slice(0, 40));
+      }
+      // The real token is still fine (the refusals above were about the input, not the broker).
+      assert.equal((await introspect('good', jwt)).body.active, true);
+    });
+
+    it('/revoke ignores tokens it cannot vouch for with 200 (RFC 7009 §2.2) and writes nothing', async () => {
+      const before = await counts();
+      const r = await form('revoke garbage', '/revoke', 'token=a.b.c');
+      assert.equal(r.status, 200);
+      assert.deepEqual(await counts(), before);
+    });
+  });
+
+  describe('ids shaped like quotes, slashes or paths', () => {
+    const hostile = [`ses_a'b`, 'ses_a"b', '../../etc/passwd', 'ses/../x', 'ses\\x', '..', `' OR '1'='1`, 'ses_%00', 'a'.repeat(65), 'ses x'];
+    it('as session= → 400 invalid_request; no session or token is written and the deny row names no such sid', async () => {
+      const before = await counts();
+      const seq0 = Number((await t.b.db('audit').max({ m: 'seq' }).first())?.m);
+      for (const sid of hostile) {
+        const r = await form(`session ${sid}`, '/token', `grant_type=client_credentials&scope=tickets:read&session=${encodeURIComponent(sid)}`);
+        rfcError(r, `session=${sid}`, 'invalid_request');
+      }
+      assert.deepEqual(await counts(), before);
+      const rows = await t.b.db('audit').where('seq', '>', seq0);
+      assert.equal(rows.length, hostile.length, 'one deny row per refusal');
+      for (const row of rows) {
+        assert.equal(row.decision, 'deny');
+        assert.equal(row.sid, null, 'a malformed id never lands in the sid column');
+      }
+    });
+
+    it('as client_id → 401 invalid_client', async () => {
+      for (const id of hostile.slice(0, 5)) {
+        const r = await send(`client ${id}`, '/introspect', { body: 'token=a.b.c', type: FORM, headers: { authorization: basic(id, 'x') } });
+        rfcError(r, `client_id ${id}`, 'invalid_client');
+        const r2 = await send(`client ${id}`, '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: basic(id, 'x') } });
+        rfcError(r2, `client_id ${id} at /token`, 'invalid_client');
+      }
+    });
+
+    it('a malformed Authorization header → 4xx', async () => {
+      for (const h of ['Basic !!!', 'Basic', 'Bearer abc', `Basic ${Buffer.from('no-colon').toString('base64')}`, `Basic ${Buffer.from('%zz:%zz').toString('base64')}`]) {
+        rfcError(await send(`authz ${h}`, '/introspect', { body: 'token=a.b.c', type: FORM, headers: { authorization: h } }), `authz ${h}`);
+        rfcError(await send(`authz ${h}`, '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: h } }), `authz ${h} /token`);
+      }
+    });
+  });
+
+  describe('revocation feed', () => {
+    it('GET /revocations?since=abc (and other bad cursors) → 400 invalid_request', async () => {
+      for (const q of ['since=abc', 'since=-1', 'since=1.5', 'since=1e3', 'since=1&since=2', 'since=99999999999999999999', 'limit=0', 'limit=abc', 'foo=bar', 'since=%27']) {
+        rfcError(await send(`feed ${q}`, `/revocations?${q}`, { method: 'GET' }), `feed ${q}`, 'invalid_request');
+      }
+    });
+    it('a good cursor works', async () => {
+      const r = await send('feed ok', '/revocations?since=0', { method: 'GET' });
+      assert.equal(r.status, 200);
+      assert.equal(typeof r.body.cursor, 'number');
+      assert.ok(Array.isArray(r.body.revoked));
+    });
+  });
+
+  describe('afterwards', () => {
+    it('nothing was written by any of it beyond the one good token', async () => {
+      const now = await counts();
+      assert.deepEqual({ ...now, sessions: now.sessions - 1, tokens: now.tokens - 1 }, before0);
+      const v = await verifyAudit(t.b.db);
+      assert.equal(v.ok, true, JSON.stringify(v));
+    });
+
+    it('the broker still serves a good request', async () => {
+      const r = await form('good', '/token', 'grant_type=client_credentials&scope=tickets:read&task=after-the-storm');
+      assert.equal(r.status, 200, r.text);
+      const i = await form('good introspect', '/introspect', `token=${r.body.access_token}`);
+      assert.equal(i.body.active, true);
+      const d = await send('discovery', '/.well-known/openid-configuration', { method: 'GET' });
+      assert.equal(d.status, 200);
+    });
+
+    it('no response carried a stack trace, a file path or an HTML error page', () => {
+      assert.ok(replies.length > 50, `only ${replies.length} replies recorded`);
+      for (const { what, r } of replies) {
+        assert.ok(!LEAK.test(r.text), `${what}: response leaks internals: ${r.text.slice(0, 300)}`);
+        assert.ok(!/<html|<pre/i.test(r.text), `${what}: HTML error page: ${r.text.slice(0, 200)}`);
+        if (r.status >= 400) assert.match(r.headers.get('content-type') ?? '', /json/, `${what}: error is JSON`);
+      }
+    });
+  });
+});
