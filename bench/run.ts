@@ -9,6 +9,7 @@
  *   npm run bench -- --only=session,revoke     some of them (calibrate, session, introspect, delegate, revoke, middleware, credentials)
  *   npm run bench -- --duration=5 --connections=20
  *   npm run bench -- --profile[=session]       CPU-profile the broker during one HTTP scenario and summarise where the time goes
+ *   npm run bench -- --wait-quiet=120          first wait up to 120 s for other jobs on the machine to finish
  */
 import { mkdirSync, readdirSync, writeFileSync, copyFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -21,7 +22,7 @@ import { processCpuSec, machineBusySec, threadCpuSec, diffThreads } from './lib/
 import { revokeScenarios, type RevokeResult } from './lib/revoke.ts';
 import { hasCredentials, hasMiddleware, middlewareBench, startCalibrationServer, startVaultDouble, type MiddlewareBench, type VaultDoubleProcess } from './lib/extras.ts';
 import { summarise, printSummary } from './lib/profile.ts';
-import { sessionStartBreakdown, printBreakdown } from './lib/breakdown.ts';
+import { sessionStartBreakdown, printBreakdown, sqlPerDecision } from './lib/breakdown.ts';
 
 // ------------------------------------------------------------------------- options
 
@@ -50,6 +51,8 @@ interface HttpScenario extends LoadResult {
   otherCpuCores?: number;
   /** Broker CPU-seconds during the run by thread kind. */
   brokerThreadsCpuSec?: Record<string, number>;
+  /** The load window on the monotonic clock (to cut a broker CPU profile to it). */
+  windowUs?: { fromUs: number; toUs: number };
   note?: string;
 }
 
@@ -61,6 +64,7 @@ const results: {
   middleware?: MiddlewareBench & { target: string; met?: boolean };
   credentials?: Record<string, unknown>;
   skipped: Array<{ id: string; why: string }>;
+  sqlPerDecision?: Record<string, { count: number; statements: string[] }>;
   profile?: unknown;
 } = {
   machine: { loadAvgAtStart: loadavg().map((x) => Math.round(x * 100) / 100), node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), platform: process.platform, at: new Date().toISOString() },
@@ -84,7 +88,9 @@ async function measure(broker: BrokerProcess, id: string, spec: LoadSpec, target
   const t0 = threadCpuSec(pid);
   const m0 = machineBusySec();
   const s0 = process.cpuUsage();
+  const fromUs = Number(process.hrtime.bigint() / 1000n);
   const r = await load(spec);
+  const toUs = Number(process.hrtime.bigint() / 1000n);
   const c1 = processCpuSec(pid);
   const threads = diffThreads(t0, threadCpuSec(pid));
   const m1 = machineBusySec();
@@ -102,6 +108,7 @@ async function measure(broker: BrokerProcess, id: string, spec: LoadSpec, target
     loadGenCpuCores: (sc.user + sc.system) / 1e6 / r.durationSec,
     otherCpuCores: otherCores,
     brokerThreadsCpuSec: threads,
+    windowUs: { fromUs, toUs },
     note,
   };
   results.http.push(s);
@@ -279,8 +286,28 @@ function printTable(): void {
 
 // ------------------------------------------------------------------------- main
 
+/** Waits (up to `maxSec`) until the rest of the machine uses less than `cores` of CPU over a second. */
+async function waitQuiet(maxSec: number, cores = 0.3): Promise<number | undefined> {
+  const end = Date.now() + maxSec * 1000;
+  let busy: number | undefined;
+  do {
+    const a = machineBusySec();
+    await new Promise((r) => setTimeout(r, 1000));
+    const b = machineBusySec();
+    busy = a !== undefined && b !== undefined ? b - a : undefined;
+    if (busy === undefined || busy < cores) return busy;
+  } while (Date.now() < end);
+  return busy;
+}
+
 async function main(): Promise<void> {
   const t0 = Date.now();
+  const quiet = Number(arg('wait-quiet') || 0);
+  if (quiet > 0) {
+    const busy = await waitQuiet(quiet);
+    results.machine.otherCpuCoresAtStart = busy;
+    console.log(busy !== undefined && busy >= 0.3 ? `machine still busy after ${quiet} s (${busy.toFixed(2)} cores in use); running anyway` : 'machine is quiet');
+  }
   const la = loadavg()[0];
   if (la > 0.7) console.log(`note: load average is ${la.toFixed(2)} before starting — other jobs share these ${cpus().length} CPUs and will depress the figures (see "other load")`);
   console.log(`cordon bench: ${cpus().length} CPUs, node ${process.version}, ${CONNECTIONS} connections, ${DURATION} s per HTTP scenario${PROFILE ? `, profiling ${PROFILE}` : ''}`);
@@ -309,6 +336,18 @@ async function main(): Promise<void> {
       }
     }
 
+    if (!PROFILE) {
+      const b = await openLocal(be.env);
+      try {
+        results.sqlPerDecision = await sqlPerDecision(b, be.agents.planner.id, be.agents.reader.id);
+        console.log(`- SQL statements per decision (in-process; HTTP client auth adds 1): ${Object.entries(results.sqlPerDecision).map(([k, v]) => `${k} ${v.count}`).join(', ')}`);
+      } catch (e) {
+        console.log(`- SQL statement count failed: ${(e as Error).message}`);
+      } finally {
+        await closeBroker(b);
+      }
+    }
+
     if (ONLY.has('revoke')) {
       const b = await openLocal(be.env);
       try {
@@ -328,7 +367,8 @@ async function main(): Promise<void> {
       mkdirSync(out, { recursive: true });
       const kept = join(out, `${PROFILE}.cpuprofile`);
       copyFileSync(join(profDir, files[0]), kept);
-      const summary = summarise(kept);
+      const window = results.http.find((h) => !h.id.startsWith('calibration'))?.windowUs;
+      const summary = summarise(kept, window);
       printSummary(summary);
       if (PROFILE === 'session') {
         const b = await openLocal(be.env);

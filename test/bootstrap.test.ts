@@ -195,7 +195,8 @@ describe('bootstrap tokens (secretless start-up)', function () {
     assert.equal(cc.status, 400);
     assert.ok(['unauthorized_client', 'invalid_request', 'invalid_client'].includes(cc.body.error), JSON.stringify(cc.body));
     const t = await issueBootstrapToken(tb.b, reader.id, { ttlSec: 300 });
-    for (const extra of [{ scope_policy: 'intersect' }, { dpop_jkt: 'A'.repeat(43) }, { requested_actor: planner.id }]) {
+    const notApplicable: Array<Record<string, string>> = [{ scope_policy: 'intersect' }, { dpop_jkt: 'A'.repeat(43) }, { requested_actor: planner.id }];
+    for (const extra of notApplicable) {
       const r = await redeem(t.token, extra);
       assert.equal(r.body.error, 'invalid_request', JSON.stringify(extra));
     }

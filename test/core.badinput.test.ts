@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, Agent as HttpAgent } from 'node:http';
 import { SignJWT, generateKeyPair, base64url } from 'jose';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { startTestBroker, basic, type TestBroker } from './helpers/broker.ts';
@@ -23,6 +23,8 @@ describe('core: bad input', () => {
   let agent: { id: string; secret: string };
   let auth: string;
   const replies: Array<{ what: string; r: Reply }> = [];
+  /** Good requests made on purpose along the way, each of which opens one session with one token. */
+  let goodSessions = 0;
 
   before(async () => {
     t = await startTestBroker();
@@ -64,10 +66,10 @@ describe('core: bad input', () => {
   };
 
   /** A chunked upload with no content-length, so only a streaming limit can stop it. */
-  function chunked(path: string, size: number, headers: Record<string, string>): Promise<number> {
+  function chunked(path: string, size: number, headers: Record<string, string>, agent?: HttpAgent): Promise<number> {
     return new Promise((resolve, reject) => {
       const u = new URL(`${t.url}${path}`);
-      const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'transfer-encoding': 'chunked', ...headers } }, (res) => {
+      const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent, headers: { 'content-type': FORM, 'transfer-encoding': 'chunked', ...headers } }, (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
       });
@@ -105,6 +107,32 @@ describe('core: bad input', () => {
         const status = await chunked(path, 200 * 1024, { authorization: auth });
         assert.ok(status === -1 || (status >= 400 && status < 500), `status ${status}`);
       });
+    }
+  });
+
+  it('a refusal sent before the body was read does not wedge the keep-alive connection it came on', async () => {
+    const agent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
+    const small = (): Promise<number> =>
+      new Promise((resolve, reject) => {
+        const u = new URL(`${t.url}/token`);
+        const body = 'grant_type=client_credentials&scope=tickets:read';
+        const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent, headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: auth } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.setTimeout(5000, () => req.destroy(new Error('the next request on the connection hung')));
+        req.on('error', reject);
+        req.end(body);
+      });
+    try {
+      for (const path of ['/token', '/introspect', '/revoke']) {
+        const status = await chunked(path, 200 * 1024, { authorization: auth }, agent);
+        assert.ok(status === -1 || (status >= 400 && status < 500), `${path}: status ${status}`);
+        assert.equal(await small(), 200, `a good request after an oversized one at ${path}`);
+        goodSessions++;
+      }
+    } finally {
+      agent.destroy();
     }
   });
 
@@ -213,6 +241,7 @@ describe('core: bad input', () => {
     it('garbage, overlong and truncated tokens', async () => {
       const good = await form('good for truncation', '/token', 'grant_type=client_credentials&scope=tickets:read');
       assert.equal(good.status, 200);
+      goodSessions++;
       const jwt = good.body.access_token as string;
       for (const tok of ['not-a-jwt', 'a.b.c', '...', jwt.slice(0, -5), `${jwt}x`, jwt.split('.').slice(0, 2).join('.'), 'x'.repeat(20000), `${jwt.split('.')[0]}.e30.${jwt.split('.')[2]}`]) {
         const r = await introspect('garbage', tok);
@@ -281,9 +310,10 @@ describe('core: bad input', () => {
   });
 
   describe('afterwards', () => {
-    it('nothing was written by any of it beyond the one good token', async () => {
+    it('nothing was written by any of it beyond the good requests made on purpose', async () => {
       const now = await counts();
-      assert.deepEqual({ ...now, sessions: now.sessions - 1, tokens: now.tokens - 1 }, before0);
+      assert.equal(goodSessions, 4);
+      assert.deepEqual({ ...now, sessions: now.sessions - goodSessions, tokens: now.tokens - goodSessions }, before0);
       const v = await verifyAudit(t.b.db);
       assert.equal(v.ok, true, JSON.stringify(v));
     });

@@ -135,6 +135,15 @@ describe('core: refusals, renewal, TTL and expiry', () => {
       await refused(summarizer, { scope: 'cred:tickets-db', session: first.body.sid }, { status: 400, error: 'invalid_scope' });
     });
 
+    it('keeps the session\'s audience and refuses one the session was not opened for', async () => {
+      const first = await token(summarizer, { scope: 'tickets:read', audience: 'https://tickets.internal' });
+      assert.equal(first.status, 200, JSON.stringify(first.body));
+      const again = await token(summarizer, { scope: 'tickets:read', session: first.body.sid });
+      assert.equal(decodeJwt(again.body.access_token).aud, 'https://tickets.internal', 'a renewal inherits the audience');
+      const plain = await token(summarizer, { scope: 'tickets:read' });
+      await refused(summarizer, { scope: 'tickets:read', session: plain.body.sid, audience: 'https://tickets.internal' }, { status: 400, error: 'invalid_target', reason: /outside the session/ });
+    });
+
     it('is refused with invalid_grant after the session is revoked, and the old tokens go inactive', async () => {
       const first = await token(summarizer, { scope: 'tickets:read' });
       await revokeSession(t.b, first.body.sid, { actor: 'test', via: 'test' });

@@ -396,7 +396,18 @@ for (const backend of [sqlite, postgres]) {
           }),
         );
         const row = await db.transaction((tx) => appendAudit(tx, { at: T0, event: 'token.issue', decision: 'allow' }));
-        assert.equal(row.seq, 13);
+        assert.equal(row.seq, 13, 'the failed append left no gap');
+        assert.equal((await verifyAudit(db)).ok, true);
+      });
+
+      it('keeps a refusal whose reason or params quote NUL and control characters (PostgreSQL text cannot hold NUL)', async () => {
+        const row = await db.transaction((tx) =>
+          appendAudit(tx, { at: T0, event: 'deny', decision: 'deny', agentId: 'agt_x', reason: 'invalid_request: unsupported subject_token_type \u0000\n\u001b[31m', params: { subject_token_type: '\u0000', task: 'a\u0000b' } }),
+        );
+        const stored = (await auditRows.tail(db, 1))[0];
+        assert.equal(stored.seq, row.seq);
+        assert.equal(stored.reason, 'invalid_request: unsupported subject_token_type \\u0000\\u000a\\u001b[31m');
+        assert.deepEqual(stored.params, { subject_token_type: '\u0000', task: 'a\u0000b' }, 'params round-trip exactly (JSON escapes them)');
         assert.equal((await verifyAudit(db)).ok, true);
       });
 

@@ -55,13 +55,24 @@ const short = (url: string): string => url.replace(/^file:\/\/.*?\/node_modules\
 /** Cordon functions whose inclusive time is worth a line. */
 const STEPS = ['startSession', 'issueToken', 'signAccessToken', 'appendAudit', 'rowHash', 'canonical', 'scrub', 'activeAgentAndPolicy', 'recordDenial', 'compareClientSecret', 'secretMatches', 'runGrant', 'handler', 'find', 'newId', 'newJti', 'loadTokenView', 'verifySignature', 'introspect', 'authenticateClient', 'delegate', 'requireActiveToken'];
 
-export function summarise(file: string, topN = 25): ProfileSummary {
+/**
+ * Self and inclusive time from a .cpuprofile. `window` (µs on the monotonic clock, which V8's
+ * profile timestamps and process.hrtime share) keeps only the samples taken under load, so
+ * start-up (module loading, tsx compiling) does not pollute the picture.
+ */
+export function summarise(file: string, window?: { fromUs: number; toUs: number }, topN = 25): ProfileSummary {
   const p = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile;
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const parent = new Map<number, number>();
   for (const n of p.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
   const self = new Map<number, number>(); // node id → µs
-  for (let i = 0; i < p.samples.length; i++) self.set(p.samples[i], (self.get(p.samples[i]) ?? 0) + (p.timeDeltas[i] ?? 0));
+  let ts = p.startTime;
+  for (let i = 0; i < p.samples.length; i++) {
+    const d = p.timeDeltas[i] ?? 0;
+    ts += d;
+    if (window && (ts < window.fromUs || ts > window.toUs)) continue;
+    self.set(p.samples[i], (self.get(p.samples[i]) ?? 0) + d);
+  }
 
   const cat = new Map<string, number>();
   const fnSelf = new Map<string, { fn: string; where: string; category: string; us: number }>();

@@ -35,6 +35,13 @@ export function scrub(params: Record<string, unknown>): Record<string, unknown> 
   return out;
 }
 
+/**
+ * Reasons often quote what the caller sent. Control characters are written as `\uXXXX`: PostgreSQL
+ * text cannot hold NUL at all (the row, and with it the refusal's record, would be lost), and a
+ * raw newline or escape sequence has no place in a line a person or a SIEM reads.
+ */
+export const printable = (s: string): string => s.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
 /** Deterministic JSON: sorted keys at every level, so the hash does not depend on insertion order or the database. */
 export function canonical(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
@@ -75,7 +82,7 @@ export async function appendAudit(tx: Q, entry: AuditEntry): Promise<AuditRow> {
     sid: entry.sid ?? null,
     jti: entry.jti ?? null,
     chain: entry.chain ?? null,
-    reason: entry.reason ? entry.reason.slice(0, 500) : null,
+    reason: entry.reason ? printable(entry.reason).slice(0, 500) : null,
     params: scrub(entry.params ?? {}),
     prevHash: head?.hash ?? GENESIS_HASH,
   };

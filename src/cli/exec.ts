@@ -57,9 +57,13 @@ const envName = (cred: string): string => `CORDON_CRED_${cred.toUpperCase().repl
  */
 export async function runExec(opts: ExecOptions): Promise<number> {
   if (!opts.command.length || !opts.command[0]) throw new CordonSdkError('config', 'no command to run: cordon exec --scope S [--cred NAME] -- command args…');
-  const agent = opts.clientSecret !== undefined
-    ? new CordonAgent({ issuer: opts.issuer, clientId: opts.clientId, clientSecret: opts.clientSecret })
-    : CordonAgent.fromEnv(process.env, { issuer: opts.issuer, clientId: opts.clientId });
+  // A secret given here wins; otherwise the agent's other credentials come from the environment
+  // (CORDON_PRIVATE_KEY_FILE, CORDON_BOOTSTRAP_TOKEN, CORDON_FEDERATED_TOKEN_FILE).
+  const clientId = opts.clientId?.trim() || undefined;
+  const agent =
+    opts.clientSecret !== undefined
+      ? new CordonAgent({ issuer: opts.issuer, clientId, clientSecret: opts.clientSecret })
+      : CordonAgent.fromEnv({ ...process.env, CORDON_TOKEN: undefined, CORDON_TOKEN_URI: undefined }, { issuer: opts.issuer, ...(clientId ? { clientId } : {}) });
   await agent.startSession({ scope: opts.scope, task: opts.task });
   let local: LocalEndpoint | null = null;
   let code: number;

@@ -87,7 +87,7 @@ export class StsProvider implements CredentialProvider {
   constructor(cfg: StsConfig, deps: ProviderDeps) {
     this.#cfg = cfg;
     this.#deps = deps;
-    const requestHandler = { requestTimeout: cfg.timeoutMs, connectionTimeout: cfg.timeoutMs };
+    const requestHandler = { requestTimeout: cfg.timeoutMs, connectionTimeout: cfg.timeoutMs, throwOnRequestTimeout: true };
     // The agent is waiting: one attempt, bounded by the timeout; the agent retries. IAM cleanup may retry.
     this.#sts = new STSClient({ region: cfg.region, ...(cfg.endpoint ? { endpoint: cfg.endpoint } : {}), maxAttempts: 1, requestHandler });
     this.#iam = new IAMClient({ region: cfg.region, ...(cfg.iamEndpoint ? { endpoint: cfg.iamEndpoint } : {}), maxAttempts: 3, requestHandler });
@@ -165,7 +165,7 @@ export class StsProvider implements CredentialProvider {
         tags: (input.Tags ?? []).map((t) => t.Key),
         session_policy: spec.session_policy !== undefined,
         ...(spec.policy_arns?.length ? { policy_arns: spec.policy_arns } : {}),
-        ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.round((expiresAt - req.session.expiresAt) / 1000)) } : {}),
+        ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.ceil((expiresAt - req.session.expiresAt) / 1000)) } : {}),
         access_key_id: c.AccessKeyId,
       },
     };
@@ -186,18 +186,23 @@ export class StsProvider implements CredentialProvider {
         results.push({ id: t.id, outcome: 'unknown', note: 'no STS handle was recorded' });
       } else if (t.expiresAt <= ctx.now) {
         results.push({ id: t.id, outcome: 'expired', note: `expired at ${iso(t.expiresAt)}; nothing to deny` });
-      } else if (h.revoke_via_iam !== true) {
-        results.push({
-          id: t.id,
-          outcome: 'not_revocable',
-          note: `AWS cannot revoke STS credentials one by one and revoke_via_iam is off for this credential: it stays valid until ${iso(t.expiresAt)}`,
-        });
       } else {
         const key = `${h.role_arn}\n${h.source_identity}`;
         groups.set(key, [...(groups.get(key) ?? []), t]);
       }
     }
-    for (const group of groups.values()) results.push(...(await this.#deny(group, ctx)));
+    for (const group of groups.values()) {
+      // A deny on a role covers every credential of that session on that role, so one credential
+      // that may be revoked through IAM carries the others of the group with it.
+      if (group.some((t) => t.handle!.revoke_via_iam === true)) results.push(...(await this.#deny(group, ctx)));
+      else
+        for (const t of group)
+          results.push({
+            id: t.id,
+            outcome: 'not_revocable',
+            note: `AWS cannot revoke STS credentials one by one and revoke_via_iam is off for this credential: it stays valid until ${iso(t.expiresAt)}`,
+          });
+    }
     return results;
   }
 

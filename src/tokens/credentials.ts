@@ -24,7 +24,7 @@ import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
 import type { CredentialProvider, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
 import { chainOf, type AccessTokenClaims } from './claims.ts';
-import { verifyDpopProof } from './dpop.ts';
+import { requireDpopForToken } from './dpop.ts';
 import { recordDenial } from './issue.ts';
 import { requireActiveToken, type TokenView } from './verify.ts';
 
@@ -186,7 +186,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     expires_at: new Date(result.expiresAt).toISOString(),
     ...(result.leaseId ? { lease_id: result.leaseId } : {}),
     credentials: result.credentials,
-    ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.round((result.expiresAt - ireq.session.expiresAt) / 1000)) } : {}),
+    ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.ceil((result.expiresAt - ireq.session.expiresAt) / 1000)) } : {}),
   };
 }
 
@@ -230,24 +230,22 @@ async function decide(b: Broker, name: string, claims: AccessTokenClaims, view: 
 
 /**
  * RFC 9449 at a protected resource: a DPoP-bound token needs `Authorization: DPoP` and a proof made
- * with its key over this request (htm, htu, ath); an unbound token may not pose as DPoP.
+ * with its key over this request (htm, htu, ath) — requireDpopForToken; an unbound token may not
+ * pose as DPoP. A bad proof is a 401 here (a resource, not the token endpoint).
  */
 async function checkDpop(b: Broker, req: CredentialRequest, view: TokenView): Promise<void> {
-  const bad = (why: string, reason: string): CordonError => new CordonError('invalid_dpop_proof', why, { reason, status: 401 });
   if (!view.cnfJkt) {
     if (req.scheme === 'DPoP') throw new CordonError('invalid_token', 'token is not DPoP-bound: present it as Authorization: Bearer', { reason: 'dpop_unbound' });
     return;
   }
   if (req.scheme !== 'DPoP') throw new CordonError('invalid_token', 'token is DPoP-bound: present it as Authorization: DPoP with a DPoP proof', { reason: 'dpop_scheme' });
-  if (!req.dpopProof) throw bad('a DPoP proof (DPoP header) is required for this token', 'dpop_missing');
-  let jkt: string;
   try {
-    jkt = await verifyDpopProof(b, req.dpopProof, { method: req.method, url: req.url, accessToken: req.jwt });
+    // The record is the truth for the binding (it matched the claims when minted).
+    await requireDpopForToken(b, { claims: { cnf: { jkt: view.cnfJkt } }, proof: req.dpopProof, method: req.method, url: req.url, accessToken: req.jwt });
   } catch (e) {
-    if (e instanceof CordonError) throw bad(e.description, e.reason);
+    if (e instanceof CordonError && e.code === 'invalid_dpop_proof') throw new CordonError('invalid_dpop_proof', e.description, { reason: e.reason, status: 401 });
     throw e;
   }
-  if (jkt !== view.cnfJkt) throw bad('DPoP proof key does not match the token (cnf.jkt)', 'dpop_binding');
 }
 
 /** Inside the commit transaction: is the token (and its session) still live? Locks the token row on PostgreSQL. */

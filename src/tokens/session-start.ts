@@ -86,7 +86,7 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
     const scope = parseRequestedScope(req.scope);
     const notHeld = uncovered(policy.scopes, scope);
     if (notHeld.length) throw new CordonError('invalid_scope', `scope not allowed by policy ${policy.name}: ${notHeld.join(' ')}`, { reason: 'scope_not_allowed' });
-    const audience = decideAudience(b, policy, req.audience);
+    let audience = decideAudience(b, policy, req.audience);
     const ttl = parseRequestedTtl(req.requestedTtl);
     let task = checkTask(req.task);
     if (policy.requireDpop && !req.dpopJkt) throw new CordonError('invalid_request', `policy ${policy.name} requires a DPoP proof`, { reason: 'dpop_required' });
@@ -104,6 +104,13 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
       const outside = uncovered(parseScope(s.scope), scope);
       if (outside.length) throw new CordonError('invalid_scope', `scope outside the session's task scope: ${outside.join(' ')}`, { reason: 'scope_outside_session' });
       if (task !== null && task !== s.task) throw new CordonError('invalid_request', 'task differs from the session\'s task', { reason: 'task_mismatch' });
+      // A renewal stays within the audiences the session was opened for.
+      if (req.audience.length) {
+        const foreign = audience.filter((a) => !s.audience.includes(a));
+        if (foreign.length) throw new CordonError('invalid_target', `audience ${foreign[0].slice(0, 200)} is outside the session's audience`, { reason: 'audience_outside_session' });
+      } else {
+        audience = s.audience;
+      }
       task = s.task;
       sid = s.sid;
       sessionExpiresAt = s.expiresAt;

@@ -1,0 +1,420 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { credentialsRoute } from '../src/http/credentials.ts';
+import { revokeSession } from '../src/tokens/revoke.ts';
+import { iamDenies } from '../src/store/credentials.ts';
+import { startTestBroker, basic, postForm } from './helpers/broker.ts';
+import { auditHead, auditSince, claimsOf, delegateReq, dpopKey, dpopProof, mustDelegate, mustSession, policyDir, register, session } from './delegation.kit.ts';
+import { credFixture, rowIdOf, POLICIES, ROLE_ARN, ROLE_ARN_RO, SESSION_POLICY, type CredFixture } from './credentials.kit.ts';
+
+/** AWS states Expiration in whole seconds. */
+const awsSec = (ms: number): number => Math.floor(ms / 1000) * 1000;
+
+const NAME_RE = /^[\w+=,.@-]{2,64}$/;
+
+describe('backend credentials: POST /credentials/:name through node-vault and the AWS SDK', () => {
+  let f: CredFixture;
+  before(async () => {
+    f = await credFixture();
+  });
+  after(async () => {
+    await f?.stop();
+  });
+  beforeEach(() => {
+    f.vault.reset();
+    f.sts.reset();
+  });
+
+  describe('Vault', () => {
+    it('issues a child token with the policy’s Vault policies, ttl capped by the policy and the token, metadata naming agent and session', async () => {
+      const a = await f.agent('vt-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'work:read cred:vault-token', { task: 'weekly-report' });
+      const c = claimsOf(tok);
+      const head = await auditHead(f.tb.b);
+      const r = await f.cred('vault-token', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.equal(r.headers.get('cache-control'), 'no-store');
+      assert.equal(r.body.name, 'vault-token');
+      assert.equal(r.body.provider, 'vault');
+      assert.ok(Date.parse(r.body.expires_at) <= c.exp * 1000, 'expires_at never after the token exp');
+      const child = f.vault.getToken(r.body.credentials.client_token)!;
+      assert.ok(child, 'the double knows the token');
+      assert.equal(child.state, 'active');
+      assert.deepEqual(child.policies, ['default', 'tickets-read']);
+      assert.equal(child.ttlSec, 300, 'policy ttl 5m < 10m token');
+      assert.equal(child.explicitMaxTtlSec, 300, 'explicit_max_ttl pins the life');
+      assert.equal(child.renewable, false);
+      assert.equal(child.meta?.agent, a.id);
+      assert.equal(child.meta?.session, c.sid);
+      assert.equal(child.meta?.task, 'weekly-report');
+      assert.equal(child.meta?.jti, c.jti);
+      assert.equal(r.body.credentials.accessor, child.accessor);
+      assert.deepEqual(r.body.credentials.policies, ['default', 'tickets-read']);
+      // It hangs under a per-credential parent, a child of the broker's token, which never left the broker.
+      const parent = f.vault.getToken(child.parent!)!;
+      assert.equal(parent.parent, f.brokerVaultToken);
+      assert.deepEqual(parent.policies, ['broker', 'default', 'tickets-read']);
+      assert.equal(parent.meta?.cordon, 'parent');
+      const creates = f.vault.requestsTo('auth/token/create');
+      assert.equal(creates.length, 2);
+      assert.equal(creates[0].token, f.brokerVaultToken);
+      assert.equal(creates[1].token, child.parent);
+      assert.deepEqual(creates[1].body.policies, ['tickets-read']);
+      assert.equal(creates[1].body.ttl, '300s');
+      assert.equal(creates[1].body.explicit_max_ttl, '300s');
+      assert.ok(!JSON.stringify(r.body).includes(f.brokerVaultToken), 'the broker token never reaches the agent');
+
+      // Recorded: issued, handle with accessors and no secret; audit row without the token.
+      const id = await rowIdOf(f, r.body, c.sid);
+      const row = await f.row(id);
+      assert.equal(row.state, 'issued');
+      assert.equal(row.provider, 'vault');
+      assert.equal(row.jti, c.jti);
+      assert.equal(row.handle?.accessor, child.accessor);
+      assert.equal(row.handle?.parent_accessor, parent.accessor);
+      assert.ok(!JSON.stringify(row.handle).includes(r.body.credentials.client_token));
+      const audit = await auditSince(f.tb.b, head);
+      const issue = audit.find((x) => x.event === 'credential.issue')!;
+      assert.equal(issue.decision, 'allow');
+      assert.equal(issue.params.credential_id, id);
+      assert.deepEqual(issue.params.vault_policies, ['tickets-read']);
+      assert.ok(!JSON.stringify(audit).includes(r.body.credentials.client_token), 'no secret in the audit log');
+    });
+
+    it('caps the Vault ttl at what is left of the token', async () => {
+      const a = await f.agent('vt-late', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-token');
+      const exp = claimsOf(tok).exp * 1000;
+      f.tb.clock.advance(8 * 60_000); // 2 minutes left on a 10-minute token
+      const r = await f.cred('vault-token', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      const child = f.vault.getToken(r.body.credentials.client_token)!;
+      assert.ok(child.ttlSec <= 120 && child.ttlSec >= 115, `ttl ${child.ttlSec}`);
+      assert.ok(child.expiresAtMs! <= exp);
+      assert.ok(Date.parse(r.body.expires_at) <= exp);
+    });
+
+    it('reads a database lease with a parent token whose life bounds the lease; the lease is recorded', async () => {
+      const a = await f.agent('db-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-db');
+      const c = claimsOf(tok);
+      const r = await f.cred('vault-db', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.match(r.body.lease_id, /^database\/creds\/tickets-ro\//);
+      assert.ok(r.body.credentials.username && r.body.credentials.password);
+      const lease = f.vault.getLease(r.body.lease_id)!;
+      assert.equal(lease.state, 'active');
+      assert.equal(lease.ttlSec, 3600, "the role's own TTL (Vault does not let a reader ask for less)");
+      const owner = f.vault.getToken(lease.owner)!;
+      assert.equal(owner.parent, f.brokerVaultToken, 'read by a per-credential parent, not by the broker token');
+      assert.ok(owner.expiresAtMs! <= c.exp * 1000, 'the parent dies no later than the agent token, and takes the lease with it');
+      assert.equal(Date.parse(r.body.expires_at), owner.expiresAtMs, 'expires_at is when Vault revokes the lease (its owner expires)');
+      const row = await f.row(await rowIdOf(f, r.body, c.sid));
+      assert.equal(row.handle?.lease_id, r.body.lease_id);
+      assert.equal(row.handle?.parent_accessor, owner.accessor);
+      assert.ok(!JSON.stringify(row.handle).includes(r.body.credentials.password));
+      // The lease really dies with its owner, at Vault, without the broker.
+      f.tb.clock.advance(Date.parse(r.body.expires_at) - f.tb.clock.now() + 1);
+      assert.equal(f.vault.isLeaseActive(r.body.lease_id), false);
+    });
+
+    it('reads a KV v2 secret (static: expires_at is advice, nothing to revoke but the reader)', async () => {
+      const a = await f.agent('kv-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-kv');
+      const r = await f.cred('vault-kv', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.deepEqual(r.body.credentials, { api_key: 'k-123', endpoint: 'https://tickets.internal' });
+      assert.equal(r.body.lease_id, undefined);
+      assert.ok(Date.parse(r.body.expires_at) <= claimsOf(tok).exp * 1000);
+    });
+  });
+
+  describe('AWS STS', () => {
+    it('assumes the role with the session policy, SourceIdentity, tags and a duration within the session', async () => {
+      const a = await f.agent('sts-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:s3', { task: 'weekly report: Q1/2026 (draft #2)' });
+      const c = claimsOf(tok);
+      const sessionEnd = Number((await f.tb.b.db('sessions').where({ sid: c.sid }).first()).expires_at);
+      const r = await f.cred('s3', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.equal(r.body.provider, 'aws-sts');
+      const [sent] = f.sts.assumeRoleRequests();
+      assert.equal(sent.RoleArn, ROLE_ARN_RO);
+      assert.equal(sent.Policy, JSON.stringify(SESSION_POLICY), 'the inline session policy downscopes the role');
+      assert.equal(sent.DurationSeconds, 1800, 'policy ttl 30m, session has 60m left');
+      assert.match(sent.SourceIdentity!, NAME_RE);
+      assert.equal(sent.SourceIdentity, `${a.id}.${c.sid.replace(/^ses_/, '')}`, 'agent and session');
+      assert.match(sent.RoleSessionName!, NAME_RE);
+      assert.match(sent.RoleSessionName!, /^cordon\.sts-owner\./);
+      const tags = Object.fromEntries(sent.Tags.map((t) => [t.Key, t.Value]));
+      assert.deepEqual(Object.keys(tags), ['agent', 'session', 'task', 'depth']);
+      assert.equal(tags.agent, a.id);
+      assert.equal(tags.session, c.sid);
+      assert.equal(tags.task, 'weekly report: Q1/2026 _draft _2_', 'sanitised to the tag character set');
+      assert.equal(tags.depth, '0');
+      const issued = f.sts.getCredential(r.body.credentials.AccessKeyId)!;
+      assert.equal(issued.secretAccessKey, r.body.credentials.SecretAccessKey);
+      assert.equal(issued.sessionToken, r.body.credentials.SessionToken);
+      assert.equal(Date.parse(r.body.expires_at), awsSec(issued.expiresAtMs), 'what AWS says');
+      assert.equal(r.body.credentials.Expiration, new Date(awsSec(issued.expiresAtMs)).toISOString());
+      assert.ok(issued.expiresAtMs <= sessionEnd, 'never past the session');
+      const row = await f.row(await rowIdOf(f, r.body, c.sid));
+      assert.equal(row.handle?.source_identity, sent.SourceIdentity);
+      assert.equal(row.handle?.role_session_name, sent.RoleSessionName);
+      assert.ok(!JSON.stringify(row.handle).includes(issued.secretAccessKey) && !JSON.stringify(row.handle).includes(issued.sessionToken));
+    });
+
+    it('caps the duration at the session’s remaining life; under 900 s it refuses unless allow_overhang', async () => {
+      const a = await f.agent('sts-late', 'creds-owner');
+      let tok = await mustSession(f.tb, a, 'cred:s3 cred:s3-overhang');
+      const sid = claimsOf(tok).sid;
+      const sessionEnd = Number((await f.tb.b.db('sessions').where({ sid }).first()).expires_at);
+      // 45 minutes in: a fresh token in the same session, 15 minutes (900 s) of session left.
+      f.tb.clock.set(sessionEnd - 900_000);
+      tok = await mustSession(f.tb, a, 'cred:s3 cred:s3-overhang', { session: sid });
+      let r = await f.cred('s3', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.equal(f.sts.assumeRoleRequests().at(-1)!.DurationSeconds, 900);
+      assert.ok(Date.parse(r.body.expires_at) <= sessionEnd);
+
+      f.tb.clock.advance(60_000); // 840 s left
+      const head = await auditHead(f.tb.b);
+      const before = f.sts.assumeRoleRequests().length;
+      r = await f.cred('s3', tok);
+      assert.equal(r.status, 403);
+      assert.equal(r.body.error, 'access_denied');
+      assert.match(r.body.error_description, /ends in 840 s.*at least 900 s.*allow_overhang/);
+      assert.equal(f.sts.assumeRoleRequests().length, before, 'AWS was not even asked');
+      const denied = (await auditSince(f.tb.b, head)).filter((x) => x.decision === 'deny');
+      assert.equal(denied.length, 1);
+      assert.match(denied[0].reason!, /sts_session_too_short/);
+      assert.equal((await f.rows(sid)).filter((x) => x.state === 'pending').length, 0, 'no intent written for a refusal');
+
+      r = await f.cred('s3-overhang', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      assert.equal(f.sts.assumeRoleRequests().at(-1)!.DurationSeconds, 900);
+      const exp = Date.parse(r.body.expires_at);
+      assert.equal(exp, awsSec(f.sts.getCredential(r.body.credentials.AccessKeyId)!.expiresAtMs), 'reported truthfully');
+      assert.ok(exp - sessionEnd > 59_000 && exp - sessionEnd <= 60_000, 'outlives the session by the overhang');
+      assert.equal(r.body.overhang_sec, 60);
+    });
+  });
+
+  describe('delegation', () => {
+    it('a sub-agent gets only the cred: grants its chain passed down', async () => {
+      const orch = await f.agent('orch-1', 'creds-owner');
+      const worker = await f.agent('worker-1', 'creds-worker');
+      const tok = await mustSession(f.tb, orch, 'work:read cred:vault-token cred:vault-db cred:s3-iam');
+      // The orchestrator's policy does not hand cred:vault-db down.
+      const refused = await delegateReq(f.tb, orch, tok, worker.id, 'work:read cred:vault-db');
+      assert.equal(refused.status, 400);
+      assert.equal(refused.body.error, 'invalid_scope');
+      const sub = await mustDelegate(f.tb, orch, tok, worker, 'work:read cred:vault-token cred:s3-iam');
+
+      const head = await auditHead(f.tb.b);
+      let r = await f.cred('vault-db', sub);
+      assert.equal(r.status, 403);
+      assert.equal(r.body.error, 'insufficient_scope');
+      assert.match(r.body.error_description, /cred:vault-db/);
+      assert.match(r.headers.get('www-authenticate') ?? '', /^Bearer error="insufficient_scope"/);
+      const denial = (await auditSince(f.tb.b, head)).filter((x) => x.decision === 'deny');
+      assert.equal(denial.length, 1);
+      assert.deepEqual(denial[0].chain, [orch.id, worker.id]);
+      assert.equal(f.vault.requestsTo(/./).length, 0, 'Vault was not asked');
+
+      r = await f.cred('vault-token', sub);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      const child = f.vault.getToken(r.body.credentials.client_token)!;
+      assert.equal(child.meta?.agent, orch.id, 'session owner');
+      assert.equal(child.meta?.holder, worker.id, 'current holder');
+      r = await f.cred('s3-iam', sub);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      const sent = f.sts.assumeRoleRequests().at(-1)!;
+      assert.equal(sent.SourceIdentity, `${orch.id}.${claimsOf(tok).sid.replace(/^ses_/, '')}`, 'one source identity per session, whoever holds the token');
+      assert.equal(Object.fromEntries(sent.Tags.map((t) => [t.Key, t.Value])).depth, '1');
+      assert.match(sent.RoleSessionName!, /^cordon\.worker-1\./);
+    });
+  });
+
+  describe('revocation reaches the backends', () => {
+    it('revoking the session revokes the Vault token and lease, denies STS via IAM, and records what AWS cannot revoke', async () => {
+      const a = await f.agent('rv-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-token cred:vault-db cred:s3 cred:s3-iam');
+      const sid = claimsOf(tok).sid;
+      const vt = (await f.cred('vault-token', tok)).body;
+      const db = (await f.cred('vault-db', tok)).body;
+      const plain = (await f.cred('s3', tok)).body;
+      const viaIam = (await f.cred('s3-iam', tok)).body;
+      assert.ok(vt.credentials && db.lease_id && plain.credentials && viaIam.credentials);
+      assert.equal(f.sts.isCredentialDenied(viaIam.credentials.AccessKeyId), false);
+      f.vault.reset();
+      f.sts.reset();
+      const head = await auditHead(f.tb.b);
+
+      await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
+
+      // Vault saw the calls and the objects are gone.
+      const accessors = f.vault.requestsTo('auth/token/revoke-accessor').map((x) => x.body.accessor);
+      assert.ok(accessors.includes(vt.credentials.accessor), 'revoke-accessor on the child token');
+      assert.deepEqual(f.vault.requestsTo('sys/leases/revoke').map((x) => x.body.lease_id), [db.lease_id]);
+      assert.equal(f.vault.isTokenActive(vt.credentials.client_token), false);
+      assert.equal(f.vault.isLeaseActive(db.lease_id), false);
+      // STS with revoke_via_iam: an inline deny on the role, on this session's source identity.
+      const put = f.sts.requests.filter((x) => x.action === 'PutRolePolicy');
+      assert.equal(put.length, 1);
+      const doc = JSON.parse(put[0].params.PolicyDocument);
+      assert.equal(doc.Statement[0].Effect, 'Deny');
+      assert.equal(doc.Statement[0].Condition.StringEquals['aws:SourceIdentity'], `${a.id}.${sid.replace(/^ses_/, '')}`);
+      assert.ok(doc.Statement[0].Condition.DateLessThan['aws:TokenIssueTime']);
+      assert.equal(f.sts.isCredentialDenied(viaIam.credentials.AccessKeyId), true, 'the revoked session is denied');
+      assert.equal(f.sts.isCredentialDenied(viaIam.credentials.AccessKeyId, { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' }), true);
+      // Without revoke_via_iam AWS cannot revoke: recorded, and listed alive until expiry.
+      assert.equal(f.sts.isCredentialDenied(plain.credentials.AccessKeyId), false);
+
+      const rows = await f.rows(sid);
+      const by = (name: string) => rows.find((x) => x.name === name)!;
+      assert.equal(by('vault-token').state, 'revoked');
+      assert.equal(by('vault-db').state, 'revoked');
+      assert.equal(by('s3-iam').state, 'revoked');
+      assert.equal(by('s3').state, 'issued');
+      assert.ok(by('s3').revokedAt !== null, 'revocation recorded');
+      assert.match(by('s3').note!, /AWS cannot revoke STS credentials one by one.*valid until/);
+      const [deny] = await iamDenies.bySession(f.tb.b.db, sid);
+      assert.equal(deny.roleArn, ROLE_ARN);
+      assert.equal(deny.policyName, put[0].params.PolicyName);
+      assert.equal(deny.removeAfter, Date.parse(viaIam.expires_at) + f.tb.b.config.clockSkewSec * 1000, 'kept until every denied credential has expired');
+      const audit = await auditSince(f.tb.b, head);
+      assert.equal(audit.filter((x) => x.event === 'credential.revoke').length, 4);
+      assert.equal(audit.filter((x) => x.event === 'credential.iam_deny').length, 1);
+
+      // A new session of the same agent is not caught by the old deny.
+      const tok2 = await mustSession(f.tb, a, 'cred:s3-iam');
+      const fresh = (await f.cred('s3-iam', tok2)).body;
+      assert.equal(f.sts.isCredentialDenied(fresh.credentials.AccessKeyId), false);
+      // And a revoked session's token gets nothing more.
+      const again = await f.cred('vault-token', tok);
+      assert.equal(again.status, 401);
+      assert.equal(again.body.error, 'invalid_token');
+    });
+
+    it('revoking one delegated token kills only the credentials of that subtree', async () => {
+      const orch = await f.agent('orch-2', 'creds-owner');
+      const worker = await f.agent('worker-2', 'creds-worker');
+      const tok = await mustSession(f.tb, orch, 'work:read cred:vault-token cred:s3-iam');
+      const sub = await mustDelegate(f.tb, orch, tok, worker, 'work:read cred:vault-token cred:s3-iam');
+      const mineV = (await f.cred('vault-token', tok)).body;
+      const mineS = (await f.cred('s3-iam', tok)).body;
+      const subV = (await f.cred('vault-token', sub)).body;
+      const subS = (await f.cred('s3-iam', sub)).body;
+      // The orchestrator revokes what it handed down (RFC 7009 at /revoke).
+      const rv = await postForm(`${f.tb.url}/revoke`, { token: sub }, { authorization: basic(orch.id, orch.secret) });
+      assert.equal(rv.status, 200);
+      assert.equal(f.vault.isTokenActive(subV.credentials.client_token), false);
+      assert.equal(f.vault.isTokenActive(mineV.credentials.client_token), true);
+      assert.equal(f.sts.isCredentialDenied(subS.credentials.AccessKeyId), true, 'the sub-agent’s STS credential is denied');
+      assert.equal(f.sts.isCredentialDenied(mineS.credentials.AccessKeyId), false, 'the orchestrator’s, same session, is not');
+      const put = f.sts.requests.filter((x) => x.action === 'PutRolePolicy').at(-1)!;
+      const cond = JSON.parse(put.params.PolicyDocument).Statement[0].Condition;
+      assert.deepEqual(cond.StringLike['aws:userid'], [`*:${f.sts.getCredential(subS.credentials.AccessKeyId)!.sessionName}`]);
+    });
+
+    it('a revocation that lands while Vault is still answering: the fresh credential is revoked, never returned', async () => {
+      const a = await f.agent('race-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-token');
+      const sid = claimsOf(tok).sid;
+      f.vault.delayMs = 150;
+      const pending = f.cred('vault-token', tok);
+      await new Promise((r) => setTimeout(r, 60));
+      await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
+      const r = await pending;
+      f.vault.delayMs = 0;
+      assert.equal(r.status, 401, JSON.stringify(r.body));
+      assert.equal(r.body.error, 'invalid_token');
+      assert.match(r.body.error_description, /revoked while the credential was being issued/);
+      const [row] = await f.rows(sid);
+      assert.equal(row.state, 'revoked');
+      const child = f.vault.getToken(row.handle!.accessor);
+      assert.equal(child?.state, 'revoked');
+    });
+  });
+
+  describe('HTTP surface', () => {
+    it('401 with a challenge without a token, 400 for a malformed name, 403 without the cred: scope', async () => {
+      let r = await fetch(`${f.tb.url}/credentials/vault-token`, { method: 'POST' });
+      assert.equal(r.status, 401);
+      assert.match(r.headers.get('www-authenticate') ?? '', /^Bearer /);
+      assert.equal(((await r.json()) as { error: string }).error, 'invalid_token');
+
+      const a = await f.agent('http-none', 'creds-none');
+      const tok = await mustSession(f.tb, a, 'work:read');
+      let c = await f.cred('Bad_Name', tok);
+      assert.equal(c.status, 400);
+      assert.equal(c.body.error, 'invalid_request');
+      c = await f.cred('vault-token', tok);
+      assert.equal(c.status, 403);
+      assert.equal(c.body.error, 'insufficient_scope');
+
+      r = await fetch(`${f.tb.url}/credentials/vault-token`, { method: 'POST', headers: { authorization: 'Bearer not-a-jwt' } });
+      assert.equal(r.status, 401);
+      assert.match(r.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
+    });
+
+    it('ignores a request body; an expired token is 401', async () => {
+      const a = await f.agent('http-body', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-kv');
+      const c = await f.cred('vault-kv', tok, { 'content-type': 'application/json' }, JSON.stringify({ ttl: '99h' }));
+      assert.equal(c.status, 200, JSON.stringify(c.body));
+      f.tb.clock.advance(11 * 60_000);
+      const late = await f.cred('vault-kv', tok);
+      assert.equal(late.status, 401);
+      assert.equal(late.body.error, 'invalid_token');
+    });
+
+    it('a DPoP-bound token needs Authorization: DPoP and a fresh proof for this URL and token', async () => {
+      const a = await f.agent('http-dpop', 'creds-owner');
+      const k = await dpopKey();
+      const iat = () => Math.floor(f.tb.clock.now() / 1000);
+      const s = await session(f.tb, a, 'cred:vault-kv', {}, { dpop: await dpopProof(k, 'POST', `${f.tb.url}/token`, { iat: iat() }) });
+      assert.equal(s.status, 200, JSON.stringify(s.body));
+      assert.equal(s.body.token_type, 'DPoP');
+      const tok = s.body.access_token as string;
+      const url = `${f.tb.url}/credentials/vault-kv`;
+      const ath = createHash('sha256').update(tok).digest('base64url');
+
+      let r = await f.cred('vault-kv', tok);
+      assert.equal(r.status, 401, 'Bearer is refused for a bound token');
+      r = await f.cred('vault-kv', tok, { authorization: `DPoP ${tok}` });
+      assert.equal(r.status, 401, 'a proof is required');
+      const k2 = await dpopKey();
+      r = await f.cred('vault-kv', tok, { authorization: `DPoP ${tok}`, dpop: await dpopProof(k2, 'POST', url, { iat: iat(), ath }) });
+      assert.equal(r.status, 401, 'a proof made with another key');
+      const good = await dpopProof(k, 'POST', url, { iat: iat(), ath });
+      r = await f.cred('vault-kv', tok, { authorization: `DPoP ${tok}`, dpop: good });
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      r = await f.cred('vault-kv', tok, { authorization: `DPoP ${tok}`, dpop: good });
+      assert.equal(r.status, 401, 'a replayed proof');
+      assert.equal(r.body.error, 'invalid_dpop_proof');
+      assert.match(r.headers.get('www-authenticate') ?? '', /^DPoP /);
+    });
+  });
+});
+
+describe('backend credentials: a provider that is not configured', () => {
+  it('answers 503 naming the variable that turns it on', async () => {
+    const tb = await startTestBroker({ policyDir: policyDir(POLICIES), ext: { routes: [credentialsRoute] } });
+    try {
+      const a = await register(tb, 'off-owner', 'creds-owner');
+      const tok = await mustSession(tb, a, 'cred:vault-token cred:s3');
+      for (const [name, variable] of [['vault-token', 'VAULT_ADDR'], ['s3', 'AWS_REGION']]) {
+        const r = await fetch(`${tb.url}/credentials/${name}`, { method: 'POST', headers: { authorization: `Bearer ${tok}` } });
+        const body = (await r.json()) as { error: string; error_description: string };
+        assert.equal(r.status, 503);
+        assert.equal(body.error, 'temporarily_unavailable');
+        assert.match(body.error_description, new RegExp(`${variable} is unset`));
+      }
+      assert.equal((await tb.b.db('credentials').count({ n: '*' }).first())?.n, 0);
+    } finally {
+      await tb.close();
+    }
+  });
+});

@@ -1,0 +1,184 @@
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { StsDouble } from './doubles/sts.ts';
+
+/**
+ * The examples, run the way the README runs them: `cordon serve` as its own process on the
+ * example policies (with the STS provider pointed at the STS double), agents registered with
+ * `cordon agent register --json`, the resource server, the orchestrator (which runs the
+ * sub-agent), and exec-aws.sh. If an example rots, this fails.
+ */
+const NODE = process.execPath;
+const ROLE = 'arn:aws:iam::123456789012:role/agent-reports';
+
+const freePort = (): Promise<number> =>
+  new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => res(p));
+    });
+  });
+
+interface Run {
+  code: number | null;
+  out: string;
+  err: string;
+}
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60_000): Promise<Run> {
+  return new Promise((res, rej) => {
+    const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    p.stdout!.on('data', (d) => (out += d));
+    p.stderr!.on('data', (d) => (err += d));
+    const timer = setTimeout(() => {
+      p.kill('SIGKILL');
+      rej(new Error(`${args.join(' ')} timed out\n${out}\n${err}`));
+    }, timeoutMs);
+    p.on('exit', (code) => {
+      clearTimeout(timer);
+      res({ code, out, err });
+    });
+  });
+}
+
+/** Starts a long-running process and waits for a line matching `ready` on stdout. */
+function startProcess(args: string[], env: NodeJS.ProcessEnv, ready: RegExp | null): Promise<{ p: ChildProcess; out: () => string }> {
+  return new Promise((res, rej) => {
+    const p = spawn(NODE, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    if (!ready) res({ p, out: () => out });
+    const timer = setTimeout(() => rej(new Error(`not ready: ${args.join(' ')}\n${out}\n${err}`)), 30_000);
+    p.stdout!.on('data', (d) => {
+      out += d;
+      if (ready?.test(out)) {
+        clearTimeout(timer);
+        res({ p, out: () => out });
+      }
+    });
+    p.stderr!.on('data', (d) => (err += d));
+    p.on('exit', (code) => {
+      clearTimeout(timer);
+      rej(new Error(`exited ${code}: ${args.join(' ')}\n${out}\n${err}`));
+    });
+  });
+}
+
+const stop = (p: ChildProcess | undefined): Promise<void> =>
+  new Promise((res) => {
+    if (!p || p.exitCode !== null || p.signalCode !== null) return res();
+    p.removeAllListeners('exit');
+    p.once('exit', () => res());
+    p.kill('SIGTERM');
+  });
+
+describe('examples (run as the README runs them)', function () {
+  this.timeout(120_000);
+  let dir: string;
+  let sts: StsDouble;
+  let broker: ChildProcess | undefined;
+  let rs: ChildProcess | undefined;
+  let env: NodeJS.ProcessEnv;
+  let issuer: string;
+  let resourceUrl: string;
+  const agents: Record<string, { client_id: string; client_secret: string }> = {};
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'cordon-examples-'));
+    sts = new StsDouble();
+    sts.addRole(ROLE);
+    const stsUrl = await sts.start();
+    const port = await freePort();
+    issuer = `http://127.0.0.1:${port}`;
+    env = {
+      PATH: process.env.PATH,
+      HOME: dir,
+      CORDON_ISSUER: issuer,
+      PORT: String(port),
+      DATABASE_URL: `sqlite://${join(dir, 'cordon.sqlite')}`,
+      CORDON_POLICY_DIR: resolve('examples/policies'),
+      CORDON_KEY_DIR: join(dir, 'keys'),
+      CORDON_LOG_LEVEL: 'warn',
+      CORDON_SWEEP_INTERVAL: '3600',
+    };
+    // The broker's own AWS identity: the double's test key, as the SDK's usual env chain reads it.
+    const brokerEnv = { ...env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: stsUrl, AWS_ACCESS_KEY_ID: sts.accessKeyId, AWS_SECRET_ACCESS_KEY: sts.secretAccessKey };
+    for (const [name, policy] of [
+      ['orchestrator', 'example-orchestrator'],
+      ['worker', 'example-worker'],
+    ]) {
+      const r = await run(NODE, ['bin/cordon.js', 'agent', 'register', name, '--policy', policy, '--json'], env);
+      assert.equal(r.code, 0, r.err);
+      agents[name] = JSON.parse(r.out);
+      assert.match(agents[name].client_secret, /\S{20,}/);
+    }
+    broker = (await startProcess(['bin/cordon.js', 'serve'], brokerEnv, null)).p;
+    let brokerExit: number | null | undefined;
+    broker.once('exit', (c) => (brokerExit = c));
+    for (let i = 0; ; i++) {
+      const ok = await fetch(`${issuer}/readyz`).then((r) => r.ok, () => false);
+      if (ok) break;
+      if (brokerExit !== undefined) assert.fail(`cordon serve exited with ${brokerExit}`);
+      if (i > 400) assert.fail('broker not ready');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const rsPort = await freePort();
+    rs = (await startProcess(['--import', 'tsx', 'examples/resource-server.ts'], { ...env, PORT: String(rsPort), POLL_MS: '200' }, /resource server listening on (\S+)/)).p;
+    resourceUrl = `http://127.0.0.1:${rsPort}`;
+  });
+
+  after(async () => {
+    await stop(rs);
+    await stop(broker);
+    await sts?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('orchestrator.ts delegates read-only access to sub-agent.ts, which reads through the protected resource server and is refused a write', async () => {
+    const r = await run(NODE, ['--import', 'tsx', 'examples/orchestrator.ts'], {
+      ...env,
+      CORDON_CLIENT_ID: agents.orchestrator.client_id,
+      CORDON_CLIENT_SECRET: agents.orchestrator.client_secret,
+      SUB_AGENT: agents.worker.client_id,
+      RESOURCE_URL: resourceUrl,
+    });
+    assert.equal(r.code, 0, `${r.out}\n${r.err}`);
+    assert.match(r.out, /orchestrator: session ses_\S+ open until/);
+    assert.match(r.out, /orchestrator: close ticket 41 -> 200 .*closed_by/);
+    assert.match(r.out, /orchestrator: delegated tickets:read to agt_\S+ for \d+s/);
+    assert.match(r.out, new RegExp(`sub-agent: read ticket 42 -> 200 "Ticket 42: printer on fire" \\(chain ${agents.orchestrator.client_id} > ${agents.worker.client_id}\\)`));
+    assert.match(r.out, /sub-agent: close ticket 42 -> 403 Bearer .*error="insufficient_scope"/);
+    assert.match(r.out, /orchestrator: sub-agent exited with 0/);
+    assert.match(r.out, /orchestrator: session revoked/);
+    assert.doesNotMatch(r.out + r.err, new RegExp(agents.orchestrator.client_secret.replace(/[-/\\^$*+?.()|[\]{}]/g, '\\$&')), 'the secret is never printed');
+  });
+
+  it('exec-aws.sh runs an AWS SDK client under cordon exec with session-bound STS credentials from the double', async () => {
+    const before = sts.requests.length;
+    const r = await run('sh', ['examples/exec-aws.sh'], {
+      ...env,
+      CORDON_CLIENT_ID: agents.orchestrator.client_id,
+      CORDON_CLIENT_SECRET: agents.orchestrator.client_secret,
+      AWS_REGION: 'us-east-1',
+      AWS_ENDPOINT_URL_STS: sts.url,
+    });
+    assert.equal(r.code, 0, `${r.out}\n${r.err}`);
+    assert.match(r.out, /aws-whoami: arn:aws:sts::123456789012:assumed-role\/agent-reports\/\S+/);
+    assert.match(r.out, /aws-whoami: key ASIA\S+ expires \d{4}-/);
+    // The broker asked STS for the role with the session's identity; the child then signed with the issued keys.
+    const asked = sts.requests.slice(before).map((q) => new URLSearchParams(q.rawBody));
+    const assume = asked.find((p) => p.get('Action') === 'AssumeRole');
+    assert.ok(assume, 'the broker called AssumeRole');
+    assert.equal(assume!.get('RoleArn'), ROLE);
+    assert.ok(assume!.get('SourceIdentity'), 'with the session identity as SourceIdentity');
+    assert.ok(asked.some((p) => p.get('Action') === 'GetCallerIdentity'), 'the child called STS with the issued credentials');
+  });
+});

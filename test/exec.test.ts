@@ -1,0 +1,206 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { runExec } from '../src/cli/exec.ts';
+import { introspect } from '../src/tokens/introspect.ts';
+import { tokens } from '../src/store/tokens.ts';
+import { CordonSdkError } from '../src/sdk/errors.ts';
+import { startTestBroker, type TestBroker } from './helpers/broker.ts';
+
+const NODE = process.execPath;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor<T>(f: () => T | undefined, ms = 10_000): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = f();
+    if (v !== undefined) return v;
+    if (Date.now() - t0 > ms) assert.fail('timed out');
+    await sleep(20);
+  }
+}
+
+/**
+ * `cordon exec` end to end: a real broker, a real child process, and a second process
+ * (`runExec` in its own node) for signals.
+ */
+describe('cordon exec (runExec)', () => {
+  let t: TestBroker;
+  let orch: { id: string; secret: string };
+  let dir: string;
+  const saved: Record<string, string | undefined> = {};
+
+  before(async () => {
+    t = await startTestBroker({ policyDir: resolve('examples/policies') });
+    orch = await t.register('orch', 'example-orchestrator');
+    dir = mkdtempSync(join(tmpdir(), 'cordon-exec-'));
+    for (const k of ['CORDON_CLIENT_SECRET', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_PROFILE']) saved[k] = process.env[k];
+  });
+  after(async () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    await t?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const base = () => ({ issuer: t.url, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read', task: 'exec-test', creds: [] as string[] });
+  const readJson = (f: string) => JSON.parse(readFileSync(f, 'utf8'));
+
+  it('passes the exit code through', async () => {
+    assert.equal(await runExec({ ...base(), command: [NODE, '-e', 'process.exit(7)'] }), 0 + 7);
+    assert.equal(await runExec({ ...base(), command: [NODE, '-e', ''] }), 0);
+  });
+
+  it('returns 128 + signal when the child is killed, 127 when the command does not exist', async () => {
+    assert.equal(await runExec({ ...base(), command: [NODE, '-e', "process.kill(process.pid, 'SIGKILL')"] }), 128 + 9);
+    assert.equal(await runExec({ ...base(), command: ['/nonexistent/cordon-no-such-command'] }), 127);
+  });
+
+  it('gives the child a live session token and a fresh-token endpoint, never the agent secret, and revokes the session on exit', async () => {
+    const out = join(dir, 'child1.json');
+    process.env.CORDON_CLIENT_SECRET = 'must-not-leak';
+    const script = `
+      const fs = require('fs');
+      (async () => {
+        const r = await fetch(process.env.CORDON_TOKEN_URI, { headers: { authorization: process.env.CORDON_TOKEN_AUTHORIZATION } });
+        const bad = await fetch(process.env.CORDON_TOKEN_URI, { headers: { authorization: 'guess' } });
+        fs.writeFileSync(process.env.OUT, JSON.stringify({
+          token: process.env.CORDON_TOKEN, issuer: process.env.CORDON_ISSUER, sid: process.env.CORDON_SESSION,
+          secret: process.env.CORDON_CLIENT_SECRET ?? null, fresh: await r.json(), badStatus: bad.status,
+        }));
+        process.exit(3);
+      })();`;
+    process.env.OUT = out;
+    let during: boolean | undefined;
+    const p = runExec({ ...base(), command: [NODE, '-e', script] });
+    const seen = await waitFor(() => (existsSync(out) ? readJson(out) : undefined));
+    during = (await introspect(t.b, seen.token)).active;
+    assert.equal(await p, 3);
+    delete process.env.OUT;
+    assert.equal(during, true, 'the token was live while the child ran');
+    assert.equal(seen.secret, null, 'CORDON_CLIENT_SECRET is not passed on');
+    assert.equal(seen.issuer, t.url);
+    assert.equal(seen.fresh.sid, seen.sid);
+    assert.equal(seen.fresh.token_type, 'Bearer');
+    assert.ok(seen.fresh.expires_in > 0);
+    assert.equal(seen.badStatus, 401, 'the local endpoint wants its authorization value');
+    assert.equal((await introspect(t.b, seen.token)).active, false, 'revoked when the child exited');
+    assert.equal((await introspect(t.b, seen.fresh.access_token)).active, false);
+  });
+
+  it('forwards SIGTERM to the child, returns 143 and revokes the session (runExec in its own process)', async function () {
+    this.timeout(30_000);
+    const out = join(dir, 'child2.json');
+    const child = `require('fs').writeFileSync(process.env.OUT, JSON.stringify({ token: process.env.CORDON_TOKEN })); setInterval(() => {}, 1000);`;
+    const opts = { ...base(), command: [NODE, '-e', child] };
+    const wrapper = spawn(
+      NODE,
+      ['--import', 'tsx', '--no-warnings', '--input-type=module', '-e', "import { runExec } from './src/cli/exec.ts'; process.exitCode = await runExec(JSON.parse(process.env.EXEC_OPTS));"],
+      { env: { ...process.env, EXEC_OPTS: JSON.stringify(opts), OUT: out }, stdio: ['ignore', 'inherit', 'inherit'] },
+    );
+    const exited = new Promise<number | null>((r) => wrapper.on('exit', (code) => r(code)));
+    const seen = await waitFor(() => (existsSync(out) ? readJson(out) : undefined), 20_000);
+    assert.equal((await introspect(t.b, seen.token)).active, true);
+    wrapper.kill('SIGTERM');
+    assert.equal(await exited, 128 + 15);
+    assert.equal((await introspect(t.b, seen.token)).active, false, 'revoked after the signal');
+  });
+
+  it('through the real CLI (node bin/cordon.js exec): exit code passthrough, and SIGHUP forwarded then the session revoked', async function () {
+    this.timeout(30_000);
+    const env = { ...process.env, CORDON_ISSUER: t.url, CORDON_CLIENT_ID: orch.id, CORDON_CLIENT_SECRET: orch.secret };
+    const cli = (args: string[], extra: Record<string, string> = {}) => spawn(NODE, ['bin/cordon.js', 'exec', '--scope', 'tickets:read', '--task', 'cli-test', '--', ...args], { env: { ...env, ...extra }, stdio: ['ignore', 'inherit', 'inherit'] });
+    const exitOf = (p: ReturnType<typeof spawn>) => new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+    assert.equal(await exitOf(cli([NODE, '-e', 'process.exit(42)'])), 42);
+
+    const out = join(dir, 'child-cli.json');
+    const child = `process.on('SIGHUP', () => process.exit(5)); require('fs').writeFileSync(process.env.OUT, JSON.stringify({ token: process.env.CORDON_TOKEN, secret: process.env.CORDON_CLIENT_SECRET ?? null })); setInterval(() => {}, 1000);`;
+    const p = cli([NODE, '-e', child], { OUT: out });
+    const exited = exitOf(p);
+    const seen = await waitFor(() => (existsSync(out) ? readJson(out) : undefined), 20_000);
+    assert.equal(seen.secret, null);
+    assert.equal((await introspect(t.b, seen.token)).active, true);
+    p.kill('SIGHUP');
+    assert.equal(await exited, 5, "the child's own exit code after handling the forwarded signal");
+    assert.equal((await introspect(t.b, seen.token)).active, false);
+  });
+
+  describe('AWS container credentials for an aws-sts --cred', () => {
+    // The broker's /credentials endpoint is answered here by a front that proxies everything
+    // else to the test broker, so the container-credentials path is tested on its own.
+    let front: Server;
+    let frontUrl: string;
+    let issued = 0;
+    before(async () => {
+      front = createServer(async (req, res) => {
+        const chunks: Buffer[] = [];
+        for await (const c of req) chunks.push(c as Buffer);
+        if (req.method === 'POST' && req.url?.startsWith('/credentials/')) {
+          const active = await introspect(t.b, String(req.headers.authorization ?? '').replace(/^Bearer /, ''));
+          if (!active.active) {
+            res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'invalid_token', error_description: 'inactive' }));
+            return;
+          }
+          if (!String(active.scope).split(' ').includes('cred:reports-s3')) {
+            res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'insufficient_scope', error_description: 'cred:reports-s3 not granted' }));
+            return;
+          }
+          issued++;
+          const exp = new Date(Date.now() + 15 * 60_000).toISOString();
+          res.writeHead(200, { 'content-type': 'application/json' }).end(
+            JSON.stringify({ name: 'reports-s3', provider: 'aws-sts', expires_at: exp, lease_id: 'l1', credentials: { AccessKeyId: `ASIAEXEC${issued}`, SecretAccessKey: 'sk', SessionToken: 'st', Expiration: exp } }),
+          );
+          return;
+        }
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string' && !['host', 'content-length', 'connection'].includes(k)) headers[k] = v;
+        const r = await fetch(`${t.url}${req.url}`, { method: req.method, headers, body: chunks.length ? Buffer.concat(chunks) : undefined });
+        const body = Buffer.from(await r.arrayBuffer());
+        res.writeHead(r.status, { 'content-type': r.headers.get('content-type') ?? 'application/octet-stream' }).end(body);
+      });
+      await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+      frontUrl = `http://127.0.0.1:${(front.address() as AddressInfo).port}`;
+    });
+    after(() => new Promise<void>((r) => front.close(() => r())));
+
+    it("the child's AWS SDK default chain finds the local endpoint (standing keys removed) and gets the broker's keys through it", async () => {
+      const out = join(dir, 'aws.json');
+      process.env.AWS_ACCESS_KEY_ID = 'AKIASTANDING';
+      process.env.AWS_SECRET_ACCESS_KEY = 'standing-secret';
+      process.env.AWS_PROFILE = 'default';
+      const script = `
+        import { defaultProvider } from '@aws-sdk/credential-provider-node';
+        import { writeFileSync } from 'node:fs';
+        const c = await defaultProvider()();
+        const r = await fetch(process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI, { headers: { authorization: 'wrong' } });
+        writeFileSync(process.env.OUT, JSON.stringify({ id: c.accessKeyId, secret: c.secretAccessKey, token: c.sessionToken, exp: c.expiration, uri: process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI, standing: process.env.AWS_ACCESS_KEY_ID ?? null, wrong: r.status }));`;
+      process.env.OUT = out;
+      const code = await runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read cred:reports-s3', creds: ['reports-s3'], command: [NODE, '--input-type=module', '-e', script] });
+      delete process.env.OUT;
+      assert.equal(code, 0);
+      const seen = readJson(out);
+      assert.match(seen.uri, /^http:\/\/127\.0\.0\.1:\d+\/aws\/reports-s3$/);
+      assert.equal(seen.standing, null, 'standing AWS keys are not passed on');
+      assert.match(seen.id, /^ASIAEXEC\d+$/);
+      assert.equal(seen.secret, 'sk');
+      assert.equal(seen.token, 'st');
+      assert.ok(Date.parse(seen.exp) > Date.now());
+      assert.equal(seen.wrong, 401);
+    });
+
+    it('refuses to start when a credential is not granted, and still revokes the session', async () => {
+      const before = issued;
+      const live = async () => (await tokens.countLive(t.b.db, t.clock.now())).find((r) => r.clientId === orch.id)?.count ?? 0;
+      const liveBefore = await live();
+      await assert.rejects(runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read', creds: ['reports-s3'], command: [NODE, '-e', ''] }), (e: CordonSdkError) => e.code === 'oauth' && e.error === 'insufficient_scope');
+      assert.equal(issued, before);
+      assert.equal(await live(), liveBefore, 'the session opened for the command was revoked');
+    });
+  });
+});
