@@ -9,6 +9,7 @@
  *   npm run bench -- --only=session,revoke     some of them (calibrate, session, introspect, delegate, revoke, middleware, credentials)
  *   npm run bench -- --duration=5 --connections=20
  *   npm run bench -- --profile[=session]       CPU-profile the broker during one HTTP scenario and summarise where the time goes
+ *   npm run bench -- --server=core               serve the broker core only (no request logging, metrics, credentials, sweeper)
  *   npm run bench -- --wait-quiet=120          first wait up to 120 s for other jobs on the machine to finish
  */
 import { mkdirSync, readdirSync, writeFileSync, copyFileSync } from 'node:fs';
@@ -33,6 +34,9 @@ const arg = (name: string): string | undefined => {
 };
 const DURATION = Number(arg('duration') || 8);
 const CONNECTIONS = Number(arg('connections') || 20);
+/** `core`: the broker core alone (no request logging, metrics, credential routes, sweeper). */
+const SERVER = arg('server') || 'cli';
+if (SERVER !== 'cli' && SERVER !== 'core') throw new Error('--server must be cli or core');
 const PROFILE = arg('profile') === undefined ? undefined : arg('profile') || 'session';
 const ALL = ['calibrate', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials'];
 const ONLY = new Set(PROFILE ? [PROFILE] : (arg('only')?.split(',') ?? ALL));
@@ -209,6 +213,7 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
       const m = await middlewareBench(url, token, revoked, Math.min(DURATION, 4));
       const met = m.middleware ? m.middleware.opsPerCpuSec >= 7000 && (m.revocationCheckNs ?? Infinity) < 5000 : undefined;
       results.middleware = { ...m, target: '≥ 7,000 verifications/s on one core; revocation check < 5 µs', met };
+      if (m.rawVerify) console.log(`- node:crypto Ed25519 verify alone: ${Math.round(m.rawVerify.opsPerCpuSec)}/CPU-s`);
       console.log(`- jose jwtVerify alone: ${Math.round(m.jose.opsPerSec)}/s wall, ${Math.round(m.jose.opsPerCpuSec)}/CPU-s`);
       if (m.verify) console.log(`- middleware verify(): ${Math.round(m.verify.opsPerSec)}/s wall, ${Math.round(m.verify.opsPerCpuSec)}/CPU-s`);
       if (m.middleware) console.log(`- express middleware: ${Math.round(m.middleware.opsPerSec)}/s wall, ${Math.round(m.middleware.opsPerCpuSec)}/CPU-s; ${m.overheadUs!.toFixed(1)} µs CPU/request over jose alone`);
@@ -327,7 +332,7 @@ async function main(): Promise<void> {
         }
       }
       mkdirSync(profDir, { recursive: true });
-      const broker = await startBrokerProcess(be, { extraEnv, nodeArgs: PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=250'] : [] });
+      const broker = await startBrokerProcess(be, { core: SERVER === 'core', extraEnv, nodeArgs: PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=250'] : [] });
       results.settings.brokerProcess = broker.how;
       try {
         await httpScenarios(be, broker, vault);
@@ -387,7 +392,7 @@ async function main(): Promise<void> {
     be.cleanup();
   }
   printTable();
-  const file = join(ROOT, 'bench', PROFILE ? `profile-${PROFILE}.json` : 'results.json');
+  const file = join(ROOT, 'bench', PROFILE ? `profile-${PROFILE}${SERVER === 'core' ? '-core' : ''}.json` : SERVER === 'core' ? 'results-core.json' : 'results.json');
   writeFileSync(file, `${JSON.stringify({ ...results, elapsedSec: Math.round((Date.now() - t0) / 1000) }, null, 2)}\n`);
   console.log(`\nwrote ${file} (${Math.round((Date.now() - t0) / 1000)} s)`);
 }

@@ -161,6 +161,18 @@ describe('examples (run as the README runs them)', function () {
     assert.doesNotMatch(r.out + r.err, new RegExp(agents.orchestrator.client_secret.replace(/[-/\\^$*+?.()|[\]{}]/g, '\\$&')), 'the secret is never printed');
   });
 
+  it('the broker reports its database and the enabled STS provider on /readyz, and serves /metrics', async () => {
+    const r = await fetch(`${issuer}/readyz`);
+    assert.equal(r.status, 200);
+    const body = (await r.json()) as { status: string; database: string; providers: Record<string, { ok: boolean; detail: string }> };
+    assert.equal(body.status, 'ready');
+    assert.equal(body.database, 'ok');
+    assert.deepEqual(Object.keys(body.providers), ['aws-sts']);
+    assert.equal(body.providers['aws-sts'].ok, true, body.providers['aws-sts'].detail);
+    const m = await (await fetch(`${issuer}/metrics`)).text();
+    assert.match(m, /^cordon_issued_total\{event="session.open"\} \d+$/m);
+  });
+
   it('exec-aws.sh runs an AWS SDK client under cordon exec with session-bound STS credentials from the double', async () => {
     const before = sts.requests.length;
     const r = await run('sh', ['examples/exec-aws.sh'], {

@@ -10,6 +10,7 @@ import { introspect } from '../src/tokens/introspect.ts';
 import { tokens } from '../src/store/tokens.ts';
 import { CordonSdkError } from '../src/sdk/errors.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
+import { credFixture, type CredFixture } from './credentials.kit.ts';
 
 const NODE = process.execPath;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -92,6 +93,26 @@ describe('cordon exec (runExec)', () => {
     assert.equal(seen.badStatus, 401, 'the local endpoint wants its authorization value');
     assert.equal((await introspect(t.b, seen.token)).active, false, 'revoked when the child exited');
     assert.equal((await introspect(t.b, seen.fresh.access_token)).active, false);
+  });
+
+  it('CordonAgent.fromEnv() inside the child runs on the local token endpoint (no secret needed)', async () => {
+    const out = join(dir, 'child-sdk.json');
+    const script = `
+      import { CordonAgent } from 'cordon';
+      import { writeFileSync } from 'node:fs';
+      const a = CordonAgent.fromEnv();
+      const [t1, t2] = await Promise.all([a.token(), a.token()]);
+      writeFileSync(process.env.OUT, JSON.stringify({ mode: a.mode, same: t1 === t2, token: t1, sid: a.session.sid, env: process.env.CORDON_TOKEN }));`;
+    process.env.OUT = out;
+    const code = await runExec({ ...base(), command: [NODE, '--import', 'tsx', '--input-type=module', '-e', script] });
+    delete process.env.OUT;
+    assert.equal(code, 0);
+    const seen = readJson(out);
+    assert.equal(seen.mode, 'local');
+    assert.equal(seen.same, true);
+    assert.equal(seen.token, seen.env, 'the same live token the environment carries');
+    assert.match(seen.sid, /^ses_/);
+    assert.equal((await introspect(t.b, seen.token)).active, false, 'revoked on exit');
   });
 
   it('forwards SIGTERM to the child, returns 143 and revokes the session (runExec in its own process)', async function () {
@@ -201,6 +222,31 @@ describe('cordon exec (runExec)', () => {
       await assert.rejects(runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read', creds: ['reports-s3'], command: [NODE, '-e', ''] }), (e: CordonSdkError) => e.code === 'oauth' && e.error === 'insufficient_scope');
       assert.equal(issued, before);
       assert.equal(await live(), liveBefore, 'the session opened for the command was revoked');
+    });
+  });
+  describe('with the real credentials endpoint (Vault and STS doubles)', () => {
+    let f: CredFixture;
+    before(async () => {
+      f = await credFixture();
+    });
+    after(async () => {
+      await f?.stop();
+    });
+
+    it('a Vault token credential becomes VAULT_TOKEN, a dynamic secret CORDON_CRED_<NAME>; both die with the session when the command exits', async () => {
+      const a = await f.agent('exec-vault', 'creds-owner');
+      const out = join(dir, 'vault.json');
+      const script = `require('fs').writeFileSync(process.env.OUT, JSON.stringify({ vault: process.env.VAULT_TOKEN, db: process.env.CORDON_CRED_VAULT_DB, uri: process.env.CORDON_CREDENTIALS_URI }))`;
+      process.env.OUT = out;
+      const code = await runExec({ issuer: f.tb.url, clientId: a.id, clientSecret: a.secret, scope: 'work:read cred:vault-token cred:vault-db', task: 'exec-vault', creds: ['vault-token', 'vault-db'], command: [NODE, '-e', script] });
+      delete process.env.OUT;
+      assert.equal(code, 0);
+      const seen = readJson(out);
+      assert.ok(seen.vault, 'VAULT_TOKEN is set');
+      const db = JSON.parse(seen.db);
+      assert.ok(db.username && db.password, `CORDON_CRED_VAULT_DB: ${seen.db}`);
+      assert.match(seen.uri, /^http:\/\/127\.0\.0\.1:\d+\/credentials$/);
+      assert.equal(f.vault.isTokenActive(seen.vault), false, 'the Vault token was revoked with the session');
     });
   });
 });

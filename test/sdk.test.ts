@@ -104,6 +104,22 @@ describe('sdk: CordonAgent against a real broker', () => {
     await a.close(); // nothing left to revoke; must not throw
   });
 
+  it('concurrent token() calls at refresh time share one request to the broker', async () => {
+    let tokenCalls = 0;
+    const f: FetchLike = async (u, init) => {
+      if (u.endsWith('/token')) tokenCalls++;
+      return fetch(u, init);
+    };
+    const a = agentFor(orch, { fetch: f });
+    await a.startSession({ scope: 'tickets:read', audience: AUD });
+    t.clock.advance(9 * MIN);
+    const before = tokenCalls;
+    const all = await Promise.all(Array.from({ length: 10 }, () => a.token()));
+    assert.equal(tokenCalls - before, 1);
+    assert.equal(new Set(all).size, 1);
+    await a.close();
+  });
+
   it('a broker hiccup during refresh keeps serving the still-valid token, then refreshes when the broker is back', async () => {
     let down = false;
     const f: FetchLike = async (u, init) => {

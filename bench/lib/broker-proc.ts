@@ -96,7 +96,10 @@ export interface BrokerProcess {
  * `node bin/cordon.js serve` in its own process, so the load generator does not share its event
  * loop. `nodeArgs` lets the profiler add --cpu-prof; `extraEnv` adds provider configuration.
  */
-export async function startBrokerProcess(be: BenchEnv, opts: { nodeArgs?: string[]; extraEnv?: Record<string, string> } = {}): Promise<BrokerProcess> {
+export async function startBrokerProcess(be: BenchEnv, opts: { nodeArgs?: string[]; extraEnv?: Record<string, string>; core?: boolean } = {}): Promise<BrokerProcess> {
+  if (opts.core) {
+    return spawnBroker(be, ['--import', TSX, join(ROOT, 'bench', 'serve.ts')], 'BENCH_SERVER=core node --import tsx bench/serve.ts (core app, no runtime extensions)', { ...opts, extraEnv: { ...opts.extraEnv, BENCH_SERVER: 'core' } });
+  }
   try {
     return await spawnBroker(be, [join(ROOT, 'bin', 'cordon.js'), 'serve'], 'node bin/cordon.js serve', opts);
   } catch (e) {

@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { createPublicKey, verify as cryptoVerify } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -117,6 +118,8 @@ function callMiddleware(mw: Mw, token: string): Promise<string> {
 
 export interface MiddlewareBench {
   jose: RateResult;
+  /** node:crypto.verify alone on the same signing input: what the signature itself costs. */
+  rawVerify?: RateResult;
   /** `mw.verify(...)`: the whole check without express (signature, claims, revocation, scopes). */
   verify?: RateResult;
   /** The express middleware itself, driven with minimal req/res objects. */
@@ -145,7 +148,16 @@ interface MwLike {
 export async function middlewareBench(issuer: string, token: string, revokedInFeed: number, seconds = 3): Promise<MiddlewareBench> {
   const jwks = createLocalJWKSet(await (await fetch(`${issuer}/jwks`)).json());
   const jose = await rate('jose jwtVerify (EdDSA)', () => jwtVerify(token, jwks, { issuer, audience: issuer, typ: 'at+jwt', algorithms: ['EdDSA', 'ES256'] }), seconds);
-  const out: MiddlewareBench = { jose, revokedInFeed };
+  // The floor: node:crypto's synchronous Ed25519 verify of the same JWS, no JWT parsing or claim checks.
+  const jwk = ((await (await fetch(`${issuer}/jwks`)).json()) as { keys: Array<Record<string, unknown>> }).keys[0];
+  const pub = createPublicKey({ key: jwk as never, format: 'jwk' });
+  const [h, p, sig] = token.split('.');
+  const input = Buffer.from(`${h}.${p}`);
+  const sigBuf = Buffer.from(sig, 'base64url');
+  const raw = await rate('node:crypto verify (Ed25519, same JWS)', async () => {
+    if (!cryptoVerify(null, input, pub, sigBuf)) throw new Error('bad signature');
+  }, Math.min(seconds, 2), 1);
+  const out: MiddlewareBench = { jose, rawVerify: raw, revokedInFeed };
   let mw: MwLike;
   try {
     const mod = await import(pathToFileURL(MIDDLEWARE_FILE).href);

@@ -64,10 +64,11 @@ export async function runExec(opts: ExecOptions): Promise<number> {
     opts.clientSecret !== undefined
       ? new CordonAgent({ issuer: opts.issuer, clientId, clientSecret: opts.clientSecret })
       : CordonAgent.fromEnv({ ...process.env, CORDON_TOKEN: undefined, CORDON_TOKEN_URI: undefined }, { issuer: opts.issuer, ...(clientId ? { clientId } : {}) });
-  await agent.startSession({ scope: opts.scope, task: opts.task });
+  const relay = new SignalRelay();
   let local: LocalEndpoint | null = null;
   let code: number;
   try {
+    await agent.startSession({ scope: opts.scope, task: opts.task });
     const first = new Map<string, BackendCredential>();
     for (const name of new Set(opts.creds)) first.set(name, await agent.credentials(name));
     const aws = [...first.values()].filter((c) => c.provider === 'aws-sts');
@@ -102,7 +103,8 @@ export async function runExec(opts: ExecOptions): Promise<number> {
         env[envName(c.name)] = JSON.stringify(c.credentials);
       }
     }
-    code = await runChild(opts.command, env);
+    // Interrupted while the session was being set up: do not start the command at all.
+    code = relay.received ? signalCode(relay.received) : await runChild(opts.command, env, relay);
   } finally {
     await local?.close();
     try {
@@ -110,6 +112,8 @@ export async function runExec(opts: ExecOptions): Promise<number> {
     } catch (e) {
       process.stderr.write(`cordon exec: could not revoke session ${agent.session?.sid ?? ''}: ${(e as Error).message}; its tokens stay valid until they expire\n`);
     }
+    // Kept until the revocation is done, so a second Ctrl-C does not cut it short (each request has a timeout).
+    relay.dispose();
   }
   return code;
 }
@@ -122,13 +126,35 @@ function vaultTokenOf(c: BackendCredential): string | null {
   return null;
 }
 
-function runChild(command: string[], env: NodeJS.ProcessEnv): Promise<number> {
+/**
+ * Signals for the whole run: before the child exists they are remembered (the command is then
+ * not started and the session is still revoked); once it runs they are forwarded to it.
+ */
+class SignalRelay {
+  child: ChildProcess | null = null;
+  received: NodeJS.Signals | null = null;
+  readonly #handlers = new Map<NodeJS.Signals, () => void>();
+  constructor() {
+    for (const sig of FORWARDED) {
+      const h = () => {
+        const c = this.child;
+        if (c && c.exitCode === null && c.signalCode === null) c.kill(sig);
+        else this.received ??= sig;
+      };
+      this.#handlers.set(sig, h);
+      process.on(sig, h);
+    }
+  }
+  dispose(): void {
+    for (const [sig, h] of this.#handlers) process.removeListener(sig, h);
+  }
+}
+
+const signalCode = (signal: NodeJS.Signals | string | null): number => 128 + ((signal && (osConstants.signals as Record<string, number>)[signal]) || 0);
+
+function runChild(command: string[], env: NodeJS.ProcessEnv, relay: SignalRelay): Promise<number> {
   return new Promise<number>((resolve) => {
     let child: ChildProcess;
-    const handlers = new Map<string, () => void>();
-    const cleanup = () => {
-      for (const [sig, h] of handlers) process.removeListener(sig, h);
-    };
     try {
       child = spawn(command[0], command.slice(1), { stdio: 'inherit', env });
     } catch (e) {
@@ -136,23 +162,12 @@ function runChild(command: string[], env: NodeJS.ProcessEnv): Promise<number> {
       resolve(126);
       return;
     }
-    for (const sig of FORWARDED) {
-      const h = () => {
-        if (child.exitCode === null && child.signalCode === null) child.kill(sig);
-      };
-      handlers.set(sig, h);
-      process.on(sig, h);
-    }
+    relay.child = child;
     child.on('error', (e: NodeJS.ErrnoException) => {
-      cleanup();
       process.stderr.write(`cordon exec: cannot run ${command[0]}: ${e.code === 'ENOENT' ? 'command not found' : e.message}\n`);
       resolve(e.code === 'ENOENT' ? 127 : 126);
     });
-    child.on('exit', (code, signal) => {
-      cleanup();
-      if (code !== null) resolve(code);
-      else resolve(128 + ((signal && (osConstants.signals as Record<string, number>)[signal]) || 0));
-    });
+    child.on('exit', (code, signal) => resolve(code !== null ? code : signalCode(signal)));
   });
 }
 

@@ -4,6 +4,7 @@ import { CordonError } from '../errors.ts';
 import { createProvider } from './provider.ts';
 import { errorMiddleware, handle, sendError } from './errors.ts';
 import { introspectEndpoint, jwksEndpoint, revocationsEndpoint, revokeEndpoint } from './endpoints.ts';
+import { providersOf } from '../tokens/credentials.ts';
 
 export interface AppExtensions {
   /** Routes other modules add (credentials, metrics); mounted before the OAuth provider. */
@@ -47,11 +48,16 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
     res.json({ status: 'ok' });
   });
   app.get('/readyz', handle(async (_req, res) => {
+    // Backends are reported, not required: tokens are still issued while Vault or STS is down.
+    const providers = Object.fromEntries(
+      await Promise.all([...providersOf(b)].map(async ([name, p]) => [name, await p.health().catch((e: Error) => ({ ok: false, detail: e.message }))] as const)),
+    );
+    const degraded = Object.values(providers).some((h) => !h.ok);
     try {
       await b.db.raw('select 1');
-      res.json({ status: 'ready', database: 'ok' });
+      res.json({ status: degraded ? 'degraded' : 'ready', database: 'ok', providers });
     } catch {
-      res.status(503).json({ status: 'unavailable', database: 'down' });
+      res.status(503).json({ status: 'unavailable', database: 'down', providers });
     }
   }));
   for (const add of ext.routes ?? []) add(app, b);

@@ -256,7 +256,13 @@ export class VaultProvider implements CredentialProvider {
   async #ensureLogin(minSec: number): Promise<Login> {
     const l = this.#login;
     const now = this.#deps.clock.now();
-    if (l && (l.expiresAt === null || (l.expiresAt - now > minSec * 1000 + 5000 && l.expiresAt - now > (l.ttlSec * 1000) / 3))) return l;
+    if (l) {
+      const left = l.expiresAt === null ? Infinity : l.expiresAt - now;
+      // Renew at two thirds of the token's life, or earlier when a credential needs more than is left,
+      // unless the token is fresh (a new one would not live longer: credentials are then capped by it).
+      const fresh = left > (l.ttlSec * 1000 * 2) / 3;
+      if (left > (l.ttlSec * 1000) / 3 && (left > minSec * 1000 + 5000 || fresh)) return l;
+    }
     this.#loggingIn ??= this.#refresh(l, minSec).finally(() => {
       this.#loggingIn = undefined;
     });
@@ -286,7 +292,7 @@ export class VaultProvider implements CredentialProvider {
       const ttl = Number(d.ttl ?? 0);
       login = { token: auth.token, policies: d.policies, ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: Boolean(d.renewable) };
     } else {
-      const path = `auth/${auth.method === 'approle' ? auth.mount : auth.mount}/login`;
+      const path = `auth/${auth.mount}/login`;
       let body: Record<string, string>;
       if (auth.method === 'approle') body = { role_id: auth.roleId, secret_id: auth.secretId };
       else {

@@ -466,7 +466,7 @@ export class CordonAgent {
 
   async #fresh(): Promise<CurrentToken> {
     this.#ensureOpen();
-    if (!this.#session && this.mode === 'local') await this.#refresh();
+    if (!this.#session && this.mode === 'local') await this.#singleRefresh();
     const s = this.#session;
     if (!s) throw new CordonSdkError('no_session', 'no session: call startSession() first');
     if (s.ended) throw s.ended;
@@ -481,11 +481,8 @@ export class CordonAgent {
       s.ended = new CordonSdkError('session_ended', this.mode === 'handed' ? 'the handed-over token has expired; ask the orchestrator for another' : `the token of this ${this.mode} session has expired and cannot be renewed without a client credential; call startSession() again`);
       throw s.ended;
     }
-    this.#refreshing ??= this.#refresh().finally(() => {
-      this.#refreshing = null;
-    });
     try {
-      await this.#refreshing;
+      await this.#singleRefresh();
     } catch (e) {
       if (e instanceof CordonSdkError && e.code === 'session_ended') throw e;
       // A broker hiccup while the current token still has life left: keep using it, ask again next time.
@@ -495,6 +492,14 @@ export class CordonAgent {
     }
     if (s.ended) throw s.ended;
     return s.current;
+  }
+
+  /** One refresh at a time: concurrent callers share it. */
+  #singleRefresh(): Promise<void> {
+    this.#refreshing ??= this.#refresh().finally(() => {
+      this.#refreshing = null;
+    });
+    return this.#refreshing;
   }
 
   #canRenew(): boolean {

@@ -82,7 +82,18 @@ const EVENT = 'credential.issue';
  * allow_overhang), and exists only if its record and audit row do.
  */
 export async function issueCredential(b: Broker, req: CredentialRequest): Promise<CredentialResponse> {
-  const { claims, view } = await requireActiveToken(b, req.jwt, 'invalid_token');
+  let claims: AccessTokenClaims;
+  let view: TokenView;
+  try {
+    ({ claims, view } = await requireActiveToken(b, req.jwt, 'invalid_token'));
+  } catch (e) {
+    // Refused before anyone is known: recorded with what was asked, never the token itself.
+    if (e instanceof CordonError && !e.audited) {
+      await recordDenial(b, { event: EVENT, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) } });
+      e.audited = true;
+    }
+    throw e;
+  }
   const chain = chainOf(claims, view.sessionAgentId);
   const deny = async (e: unknown, extra: Record<string, unknown> = {}): Promise<never> => {
     if (e instanceof CordonError && !e.audited) {
@@ -121,8 +132,8 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   });
   let checkpointed: Handle | null = null;
   const checkpoint = async (h: Handle): Promise<void> => {
+    checkpointed = h; // known to this process even if the write below fails: failIssue cleans it up
     if (!(await credentials.checkpoint(b.db, ireq.credentialId, h))) throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
-    checkpointed = h;
   };
 
   let result;
@@ -238,7 +249,8 @@ async function checkDpop(b: Broker, req: CredentialRequest, view: TokenView): Pr
     if (req.scheme === 'DPoP') throw new CordonError('invalid_token', 'token is not DPoP-bound: present it as Authorization: Bearer', { reason: 'dpop_unbound' });
     return;
   }
-  if (req.scheme !== 'DPoP') throw new CordonError('invalid_token', 'token is DPoP-bound: present it as Authorization: DPoP with a DPoP proof', { reason: 'dpop_scheme' });
+  // RFC 9449 §7.1: a bound token presented as a bearer token is refused outright (scheme unknown: the proof decides).
+  if (req.scheme === 'Bearer') throw new CordonError('invalid_token', 'token is DPoP-bound: present it as Authorization: DPoP with a DPoP proof', { reason: 'dpop_scheme' });
   try {
     // The record is the truth for the binding (it matched the claims when minted).
     await requireDpopForToken(b, { claims: { cnf: { jkt: view.cnfJkt } }, proof: req.dpopProof, method: req.method, url: req.url, accessToken: req.jwt });

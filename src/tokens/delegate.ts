@@ -1,6 +1,5 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { sessions } from '../store/sessions.ts';
 import { isWellFormedId } from '../ids.ts';
 import { intersect, parseScope, uncovered } from '../policy/scopes.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
@@ -37,7 +36,7 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
   let parent: AccessTokenClaims | undefined;
   let chain: string[] | null = [req.callerClientId];
   try {
-    const { claims } = await requireActiveToken(b, req.subjectToken, 'invalid_grant');
+    const { claims, view } = await requireActiveToken(b, req.subjectToken, 'invalid_grant');
     parent = claims;
     chain = chainOf(claims);
     if (claims.client_id !== req.callerClientId) throw new CordonError('invalid_grant', 'subject_token is held by another agent: only its holder may exchange it', { reason: 'not_holder' });
@@ -51,12 +50,17 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
     if (chain.includes(actorRow.id)) throw new CordonError('invalid_grant', `delegation loop: ${actorRow.name} is already in the chain`, { reason: 'delegation_loop' });
 
     const { policy: callerPolicy } = await activeAgentAndPolicy(b, req.callerClientId);
-    const { agent: actor, policy: actorPolicy } = await activeAgentAndPolicy(b, actorRow.id);
-    const session = await sessions.get(b.db, claims.sid);
-    if (!session) throw new CordonError('invalid_grant', 'session of subject_token not found', { reason: 'session_unknown' });
-    const { policy: rootPolicy } = await activeAgentAndPolicy(b, session.agentId).catch(() => {
-      throw new CordonError('invalid_grant', 'the root agent of this session is no longer active', { reason: 'root_inactive' });
-    });
+    const actor = actorRow;
+    const actorPolicy = b.policies.get(actor.policy);
+    if (!actorPolicy) throw new CordonError('invalid_request', `requested_actor ${actor.name}'s policy "${actor.policy}" is not loaded`, { reason: 'actor_policy_missing' });
+    // The session comes with the token's record (one join); the root is often the caller itself.
+    const session = { agentId: view.sessionAgentId, expiresAt: view.sessionExpiresAt };
+    const { policy: rootPolicy } =
+      session.agentId === req.callerClientId
+        ? { policy: callerPolicy }
+        : await activeAgentAndPolicy(b, session.agentId).catch(() => {
+            throw new CordonError('invalid_grant', 'the root agent of this session is no longer active', { reason: 'root_inactive' });
+          });
 
     // Depth: every holder in the chain caps how far below itself the chain may reach (its policy's
     // max_depth, counted from its own depth): the root policy caps the whole chain, the caller what it

@@ -48,6 +48,7 @@ interface Trust {
 /** Key resolvers per broker and key source: remote JWKS sets keep jose's cache and cooldown between requests. */
 const resolvers = new WeakMap<Broker, Map<string, { getKey: JWTVerifyGetKey; mtimeMs?: number }>>();
 
+/** A relative `jwks_file` is resolved against the directory of the policy file that names it. */
 function keySource(policy: Policy, rule: FederationRule): string {
   return rule.jwks_uri ?? resolve(dirname(policy.file), rule.jwks_file!);
 }

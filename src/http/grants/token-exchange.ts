@@ -21,6 +21,12 @@ export const allowDuplicates = ['resource', 'audience'];
 
 const SESSION_OPENING = [TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT];
 
+/** A parameter for the audit row, whatever shape it arrived in (never throws). */
+const raw = (ctx: KoaContextWithOIDC, name: string, max: number): string | undefined => {
+  const v = (ctx.oidc.params as Record<string, unknown> | undefined)?.[name];
+  return v === undefined || v === null ? undefined : String(v).slice(0, max);
+};
+
 export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void> {
   const clientId = ctx.oidc.client!.clientId;
   const workload = clientId === WORKLOAD_CLIENT_ID;
@@ -34,7 +40,7 @@ export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void>
         agentId: clientId,
         chain: workload ? null : [clientId],
         reason: `${e.code}: ${e.description}`,
-        params: { subject_token_type: String(ctx.oidc.params?.subject_token_type ?? '').slice(0, 100), requested_actor: param(ctx, 'requested_actor')?.slice(0, 64), scope: param(ctx, 'scope') },
+        params: { subject_token_type: raw(ctx, 'subject_token_type', 100), requested_actor: raw(ctx, 'requested_actor', 64), scope: raw(ctx, 'scope', 300) },
       }).catch(() => {});
       e.audited = true;
     }

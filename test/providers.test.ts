@@ -1,0 +1,153 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { ManualClock } from '../src/clock.ts';
+import { roleSessionNameFor, sourceIdentityFor, tagSafe, StsProvider } from '../src/providers/aws-sts.ts';
+import { VaultProvider } from '../src/providers/vault.ts';
+import { ProviderError, type IssueRequest, type Handle } from '../src/providers/provider.ts';
+import type { CredentialSpec } from '../src/policy/types.ts';
+import { VaultDouble } from './doubles/vault.ts';
+
+const NAME_RE = /^[\w+=,.@-]{2,64}$/;
+const log = pino({ level: 'silent' });
+
+function request(clock: ManualClock, spec: CredentialSpec, o: { tokenLeft?: number; sessionLeft?: number; task?: string } = {}): IssueRequest {
+  const now = clock.now();
+  return {
+    credentialId: 'crd_AAAAAAAAAAAAAAAAAAAAAA',
+    session: { sid: 'ses_BBBBBBBBBBBBBBBBBBBBBB', agentId: 'agt_CCCCCCCCCCCCCCCCCCCCCC', agentName: 'owner', task: o.task ?? null, expiresAt: now + (o.sessionLeft ?? 3600) * 1000 },
+    claims: { iss: 'x', sub: 'agt_C', aud: 'x', iat: 0, nbf: 0, exp: Math.floor((now + (o.tokenLeft ?? 600) * 1000) / 1000), jti: 'jti-1', client_id: 'agt_CCCCCCCCCCCCCCCCCCCCCC', scope: '', sid: 'ses_B', cordon_depth: 0 },
+    holderName: 'owner',
+    name: 'x',
+    spec,
+    now,
+    remainingSec: { token: o.tokenLeft ?? 600, session: o.sessionLeft ?? 3600 },
+  };
+}
+
+describe('providers: names AWS accepts', () => {
+  it('SourceIdentity is <agent>.<session>, within [\\w+=,.@-]{2,64}, whatever the ids look like', () => {
+    assert.equal(sourceIdentityFor('agt_abc-DEF_123', 'ses_xyz'), 'agt_abc-DEF_123.xyz');
+    for (const [agent, sid] of [
+      ['agt_' + 'a'.repeat(60), 'ses_' + 'b'.repeat(22)],
+      ['weird agent/ü:1', 'ses_with spaces & "quotes"'],
+      ['aws:root', 'ses_x'],
+      ['', ''],
+    ]) {
+      const si = sourceIdentityFor(agent, sid);
+      assert.match(si, NAME_RE, si);
+      assert.ok(!si.toLowerCase().startsWith('aws:'));
+    }
+    // Distinct sessions of one agent get distinct identities (so a deny hits one session).
+    assert.notEqual(sourceIdentityFor('agt_x', 'ses_1111111111111111111111'), sourceIdentityFor('agt_x', 'ses_2222222222222222222222'));
+  });
+
+  it('RoleSessionName is unique per credential and valid', () => {
+    const a = roleSessionNameFor('support-summarizer', 'ses_' + 'q'.repeat(22), 'crd_' + 'r'.repeat(22));
+    assert.match(a, NAME_RE);
+    assert.match(a, /^cordon\.support-summarizer\./);
+    const long = roleSessionNameFor('n'.repeat(64), 'ses_1', 'crd_2');
+    assert.match(long, NAME_RE);
+    assert.notEqual(roleSessionNameFor('x', 'ses_s', 'crd_aaaaaaaaaaaa1'), roleSessionNameFor('x', 'ses_s', 'crd_aaaaaaaaaaaa2'));
+  });
+
+  it('tag values keep AWS’s character set and 256-character limit', () => {
+    assert.equal(tagSafe('weekly report: Q1/2026 (draft #2) — ok'), 'weekly report: Q1/2026 _draft _2_ _ ok');
+    assert.equal(tagSafe('é'.repeat(300)).length, 256);
+  });
+});
+
+describe('providers: STS lifetime rules (plan)', () => {
+  const clock = new ManualClock();
+  const sts = new StsProvider({ region: 'us-east-1', endpoint: 'http://127.0.0.1:9', timeoutMs: 200 }, { clock, log, clockSkewSec: 30 });
+  const spec = (o: Partial<Extract<CredentialSpec, { provider: 'aws-sts' }>> = {}): CredentialSpec => ({ provider: 'aws-sts', ttl: 1800, role_arn: 'arn:aws:iam::123456789012:role/r', ...o });
+  after(() => sts.close());
+
+  it('session remaining life capped by the policy ttl', () => {
+    assert.equal(sts.plan(request(clock, spec(), { sessionLeft: 3600 })).ttlSec, 1800);
+    assert.equal(sts.plan(request(clock, spec(), { sessionLeft: 1000 })).ttlSec, 1000);
+  });
+  it('never below 900 s: a short policy ttl is raised to 900 when the session allows it', () => {
+    const p = sts.plan(request(clock, spec({ ttl: 300 }), { sessionLeft: 3600 }));
+    assert.equal(p.ttlSec, 900);
+    assert.equal(p.overhangSec, 0);
+  });
+  it('under 900 s of session: refused, or 900 s with allow_overhang', () => {
+    assert.throws(() => sts.plan(request(clock, spec(), { sessionLeft: 899 })), (e: unknown) => e instanceof Error && /at least 900 s/.test(e.message));
+    const p = sts.plan(request(clock, spec({ allow_overhang: true }), { sessionLeft: 600 }));
+    assert.equal(p.ttlSec, 900);
+    assert.equal(p.overhangSec, 300);
+  });
+});
+
+describe('providers: Vault broker login (AppRole, JWT) through node-vault', () => {
+  const v = new VaultDouble('root-token');
+  const clock = new ManualClock(Date.now());
+  const deps = { clock, log, clockSkewSec: 30 };
+  const spec: CredentialSpec = { provider: 'vault', ttl: 300, vault_policies: ['tickets-read'] };
+  let addr: string;
+  const checkpoints: Handle[] = [];
+  const cp = async (h: Handle): Promise<void> => {
+    checkpoints.push(h);
+  };
+
+  before(async () => {
+    addr = await v.start();
+    v.now = () => clock.now();
+    v.setPolicyPaths('broker', [
+      { path: 'auth/token/create', capabilities: ['update'] },
+      { path: 'auth/token/revoke-accessor', capabilities: ['update'] },
+    ]);
+    v.setPolicyPaths('tickets-read', ['secret/data/tickets/*']);
+  });
+  after(() => v.stop());
+  beforeEach(() => v.reset());
+
+  it('AppRole: logs in, issues under its login token, caps credentials at the login token’s life', async () => {
+    v.addAppRole('role-1', 'secret-1', ['broker', 'tickets-read'], { ttlSec: 120 });
+    const p = new VaultProvider({ addr, timeoutMs: 1000, auth: { method: 'approle', roleId: 'role-1', secretId: 'secret-1', mount: 'approle' } }, deps);
+    const req = request(clock, spec);
+    const out = await p.issue(req, p.plan(req), cp);
+    const login = v.requestsTo('auth/approle/login');
+    assert.equal(login.length, 1);
+    assert.equal(login[0].body.role_id, 'role-1');
+    const child = v.getToken(String(out.credentials.client_token))!;
+    const parent = v.getToken(child.parent!)!;
+    assert.equal(v.getToken(parent.parent!)!.path, 'auth/approle/login', 'the parent hangs under the broker’s login token');
+    assert.ok(child.ttlSec <= 120, `a child never outlives the broker token it hangs under (ttl ${child.ttlSec})`);
+    assert.ok(out.expiresAt <= clock.now() + 120_000);
+    assert.deepEqual(checkpoints.at(-1), { kind: 'token', parent_accessor: parent.accessor });
+    // Renewal: past two thirds of its life the broker renews (or logs in again) before issuing.
+    clock.advance(90_000);
+    await p.issue(request(clock, spec), p.plan(request(clock, spec)), cp);
+    assert.ok(v.requestsTo('auth/token/renew-self').length + v.requestsTo('auth/approle/login').length >= 2);
+  });
+
+  it('AppRole with a bad secret: a clear, secret-free error naming the variables', async () => {
+    const p = new VaultProvider({ addr, timeoutMs: 1000, auth: { method: 'approle', roleId: 'role-1', secretId: 'wrong', mount: 'approle' } }, deps);
+    const req = request(clock, spec);
+    await assert.rejects(p.issue(req, p.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.code === 'bad_gateway' && /VAULT_ROLE_ID\/VAULT_SECRET_ID/.test(e.description) && !e.description.includes('wrong'));
+  });
+
+  it('JWT auth: reads the JWT file (re-read on each login) and logs in with the role', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cordon-jwt-'));
+    const file = join(dir, 'token');
+    writeFileSync(file, 'header.payload.sig\n');
+    v.addJwtRole('cordon', ['broker', 'tickets-read'], (jwt) => jwt === 'header.payload.sig');
+    const p = new VaultProvider({ addr, timeoutMs: 1000, auth: { method: 'jwt', role: 'cordon', jwtFile: file, mount: 'jwt' } }, deps);
+    const h = await p.health();
+    assert.equal(h.ok, true, h.detail);
+    const [login] = v.requestsTo('auth/jwt/login');
+    assert.deepEqual(login.body, { role: 'cordon', jwt: 'header.payload.sig' });
+  });
+
+  it('plan: ttl = min(policy ttl, token life, explicit_max_ttl); refuses a token about to expire', () => {
+    const p = new VaultProvider({ addr, timeoutMs: 1000, auth: { method: 'token', token: 'root-token' } }, deps);
+    assert.equal(p.plan(request(clock, spec, { tokenLeft: 600 })).ttlSec, 300);
+    assert.equal(p.plan(request(clock, spec, { tokenLeft: 100 })).ttlSec, 99);
+    assert.equal(p.plan(request(clock, { ...spec, explicit_max_ttl: 60 }, { tokenLeft: 600 })).ttlSec, 60);
+    assert.throws(() => p.plan(request(clock, spec, { tokenLeft: 1 })), /expires in less than 2 seconds/);
+  });
+});
