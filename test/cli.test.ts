@@ -393,7 +393,10 @@ describe('cordon CLI', function () {
       const now = Date.now();
       await tb.b.db('credentials').insert([
         { id: 'crd_1', sid, jti: claims(root).jti, agent_id: planner.id, name: 'docs-vault', provider: 'vault', handle: null, state: 'issued', created_at: now, expires_at: now + 600_000, revoked_at: null, note: null },
-        { id: 'crd_2', sid, jti: claims(root).jti, agent_id: planner.id, name: 'reports-s3', provider: 'aws-sts', handle: null, state: 'revoked', created_at: now, expires_at: now + 900_000, revoked_at: now, note: 'denied by policy' },
+        // Revocation recorded, but STS cannot kill it (no revoke_via_iam): still valid until expiry.
+        { id: 'crd_2', sid, jti: claims(root).jti, agent_id: planner.id, name: 'reports-s3', provider: 'aws-sts', handle: null, state: 'issued', created_at: now, expires_at: now + 900_000, revoked_at: now, note: 'revocation recorded; valid at AWS until expiry' },
+        // Really dead (denied by an IAM policy): in neither list.
+        { id: 'crd_4', sid, jti: claims(root).jti, agent_id: planner.id, name: 'denied-s3', provider: 'aws-sts', handle: null, state: 'revoked', created_at: now, expires_at: now + 900_000, revoked_at: now, note: 'denied by policy' },
         { id: 'crd_3', sid, jti: claims(root).jti, agent_id: planner.id, name: 'old', provider: 'vault', handle: null, state: 'issued', created_at: now - 9e5, expires_at: now - 1000, revoked_at: null, note: null },
       ]);
       const r = await cli('status');
@@ -403,6 +406,7 @@ describe('cordon CLI', function () {
       assert.match(r.out, new RegExp(`${sid}\\s+docs-vault\\s+vault`));
       assert.match(r.out, /Revoked STS credentials still valid[^\n]*\n[^\n]*\n[^\n]*reports-s3/);
       assert.doesNotMatch(r.out, /\bold\b/);
+      assert.doesNotMatch(r.out, /denied-s3/);
       assert.match(r.out, /Lifetime caps\n\s+ok/);
 
       const j = json(await cli('status', '--json'));

@@ -374,6 +374,26 @@ describe('middleware: requireAgentToken in front of an express resource server',
       }, { feedStaleAfterMs: 200 });
     });
 
+    it('a key the broker stops publishing: tokens it signed are refused even though they were verified (and cached) before', async () => {
+      const good = (await realJwks()) as { keys: Array<{ kid: string }> };
+      const { publicKey } = await generateKeyPair('ES256', { extractable: true });
+      const { exportJWK } = await import('jose');
+      const other = { ...(await exportJWK(publicKey)), kid: 'rotated-in', alg: 'ES256' };
+      jwks = (res) => json(res, good);
+      feed = goodFeed;
+      await withFake(async (rs2) => {
+        assert.equal((await call(rs2)).status, 200);
+        assert.equal((await call(rs2)).status, 200, 'served from the verified-token cache');
+        jwks = (res) => json(res, { keys: [other] });
+        await sleep(20);
+        await call(rs2); // triggers the background reload (max age 0)
+        await sleep(50);
+        const r = await call(rs2);
+        assert.equal(r.status, 401);
+        assert.match(r.body.error_description, /not signed by a key the broker publishes/);
+      }, { jwksMaxAgeMs: 0, jwksCooldownMs: 0 });
+    });
+
     it('an unreachable broker at start', async () => {
       await withFake(async (rs2) => {
         const r = await call(rs2);

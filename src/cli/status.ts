@@ -78,8 +78,10 @@ export function registerStatus(program: Command, ctx: Ctx): void {
         const r = await withBroker(ctx, async (b) => {
           const now = b.clock.now();
           const [all, liveS, liveT, keys, head] = await Promise.all([agents.list(b.db), sessions.countLive(b.db, now), tokens.countLive(b.db, now), listKeys(b.db), auditRows.head(b.db)]);
-          const alive = (await b.db('credentials').where({ state: 'issued' }).andWhere('expires_at', '>', now).orderBy('sid').orderBy('expires_at')).map(credRow);
-          const revokedAlive = (await b.db('credentials').where({ provider: 'aws-sts', state: 'revoked' }).andWhere('expires_at', '>', now).orderBy('expires_at')).map(credRow);
+          // 'issued' with revoked_at set: the revocation is recorded but the backend (STS without revoke_via_iam)
+          // cannot kill the credential, so it stays valid until it expires. 'revoked' means really dead.
+          const alive = (await b.db('credentials').where({ state: 'issued' }).whereNull('revoked_at').andWhere('expires_at', '>', now).orderBy('sid').orderBy('expires_at')).map(credRow);
+          const revokedAlive = (await b.db('credentials').where({ state: 'issued' }).whereNotNull('revoked_at').andWhere('expires_at', '>', now).orderBy('expires_at')).map(credRow);
           const failedAlive = (await b.db('credentials').where({ state: 'revoke_failed' }).andWhere('expires_at', '>', now).orderBy('expires_at')).map(credRow);
           const caps = await overCap(b);
           return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, issuer: b.config.issuer };

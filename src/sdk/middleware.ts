@@ -90,6 +90,13 @@ export interface RequireAgentTokenOptions {
   realm?: string;
   fetch?: FetchLike;
   timeoutMs?: number;
+  /**
+   * Tokens whose signature and claims were verified are remembered (by their exact string) so a
+   * client reusing its token costs a map lookup, not a signature check. Expiry, revocation, DPoP
+   * and scope are still checked on every request; a JWKS reload forgets everything. 0 turns it off.
+   * Default 1000.
+   */
+  verifiedCacheSize?: number;
   /** Called for every refusal (for logs and metrics); must not throw. */
   onRefuse?: (err: AgentTokenError, req: Request) => void;
   /** Called when the JWKS or the feed cannot be read. */
@@ -194,6 +201,11 @@ export class JwksCache {
     }
     if (!out.size) throw bad(`no usable key (algorithms allowed: ${this.#algorithms.join(', ')})`);
     return out;
+  }
+
+  /** The key for `kid` as loaded now, without fetching. */
+  peek(kid: string): { key: CryptoKey; alg: string } | undefined {
+    return this.#keys.get(kid);
   }
 
   /** The key for `kid`, fetching the set when it is unknown (at most once per cooldown) or old. */
@@ -324,6 +336,12 @@ function parsePage(body: unknown): { cursor: number; more: boolean; revoked: Fee
   return { cursor, more, revoked: out };
 }
 
+function deepFreeze(o: unknown, depth = 0): void {
+  if (typeof o !== 'object' || o === null || depth > 16) return;
+  Object.freeze(o);
+  for (const v of Object.values(o)) deepFreeze(v, depth + 1);
+}
+
 const quote = (s: string): string => s.replace(/[^\x20-\x7e]/g, '?').replace(/["\\]/g, "'");
 
 const normalizeUrl = (u: string): string | null => {
@@ -361,6 +379,8 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
   const jwks = new JwksCache({ http, uri: opts.jwksUri ?? `${issuer}/jwks`, algorithms, cooldownMs: opts.jwksCooldownMs ?? 30_000, maxAgeMs: opts.jwksMaxAgeMs ?? 600_000, onError: opts.onBackgroundError });
   const feed = new RevocationFeed({ http, uri: opts.revocationsUri ?? `${issuer}/revocations`, nowSec: () => Math.floor(clock.now() / 1000), onError: opts.onBackgroundError });
   const seenProofs = new Map<string, number>();
+  const cacheSize = opts.verifiedCacheSize ?? 1000;
+  const verified = new Map<string, { payload: JWTPayload; kid: string; key: { key: CryptoKey; alg: string } }>();
 
   const purgeProofs = (): void => {
     const now = clock.now();
@@ -410,14 +430,19 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
     seenProofs.set(key, (iat + window + 2 * tolerance) * 1000);
   }
 
-  async function verify(input: { authorization?: string; dpop?: string; method: string; url: string }): Promise<AgentIdentity> {
-    const auth = input.authorization;
-    if (!auth) throw fail('invalid_request', 'missing', 'no access token');
-    const sp = auth.indexOf(' ');
-    const scheme = sp > 0 ? auth.slice(0, sp).toLowerCase() : '';
-    const token = sp > 0 ? auth.slice(sp + 1).trim() : '';
-    if (scheme !== 'bearer' && scheme !== 'dpop') throw fail('invalid_request', 'malformed', 'the Authorization scheme must be Bearer or DPoP');
-    if (!token || token.length > MAX_TOKEN || !TOKEN68.test(token) || !JWS.test(token)) throw fail('invalid_token', 'malformed', 'the access token is not a compact JWS');
+  /** Signature and claims, or the cached result of an earlier verification of the very same token. */
+  async function verifyJwt(token: string): Promise<JWTPayload> {
+    const hit = verified.get(token);
+    if (hit) {
+      const nowSec = clock.now() / 1000;
+      // Still signed by a key the broker publishes (a JWKS reload drops every entry), still in its time window.
+      if (jwks.peek(hit.kid) === hit.key && (hit.payload.exp as number) > nowSec - tolerance && ((hit.payload.nbf as number | undefined) ?? 0) <= nowSec + tolerance) {
+        verified.delete(token);
+        verified.set(token, hit);
+        return hit.payload;
+      }
+      verified.delete(token);
+    }
     let header;
     try {
       header = decodeProtectedHeader(token);
@@ -426,11 +451,6 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
     }
     if (typeof header.alg !== 'string' || !algorithms.includes(header.alg)) throw fail('invalid_token', 'bad_alg', `token algorithm ${JSON.stringify(header.alg)} is not allowed`);
     if (typeof header.kid !== 'string' || !header.kid) throw fail('invalid_token', 'no_kid', 'the token header has no kid');
-    // Revocation status must be known before anything is let through.
-    if (feed.lastOkAt === -Infinity) await feed.first();
-    if (performance.now() - feed.lastOkAt > staleAfter) {
-      throw fail('invalid_token', 'feed_unavailable', `the token cannot be checked: the revocation feed could not be read${feed.lastError ? ` (${feed.lastError.message})` : ''}`);
-    }
     const k = await jwks.get(header.kid);
     if (k.alg !== header.alg) throw fail('invalid_token', 'bad_alg', 'the token algorithm does not match its key');
     let payload: JWTPayload;
@@ -453,6 +473,29 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
         throw fail('invalid_token', reason, msg);
       }
       throw fail('invalid_token', 'malformed', 'the token could not be verified');
+    }
+    // Shared between requests from now on: nobody may change it (req.agent.claims is this object).
+    deepFreeze(payload);
+    if (cacheSize > 0) {
+      if (verified.size >= cacheSize) verified.delete(verified.keys().next().value as string);
+      verified.set(token, { payload, kid: header.kid, key: k });
+    }
+    return payload;
+  }
+
+  async function verify(input: { authorization?: string; dpop?: string; method: string; url: string }): Promise<AgentIdentity> {
+    const auth = input.authorization;
+    if (!auth) throw fail('invalid_request', 'missing', 'no access token');
+    const sp = auth.indexOf(' ');
+    const scheme = sp > 0 ? auth.slice(0, sp).toLowerCase() : '';
+    const token = sp > 0 ? auth.slice(sp + 1).trim() : '';
+    if (scheme !== 'bearer' && scheme !== 'dpop') throw fail('invalid_request', 'malformed', 'the Authorization scheme must be Bearer or DPoP');
+    if (!token || token.length > MAX_TOKEN || !TOKEN68.test(token) || !JWS.test(token)) throw fail('invalid_token', 'malformed', 'the access token is not a compact JWS');
+    const payload = await verifyJwt(token);
+    // Revocation status must be known before anything is let through.
+    if (feed.lastOkAt === -Infinity) await feed.first();
+    if (performance.now() - feed.lastOkAt > staleAfter) {
+      throw fail('invalid_token', 'feed_unavailable', `the token cannot be checked: the revocation feed could not be read${feed.lastError ? ` (${feed.lastError.message})` : ''}`);
     }
     const { jti, sid, client_id: clientId, scope, sub } = payload as Record<string, unknown>;
     if (typeof jti !== 'string' || typeof sid !== 'string' || typeof clientId !== 'string' || typeof scope !== 'string' || typeof sub !== 'string') throw fail('invalid_token', 'claims', 'the token claims are malformed');
