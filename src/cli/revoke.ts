@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { decodeJwt } from 'jose';
 import { findAgent } from '../tokens/agents.ts';
 import { revokeAgent, revokeSession, revokeTokenChain, type RevokeOutcome } from '../tokens/revoke.ts';
+import { startBackendCredentials } from '../tokens/sweeper.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
 import { printJson, usage } from './output.ts';
 
@@ -33,7 +34,18 @@ export function registerRevoke(program: Command, ctx: Ctx): void {
         if (given.length !== 1) throw usage('give exactly one of --agent, --session, --token, --chain');
         const target = given[0];
         const value = String(opts[target]);
-        const r = await withBroker(ctx, async (b): Promise<RevokeOutcome & { target: string; id: string }> => {
+        const r = await withBroker(ctx, async (b): Promise<RevokeOutcome & { target: string; id: string; backend: boolean }> => {
+          // Revocation reaches the backends from here too (Vault leases and tokens, IAM denies) when
+          // providers are configured; whatever fails is retried by the running broker's sweeper.
+          const backends = await startBackendCredentials(b, { sweep: false });
+          try {
+            const out = await revokeTarget(b);
+            return { ...out, backend: Boolean(b.config.vault || b.config.sts) };
+          } finally {
+            await backends.stop();
+          }
+        });
+        async function revokeTarget(b: Parameters<Parameters<typeof withBroker>[1]>[0]): Promise<RevokeOutcome & { target: string; id: string }> {
           if (target === 'agent') {
             const a = await findAgent(b, value);
             return { target, id: a.id, ...(await revokeAgent(b, a.id, BY)) };
@@ -41,14 +53,20 @@ export function registerRevoke(program: Command, ctx: Ctx): void {
           if (target === 'session') return { target, id: value, ...(await revokeSession(b, value, BY)) };
           const jti = jtiOf(value);
           return { target, id: jti, ...(await revokeTokenChain(b, jti, BY)) };
-        });
+        }
         if (json) return void (await printJson(ctx.io, { revoked: { [r.target]: r.id }, sessions: r.sessions, tokens: r.tokens }));
         const n = (k: number, w: string) => `${k} ${w}${k === 1 ? '' : 's'}`;
         const nothing = r.tokens.length === 0 && r.sessions.length === 0 ? ' (already revoked)' : '';
         if (r.target === 'agent') ctx.io.out(`revoked agent ${r.id}: ${n(r.sessions.length, 'live session')} (with every token in them), ${n(r.tokens.length, 'token')} delegated to it in other sessions (with their subtrees)\n`);
         else if (r.target === 'session') ctx.io.out(`revoked session ${r.id} and every token in it${nothing}\n`);
         else ctx.io.out(`revoked token ${r.id} and its delegation subtree: ${n(r.tokens.length, 'token')}${nothing}\n`);
-        if (r.sessions.length) ctx.io.out('Backend credentials of revoked sessions are cleaned up by the running broker (Vault leases revoked; STS sessions denied where allowed and listed by `cordon status`).\n');
+        if (r.sessions.length || r.tokens.length) {
+          ctx.io.out(
+            r.backend
+              ? 'Backend credentials were revoked with them (Vault tokens and leases; STS sessions denied where the policy allows, otherwise listed by `cordon status` until they expire).\n'
+              : 'No backend provider is configured here; a running broker with providers cleans up their backend credentials on its next sweep.\n',
+          );
+        }
       }),
     );
 }
