@@ -56,7 +56,10 @@ function startProcess(args: string[], env: NodeJS.ProcessEnv, ready: RegExp | nu
     let out = '';
     let err = '';
     if (!ready) res({ p, out: () => out });
-    const timer = setTimeout(() => rej(new Error(`not ready: ${args.join(' ')}\n${out}\n${err}`)), 30_000);
+    const timer = setTimeout(() => {
+      p.kill('SIGKILL'); // never leave a half-started process behind
+      rej(new Error(`not ready: ${args.join(' ')}\n${out}\n${err}`));
+    }, 30_000);
     p.stdout!.on('data', (d) => {
       out += d;
       if (ready?.test(out)) {
@@ -121,6 +124,7 @@ describe('examples (run as the README runs them)', function () {
       assert.match(agents[name].client_secret, /\S{20,}/);
     }
     broker = (await startProcess(['bin/cordon.js', 'serve'], brokerEnv, null)).p;
+    broker.stderr!.resume();
     let brokerExit: number | null | undefined;
     broker.once('exit', (c) => (brokerExit = c));
     for (let i = 0; ; i++) {

@@ -93,6 +93,8 @@ describe('cordon exec (runExec)', () => {
     assert.equal(seen.badStatus, 401, 'the local endpoint wants its authorization value');
     assert.equal((await introspect(t.b, seen.token)).active, false, 'revoked when the child exited');
     assert.equal((await introspect(t.b, seen.fresh.access_token)).active, false);
+    const row = await t.b.db('sessions').where({ sid: seen.sid }).first();
+    assert.notEqual(row.revoked_at, null, 'the session itself is ended, so nobody can renew it');
   });
 
   it('CordonAgent.fromEnv() inside the child runs on the local token endpoint (no secret needed)', async () => {

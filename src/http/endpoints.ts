@@ -3,6 +3,7 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { introspect } from '../tokens/introspect.ts';
 import { revokeByHolder } from '../tokens/revoke.ts';
+import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
 import { revocationFeed } from '../tokens/feed.ts';
 import { authenticateClient } from './client-auth.ts';
 import { parseForm, required, single } from './form.ts';
@@ -20,11 +21,16 @@ export const introspectEndpoint = (b: Broker) => async (req: Request, res: Respo
 /** RFC 7009. The holder (or an ancestor in its delegation chain) revokes; everything below goes too. */
 export const revokeEndpoint = (b: Broker) => async (req: Request, res: Response): Promise<void> => {
   const form = parseForm(req);
-  const agent = await authenticateClient(b, req, res, form);
+  // Secretless agents (bootstrap, federation) revoke as the public workload client: possession of the token is the proof (RFC 7009 §5).
+  const isWorkload = single(form, 'client_id') === WORKLOAD_CLIENT_ID && !req.headers.authorization && !form.has('client_secret') && !form.has('client_assertion');
+  const agent = isWorkload ? null : await authenticateClient(b, req, res, form);
   const token = required(form, 'token');
   const hint = single(form, 'token_type_hint');
   if (hint !== undefined && hint !== 'access_token') throw new CordonError('unsupported_token_type', 'only access tokens are issued by this broker');
-  await revokeByHolder(b, agent.id, token);
+  // Cordon extension: `end_session=true` ends the token's whole session (the opener only), so it cannot be renewed.
+  const endSession = single(form, 'end_session');
+  if (endSession !== undefined && endSession !== 'true' && endSession !== 'false') throw new CordonError('invalid_request', 'end_session must be true or false');
+  await revokeByHolder(b, agent?.id ?? null, token, { endSession: endSession === 'true' });
   res.setHeader('Cache-Control', 'no-store');
   res.status(200).end();
 };

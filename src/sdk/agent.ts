@@ -391,6 +391,12 @@ export class CordonAgent {
     }
     const now = this.#clock.now();
     const live = s.issued.filter((t) => t.expiresAt > now);
+    // Ending the whole session (not just our tokens) means nobody can renew it with `session=<sid>` later.
+    if (this.mode !== 'handed' && live.length) {
+      await this.#revokeToken(live[live.length - 1].token, true);
+      s.issued = [];
+      return;
+    }
     let firstError: unknown = null;
     for (const t of live) {
       try {
@@ -607,10 +613,10 @@ export class CordonAgent {
     return a;
   }
 
-  async #revokeToken(token: string): Promise<void> {
+  async #revokeToken(token: string, endSession = false): Promise<void> {
     const url = `${this.issuer}/revoke`;
     const auth = await this.#clientAuth();
-    const body = new URLSearchParams([['token', token], ['token_type_hint', 'access_token'], ...auth.form]).toString();
+    const body = new URLSearchParams([['token', token], ['token_type_hint', 'access_token'], ...(endSession ? [['end_session', 'true']] : []), ...auth.form]).toString();
     await requestJson(this.#http, url, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...auth.headers }, body }, 'revocation', { allowEmpty: true });
   }
 

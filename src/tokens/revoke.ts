@@ -115,7 +115,8 @@ export async function revokeAgent(b: Broker, agentId: string, by: { actor: strin
  * RFC 7009 at /revoke: the caller must hold the token or an ancestor of it. Tokens we cannot
  * verify are ignored with success, as §2.2 says; a token held by someone else is refused.
  */
-export async function revokeByHolder(b: Broker, callerClientId: string, token: unknown): Promise<void> {
+/** `callerClientId` null: the public workload client, which proves nothing but possession of the token. */
+export async function revokeByHolder(b: Broker, callerClientId: string | null, token: unknown, opts: { endSession?: boolean } = {}): Promise<void> {
   let claims;
   try {
     claims = await verifySignature(b, token, 'invalid_token');
@@ -125,6 +126,21 @@ export async function revokeByHolder(b: Broker, callerClientId: string, token: u
   }
   const rec = await tokens.get(b.db, claims.jti);
   if (!rec) return;
+  if (callerClientId === null) {
+    // Without client authentication only a secretless session's own root token may be used, and only by possession.
+    const s = await sessions.get(b.db, rec.sid);
+    if (!s || s.origin === 'client_credentials' || rec.depth !== 0) throw new CordonError('invalid_client', 'authenticate as the agent holding this token', { reason: 'client_auth_failed' });
+    callerClientId = rec.clientId;
+  }
+  if (opts.endSession) {
+    // Ending the session is the opener's call: the agent that opened it, holding a token of it.
+    const s = await sessions.get(b.db, rec.sid);
+    if (!s || s.agentId !== callerClientId || rec.clientId !== callerClientId) {
+      throw new CordonError('unauthorized_client', 'only the agent that opened a session may end it', { reason: 'end_session_not_owner' });
+    }
+    if (s.revokedAt === null) await revokeSession(b, s.sid, { actor: callerClientId, via: 'oauth-revoke' });
+    return;
+  }
   if (rec.clientId !== callerClientId) {
     // An orchestrator may revoke what it handed down: walk up the recorded chain.
     let p = rec.parentJti;
