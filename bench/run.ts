@@ -215,8 +215,9 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
       results.middleware = { ...m, target: '≥ 7,000 verifications/s on one core; revocation check < 5 µs', met };
       if (m.rawVerify) console.log(`- node:crypto Ed25519 verify alone: ${Math.round(m.rawVerify.opsPerCpuSec)}/CPU-s`);
       console.log(`- jose jwtVerify alone: ${Math.round(m.jose.opsPerSec)}/s wall, ${Math.round(m.jose.opsPerCpuSec)}/CPU-s`);
-      if (m.verify) console.log(`- middleware verify(): ${Math.round(m.verify.opsPerSec)}/s wall, ${Math.round(m.verify.opsPerCpuSec)}/CPU-s`);
-      if (m.middleware) console.log(`- express middleware: ${Math.round(m.middleware.opsPerSec)}/s wall, ${Math.round(m.middleware.opsPerCpuSec)}/CPU-s; ${m.overheadUs!.toFixed(1)} µs CPU/request over jose alone`);
+      if (m.verify) console.log(`- middleware verify(), cold: ${Math.round(m.verify.opsPerSec)}/s wall, ${Math.round(m.verify.opsPerCpuSec)}/CPU-s`);
+      if (m.middleware) console.log(`- express middleware, cold (verifiedCacheSize 0): ${Math.round(m.middleware.opsPerSec)}/s wall, ${Math.round(m.middleware.opsPerCpuSec)}/CPU-s; ${m.overheadUs!.toFixed(1)} µs CPU/request over jose alone`);
+      if (m.middlewareCached) console.log(`- express middleware, cached (same token again): ${Math.round(m.middlewareCached.opsPerSec)}/s wall, ${Math.round(m.middlewareCached.opsPerCpuSec)}/CPU-s`);
       if (m.revocationCheckNs !== undefined) console.log(`- revocation check: ${m.revocationCheckNs.toFixed(0)} ns per isRevoked() with ${m.revocationSetSize} entries in the set`);
       if (m.skipped) skip('middleware', m.skipped);
     }
@@ -258,11 +259,24 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
           'credential issue (Vault child token)',
           { ...base, name: 'credential issue', url: `${url}/credentials/docs-vault`, headers: chosen.headers, body: chosen.body },
           '≥ 2,000/s, p99 ≤ 20 ms; broker overhead < 1 ms median',
-          (r) => r.requestsPerSec >= 2000 && r.p99 <= 20 && r.p50 - direct.p50 < 1,
+          (r) => r.requestsPerSec >= 2000 && r.p99 <= 20,
           'POST /credentials/docs-vault with Bearer; the broker calls the Vault double (own process) auth/token/create',
         );
-        results.credentials = { vaultDoubleDirect: { rps: direct.requestsPerSec, p50: direct.p50, p99: direct.p99 }, brokerOverheadP50Ms: s.p50 - direct.p50 };
-        console.log(`  Vault double alone: ${Math.round(direct.requestsPerSec)}/s p50 ${direct.p50.toFixed(2)} ms → broker overhead ≈ ${(s.p50 - direct.p50).toFixed(2)} ms at p50; broker CPU ${s.brokerCpuUsPerReq?.toFixed(0)} µs/request`);
+        // The broker's own overhead, without queueing: one request at a time, through the broker and straight to the double.
+        const one = { connections: 1, durationSec: 3 };
+        const direct1 = await load({ ...one, name: 'vault double direct, 1 connection', url: `${vault.url}/v1/auth/token/create`, headers: { 'x-vault-token': vault.rootToken, 'content-type': 'application/json' }, body: JSON.stringify({ policies: ['docs-rw'], ttl: '900s', meta: { agent: 'bench' } }) });
+        const before = await vault.count();
+        const broker1 = await load({ ...one, name: 'credential issue, 1 connection', url: `${url}/credentials/docs-vault`, headers: chosen.headers, body: chosen.body });
+        const callsPerIssue = Math.round(((await vault.count()) - before) / Math.max(1, broker1.total));
+        const overhead = broker1.p50 - callsPerIssue * direct1.p50;
+        s.met = s.met && overhead < 1;
+        results.credentials = {
+          vaultDoubleDirect: { connections: CONNECTIONS, rps: direct.requestsPerSec, p50: direct.p50, p99: direct.p99 },
+          oneConnection: { brokerP50: broker1.p50, brokerRps: broker1.requestsPerSec, doubleP50: direct1.p50, doubleRps: direct1.requestsPerSec, vaultCallsPerIssue: callsPerIssue },
+          brokerOverheadP50Ms: overhead,
+        };
+        console.log(`  Vault double alone: ${Math.round(direct.requestsPerSec)}/s p50 ${direct.p50.toFixed(2)} ms at ${CONNECTIONS} connections; broker CPU ${s.brokerCpuUsPerReq?.toFixed(0)} µs/request`);
+        console.log(`  one request at a time: broker ${broker1.p50.toFixed(2)} ms p50; ${callsPerIssue} Vault calls per issue at ${direct1.p50.toFixed(2)} ms p50 each → broker overhead ${overhead.toFixed(2)} ms median`);
       }
     }
   }
@@ -277,7 +291,8 @@ function printTable(): void {
   for (const s of results.http) rows.push([s.id, Math.round(s.requestsPerSec).toLocaleString('en'), f(s.p50, 2), f(s.p90, 2), f(s.p99, 2), String(s.errors), String(s.non2xx), f(s.brokerCpuUsPerReq, 0), s.otherCpuCores === undefined ? '–' : `${s.otherCpuCores.toFixed(2)} cores`, s.target, s.id.startsWith('calibration') ? '' : s.met ? 'yes' : 'NO']);
   for (const r of results.revocation) rows.push([r.name, '', '', '', '', '', '', '', '', r.target, r.met ? 'yes' : 'NO']);
   const m = results.middleware;
-  if (m?.middleware) rows.push(['middleware verify (per CPU-s)', Math.round(m.middleware.opsPerCpuSec).toLocaleString('en'), '', '', '', '', '', f(1e6 / m.middleware.opsPerCpuSec, 0), '', '≥ 7,000/s on one core', m.middleware.opsPerCpuSec >= 7000 ? 'yes' : 'NO']);
+  if (m?.middleware) rows.push(['middleware verify, cold (per CPU-s)', Math.round(m.middleware.opsPerCpuSec).toLocaleString('en'), '', '', '', '', '', f(1e6 / m.middleware.opsPerCpuSec, 0), '', '≥ 7,000/s on one core', m.middleware.opsPerCpuSec >= 7000 ? 'yes' : 'NO']);
+  if (m?.middlewareCached) rows.push(['middleware, cached token (per CPU-s)', Math.round(m.middlewareCached.opsPerCpuSec).toLocaleString('en'), '', '', '', '', '', f(1e6 / m.middlewareCached.opsPerCpuSec, 0), '', '(a client reusing its token)', '']);
   if (m?.revocationCheckNs !== undefined) rows.push([`revocation check (${m.revocationSetSize} entries)`, '', '', '', '', '', '', f(m.revocationCheckNs / 1000, 3), '', '< 5 µs', m.revocationCheckNs < 5000 ? 'yes' : 'NO']);
   const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   console.log('');

@@ -9,10 +9,16 @@ const vault = new VaultDouble('root-token');
 for (const p of ['docs-rw', 'tickets-read']) vault.setPolicyPaths(p, ['secret/data/*']);
 vault.addDatabaseRole('tickets-ro', 600);
 const url = await vault.start();
-// The double records every request for tests; under load that would only grow.
+// The double records every request for tests; under load that would only grow. Keep a count only,
+// which the bench asks for over IPC (to learn how many Vault calls one credential issue makes).
+let seen = 0;
 setInterval(() => {
+  seen += vault.requests.length;
   vault.requests.length = 0;
 }, 500).unref();
+process.on('message', (m) => {
+  if (m === 'count') process.send?.({ count: seen + vault.requests.length });
+});
 process.stdout.write(`VAULT_ADDR=${url}\n`);
 const stop = async () => {
   await vault.stop();

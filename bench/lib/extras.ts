@@ -122,8 +122,10 @@ export interface MiddlewareBench {
   rawVerify?: RateResult;
   /** `mw.verify(...)`: the whole check without express (signature, claims, revocation, scopes). */
   verify?: RateResult;
-  /** The express middleware itself, driven with minimal req/res objects. */
+  /** The express middleware itself, driven with minimal req/res objects, every request a signature check. */
   middleware?: RateResult;
+  /** The same with the middleware's default verified-token cache (one client reusing one token). */
+  middlewareCached?: RateResult;
   /** Per-request cost the middleware adds over jose alone (revocation check, claim checks, req.agent), µs of CPU. */
   overheadUs?: number;
   /** `revocations.isRevoked(jti, sid, chain)` alone, with the set holding `revocationSetSize` entries. */
@@ -158,54 +160,65 @@ export async function middlewareBench(issuer: string, token: string, revokedInFe
     if (!cryptoVerify(null, input, pub, sigBuf)) throw new Error('bad signature');
   }, Math.min(seconds, 2), 1);
   const out: MiddlewareBench = { jose, rawVerify: raw, revokedInFeed };
-  let mw: MwLike;
+  let factory: (o: Record<string, unknown>) => MwLike | Promise<MwLike>;
   try {
     const mod = await import(pathToFileURL(MIDDLEWARE_FILE).href);
-    const factory = mod.requireAgentToken ?? mod.default;
+    factory = mod.requireAgentToken ?? mod.default;
     if (typeof factory !== 'function') return { ...out, skipped: 'src/sdk/middleware.ts exports no requireAgentToken' };
-    mw = await factory({ issuer, audience: issuer, scopes: ['docs:read'] });
-    if (typeof mw !== 'function') return { ...out, skipped: 'requireAgentToken(...) did not return a middleware function' };
   } catch (e) {
-    return { ...out, skipped: `could not build the middleware: ${(e as Error).message}` };
+    return { ...out, skipped: `could not load the middleware: ${(e as Error).message}` };
   }
-  try {
-    if (typeof mw.ready === 'function') await mw.ready();
-    // First calls fetch JWKS and the revocation feed; wait until a call succeeds.
-    let first = '';
-    for (let i = 0; i < 50; i++) {
-      first = await callMiddleware(mw, token);
-      if (first === 'ok') break;
-      await new Promise((r) => setTimeout(r, 100));
+  // Cold: every request pays the signature check (verifiedCacheSize 0, where the option exists).
+  // Cached: the default, where a client that reuses its token costs a map lookup.
+  for (const variant of ['cold', 'cached'] as const) {
+    let mw: MwLike;
+    try {
+      mw = await factory({ issuer, audience: issuer, scopes: ['docs:read'], ...(variant === 'cold' ? { verifiedCacheSize: 0 } : {}) });
+      if (typeof mw !== 'function') return { ...out, skipped: 'requireAgentToken(...) did not return a middleware function' };
+    } catch (e) {
+      return { ...out, skipped: `could not build the middleware: ${(e as Error).message}` };
     }
-    if (first !== 'ok') return { ...out, skipped: `the middleware refused a live token: ${first}` };
-    if (typeof mw.verify === 'function') {
-      const v = mw.verify.bind(mw);
-      out.verify = await rate('middleware verify()', () => v({ authorization: `Bearer ${token}`, method: 'GET', url: 'http://rs.bench.local/resource' }), seconds);
+    try {
+      if (typeof mw.ready === 'function') await mw.ready();
+      // First calls fetch JWKS and the revocation feed; wait until a call succeeds.
+      let first = '';
+      for (let i = 0; i < 50; i++) {
+        first = await callMiddleware(mw, token);
+        if (first === 'ok') break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      if (first !== 'ok') return { ...out, skipped: `the middleware refused a live token: ${first}` };
+      if (typeof mw.verify === 'function' && variant === 'cold') {
+        const v = mw.verify.bind(mw);
+        out.verify = await rate('middleware verify(), cold', () => v({ authorization: `Bearer ${token}`, method: 'GET', url: 'http://rs.bench.local/resource' }), seconds);
+      }
+      let bad = 0;
+      const m = await rate(`requireAgentToken (express middleware), ${variant}`, async () => {
+        if ((await callMiddleware(mw, token)) !== 'ok') bad++;
+      }, seconds);
+      if (bad) return { ...out, skipped: `${bad} middleware calls did not pass the token` };
+      if (variant === 'cold') {
+        out.middleware = m;
+        out.overheadUs = 1e6 / m.opsPerCpuSec - 1e6 / jose.opsPerCpuSec;
+      } else out.middlewareCached = m;
+      const set = mw.revocations;
+      if (variant === 'cold' && set && typeof set.isRevoked === 'function') {
+        // Grow the set to 10,000+ entries (synthetic ids that match nothing), then time the check alone.
+        if (typeof set.add === 'function') for (let i = 0; i < 10_000; i++) set.add({ kind: i % 2 ? 'jti' : 'sid', value: `bench-${i}`, exp: 2e9 });
+        const chain = ['agt_planner', 'agt_reader'];
+        const n = 2_000_000;
+        let hits = 0;
+        const t0 = performance.now();
+        for (let i = 0; i < n; i++) if (set.isRevoked(i & 1 ? 'some-live-jti-value-xx' : 'bench-1', 'ses_live_session_id_xxxxx', chain)) hits++;
+        out.revocationCheckNs = ((performance.now() - t0) * 1e6) / n;
+        out.revocationSetSize = set.size;
+        if (hits !== n / 2) out.skipped = `revocation set answered ${hits} of ${n / 2} expected hits`;
+      }
+    } finally {
+      if (typeof mw.close === 'function') mw.close();
     }
-    let bad = 0;
-    const m = await rate('requireAgentToken (express middleware)', async () => {
-      if ((await callMiddleware(mw, token)) !== 'ok') bad++;
-    }, seconds);
-    if (bad) return { ...out, middleware: m, skipped: `${bad} middleware calls did not pass the token` };
-    out.middleware = m;
-    out.overheadUs = 1e6 / m.opsPerCpuSec - 1e6 / jose.opsPerCpuSec;
-    const set = mw.revocations;
-    if (set && typeof set.isRevoked === 'function') {
-      // Grow the set to 10,000+ entries (synthetic ids that match nothing), then time the check alone.
-      if (typeof set.add === 'function') for (let i = 0; i < 10_000; i++) set.add({ kind: i % 2 ? 'jti' : 'sid', value: `bench-${i}`, exp: 2e9 });
-      const chain = ['agt_planner', 'agt_reader'];
-      const n = 2_000_000;
-      let hits = 0;
-      const t0 = performance.now();
-      for (let i = 0; i < n; i++) if (set.isRevoked(i & 1 ? 'some-live-jti-value-xx' : 'bench-1', 'ses_live_session_id_xxxxx', chain)) hits++;
-      out.revocationCheckNs = ((performance.now() - t0) * 1e6) / n;
-      out.revocationSetSize = set.size;
-      if (hits !== n / 2) out.skipped = `revocation set answered ${hits} of ${n / 2} expected hits`;
-    }
-    return out;
-  } finally {
-    if (typeof mw.close === 'function') mw.close();
   }
+  return out;
 }
 
 // ------------------------------------------------------------------------- Vault double
@@ -214,12 +227,14 @@ export interface VaultDoubleProcess {
   child: ChildProcess;
   url: string;
   rootToken: string;
+  /** Requests the double has answered so far. */
+  count(): Promise<number>;
   stop(): Promise<void>;
 }
 
 /** The Vault double in its own process (bench/vault-double.ts), so it shares no event loop with the broker or autocannon. */
 export async function startVaultDouble(): Promise<VaultDoubleProcess> {
-  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, 'bench', 'vault-double.ts')], { stdio: ['ignore', 'pipe', 'inherit'], cwd: ROOT });
+  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, 'bench', 'vault-double.ts')], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'], cwd: ROOT });
   const url = await new Promise<string>((resolve, reject) => {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
@@ -234,7 +249,13 @@ export async function startVaultDouble(): Promise<VaultDoubleProcess> {
     child,
     url,
     rootToken: 'root-token',
+    count: () =>
+      new Promise<number>((resolve) => {
+        child.once('message', (m: { count: number }) => resolve(m.count));
+        child.send('count');
+      }),
     async stop() {
+      child.disconnect?.();
       if (child.exitCode !== null) return;
       const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGTERM');

@@ -11,14 +11,7 @@ import { ConfigError } from '../errors.ts';
 import { action, env, issuerUrl, leaf, type Ctx } from './context.ts';
 import { CliError, printJson, shellQuote, usage } from './output.ts';
 
-/** The body of `POST /credentials/:name` (DESIGN.md). */
-export interface CredentialResponse {
-  name: string;
-  provider: string;
-  expires_at: string;
-  lease_id?: string;
-  credentials: Record<string, unknown>;
-}
+import type { CredentialResponse } from '../tokens/credentials.ts';
 
 const FORMATS = ['json', 'env', 'credential_process'] as const;
 type Format = (typeof FORMATS)[number];

@@ -8,23 +8,14 @@ import type { Broker } from '../broker.ts';
 import { agents } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
+import { credentials, type CredentialRow } from '../store/credentials.ts';
 import { num } from '../store/db.ts';
 import { listKeys } from '../keys/keyring.ts';
 import { auditRows } from '../store/audit.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
 import { fmtDuration, fmtTime, fmtWhen, iso, kv, printJson, style, table } from './output.ts';
 
-interface CredRow {
-  id: string;
-  sid: string;
-  agentId: string;
-  name: string;
-  provider: string;
-  state: string;
-  expiresAt: number;
-  revokedAt: number | null;
-  note: string | null;
-}
+type CredRow = CredentialRow;
 
 interface OverCap {
   kind: 'session' | 'token';
@@ -35,17 +26,6 @@ interface OverCap {
   capSec: number;
 }
 
-const credRow = (r: Record<string, unknown>): CredRow => ({
-  id: r.id as string,
-  sid: r.sid as string,
-  agentId: r.agent_id as string,
-  name: r.name as string,
-  provider: r.provider as string,
-  state: r.state as string,
-  expiresAt: num(r.expires_at),
-  revokedAt: r.revoked_at === null || r.revoked_at === undefined ? null : num(r.revoked_at),
-  note: (r.note as string | null) ?? null,
-});
 
 /** Records that outlive their cap, found in SQL per policy so a large table is not read into memory. */
 async function overCap(b: Broker): Promise<{ found: OverCap[]; unchecked: string[] }> {
@@ -78,11 +58,9 @@ export function registerStatus(program: Command, ctx: Ctx): void {
         const r = await withBroker(ctx, async (b) => {
           const now = b.clock.now();
           const [all, liveS, liveT, keys, head] = await Promise.all([agents.list(b.db), sessions.countLive(b.db, now), tokens.countLive(b.db, now), listKeys(b.db), auditRows.head(b.db)]);
-          // 'issued' with revoked_at set: the revocation is recorded but the backend (STS without revoke_via_iam)
-          // cannot kill the credential, so it stays valid until it expires. 'revoked' means really dead.
-          const alive = (await b.db('credentials').where({ state: 'issued' }).whereNull('revoked_at').andWhere('expires_at', '>', now).orderBy('sid').orderBy('expires_at')).map(credRow);
-          const revokedAlive = (await b.db('credentials').where({ state: 'issued' }).whereNotNull('revoked_at').andWhere('expires_at', '>', now).orderBy('expires_at')).map(credRow);
-          const failedAlive = (await b.db('credentials').where({ state: 'revoke_failed' }).andWhere('expires_at', '>', now).orderBy('expires_at')).map(credRow);
+          const alive = await credentials.unexpired(b.db, now, 'live');
+          const revokedAlive = await credentials.unexpired(b.db, now, 'revocation_unenforced');
+          const failedAlive = await credentials.unexpired(b.db, now, 'revoke_failed');
           const caps = await overCap(b);
           return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, issuer: b.config.issuer };
         });

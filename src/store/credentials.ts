@@ -47,6 +47,18 @@ const CHUNK = 400;
 const clip = (s: string | null | undefined): string | null => (s == null ? null : s.length > 500 ? `${s.slice(0, 499)}…` : s);
 
 export const credentials = {
+  /**
+   * Credentials not yet expired, by what is known of them: `live` (issued, never revoked),
+   * `revocation_unenforced` (revocation recorded, but the backend — STS without revoke_via_iam —
+   * cannot kill it) and `revoke_failed` (not yet confirmed dead; the sweeper retries).
+   */
+  async unexpired(q: Q, now: number, which: 'live' | 'revocation_unenforced' | 'revoke_failed'): Promise<CredentialRow[]> {
+    let b = q('credentials').where('expires_at', '>', now);
+    if (which === 'live') b = b.where({ state: 'issued' }).whereNull('revoked_at');
+    else if (which === 'revocation_unenforced') b = b.where({ state: 'issued' }).whereNotNull('revoked_at');
+    else b = b.where({ state: 'revoke_failed' });
+    return (await b.orderBy('sid').orderBy('expires_at')).map(fromRow);
+  },
   async insertPending(q: Q, c: { id: string; sid: string; jti: string; agentId: string; name: string; provider: string; createdAt: number; expiresAt: number; handle?: Record<string, unknown> | null }): Promise<void> {
     await q('credentials').insert({
       id: c.id,
