@@ -407,7 +407,9 @@ async function main(): Promise<void> {
     be.cleanup();
   }
   printTable();
-  const file = join(ROOT, 'bench', PROFILE ? `profile-${PROFILE}${SERVER === 'core' ? '-core' : ''}.json` : SERVER === 'core' ? 'results-core.json' : 'results.json');
+  // bench/results.json is the record of a full run with the real server; anything else goes beside it (git-ignored).
+  const partial = arg('only') !== undefined || arg('duration') !== undefined || arg('connections') !== undefined;
+  const file = join(ROOT, 'bench', PROFILE ? `profile-${PROFILE}${SERVER === 'core' ? '-core' : ''}.json` : SERVER === 'core' ? 'results-core.json' : partial ? 'results-partial.json' : 'results.json');
   writeFileSync(file, `${JSON.stringify({ ...results, elapsedSec: Math.round((Date.now() - t0) / 1000) }, null, 2)}\n`);
   console.log(`\nwrote ${file} (${Math.round((Date.now() - t0) / 1000)} s)`);
 }
