@@ -6,6 +6,7 @@ import { Keyring, ensureSigningKey, loadSecretHashKey } from './keys/keyring.ts'
 import { loadPolicies } from './policy/load.ts';
 import type { PolicySet } from './policy/load.ts';
 import { appendAudit } from './audit/log.ts';
+import { IssuanceWriter } from './store/issuance-writer.ts';
 
 /**
  * Everything a decision needs, built once at start and passed down explicitly
@@ -18,6 +19,8 @@ export interface Broker {
   keys: Keyring;
   policies: PolicySet;
   secretHashKey: Buffer;
+  /** Group-commits issued tokens with their sessions and audit rows. */
+  issuance: IssuanceWriter;
   log: Logger;
   /** Hooks other modules attach to (providers, metrics); kept loose so the core does not import them. */
   hooks: BrokerHooks;
@@ -58,7 +61,7 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
         }),
       );
     }
-    return { config, db, clock, keys, policies, secretHashKey, log, hooks: { onRevoked: [], onDecision: [] } };
+    return { config, db, clock, keys, policies, secretHashKey, issuance: new IssuanceWriter(db), log, hooks: { onRevoked: [], onDecision: [] } };
   } catch (e) {
     await db.destroy();
     throw e;

@@ -71,22 +71,34 @@ export function rowHash(row: Omit<AuditRow, 'hash'>): string {
  * change it records, so the change and its row commit or fail together.
  */
 export async function appendAudit(tx: Q, entry: AuditEntry): Promise<AuditRow> {
+  return (await appendAuditMany(tx, [entry]))[0];
+}
+
+/** Appends several rows in order with one read of the chain head and one insert (group commit). */
+export async function appendAuditMany(tx: Q, entries: readonly AuditEntry[]): Promise<AuditRow[]> {
+  if (!entries.length) return [];
   await auditRows.lockChain(tx);
   const head = await auditRows.head(tx);
-  const base: Omit<AuditRow, 'hash'> = {
-    seq: (head?.seq ?? 0) + 1,
-    at: entry.at,
-    event: entry.event,
-    decision: entry.decision,
-    agentId: entry.agentId ?? null,
-    sid: entry.sid ?? null,
-    jti: entry.jti ?? null,
-    chain: entry.chain ?? null,
-    reason: entry.reason ? printable(entry.reason).slice(0, 500) : null,
-    params: scrub(entry.params ?? {}),
-    prevHash: head?.hash ?? GENESIS_HASH,
-  };
-  const row = { ...base, hash: rowHash(base) };
-  await auditRows.insert(tx, row);
-  return row;
+  let seq = head?.seq ?? 0;
+  let prevHash = head?.hash ?? GENESIS_HASH;
+  const rows: AuditRow[] = entries.map((entry) => {
+    const base: Omit<AuditRow, 'hash'> = {
+      seq: ++seq,
+      at: entry.at,
+      event: entry.event,
+      decision: entry.decision,
+      agentId: entry.agentId ?? null,
+      sid: entry.sid ?? null,
+      jti: entry.jti ?? null,
+      chain: entry.chain ?? null,
+      reason: entry.reason ? printable(entry.reason).slice(0, 500) : null,
+      params: scrub(entry.params ?? {}),
+      prevHash,
+    };
+    const row = { ...base, hash: rowHash(base) };
+    prevHash = row.hash;
+    return row;
+  });
+  await auditRows.insertMany(tx, rows);
+  return rows;
 }

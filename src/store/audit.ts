@@ -43,7 +43,10 @@ export const auditRows = {
     return r ? { seq: num(r.seq), hash: r.hash as string } : undefined;
   },
   async insert(q: Q, row: AuditRow): Promise<void> {
-    await q('audit').insert({
+    await auditRows.insertMany(q, [row]);
+  },
+  async insertMany(q: Q, rows: readonly AuditRow[]): Promise<void> {
+    const values = rows.map((row) => ({
       seq: row.seq,
       at: row.at,
       event: row.event,
@@ -56,7 +59,8 @@ export const auditRows = {
       params: JSON.stringify(row.params),
       prev_hash: row.prevHash,
       hash: row.hash,
-    });
+    }));
+    for (let i = 0; i < values.length; i += 50) await q('audit').insert(values.slice(i, i + 50));
   },
   async page(q: Q, afterSeq: number, limit: number): Promise<AuditRow[]> {
     return (await q('audit').where('seq', '>', afterSeq).orderBy('seq').limit(limit)).map(fromRow);

@@ -34,7 +34,10 @@ const fromRow = (r: Record<string, unknown>): Session => ({
 
 export const sessions = {
   async insert(q: Q, s: Session): Promise<void> {
-    await q('sessions').insert({
+    await sessions.insertMany(q, [s]);
+  },
+  async insertMany(q: Q, list: readonly Session[]): Promise<void> {
+    const rows = list.map((s) => ({
       sid: s.sid,
       agent_id: s.agentId,
       task: s.task,
@@ -47,7 +50,8 @@ export const sessions = {
       revoked_at: s.revokedAt,
       revoke_reason: s.revokeReason,
       swept_at: s.sweptAt,
-    });
+    }));
+    for (let i = 0; i < rows.length; i += 50) await q('sessions').insert(rows.slice(i, i + 50));
   },
   async get(q: Q, sid: string): Promise<Session | undefined> {
     const r = await q('sessions').where({ sid }).first();

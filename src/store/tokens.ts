@@ -37,7 +37,10 @@ const CHUNK = 500;
 
 export const tokens = {
   async insert(q: Q, t: TokenRecord): Promise<void> {
-    await q('tokens').insert({
+    await tokens.insertMany(q, [t]);
+  },
+  async insertMany(q: Q, list: readonly TokenRecord[]): Promise<void> {
+    const rows = list.map((t) => ({
       jti: t.jti,
       sid: t.sid,
       client_id: t.clientId,
@@ -51,7 +54,8 @@ export const tokens = {
       issued_at: t.issuedAt,
       expires_at: t.expiresAt,
       revoked_at: t.revokedAt,
-    });
+    }));
+    for (let i = 0; i < rows.length; i += 50) await q('tokens').insert(rows.slice(i, i + 50));
   },
   async get(q: Q, jti: string): Promise<TokenRecord | undefined> {
     const r = await q('tokens').where({ jti }).first();

@@ -125,15 +125,12 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
 
     const act: ActClaim = { sub: actor.id, act: claims.act ?? { sub: claims.client_id } };
     const newChain = [...chain, actor.id];
-    return await b.db.transaction(async (tx) => {
-      await assertStillLive(tx, claims.jti, claims.sid);
-      return issueToken(
-        b,
-        tx,
-        { sid: claims.sid, subject: claims.sub, clientId: actor.id, parentJti: claims.jti, scope, audience, task: claims.task ?? null, depth, act, cnfJkt: req.bindJkt ?? null, expiresAt },
-        { event: 'delegation.issue', chain: newChain, params: { requested_scope: req.scope, scope_policy: req.scopePolicy, audience, by: req.callerClientId } },
-      );
-    });
+    return await issueToken(
+      b,
+      { sid: claims.sid, subject: claims.sub, clientId: actor.id, parentJti: claims.jti, scope, audience, task: claims.task ?? null, depth, act, cnfJkt: req.bindJkt ?? null, expiresAt },
+      { event: 'delegation.issue', chain: newChain, params: { requested_scope: req.scope, scope_policy: req.scopePolicy, audience, by: req.callerClientId } },
+      { precheck: (tx) => assertStillLive(tx, claims.jti, claims.sid) },
+    );
   } catch (e) {
     if (e instanceof CordonError && !e.audited) {
       await recordDenial(b, {

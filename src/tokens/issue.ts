@@ -1,7 +1,8 @@
 import type { Broker } from '../broker.ts';
 import { appendAudit } from '../audit/log.ts';
 import type { Q } from '../store/db.ts';
-import { tokens } from '../store/tokens.ts';
+import type { TokenRecord } from '../store/tokens.ts';
+import type { Session } from '../store/sessions.ts';
 import { newJti } from '../ids.ts';
 import type { AccessTokenClaims, ActClaim } from './claims.ts';
 import { signAccessToken } from './mint.ts';
@@ -31,7 +32,12 @@ export interface IssuedToken {
  * Signs the token and records it with its audit row inside the caller's transaction, so
  * a token exists only if its record and its audit row do.
  */
-export async function issueToken(b: Broker, tx: Q, g: Grant, audit: { event: string; chain: string[]; params: Record<string, unknown> }): Promise<IssuedToken> {
+export async function issueToken(
+  b: Broker,
+  g: Grant,
+  audit: { event: string; chain: string[]; params: Record<string, unknown> },
+  opts: { opens?: Session; precheck?: (tx: Q) => Promise<void> } = {},
+): Promise<IssuedToken> {
   const now = b.clock.now();
   const iat = Math.floor(now / 1000);
   const exp = Math.floor(g.expiresAt / 1000);
@@ -51,9 +57,10 @@ export async function issueToken(b: Broker, tx: Q, g: Grant, audit: { event: str
     ...(g.act ? { act: g.act } : {}),
     ...(g.cnfJkt ? { cnf: { jkt: g.cnfJkt } } : {}),
   };
-  await b.keys.fresh(tx); // through tx: the SQLite pool's one connection is held by this transaction
+  // Signed before anything is written, so no transaction waits on the signature.
+  await b.keys.fresh();
   const { jwt, kid } = await signAccessToken(b.keys, claims);
-  await tokens.insert(tx, {
+  const token: TokenRecord = {
     jti: claims.jti,
     sid: g.sid,
     clientId: g.clientId,
@@ -67,8 +74,8 @@ export async function issueToken(b: Broker, tx: Q, g: Grant, audit: { event: str
     issuedAt: iat * 1000,
     expiresAt: exp * 1000,
     revokedAt: null,
-  });
-  await appendAudit(tx, {
+  };
+  await b.issuance.write({ session: opts.opens, token, precheck: opts.precheck, audit: {
     at: now,
     event: audit.event,
     decision: 'allow',
@@ -77,7 +84,7 @@ export async function issueToken(b: Broker, tx: Q, g: Grant, audit: { event: str
     jti: claims.jti,
     chain: audit.chain,
     params: { ...audit.params, scope: claims.scope, exp, depth: g.depth, ...(g.parentJti ? { parent_jti: g.parentJti } : {}) },
-  });
+  } });
   for (const f of b.hooks.onDecision) f(audit.event, 'allow', null);
   return { jwt, claims, expiresIn: exp - iat };
 }

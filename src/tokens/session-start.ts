@@ -1,7 +1,8 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { agents, type Agent } from '../store/agents.ts';
-import { sessions, type SessionOrigin } from '../store/sessions.ts';
+import { sessions, type Session, type SessionOrigin } from '../store/sessions.ts';
+import type { Q } from '../store/db.ts';
 import { newId, isWellFormedId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
 import type { Policy } from '../policy/types.ts';
@@ -121,9 +122,8 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
     }
     const expiresAt = Math.min(now + Math.min(ttl ?? Infinity, policy.tokenTtl) * 1000, sessionExpiresAt);
     const subject = req.subject ?? agent.id;
-    const issued = await b.db.transaction(async (tx) => {
-      if (opening) {
-        await sessions.insert(tx, {
+    const opens: Session | undefined = opening
+      ? {
           sid,
           agentId: agent.id,
           task,
@@ -136,15 +136,15 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
           revokedAt: null,
           revokeReason: null,
           sweptAt: null,
-        });
-      }
-      return issueToken(
-        b,
-        tx,
-        { sid, subject, clientId: agent.id, parentJti: null, scope, audience, task, depth: 0, act: null, cnfJkt: req.dpopJkt ?? null, expiresAt },
-        { event: opening ? 'session.open' : 'token.issue', chain: [agent.id], params: { task, audience, origin: req.origin ?? 'client_credentials', session_expires_at: sessionExpiresAt, ...req.auditParams } },
-      );
-    });
+        }
+      : undefined;
+    const issued = await issueToken(
+      b,
+      { sid, subject, clientId: agent.id, parentJti: null, scope, audience, task, depth: 0, act: null, cnfJkt: req.dpopJkt ?? null, expiresAt },
+      { event: opening ? 'session.open' : 'token.issue', chain: [agent.id], params: { task, audience, origin: req.origin ?? 'client_credentials', session_expires_at: sessionExpiresAt, ...req.auditParams } },
+      // A renewal commits only while its session is still unrevoked.
+      { opens, precheck: opening ? undefined : (tx) => assertSessionLive(tx, sid) },
+    );
     return { ...issued, sid, sessionExpiresAt };
   } catch (e) {
     if (e instanceof CordonError) {
@@ -160,4 +160,10 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
     }
     throw e;
   }
+}
+
+/** Inside the issuing transaction: a renewal must not slip in after its session was revoked. */
+async function assertSessionLive(tx: Q, sid: string): Promise<void> {
+  const s = await tx('sessions').select('revoked_at').where({ sid }).first();
+  if (!s || s.revoked_at !== null) throw new CordonError('invalid_grant', 'session has been revoked', { reason: 'session_revoked' });
 }
