@@ -36,6 +36,9 @@ function adapterFor(b: Broker) {
         if (!isWellFormedId(id)) return undefined;
         const a = await agents.get(b.db, id);
         if (!a || a.status === 'revoked') return undefined;
+        // Kept for this request only, so the grant does not read the same row again.
+        const ctx = Provider.ctx as { state?: Record<string, unknown> } | undefined;
+        if (ctx?.state) ctx.state.cordonAgent = a;
         return {
           client_id: a.id,
           ...(a.authMethod === 'private_key_jwt' ? { jwks: a.jwks as never } : { client_secret: a.secretHash ?? undefined }),

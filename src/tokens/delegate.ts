@@ -3,7 +3,7 @@ import { CordonError } from '../errors.ts';
 import { isWellFormedId } from '../ids.ts';
 import { intersect, parseScope, uncovered } from '../policy/scopes.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
-import { agents } from '../store/agents.ts';
+import { agents, type Agent } from '../store/agents.ts';
 import { isPostgres, type Q } from '../store/db.ts';
 import type { Policy } from '../policy/types.ts';
 import { chainOf, type ActClaim, type AccessTokenClaims } from './claims.ts';
@@ -13,6 +13,8 @@ import { requireActiveToken } from './verify.ts';
 
 export interface DelegationRequest {
   callerClientId: string;
+  /** The caller's row when client authentication already read it in this request. */
+  caller?: Agent;
   subjectToken: string;
   requestedActor?: string;
   scope?: string;
@@ -49,7 +51,7 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
     if (actorRow.status !== 'active') throw new CordonError('invalid_request', `requested_actor ${actorRow.name} is ${actorRow.status}`, { reason: 'actor_inactive' });
     if (chain.includes(actorRow.id)) throw new CordonError('invalid_grant', `delegation loop: ${actorRow.name} is already in the chain`, { reason: 'delegation_loop' });
 
-    const { policy: callerPolicy } = await activeAgentAndPolicy(b, req.callerClientId);
+    const { policy: callerPolicy } = await activeAgentAndPolicy(b, req.callerClientId, req.caller);
     const actor = actorRow;
     const actorPolicy = b.policies.get(actor.policy);
     if (!actorPolicy) throw new CordonError('invalid_request', `requested_actor ${actor.name}'s policy "${actor.policy}" is not loaded`, { reason: 'actor_policy_missing' });
@@ -173,11 +175,8 @@ async function intermediatePolicies(b: Broker, chain: string[], callerDepth: num
  * the new child there too, the revocation's subtree walk must lock the rows it reads (FOR UPDATE).
  */
 async function assertStillLive(tx: Q, jti: string, sid: string): Promise<void> {
-  const pg = isPostgres(tx);
-  const t = tx('tokens').select('revoked_at').where({ jti });
-  const s = tx('sessions').select('revoked_at').where({ sid });
-  const tok = await (pg ? t.forShare() : t).first();
-  const ses = await (pg ? s.forShare() : s).first();
-  if (!tok || tok.revoked_at !== null) throw new CordonError('invalid_grant', 'token has been revoked', { reason: 'token_revoked' });
-  if (!ses || ses.revoked_at !== null) throw new CordonError('invalid_grant', 'the session of this token has been revoked', { reason: 'token_session_revoked' });
+  const q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.revoked_at as t_rev', 's.revoked_at as s_rev').where('t.jti', jti).andWhere('t.sid', sid);
+  const row = await (isPostgres(tx) ? q.forShare() : q).first();
+  if (!row || row.t_rev !== null) throw new CordonError('invalid_grant', 'token has been revoked', { reason: 'token_revoked' });
+  if (row.s_rev !== null) throw new CordonError('invalid_grant', 'the session of this token has been revoked', { reason: 'token_session_revoked' });
 }

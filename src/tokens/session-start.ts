@@ -10,6 +10,8 @@ import { issueToken, recordDenial, type IssuedToken } from './issue.ts';
 
 export interface SessionStartRequest {
   clientId: string;
+  /** The agent's row when the caller already read it in this request (client authentication). */
+  caller?: Agent;
   scope?: string;
   task?: string;
   /** `resource` and `audience` values together (RFC 8707 / RFC 8693). */
@@ -35,8 +37,8 @@ export interface SessionStartResult extends IssuedToken {
 export const MAX_TASK_LENGTH = 200;
 
 /** The agent may act at all: it exists, is active and is bound to a loaded policy. */
-export async function activeAgentAndPolicy(b: Broker, clientId: string): Promise<{ agent: Agent; policy: Policy }> {
-  const agent = await agents.get(b.db, clientId);
+export async function activeAgentAndPolicy(b: Broker, clientId: string, preloaded?: Agent): Promise<{ agent: Agent; policy: Policy }> {
+  const agent = preloaded?.id === clientId ? preloaded : await agents.get(b.db, clientId);
   if (!agent) throw new CordonError('invalid_client', 'unknown agent', { reason: 'agent_unknown' });
   if (agent.status !== 'active') throw new CordonError('invalid_client', `agent is ${agent.status}`, { reason: `agent_${agent.status}` });
   const policy = b.policies.get(agent.policy);
@@ -82,7 +84,7 @@ export function checkTask(task: string | undefined): string | null {
 export async function startSession(b: Broker, req: SessionStartRequest): Promise<SessionStartResult> {
   let agentId: string | null = req.clientId;
   try {
-    const { agent, policy } = await activeAgentAndPolicy(b, req.clientId);
+    const { agent, policy } = await activeAgentAndPolicy(b, req.clientId, req.caller);
     agentId = agent.id;
     const scope = parseRequestedScope(req.scope);
     const notHeld = uncovered(policy.scopes, scope);

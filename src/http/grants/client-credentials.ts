@@ -1,7 +1,7 @@
 import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { Broker } from '../../broker.ts';
 import { startSession } from '../../tokens/session-start.ts';
-import { audiences, dpopOf, param, tokenResponse } from './params.ts';
+import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
 
 /** Session start: the agent authenticated itself; tokens/ decides the rest. */
 export const grantType = 'client_credentials';
@@ -12,6 +12,7 @@ export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void>
   const dpopJkt = await dpopOf(b, ctx);
   const r = await startSession(b, {
     clientId: ctx.oidc.client!.clientId,
+    caller: callerRow(ctx),
     scope: param(ctx, 'scope'),
     task: param(ctx, 'task'),
     audience: audiences(ctx),

@@ -1,5 +1,6 @@
 import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { Broker } from '../../broker.ts';
+import type { Agent } from '../../store/agents.ts';
 import { CordonError } from '../../errors.ts';
 import { verifyDpopProof } from '../../tokens/dpop.ts';
 
@@ -41,3 +42,9 @@ export const tokenResponse = (r: { jwt: string; expiresIn: number; claims: { sco
   sid: r.claims.sid,
   ...extra,
 });
+
+/** The authenticated agent's row as the client lookup read it in this request (see provider.ts). */
+export const callerRow = (ctx: KoaContextWithOIDC): Agent | undefined => {
+  const a = (ctx.state as Record<string, unknown> | undefined)?.cordonAgent as Agent | undefined;
+  return a && a.id === ctx.oidc.client?.clientId ? a : undefined;
+};

@@ -6,7 +6,7 @@ import { delegate } from '../../tokens/delegate.ts';
 import { WORKLOAD_CLIENT_ID, redeemBootstrapToken } from '../../tokens/bootstrap.ts';
 import { redeemFederatedJwt } from '../../tokens/federation.ts';
 import { recordDenial } from '../../tokens/issue.ts';
-import { audiences, dpopOf, param, tokenResponse } from './params.ts';
+import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
 
 /**
  * RFC 8693 token exchange. The subject token's type picks the rule: an access token is
@@ -66,6 +66,7 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
     const dpopJkt = await dpopOf(b, ctx);
     const r = await delegate(b, {
       callerClientId: clientId,
+      caller: callerRow(ctx),
       subjectToken,
       requestedActor: param(ctx, 'requested_actor'),
       scope: param(ctx, 'scope'),
