@@ -1,7 +1,7 @@
 import pino, { type Logger } from 'pino';
 import { type Clock, systemClock } from './clock.ts';
 import type { Config } from './config/index.ts';
-import { type Db, migrate, openDb } from './store/db.ts';
+import { type Db, migrate, openDb, openReadDb } from './store/db.ts';
 import { Keyring, ensureSigningKey, loadSecretHashKey } from './keys/keyring.ts';
 import { loadPolicies } from './policy/load.ts';
 import type { PolicySet } from './policy/load.ts';
@@ -15,6 +15,8 @@ import { IssuanceWriter } from './store/issuance-writer.ts';
 export interface Broker {
   config: Config;
   db: Db;
+  /** For reads outside transactions (the same as `db` on PostgreSQL and in-memory SQLite). */
+  read: Db;
   clock: Clock;
   keys: Keyring;
   policies: PolicySet;
@@ -61,7 +63,7 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
         }),
       );
     }
-    return { config, db, clock, keys, policies, secretHashKey, issuance: new IssuanceWriter(db), log, hooks: { onRevoked: [], onDecision: [] } };
+    return { config, db, read: openReadDb(config.databaseUrl, db), clock, keys, policies, secretHashKey, issuance: new IssuanceWriter(db), log, hooks: { onRevoked: [], onDecision: [] } };
   } catch (e) {
     await db.destroy();
     throw e;
@@ -69,5 +71,6 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
 }
 
 export async function closeBroker(b: Broker): Promise<void> {
+  if (b.read !== b.db) await b.read.destroy();
   await b.db.destroy();
 }

@@ -45,7 +45,7 @@ export async function authenticateClient(b: Broker, req: Request, res: Response,
   }
   if (!clientId || secret === undefined) throw fail('client authentication is required');
   if (!isWellFormedId(clientId)) throw fail('unknown client');
-  const agent = await agents.get(b.db, clientId);
+  const agent = await agents.get(b.read, clientId);
   if (!agent || agent.authMethod === 'private_key_jwt' || !secretMatches(b.secretHashKey, secret, agent.secretHash)) throw fail('invalid client credentials');
   if (agent.status === 'revoked') throw fail('agent is revoked');
   return agent;
@@ -59,7 +59,7 @@ async function assertionAuth(b: Broker, req: Request, assertion: string, claimed
     throw fail('client_assertion is malformed');
   }
   if (!isWellFormedId(sub) || (claimedId && claimedId !== sub)) throw fail('client_assertion sub is not a known client');
-  const agent = await agents.get(b.db, sub);
+  const agent = await agents.get(b.read, sub);
   if (!agent || agent.authMethod !== 'private_key_jwt' || !agent.jwks) throw fail('client does not use private_key_jwt');
   if (agent.status === 'revoked') throw fail('agent is revoked');
   const endpoint = `${b.config.issuer}${req.path}`;

@@ -34,7 +34,7 @@ function adapterFor(b: Broker) {
           return { client_id: WORKLOAD_CLIENT_ID, token_endpoint_auth_method: 'none', grant_types: [GRANT_TOKEN_EXCHANGE], response_types: [], redirect_uris: [] } as AdapterPayload;
         }
         if (!isWellFormedId(id)) return undefined;
-        const a = await agents.get(b.db, id);
+        const a = await agents.get(b.read, id);
         if (!a || a.status === 'revoked') return undefined;
         // Kept for this request only, so the grant does not read the same row again.
         const ctx = Provider.ctx as { state?: Record<string, unknown> } | undefined;

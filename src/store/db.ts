@@ -31,6 +31,28 @@ export function openDb(databaseUrl: string): Db {
   return knexFactory({ client: 'pg', connection: databaseUrl, pool: { min: 1, max: 10 } });
 }
 
+/**
+ * Connections for reads outside transactions. SQLite in WAL mode lets readers run beside the
+ * single writer, each on its own connection, so lookups (introspection, client authentication)
+ * do not queue behind writes on the one write connection. Every read sees what has committed.
+ * PostgreSQL's pool already does this; an in-memory SQLite database cannot be shared.
+ */
+export function openReadDb(databaseUrl: string, writer: Db, connections = 4): Db {
+  if (!databaseUrl.startsWith('sqlite:') || sqlitePath(databaseUrl) === ':memory:') return writer;
+  return knexFactory({
+    client: 'sqlite3',
+    connection: { filename: sqlitePath(databaseUrl) },
+    useNullAsDefault: true,
+    pool: {
+      min: 1,
+      max: connections,
+      afterCreate(conn: { exec: (sql: string, cb: (err: Error | null) => void) => void }, done: (err: Error | null, c: unknown) => void) {
+        conn.exec('PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;', (err) => done(err, conn));
+      },
+    },
+  });
+}
+
 export function sqlitePath(databaseUrl: string): string {
   const rest = databaseUrl.replace(/^sqlite:(\/\/)?/, '');
   return rest === ':memory:' ? rest : resolve(rest);

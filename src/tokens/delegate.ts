@@ -46,7 +46,7 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
 
     if (!req.requestedActor) throw new CordonError('invalid_request', 'requested_actor (the sub-agent client_id) is required', { reason: 'actor_missing' });
     if (!isWellFormedId(req.requestedActor) && !NAME_PATTERN.test(req.requestedActor)) throw new CordonError('invalid_request', 'requested_actor is malformed', { reason: 'actor_malformed' });
-    const actorRow = (await agents.get(b.db, req.requestedActor)) ?? (await agents.byName(b.db, req.requestedActor));
+    const actorRow = (await agents.get(b.read, req.requestedActor)) ?? (await agents.byName(b.read, req.requestedActor));
     if (!actorRow) throw new CordonError('invalid_request', `requested_actor ${req.requestedActor} does not exist`, { reason: 'actor_unknown' });
     if (actorRow.status !== 'active') throw new CordonError('invalid_request', `requested_actor ${actorRow.name} is ${actorRow.status}`, { reason: 'actor_inactive' });
     if (chain.includes(actorRow.id)) throw new CordonError('invalid_grant', `delegation loop: ${actorRow.name} is already in the chain`, { reason: 'delegation_loop' });
@@ -158,7 +158,7 @@ async function intermediatePolicies(b: Broker, chain: string[], callerDepth: num
   if (callerDepth < 2) return [];
   if (chain.length !== callerDepth + 1) throw new CordonError('invalid_grant', 'subject_token actor chain does not match its depth', { reason: 'chain_mismatch' });
   const ids = chain.slice(1, -1);
-  const rows = await Promise.all(ids.map((id) => agents.get(b.db, id)));
+  const rows = await Promise.all(ids.map((id) => agents.get(b.read, id)));
   return rows.map((row, i) => {
     const policy = row ? b.policies.get(row.policy) : undefined;
     if (!policy) throw new CordonError('invalid_grant', 'a holder earlier in the chain is no longer bound to a loaded policy', { reason: 'chain_policy_missing' });

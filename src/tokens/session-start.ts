@@ -38,7 +38,7 @@ export const MAX_TASK_LENGTH = 200;
 
 /** The agent may act at all: it exists, is active and is bound to a loaded policy. */
 export async function activeAgentAndPolicy(b: Broker, clientId: string, preloaded?: Agent): Promise<{ agent: Agent; policy: Policy }> {
-  const agent = preloaded?.id === clientId ? preloaded : await agents.get(b.db, clientId);
+  const agent = preloaded?.id === clientId ? preloaded : await agents.get(b.read, clientId);
   if (!agent) throw new CordonError('invalid_client', 'unknown agent', { reason: 'agent_unknown' });
   if (agent.status !== 'active') throw new CordonError('invalid_client', `agent is ${agent.status}`, { reason: `agent_${agent.status}` });
   const policy = b.policies.get(agent.policy);

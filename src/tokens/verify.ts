@@ -72,7 +72,7 @@ export interface TokenView {
 /** One query: the token, its session and its holder. Revocation cascades are written eagerly, so this is all it takes. */
 export async function loadTokenView(b: Broker, jti: string): Promise<TokenView | undefined> {
   const r = await b
-    .db('tokens as t')
+    .read('tokens as t')
     .join('sessions as s', 's.sid', 't.sid')
     .join('agents as a', 'a.id', 't.client_id')
     .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.depth', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 's.agent_id as s_agent', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status')
