@@ -41,6 +41,7 @@ describe('delegation racing revocation', function () {
           if (seen++ === fireAt && !revoking) revoking = revoke();
         };
         b.db.on('query', onQuery);
+        if (b.read !== b.db) b.read.on('query', onQuery);
         let child: string | null = null;
         let reason: string | undefined;
         try {
@@ -49,6 +50,7 @@ describe('delegation racing revocation', function () {
           reason = (e as { reason?: string }).reason;
         } finally {
           b.db.off('query', onQuery);
+          if (b.read !== b.db) b.read.off('query', onQuery);
         }
         await (revoking ?? revoke());
         if (child) {

@@ -1,4 +1,4 @@
-import { type Q, num, numOrNull } from './db.ts';
+import { type Q, isPostgres, num, numOrNull } from './db.ts';
 
 export interface TokenRecord {
   jti: string;
@@ -65,15 +65,22 @@ export const tokens = {
     return (await q('tokens').where({ sid }).orderBy('issued_at').orderBy('depth')).map(fromRow);
   },
   /** The token and every token delegated from it, breadth first (one query per level). */
-  async subtree(q: Q, jti: string): Promise<TokenRecord[]> {
-    const root = await tokens.get(q, jti);
-    if (!root) return [];
+  async subtree(q: Q, jti: string, opts: { lock?: boolean } = {}): Promise<TokenRecord[]> {
+    // With `lock` (PostgreSQL, inside a revocation), every row is locked as it is read: a delegation
+    // holding a share lock on a node commits its child before this walk reads that node's children,
+    // and one that comes later waits and then sees the node revoked.
+    const lock = opts.lock && isPostgres(q);
+    const rootQ = q('tokens').where({ jti });
+    const rootRow = await (lock ? rootQ.forUpdate() : rootQ).first();
+    if (!rootRow) return [];
+    const root = fromRow(rootRow);
     const out = [root];
     let frontier = [root.jti];
     while (frontier.length) {
       const next: TokenRecord[] = [];
       for (let i = 0; i < frontier.length; i += CHUNK) {
-        const rows = await q('tokens').whereIn('parent_jti', frontier.slice(i, i + CHUNK));
+        const levelQ = q('tokens').whereIn('parent_jti', frontier.slice(i, i + CHUNK));
+        const rows = await (lock ? levelQ.forUpdate() : levelQ);
         next.push(...rows.map(fromRow));
       }
       out.push(...next);

@@ -34,7 +34,7 @@ async function notify(b: Broker, r: RevokedSet): Promise<void> {
 
 /** Revokes a token and every token delegated from it, in one transaction with the feed and audit rows. */
 async function revokeSubtreeTx(b: Broker, tx: Q, jti: string, at: number): Promise<string[]> {
-  const tree = await tokens.subtree(tx, jti);
+  const tree = await tokens.subtree(tx, jti, { lock: true });
   const changed = await tokens.revokeMany(tx, tree.map((t) => t.jti), at);
   const byJti = new Map(tree.map((t) => [t.jti, t]));
   await revocations.add(tx, changed.map((j) => ({ kind: 'jti' as const, value: j, expiresAt: byJti.get(j)!.expiresAt, revokedAt: at })));
