@@ -1,4 +1,4 @@
-import { type Q, num } from './db.ts';
+import { type Q, isPostgres, num } from './db.ts';
 
 export type RevocationKind = 'jti' | 'sid' | 'agent';
 export interface Revocation {
@@ -10,7 +10,14 @@ export interface Revocation {
 }
 
 export const revocations = {
+  /**
+   * Must run inside the revoking transaction. On PostgreSQL sequence values are not handed out
+   * in commit order, so a reader could see seq N+1 committed, move its cursor past it and never
+   * see N; a transaction-scoped lock taken before the insert makes seq order commit order.
+   */
   async add(q: Q, entries: Array<Omit<Revocation, 'seq'>>): Promise<void> {
+    if (!entries.length) return;
+    if (isPostgres(q)) await q.raw('SELECT pg_advisory_xact_lock(7202)');
     const rows = entries.map((e) => ({ kind: e.kind, value: e.value, expires_at: e.expiresAt, revoked_at: e.revokedAt }));
     for (let i = 0; i < rows.length; i += 200) await q('revocations').insert(rows.slice(i, i + 200));
   },

@@ -8,12 +8,18 @@ export interface FeedPage {
 }
 
 /**
- * Revocations after `since`. Entries whose subject has expired anyway are skipped (a verifier
- * refuses them on `exp`), but the cursor still moves past them.
+ * Verifiers accept a token a little past its `exp` (clock tolerance, jose's default is 10 s), so
+ * an entry stays in the feed this long after the revoked thing expired.
+ */
+export const FEED_GRACE_MS = 120_000;
+
+/**
+ * Revocations after `since`. Entries whose subject expired more than FEED_GRACE_MS ago are
+ * skipped (every verifier refuses them on `exp` by then), but the cursor still moves past them.
  */
 export async function revocationFeed(b: Broker, since: number, limit: number): Promise<FeedPage> {
   const rows = await revocations.since(b.db, since, limit);
-  const now = b.clock.now();
+  const now = b.clock.now() - FEED_GRACE_MS;
   const cursor = rows.length ? rows[rows.length - 1].seq : Math.max(since, 0);
   return {
     cursor,
