@@ -42,6 +42,14 @@ export function scrub(params: Record<string, unknown>): Record<string, unknown> 
  */
 export const printable = (s: string): string => s.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 
+/**
+ * Text columns are stored as UTF-8, which cannot hold a lone surrogate (a caller can send one in
+ * JSON, and slicing can split a pair): the database would store U+FFFD and the row would no longer
+ * match its hash. So every text column is made well-formed before it is hashed.
+ */
+const text = (s: string): string => s.toWellFormed();
+const textOrNull = (s: string | null | undefined): string | null => (s == null ? null : text(s));
+
 /** Deterministic JSON: sorted keys at every level, so the hash does not depend on insertion order or the database. */
 export function canonical(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
@@ -85,13 +93,13 @@ export async function appendAuditMany(tx: Q, entries: readonly AuditEntry[]): Pr
     const base: Omit<AuditRow, 'hash'> = {
       seq: ++seq,
       at: entry.at,
-      event: entry.event,
+      event: text(entry.event),
       decision: entry.decision,
-      agentId: entry.agentId ?? null,
-      sid: entry.sid ?? null,
-      jti: entry.jti ?? null,
+      agentId: textOrNull(entry.agentId),
+      sid: textOrNull(entry.sid),
+      jti: textOrNull(entry.jti),
       chain: entry.chain ?? null,
-      reason: entry.reason ? printable(entry.reason).slice(0, 500) : null,
+      reason: entry.reason ? text(printable(entry.reason).slice(0, 500)) : null,
       params: scrub(entry.params ?? {}),
       prevHash,
     };
