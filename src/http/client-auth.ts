@@ -7,6 +7,7 @@ import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
 import { type Form, single } from './form.ts';
+import { assertionReplayId, assertionReplayKey } from './provider.ts';
 
 const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 const ASSERTION_ALGS = ['ES256', 'EdDSA', 'RS256', 'PS256'];
@@ -76,7 +77,7 @@ async function assertionAuth(b: Broker, req: Request, assertion: string, claimed
     });
     const exp = (payload.exp as number) * 1000;
     if (exp - b.clock.now() > 10 * 60_000) throw fail('client_assertion lives too long (max 10 minutes)');
-    if (!(await replayGuard.claim(b.db, `assert:${agent.id}:${payload.jti}`, exp, b.clock.now()))) throw fail('client_assertion has been used before');
+    if (!(await replayGuard.claim(b.db, assertionReplayKey(assertionReplayId(agent.id, String(payload.jti))), exp, b.clock.now()))) throw fail('client_assertion has been used before');
   } catch (e) {
     if (e instanceof CordonError) throw e;
     throw fail('client_assertion could not be verified');

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import Provider, { errors as oidcErrors, type KoaContextWithOIDC, type Adapter, type AdapterPayload } from 'oidc-provider';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
@@ -49,12 +50,15 @@ function adapterFor(b: Broker) {
         } as AdapterPayload;
       }
       if (this.model === 'ReplayDetection') {
-        return (await replayGuard.seen(b.db, `oidc:${id}`, b.clock.now())) ? ({ jti: id } as AdapterPayload) : undefined;
+        // oidc-provider asks find() then saves: two steps that concurrent replays slip between. The
+        // claim is made here, atomically; a value seen before is a replay (upsert only fixes the expiry).
+        const fresh = await replayGuard.claim(b.db, assertionReplayKey(id), b.clock.now() + PROVISIONAL_REPLAY_MS, b.clock.now());
+        return fresh ? undefined : ({ jti: id } as AdapterPayload);
       }
       return undefined;
     }
     async upsert(id: string, _payload: AdapterPayload, expiresIn: number): Promise<void> {
-      if (this.model === 'ReplayDetection') await replayGuard.claim(b.db, `oidc:${id}`, b.clock.now() + expiresIn * 1000, b.clock.now());
+      if (this.model === 'ReplayDetection') await replayGuard.extend(b.db, assertionReplayKey(id), b.clock.now() + expiresIn * 1000);
     }
     async findByUserCode(): Promise<undefined> {
       return undefined;
@@ -67,6 +71,16 @@ function adapterFor(b: Broker) {
     async revokeByGrantId(): Promise<void> {}
   };
 }
+
+/** Long enough for any client assertion (they live minutes); upsert then sets the real expiry. */
+const PROVISIONAL_REPLAY_MS = 15 * 60_000;
+
+/**
+ * The replay key of a client assertion, the same at /token (oidc-provider's ReplayDetection id is
+ * SHA-256 of iss ‖ jti) and at /introspect and /revoke, so one assertion is good for one request anywhere.
+ */
+export const assertionReplayKey = (oidcId: string): string => `assert:${oidcId}`;
+export const assertionReplayId = (iss: string, jti: string): string => createHash('sha256').update(`${iss}${jti}`).digest('base64url');
 
 /** Typed broker errors thrown in a grant become oidc-provider errors, which it renders as RFC 6749 JSON. */
 export function toProviderError(e: CordonError): Error {

@@ -18,6 +18,10 @@ export const replayGuard = {
       throw e;
     }
   },
+  /** Moves the expiry of a claimed key (never shortens it below what was claimed). */
+  async extend(q: Q, key: string, expiresAt: number): Promise<void> {
+    await q('replay_guard').where({ key }).andWhere('expires_at', '<', expiresAt).update({ expires_at: expiresAt });
+  },
   async seen(q: Q, key: string, now: number): Promise<boolean> {
     return (await q('replay_guard').where({ key }).andWhere('expires_at', '>', now).first()) !== undefined;
   },
