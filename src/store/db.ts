@@ -65,3 +65,31 @@ export async function migrate(db: Db): Promise<void> {
 /** bigint columns come back from pg as strings; everything that reads times goes through this. */
 export const num = (v: unknown): number => (v === null || v === undefined ? 0 : Number(v));
 export const numOrNull = (v: unknown): number | null => (v === null || v === undefined ? null : Number(v));
+
+/** Errors that say "try the transaction again": a PostgreSQL deadlock or serialization failure, a busy SQLite file. */
+export function isTransient(e: unknown): boolean {
+  const err = e as { code?: string; message?: string };
+  return err?.code === '40P01' || err?.code === '40001' || err?.code === 'SQLITE_BUSY' || /SQLITE_BUSY|database is locked/.test(err?.message ?? '');
+}
+
+/**
+ * A transaction retried a few times on transient conflicts. SQLite upgrades a read snapshot to a
+ * write lazily and fails at once when another connection (say the CLI) wrote in between; PostgreSQL
+ * picks a deadlock victim. `fn` must only touch the database, so running it again is safe.
+ */
+export async function transact<T>(db: Db, fn: (tx: Knex.Transaction) => Promise<T>, attempts = 6): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      if (attempt === 1 || isPostgres(db)) return await db.transaction(fn);
+      // Retrying on SQLite: take the write lock first (a write that touches nothing), so the
+      // busy timeout waits for the other writer instead of failing on a stale read snapshot.
+      return await db.transaction(async (tx) => {
+        await tx.raw('UPDATE replay_guard SET expires_at = expires_at WHERE 0');
+        return fn(tx);
+      });
+    } catch (e) {
+      if (attempt >= attempts || !isTransient(e)) throw e;
+      await new Promise((r) => setTimeout(r, 2 ** attempt + Math.random() * 10));
+    }
+  }
+}

@@ -1,4 +1,5 @@
-import type { Db, Q } from './db.ts';
+import { type Db, type Q, transact } from './db.ts';
+import { CordonError } from '../errors.ts';
 import { sessions, type Session } from './sessions.ts';
 import { tokens, type TokenRecord } from './tokens.ts';
 import { appendAuditMany, type AuditEntry } from '../audit/log.ts';
@@ -76,13 +77,17 @@ export class IssuanceWriter {
   /** Writes the batch in one transaction; records whose precheck fails are left out and reported. */
   async #commit(batch: Job[]): Promise<Array<{ job: Job; error?: unknown }>> {
     const outcomes: Array<{ job: Job; error?: unknown }> = [];
-    await this.#db.transaction(async (tx) => {
+    await transact(this.#db, async (tx) => {
+      outcomes.length = 0;
       const ok: Job[] = [];
       for (const job of batch) {
         try {
           await job.record.precheck?.(tx);
           ok.push(job);
         } catch (error) {
+          // Only a refusal belongs to this record; a database error (a PostgreSQL deadlock aborts the
+          // whole transaction) fails the batch, which is then retried record by record.
+          if (!(error instanceof CordonError)) throw error;
           outcomes.push({ job, error });
         }
       }

@@ -1,6 +1,6 @@
 import type { Broker } from '../broker.ts';
 import { appendAudit } from '../audit/log.ts';
-import type { Q } from '../store/db.ts';
+import { type Q, transact } from '../store/db.ts';
 import type { TokenRecord } from '../store/tokens.ts';
 import type { Session } from '../store/sessions.ts';
 import { newJti } from '../ids.ts';
@@ -29,8 +29,9 @@ export interface IssuedToken {
 }
 
 /**
- * Signs the token and records it with its audit row inside the caller's transaction, so
- * a token exists only if its record and its audit row do.
+ * Signs the token, then records it with its session (when it opens one) and its audit row in one
+ * transaction (group-committed with concurrent issues), so a token exists only if its record and
+ * its audit row do. `precheck` runs inside that transaction and may still refuse.
  */
 export async function issueToken(
   b: Broker,
@@ -94,7 +95,7 @@ export async function recordDenial(
   b: Broker,
   d: { event: string; agentId?: string | null; sid?: string | null; jti?: string | null; chain?: string[] | null; reason: string; params: Record<string, unknown> },
 ): Promise<void> {
-  await b.db.transaction((tx) =>
+  await transact(b.db, (tx) =>
     appendAudit(tx, { at: b.clock.now(), event: 'deny', decision: 'deny', agentId: d.agentId, sid: d.sid, jti: d.jti, chain: d.chain, reason: d.reason, params: { ...d.params, attempted: d.event } }),
   );
   for (const f of b.hooks.onDecision) f(d.event, 'deny', d.reason);

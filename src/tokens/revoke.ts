@@ -1,11 +1,11 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { appendAudit } from '../audit/log.ts';
-import type { Q } from '../store/db.ts';
+import { type Q, transact } from '../store/db.ts';
 import { agents } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
-import { revocations } from '../store/revocations.ts';
+import { revocations, type Revocation } from '../store/revocations.ts';
 import { isWellFormedId } from '../ids.ts';
 import { verifySignature } from './verify.ts';
 
@@ -32,23 +32,35 @@ async function notify(b: Broker, r: RevokedSet): Promise<void> {
   }
 }
 
-/** Revokes a token and every token delegated from it, in one transaction with the feed and audit rows. */
-async function revokeSubtreeTx(b: Broker, tx: Q, jti: string, at: number): Promise<string[]> {
+type FeedEntry = Omit<Revocation, 'seq'>;
+
+/**
+ * The feed rows of a revocation are written last, just before its audit row: after every row lock
+ * the transaction takes, so the feed's lock (which makes seq order commit order) never waits on them.
+ */
+async function finish(tx: Q, feed: FeedEntry[], audit: Parameters<typeof appendAudit>[1]): Promise<void> {
+  await revocations.add(tx, feed);
+  await appendAudit(tx, audit);
+}
+
+/** Revokes a token and every token delegated from it; returns the jtis it changed and their feed rows. */
+async function revokeSubtreeTx(tx: Q, jti: string, at: number, feed: FeedEntry[]): Promise<string[]> {
   const tree = await tokens.subtree(tx, jti, { lock: true });
   const changed = await tokens.revokeMany(tx, tree.map((t) => t.jti), at);
   const byJti = new Map(tree.map((t) => [t.jti, t]));
-  await revocations.add(tx, changed.map((j) => ({ kind: 'jti' as const, value: j, expiresAt: byJti.get(j)!.expiresAt, revokedAt: at })));
+  feed.push(...changed.map((j) => ({ kind: 'jti' as const, value: j, expiresAt: byJti.get(j)!.expiresAt, revokedAt: at })));
   return changed;
 }
 
 export async function revokeTokenChain(b: Broker, jti: string, by: { actor: string; via: string }): Promise<RevokeOutcome> {
   if (!isWellFormedId(jti)) throw new CordonError('invalid_request', 'token id is malformed', { reason: 'jti_malformed' });
   const at = b.clock.now();
-  const result = await b.db.transaction(async (tx) => {
+  const result = await transact(b.db, async (tx) => {
     const root = await tokens.get(tx, jti);
     if (!root) throw new CordonError('not_found', `no token with jti ${jti}`, { reason: 'token_unknown' });
-    const changed = await revokeSubtreeTx(b, tx, jti, at);
-    await appendAudit(tx, {
+    const feed: FeedEntry[] = [];
+    const changed = await revokeSubtreeTx(tx, jti, at, feed);
+    await finish(tx, feed, {
       at,
       event: 'revoke',
       decision: 'allow',
@@ -64,26 +76,27 @@ export async function revokeTokenChain(b: Broker, jti: string, by: { actor: stri
   return result;
 }
 
-async function revokeSessionsTx(b: Broker, tx: Q, sids: Array<{ sid: string; expiresAt: number }>, at: number, reason: string): Promise<string[]> {
+async function revokeSessionsTx(tx: Q, sids: Array<{ sid: string; expiresAt: number }>, at: number, reason: string, feed: FeedEntry[]): Promise<string[]> {
   const done: string[] = [];
   for (const s of sids) {
     if (await sessions.revoke(tx, s.sid, at, reason)) {
       await tokens.revokeSession(tx, s.sid, at);
       done.push(s.sid);
+      feed.push({ kind: 'sid', value: s.sid, expiresAt: s.expiresAt, revokedAt: at });
     }
   }
-  await revocations.add(tx, sids.filter((s) => done.includes(s.sid)).map((s) => ({ kind: 'sid' as const, value: s.sid, expiresAt: s.expiresAt, revokedAt: at })));
   return done;
 }
 
 export async function revokeSession(b: Broker, sid: string, by: { actor: string; via: string }): Promise<RevokeOutcome> {
   if (!isWellFormedId(sid)) throw new CordonError('invalid_request', 'session id is malformed', { reason: 'sid_malformed' });
   const at = b.clock.now();
-  const result = await b.db.transaction(async (tx) => {
+  const result = await transact(b.db, async (tx) => {
     const s = await sessions.get(tx, sid);
     if (!s) throw new CordonError('not_found', `no session ${sid}`, { reason: 'session_unknown' });
-    const done = await revokeSessionsTx(b, tx, [{ sid, expiresAt: s.expiresAt }], at, `revoked by ${by.actor}`);
-    await appendAudit(tx, { at, event: 'revoke', decision: 'allow', agentId: s.agentId, sid, reason: `session revoked by ${by.actor}`, params: { via: by.via, target: 'session', already_revoked: done.length === 0 } });
+    const feed: FeedEntry[] = [];
+    const done = await revokeSessionsTx(tx, [{ sid, expiresAt: s.expiresAt }], at, `revoked by ${by.actor}`, feed);
+    await finish(tx, feed, { at, event: 'revoke', decision: 'allow', agentId: s.agentId, sid, reason: `session revoked by ${by.actor}`, params: { via: by.via, target: 'session', already_revoked: done.length === 0 } });
     return { tokens: [], sessions: done };
   });
   await notify(b, { sids: result.sessions, jtis: [] });
@@ -94,17 +107,18 @@ export async function revokeSession(b: Broker, sid: string, by: { actor: string;
 export async function revokeAgent(b: Broker, agentId: string, by: { actor: string; via: string }): Promise<RevokeOutcome> {
   if (!isWellFormedId(agentId)) throw new CordonError('invalid_request', 'agent id is malformed', { reason: 'agent_malformed' });
   const at = b.clock.now();
-  const result = await b.db.transaction(async (tx) => {
+  const result = await transact(b.db, async (tx) => {
     const agent = await agents.get(tx, agentId);
     if (!agent) throw new CordonError('not_found', `no agent ${agentId}`, { reason: 'agent_unknown' });
     await agents.setStatus(tx, agentId, 'revoked', at);
+    const feed: FeedEntry[] = [];
     const live = await sessions.liveSidsOfAgent(tx, agentId, at);
-    const sids = await revokeSessionsTx(b, tx, live, at, `agent revoked by ${by.actor}`);
+    const sids = await revokeSessionsTx(tx, live, at, `agent revoked by ${by.actor}`, feed);
     const held = await tx('tokens').select('jti').where({ client_id: agentId }).whereNull('revoked_at').andWhere('expires_at', '>', at);
     const jtis: string[] = [];
-    for (const r of held) jtis.push(...(await revokeSubtreeTx(b, tx, r.jti as string, at)));
-    await revocations.add(tx, [{ kind: 'agent', value: agentId, expiresAt: at + 365 * 86400_000, revokedAt: at }]);
-    await appendAudit(tx, { at, event: 'revoke', decision: 'allow', agentId, reason: `agent revoked by ${by.actor}`, params: { via: by.via, target: 'agent', sessions: sids.length, tokens: jtis.length } });
+    for (const r of held) jtis.push(...(await revokeSubtreeTx(tx, r.jti as string, at, feed)));
+    feed.push({ kind: 'agent', value: agentId, expiresAt: at + 365 * 86400_000, revokedAt: at });
+    await finish(tx, feed, { at, event: 'revoke', decision: 'allow', agentId, reason: `agent revoked by ${by.actor}`, params: { via: by.via, target: 'agent', sessions: sids.length, tokens: jtis.length } });
     return { tokens: jtis, sessions: sids };
   });
   await notify(b, { sids: result.sessions, jtis: result.tokens });
