@@ -17,7 +17,14 @@ const fail = (why: string): CordonError => new CordonError('invalid_client', why
  * Client authentication for the endpoints the broker serves itself (/introspect, /revoke):
  * the same three methods oidc-provider accepts at /token, against the same agent records.
  */
-export async function authenticateClient(b: Broker, req: Request, res: Response, form: Form): Promise<Agent> {
+export async function authenticateClient(b: Broker, req: Request, res: Response, form: Form, opts: { allowDisabled?: boolean } = {}): Promise<Agent> {
+  const agent = await authenticate(b, req, res, form);
+  // A disabled agent may still revoke what it holds, but may not use the broker otherwise.
+  if (agent.status === 'disabled' && !opts.allowDisabled) throw fail('agent is disabled');
+  return agent;
+}
+
+async function authenticate(b: Broker, req: Request, res: Response, form: Form): Promise<Agent> {
   const header = req.headers.authorization;
   const bodySecret = single(form, 'client_secret');
   const assertion = single(form, 'client_assertion');
@@ -31,12 +38,15 @@ export async function authenticateClient(b: Broker, req: Request, res: Response,
     const decoded = Buffer.from(m[1], 'base64').toString('utf8');
     const i = decoded.indexOf(':');
     if (i < 0) throw fail('malformed Basic credentials');
+    let basicId: string;
     try {
-      clientId = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
+      basicId = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
       secret = decodeURIComponent(decoded.slice(i + 1).replace(/\+/g, ' '));
     } catch {
       throw fail('malformed Basic credentials');
     }
+    if (clientId !== undefined && clientId !== basicId) throw new CordonError('invalid_request', 'client_id does not match the Authorization header');
+    clientId = basicId;
   } else if (bodySecret) {
     secret = bodySecret;
   }

@@ -23,7 +23,7 @@ export const revokeEndpoint = (b: Broker) => async (req: Request, res: Response)
   const form = parseForm(req);
   // Secretless agents (bootstrap, federation) revoke as the public workload client: possession of the token is the proof (RFC 7009 §5).
   const isWorkload = single(form, 'client_id') === WORKLOAD_CLIENT_ID && !req.headers.authorization && !form.has('client_secret') && !form.has('client_assertion');
-  const agent = isWorkload ? null : await authenticateClient(b, req, res, form);
+  const agent = isWorkload ? null : await authenticateClient(b, req, res, form, { allowDisabled: true });
   const token = required(form, 'token');
   const hint = single(form, 'token_type_hint');
   if (hint !== undefined && hint !== 'access_token') throw new CordonError('unsupported_token_type', 'only access tokens are issued by this broker');

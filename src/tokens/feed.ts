@@ -18,7 +18,7 @@ export const FEED_GRACE_MS = 120_000;
  * skipped (every verifier refuses them on `exp` by then), but the cursor still moves past them.
  */
 export async function revocationFeed(b: Broker, since: number, limit: number): Promise<FeedPage> {
-  const rows = await revocations.since(b.db, since, limit);
+  const rows = await revocations.since(b.read, since, limit);
   const now = b.clock.now() - FEED_GRACE_MS;
   const cursor = rows.length ? rows[rows.length - 1].seq : Math.max(since, 0);
   return {

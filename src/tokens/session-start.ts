@@ -98,6 +98,7 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
     let sid: string;
     let sessionExpiresAt: number;
     let opening = false;
+    let subject = req.subject ?? agent.id;
     if (req.session !== undefined) {
       if (!isWellFormedId(req.session)) throw new CordonError('invalid_request', 'session is malformed', { reason: 'session_malformed' });
       const s = await sessions.get(b.db, req.session);
@@ -115,6 +116,7 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
         audience = s.audience;
       }
       task = s.task;
+      subject = s.subject; // a renewal keeps the principal the session acts for (federation: the external subject)
       sid = s.sid;
       sessionExpiresAt = s.expiresAt;
     } else {
@@ -123,7 +125,6 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
       opening = true;
     }
     const expiresAt = Math.min(now + Math.min(ttl ?? Infinity, policy.tokenTtl) * 1000, sessionExpiresAt);
-    const subject = req.subject ?? agent.id;
     const opens: Session | undefined = opening
       ? {
           sid,

@@ -67,6 +67,8 @@ export interface TokenView {
   sessionExpiresAt: number;
   sessionRevokedAt: number | null;
   holderStatus: string;
+  /** The status of the agent that opened the session: a disabled or revoked root takes its whole chain down. */
+  rootStatus: string;
 }
 
 /** One query: the token, its session and its holder. Revocation cascades are written eagerly, so this is all it takes. */
@@ -75,7 +77,8 @@ export async function loadTokenView(b: Broker, jti: string): Promise<TokenView |
     .read('tokens as t')
     .join('sessions as s', 's.sid', 't.sid')
     .join('agents as a', 'a.id', 't.client_id')
-    .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.depth', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 's.agent_id as s_agent', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status')
+    .join('agents as r', 'r.id', 's.agent_id')
+    .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.depth', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 's.agent_id as s_agent', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status', 'r.status as r_status')
     .where('t.jti', jti)
     .first();
   if (!r) return undefined;
@@ -93,6 +96,7 @@ export async function loadTokenView(b: Broker, jti: string): Promise<TokenView |
     sessionExpiresAt: num(r.s_exp),
     sessionRevokedAt: numOrNull(r.s_rev),
     holderStatus: r.a_status,
+    rootStatus: r.r_status,
   };
 }
 
@@ -102,7 +106,7 @@ export function stateOf(v: TokenView | undefined, now: number): TokenState {
   if (v.sessionRevokedAt !== null) return { active: false, why: 'session_revoked' };
   if (v.expiresAt <= now) return { active: false, why: 'expired' };
   if (v.sessionExpiresAt <= now) return { active: false, why: 'session_expired' };
-  if (v.holderStatus !== 'active') return { active: false, why: 'agent_inactive' };
+  if (v.holderStatus !== 'active' || v.rootStatus !== 'active') return { active: false, why: 'agent_inactive' };
   return { active: true };
 }
 
@@ -112,7 +116,7 @@ const WHY_TEXT: Record<Exclude<TokenState, { active: true }>['why'], string> = {
   revoked: 'token has been revoked',
   session_revoked: 'the session of this token has been revoked',
   session_expired: 'the session of this token has ended',
-  agent_inactive: 'the agent holding this token is disabled or revoked',
+  agent_inactive: 'the agent holding this token, or the agent that opened its session, is disabled or revoked',
 };
 
 /** Signature, then record: the full check for a token presented as a credential. */

@@ -1,0 +1,66 @@
+import assert from 'node:assert/strict';
+import { setAgentEnabled } from '../src/tokens/agents.ts';
+import { startSession } from '../src/tokens/session-start.ts';
+import { delegate } from '../src/tokens/delegate.ts';
+import { introspect } from '../src/tokens/introspect.ts';
+import { startTestBroker, type TestBroker } from './helpers/broker.ts';
+
+/** What the session's opener is and was carries down the chain. */
+describe('core: the root of a session', () => {
+  let t: TestBroker;
+  before(async () => {
+    t = await startTestBroker({ http: false });
+  });
+  after(async () => t?.close());
+
+  it('disabling the agent that opened a session turns tokens delegated from it inactive too; enabling restores them', async () => {
+    const p = await t.register('root-planner', 'research-planner');
+    const r = await t.register('root-reader', 'doc-reader');
+    const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read', audience: [] });
+    const child = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] });
+    assert.equal((await introspect(t.b, child.jwt)).active, true);
+    await setAgentEnabled(t.b, p.id, false);
+    assert.equal((await introspect(t.b, root.jwt)).active, false);
+    assert.equal((await introspect(t.b, child.jwt)).active, false, 'the delegated token goes with its root');
+    await setAgentEnabled(t.b, p.id, true);
+    assert.equal((await introspect(t.b, child.jwt)).active, true);
+  });
+
+  it('a renewal keeps the subject the session was opened for (on-behalf-of survives renewal)', async () => {
+    const a = await t.register('fed-agent', 'research-planner');
+    const first = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], origin: 'federation', subject: 'https://idp.example#alice' });
+    const again = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], session: first.sid });
+    assert.equal(first.claims.sub, 'https://idp.example#alice');
+    assert.equal(again.claims.sub, 'https://idp.example#alice');
+  });
+});
+
+describe('core: client authentication at /introspect and /revoke', () => {
+  let t: TestBroker;
+  before(async () => {
+    t = await startTestBroker();
+  });
+  after(async () => t?.close());
+
+  it('a disabled agent may revoke what it holds but not introspect', async () => {
+    const { postForm, basic } = await import('./helpers/broker.ts');
+    const a = await t.register('dis-agent', 'doc-reader');
+    const tok = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read' }, { authorization: basic(a.id, a.secret) });
+    await setAgentEnabled(t.b, a.id, false);
+    const i = await postForm(`${t.url}/introspect`, { token: tok.body.access_token }, { authorization: basic(a.id, a.secret) });
+    assert.equal(i.status, 401);
+    assert.equal(i.body.error, 'invalid_client');
+    const r = await postForm(`${t.url}/revoke`, { token: tok.body.access_token }, { authorization: basic(a.id, a.secret) });
+    assert.equal(r.status, 200);
+    assert.notEqual((await t.b.db('tokens').where({ jti: (await import('jose')).decodeJwt(tok.body.access_token).jti }).first()).revoked_at, null);
+  });
+
+  it('a form client_id that differs from the Basic header is refused', async () => {
+    const { postForm, basic } = await import('./helpers/broker.ts');
+    const a = await t.register('mismatch-a', 'doc-reader');
+    const other = await t.register('mismatch-b', 'doc-reader');
+    const r = await postForm(`${t.url}/introspect`, { token: 'x.y.z', client_id: other.id }, { authorization: basic(a.id, a.secret) });
+    assert.equal(r.status, 400);
+    assert.equal(r.body.error, 'invalid_request');
+  });
+});
