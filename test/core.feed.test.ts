@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { resolve } from 'node:path';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
-import { freshPgDatabase } from './helpers/pg.ts';
+import { startPgTestBroker } from './helpers/pg.ts';
 import { revocations } from '../src/store/revocations.ts';
 import { revocationFeed, FEED_GRACE_MS } from '../src/tokens/feed.ts';
 
@@ -28,15 +27,12 @@ describe('core: the revocation feed', function () {
 
   describe('on PostgreSQL', () => {
     let tb: TestBroker;
-    let db: { url: string; drop(): Promise<void> };
+    let pg: Awaited<ReturnType<typeof startPgTestBroker>>;
     before(async () => {
-      db = await freshPgDatabase();
-      tb = await startTestBroker({ http: false, policyDir: resolve('policies'), databaseUrl: db.url });
+      pg = await startPgTestBroker();
+      tb = pg.tb;
     });
-    after(async () => {
-      await tb?.close();
-      await db?.drop();
-    });
+    after(async () => pg?.close());
 
     it('a revocation that commits after a later one is still delivered (seq order is commit order)', async () => {
       const b = tb.b;

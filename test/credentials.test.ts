@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { credentialsRoute } from '../src/http/credentials.ts';
 import { revokeSession } from '../src/tokens/revoke.ts';
 import { iamDenies } from '../src/store/credentials.ts';
+import { providersOf } from '../src/tokens/credentials.ts';
 import { startTestBroker, basic, postForm } from './helpers/broker.ts';
 import { auditHead, auditSince, claimsOf, delegateReq, dpopKey, dpopProof, mustDelegate, mustSession, policyDir, register, session } from './delegation.kit.ts';
 import { credFixture, rowIdOf, POLICIES, ROLE_ARN, ROLE_ARN_RO, SESSION_POLICY, type CredFixture } from './credentials.kit.ts';
@@ -126,6 +127,22 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.deepEqual(r.body.credentials, { api_key: 'k-123', endpoint: 'https://tickets.internal' });
       assert.equal(r.body.lease_id, undefined);
       assert.ok(Date.parse(r.body.expires_at) <= claimsOf(tok).exp * 1000);
+      assert.equal(r.body.static, true, 'the answer says the value is static');
+    });
+
+    it('revoking a session that read a KV secret revokes the reader and records the value as not revocable (never "revoked")', async () => {
+      const a = await f.agent('kv-revoke', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-kv');
+      const sid = claimsOf(tok).sid;
+      const r = await f.cred('vault-kv', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
+      const [row] = await f.rows(sid);
+      assert.equal(f.vault.isAccessorActive(row.handle!.parent_accessor), false, 'the token that read it is revoked');
+      assert.notEqual(row.state, 'revoked', row.note!);
+      assert.equal(row.state, 'issued');
+      assert.ok(row.revokedAt !== null, 'the revocation is recorded');
+      assert.match(row.note!, /static \(KV\) secret cannot be revoked.*stays valid until it is rotated/);
     });
   });
 
@@ -295,6 +312,57 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const again = await f.cred('vault-token', tok);
       assert.equal(again.status, 401);
       assert.equal(again.body.error, 'invalid_token');
+    });
+
+    it('Vault refusing the lease revocation (403) does not leave the parent alive: the parent goes, and the lease with it', async () => {
+      const a = await f.agent('rv-403', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-db');
+      const sid = claimsOf(tok).sid;
+      const r = await f.cred('vault-db', tok);
+      assert.equal(r.status, 200, JSON.stringify(r.body));
+      f.vault.failNext(403, ['permission denied'], 'sys/leases/revoke');
+      await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
+      const [row] = await f.rows(sid);
+      assert.equal(f.vault.isAccessorActive(row.handle!.parent_accessor), false, 'the per-credential parent was revoked all the same');
+      assert.equal(f.vault.isLeaseActive(r.body.lease_id), false, 'and the lease it owns with it');
+      assert.equal(row.state, 'revoked', row.note!);
+      assert.match(row.note!, /revoked parent.*lease: Vault denied the broker sys\/leases\/revoke/);
+    });
+
+    it('a session that ends while the backend is answering: the fresh credential is revoked, never returned', async () => {
+      const a = await f.agent('end-race', 'creds-owner');
+      let tok = await mustSession(f.tb, a, 'cred:s3-overhang');
+      const sid = claimsOf(tok).sid;
+      const end = Number((await f.tb.b.db('sessions').where({ sid }).first()).expires_at);
+      f.tb.clock.set(end - 600_000); // 10 minutes left: an allow_overhang STS credential lasts 15
+      tok = await mustSession(f.tb, a, 'cred:s3-overhang', { session: sid });
+      const providers = providersOf(f.tb.b);
+      const real = providers.get('aws-sts')!;
+      let issued: Record<string, any> | undefined;
+      providers.set('aws-sts', {
+        name: real.name,
+        plan: (r) => real.plan(r),
+        issue: async (r, p, cp) => {
+          const out = await real.issue(r, p, cp);
+          issued = out.credentials;
+          f.tb.clock.set(end + 2000); // the session ends while AWS answers
+          return out;
+        },
+        revoke: (t, c) => real.revoke(t, c),
+        health: () => real.health(),
+        removeDeny: (d) => real.removeDeny!(d),
+      });
+      try {
+        const r = await f.cred('s3-overhang', tok);
+        assert.equal(r.status, 401, JSON.stringify(r.body));
+        assert.equal(r.body.error, 'invalid_token');
+      } finally {
+        providers.set('aws-sts', real);
+      }
+      assert.ok(issued?.AccessKeyId);
+      assert.equal(f.sts.isCredentialDenied(issued!.AccessKeyId), true, 'the credential AWS issued after the session ended is denied');
+      const [row] = await f.rows(sid);
+      assert.equal(row.state, 'revoked', row.note!);
     });
 
     it('revoking one delegated token kills only the credentials of that subtree', async () => {

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { resolve } from 'node:path';
-import { startTestBroker, type TestBroker } from './helpers/broker.ts';
-import { freshPgDatabase } from './helpers/pg.ts';
+import type { TestBroker } from './helpers/broker.ts';
+import { startPgTestBroker } from './helpers/pg.ts';
 import { registerAgent } from '../src/tokens/agents.ts';
 import { startSession } from '../src/tokens/session-start.ts';
 import { delegate } from '../src/tokens/delegate.ts';
@@ -15,22 +14,19 @@ import { revokeTokenChain } from '../src/tokens/revoke.ts';
 describe('delegation racing revocation on PostgreSQL', function () {
   this.timeout(120_000);
   let tb: TestBroker;
-  let db: { url: string; drop(): Promise<void> };
+  let pg: Awaited<ReturnType<typeof startPgTestBroker>>;
   let planner: string;
   let reader: string;
   let helper: string;
 
   before(async () => {
-    db = await freshPgDatabase();
-    tb = await startTestBroker({ http: false, policyDir: resolve('policies'), databaseUrl: db.url });
+    pg = await startPgTestBroker();
+    tb = pg.tb;
     planner = (await registerAgent(tb.b, { name: 'pg-planner', policy: 'research-planner', auth: 'secret' })).agent.id;
     reader = (await registerAgent(tb.b, { name: 'pg-reader', policy: 'doc-reader', auth: 'secret' })).agent.id;
     helper = (await registerAgent(tb.b, { name: 'pg-helper', policy: 'research-planner', auth: 'secret' })).agent.id;
   });
-  after(async () => {
-    await tb?.close();
-    await db?.drop();
-  });
+  after(async () => pg?.close());
 
   it('leaves no live token under a revoked ancestor, over many concurrent rounds', async () => {
     const b = tb.b;

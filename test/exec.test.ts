@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -97,6 +97,31 @@ describe('cordon exec (runExec)', () => {
     assert.notEqual(row.revoked_at, null, 'the session itself is ended, so nobody can renew it');
   });
 
+  it('ends the session when the command outlives every token it was given (a fresh token of the session first, then end_session)', async () => {
+    const ready = join(dir, 'long.ready');
+    const go = join(dir, 'long.go');
+    const script = `const fs = require('fs'); fs.writeFileSync(process.env.READY, process.env.CORDON_SESSION); const t = setInterval(() => { if (fs.existsSync(process.env.GO)) { clearInterval(t); process.exit(0); } }, 20);`;
+    const realNow = Date.now;
+    process.env.READY = ready;
+    process.env.GO = go;
+    try {
+      const p = runExec({ ...base(), command: [NODE, '-e', script] });
+      const sid = await waitFor(() => (existsSync(ready) ? readFileSync(ready, 'utf8') : undefined));
+      // The command runs for 11 minutes (token_ttl 10m, session_ttl 1h), on both clocks.
+      const skew = 11 * 60_000;
+      Date.now = () => realNow() + skew;
+      t.clock.advance(skew);
+      writeFileSync(go, '');
+      assert.equal(await p, 0);
+      const row = await t.b.db('sessions').where({ sid }).first();
+      assert.notEqual(row.revoked_at, null, 'the session was ended although every token the agent held had expired');
+    } finally {
+      Date.now = realNow;
+      delete process.env.READY;
+      delete process.env.GO;
+    }
+  });
+
   it('CordonAgent.fromEnv() inside the child runs on the local token endpoint (no secret needed)', async () => {
     const out = join(dir, 'child-sdk.json');
     const script = `
@@ -152,6 +177,30 @@ describe('cordon exec (runExec)', () => {
     p.kill('SIGHUP');
     assert.equal(await exited, 5, "the child's own exit code after handling the forwarded signal");
     assert.equal((await introspect(t.b, seen.token)).active, false);
+  });
+
+  it('Ctrl-C at a terminal reaches the command once (the terminal signals the whole foreground group; no second copy forwarded), and the session still ends', async function () {
+    // A real pseudo-terminal: util-linux `script` runs the CLI as the foreground job of a new pty.
+    if (process.platform !== 'linux' || spawnSync('script', ['--version']).status !== 0) this.skip();
+    this.timeout(30_000);
+    const out = join(dir, 'sigint.count');
+    const child = join(dir, 'sigint-child.cjs');
+    writeFileSync(
+      child,
+      `const fs = require('fs'); let n = 0;
+       process.on('SIGINT', () => { if (++n === 1) setTimeout(() => { fs.writeFileSync(process.env.OUT, JSON.stringify({ n, token: process.env.CORDON_TOKEN })); process.exit(3); }, 700); });
+       fs.writeFileSync(process.env.OUT + '.ready', ''); setInterval(() => {}, 1000);`,
+    );
+    const env = { ...process.env, CORDON_ISSUER: t.url, CORDON_CLIENT_ID: orch.id, CORDON_CLIENT_SECRET: orch.secret, OUT: out };
+    const cmd = `${NODE} bin/cordon.js exec --scope tickets:read --task tty -- ${NODE} ${child}`;
+    const p = spawn('script', ['-qefc', cmd, '/dev/null'], { env, stdio: ['pipe', 'ignore', 'inherit'] });
+    const exited = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+    await waitFor(() => (existsSync(`${out}.ready`) ? true : undefined), 20_000);
+    p.stdin!.write('\x03'); // Ctrl-C: the line discipline sends SIGINT to the foreground process group
+    assert.equal(await exited, 3, "the command's own exit code");
+    const seen = readJson(out);
+    assert.equal(seen.n, 1, `the command got SIGINT ${seen.n} times`);
+    assert.equal((await introspect(t.b, seen.token)).active, false, 'the session was revoked');
   });
 
   describe('AWS container credentials for an aws-sts --cred', () => {
@@ -215,6 +264,39 @@ describe('cordon exec (runExec)', () => {
       assert.equal(seen.token, 'st');
       assert.ok(Date.parse(seen.exp) > Date.now());
       assert.equal(seen.wrong, 401);
+    });
+
+    it('a [default] profile in ~/.aws/config (credential_process, SSO, role_arn) does not win over the local endpoint; its region is kept', async () => {
+      const out = join(dir, 'aws-config.json');
+      const config = join(dir, 'aws-config');
+      const standing = join(dir, 'standing.sh');
+      writeFileSync(standing, `#!/bin/sh\necho '{"Version":1,"AccessKeyId":"AKIASTANDINGPROCESS","SecretAccessKey":"standing"}'\n`, { mode: 0o755 });
+      writeFileSync(config, `[default]\nregion = eu-north-1\ncredential_process = ${standing}\n\n[profile other]\nregion = ap-south-1\n`);
+      const saved = { AWS_CONFIG_FILE: process.env.AWS_CONFIG_FILE, AWS_REGION: process.env.AWS_REGION, AWS_DEFAULT_REGION: process.env.AWS_DEFAULT_REGION, AWS_PROFILE: process.env.AWS_PROFILE };
+      process.env.AWS_CONFIG_FILE = config;
+      delete process.env.AWS_REGION;
+      delete process.env.AWS_DEFAULT_REGION;
+      delete process.env.AWS_PROFILE;
+      const script = `
+        import { defaultProvider } from '@aws-sdk/credential-provider-node';
+        import { writeFileSync } from 'node:fs';
+        const c = await defaultProvider()();
+        writeFileSync(process.env.OUT, JSON.stringify({ id: c.accessKeyId, region: process.env.AWS_REGION ?? null, config: process.env.AWS_CONFIG_FILE }));`;
+      process.env.OUT = out;
+      try {
+        const code = await runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read cred:reports-s3', creds: ['reports-s3'], command: [NODE, '--input-type=module', '-e', script] });
+        assert.equal(code, 0);
+      } finally {
+        delete process.env.OUT;
+        for (const [k, v] of Object.entries(saved)) {
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+        }
+      }
+      const seen = readJson(out);
+      assert.match(seen.id, /^ASIAEXEC\d+$/, `the child used ${seen.id}`);
+      assert.equal(seen.region, 'eu-north-1', "the config's region moved into AWS_REGION");
+      assert.equal(seen.config, '/dev/null');
     });
 
     it('refuses to start when a credential is not granted, and still revokes the session', async () => {

@@ -12,6 +12,9 @@ import { mountRequestLogging, requestLogger } from '../src/http/logging.ts';
 import { registerAgent } from '../src/tokens/agents.ts';
 import { CordonAgent } from '../src/index.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
+import { revokeSession } from '../src/tokens/revoke.ts';
+import { claimsOf, mustSession } from './delegation.kit.ts';
+import { credFixture, type CredFixture } from './credentials.kit.ts';
 
 /**
  * A strict parser for the Prometheus text exposition format 0.0.4: every line must be a
@@ -281,5 +284,38 @@ describe('metrics: /metrics in the Prometheus text format', () => {
       server.close();
     }
     void mountRequestLogging;
+  });
+});
+
+describe('metrics: backend errors counted where provider errors are handled', () => {
+  let f: CredFixture;
+  before(async () => {
+    f = await credFixture({ timeoutMs: 300 });
+  });
+  after(async () => {
+    await f?.stop();
+  });
+
+  it('a failed issue and a failed revocation count by provider and kind; aws-sts_* refusal reasons keep their label', async () => {
+    const m = metricsFor(f.tb.b);
+    const a = await f.agent('metrics-owner', 'creds-owner');
+    const tok = await mustSession(f.tb, a, 'cred:vault-token cred:s3-iam');
+    f.vault.sealed = true;
+    assert.equal((await f.cred('vault-token', tok)).status, 503);
+    f.vault.sealed = false;
+    f.sts.failNext(400, 'Throttling', 'Rate exceeded', 'AssumeRole');
+    assert.equal((await f.cred('s3-iam', tok)).status, 503);
+    assert.equal((await f.cred('s3-iam', tok)).status, 200);
+    f.sts.failNext(403, 'AccessDenied', 'User is not authorized to perform: iam:PutRolePolicy', 'PutRolePolicy');
+    await revokeSession(f.tb.b, claimsOf(tok).sid, { actor: 'admin', via: 'test' });
+
+    const json = await m.registry.getMetricsAsJSON();
+    const count = (name: string, labels: Record<string, string>) =>
+      json.find((x) => x.name === name)?.values.find((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want))?.value ?? 0;
+    assert.equal(count('cordon_backend_errors_total', { provider: 'vault', reason: 'sealed' }), 1);
+    assert.equal(count('cordon_backend_errors_total', { provider: 'aws-sts', reason: 'throttled' }), 1);
+    assert.equal(count('cordon_backend_errors_total', { provider: 'aws-sts', reason: 'refused' }), 1, 'the IAM deny IAM refused');
+    assert.equal(count('cordon_refused_total', { event: 'credential.issue', reason: 'aws-sts_throttled' }), 1);
+    assert.equal(count('cordon_refused_total', { event: 'credential.issue', reason: 'vault_sealed' }), 1);
   });
 });

@@ -4,7 +4,8 @@ import type { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import express from 'express';
 import { SignJWT, decodeJwt, decodeProtectedHeader, generateKeyPair } from 'jose';
-import { CordonAgent, DpopKey, requireAgentToken, type AgentTokenMiddleware, type RequireAgentTokenOptions } from '../src/index.ts';
+import { randomBytes } from 'node:crypto';
+import { AgentTokenError, CordonAgent, DpopKey, athOf, requireAgentToken, type AgentTokenMiddleware, type RequireAgentTokenOptions } from '../src/index.ts';
 import { revokeSession, revokeTokenChain, revokeAgent } from '../src/tokens/revoke.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 
@@ -180,6 +181,47 @@ describe('middleware: requireAgentToken in front of an express resource server',
     await revokeAgent(t.b, w2.id, { actor: 'test', via: 'test' });
     await waitRefused(ct);
     assert.ok(rs.mw.revocations.agents.has(w2.id));
+  });
+
+  it('a revoked token stays refused just past its exp, while the clock tolerance would still accept it; forgotten after', async () => {
+    const mw = requireAgentToken({ issuer: t.url, audience: AUD, pollIntervalMs: 60_000, clock: t.clock }); // tolerance: the default 10 s
+    try {
+      await mw.ready();
+      const a = await session(orch, 'tickets:read');
+      const tok = await a.token();
+      const { jti, exp } = decodeJwt(tok) as { jti: string; exp: number };
+      const req = { authorization: `Bearer ${tok}`, method: 'GET', url: 'http://rs.example/tickets/1' };
+      await revokeTokenChain(t.b, jti, { actor: 'test', via: 'test' });
+      await mw.pollNow();
+      await assert.rejects(mw.verify(req), (e: AgentTokenError) => e.reason === 'revoked');
+      t.clock.set(exp * 1000 + 3000); // past exp, within the tolerance: the signature check still passes
+      await mw.pollNow();
+      await assert.rejects(mw.verify(req), (e: AgentTokenError) => e.reason === 'revoked', 'still known as revoked');
+      t.clock.set(exp * 1000 + 11_000);
+      await mw.pollNow();
+      await assert.rejects(mw.verify(req), (e: AgentTokenError) => e.reason === 'expired');
+      assert.equal(mw.revocations.jtis.has(jti), false, 'forgotten once exp + tolerance has passed');
+    } finally {
+      mw.close();
+    }
+  });
+
+  it('a DPoP proof whose htu is not a URL is refused, even when the request URL does not parse either', async () => {
+    const pair = await generateKeyPair('ES256');
+    const key = await DpopKey.fromKeyPair(pair, 'ES256');
+    const a = await session(bound, 'tickets:read', AUD, { dpop: key });
+    const tok = await a.token();
+    const proof = (htu: string) =>
+      new SignJWT({ htm: 'GET', htu, ath: athOf(tok) })
+        .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: key.publicJwk })
+        .setIssuedAt(Math.floor(t.clock.now() / 1000))
+        .setJti(randomBytes(16).toString('base64url'))
+        .sign(pair.privateKey);
+    await assert.rejects(rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof('not a url'), method: 'GET', url: 'not a url either' }), (e: AgentTokenError) => e.reason === 'dpop_mismatch');
+    // The same hand-made proof for a real URL passes: only the URL is at fault above.
+    const ok = await rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof('https://rs.example/tickets/1'), method: 'GET', url: 'https://rs.example/tickets/1?x=1' });
+    assert.equal(ok.jkt, key.jkt);
+    await a.close();
   });
 
   it('DPoP-bound tokens need the DPoP scheme and a valid, fresh proof for this request', async () => {

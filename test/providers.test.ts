@@ -9,6 +9,7 @@ import { VaultProvider } from '../src/providers/vault.ts';
 import { ProviderError, type IssueRequest, type Handle } from '../src/providers/provider.ts';
 import type { CredentialSpec } from '../src/policy/types.ts';
 import { VaultDouble } from './doubles/vault.ts';
+import { StsDouble } from './doubles/sts.ts';
 
 const NAME_RE = /^[\w+=,.@-]{2,64}$/;
 const log = pino({ level: 'silent' });
@@ -79,6 +80,57 @@ describe('providers: STS lifetime rules (plan)', () => {
     const p = sts.plan(request(clock, spec({ allow_overhang: true }), { sessionLeft: 600 }));
     assert.equal(p.ttlSec, 900);
     assert.equal(p.overhangSec, 300);
+  });
+});
+
+describe('providers: STS role chaining (the broker itself runs on role credentials)', () => {
+  const ROLE = 'arn:aws:iam::123456789012:role/agent-reports';
+  const clock = new ManualClock(Date.now());
+  const double = new StsDouble({ now: () => clock.now() });
+  const ENV = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'] as const;
+  const saved: Record<string, string | undefined> = {};
+  let sts: StsProvider;
+  const spec: CredentialSpec = { provider: 'aws-sts', ttl: 7200, role_arn: ROLE };
+  const cp = async (): Promise<void> => {};
+  const CHAINING = 'The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.';
+
+  before(async () => {
+    await double.start();
+    double.addRole(ROLE, { maxSessionDuration: 43200 });
+    for (const k of ENV) saved[k] = process.env[k];
+    process.env.AWS_ACCESS_KEY_ID = double.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = double.secretAccessKey;
+    delete process.env.AWS_SESSION_TOKEN;
+    delete process.env.AWS_PROFILE;
+    sts = new StsProvider({ region: 'us-east-1', endpoint: double.url, iamEndpoint: double.url, timeoutMs: 2000 }, { clock, log, clockSkewSec: 30 });
+  });
+  after(async () => {
+    await sts?.close();
+    await double.stop();
+    for (const k of ENV) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
+  });
+
+  it('AWS answers "role chaining": capped at 1 hour and asked again', async () => {
+    double.failNext(400, 'ValidationError', CHAINING, 'AssumeRole');
+    const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 600 });
+    const out = await sts.issue(req, sts.plan(req), cp);
+    assert.equal(out.details.duration_sec, 3600);
+    assert.equal(sts.plan(req).ttlSec, 3600, 'and remembered');
+  });
+
+  it('a failure of the capped retry is mapped like any other (a ProviderError naming the role), not thrown raw', async () => {
+    const fresh = new StsProvider({ region: 'us-east-1', endpoint: double.url, iamEndpoint: double.url, timeoutMs: 2000 }, { clock, log, clockSkewSec: 30 });
+    try {
+      double.failNext(400, 'ValidationError', CHAINING, 'AssumeRole');
+      double.failNext(403, 'AccessDenied', `User: arn:aws:iam::123456789012:user/cordon-broker is not authorized to perform: sts:AssumeRole on resource: ${ROLE}`, 'AssumeRole');
+      const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 600 });
+      await assert.rejects(fresh.issue(req, fresh.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && e.code === 'bad_gateway' && /AWS refused AssumeRole on arn:aws:iam::123456789012:role\/agent-reports \(AccessDenied\)/.test(e.description));
+    } finally {
+      await fresh.close();
+    }
   });
 });
 

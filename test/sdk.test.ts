@@ -5,11 +5,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { decodeJwt, exportJWK, generateKeyPair } from 'jose';
-import { CordonAgent, CordonSdkError, toAwsIdentity, type FetchLike } from '../src/index.ts';
+import { CordonAgent, CordonSdkError, DpopKey, toAwsIdentity, type FetchLike } from '../src/index.ts';
 import { registerAgent } from '../src/tokens/agents.ts';
 import { revokeSession } from '../src/tokens/revoke.ts';
 import { introspect } from '../src/tokens/introspect.ts';
-import { startTestBroker, type TestBroker } from './helpers/broker.ts';
+import { basic, postForm, startTestBroker, type TestBroker } from './helpers/broker.ts';
 
 const MIN = 60_000;
 const AUD = 'https://tickets.example';
@@ -156,6 +156,64 @@ describe('sdk: CordonAgent against a real broker', () => {
     await rejectsWith(a.token(), 'closed');
   });
 
+  it('revoke() ends the session even when every token it holds has expired: a fresh token of the session first, then end_session', async () => {
+    const calls: string[] = [];
+    const f: FetchLike = async (u, init) => {
+      calls.push(`${new URL(u).pathname} ${String(init?.body ?? '')}`);
+      return fetch(u, init);
+    };
+    const a = agentFor(orch, { fetch: f });
+    const s = await a.startSession({ scope: 'tickets:read', audience: AUD });
+    const t1 = await a.token();
+    t.clock.advance(11 * MIN); // token_ttl 10m: nothing the agent holds is alive, the session (1h) is
+    await a.revoke();
+    const row = await t.b.db('sessions').where({ sid: s.sid }).first();
+    assert.notEqual(row.revoked_at, null, 'the session itself was ended');
+    const renew = calls.find((c) => c.startsWith('/token ') && c.includes(`session=${s.sid}`));
+    assert.ok(renew, 'renewed with session=<sid>');
+    assert.match(renew!, /expires_in=60/, 'a short-lived token, only for ending the session');
+    assert.ok(calls.at(-1)!.startsWith('/revoke ') && calls.at(-1)!.includes('end_session=true'));
+    // Nothing of it can be renewed any more.
+    const r = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', session: s.sid }, { authorization: basic(orch.id, orch.secret) });
+    assert.equal(r.body.error, 'invalid_grant', JSON.stringify(r.body));
+    assert.equal((await introspect(t.b, t1)).active, false);
+  });
+
+  it('revoke() once every token expired and the session already ended at the broker: invalid_grant on the renewal means done', async () => {
+    const a = agentFor(orch);
+    const s = await a.startSession({ scope: 'tickets:read', audience: AUD });
+    await revokeSession(t.b, s.sid, { actor: 'test', via: 'test' });
+    t.clock.advance(11 * MIN);
+    await a.revoke(); // must not throw
+    await rejectsWith(a.token(), 'session_ended');
+    // A session that reached its end is not asked about at all.
+    let calls = 0;
+    const b2 = agentFor(orch, { fetch: async (u, init) => (calls++, fetch(u, init)) });
+    await b2.startSession({ scope: 'tickets:read', audience: AUD });
+    t.clock.advance(61 * MIN);
+    const before = calls;
+    await b2.close();
+    assert.equal(calls, before, 'past the session end there is nothing to end');
+  });
+
+  it('credentials() hands out nothing cached once the agent knows the session ended', async () => {
+    const f: FetchLike = async (u, init) => {
+      if (u.includes('/credentials/')) {
+        const exp = new Date(t.clock.now() + 10 * MIN).toISOString();
+        return Response.json({ name: 'reports-s3', provider: 'aws-sts', expires_at: exp, credentials: { AccessKeyId: 'ASIACACHED', SecretAccessKey: 's', SessionToken: 'st', Expiration: exp } });
+      }
+      return fetch(u, init);
+    };
+    const a = agentFor(orch, { fetch: f });
+    const s = await a.startSession({ scope: 'tickets:read cred:reports-s3' });
+    assert.equal((await a.credentials('reports-s3')).credentials.AccessKeyId, 'ASIACACHED');
+    await revokeSession(t.b, s.sid, { actor: 'test', via: 'test' });
+    t.clock.advance(8 * MIN); // the token's refresh time: the renewal is refused, the session has ended
+    await rejectsWith(a.token(), 'session_ended');
+    await rejectsWith(a.credentials('reports-s3'), 'session_ended'); // the cached copy is still "fresh" for another minute
+    await a.close();
+  });
+
   it('delegates an attenuated token to a sub-agent, who uses it as a handed-over token until it expires', async () => {
     const a = agentFor(orch);
     await a.startSession({ scope: 'tickets:read tickets:write', audience: AUD });
@@ -196,6 +254,40 @@ describe('sdk: CordonAgent against a real broker', () => {
     assert.equal(typeof proof.ath, 'string');
     await a.close();
     assert.equal((await introspect(t.b, tok2)).active, false);
+  });
+
+  it('a DPoP-bound orchestrator delegates a bearer token (the proof only shows it holds the subject token)', async () => {
+    const a = agentFor(orch, { dpop: true });
+    const s = await a.startSession({ scope: 'tickets:read', audience: AUD });
+    assert.equal(s.tokenType, 'DPoP');
+    const d = await a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD });
+    assert.equal(d.tokenType, 'Bearer');
+    assert.equal(decodeJwt(d.accessToken).cnf, undefined);
+    assert.equal((await introspect(t.b, d.accessToken)).active, true);
+    // Bound to the worker's key when asked, and then it must come back DPoP-bound.
+    const workerKey = await DpopKey.generate();
+    const bound2 = await a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD, dpopJkt: workerKey.jkt });
+    assert.equal(bound2.tokenType, 'DPoP');
+    assert.equal((decodeJwt(bound2.accessToken).cnf as { jkt: string }).jkt, workerKey.jkt);
+    await a.close();
+  });
+
+  it('a delegated token the SDK refuses after the broker issued it (not bound as asked) is revoked, not left alive', async () => {
+    let issued: string | null = null;
+    const f: FetchLike = async (u, init) => {
+      const r = await fetch(u, init);
+      if (!u.endsWith('/token') || !String(init?.body).includes('requested_actor')) return r;
+      const body = (await r.json()) as Record<string, unknown>;
+      issued = body.access_token as string;
+      return Response.json({ ...body, token_type: 'Bearer' }); // as if a proxy or an old broker dropped the binding
+    };
+    const a = agentFor(orch, { fetch: f });
+    await a.startSession({ scope: 'tickets:read', audience: AUD });
+    const workerKey = await DpopKey.generate();
+    await rejectsWith(a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD, dpopJkt: workerKey.jkt }), 'bad_response', /DPoP-bound.*revoked/);
+    assert.ok(issued);
+    assert.equal((await introspect(t.b, issued!)).active, false, 'the token the broker issued is revoked');
+    await a.close();
   });
 
   it('authenticates with private_key_jwt (JWK or PEM), for session start and revocation', async () => {

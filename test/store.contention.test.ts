@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import pino from 'pino';
-import { resolve } from 'node:path';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
-import { freshPgDatabase } from './helpers/pg.ts';
+import { startPgTestBroker } from './helpers/pg.ts';
 import { openBroker, closeBroker } from '../src/broker.ts';
 import { startSession } from '../src/tokens/session-start.ts';
 import { delegate } from '../src/tokens/delegate.ts';
@@ -41,15 +40,12 @@ describe('store: writers in contention', function () {
 
   describe('PostgreSQL', () => {
     let tb: TestBroker;
-    let db: { url: string; drop(): Promise<void> };
+    let pg: Awaited<ReturnType<typeof startPgTestBroker>>;
     before(async () => {
-      db = await freshPgDatabase();
-      tb = await startTestBroker({ http: false, policyDir: resolve('policies'), databaseUrl: db.url });
+      pg = await startPgTestBroker();
+      tb = pg.tb;
     });
-    after(async () => {
-      await tb?.close();
-      await db?.drop();
-    });
+    after(async () => pg?.close());
 
     it('batched delegations and cascades that deadlock are retried: every revocation succeeds, every delegation is settled, the chain verifies', async () => {
       const b = tb.b;

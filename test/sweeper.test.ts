@@ -57,8 +57,9 @@ describe('sweeper: everything dies with the session', () => {
     assert.equal(f.vault.requestsTo('sys/leases/revoke').filter((r) => r.body.lease_id === db.lease_id).length, 1);
   });
 
-  it('denies an expired session’s STS credential that outlives it (allow_overhang), then removes the deny once it has expired', async () => {
-    const a = await f.agent('sw-sts', 'creds-owner');
+  /** A session with 10 minutes left and an allow_overhang STS credential that outlives it by 5. */
+  async function overhanging(name: string): Promise<{ sid: string; end: number; c: any }> {
+    const a = await f.agent(name, 'creds-owner');
     let tok = await mustSession(f.tb, a, 'cred:s3-overhang');
     const sid = claimsOf(tok).sid;
     const end = await sessionEnd(f, sid);
@@ -66,9 +67,31 @@ describe('sweeper: everything dies with the session', () => {
     tok = await mustSession(f.tb, a, 'cred:s3-overhang', { session: sid });
     const c = (await f.cred('s3-overhang', tok)).body;
     assert.ok(Date.parse(c.expires_at) > end, 'outlives the session');
+    return { sid, end, c };
+  }
 
+  it('a session that simply expired is not a revocation: no IAM deny, and an allow_overhang STS credential lives on (as documented), listed so', async () => {
+    const { sid, end, c } = await overhanging('sw-sts-end');
     f.tb.clock.set(end + 1000);
+    f.sts.reset();
+    const rep = await sweepOnce(f.tb.b);
+    assert.equal(rep.sessionsSwept, 1);
+    assert.equal(f.sts.requests.filter((x) => x.action === 'PutRolePolicy').length, 0, 'no deny was put on the role');
+    assert.deepEqual(await iamDenies.bySession(f.tb.b.db, sid), []);
+    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), false);
+    assert.equal(f.sts.isCredentialUsable(c.credentials.AccessKeyId, { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' }), true, 'usable until its expires_at');
+    const [row] = await f.rows(sid);
+    assert.equal(row.state, 'issued', row.note!);
+    assert.match(row.note!, /session ended.*allow_overhang.*not denied/);
+    assert.equal((await sweepOnce(f.tb.b)).sessionsSwept, 0, 'swept once');
+  });
+
+  it('a revoked session’s allow_overhang STS credential is denied, and the sweeper removes the deny once it has expired', async () => {
+    const { sid, end, c } = await overhanging('sw-sts-rev');
+    f.tb.clock.set(end - 60_000);
     const head = await auditHead(f.tb.b);
+    await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
+    f.tb.clock.set(end + 1000);
     await sweepOnce(f.tb.b);
     assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
     const [deny] = await iamDenies.bySession(f.tb.b.db, sid);

@@ -31,3 +31,23 @@ export async function freshPgDatabase(): Promise<{ url: string; drop(): Promise<
   };
 }
 
+
+/** A test broker (no HTTP) on a fresh PostgreSQL database with the shipped policies; `close` drops the database too. */
+export async function startPgTestBroker(): Promise<{ tb: import('./broker.ts').TestBroker; close(): Promise<void> }> {
+  const { startTestBroker } = await import('./broker.ts');
+  const { resolve } = await import('node:path');
+  const db = await freshPgDatabase();
+  try {
+    const tb = await startTestBroker({ http: false, policyDir: resolve('policies'), databaseUrl: db.url });
+    return {
+      tb,
+      async close() {
+        await tb.close();
+        await db.drop();
+      },
+    };
+  } catch (e) {
+    await db.drop();
+    throw e;
+  }
+}
