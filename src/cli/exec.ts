@@ -1,8 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { constants as osConstants, platform } from 'node:os';
+import { constants as osConstants, homedir, platform } from 'node:os';
+import { join } from 'node:path';
 import { CordonAgent, toAwsIdentity, type BackendCredential } from '../sdk/agent.ts';
 import { CordonSdkError } from '../sdk/errors.ts';
 
@@ -41,7 +43,8 @@ const envName = (cred: string): string => `CORDON_CRED_${cred.toUpperCase().repl
 
 /**
  * `cordon exec`: opens a session as the agent, runs the command with session-bound credentials
- * in its environment, forwards SIGINT/SIGTERM/SIGHUP, and revokes the session when the command
+ * in its environment, forwards SIGINT/SIGTERM/SIGHUP (SIGINT and SIGHUP not when the terminal
+ * sent them to the child as well; see SignalRelay), and revokes the session when the command
  * exits, whatever the reason. Returns the command's exit code (128 + signal number when a signal
  * ended it; 127 when it could not be found, 126 when it could not be run).
  *
@@ -49,7 +52,9 @@ const envName = (cred: string): string => `CORDON_CRED_${cred.toUpperCase().repl
  * - `CORDON_TOKEN` (valid when it starts) and `CORDON_TOKEN_URI` + `CORDON_TOKEN_AUTHORIZATION`,
  *   a local endpoint that always answers a fresh token (`CordonAgent.fromEnv()` uses it);
  * - for an `aws-sts` credential, `AWS_CONTAINER_CREDENTIALS_FULL_URI` and
- *   `AWS_CONTAINER_AUTHORIZATION_TOKEN`: the AWS SDK's container provider refreshes by itself;
+ *   `AWS_CONTAINER_AUTHORIZATION_TOKEN`: the AWS SDK's container provider refreshes by itself
+ *   (standing keys and profiles removed, the shared credentials and config files hidden, the
+ *   config's region kept in `AWS_REGION`);
  * - for a Vault token, `VAULT_TOKEN`; for other credentials `CORDON_CRED_<NAME>` (JSON), and for
  *   all of them `CORDON_CREDENTIALS_URI/<name>`, which answers a fresh copy.
  * The local endpoint listens on 127.0.0.1 on a random port and wants the random authorization
@@ -89,8 +94,15 @@ export async function runExec(opts: ExecOptions): Promise<number> {
         for (const k of AWS_STANDING) delete env[k];
         env.AWS_CONTAINER_CREDENTIALS_FULL_URI = `${local.url}/aws/${encodeURIComponent(c.name)}`;
         env.AWS_CONTAINER_AUTHORIZATION_TOKEN = local.authorization;
-        // A [default] profile in ~/.aws/credentials would otherwise win over the container endpoint.
-        if (platform() !== 'win32') env.AWS_SHARED_CREDENTIALS_FILE = '/dev/null';
+        // A [default] profile in ~/.aws/credentials or ~/.aws/config (keys, credential_process, SSO,
+        // role_arn) would otherwise win over the container endpoint. The region is the one thing the
+        // child still needs from the config, so it moves into AWS_REGION first.
+        if (platform() !== 'win32') {
+          const region = awsRegionOf(process.env);
+          if (region && !env.AWS_REGION) env.AWS_REGION = region;
+          env.AWS_SHARED_CREDENTIALS_FILE = '/dev/null';
+          env.AWS_CONFIG_FILE = '/dev/null';
+        }
         env.AWS_EC2_METADATA_DISABLED = 'true';
         continue;
       }
@@ -118,6 +130,34 @@ export async function runExec(opts: ExecOptions): Promise<number> {
   return code;
 }
 
+/**
+ * The region the AWS SDK would have used: AWS_REGION, AWS_DEFAULT_REGION, or `region` in the
+ * profile's section of the shared config file (AWS_CONFIG_FILE or ~/.aws/config).
+ */
+export function awsRegionOf(env: NodeJS.ProcessEnv): string | undefined {
+  const fromEnv = env.AWS_REGION?.trim() || env.AWS_DEFAULT_REGION?.trim();
+  if (fromEnv) return fromEnv;
+  const profile = env.AWS_PROFILE?.trim() || env.AWS_DEFAULT_PROFILE?.trim() || 'default';
+  let text: string;
+  try {
+    text = readFileSync(env.AWS_CONFIG_FILE?.trim() || join(env.HOME ?? homedir(), '.aws', 'config'), 'utf8');
+  } catch {
+    return undefined;
+  }
+  let inProfile = false;
+  for (const line of text.split(/\r?\n/)) {
+    const section = /^\s*\[\s*([^\]]+?)\s*\]/.exec(line);
+    if (section) {
+      const name = section[1].replace(/^profile\s+/, '');
+      inProfile = name === profile;
+      continue;
+    }
+    const kv = /^(\S[^=]*?)\s*=\s*(.*?)\s*$/.exec(line); // top-level keys only: indented lines belong to a sub-section
+    if (inProfile && kv && kv[1] === 'region' && kv[2]) return kv[2];
+  }
+  return undefined;
+}
+
 function vaultTokenOf(c: BackendCredential): string | null {
   const x = c.credentials;
   for (const k of ['client_token', 'token', 'VAULT_TOKEN']) if (typeof x[k] === 'string' && x[k]) return x[k] as string;
@@ -129,17 +169,26 @@ function vaultTokenOf(c: BackendCredential): string | null {
 /**
  * Signals for the whole run: before the child exists they are remembered (the command is then
  * not started and the session is still revoked); once it runs they are forwarded to it.
+ *
+ * The child runs in our process group (not detached: a child in a group of its own would be a
+ * background job of the terminal and be stopped by SIGTTIN/SIGTTOU as soon as an interactive
+ * command touches it). So when we are in the terminal's foreground group, the terminal's own
+ * SIGINT (Ctrl-C) and SIGHUP (hang-up) already reach the child: forwarding them would deliver
+ * them twice. Those two are then not forwarded; SIGTERM (never sent by a terminal) always is,
+ * and without a terminal (services, CI, `kill PID`) all three are.
  */
 class SignalRelay {
   child: ChildProcess | null = null;
   received: NodeJS.Signals | null = null;
   readonly #handlers = new Map<NodeJS.Signals, () => void>();
-  constructor() {
+  constructor(inForeground: () => boolean = inTerminalForeground) {
     for (const sig of FORWARDED) {
       const h = () => {
         const c = this.child;
-        if (c && c.exitCode === null && c.signalCode === null) c.kill(sig);
-        else this.received ??= sig;
+        if (c && c.exitCode === null && c.signalCode === null) {
+          if (sig !== 'SIGTERM' && inForeground()) return; // the terminal signalled the whole group, child included
+          c.kill(sig);
+        } else this.received ??= sig;
       };
       this.#handlers.set(sig, h);
       process.on(sig, h);
@@ -148,6 +197,26 @@ class SignalRelay {
   dispose(): void {
     for (const [sig, h] of this.#handlers) process.removeListener(sig, h);
   }
+}
+
+/**
+ * Is this process in the foreground process group of its controlling terminal (so a signal the
+ * terminal generates reaches every process of the group)? Linux: /proc/self/stat (pgrp, tty_nr,
+ * tpgid); elsewhere, a terminal on stdin is taken to mean yes.
+ */
+export function inTerminalForeground(): boolean {
+  let stat: string;
+  try {
+    stat = readFileSync('/proc/self/stat', 'utf8');
+  } catch {
+    return process.stdin.isTTY === true;
+  }
+  // After "pid (comm) ": state ppid pgrp session tty_nr tpgid …
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const pgrp = Number(f[2]);
+  const ttyNr = Number(f[4]);
+  const tpgid = Number(f[5]);
+  return ttyNr !== 0 && tpgid > 0 && tpgid === pgrp;
 }
 
 const signalCode = (signal: NodeJS.Signals | string | null): number => 128 + ((signal && (osConstants.signals as Record<string, number>)[signal]) || 0);
@@ -220,7 +289,7 @@ async function startLocalEndpoint(agent: CordonAgent, credNames: string[]): Prom
         // The container-credentials shape the AWS SDKs read (as ECS and aws-vault serve it).
         return send(res, 200, { AccessKeyId: id.accessKeyId, SecretAccessKey: id.secretAccessKey, Token: id.sessionToken, Expiration: (id.expiration ?? c.expiresAt).toISOString() });
       }
-      return send(res, 200, { name: c.name, provider: c.provider, expires_at: c.expiresAt.toISOString(), ...(c.leaseId ? { lease_id: c.leaseId } : {}), credentials: c.credentials });
+      return send(res, 200, { name: c.name, provider: c.provider, expires_at: c.expiresAt.toISOString(), ...(c.leaseId ? { lease_id: c.leaseId } : {}), ...(c.static ? { static: true } : {}), credentials: c.credentials });
     } catch (e) {
       return fail(res, e);
     }

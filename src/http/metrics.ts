@@ -22,8 +22,8 @@ const byBroker = new WeakMap<Broker, BrokerMetrics>();
 
 /** Label values come from code and from error codes; anything else collapses to `other` so cardinality stays bounded. */
 const label = (v: string | null | undefined, pattern = /^[a-z][a-z0-9_.-]{0,47}$/): string => (v && pattern.test(v) ? v : 'other');
-/** Denial reasons are written `code: description`; only the RFC error code becomes a label. */
-const reasonLabel = (reason: string | null): string => label((reason ?? '').split(':')[0].trim(), /^[a-z][a-z_]{0,47}$/);
+/** Denial reasons are written `code: description`; only the code becomes a label (`aws-sts_timeout` keeps its provider's dash). */
+const reasonLabel = (reason: string | null): string => label((reason ?? '').split(':')[0].trim(), /^[a-z][a-z_-]{0,47}$/);
 
 /** Routes the OAuth provider serves (not express routes); everything else unmatched is `unmatched`. */
 const PROVIDER_ROUTES = new Set(['/token', '/jwks', '/.well-known/openid-configuration', '/.well-known/oauth-authorization-server']);
@@ -80,8 +80,9 @@ export function metricsFor(b: Broker, opts: { defaultMetrics?: boolean } = {}): 
 }
 
 /**
- * For providers: count a backend failure (`reason` such as `timeout`, `sealed`, `denied`,
- * `unavailable`). A no-op when the broker runs without metrics.
+ * Counts a backend failure by provider and ProviderError kind (`timeout`, `sealed`, `refused`,
+ * `down`, …); called where provider errors are handled (tokens/credentials.ts: failed issues and
+ * failed revocations). A no-op when the broker runs without metrics.
  */
 export function recordBackendError(b: Broker, provider: string, reason: string): void {
   byBroker.get(b)?.backendErrors.inc({ provider: label(provider), reason: label(reason) });

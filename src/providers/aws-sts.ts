@@ -147,7 +147,12 @@ export class StsProvider implements CredentialProvider {
       if (err.name === 'ValidationError' && /role chaining/i.test(err.message ?? '') && (input.DurationSeconds ?? 0) > ROLE_CHAINING_MAX) {
         this.#chained = true;
         this.#deps.log.warn({}, 'aws-sts: the broker runs on role credentials (role chaining): STS durations are capped at 1 hour');
-        out = await this.#assume({ ...input, DurationSeconds: ROLE_CHAINING_MAX });
+        input.DurationSeconds = ROLE_CHAINING_MAX; // what was asked in the end (audited as duration_sec)
+        try {
+          out = await this.#assume(input);
+        } catch (e2) {
+          throw this.#mapError('AssumeRole', e2, spec.role_arn);
+        }
       } else throw this.#mapError('AssumeRole', e, spec.role_arn);
     }
     const c = out.Credentials;
@@ -186,6 +191,10 @@ export class StsProvider implements CredentialProvider {
         results.push({ id: t.id, outcome: 'unknown', note: 'no STS handle was recorded' });
       } else if (t.expiresAt <= ctx.now) {
         results.push({ id: t.id, outcome: 'expired', note: `expired at ${iso(t.expiresAt)}; nothing to deny` });
+      } else if (ctx.scope === 'expired') {
+        // The session simply ended: what was issued inside it expires with it, and only an
+        // allow_overhang credential is still alive, which that setting allows by design. No deny.
+        results.push({ id: t.id, outcome: 'not_revocable', note: `the session ended (not revoked); allow_overhang lets this credential outlive it until ${iso(t.expiresAt)}, so it is not denied` });
       } else {
         const key = `${h.role_arn}\n${h.source_identity}`;
         groups.set(key, [...(groups.get(key) ?? []), t]);
@@ -235,7 +244,7 @@ export class StsProvider implements CredentialProvider {
       await this.#iam.send(new PutRolePolicyCommand({ RoleName: roleName, PolicyName: deny.policyName, PolicyDocument: doc }), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2) });
     } catch (e) {
       const err = this.#mapError('PutRolePolicy', e, roleArn);
-      return group.map((t) => ({ id: t.id, outcome: 'failed' as const, note: `IAM deny could not be put on role ${roleName}: ${err.description}` }));
+      return group.map((t) => ({ id: t.id, outcome: 'failed' as const, kind: err.kind, note: `IAM deny could not be put on role ${roleName}: ${err.description}` }));
     }
     return group.map((t) => ({
       id: t.id,

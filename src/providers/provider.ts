@@ -70,6 +70,11 @@ export interface IssueResult {
   leaseId?: string;
   /** Audit-safe facts about what was asked of the backend (policies, ttl, duration). */
   details: Record<string, unknown>;
+  /**
+   * A static secret (Vault KV): the value is not created for this request and cannot be revoked;
+   * `expiresAt` is when the token that read it dies, not when the value stops working.
+   */
+  static?: boolean;
 }
 
 /** One credential to revoke: its row id, session and recorded handle. */
@@ -92,11 +97,12 @@ export interface DenyRecord {
 export interface RevokeContext {
   now: number;
   /**
-   * Why: `session` (the whole session ended or was revoked), `token` (some tokens of a live
-   * session were revoked: only their credentials may die), `orphan` (an intent whose backend
-   * answer was lost).
+   * Why: `session` (the whole session was revoked), `expired` (the session simply reached its
+   * end: what was issued in it expires with it, and nothing needs denying), `token` (some tokens
+   * of a live session were revoked: only their credentials may die), `orphan` (an intent whose
+   * backend answer was lost).
    */
-  scope: 'session' | 'token' | 'orphan';
+  scope: 'session' | 'expired' | 'token' | 'orphan';
   /** Called before a provider writes a deny into IAM, so the sweeper can always remove it later. */
   recordDeny(d: DenyRecord): Promise<void>;
 }
@@ -106,7 +112,11 @@ export type RevokeOutcome =
   | 'revoked'
   /** The credential had already expired; nothing was asked of the backend. */
   | 'expired'
-  /** The backend cannot revoke it (STS without revoke_via_iam): it stays alive until expiry. */
+  /**
+   * The backend cannot revoke it (STS without revoke_via_iam, a static KV secret), or there is no
+   * reason to (an STS credential that outlives a session that simply ended, by allow_overhang):
+   * it stays alive until expiry.
+   */
   | 'not_revocable'
   /** The backend call failed; retry later. */
   | 'failed'
@@ -119,6 +129,8 @@ export interface RevokeResult {
   /** Safe to show an admin (no secrets). */
   note: string;
   deny?: DenyRecord;
+  /** For `failed`: the kind of backend error (metrics). */
+  kind?: ProviderErrorKind;
 }
 
 export interface ProviderHealth {

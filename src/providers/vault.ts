@@ -187,6 +187,8 @@ export class VaultProvider implements CredentialProvider {
       credentials,
       expiresAt,
       leaseId,
+      // Without a lease (KV v2, or any other static read) nothing was created: the value keeps working whatever the broker revokes.
+      ...(leaseId ? {} : { static: true }),
       handle: { kind: leaseId ? 'lease' : 'static', parent_accessor: parent.accessor, ...(leaseId ? { lease_id: leaseId } : {}) },
       details: {
         path,
@@ -213,27 +215,38 @@ export class VaultProvider implements CredentialProvider {
     try {
       login = await this.#ensureLogin(0);
     } catch (e) {
-      return { id: t.id, outcome: 'failed', note: (e as Error).message };
+      return { id: t.id, outcome: 'failed', note: (e as Error).message, ...(e instanceof ProviderError ? { kind: e.kind } : {}) };
     }
     const done: string[] = [];
     const gone: string[] = [];
+    const errors: ProviderError[] = [];
+    // Every step is tried: one refused call (say a 403 on sys/leases/revoke) must not leave the others alive.
     const step = async (what: string, path: string, body: Record<string, unknown>): Promise<void> => {
       try {
         await this.#call(path, () => this.#client.write(path, body, this.#as(login.token)));
         done.push(what);
       } catch (e) {
-        if (e instanceof ProviderError && e.kind === 'refused' && ALREADY_GONE.test(e.description)) gone.push(what);
-        else throw e;
+        const err = e instanceof ProviderError ? e : this.#mapError(path, e);
+        if (err.kind === 'refused' && ALREADY_GONE.test(err.description)) gone.push(what);
+        else errors.push(new ProviderError('vault', err.kind, `${what}: ${err.description}`, e));
       }
     };
-    try {
-      if (typeof h.lease_id === 'string') await step('lease', 'sys/leases/revoke', { lease_id: h.lease_id });
-      if (typeof h.accessor === 'string') await step('token', 'auth/token/revoke-accessor', { accessor: h.accessor });
-      if (typeof h.parent_accessor === 'string') await step('parent', 'auth/token/revoke-accessor', { accessor: h.parent_accessor });
-    } catch (e) {
-      return { id: t.id, outcome: 'failed', note: `Vault revocation failed: ${(e as Error).message}` };
+    if (typeof h.lease_id === 'string') await step('lease', 'sys/leases/revoke', { lease_id: h.lease_id });
+    if (typeof h.accessor === 'string') await step('token', 'auth/token/revoke-accessor', { accessor: h.accessor });
+    if (typeof h.parent_accessor === 'string') await step('parent', 'auth/token/revoke-accessor', { accessor: h.parent_accessor });
+    // The per-credential parent owns the child token and the lease: once it is gone, Vault revokes them with it.
+    const parentGone = typeof h.parent_accessor === 'string' && (done.includes('parent') || gone.includes('parent'));
+    if (errors.length && !parentGone) return { id: t.id, outcome: 'failed', kind: errors[0].kind, note: `Vault revocation failed: ${errors.map((e) => e.description).join('; ')}` };
+    const note = [
+      done.length ? `revoked ${done.join(', ')}` : '',
+      gone.length ? `${gone.join(', ')} already gone at Vault` : '',
+      errors.length ? `${errors.map((e) => e.description).join('; ')} (Vault revokes it with the parent)` : '',
+    ]
+      .filter(Boolean)
+      .join('; ');
+    if (h.kind === 'static') {
+      return { id: t.id, outcome: 'not_revocable', note: `a static (KV) secret cannot be revoked: the token that read it is ${done.includes('parent') ? 'revoked' : 'gone'}, but the value stays valid until it is rotated in Vault (${note})` };
     }
-    const note = [done.length ? `revoked ${done.join(', ')}` : '', gone.length ? `${gone.join(', ')} already gone at Vault` : ''].filter(Boolean).join('; ');
     return { id: t.id, outcome: 'revoked', note };
   }
 

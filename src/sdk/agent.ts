@@ -94,6 +94,8 @@ export interface BackendCredential {
   provider: string;
   expiresAt: Date;
   leaseId?: string;
+  /** A static secret (Vault KV): revoking the session kills the token that read it, not the value; `expiresAt` is when to re-read it. */
+  static?: boolean;
   credentials: Record<string, unknown>;
 }
 
@@ -141,6 +143,8 @@ interface TokenAnswer {
 
 const JWS_SHAPE = /^[\w-]+\.[\w-]+\.[\w-]+$/;
 const CRED_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+/** revoke() ends the session with a token that has at least this long to live (the request takes a moment, clocks differ). */
+const REVOKE_MARGIN_MS = 5000;
 const splitScope = (s: string | string[]): string[] => (Array.isArray(s) ? s : s.split(' ')).map((x) => x.trim()).filter(Boolean);
 const list = (v: string | string[] | undefined): string[] => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
 
@@ -268,10 +272,10 @@ export class CordonAgent {
     let answer: TokenAnswer;
     if (this.mode === 'bootstrap' || this.mode === 'federated') {
       form.push(['grant_type', GRANT_TOKEN_EXCHANGE], ...this.#subjectTokenParams());
-      answer = await this.#tokenRequest(form, 'session start');
+      answer = await this.#tokenRequest(form, 'session start', { endSession: true });
     } else {
       form.push(['grant_type', 'client_credentials']);
-      answer = await this.#tokenRequest(form, 'session start');
+      answer = await this.#tokenRequest(form, 'session start', { endSession: true });
     }
     const now = this.#clock.now();
     this.#session = {
@@ -340,8 +344,8 @@ export class CordonAgent {
     if (req.dpopJkt !== undefined) form.push(['dpop_jkt', req.dpopJkt]);
     if (req.scopePolicy !== undefined) form.push(['scope_policy', req.scopePolicy]);
     if (req.expiresIn !== undefined) form.push(['expires_in', String(req.expiresIn)]);
-    const a = await this.#tokenRequest(form, 'delegation', { dpop: t.tokenType === 'DPoP' });
-    if (req.dpopJkt !== undefined && a.tokenType !== 'DPoP') throw new CordonSdkError('bad_response', 'delegation: asked for a DPoP-bound token, got token_type Bearer');
+    // A DPoP-bound subject token needs a proof; the delegated token is bound only when dpopJkt asks for it.
+    const a = await this.#tokenRequest(form, 'delegation', { dpop: t.tokenType === 'DPoP', bound: req.dpopJkt !== undefined });
     return { accessToken: a.accessToken, tokenType: a.tokenType, expiresIn: a.expiresIn, expiresAt: this.#clock.now() + a.expiresIn * 1000, scope: a.scope ?? scope, sid: a.sid };
   }
 
@@ -349,6 +353,8 @@ export class CordonAgent {
   async credentials(name: string): Promise<BackendCredential> {
     this.#ensureOpen();
     if (!CRED_NAME.test(name)) throw new CordonSdkError('config', `credential name ${JSON.stringify(name.slice(0, 80))} is malformed`);
+    // Once the session is known to have ended, nothing cached from it is handed out.
+    if (this.#session?.ended) throw this.#session.ended;
     const now = this.#clock.now();
     const hit = this.#creds.get(name);
     if (hit) {
@@ -379,6 +385,15 @@ export class CordonAgent {
   /**
    * Revokes every token this agent was issued in the session that may still be alive (the broker
    * revokes everything delegated from them), then refuses further use of the session.
+   *
+   * With a client credential (secret or private_key_jwt) the whole session is ended
+   * (`end_session=true`), even when every token it holds has expired: the broker ignores an
+   * expired token at /revoke, so the agent first asks for a short-lived token of the session
+   * (`session=<sid>`) and ends the session with that one. A refused renewal (`invalid_grant`)
+   * means the session has already ended. A bootstrap or federated agent cannot renew, so once
+   * its last token has expired it cannot end the session: what is left in it (STS credentials)
+   * lives until the session's end, when the broker's sweeper revokes it. Call `close()` before
+   * the token expires.
    */
   async revoke(): Promise<void> {
     const s = this.#session;
@@ -392,8 +407,29 @@ export class CordonAgent {
     const now = this.#clock.now();
     const live = s.issued.filter((t) => t.expiresAt > now);
     // Ending the whole session (not just our tokens) means nobody can renew it with `session=<sid>` later.
-    if (this.mode !== 'handed' && live.length) {
-      await this.#revokeToken(live[live.length - 1].token, true);
+    if (this.mode !== 'handed') {
+      const usable = live.filter((t) => t.expiresAt > now + REVOKE_MARGIN_MS).sort((x, y) => x.expiresAt - y.expiresAt).at(-1);
+      let token = usable?.token;
+      if (!token && this.#canRenew()) {
+        if (s.expiresAt !== null && now >= s.expiresAt) {
+          s.issued = []; // the session is over at the broker too
+          return;
+        }
+        try {
+          const a = await this.#renewal(s, 'revocation: token for ending the session', { expiresIn: 60 });
+          token = a.accessToken;
+          s.issued.push({ token, expiresAt: now + a.expiresIn * 1000 });
+        } catch (e) {
+          if (e instanceof CordonSdkError && e.code === 'oauth' && e.error === 'invalid_grant') {
+            s.issued = []; // the broker will not renew it: the session has already ended (revoked or expired)
+            return;
+          }
+          throw e;
+        }
+      }
+      // Bootstrap/federated with only nearly expired tokens: try the freshest one anyway.
+      token ??= live.sort((x, y) => x.expiresAt - y.expiresAt).at(-1)?.token;
+      if (token) await this.#revokeToken(token, true);
       s.issued = [];
       return;
     }
@@ -516,13 +552,9 @@ export class CordonAgent {
   async #refresh(): Promise<void> {
     if (this.mode === 'local') return this.#refreshLocal();
     const s = this.#session!;
-    const form: Array<[string, string]> = [['scope', s.scope.join(' ')], ['session', s.sid]];
-    for (const a of s.audience) form.push(['audience', a]);
-    if (s.expiresIn !== undefined) form.push(['expires_in', String(s.expiresIn)]);
-    form.push(['grant_type', 'client_credentials']);
     let a: TokenAnswer;
     try {
-      a = await this.#tokenRequest(form, 'token refresh');
+      a = await this.#renewal(s, 'token refresh');
     } catch (e) {
       if (e instanceof CordonSdkError && e.code === 'oauth' && e.error === 'invalid_grant') {
         s.ended = new CordonSdkError('session_ended', `session ${s.sid} cannot be renewed: ${e.error_description ?? e.error}`, { error: e.error, error_description: e.error_description, status: e.status, cause: e });
@@ -530,16 +562,27 @@ export class CordonAgent {
       }
       throw e;
     }
-    if (a.sid !== s.sid) {
-      // The broker opened another session instead of renewing this one: do not drift into it.
-      await this.#revokeToken(a.accessToken).catch(() => {});
-      throw new CordonSdkError('bad_response', `token refresh: the broker answered for session ${a.sid}, not ${s.sid}`);
-    }
     const now = this.#clock.now();
     if (a.sessionExpiresAt !== undefined) s.expiresAt = s.expiresAt === null ? a.sessionExpiresAt : Math.min(s.expiresAt, a.sessionExpiresAt);
     s.current = this.#current(a, now, s.expiresAt);
     s.issued = s.issued.filter((t) => t.expiresAt > now);
     s.issued.push({ token: a.accessToken, expiresAt: now + a.expiresIn * 1000 });
+  }
+
+  /** A new token of the open session (`session=<sid>`), refused with `invalid_grant` once the session has ended. */
+  async #renewal(s: Session, what: string, opts: { expiresIn?: number } = {}): Promise<TokenAnswer> {
+    const form: Array<[string, string]> = [['scope', s.scope.join(' ')], ['session', s.sid]];
+    for (const a of s.audience) form.push(['audience', a]);
+    const expiresIn = opts.expiresIn !== undefined && s.expiresIn !== undefined ? Math.min(opts.expiresIn, s.expiresIn) : (opts.expiresIn ?? s.expiresIn);
+    if (expiresIn !== undefined) form.push(['expires_in', String(expiresIn)]);
+    form.push(['grant_type', 'client_credentials']);
+    const a = await this.#tokenRequest(form, what);
+    if (a.sid !== s.sid) {
+      // The broker opened another session instead of renewing this one: do not drift into it.
+      await this.#revokeToken(a.accessToken, true).catch(() => {});
+      throw new CordonSdkError('bad_response', `${what}: the broker answered for session ${a.sid}, not ${s.sid}`);
+    }
+    return a;
   }
 
   async #refreshLocal(): Promise<void> {
@@ -599,17 +642,27 @@ export class CordonAgent {
     return { headers: {}, form: [['client_id', this.clientId ?? WORKLOAD_CLIENT_ID]] };
   }
 
-  async #tokenRequest(form: Array<[string, string]>, what: string, opts: { dpop?: boolean } = {}): Promise<TokenAnswer> {
+  /**
+   * POST /token. With a DPoP key a proof is sent (unless `dpop: false`). `bound` (default: a proof
+   * was sent) says the answer must be bound to our key; for a delegation the proof only shows we
+   * hold the subject token, and the new token is the sub-agent's. A token issued but refused here is
+   * revoked at once (`endSession` when it opened a session), never left alive.
+   */
+  async #tokenRequest(form: Array<[string, string]>, what: string, opts: { dpop?: boolean; bound?: boolean; endSession?: boolean } = {}): Promise<TokenAnswer> {
     this.#ensureOpen();
     const url = `${this.issuer}/token`;
     const auth = await this.#clientAuth();
     const headers: Record<string, string> = { 'content-type': 'application/x-www-form-urlencoded', accept: 'application/json', ...auth.headers };
     const key = await this.#dpopKey();
-    if (key && opts.dpop !== false) headers.dpop = await key.proof('POST', url, { nowMs: this.#clock.now() });
+    const proved = key !== null && opts.dpop !== false;
+    if (proved) headers.dpop = await key.proof('POST', url, { nowMs: this.#clock.now() });
     const body = new URLSearchParams([...form, ...auth.form]).toString();
     const { body: json } = await requestJson(this.#http, url, { method: 'POST', headers, body }, what);
     const a = parseTokenAnswer(json, what);
-    if (key && opts.dpop !== false && a.tokenType !== 'DPoP') throw new CordonSdkError('bad_response', `${what}: sent a DPoP proof but got token_type ${a.tokenType}`);
+    if ((opts.bound ?? proved) && a.tokenType !== 'DPoP') {
+      await this.#revokeToken(a.accessToken, opts.endSession ?? false).catch(() => {});
+      throw new CordonSdkError('bad_response', `${what}: asked for a DPoP-bound token but got token_type ${a.tokenType}; it was revoked`);
+    }
     return a;
   }
 
@@ -682,7 +735,7 @@ function parseCredential(json: unknown, name: string): BackendCredential {
   const exp = typeof expires_at === 'string' ? new Date(expires_at) : null;
   if (!exp || Number.isNaN(exp.getTime())) throw new CordonSdkError('bad_response', `${what}: expires_at is missing or not a date`);
   if (!isObject(credentials)) throw new CordonSdkError('bad_response', `${what}: credentials is not an object`);
-  return { name: typeof json.name === 'string' ? json.name : name, provider, expiresAt: exp, ...(typeof lease_id === 'string' ? { leaseId: lease_id } : {}), credentials };
+  return { name: typeof json.name === 'string' ? json.name : name, provider, expiresAt: exp, ...(typeof lease_id === 'string' ? { leaseId: lease_id } : {}), ...(json.static === true ? { static: true } : {}), credentials };
 }
 
 /** An `aws-sts` credential in the shape AWS SDK v3 takes. */

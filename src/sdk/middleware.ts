@@ -246,7 +246,10 @@ export class RevocationSet {
     m.set(e.value, Math.max(m.get(e.value) ?? 0, e.exp));
   }
 
-  /** Forgets entries whose subject has expired anyway (their tokens fail on `exp`). */
+  /**
+   * Forgets entries whose subject has expired anyway (their tokens fail on `exp`). Give the time
+   * minus the clock tolerance: a token is still accepted until `exp + tolerance`.
+   */
   purge(nowSec: number): void {
     for (const m of [this.jtis, this.sids, this.agents]) for (const [k, exp] of m) if (exp < nowSec) m.delete(k);
   }
@@ -273,12 +276,14 @@ class RevocationFeed {
   readonly #http: HttpOptions;
   readonly #uri: string;
   readonly #nowSec: () => number;
+  readonly #toleranceSec: number;
   readonly #onError?: (e: Error) => void;
 
-  constructor(opts: { http: HttpOptions; uri: string; nowSec: () => number; onError?: (e: Error) => void }) {
+  constructor(opts: { http: HttpOptions; uri: string; nowSec: () => number; toleranceSec: number; onError?: (e: Error) => void }) {
     this.#http = opts.http;
     this.#uri = opts.uri;
     this.#nowSec = opts.nowSec;
+    this.#toleranceSec = opts.toleranceSec;
     this.#onError = opts.onError;
   }
 
@@ -308,7 +313,8 @@ class RevocationFeed {
         this.cursor = p.cursor;
         if (!p.more || !moved) break;
       }
-      this.set.purge(this.#nowSec());
+      // Kept while a token could still pass `exp` within the clock tolerance.
+      this.set.purge(this.#nowSec() - this.#toleranceSec);
       this.lastOkAt = performance.now();
       this.lastError = null;
     } catch (e) {
@@ -377,7 +383,7 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
   const realm = opts.realm ?? audience[0];
   const http: HttpOptions = { fetch: opts.fetch ?? ((i, init) => fetch(i, init)), timeoutMs: opts.timeoutMs ?? 5000 };
   const jwks = new JwksCache({ http, uri: opts.jwksUri ?? `${issuer}/jwks`, algorithms, cooldownMs: opts.jwksCooldownMs ?? 30_000, maxAgeMs: opts.jwksMaxAgeMs ?? 600_000, onError: opts.onBackgroundError });
-  const feed = new RevocationFeed({ http, uri: opts.revocationsUri ?? `${issuer}/revocations`, nowSec: () => Math.floor(clock.now() / 1000), onError: opts.onBackgroundError });
+  const feed = new RevocationFeed({ http, uri: opts.revocationsUri ?? `${issuer}/revocations`, nowSec: () => Math.floor(clock.now() / 1000), toleranceSec: tolerance, onError: opts.onBackgroundError });
   const seenProofs = new Map<string, number>();
   const cacheSize = opts.verifiedCacheSize ?? 1000;
   const verified = new Map<string, { payload: JWTPayload; kid: string; key: { key: CryptoKey; alg: string } }>();
@@ -416,7 +422,8 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
       throw fail('invalid_dpop_proof', 'dpop_invalid', `the DPoP proof could not be verified (${(e as Error).message.slice(0, 80)})`);
     }
     if (payload.htm !== method) throw fail('invalid_dpop_proof', 'dpop_mismatch', 'DPoP proof htm does not match the request method');
-    if (typeof payload.htu !== 'string' || normalizeUrl(payload.htu) !== normalizeUrl(url)) throw fail('invalid_dpop_proof', 'dpop_mismatch', 'DPoP proof htu does not match the request URL');
+    const htu = typeof payload.htu === 'string' ? normalizeUrl(payload.htu) : null;
+    if (htu === null || htu !== normalizeUrl(url)) throw fail('invalid_dpop_proof', 'dpop_mismatch', 'DPoP proof htu does not match the request URL');
     const nowSec = clock.now() / 1000;
     const iat = payload.iat as number;
     if (Math.abs(nowSec - iat) > window + tolerance) throw fail('invalid_dpop_proof', 'dpop_invalid', 'DPoP proof iat is outside the accepted window');

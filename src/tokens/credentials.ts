@@ -23,6 +23,7 @@ import { type CredentialRow, type CredentialState, credentials, iamDenies } from
 import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
 import type { CredentialProvider, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
+import { recordBackendError } from '../http/metrics.ts';
 import { chainOf, type AccessTokenClaims } from './claims.ts';
 import { requireDpopForToken } from './dpop.ts';
 import { recordDenial } from './issue.ts';
@@ -71,6 +72,11 @@ export interface CredentialResponse {
   credentials: Record<string, unknown>;
   /** STS allow_overhang only: seconds the credential outlives the session. */
   overhang_sec?: number;
+  /**
+   * A static secret (Vault KV v2): the value was not made for this session and cannot be revoked,
+   * only the token that read it; `expires_at` is then advice (re-read by then), not when it stops working.
+   */
+  static?: true;
 }
 
 const EVENT = 'credential.issue';
@@ -197,6 +203,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     expires_at: new Date(result.expiresAt).toISOString(),
     ...(result.leaseId ? { lease_id: result.leaseId } : {}),
     credentials: result.credentials,
+    ...(result.static ? { static: true as const } : {}),
     ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.ceil((result.expiresAt - ireq.session.expiresAt) / 1000)) } : {}),
   };
 }
@@ -265,7 +272,7 @@ async function stillActive(tx: Q, jti: string, now: number): Promise<boolean> {
   let q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.revoked_at as t_rev', 's.revoked_at as s_rev', 's.expires_at as s_exp').where('t.jti', jti);
   if (isPostgres(tx)) q = q.forUpdate('t');
   const r = await q.first();
-  return !!r && numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now - 5000;
+  return !!r && numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now;
 }
 
 /**
@@ -276,6 +283,8 @@ async function stillActive(tx: Q, jti: string, now: number): Promise<boolean> {
 async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueRequest, expiresAtMax: number, handle: Handle | null, err: unknown, chain: string[]): Promise<void> {
   const desc = err instanceof CordonError ? err.description : 'unexpected provider failure';
   const reason = err instanceof CordonError ? err.reason : `${provider.name}_error`;
+  if (isProviderError(err)) recordBackendError(b, err.provider, err.kind);
+  else if (!(err instanceof CordonError)) recordBackendError(b, provider.name, 'unexpected');
   let state: CredentialState = 'failed';
   let note = `not issued: ${desc}`;
   // STS checkpoints names before the call (nothing exists yet unless the answer was lost); Vault checkpoints a parent that exists.
@@ -285,9 +294,10 @@ async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueReq
     try {
       [r] = await provider.revoke([{ id: ireq.credentialId, sid: ireq.session.sid, jti: ireq.claims.jti, handle, expiresAt: expiresAtMax }], revokeCtx(b, 'orphan'));
     } catch (e) {
-      r = { id: ireq.credentialId, outcome: 'failed', note: (e as Error).message };
+      r = { id: ireq.credentialId, outcome: 'failed', note: (e as Error).message, ...(isProviderError(e) ? { kind: e.kind } : {}) };
     }
     if (r?.outcome === 'failed') {
+      if (r.kind) recordBackendError(b, provider.name, r.kind);
       state = 'revoke_failed';
       note = `not issued: ${desc}; cleanup of what the backend may have created failed (${r.note}); retrying`;
     } else if (r) note = `not issued: ${desc}; cleanup: ${r.outcome}${r.note ? ` (${r.note})` : ''}`;
@@ -385,13 +395,14 @@ export async function revokeRows(
           revokeCtx(b, opts.scope),
         );
       } catch (e) {
-        results = group.map((r) => ({ id: r.id, outcome: 'failed' as const, note: (e as Error).message }));
+        results = group.map((r) => ({ id: r.id, outcome: 'failed' as const, note: (e as Error).message, kind: isProviderError(e) ? e.kind : undefined }));
       }
     }
     const byId = new Map(results.map((x) => [x.id, x]));
     for (const r of group) {
       const res = byId.get(r.id) ?? { id: r.id, outcome: 'failed' as const, note: 'the provider gave no answer for this credential' };
-      const { state, at, decision, text } = settle(r, res, opts.claim === 'pending', now);
+      if (res.outcome === 'failed' && res.kind) recordBackendError(b, r.provider, res.kind);
+      const { state, at, decision, text } = settle(r, res, opts.claim === 'pending', now, opts.scope);
       if (state === 'revoked' || (opts.claim === 'pending' && state === 'failed')) sum.revoked++;
       else if (state === 'revoke_failed') sum.failed++;
       else sum.notRevocable++;
@@ -414,7 +425,7 @@ export async function revokeRows(
 }
 
 /** Where a revocation attempt leaves the row. */
-function settle(r: CredentialRow, res: RevokeResult, orphan: boolean, now: number): { state: CredentialState; at: number | null; decision: 'allow' | 'info'; text: string } {
+function settle(r: CredentialRow, res: RevokeResult, orphan: boolean, now: number, scope: RevokeContext['scope']): { state: CredentialState; at: number | null; decision: 'allow' | 'info'; text: string } {
   const until = new Date(r.expiresAt).toISOString();
   switch (res.outcome) {
     case 'revoked':
@@ -425,7 +436,7 @@ function settle(r: CredentialRow, res: RevokeResult, orphan: boolean, now: numbe
       // Alive until expiry, and listed so: an issued row with revoked_at set.
       return orphan
         ? { state: 'failed', at: null, decision: 'info', text: `orphan: the broker lost the backend's answer; if it issued, the credential is valid until ${until} (${res.note})` }
-        : { state: 'issued', at: now, decision: 'info', text: `revocation recorded; ${res.note}` };
+        : { state: 'issued', at: now, decision: 'info', text: `${scope === 'expired' ? 'session ended' : 'revocation recorded'}; ${res.note}` };
     case 'unknown':
       return { state: 'failed', at: null, decision: 'info', text: `orphan: ${res.note}; anything created expires by ${until}` };
     default:

@@ -6,7 +6,8 @@
  *    revoked (a Vault parent token takes its child token and leases with it; an STS credential
  *    whose names were known before the call is denied by IAM when the policy allows).
  * 2. Ended sessions (expired or revoked) not yet swept: their remaining issued credentials are
- *    revoked, then the session is marked swept.
+ *    revoked (for a session that simply expired, STS credentials are not denied: they expire with
+ *    it, or outlive it by allow_overhang, by design), then the session is marked swept.
  * 3. Failed revocations are retried until they succeed or the credential has expired anyway.
  * 4. IAM deny statements are removed once everything they denied has expired.
  * 5. Spent one-time values (DPoP proof jtis) are pruned.
@@ -66,7 +67,9 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
   // 2. Ended sessions.
   for (const s of await sessions.endedUnswept(b.db, now, BATCH)) {
     const rows = await credentials.revocableBySids(b.db, [s.sid]);
-    if (rows.length) add(await revokeRows(b, rows, { scope: 'session', claim: 'issued', why: s.revokedAt !== null ? 'session revoked' : 'session ended' }));
+    // A session that simply ended is not a revocation: its credentials end with it (Vault ones are
+    // still revoked, tidily); STS ones get no IAM deny (allow_overhang ones may outlive it by design).
+    if (rows.length) add(await revokeRows(b, rows, s.revokedAt !== null ? { scope: 'session', claim: 'issued', why: 'session revoked' } : { scope: 'expired', claim: 'issued', why: 'session ended' }));
     // In-flight issues of this session (pending rows) finish by themselves: their commit sees the session
     // ended and revokes, or orphan recovery does. Swept = nothing issued is left to revoke.
     if (await sessions.markSwept(b.db, s.sid, now)) rep.sessionsSwept++;
