@@ -52,8 +52,26 @@ describe('core: OAuth surface through openid-client', () => {
         for (const am of ['client_secret_basic', 'client_secret_post', 'private_key_jwt']) assert.ok(methods.includes(am), `token_endpoint_auth_methods_supported lacks ${am}: ${methods}`);
         const dpop = m.dpop_signing_alg_values_supported as string[];
         assert.ok(Array.isArray(dpop) && dpop.length > 0, 'dpop_signing_alg_values_supported is a non-empty list');
+        // Nothing this broker does not serve is advertised.
+        for (const k of ['authorization_endpoint', 'end_session_endpoint', 'pushed_authorization_request_endpoint', 'id_token_signing_alg_values_supported']) assert.equal(m[k], undefined, k);
       });
     }
+
+    it('endpoint URLs come from the issuer, not from the Host header', async () => {
+      // fetch will not send a foreign Host header; node:http will.
+      const { request } = await import('node:http');
+      const m = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        const req = request(`${t.url}/.well-known/openid-configuration`, { headers: { host: 'evil.example:1234' } }, (res) => {
+          let body = '';
+          res.on('data', (c) => (body += c));
+          res.on('end', () => resolve(JSON.parse(body)));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(m.token_endpoint, `${t.url}/token`);
+      assert.equal(m.jwks_uri, `${t.url}/jwks`);
+    });
 
     it('openid-client discovers with both issuer algorithms (oidc and oauth2 well-known paths)', async () => {
       for (const alg of ['oidc', 'oauth2'] as const) {

@@ -72,6 +72,28 @@ function adapterFor(b: Broker) {
   };
 }
 
+/** Metadata oidc-provider publishes for flows Cordon does not serve. */
+const UNSERVED_METADATA = [
+  'authorization_endpoint',
+  'end_session_endpoint',
+  'pushed_authorization_request_endpoint',
+  'require_pushed_authorization_requests',
+  'response_modes_supported',
+  'code_challenge_methods_supported',
+  'claims_parameter_supported',
+  'claims_supported',
+  'claim_types_supported',
+  'request_parameter_supported',
+  'request_uri_parameter_supported',
+  'require_request_uri_registration',
+  'request_object_signing_alg_values_supported',
+  'id_token_signing_alg_values_supported',
+  'subject_types_supported',
+  'authorization_response_iss_parameter_supported',
+  'scopes_supported',
+  'acr_values_supported',
+];
+
 /** Long enough for any client assertion (they live minutes); upsert then sets the real expiry. */
 const PROVISIONAL_REPLAY_MS = 15 * 60_000;
 
@@ -159,6 +181,16 @@ export async function createProvider(b: Broker): Promise<Provider> {
     for (const f of b.hooks.onDecision) f('token', 'deny', err.error ?? 'invalid_request');
   });
   provider.on('server_error', (_ctx: unknown, err: Error) => b.log.error({ err: err.message }, 'token endpoint error'));
+  // Discovery describes what this broker serves: no authorization endpoint, no ID tokens, no
+  // browser flows; endpoint URLs come from the issuer, not from the request's Host header.
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.oidc?.route !== 'discovery' || typeof ctx.body !== 'object' || ctx.body === null) return;
+    const doc = ctx.body as Record<string, unknown>;
+    for (const k of UNSERVED_METADATA) delete doc[k];
+    doc.token_endpoint = `${b.config.issuer}/token`;
+    doc.jwks_uri = `${b.config.issuer}/jwks`;
+  });
   return provider;
 }
 
