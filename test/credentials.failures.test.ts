@@ -107,7 +107,7 @@ describe('backend credentials: failures', () => {
       assert.deepEqual(agentFacingVault(since), { tokens: [], leases: [] });
       // What Vault may still have created is a parent that never left the broker: no children, dead by the token's exp.
       for (const t of f.vault.listTokens().filter((x) => x.createdAtMs >= since && x.state === 'active')) {
-        assert.equal(t.meta?.cordon, 'parent');
+        assert.equal(t.meta?.cordon, 'parent', JSON.stringify(t));
         assert.deepEqual(t.children, []);
         assert.ok(t.expiresAtMs! <= claimsOf(tok).exp * 1000);
       }
