@@ -1,8 +1,12 @@
 import type { Knex } from 'knex';
 import * as core from './001_core.ts';
+import * as iamDenyEntries from './002_iam_deny_entries.ts';
 
 /** Migrations are listed here rather than globbed, so they load the same under tsx, tsc and bundlers. */
-const migrations: Array<[string, Knex.Migration]> = [['001_core', core]];
+const migrations: Array<[string, Knex.Migration]> = [
+  ['001_core', core],
+  ['002_iam_deny_entries', iamDenyEntries],
+];
 
 export const migrationSource: Knex.MigrationSource<[string, Knex.Migration]> = {
   getMigrations: async () => migrations,

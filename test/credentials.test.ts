@@ -276,12 +276,15 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.deepEqual(f.vault.requestsTo('sys/leases/revoke').map((x) => x.body.lease_id), [db.lease_id]);
       assert.equal(f.vault.isTokenActive(vt.credentials.client_token), false);
       assert.equal(f.vault.isLeaseActive(db.lease_id), false);
-      // STS with revoke_via_iam: an inline deny on the role, on this session's source identity.
+      // STS with revoke_via_iam: the role's one revocation policy, listing this session's source identity.
       const put = f.sts.requests.filter((x) => x.action === 'PutRolePolicy');
       assert.equal(put.length, 1);
+      assert.equal(put[0].params.PolicyName, 'cordon-revocations');
+      assert.deepEqual(Object.keys(f.sts.rolePolicies('agent-reports')), ['cordon-revocations']);
       const doc = JSON.parse(put[0].params.PolicyDocument);
+      assert.equal(doc.Statement.length, 1);
       assert.equal(doc.Statement[0].Effect, 'Deny');
-      assert.equal(doc.Statement[0].Condition.StringEquals['aws:SourceIdentity'], `${a.id}.${sid.replace(/^ses_/, '')}`);
+      assert.deepEqual(doc.Statement[0].Condition.StringEquals['aws:SourceIdentity'], [`${a.id}.${sid.replace(/^ses_/, '')}`]);
       assert.ok(doc.Statement[0].Condition.DateLessThan['aws:TokenIssueTime']);
       assert.equal(f.sts.isCredentialDenied(viaIam.credentials.AccessKeyId), true, 'the revoked session is denied');
       assert.equal(f.sts.isCredentialDenied(viaIam.credentials.AccessKeyId, { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' }), true);
@@ -299,6 +302,8 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const [deny] = await iamDenies.bySession(f.tb.b.db, sid);
       assert.equal(deny.roleArn, ROLE_ARN);
       assert.equal(deny.policyName, put[0].params.PolicyName);
+      assert.equal(deny.kind, 'session');
+      assert.equal(deny.subject, `${a.id}.${sid.replace(/^ses_/, '')}`);
       assert.equal(deny.removeAfter, Date.parse(viaIam.expires_at) + f.tb.b.config.clockSkewSec * 1000, 'kept until every denied credential has expired');
       const audit = await auditSince(f.tb.b, head);
       assert.equal(audit.filter((x) => x.event === 'credential.revoke').length, 4);
@@ -350,6 +355,7 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
         },
         revoke: (t, c) => real.revoke(t, c),
         health: () => real.health(),
+        applyDenies: (r, e) => real.applyDenies!(r, e),
         removeDeny: (d) => real.removeDeny!(d),
       });
       try {
@@ -382,8 +388,13 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.equal(f.sts.isCredentialDenied(subS.credentials.AccessKeyId), true, 'the sub-agent’s STS credential is denied');
       assert.equal(f.sts.isCredentialDenied(mineS.credentials.AccessKeyId), false, 'the orchestrator’s, same session, is not');
       const put = f.sts.requests.filter((x) => x.action === 'PutRolePolicy').at(-1)!;
-      const cond = JSON.parse(put.params.PolicyDocument).Statement[0].Condition;
-      assert.deepEqual(cond.StringLike['aws:userid'], [`*:${f.sts.getCredential(subS.credentials.AccessKeyId)!.sessionName}`]);
+      assert.equal(put.params.PolicyName, 'cordon-revocations');
+      const stmts = JSON.parse(put.params.PolicyDocument).Statement;
+      assert.deepEqual(stmts.map((x: any) => x.Sid), ['CordonRevokedCredentials'], 'a token-level revocation names credentials, not the session');
+      assert.deepEqual(Object.keys(stmts[0].Condition), ['StringLike']);
+      const userids: string[] = stmts[0].Condition.StringLike['aws:userid'];
+      assert.ok(userids.includes(`AROA*:${f.sts.getCredential(subS.credentials.AccessKeyId)!.sessionName}`));
+      assert.ok(!userids.includes(`AROA*:${f.sts.getCredential(mineS.credentials.AccessKeyId)!.sessionName}`));
     });
 
     it('a revocation that lands while Vault is still answering: the fresh credential is revoked, never returned', async () => {

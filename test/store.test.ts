@@ -12,6 +12,7 @@ import { tokens, type TokenRecord } from '../src/store/tokens.ts';
 import { revocations } from '../src/store/revocations.ts';
 import { replayGuard } from '../src/store/replay.ts';
 import { auditRows } from '../src/store/audit.ts';
+import { iamDenies } from '../src/store/credentials.ts';
 import { appendAudit, GENESIS_HASH } from '../src/audit/log.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { freshPgDatabase } from './helpers/pg.ts';
@@ -88,10 +89,12 @@ for (const backend of [sqlite, postgres]) {
     this.timeout(60_000);
     let db: Db;
     let drop: () => Promise<void>;
+    let url: string;
 
     before(async () => {
       const created = await backend.create();
       drop = created.drop;
+      url = created.url;
       db = openDb(created.url);
       await migrate(db);
     });
@@ -111,7 +114,7 @@ for (const backend of [sqlite, postgres]) {
         assert.equal(pending.length, 0);
         await migrate(db);
         const [done] = (await db.migrate.list({ migrationSource })) as [Array<{ name: string } | string>, unknown[]];
-        assert.equal(done.length, 1);
+        assert.equal(done.length, (await migrationSource.getMigrations([])).length);
       });
 
       it('roll back cleanly and apply again', async () => {
@@ -133,6 +136,34 @@ for (const backend of [sqlite, postgres]) {
       it('enforce foreign keys (a session needs its agent, a token its session)', async () => {
         await assert.rejects(sessions.insert(db, sessionRow('ses_orphan', 'agt_missing')));
         await assert.rejects(tokens.insert(db, tokenRow('jti_orphan', 'ses_missing', 'agt_missing')));
+      });
+    });
+
+    describe('IAM deny entries', () => {
+      it('rebuilds of one role are serialised, in this process and (PostgreSQL) across replicas, each seeing the entries committed before it', async () => {
+        const role = 'arn:aws:iam::123456789012:role/serialised';
+        const other = openDb(url); // a second replica's pool
+        try {
+          const spans: Array<[string, number, number, number]> = [];
+          const rebuild = (q: Db, name: string, insertFirst: boolean) =>
+            (async () => {
+              if (insertFirst) await iamDenies.insert(q, { id: `iamd_${name}`, roleArn: role, policyName: 'cordon-revocations', sid: 'ses_x', kind: 'session', subject: name, revokedAt: T0, createdAt: T0, removeAfter: T0 + 1 });
+              return iamDenies.withRole(q, role, async (_tx, entries) => {
+                const start = Date.now();
+                await new Promise((r) => setTimeout(r, 80)); // the IAM call
+                spans.push([name, start, Date.now(), entries.length]);
+              });
+            })();
+          await Promise.all([rebuild(db, 'a', true), rebuild(isPostgres(db) ? other : db, 'b', true), rebuild(db, 'c', false)]);
+          spans.sort((x, y) => x[1] - y[1]);
+          for (let i = 1; i < spans.length; i++) assert.ok(spans[i][1] >= spans[i - 1][2], `rebuilds overlapped: ${JSON.stringify(spans)}`);
+          assert.equal(spans.at(-1)![3], 2, 'the last rebuild saw every committed entry');
+          assert.deepEqual(await iamDenies.rolesWithEntries(db), [role]);
+          assert.equal(await iamDenies.markRemovedMany(db, ['iamd_a', 'iamd_b'], T0 + 2), 2);
+          assert.deepEqual(await iamDenies.activeForRole(db, role), []);
+        } finally {
+          await other.destroy();
+        }
       });
     });
 

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { orphanGraceMs, startSweeper, sweepOnce } from '../src/tokens/sweeper.ts';
 import { providersOf } from '../src/tokens/credentials.ts';
-import { revokeSession } from '../src/tokens/revoke.ts';
+import { revokeSession, revokeTokenChain } from '../src/tokens/revoke.ts';
 import { iamDenies } from '../src/store/credentials.ts';
 import type { CredentialProvider } from '../src/providers/provider.ts';
-import { auditHead, auditSince, claimsOf, mustSession } from './delegation.kit.ts';
-import { credFixture, type CredFixture } from './credentials.kit.ts';
+import { auditHead, auditSince, claimsOf, mustDelegate, mustSession } from './delegation.kit.ts';
+import { credFixture, ROLE_ARN, type CredFixture } from './credentials.kit.ts';
 
 /** A request whose answer never comes (the broker "crashed" while serving it): stop waiting after a moment. */
 const abandon = (p: Promise<unknown>): Promise<unknown> => Promise.race([p.catch(() => undefined), new Promise((r) => setTimeout(r, 300))]);
@@ -150,6 +150,7 @@ describe('sweeper: everything dies with the session', () => {
         revoke: (t, c) => real.revoke(t, c),
         health: () => real.health(),
         ...(real.removeDeny ? { removeDeny: (d) => real.removeDeny!(d) } : {}),
+        ...(real.applyDenies ? { applyDenies: (r, e) => real.applyDenies!(r, e) } : {}),
       };
       map.set(name, crashing);
       return { answers, restore: () => map.set(name, real) };
@@ -199,5 +200,171 @@ describe('sweeper: everything dies with the session', () => {
       assert.equal(f.sts.isCredentialDenied(lost.AccessKeyId), true, 'the orphan is denied');
       assert.equal(f.sts.isCredentialDenied(kept.credentials.AccessKeyId), false, 'its recorded sibling in the same session is not');
     });
+  });
+});
+
+describe('IAM revocations: one consolidated policy per role', () => {
+  let f: CredFixture;
+  beforeEach(async () => {
+    f = await credFixture();
+  });
+  afterEach(async () => {
+    await f?.stop();
+  });
+
+  const ROLE = 'agent-reports';
+  const policies = (): Record<string, string> => f.sts.rolePolicies(ROLE);
+  const inlineChars = (): number => Object.values(policies()).reduce((n, d) => n + d.replace(/\s/g, '').length, 0);
+
+  it('60 revoked sessions on one role are all denied by a single inline policy under 10,240 characters; other sessions are not; the sweeper drops entries as they expire, then the policy', async () => {
+    const a = await f.agent('many-revoked', 'creds-owner');
+    // A bystander session with a credential issued before any revocation: never denied.
+    const bystanderTok = await mustSession(f.tb, a, 'cred:s3-iam');
+    const bystander = (await f.cred('s3-iam', bystanderTok)).body;
+    const t0 = f.tb.clock.now();
+    const revoked: Array<{ sid: string; key: string; expiresAt: number }> = [];
+    for (let i = 0; i < 60; i++) {
+      if (i === 30) f.tb.clock.advance(10 * 60_000); // the second half expires 10 minutes later
+      const tok = await mustSession(f.tb, a, 'cred:s3-iam');
+      const c = (await f.cred('s3-iam', tok)).body;
+      assert.ok(c.credentials?.AccessKeyId, JSON.stringify(c));
+      revoked.push({ sid: claimsOf(tok).sid, key: c.credentials.AccessKeyId, expiresAt: Date.parse(c.expires_at) });
+    }
+    f.sts.reset();
+    for (const r of revoked) {
+      f.tb.clock.advance(1000);
+      await revokeSession(f.tb.b, r.sid, { actor: 'admin', via: 'test' });
+    }
+    for (const r of revoked) {
+      const [row] = await f.rows(r.sid);
+      assert.equal(row.state, 'revoked', row.note!);
+      assert.match(row.note!, /denied by inline policy cordon-revocations on role agent-reports \(aws:SourceIdentity /);
+      assert.equal(f.sts.isCredentialDenied(r.key), true, `session ${r.sid} is denied`);
+    }
+    const puts = f.sts.requests.filter((x) => x.action === 'PutRolePolicy');
+    assert.equal(puts.length, 60, 'one rebuild per revocation');
+    assert.ok(puts.every((x) => x.params.PolicyName === 'cordon-revocations' && !x.errorCode), 'never refused by IAM (one policy per revocation would have hit LimitExceeded after ~30)');
+    assert.deepEqual(Object.keys(policies()), ['cordon-revocations'], 'a single inline policy');
+    assert.ok(inlineChars() < 10_240, `${inlineChars()} characters`);
+    const doc = JSON.parse(policies()['cordon-revocations']);
+    assert.equal(doc.Statement.length, 1);
+    assert.equal(doc.Statement[0].Condition.StringEquals['aws:SourceIdentity'].length, 60);
+    assert.equal((await iamDenies.active(f.tb.b.db)).length, 60);
+
+    // Not denied: the bystander (same agent, same role, issued before the revocations) and later sessions.
+    assert.equal(f.sts.isCredentialDenied(bystander.credentials.AccessKeyId), false, 'a live session’s earlier credential');
+    const laterTok = await mustSession(f.tb, a, 'cred:s3-iam');
+    const later = (await f.cred('s3-iam', laterTok)).body;
+    assert.equal(f.sts.isCredentialDenied(later.credentials.AccessKeyId), false, 'a later session’s credential');
+    const bystanderTok2 = await mustSession(f.tb, a, 'cred:s3-iam', { session: claimsOf(bystanderTok).sid });
+    assert.equal(f.sts.isCredentialDenied((await f.cred('s3-iam', bystanderTok2)).body.credentials.AccessKeyId), false, 'a later credential of the live session');
+
+    // Sweeping before anything expired changes nothing (the rebuild is idempotent).
+    const first = await sweepOnce(f.tb.b);
+    assert.equal(first.deniesRemoved, 0);
+    assert.equal(JSON.parse(policies()['cordon-revocations']).Statement[0].Condition.StringEquals['aws:SourceIdentity'].length, 60);
+
+    // The first 30 credentials expired: their entries go, the others stay denied.
+    const skew = f.tb.b.config.clockSkewSec * 1000;
+    f.tb.clock.set(Math.max(...revoked.slice(0, 30).map((r) => r.expiresAt)) + skew + 1);
+    assert.ok(f.tb.clock.now() < Math.min(...revoked.slice(30).map((r) => r.expiresAt)));
+    const mid = await sweepOnce(f.tb.b);
+    assert.equal(mid.deniesRemoved, 30);
+    const sis = JSON.parse(policies()['cordon-revocations']).Statement[0].Condition.StringEquals['aws:SourceIdentity'];
+    assert.equal(sis.length, 30);
+    for (const r of revoked.slice(30)) assert.equal(f.sts.isCredentialDenied(r.key), true, 'still denied while alive');
+    assert.equal((await iamDenies.active(f.tb.b.db)).length, 30);
+
+    // All expired: the policy is deleted, every entry marked removed.
+    f.tb.clock.set(Math.max(...revoked.map((r) => r.expiresAt)) + skew + 1);
+    const last = await sweepOnce(f.tb.b);
+    assert.equal(last.deniesRemoved, 30);
+    assert.deepEqual(policies(), {}, 'the role is clean again');
+    assert.deepEqual(await iamDenies.active(f.tb.b.db), []);
+    f.sts.reset();
+    await sweepOnce(f.tb.b);
+    assert.equal(f.sts.requests.filter((x) => x.action === 'PutRolePolicy' || x.action === 'DeleteRolePolicy').length, 0, 'no role left to reconcile');
+    assert.ok(t0 > 0);
+  });
+
+  it('a token-level revocation and a session revocation share the one policy, as two statements', async () => {
+    const orch = await f.agent('mix-orch', 'creds-owner');
+    const worker = await f.agent('mix-worker', 'creds-worker');
+    const tok = await mustSession(f.tb, orch, 'work:read cred:s3-iam');
+    const sub = await mustDelegate(f.tb, orch, tok, worker, 'work:read cred:s3-iam');
+    const mine = (await f.cred('s3-iam', tok)).body;
+    const theirs = (await f.cred('s3-iam', sub)).body;
+    await revokeTokenChain(f.tb.b, claimsOf(sub).jti, { actor: 'admin', via: 'test' });
+    assert.equal(f.sts.isCredentialDenied(theirs.credentials.AccessKeyId), true);
+    assert.equal(f.sts.isCredentialDenied(mine.credentials.AccessKeyId), false);
+    const other = await mustSession(f.tb, orch, 'cred:s3-iam');
+    const otherC = (await f.cred('s3-iam', other)).body;
+    await revokeSession(f.tb.b, claimsOf(other).sid, { actor: 'admin', via: 'test' });
+    assert.deepEqual(Object.keys(policies()), ['cordon-revocations']);
+    const doc = JSON.parse(policies()['cordon-revocations']);
+    assert.deepEqual(doc.Statement.map((s: any) => s.Sid).sort(), ['CordonRevokedCredentials', 'CordonRevokedSessions']);
+    assert.equal(f.sts.isCredentialDenied(theirs.credentials.AccessKeyId), true, 'the earlier token-level deny survived the rebuild');
+    assert.equal(f.sts.isCredentialDenied(otherC.credentials.AccessKeyId), true);
+    assert.equal(f.sts.isCredentialDenied(mine.credentials.AccessKeyId), false);
+  });
+
+  it('the sweeper repairs a policy a racing replica overwrote with a stale document (or deleted)', async () => {
+    const a = await f.agent('stale-put', 'creds-owner');
+    const toks = [await mustSession(f.tb, a, 'cred:s3-iam'), await mustSession(f.tb, a, 'cred:s3-iam')];
+    const keys = [];
+    for (const t of toks) keys.push((await f.cred('s3-iam', t)).body.credentials.AccessKeyId);
+    await revokeSession(f.tb.b, claimsOf(toks[0]).sid, { actor: 'admin', via: 'test' });
+    const stale = policies()['cordon-revocations'];
+    await revokeSession(f.tb.b, claimsOf(toks[1]).sid, { actor: 'admin', via: 'test' });
+    // A replica that read the entries before the second revocation committed PUTs last.
+    f.sts.putRolePolicy(ROLE, 'cordon-revocations', stale);
+    assert.equal(f.sts.isCredentialDenied(keys[1]), false, 'the lost update');
+    await sweepOnce(f.tb.b);
+    assert.equal(f.sts.isCredentialDenied(keys[0]), true);
+    assert.equal(f.sts.isCredentialDenied(keys[1]), true, 'repaired within one sweep');
+    f.sts.clearState();
+    f.sts.putRolePolicy(ROLE, 'unrelated', { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: '*' }] });
+    await sweepOnce(f.tb.b);
+    assert.deepEqual(Object.keys(policies()).sort(), ['cordon-revocations', 'unrelated'], 'rebuilt; other inline policies untouched');
+  });
+
+  it('a revocation that does not fit is revoke_failed with a note (never dropped silently), and the denies already in place stay', async () => {
+    // 180 older revocations on the role, in the database (say from sessions of other brokers' agents).
+    const now = f.tb.clock.now();
+    const a = await f.agent('full-role', 'creds-owner');
+    const tok = await mustSession(f.tb, a, 'cred:s3-iam');
+    const c = (await f.cred('s3-iam', tok)).body;
+    const sid = claimsOf(tok).sid;
+    for (let i = 0; i < 180; i++)
+      await iamDenies.insert(f.tb.b.db, {
+        id: `iamd_000000000${String(i).padStart(4, '0')}_old`,
+        roleArn: ROLE_ARN,
+        policyName: 'cordon-revocations',
+        sid,
+        kind: 'session',
+        subject: `agt_old${String(i).padStart(3, '0')}.${'x'.repeat(50)}`,
+        revokedAt: now - 1000,
+        createdAt: now - 1000,
+        removeAfter: now + 60_000,
+      });
+    await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
+    const [row] = await f.rows(sid);
+    assert.equal(row.state, 'revoke_failed', row.note!);
+    assert.match(row.note!, /does not fit on role agent-reports: inline policy cordon-revocations is full \(\d+ active revocations; IAM allows 10240 characters/);
+    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), false, 'truthfully: not denied');
+    assert.ok(inlineChars() <= 10_240, `${inlineChars()} characters`);
+    const sis: string[] = JSON.parse(policies()['cordon-revocations']).Statement[0].Condition.StringEquals['aws:SourceIdentity'];
+    assert.ok(sis.length > 100 && sis.every((s) => s.startsWith('agt_old')), 'the oldest revocations keep their place');
+    assert.equal((await iamDenies.bySession(f.tb.b.db, sid)).filter((d) => d.kind !== null && d.removedAt === null && !d.id.endsWith('_old')).length, 0, 'the entry that did not fit was withdrawn');
+
+    // Once room is made (the old ones expired), the sweeper's retry denies it.
+    f.tb.clock.advance(60_000 + 1);
+    const rep = await sweepOnce(f.tb.b);
+    assert.equal(rep.retried, 1);
+    assert.equal(rep.deniesRemoved, 180);
+    const [after] = await f.rows(sid);
+    assert.equal(after.state, 'revoked', after.note!);
+    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
+    assert.deepEqual(JSON.parse(policies()['cordon-revocations']).Statement.map((s: any) => s.Sid), ['CordonRevokedCredentials'], 'retried as that credential alone');
   });
 });

@@ -18,11 +18,15 @@
  * on role credentials is *role chaining*: AWS caps the duration at 1 hour; the provider detects
  * that answer, caps at 3600 s from then on, and retries once.
  *
- * Revocation: AWS cannot revoke one session's keys. With `revoke_via_iam: true` the broker puts an
- * inline policy on the role that denies everything to credentials of that source identity issued
- * before the revocation (`aws:TokenIssueTime`), recorded in `iam_denies`; the sweeper deletes it once
- * everything it denied has expired. Without it, the revocation is recorded and the credential is
- * reported alive until it expires.
+ * Revocation: AWS cannot revoke one session's keys. With `revoke_via_iam: true` each revocation
+ * records deny entries in `iam_denies` (a revoked session: its source identity; a credential revoked
+ * alone inside a live session: its aws:userid) and then rewrites the role's ONE inline policy,
+ * `cordon-revocations`, in full from every active entry of that role in the database (never a
+ * read-modify-write of IAM): IAM allows 10,240 characters of inline policy per role, which one
+ * policy per revocation would exhaust after ~30. Entries that do not fit are reported failed. The
+ * sweeper drops entries once everything they denied has expired and rebuilds (or deletes) the
+ * policy of every role with entries on each sweep, which also repairs a write lost to a race.
+ * Without it, the revocation is recorded and the credential is reported alive until it expires.
  */
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient, type AssumeRoleCommandInput } from '@aws-sdk/client-sts';
 import { DeleteRolePolicyCommand, IAMClient, PutRolePolicyCommand } from '@aws-sdk/client-iam';
@@ -31,6 +35,7 @@ import { CordonError } from '../errors.ts';
 import { newId } from '../ids.ts';
 import {
   type CredentialProvider,
+  type DenyApplyResult,
   type DenyRecord,
   type Handle,
   type IssuePlan,
@@ -74,6 +79,59 @@ export function roleSessionNameFor(holderName: string, sid: string, credentialId
 
 const roleNameOf = (roleArn: string): string => roleArn.slice(roleArn.lastIndexOf('/') + 1);
 const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+/** The one inline policy per role that holds every active revocation on it. */
+export const REVOCATION_POLICY = 'cordon-revocations';
+/** IAM's budget for all inline policies of one role together (characters, whitespace not counted). */
+export const INLINE_POLICY_LIMIT = 10_240;
+
+/** Entry ids that sort by creation (then a per-process counter), so "oldest first" is stable even within one millisecond. */
+let denySeq = 0;
+const denyId = (): string => `iamd_${Date.now().toString(36).padStart(9, '0')}${(denySeq++ % 36 ** 4).toString(36).padStart(4, '0')}_${newId('x').slice(2, 18)}`;
+
+/**
+ * The role's revocation policy from its active entries, oldest first. At most two statements:
+ * revoked sessions (their source identities, each unique to one session, issued before the latest
+ * of their revocation times: the broker issues nothing in a session after revoking it, so the
+ * shared bound denies nothing new) and credentials revoked alone inside live sessions (their
+ * aws:userid). Entries are taken in order while the document stays within `limit`; the first that
+ * does not fit and every later one are `omitted` (older revocations never make way for newer).
+ */
+export function buildRevocationPolicy(entries: readonly DenyRecord[], skewMs: number, limit = INLINE_POLICY_LIMIT): { document: string | null; applied: string[]; omitted: string[] } {
+  const sources: string[] = [];
+  const users: string[] = [];
+  let latest = -Infinity;
+  const render = (si: string[], at: number, uid: string[]): string => {
+    const Statement: object[] = [];
+    // Rounded up to the second: IAM compares whole seconds, and nothing of these sessions is issued later.
+    if (si.length) Statement.push({ Sid: 'CordonRevokedSessions', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'aws:SourceIdentity': si }, DateLessThan: { 'aws:TokenIssueTime': iso(Math.ceil((at + skewMs) / 1000) * 1000) } } });
+    if (uid.length) Statement.push({ Sid: 'CordonRevokedCredentials', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringLike: { 'aws:userid': uid } } });
+    return JSON.stringify({ Version: '2012-10-17', Statement });
+  };
+  let document: string | null = null;
+  const applied: string[] = [];
+  const omitted: string[] = [];
+  for (const e of entries) {
+    if (omitted.length) {
+      omitted.push(e.id);
+      continue;
+    }
+    const si = e.kind === 'session' && !sources.includes(e.subject) ? [...sources, e.subject] : sources;
+    const uid = e.kind === 'credential' && !users.includes(e.subject) ? [...users, e.subject] : users;
+    const at = e.kind === 'session' ? Math.max(latest, e.revokedAt) : latest;
+    const doc = render(si, at, uid);
+    if (doc.length > limit) {
+      omitted.push(e.id);
+      continue;
+    }
+    if (si !== sources) sources.push(e.subject);
+    if (uid !== users) users.push(e.subject);
+    latest = at;
+    document = doc;
+    applied.push(e.id);
+  }
+  return { document: sources.length || users.length ? document : null, applied, omitted };
+}
 
 export class StsProvider implements CredentialProvider {
   readonly name = 'aws-sts' as const;
@@ -200,10 +258,11 @@ export class StsProvider implements CredentialProvider {
         groups.set(key, [...(groups.get(key) ?? []), t]);
       }
     }
+    const viaIam: RevokeTarget[][] = [];
     for (const group of groups.values()) {
       // A deny on a role covers every credential of that session on that role, so one credential
       // that may be revoked through IAM carries the others of the group with it.
-      if (group.some((t) => t.handle!.revoke_via_iam === true)) results.push(...(await this.#deny(group, ctx)));
+      if (group.some((t) => t.handle!.revoke_via_iam === true)) viaIam.push(group);
       else
         for (const t of group)
           results.push({
@@ -212,48 +271,122 @@ export class StsProvider implements CredentialProvider {
             note: `AWS cannot revoke STS credentials one by one and revoke_via_iam is off for this credential: it stays valid until ${iso(t.expiresAt)}`,
           });
     }
+    if (viaIam.length) results.push(...(await this.#deny(viaIam, ctx)));
     return results;
   }
 
-  /** One inline deny policy on the role for one session's credentials (all of them, or the named ones). */
-  async #deny(group: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]> {
-    const h = group[0].handle!;
-    const roleArn = String(h.role_arn);
-    const roleName = roleNameOf(roleArn);
+  /**
+   * Deny entries for these groups (a revoked session: its source identity; otherwise each named
+   * credential: its aws:userid), recorded first, then each role's one policy rebuilt from every
+   * active entry in the database and put in full.
+   */
+  async #deny(groups: RevokeTarget[][], ctx: RevokeContext): Promise<RevokeResult[]> {
+    const results: RevokeResult[] = [];
     const skew = this.#deps.clockSkewSec * 1000;
-    const condition: Record<string, Record<string, string | string[]>> = {
-      StringEquals: { 'aws:SourceIdentity': String(h.source_identity) },
-      // Clocks differ: anything AWS stamped up to `skew` after our revocation is still this session's and still denied.
-      DateLessThan: { 'aws:TokenIssueTime': iso(ctx.now + skew) },
-    };
-    if (ctx.scope !== 'session') {
-      // Only some credentials of a live session: name them (aws:userid = <role id>:<role session name>).
-      condition.StringLike = { 'aws:userid': [...new Set(group.map((t) => `*:${String(t.handle!.role_session_name)}`))] };
+    const entries: DenyRecord[] = [];
+    const planned: Array<{ t: RevokeTarget; entry: DenyRecord }> = [];
+    const entry = (t: RevokeTarget, kind: DenyRecord['kind'], subject: string, removeAfter: number): DenyRecord => ({
+      id: denyId(),
+      roleArn: String(t.handle!.role_arn),
+      policyName: REVOCATION_POLICY,
+      sid: t.sid,
+      kind,
+      subject,
+      revokedAt: ctx.now,
+      removeAfter,
+    });
+    for (const group of groups) {
+      if (ctx.scope === 'session') {
+        // The whole session: its source identity, issued before now (the broker issues nothing in a session after revoking it).
+        const e = entry(group[0], 'session', String(group[0].handle!.source_identity), Math.max(...group.map((t) => t.expiresAt)) + skew);
+        entries.push(e);
+        for (const t of group) planned.push({ t, entry: e });
+      } else {
+        // Only some credentials of a live session: name each (aws:userid = <role id>:<role session name>).
+        for (const t of group) {
+          const rsn = t.handle!.role_session_name;
+          if (typeof rsn !== 'string' || !NAME_RE.test(rsn)) {
+            results.push({ id: t.id, outcome: 'failed', kind: 'bad_answer', note: 'no role session name was recorded for this STS credential, so IAM cannot deny it alone' });
+            continue;
+          }
+          const e = entry(t, 'credential', `AROA*:${rsn}`, t.expiresAt + skew);
+          entries.push(e);
+          planned.push({ t, entry: e });
+        }
+      }
     }
-    const deny: DenyRecord = {
-      id: newId('iamd'),
-      roleArn,
-      policyName: '',
-      sid: group[0].sid,
-      removeAfter: Math.max(...group.map((t) => t.expiresAt)) + skew,
-    };
-    deny.policyName = `cordon-revoke-${deny.id}`;
-    const doc = JSON.stringify({ Version: '2012-10-17', Statement: [{ Sid: 'CordonRevokedSession', Effect: 'Deny', Action: '*', Resource: '*', Condition: condition }] });
+    if (!entries.length) return results;
     try {
-      await ctx.recordDeny(deny);
-      await this.#iam.send(new PutRolePolicyCommand({ RoleName: roleName, PolicyName: deny.policyName, PolicyDocument: doc }), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2) });
+      await ctx.recordDeny(entries);
     } catch (e) {
-      const err = this.#mapError('PutRolePolicy', e, roleArn);
-      return group.map((t) => ({ id: t.id, outcome: 'failed' as const, kind: err.kind, note: `IAM deny could not be put on role ${roleName}: ${err.description}` }));
+      const note = `the IAM deny could not be recorded, so none was put: ${(e as Error).message}`;
+      return [...results, ...planned.map(({ t }) => ({ id: t.id, outcome: 'failed' as const, note }))];
     }
-    return group.map((t) => ({
-      id: t.id,
-      outcome: 'revoked' as const,
-      note: `denied by inline policy ${deny.policyName} on role ${roleName} (aws:SourceIdentity ${String(h.source_identity)}); removed after ${iso(deny.removeAfter)}`,
-      deny,
-    }));
+    for (const roleArn of new Set(entries.map((e) => e.roleArn))) {
+      const roleName = roleNameOf(roleArn);
+      const mine = planned.filter((p) => p.entry.roleArn === roleArn);
+      let res: DenyApplyResult;
+      try {
+        res = await ctx.syncDenies(
+          roleArn,
+          [...new Set(mine.map((p) => p.entry.id))],
+          (all) => this.applyDenies(roleArn, all),
+        );
+      } catch (e) {
+        const err = this.#mapError('PutRolePolicy', e, roleArn);
+        results.push(...mine.map(({ t }) => ({ id: t.id, outcome: 'failed' as const, kind: err.kind, note: `IAM deny could not be put on role ${roleName}: ${err.description}` })));
+        continue;
+      }
+      const applied = new Set(res.applied);
+      const omitted = new Set(res.omitted);
+      for (const { t, entry: e } of mine) {
+        const what = e.kind === 'session' ? `aws:SourceIdentity ${e.subject}` : `aws:userid ${e.subject}`;
+        if (applied.has(e.id)) {
+          results.push({ id: t.id, outcome: 'revoked', note: `denied by inline policy ${REVOCATION_POLICY} on role ${roleName} (${what}); removed after ${iso(e.removeAfter)}`, deny: e });
+        } else if (omitted.has(e.id)) {
+          results.push({
+            id: t.id,
+            outcome: 'failed',
+            kind: 'refused',
+            note: `IAM deny does not fit on role ${roleName}: inline policy ${REVOCATION_POLICY} is full (${res.applied.length} active revocations; IAM allows ${INLINE_POLICY_LIMIT} characters of inline policy per role), so ${what} is not denied; retried until it fits or the credential expires at ${iso(t.expiresAt)}`,
+          });
+        } else {
+          results.push({ id: t.id, outcome: 'failed', kind: 'bad_answer', note: `IAM deny for ${what} was not in the policy rebuilt for role ${roleName}; retrying` });
+        }
+      }
+    }
+    return results;
   }
 
+  /**
+   * Rewrites the role's one revocation policy from these entries (the database's active ones, oldest
+   * first): PutRolePolicy of the whole document, or DeleteRolePolicy when nothing is left. Entries
+   * beyond IAM's inline budget are left out and reported as omitted, never dropped silently.
+   */
+  async applyDenies(roleArn: string, entries: DenyRecord[]): Promise<DenyApplyResult> {
+    const built = buildRevocationPolicy(entries, this.#deps.clockSkewSec * 1000);
+    const RoleName = roleNameOf(roleArn);
+    const opts = { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2) };
+    if (built.document === null) {
+      try {
+        await this.#iam.send(new DeleteRolePolicyCommand({ RoleName, PolicyName: REVOCATION_POLICY }), opts);
+      } catch (e) {
+        const name = (e as { name?: string }).name;
+        if (name !== 'NoSuchEntity' && name !== 'NoSuchEntityException') throw this.#mapError('DeleteRolePolicy', e, roleArn);
+      }
+    } else {
+      try {
+        await this.#iam.send(new PutRolePolicyCommand({ RoleName, PolicyName: REVOCATION_POLICY, PolicyDocument: built.document }), opts);
+      } catch (e) {
+        throw this.#mapError('PutRolePolicy', e, roleArn);
+      }
+    }
+    if (built.omitted.length)
+      this.#deps.log.warn({ role: roleArn, omitted: built.omitted.length, applied: built.applied.length }, `aws-sts: revocations do not fit in the ${INLINE_POLICY_LIMIT}-character inline policy budget of the role; the newest are not denied`);
+    return { applied: built.applied, omitted: built.omitted };
+  }
+
+  /** Removes a legacy per-revocation inline policy (`cordon-revoke-<id>`, written before migration 002). */
   async removeDeny(d: { roleArn: string; policyName: string }): Promise<void> {
     try {
       await this.#iam.send(new DeleteRolePolicyCommand({ RoleName: roleNameOf(d.roleArn), PolicyName: d.policyName }), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2) });

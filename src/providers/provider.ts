@@ -86,12 +86,28 @@ export interface RevokeTarget {
   expiresAt: number; // ms
 }
 
+/**
+ * One IAM deny entry (table `iam_denies`): one revoked session (`session`: its aws:SourceIdentity,
+ * issued before `revokedAt` plus clock skew) or one credential revoked inside a live session
+ * (`credential`: its aws:userid pattern). Every role carries one policy rebuilt from its entries.
+ */
 export interface DenyRecord {
   id: string;
   roleArn: string;
   policyName: string;
   sid: string;
+  kind: 'session' | 'credential';
+  subject: string;
+  revokedAt: number; // ms
   removeAfter: number; // ms
+}
+
+/** What a rebuild of a role's deny policy achieved. */
+export interface DenyApplyResult {
+  /** Entries in the policy IAM now holds. */
+  applied: string[];
+  /** Entries that did not fit in IAM's inline policy budget (not denied). */
+  omitted: string[];
 }
 
 export interface RevokeContext {
@@ -103,8 +119,15 @@ export interface RevokeContext {
    * backend answer was lost).
    */
   scope: 'session' | 'expired' | 'token' | 'orphan';
-  /** Called before a provider writes a deny into IAM, so the sweeper can always remove it later. */
-  recordDeny(d: DenyRecord): Promise<void>;
+  /** Records deny entries (committed, audited) before a provider writes them into IAM, so the sweeper can always remove them later. */
+  recordDeny(entries: DenyRecord[]): Promise<void>;
+  /**
+   * Rebuilds a role's deny policy from the committed database state: hands the role's active
+   * entries to `apply` (which PUTs the whole document, or deletes it when there are none),
+   * serialised per role. Entries of `mine` that `apply` reports omitted are withdrawn (their
+   * credentials are reported failed and retried), so the database never claims a deny IAM lacks.
+   */
+  syncDenies(roleArn: string, mine: string[], apply: (entries: DenyRecord[]) => Promise<DenyApplyResult>): Promise<DenyApplyResult>;
 }
 
 export type RevokeOutcome =
@@ -144,9 +167,11 @@ export interface CredentialProvider {
   plan(req: IssueRequest): IssuePlan;
   /** Calls the backend. `checkpoint` persists a partial handle before anything revocable exists. */
   issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult>;
-  /** Revokes many credentials (providers may batch, e.g. one IAM deny per session). One result per target. */
+  /** Revokes many credentials (providers may batch, e.g. one IAM deny entry per session). One result per target. */
   revoke(targets: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]>;
-  /** Removes an IAM deny once everything it denied has expired (STS only). */
+  /** Rewrites a role's one deny policy from these entries (PUT, or DELETE when none): STS only. */
+  applyDenies?(roleArn: string, entries: DenyRecord[]): Promise<DenyApplyResult>;
+  /** Removes a legacy per-revocation inline policy once everything it denied has expired (STS only). */
   removeDeny?(d: { roleArn: string; policyName: string }): Promise<void>;
   health(): Promise<ProviderHealth>;
   /** Warm up (login); failures are logged, not fatal: the backend may come up later. */

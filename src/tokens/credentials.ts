@@ -19,9 +19,9 @@ import { NAME_PATTERN } from '../policy/schema.ts';
 import { covers, parseScope } from '../policy/scopes.ts';
 import type { CredentialSpec } from '../policy/types.ts';
 import { type Q, isPostgres, num, numOrNull } from '../store/db.ts';
-import { type CredentialRow, type CredentialState, credentials, iamDenies } from '../store/credentials.ts';
+import { type CredentialRow, type CredentialState, credentials, denyEntryOf, iamDenies } from '../store/credentials.ts';
 import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
-import type { CredentialProvider, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
+import type { CredentialProvider, DenyRecord, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
 import { recordBackendError } from '../http/metrics.ts';
 import { chainOf, type AccessTokenClaims } from './claims.ts';
@@ -336,17 +336,59 @@ function revokeCtx(b: Broker, scope: RevokeContext['scope']): RevokeContext {
   return {
     now: b.clock.now(),
     scope,
-    recordDeny: (d) =>
+    recordDeny: (entries) =>
       b.db.transaction(async (tx) => {
-        await iamDenies.insert(tx, { id: d.id, roleArn: d.roleArn, policyName: d.policyName, sid: d.sid, createdAt: b.clock.now(), removeAfter: d.removeAfter });
-        await appendAudit(tx, {
-          at: b.clock.now(),
-          event: 'credential.iam_deny',
-          decision: 'info',
-          sid: d.sid,
-          reason: `deny on role ${d.roleArn} for revoked STS credentials`,
-          params: { role_arn: d.roleArn, policy_name: d.policyName, remove_after: new Date(d.removeAfter).toISOString(), scope },
-        });
+        const at = b.clock.now();
+        const bySid = new Map<string, DenyRecord[]>();
+        for (const d of entries) {
+          await iamDenies.insert(tx, { id: d.id, roleArn: d.roleArn, policyName: d.policyName, sid: d.sid, kind: d.kind, subject: d.subject, revokedAt: d.revokedAt, createdAt: at, removeAfter: d.removeAfter });
+          const k = `${d.sid}\n${d.roleArn}`;
+          bySid.set(k, [...(bySid.get(k) ?? []), d]);
+        }
+        for (const group of bySid.values()) {
+          const d = group[0];
+          await appendAudit(tx, {
+            at,
+            event: 'credential.iam_deny',
+            decision: 'info',
+            sid: d.sid,
+            reason: `deny on role ${d.roleArn} for revoked STS credentials`,
+            params: {
+              role_arn: d.roleArn,
+              policy_name: d.policyName,
+              kind: d.kind,
+              subjects: group.map((x) => x.subject),
+              entries: group.map((x) => x.id),
+              remove_after: new Date(Math.max(...group.map((x) => x.removeAfter))).toISOString(),
+              scope,
+            },
+          });
+        }
+      }),
+    syncDenies: (roleArn, mine, apply) =>
+      iamDenies.withRole(b.db, roleArn, async (q, rows) => {
+        // Entries past remove_after deny only expired credentials: left out (the sweeper marks them removed).
+        const now = b.clock.now();
+        const res = await apply(rows.filter((r) => r.removeAfter > now).map(denyEntryOf));
+        // What did not fit is withdrawn: the credential is reported revoke_failed and retried, never claimed denied.
+        const omitted = new Set(res.omitted);
+        const withdraw = rows.filter((r) => mine.includes(r.id) && omitted.has(r.id));
+        if (withdraw.length) {
+          const at = b.clock.now();
+          await q.transaction(async (tx) => {
+            await iamDenies.markRemovedMany(tx, withdraw.map((r) => r.id), at);
+            for (const sid of new Set(withdraw.map((r) => r.sid)))
+              await appendAudit(tx, {
+                at,
+                event: 'credential.iam_deny_removed',
+                decision: 'info',
+                sid,
+                reason: `the deny did not fit in role ${roleArn}'s inline policy budget: not applied, revocation retried`,
+                params: { role_arn: roleArn, entries: withdraw.filter((r) => r.sid === sid).map((r) => r.id) },
+              });
+          });
+        }
+        return res;
       }),
   };
 }

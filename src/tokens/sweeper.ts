@@ -9,16 +9,17 @@
  *    revoked (for a session that simply expired, STS credentials are not denied: they expire with
  *    it, or outlive it by allow_overhang, by design), then the session is marked swept.
  * 3. Failed revocations are retried until they succeed or the credential has expired anyway.
- * 4. IAM deny statements are removed once everything they denied has expired.
+ * 4. IAM deny entries are dropped once everything they denied has expired, and the one revocation
+ *    policy of every role with entries is rebuilt from the database (deleted when none is left).
  * 5. Spent one-time values (DPoP proof jtis) are pruned.
  *
  * Safe on several replicas: every credential row is claimed with a conditional UPDATE before
- * any backend call, IAM deletions are idempotent, and marking a session swept is conditional.
+ * any backend call, IAM policy rebuilds are idempotent (and serialised per role on PostgreSQL), and marking a session swept is conditional.
  * Idempotent: running it twice does nothing the second time.
  */
 import type { Broker } from '../broker.ts';
 import { appendAudit } from '../audit/log.ts';
-import { credentials, iamDenies } from '../store/credentials.ts';
+import { credentials, denyEntryOf, iamDenies } from '../store/credentials.ts';
 import { replayGuard } from '../store/replay.ts';
 import { sessions } from '../store/sessions.ts';
 import { createProviders } from '../providers/index.ts';
@@ -84,12 +85,11 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
     add(s);
   }
 
-  // 4. IAM denies whose credentials have all expired.
-  for (const d of await iamDenies.due(b.db, now, BATCH)) {
-    const p = providersOf(b).get('aws-sts');
-    if (!p?.removeDeny) continue;
+  // 4. IAM denies. Legacy per-revocation policies (before migration 002) are deleted once due.
+  const sts = providersOf(b).get('aws-sts');
+  for (const d of sts?.removeDeny ? await iamDenies.dueLegacy(b.db, now, BATCH) : []) {
     try {
-      await p.removeDeny({ roleArn: d.roleArn, policyName: d.policyName });
+      await sts!.removeDeny!({ roleArn: d.roleArn, policyName: d.policyName });
     } catch (e) {
       b.log.warn({ err: (e as Error).message, policy: d.policyName, role: d.roleArn }, 'could not remove an IAM deny; will retry');
       continue;
@@ -106,6 +106,39 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
       });
     });
     rep.deniesRemoved++;
+  }
+  // Every role with entries is reconciled on every sweep (idempotent): entries whose credentials
+  // have all expired are dropped and the role's one policy is rebuilt from the rest (deleted when
+  // none is left). A PUT lost to a race between replicas is repaired here within one interval.
+  if (sts?.applyDenies) {
+    for (const roleArn of await iamDenies.rolesWithEntries(b.db)) {
+      try {
+        rep.deniesRemoved += await iamDenies.withRole(b.db, roleArn, async (q, rows) => {
+          const at = b.clock.now();
+          const due = rows.filter((r) => r.removeAfter <= at);
+          const keep = rows.filter((r) => r.removeAfter > at);
+          const res = await sts.applyDenies!(roleArn, keep.map(denyEntryOf));
+          if (res.omitted.length) b.log.warn({ role: roleArn, omitted: res.omitted.length }, 'IAM revocation entries do not fit in the role policy; their revocations stay failed and are retried');
+          if (!due.length) return 0;
+          // Only after IAM took the smaller policy: if the call failed, the entries stay and the next sweep tries again.
+          return q.transaction(async (tx) => {
+            const n = await iamDenies.markRemovedMany(tx, due.map((r) => r.id), at);
+            for (const sid of new Set(due.map((r) => r.sid)))
+              await appendAudit(tx, {
+                at,
+                event: 'credential.iam_deny_removed',
+                decision: 'info',
+                sid,
+                reason: 'every credential the deny covered has expired',
+                params: { role_arn: roleArn, policy_name: due[0].policyName, entries: due.filter((r) => r.sid === sid).map((r) => r.id) },
+              });
+            return n;
+          });
+        });
+      } catch (e) {
+        b.log.warn({ err: (e as Error).message, role: roleArn }, 'could not rebuild the IAM revocation policy of a role; will retry');
+      }
+    }
   }
 
   // 5. Spent one-time values.
