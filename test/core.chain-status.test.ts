@@ -26,6 +26,23 @@ describe('core: the root of a session', () => {
     assert.equal((await introspect(t.b, child.jwt)).active, true);
   });
 
+  it('disabling a link in the middle of a chain turns everything delegated through it inactive, and only that', async () => {
+    const p = await t.register('mid-planner', 'research-planner');
+    const h = await t.register('mid-helper', 'research-planner');
+    const r = await t.register('mid-reader', 'doc-reader');
+    const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read web:search', audience: [] });
+    const mid = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: h.id, scope: 'docs:read', audience: [] });
+    const leaf = await delegate(t.b, { callerClientId: h.id, subjectToken: mid.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] });
+    const side = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] });
+    assert.equal(leaf.claims.cordon_depth, 2);
+    await setAgentEnabled(t.b, h.id, false);
+    assert.equal((await introspect(t.b, leaf.jwt)).active, false, 'delegated through the disabled helper');
+    assert.equal((await introspect(t.b, side.jwt)).active, true, 'a sibling branch without the helper is untouched');
+    assert.equal((await introspect(t.b, root.jwt)).active, true);
+    await setAgentEnabled(t.b, h.id, true);
+    assert.equal((await introspect(t.b, leaf.jwt)).active, true);
+  });
+
   it('a renewal keeps the subject the session was opened for (on-behalf-of survives renewal)', async () => {
     const a = await t.register('fed-agent', 'research-planner');
     const first = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], origin: 'federation', subject: 'https://idp.example#alice' });

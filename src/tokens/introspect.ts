@@ -1,6 +1,6 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { loadTokenView, stateOf, verifySignature } from './verify.ts';
+import { tokenStatus, verifySignature } from './verify.ts';
 
 export type IntrospectionResponse = { active: false } | ({ active: true } & Record<string, unknown>);
 
@@ -16,8 +16,7 @@ export async function introspect(b: Broker, token: unknown): Promise<Introspecti
     if (e instanceof CordonError) return { active: false };
     throw e;
   }
-  const view = await loadTokenView(b, claims.jti);
-  if (!stateOf(view, b.clock.now()).active || view!.sid !== claims.sid || view!.clientId !== claims.client_id) return { active: false };
+  if (!(await tokenStatus(b, claims)).state.active) return { active: false };
   return {
     active: true,
     token_type: claims.cnf ? 'DPoP' : 'Bearer',

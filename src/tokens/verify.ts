@@ -3,7 +3,7 @@ import type { Broker } from '../broker.ts';
 import { CordonError, type OAuthErrorCode } from '../errors.ts';
 import { SIGNING_ALGS } from '../keys/keyring.ts';
 import { num, numOrNull } from '../store/db.ts';
-import { ACCESS_TOKEN_TYP, type AccessTokenClaims } from './claims.ts';
+import { ACCESS_TOKEN_TYP, chainOf, type AccessTokenClaims } from './claims.ts';
 import { isWellFormedId } from '../ids.ts';
 
 /** Refuses anything that is not even shaped like one of our tokens before any crypto runs. */
@@ -51,7 +51,7 @@ export async function verifySignature(b: Broker, jwt: unknown, code: OAuthErrorC
 
 export type TokenState =
   | { active: true }
-  | { active: false; why: 'unknown' | 'expired' | 'revoked' | 'session_revoked' | 'session_expired' | 'agent_inactive' };
+  | { active: false; why: 'unknown' | 'expired' | 'revoked' | 'session_revoked' | 'session_expired' | 'agent_inactive' | 'mismatch' };
 
 export interface TokenView {
   jti: string;
@@ -116,16 +116,33 @@ const WHY_TEXT: Record<Exclude<TokenState, { active: true }>['why'], string> = {
   revoked: 'token has been revoked',
   session_revoked: 'the session of this token has been revoked',
   session_expired: 'the session of this token has ended',
-  agent_inactive: 'the agent holding this token, or the agent that opened its session, is disabled or revoked',
+  agent_inactive: 'an agent in the chain of this token (its holder, an earlier link, or the agent that opened its session) is disabled or revoked',
+  mismatch: 'token does not match its record',
 };
+
+/**
+ * The record's verdict on a verified token: its own row, session, holder and root (one join), and
+ * for chains deeper than one link the agents in between (one more query), so disabling any link
+ * of a chain stops what was delegated through it.
+ */
+export async function tokenStatus(b: Broker, claims: AccessTokenClaims): Promise<{ state: TokenState; view?: TokenView }> {
+  const view = await loadTokenView(b, claims.jti);
+  const state = stateOf(view, b.clock.now());
+  if (!state.active) return { state, view };
+  // The record is the source of truth; a token whose claims disagree with it was not minted here.
+  if (view!.sid !== claims.sid || view!.clientId !== claims.client_id) return { state: { active: false, why: 'mismatch' }, view };
+  if (claims.cordon_depth >= 2) {
+    const between = chainOf(claims).slice(1, -1);
+    const rows = await b.read('agents').select('id', 'status').whereIn('id', between);
+    if (rows.length !== new Set(between).size || rows.some((r) => r.status !== 'active')) return { state: { active: false, why: 'agent_inactive' }, view };
+  }
+  return { state, view };
+}
 
 /** Signature, then record: the full check for a token presented as a credential. */
 export async function requireActiveToken(b: Broker, jwt: unknown, code: OAuthErrorCode): Promise<{ claims: AccessTokenClaims; view: TokenView }> {
   const claims = await verifySignature(b, jwt, code);
-  const view = await loadTokenView(b, claims.jti);
-  const state = stateOf(view, b.clock.now());
+  const { state, view } = await tokenStatus(b, claims);
   if (!state.active) throw new CordonError(code, WHY_TEXT[state.why], { reason: `token_${state.why}` });
-  // The record is the source of truth; a token whose claims disagree with it was not minted here.
-  if (view!.sid !== claims.sid || view!.clientId !== claims.client_id) throw new CordonError(code, 'token does not match its record', { reason: 'token_mismatch' });
   return { claims, view: view! };
 }
