@@ -191,8 +191,11 @@ describe('cordon exec (runExec)', () => {
        process.on('SIGINT', () => { if (++n === 1) setTimeout(() => { fs.writeFileSync(process.env.OUT, JSON.stringify({ n, token: process.env.CORDON_TOKEN })); process.exit(3); }, 700); });
        fs.writeFileSync(process.env.OUT + '.ready', ''); setInterval(() => {}, 1000);`,
     );
-    const env = { ...process.env, CORDON_ISSUER: t.url, CORDON_CLIENT_ID: orch.id, CORDON_CLIENT_SECRET: orch.secret, OUT: out };
-    const cmd = `${NODE} bin/cordon.js exec --scope tickets:read --task tty -- ${NODE} ${child}`;
+    // script(1) runs the command through $SHELL -c. A dash that stays in between (SHELL unset on CI
+    // means /bin/sh, which is dash on Debian) is itself in the foreground group and dies of the
+    // SIGINT, so `exec` replaces it and SHELL is pinned: the test is the same on every machine.
+    const env = { ...process.env, SHELL: '/bin/sh', CORDON_ISSUER: t.url, CORDON_CLIENT_ID: orch.id, CORDON_CLIENT_SECRET: orch.secret, OUT: out };
+    const cmd = `exec ${NODE} bin/cordon.js exec --scope tickets:read --task tty -- ${NODE} ${child}`;
     const p = spawn('script', ['-qefc', cmd, '/dev/null'], { env, stdio: ['pipe', 'ignore', 'inherit'] });
     const exited = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
     await waitFor(() => (existsSync(`${out}.ready`) ? true : undefined), 20_000);
