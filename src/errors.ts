@@ -50,13 +50,16 @@ export class CordonError extends Error {
   readonly status: number;
   /** Set once the refusal has been written to the audit log, so outer layers do not write it twice. */
   audited = false;
-  constructor(code: OAuthErrorCode, description: string, opts: { reason?: string; status?: number; cause?: unknown } = {}) {
+  /** Facts the refusal's audit row should carry besides what was asked (e.g. `replay: true`). */
+  readonly auditParams: Record<string, unknown> | undefined;
+  constructor(code: OAuthErrorCode, description: string, opts: { reason?: string; status?: number; cause?: unknown; auditParams?: Record<string, unknown> } = {}) {
     super(description, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'CordonError';
     this.code = code;
     this.description = description;
     this.reason = opts.reason ?? code;
     this.status = opts.status ?? STATUS[code];
+    this.auditParams = opts.auditParams;
   }
   toJSON(): { error: string; error_description: string } {
     return { error: this.code, error_description: this.description };

@@ -103,6 +103,37 @@ describe('bootstrap tokens (secretless start-up)', function () {
     assert.equal(await countSessions(tb.b), sessionsBefore + 1);
     const replays = (await denialsSince(tb.b, seq)).filter((d) => /replay/.test(d.reason ?? ''));
     assert.equal(replays.length, 11);
+    for (const d of replays) assert.equal(d.params.replay, true, 'a racing replay is audited as one too');
+  });
+
+  it('dies in the same commit as the session it opens: a failed commit leaves the token unused and no session', async () => {
+    const t = await issueBootstrapToken(tb.b, reader.id, { ttlSec: 300 });
+    const sessionsBefore = await countSessions(tb.b);
+    // A database failure inside the issuing transaction, after the claim's UPDATE has run in it.
+    await tb.b.db.raw("CREATE TRIGGER boom BEFORE INSERT ON sessions WHEN NEW.task = 'boom' BEGIN SELECT RAISE(ABORT, 'injected failure'); END");
+    try {
+      const failed = await redeem(t.token, { task: 'boom' });
+      assert.equal(failed.status, 500, JSON.stringify(failed.body));
+      assert.equal(failed.body.error, 'server_error');
+      assert.doesNotMatch(JSON.stringify(failed.body), /injected|TRIGGER|sqlite/i, 'no database detail reaches the client');
+    } finally {
+      await tb.b.db.raw('DROP TRIGGER boom');
+    }
+    assert.equal(await countSessions(tb.b), sessionsBefore);
+    const row = await tb.b.db('bootstrap_tokens').where({ id: t.id }).first();
+    assert.equal(row.used_at, null, 'the claim rolled back with the session');
+    assert.equal(row.used_sid, null);
+
+    const seq = await auditHead(tb.b);
+    const ok = await redeem(t.token, { task: 'fine' });
+    assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    const sid = claimsOf(ok.body.access_token).sid;
+    const after = await tb.b.db('bootstrap_tokens').where({ id: t.id }).first();
+    assert.equal(after.used_sid, sid);
+    const rows = await auditSince(tb.b, seq);
+    assert.deepEqual(rows.map((r) => r.event), ['session.open'], 'one change, one audit row');
+    assert.equal(rows[0].params.bootstrap_id, t.id);
+    assert.equal(rows[0].sid, sid);
   });
 
   it('and at the function level too, where the UPDATE … WHERE used_at IS NULL is the only gate', async () => {

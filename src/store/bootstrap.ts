@@ -49,24 +49,13 @@ export const bootstrapTokens = {
     return (await q('bootstrap_tokens').where({ agent_id: agentId }).orderBy('created_at')).map(fromRow);
   },
   /**
-   * The single-use gate: one conditional UPDATE, so of any number of concurrent redemptions
-   * (on one broker or on replicas sharing PostgreSQL) exactly one sees a changed row.
+   * The single-use gate, run inside the transaction that opens the session: one conditional
+   * UPDATE, so of any number of concurrent redemptions (on one broker or on replicas sharing
+   * PostgreSQL) exactly one changes the row, and the token dies in the same commit as the session
+   * it opens and that session's audit row. A refused or failed session start leaves it unused.
    */
-  async claim(q: Q, id: string, now: number): Promise<boolean> {
-    const n = await q('bootstrap_tokens').where({ id }).whereNull('used_at').andWhere('expires_at', '>', now).update({ used_at: now });
-    return n > 0;
-  },
-  /** Records the session the claimed token opened. */
-  async markUsed(q: Q, id: string, usedAt: number, sid: string): Promise<boolean> {
-    const n = await q('bootstrap_tokens').where({ id, used_at: usedAt }).whereNull('used_sid').update({ used_sid: sid });
-    return n > 0;
-  },
-  /**
-   * Gives a claim back when the request it was made for opened no session (a bad scope, say),
-   * so a typo does not burn the token. Only this claim (same used_at, no session) is undone.
-   */
-  async release(q: Q, id: string, usedAt: number): Promise<boolean> {
-    const n = await q('bootstrap_tokens').where({ id, used_at: usedAt }).whereNull('used_sid').update({ used_at: null });
+  async redeem(q: Q, id: string, now: number, sid: string): Promise<boolean> {
+    const n = await q('bootstrap_tokens').where({ id }).whereNull('used_at').andWhere('expires_at', '>', now).update({ used_at: now, used_sid: sid });
     return n > 0;
   },
 };

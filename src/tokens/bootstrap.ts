@@ -83,10 +83,11 @@ export interface BootstrapRedeemRequest {
  * Token exchange with `subject_token_type=urn:cordon:token-type:bootstrap`: opens one session
  * for the token's agent (origin `bootstrap`) and kills the token.
  *
- * The single-use gate is one conditional UPDATE (`used_at IS NULL AND expires_at > now`), so
- * of concurrent redemptions exactly one proceeds; every other one is refused as a replay.
- * The winner then opens the session; if that is refused (bad scope, say) the claim is given
- * back, so a mistyped request does not burn the token. A token that opened a session is dead.
+ * The single-use gate is a conditional UPDATE (`used_at IS NULL AND expires_at > now`) inside
+ * the transaction that writes the session, its token and its audit row: of concurrent
+ * redemptions exactly one commits, every other one is refused as a replay, and a session start
+ * that is refused (a mistyped scope, say) never touches the token. A token that opened a
+ * session is dead, and the session's audit row names it (`bootstrap_id`).
  */
 export async function redeemBootstrapToken(b: Broker, token: string, req: BootstrapRedeemRequest): Promise<SessionStartResult> {
   let rec: BootstrapRecord | undefined;
@@ -98,7 +99,7 @@ export async function redeemBootstrapToken(b: Broker, token: string, req: Bootst
       throw new CordonError('invalid_grant', 'bootstrap token was issued to another agent', { reason: 'bootstrap_not_holder' });
     }
     const now = b.clock.now();
-    if (rec.usedAt !== null) throw replay(rec);
+    if (rec.usedAt !== null) throw replay(rec.usedSid);
     if (rec.expiresAt <= now) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
     await activeAgentAndPolicy(b, rec.agentId).catch((e: CordonError) => {
       throw new CordonError('invalid_grant', `the agent of this bootstrap token cannot start a session: ${e.description}`, { reason: e.reason });
@@ -107,36 +108,24 @@ export async function redeemBootstrapToken(b: Broker, token: string, req: Bootst
       const out = uncovered(parseScope(rec.scope), parseRequestedScope(req.scope));
       if (out.length) throw new CordonError('invalid_scope', `scope outside what this bootstrap token allows: ${out.join(' ')}`, { reason: 'scope_outside_bootstrap' });
     }
-    if (!(await bootstrapTokens.claim(b.db, rec.id, now))) {
-      // Lost the race to a concurrent use (a replay, even if that use later gives its claim back), or expired in between.
-      const again = await bootstrapTokens.get(b.db, rec.id);
-      if (again && again.usedAt === null && again.expiresAt <= now) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
-      throw replay(again ?? rec);
-    }
-    const claimedAt = now;
-    let r: SessionStartResult;
-    try {
-      r = await startSession(b, {
-        clientId: rec.agentId,
-        scope: req.scope,
-        task: req.task,
-        audience: req.audience,
-        requestedTtl: req.requestedTtl,
-        dpopJkt: req.dpopJkt,
-        origin: 'bootstrap',
-        auditParams: { origin: 'bootstrap', bootstrap_id: rec.id },
-      });
-    } catch (e) {
-      await bootstrapTokens.release(b.db, rec.id, claimedAt).catch(() => false);
-      throw e;
-    }
     const id = rec.id;
-    const agentId = rec.agentId;
-    await b.db.transaction(async (tx) => {
-      await bootstrapTokens.markUsed(tx, id, claimedAt, r.sid);
-      await appendAudit(tx, { at: b.clock.now(), event: 'bootstrap.redeem', decision: 'allow', agentId, sid: r.sid, jti: r.claims.jti, chain: [agentId], params: { bootstrap_id: id } });
+    return await startSession(b, {
+      clientId: rec.agentId,
+      scope: req.scope,
+      task: req.task,
+      audience: req.audience,
+      requestedTtl: req.requestedTtl,
+      dpopJkt: req.dpopJkt,
+      origin: 'bootstrap',
+      auditParams: { origin: 'bootstrap', bootstrap_id: id },
+      claim: async (tx, sid) => {
+        if (await bootstrapTokens.redeem(tx, id, now, sid)) return;
+        // Lost the race to a concurrent use, or expired in between.
+        const again = await bootstrapTokens.get(tx, id);
+        if (again && again.usedAt === null) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
+        throw replay(again?.usedSid ?? null);
+      },
     });
-    return r;
   } catch (e) {
     if (e instanceof CordonError && !e.audited) {
       await recordDenial(b, {
@@ -145,7 +134,7 @@ export async function redeemBootstrapToken(b: Broker, token: string, req: Bootst
         sid: rec?.usedSid ?? null,
         chain: rec ? [rec.agentId] : req.callerClientId ? [req.callerClientId] : null,
         reason: `${e.code}: ${e.description}`,
-        params: { bootstrap_id: rec?.id, scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap', ...(e.reason === 'bootstrap_replay' ? { replay: true } : {}) },
+        params: { bootstrap_id: rec?.id, scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap', ...e.auditParams },
       });
       e.audited = true;
     }
@@ -153,5 +142,8 @@ export async function redeemBootstrapToken(b: Broker, token: string, req: Bootst
   }
 }
 
-const replay = (rec: BootstrapRecord): CordonError =>
-  new CordonError('invalid_grant', `bootstrap token replay: it was already used${rec.usedSid ? ' to open a session' : ''} and is dead`, { reason: 'bootstrap_replay' });
+const replay = (usedSid: string | null): CordonError =>
+  new CordonError('invalid_grant', `bootstrap token replay: it was already used${usedSid ? ' to open a session' : ''} and is dead`, {
+    reason: 'bootstrap_replay',
+    auditParams: { replay: true, ...(usedSid ? { session_opened: usedSid } : {}) },
+  });

@@ -27,6 +27,11 @@ export interface SessionStartRequest {
   subject?: string;
   /** Extra audit params (e.g. the bootstrap id or external issuer). */
   auditParams?: Record<string, unknown>;
+  /**
+   * A condition that commits with the session it opens (a bootstrap token's single-use claim):
+   * runs inside the issuing transaction and throws a CordonError to refuse.
+   */
+  claim?: (tx: Q, sid: string) => Promise<void>;
 }
 
 export interface SessionStartResult extends IssuedToken {
@@ -145,8 +150,17 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
       b,
       { sid, subject, clientId: agent.id, parentJti: null, scope, audience, task, depth: 0, act: null, cnfJkt: req.dpopJkt ?? null, expiresAt },
       { event: opening ? 'session.open' : 'token.issue', chain: [agent.id], params: { task, audience, origin: req.origin ?? 'client_credentials', session_expires_at: sessionExpiresAt, ...req.auditParams } },
-      // A renewal commits only while its session is still unrevoked.
-      { opens, precheck: opening ? undefined : (tx) => assertSessionLive(tx, sid) },
+      // A renewal commits only while its session is still unrevoked; a claim commits with the token or not at all.
+      {
+        opens,
+        precheck:
+          opening && !req.claim
+            ? undefined
+            : async (tx) => {
+                if (!opening) await assertSessionLive(tx, sid);
+                await req.claim?.(tx, sid);
+              },
+      },
     );
     return { ...issued, sid, sessionExpiresAt };
   } catch (e) {
@@ -157,7 +171,7 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
         sid: req.session && isWellFormedId(req.session) ? req.session : null,
         chain: agentId ? [agentId] : null,
         reason: `${e.code}: ${e.description}`,
-        params: { scope: req.scope, task: req.task, audience: req.audience, ...req.auditParams },
+        params: { scope: req.scope, task: req.task, audience: req.audience, ...req.auditParams, ...e.auditParams },
       });
       e.audited = true;
     }
