@@ -8,15 +8,15 @@ const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 /** A private_key_jwt client assertion authenticates one request, once, anywhere. */
 describe('core: client assertion replay', () => {
   let t: TestBroker;
-  let sign: (jti: string) => Promise<string>;
+  let sign: (jti: string, at?: number, lifeSec?: number) => Promise<string>;
   before(async () => {
     t = await startTestBroker();
     const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
     const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256' };
     const id = (await registerAgent(t.b, { name: 'pkjwt', policy: 'research-planner', auth: 'private_key_jwt', jwks: { keys: [jwk] } })).agent.id;
-    sign = (jti) => {
-      const now = Math.floor(Date.now() / 1000);
-      return new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(id).setSubject(id).setAudience(`${t.url}/token`).setJti(jti).setIssuedAt(now).setExpirationTime(now + 60).sign(privateKey);
+    sign = (jti, at = Date.now(), lifeSec = 60) => {
+      const now = Math.floor(at / 1000);
+      return new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(id).setSubject(id).setAudience(`${t.url}/token`).setJti(jti).setIssuedAt(now).setExpirationTime(now + lifeSec).sign(privateKey);
     };
   });
   after(async () => t?.close());
@@ -37,5 +37,44 @@ describe('core: client assertion replay', () => {
       assert.equal(r.status, 401, path);
       assert.equal(r.body.error, 'invalid_client', path);
     }
+  });
+
+  describe('times are judged on the broker clock at every endpoint, /token included', () => {
+    const start = Date.now();
+    afterEach(() => t.clock.set(start));
+    const tokenWith = (a: string) => postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: ASSERTION_TYPE, client_assertion: a });
+
+    it('an assertion still valid on the wall clock but expired on the broker clock is refused (and audited)', async () => {
+      const a = await sign('clock-exp', Date.now(), 60);
+      t.clock.set(Date.now() + 5 * 60_000); // beyond exp plus the allowed skew
+      const seqBefore = (await t.b.db('audit').max('seq as m').first())?.m;
+      const r = await tokenWith(a);
+      assert.equal(r.status, 401, JSON.stringify(r.body));
+      assert.equal(r.body.error, 'invalid_client');
+      assert.match(r.body.error_description, /expired/);
+      const rows = await t.b.db('audit').where('seq', '>', seqBefore ?? 0);
+      assert.ok(rows.some((x: { decision: string; reason: string }) => x.decision === 'deny' && /client_assertion has expired/.test(x.reason)), 'the refusal is audited');
+      for (const path of ['/introspect', '/revoke']) {
+        const other = await postForm(`${t.url}${path}`, { token: 'x', client_assertion_type: ASSERTION_TYPE, client_assertion: await sign(`clock-exp-${path}`, Date.now(), 60) });
+        assert.equal(other.status, 401, path);
+        assert.match(other.body.error_description, /expired|could not be verified/, path);
+      }
+    });
+
+    it('an assertion issued in the broker clock’s future is refused; the same one is accepted once the clock gets there', async () => {
+      // Valid on the wall clock (iat now); the broker clock is behind by more than the skew.
+      t.clock.set(Date.now() - 5 * 60_000);
+      const early = await tokenWith(await sign('clock-future-1'));
+      assert.equal(early.status, 401, JSON.stringify(early.body));
+      assert.match(early.body.error_description, /future|not valid yet/);
+      t.clock.set(Date.now());
+      assert.equal((await tokenWith(await sign('clock-future-2'))).status, 200);
+    });
+
+    it('an assertion living longer than ten minutes is refused at /token as at /introspect', async () => {
+      const long = await tokenWith(await sign('too-long', Date.now(), 3600));
+      assert.equal(long.status, 401, JSON.stringify(long.body));
+      assert.match(long.body.error_description, /too long/);
+    });
   });
 });

@@ -6,6 +6,7 @@ import { agents, type Agent } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
+import { assertionPayload, checkAssertionTimes } from '../tokens/client-assertion.ts';
 import { type Form, single } from './form.ts';
 import { assertionReplayId, assertionReplayKey } from './provider.ts';
 
@@ -63,12 +64,7 @@ async function authenticate(b: Broker, req: Request, res: Response, form: Form):
 }
 
 async function assertionAuth(b: Broker, req: Request, assertion: string, claimedId: string | undefined): Promise<Agent> {
-  let sub: unknown;
-  try {
-    sub = JSON.parse(Buffer.from(assertion.split('.')[1] ?? '', 'base64url').toString('utf8')).sub;
-  } catch {
-    throw fail('client_assertion is malformed');
-  }
+  const sub = assertionPayload(assertion)?.sub;
   if (!isWellFormedId(sub) || (claimedId && claimedId !== sub)) throw fail('client_assertion sub is not a known client');
   const agent = await agents.get(b.read, sub);
   if (!agent || agent.authMethod !== 'private_key_jwt' || !agent.jwks) throw fail('client does not use private_key_jwt');
@@ -85,8 +81,8 @@ async function assertionAuth(b: Broker, req: Request, assertion: string, claimed
       requiredClaims: ['exp', 'jti'],
       maxTokenAge: undefined,
     });
+    checkAssertionTimes(b, payload);
     const exp = (payload.exp as number) * 1000;
-    if (exp - b.clock.now() > 10 * 60_000) throw fail('client_assertion lives too long (max 10 minutes)');
     if (!(await replayGuard.claim(b.db, assertionReplayKey(assertionReplayId(agent.id, String(payload.jti))), exp, b.clock.now()))) throw fail('client_assertion has been used before');
   } catch (e) {
     if (e instanceof CordonError) throw e;

@@ -10,6 +10,7 @@ import { GRANT_TOKEN_EXCHANGE } from '../tokens/claims.ts';
 import { DPOP_ALGS } from '../tokens/dpop.ts';
 import { recordDenial } from '../tokens/issue.ts';
 import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
+import { assertionPayload, checkAssertionTimes } from '../tokens/client-assertion.ts';
 import * as clientCredentials from './grants/client-credentials.ts';
 import * as tokenExchange from './grants/token-exchange.ts';
 
@@ -228,9 +229,19 @@ function refuseReplacementChars(ctx: KoaContextWithOIDC): void {
   }
 }
 
+/** oidc-provider verified the assertion's signature and claims on its wall clock; the broker's clock decides too. */
+function assertionTimesOnBrokerClock(b: Broker, ctx: KoaContextWithOIDC): void {
+  const assertion = (ctx.oidc.params as Record<string, unknown> | undefined)?.client_assertion;
+  if (typeof assertion !== 'string' || ctx.oidc.client?.clientAuthMethod !== 'private_key_jwt') return;
+  const payload = assertionPayload(assertion);
+  if (!payload) throw new CordonError('invalid_client', 'client_assertion is malformed', { reason: 'client_auth_failed' });
+  checkAssertionTimes(b, payload);
+}
+
 async function runGrant(b: Broker, handler: GrantHandler, ctx: KoaContextWithOIDC): Promise<void> {
   try {
     refuseReplacementChars(ctx);
+    assertionTimesOnBrokerClock(b, ctx);
     await handler(b, ctx);
     ctx.set('Cache-Control', 'no-store');
   } catch (e) {
