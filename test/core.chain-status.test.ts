@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
-import { setAgentEnabled } from '../src/tokens/agents.ts';
+import { rotateAgentCredential, setAgentEnabled } from '../src/tokens/agents.ts';
+import { revokeAgent } from '../src/tokens/revoke.ts';
+import { agents } from '../src/store/agents.ts';
+import type { CordonError } from '../src/errors.ts';
 import { startSession } from '../src/tokens/session-start.ts';
 import { delegate } from '../src/tokens/delegate.ts';
 import { introspect } from '../src/tokens/introspect.ts';
@@ -41,6 +44,24 @@ describe('core: the root of a session', () => {
     assert.equal((await introspect(t.b, root.jwt)).active, true);
     await setAgentEnabled(t.b, h.id, true);
     assert.equal((await introspect(t.b, leaf.jwt)).active, true);
+  });
+
+  it('revocation is final: an enable, disable or rotate that read the agent before a revocation committed cannot undo it', async () => {
+    const a = await t.register('race-revoked', 'research-planner');
+    await setAgentEnabled(t.b, a.id, false);
+    // The revocation commits between the operation's read of the agent and its own write:
+    // started on the read's query event, it is queued on the single writer connection ahead of the write.
+    for (const op of [() => setAgentEnabled(t.b, a.id, true), () => setAgentEnabled(t.b, a.id, false), () => rotateAgentCredential(t.b, a.id)]) {
+      let revoking: Promise<unknown> | undefined;
+      const onQuery = () => {
+        revoking ??= revokeAgent(t.b, a.id, { actor: 'test', via: 'test' });
+      };
+      t.b.db.once('query', onQuery);
+      await assert.rejects(op(), (e: CordonError) => e.reason === 'agent_revoked');
+      await revoking;
+      assert.equal((await agents.get(t.b.db, a.id))!.status, 'revoked');
+    }
+    await assert.rejects(startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [] }), (e: CordonError) => e.code === 'invalid_client');
   });
 
   it('a renewal keeps the subject the session was opened for (on-behalf-of survives renewal)', async () => {

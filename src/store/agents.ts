@@ -55,10 +55,18 @@ export const agents = {
   async listByPolicy(q: Q, policy: string): Promise<Agent[]> {
     return (await q('agents').where({ policy }).orderBy('name')).map(fromRow);
   },
-  async setStatus(q: Q, id: string, status: AgentStatus, at: number): Promise<void> {
-    await q('agents').where({ id }).update({ status, updated_at: at });
+  /**
+   * Revocation is final: a revoked agent's row never changes status again, whatever a racing
+   * enable or disable read before. Returns whether the row changed.
+   */
+  async setStatus(q: Q, id: string, status: AgentStatus, at: number): Promise<boolean> {
+    return (await q('agents').where({ id }).whereNot({ status: 'revoked' }).update({ status, updated_at: at })) > 0;
   },
-  async setSecret(q: Q, id: string, secretHash: string, at: number): Promise<void> {
-    await q('agents').where({ id }).update({ secret_hash: secretHash, updated_at: at });
+  /** New credentials for a live agent only; false when the agent is revoked. */
+  async setSecret(q: Q, id: string, secretHash: string, at: number): Promise<boolean> {
+    return (await q('agents').where({ id }).whereNot({ status: 'revoked' }).update({ secret_hash: secretHash, updated_at: at })) > 0;
+  },
+  async setJwks(q: Q, id: string, jwks: unknown, at: number): Promise<boolean> {
+    return (await q('agents').where({ id }).whereNot({ status: 'revoked' }).update({ jwks: JSON.stringify(jwks), updated_at: at })) > 0;
   },
 };

@@ -2,6 +2,7 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { appendAudit } from '../audit/log.ts';
 import { agents, type Agent, type AuthMethod } from '../store/agents.ts';
+import { transact } from '../store/db.ts';
 import { hashSecret } from '../keys/keyring.ts';
 import { newId, newSecret, isWellFormedId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
@@ -67,13 +68,15 @@ export async function findAgent(b: Broker, idOrName: string): Promise<Agent> {
   return a;
 }
 
+const revokedAgent = (): CordonError => new CordonError('invalid_request', 'agent is revoked; register a new one', { reason: 'agent_revoked' });
+
 export async function setAgentEnabled(b: Broker, idOrName: string, enabled: boolean, actor = 'cli'): Promise<Agent> {
   const a = await findAgent(b, idOrName);
-  if (a.status === 'revoked') throw new CordonError('invalid_request', 'agent is revoked; register a new one', { reason: 'agent_revoked' });
   const status = enabled ? 'active' : 'disabled';
   const at = b.clock.now();
-  await b.db.transaction(async (tx) => {
-    await agents.setStatus(tx, a.id, status, at);
+  // Decided inside the transaction: a revocation committed since the read above wins.
+  await transact(b.db, async (tx) => {
+    if (!(await agents.setStatus(tx, a.id, status, at))) throw revokedAgent();
     await appendAudit(tx, { at, event: enabled ? 'agent.enable' : 'agent.disable', decision: 'info', agentId: a.id, params: { by: actor } });
   });
   return { ...a, status, updatedAt: at };
@@ -86,15 +89,15 @@ export async function rotateAgentCredential(b: Broker, idOrName: string, jwks?: 
   if (a.authMethod === 'private_key_jwt') {
     if (jwks === undefined) throw new CordonError('invalid_request', 'this agent uses private_key_jwt: give the new public keys with --jwks FILE', { reason: 'jwks_missing' });
     const checked = checkPublicJwks(jwks);
-    await b.db.transaction(async (tx) => {
-      await tx('agents').where({ id: a.id }).update({ jwks: JSON.stringify(checked), updated_at: at });
+    await transact(b.db, async (tx) => {
+      if (!(await agents.setJwks(tx, a.id, checked, at))) throw revokedAgent();
       await appendAudit(tx, { at, event: 'agent.rotate', decision: 'info', agentId: a.id, params: { auth_method: a.authMethod, by: actor } });
     });
     return { agent: { ...a, jwks: checked, updatedAt: at } };
   }
   const clientSecret = newSecret();
-  await b.db.transaction(async (tx) => {
-    await agents.setSecret(tx, a.id, hashSecret(b.secretHashKey, clientSecret), at);
+  await transact(b.db, async (tx) => {
+    if (!(await agents.setSecret(tx, a.id, hashSecret(b.secretHashKey, clientSecret), at))) throw revokedAgent();
     await appendAudit(tx, { at, event: 'agent.rotate', decision: 'info', agentId: a.id, params: { auth_method: a.authMethod, by: actor } });
   });
   return { agent: { ...a, updatedAt: at }, clientSecret };
