@@ -110,6 +110,34 @@ describe('sweeper: everything dies with the session', () => {
     assert.ok(events.includes('credential.iam_deny') && events.includes('credential.iam_deny_removed'));
   });
 
+  it('revokes the credentials of a revoked token in a live session when the after-commit hook never ran (failed, or the broker stopped)', async () => {
+    const orch = await f.agent('sw-hookless-o', 'creds-owner');
+    const worker = await f.agent('sw-hookless-w', 'creds-worker');
+    const tok = await mustSession(f.tb, orch, 'work:read cred:vault-token');
+    const sub = await mustDelegate(f.tb, orch, tok, worker, 'work:read cred:vault-token');
+    const mine = (await f.cred('vault-token', tok)).body;
+    const theirs = (await f.cred('vault-token', sub)).body;
+    const hooks = f.tb.b.hooks.onRevoked.splice(0);
+    f.tb.b.hooks.onRevoked.push(async () => {
+      throw new Error('the broker stopped right after the commit');
+    });
+    try {
+      await revokeTokenChain(f.tb.b, claimsOf(sub).jti, { actor: 'admin', via: 'test' });
+    } finally {
+      f.tb.b.hooks.onRevoked.splice(0, Infinity, ...hooks);
+    }
+    assert.equal(f.vault.isTokenActive(theirs.credentials.client_token), true, 'the hook did not run');
+
+    const rep = await sweepOnce(f.tb.b);
+    assert.equal(rep.revoked, 1);
+    assert.equal(f.vault.isTokenActive(theirs.credentials.client_token), false, "the revoked sub-agent's Vault token is dead");
+    assert.equal(f.vault.isTokenActive(mine.credentials.client_token), true, "the orchestrator's own credential is untouched");
+    const rows = await f.rows(claimsOf(tok).sid);
+    assert.deepEqual(rows.map((r) => [r.jti, r.state]).sort(), [[claimsOf(sub).jti, 'revoked'], [claimsOf(tok).jti, 'issued']].sort());
+    const again = await sweepOnce(f.tb.b);
+    assert.equal(again.revoked + again.failed, 0, 'and only once');
+  });
+
   it('retries a revocation that failed (Vault sealed) until it succeeds', async () => {
     const a = await f.agent('sw-retry', 'creds-owner');
     const tok = await mustSession(f.tb, a, 'cred:vault-token');

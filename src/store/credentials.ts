@@ -133,6 +133,24 @@ export const credentials = {
     return out;
   },
 
+  /**
+   * Issued, not yet revoked, unexpired credentials whose token has been revoked: what the
+   * after-commit revocation hook should have taken and did not (it failed, or the broker stopped
+   * between the commit and the hook).
+   */
+  async ofRevokedTokens(q: Q, now: number, limit = 200): Promise<CredentialRow[]> {
+    const rows = await q('credentials as c')
+      .join('tokens as t', 't.jti', 'c.jti')
+      .where('c.state', 'issued')
+      .whereNull('c.revoked_at')
+      .andWhere('c.expires_at', '>', now)
+      .whereNotNull('t.revoked_at')
+      .select('c.*')
+      .orderBy('c.created_at')
+      .limit(limit);
+    return rows.map(fromRow);
+  },
+
   async orphans(q: Q, createdBefore: number, limit = 200): Promise<CredentialRow[]> {
     return (await q('credentials').where({ state: 'pending' }).andWhere('created_at', '<', createdBefore).orderBy('created_at').limit(limit)).map(fromRow);
   },

@@ -8,7 +8,9 @@
  * 2. Ended sessions (expired or revoked) not yet swept: their remaining issued credentials are
  *    revoked (for a session that simply expired, STS credentials are not denied: they expire with
  *    it, or outlive it by allow_overhang, by design), then the session is marked swept.
- * 3. Failed revocations are retried until they succeed or the credential has expired anyway.
+ * 3. Credentials of revoked tokens in sessions that still live, which the after-commit revocation
+ *    hook did not take (it failed, or the broker stopped right after the commit), are revoked.
+ *    Failed revocations are retried until they succeed or the credential has expired anyway.
  * 4. IAM deny entries are dropped once everything they denied has expired, and the one revocation
  *    policy of every role with entries is rebuilt from the database (deleted when none is left).
  * 5. Spent one-time values (DPoP proof jtis) are pruned.
@@ -76,7 +78,9 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
     if (await sessions.markSwept(b.db, s.sid, now)) rep.sessionsSwept++;
   }
 
-  // 3. Retries (at most one attempt per sweep interval per row).
+  // 3. Revoked tokens the revocation hook missed, then retries (at most one attempt per sweep interval per row).
+  const missed = await credentials.ofRevokedTokens(b.db, now, BATCH);
+  if (missed.length) add(await revokeRows(b, missed, { scope: 'token', claim: 'issued', why: 'token revoked (after-commit cleanup missed it)' }));
   const retryBefore = now - b.config.sweepIntervalSec * 1000 + 1;
   const retry = await credentials.retryable(b.db, retryBefore, now, BATCH);
   if (retry.length) {
