@@ -22,6 +22,8 @@ describe('core: bad input', () => {
   let t: TestBroker;
   let agent: { id: string; secret: string };
   let auth: string;
+  /** A second agent, for requests that name two callers at once. */
+  let other: { id: string; secret: string };
   const replies: Array<{ what: string; r: Reply }> = [];
   /** Good requests made on purpose along the way, each of which opens one session with one token. */
   let goodSessions = 0;
@@ -30,6 +32,7 @@ describe('core: bad input', () => {
     t = await startTestBroker();
     agent = await t.register('summarizer', 'support-summarizer');
     auth = basic(agent.id, agent.secret);
+    other = await t.register('summarizer-2', 'support-summarizer');
   });
   after(async () => {
     await t?.close();
@@ -306,6 +309,83 @@ describe('core: bad input', () => {
       assert.equal(r.status, 200);
       assert.equal(typeof r.body.cursor, 'number');
       assert.ok(Array.isArray(r.body.revoked));
+    });
+  });
+
+  describe('parser limits, repeated headers and routes', () => {
+    it('tens of thousands of repeated keys are refused at once (a linear parser with a parameter cap), and the broker keeps serving meanwhile', async () => {
+      const flood = Array.from({ length: 32_000 }, () => 'a').join('&');
+      for (const path of ['/introspect', '/revoke']) {
+        const [r, health] = await Promise.all([form(`flood ${path}`, path, flood), send('healthz during flood', '/healthz', { method: 'GET' })]);
+        rfcError(r, `flood ${path}`, 'invalid_request');
+        assert.match(r.body.error_description, /more than 100 parameters/);
+        assert.equal(health.status, 200);
+      }
+      const many = Array.from({ length: 101 }, (_, i) => `p${i}=x`).join('&');
+      rfcError(await form('101 params', '/introspect', many), '101 params', 'invalid_request');
+    });
+
+    it('an empty form body is an empty form, not a wrong content type', async () => {
+      const r = await form('empty introspect', '/introspect', '');
+      rfcError(r, 'empty introspect', 'invalid_request');
+      assert.match(r.body.error_description, /token is required/);
+    });
+
+    it('a repeated Authorization or DPoP header is refused, never resolved to the first copy', async () => {
+      const two = [auth, basic(other.id, other.secret)];
+      for (const path of ['/token', '/introspect', '/revoke', '/credentials/anything']) {
+        // fetch would join repeated headers; node:http sends an array as two lines, as an attacker would.
+        const status = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+          const u = new URL(`${t.url}${path}`);
+          const body = 'grant_type=client_credentials&scope=tickets:read&token=x';
+          const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: two } as unknown as Record<string, string> }, (res) => {
+            let text = '';
+            res.on('data', (c) => (text += c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+          });
+          req.on('error', reject);
+          req.end(body);
+        });
+        assert.equal(status.status, 400, `${path}: ${status.body}`);
+        assert.equal(JSON.parse(status.body).error, 'invalid_request', path);
+        assert.match(JSON.parse(status.body).error_description, /authorization header must appear once/);
+      }
+      const dpop = await new Promise<number>((resolve, reject) => {
+        const u = new URL(`${t.url}/token`);
+        const body = 'grant_type=client_credentials&scope=tickets:read';
+        const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: auth, dpop: ['a.b.c', 'd.e.f'] } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+      assert.equal(dpop, 400);
+    });
+
+    it('wrong methods get 405 JSON with Allow; unserved paths (oidc-provider’s own included) get 404 JSON and no cookie', async () => {
+      for (const [method, path, allow] of [['GET', '/token', 'POST'], ['PUT', '/revoke', 'POST'], ['GET', '/introspect', 'POST'], ['OPTIONS', '/token', 'POST'], ['DELETE', '/jwks', 'GET, HEAD'], ['POST', '/revocations', 'GET, HEAD']]) {
+        const r = await send(`${method} ${path}`, path, { method });
+        assert.equal(r.status, 405, `${method} ${path}: ${r.text}`);
+        assert.equal(r.headers.get('allow'), allow, `${method} ${path}`);
+        rfcError(r, `${method} ${path}`, 'invalid_request');
+      }
+      for (const [method, path] of [['GET', '/session/end'], ['GET', '/auth?client_id=x&response_type=code'], ['POST', '/request'], ['POST', '/reg'], ['GET', '/me'], ['GET', '/nope'], ['GET', '/token/../jwks/x']]) {
+        const r = await send(`${method} ${path}`, path, { method });
+        assert.equal(r.status, 404, `${method} ${path}: ${r.text.slice(0, 200)}`);
+        rfcError(r, `${method} ${path}`, 'not_found');
+        assert.equal(r.headers.get('set-cookie'), null, `${method} ${path} sets no cookie`);
+      }
+      assert.equal((await send('head jwks', '/jwks', { method: 'HEAD' })).status, 200);
+    });
+
+    it('/token refuses encoded bodies (415) and bodies over the provider’s own 56 KiB limit (413), with JSON', async () => {
+      const enc = await send('gzip token', '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: auth, 'content-encoding': 'gzip' } });
+      assert.equal(enc.status, 415, enc.text);
+      rfcError(enc, 'gzip token', 'invalid_request');
+      const big = await form('60 KiB token', '/token', `grant_type=client_credentials&scope=tickets:read&task=${'x'.repeat(60 * 1024)}`);
+      assert.equal(big.status, 413, big.text);
+      rfcError(big, '60 KiB token', 'invalid_request');
     });
   });
 

@@ -230,6 +230,34 @@ describe('core: refusals, renewal, TTL and expiry', () => {
     });
   });
 
+  describe('refusals at /introspect and /revoke are audited too', () => {
+    it('a wrong secret at /introspect, and revoking another agent’s token: a deny row each, naming the caller, never the secret or the token', async () => {
+      const tok = (await token(summarizer, { scope: 'tickets:read' })).body.access_token as string;
+      let seq = await maxSeq();
+      const wrong = `${summarizer.secret.slice(0, -2)}xx`;
+      const bad = await postForm(`${t.url}/introspect`, { token: tok }, { authorization: basic(summarizer.id, wrong) });
+      assert.equal(bad.status, 401);
+      let rows = await denialsAfter(seq);
+      assert.equal(rows.length, 1);
+      assert.equal(rows[0].agent_id, summarizer.id, 'the client id the request claimed');
+      assert.match(rows[0].reason, /^invalid_client/);
+      assert.equal(JSON.parse(rows[0].params).attempted, 'introspect');
+      const text = JSON.stringify(rows[0]);
+      assert.ok(!text.includes(wrong) && !text.includes(tok), 'no secret and no token value in the row');
+
+      seq = await maxSeq();
+      const foreign = await postForm(`${t.url}/revoke`, { token: tok }, { authorization: basic(reader.id, reader.secret) });
+      assert.equal(foreign.status, 400);
+      assert.equal(foreign.body.error, 'unauthorized_client');
+      rows = await denialsAfter(seq);
+      assert.equal(rows.length, 1);
+      assert.equal(rows[0].agent_id, reader.id, 'the authenticated caller');
+      assert.match(rows[0].reason, /^unauthorized_client/);
+      assert.equal(JSON.parse(rows[0].params).attempted, 'revoke');
+      assert.equal((await introspect(tok)).body.active, true, 'and the token lives on');
+    });
+  });
+
   // A suite of its own so that it runs after the suites above (mocha runs a suite's own tests first).
   describe('the audit trail of all of the above', () => {
     it('the chain still verifies and holds a deny row per refusal code', async () => {

@@ -3,6 +3,7 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { createProvider } from './provider.ts';
 import { errorMiddleware, handle, sendError } from './errors.ts';
+import { audited, refuse } from './refusals.ts';
 import { introspectEndpoint, jwksEndpoint, revocationsEndpoint, revokeEndpoint } from './endpoints.ts';
 import { providersOf } from '../tokens/credentials.ts';
 
@@ -33,15 +34,20 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
       return (writeHead as (...a: unknown[]) => Response).apply(this, args);
     } as typeof res.writeHead;
     res.on('finish', () => {
-      if (!req.complete) req.socket.destroy();
+      if (req.complete) return;
+      // Closed gracefully first (a destroy would reset the connection and could take the
+      // answer with it); a client that keeps sending is cut off shortly after.
+      req.socket.end();
+      setTimeout(() => req.socket.destroy(), 1000).unref();
     });
     next();
   });
   for (const add of ext.before ?? []) add(app, b);
+  app.use(refuseRepeatedHeaders(b));
   const form = express.raw({ type: 'application/x-www-form-urlencoded', limit: b.config.bodyLimitBytes });
 
-  app.post('/introspect', form, handle(introspectEndpoint(b)));
-  app.post('/revoke', form, handle(revokeEndpoint(b)));
+  app.post('/introspect', form, audited(b, 'introspect', introspectEndpoint(b)));
+  app.post('/revoke', form, audited(b, 'revoke', revokeEndpoint(b)));
   app.get('/revocations', handle(revocationsEndpoint(b)));
   app.get('/jwks', handle(jwksEndpoint(b)));
   app.get('/healthz', (_req, res) => {
@@ -62,22 +68,74 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   }));
   for (const add of ext.routes ?? []) add(app, b);
 
-  // RFC 8414 metadata is the same document as OpenID discovery here.
-  app.get('/.well-known/oauth-authorization-server', (req, _res, next) => {
-    req.url = '/.well-known/openid-configuration';
-    next();
-  });
-  // The token endpoint takes forms only; anything else is refused before the provider sees it.
-  app.post('/token', (req: Request, res: Response, next: NextFunction) => {
-    if (!req.is('application/x-www-form-urlencoded')) return sendError(res, new CordonError('invalid_request', 'content type must be application/x-www-form-urlencoded', { reason: 'content_type' }));
-    const len = Number(req.headers['content-length'] ?? 0);
-    if (len > b.config.bodyLimitBytes) return sendError(res, new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' }));
-    next();
-  });
+  // oidc-provider serves exactly these; its other routes (authorization, end-session, PAR…) are
+  // never reached, as discovery says. RFC 8414 metadata is the same document as OpenID discovery.
   const callback = provider.callback();
-  app.use((req, res) => {
+  const toProvider = (req: Request, res: Response): void => {
     callback(req, res);
+  };
+  app.get('/.well-known/openid-configuration', toProvider);
+  app.get('/.well-known/oauth-authorization-server', (req, res) => {
+    req.url = '/.well-known/openid-configuration';
+    toProvider(req, res);
+  });
+  // The token endpoint takes forms only, unencoded and within the provider's own size limit;
+  // anything else is refused before the provider sees it.
+  const tokenBodyLimit = Math.min(b.config.bodyLimitBytes, PROVIDER_BODY_LIMIT);
+  app.post('/token', (req: Request, res: Response, next: NextFunction) => {
+    const refusal = tokenRequestRefusal(req, tokenBodyLimit);
+    if (refusal) return void refuse(b, req, res, refusal, 'token');
+    next();
+  }, toProvider);
+  // Anything else: 405 with Allow on a path the broker serves, 404 elsewhere; JSON either way.
+  app.use((req: Request, res: Response) => {
+    const allowed = methodsServed(app, req.path);
+    if (allowed.length) {
+      res.setHeader('Allow', allowed.join(', '));
+      return sendError(res, new CordonError('invalid_request', `${req.method} is not served on ${req.path}; use ${allowed.join(' or ')}`, { status: 405, reason: 'method_not_allowed' }));
+    }
+    sendError(res, new CordonError('not_found', 'no such endpoint', { reason: 'no_route' }));
   });
   app.use(errorMiddleware(b.log));
   return app;
+}
+
+/** oidc-provider reads bodies of at most 56 KiB itself (lib/shared/selective_body.js). */
+const PROVIDER_BODY_LIMIT = 56 * 1024;
+
+/** What the token endpoint refuses on the headers alone, before the provider reads the body. */
+function tokenRequestRefusal(req: Request, limit: number): CordonError | undefined {
+  if (!req.is('application/x-www-form-urlencoded')) return new CordonError('invalid_request', 'content type must be application/x-www-form-urlencoded', { reason: 'content_type' });
+  const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
+  if (encoding !== 'identity') return new CordonError('invalid_request', 'the token endpoint takes unencoded bodies only', { status: 415, reason: 'content_encoding' });
+  if (Number(req.headers['content-length'] ?? 0) > limit) return new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' });
+  return undefined;
+}
+
+/**
+ * Node keeps only the first of repeated Authorization headers and joins repeated unknown ones
+ * (DPoP) with a comma: either way the request is ambiguous about who is calling, so it is refused.
+ */
+const SINGLE_HEADERS = new Set(['authorization', 'dpop', 'content-type', 'content-encoding']);
+const refuseRepeatedHeaders = (b: Broker) => (req: Request, res: Response, next: NextFunction): void => {
+  const seen = new Set<string>();
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    const name = req.rawHeaders[i].toLowerCase();
+    if (!SINGLE_HEADERS.has(name)) continue;
+    if (seen.has(name)) return void refuse(b, req, res, new CordonError('invalid_request', `the ${name} header must appear once`, { reason: 'duplicate_header' }), req.path.slice(1, 40) || 'request');
+    seen.add(name);
+  }
+  next();
+};
+
+/** The methods the app's routes serve on this path (HEAD with GET, as express does). */
+function methodsServed(app: Express, path: string): string[] {
+  const stack = (app as unknown as { router: { stack: Array<{ route?: { methods: Record<string, boolean> }; match(p: string): boolean }> } }).router.stack;
+  const methods = new Set<string>();
+  for (const layer of stack) {
+    if (!layer.route || !layer.match(path)) continue;
+    for (const [m, on] of Object.entries(layer.route.methods)) if (on && m !== '_all') methods.add(m.toUpperCase());
+  }
+  if (methods.has('GET')) methods.add('HEAD');
+  return [...methods].sort();
 }

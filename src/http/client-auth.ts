@@ -20,9 +20,29 @@ const fail = (why: string): CordonError => new CordonError('invalid_client', why
  */
 export async function authenticateClient(b: Broker, req: Request, res: Response, form: Form, opts: { allowDisabled?: boolean } = {}): Promise<Agent> {
   const agent = await authenticate(b, req, res, form);
+  res.locals.agentId = agent.id; // for the audit row if the request is refused after this
   // A disabled agent may still revoke what it holds, but may not use the broker otherwise.
   if (agent.status === 'disabled' && !opts.allowDisabled) throw fail('agent is disabled');
   return agent;
+}
+
+/**
+ * The client id a request claims (form `client_id`, or the Basic header's user), for the audit
+ * row of a refusal made before or without authentication. Only a well-formed id, never a secret.
+ */
+export function claimedClientId(authorization: string | undefined, formClientId: unknown): string | null {
+  if (isWellFormedId(formClientId)) return formClientId;
+  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(authorization ?? '');
+  if (!m) return null;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i < 0) return null;
+  try {
+    const id = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
+    return isWellFormedId(id) ? id : null;
+  } catch {
+    return null;
+  }
 }
 
 async function authenticate(b: Broker, req: Request, res: Response, form: Form): Promise<Agent> {
@@ -82,8 +102,9 @@ async function assertionAuth(b: Broker, req: Request, assertion: string, claimed
       maxTokenAge: undefined,
     });
     checkAssertionTimes(b, payload);
+    if (typeof payload.jti !== 'string' || payload.jti === '' || payload.jti.length > 256) throw fail('client_assertion jti must be a non-empty string');
     const exp = (payload.exp as number) * 1000;
-    if (!(await replayGuard.claim(b.db, assertionReplayKey(assertionReplayId(agent.id, String(payload.jti))), exp, b.clock.now()))) throw fail('client_assertion has been used before');
+    if (!(await replayGuard.claim(b.db, assertionReplayKey(assertionReplayId(agent.id, payload.jti)), exp, b.clock.now()))) throw fail('client_assertion has been used before');
   } catch (e) {
     if (e instanceof CordonError) throw e;
     throw fail('client_assertion could not be verified');

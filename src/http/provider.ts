@@ -11,6 +11,7 @@ import { DPOP_ALGS } from '../tokens/dpop.ts';
 import { recordDenial } from '../tokens/issue.ts';
 import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
 import { assertionPayload, checkAssertionTimes } from '../tokens/client-assertion.ts';
+import { claimedClientId } from './client-auth.ts';
 import * as clientCredentials from './grants/client-credentials.ts';
 import * as tokenExchange from './grants/token-exchange.ts';
 
@@ -165,7 +166,7 @@ export async function createProvider(b: Broker): Promise<Provider> {
   provider.on('grant.error', (ctx: KoaContextWithOIDC, err: Error & { error?: string; error_description?: string; audited?: boolean }) => {
     if (err.audited) return;
     // Refusals oidc-provider makes itself (client authentication, malformed requests) are audited too.
-    const clientId = ctx.oidc?.client?.clientId ?? claimedClientId(ctx);
+    const clientId = ctx.oidc?.client?.clientId ?? claimedClientId(ctx.headers?.authorization, (ctx.oidc?.params as Record<string, unknown> | undefined)?.client_id);
     b.db
       .transaction(async (tx) => {
         const { appendAudit } = await import('../audit/log.ts');
@@ -193,26 +194,6 @@ export async function createProvider(b: Broker): Promise<Provider> {
     doc.jwks_uri = `${b.config.issuer}/jwks`;
   });
   return provider;
-}
-
-/**
- * The client id a refused request claimed, for the audit row, when oidc-provider never loaded the
- * client (unknown or revoked agent). Taken from the form or the Basic header; only a well-formed id.
- */
-function claimedClientId(ctx: KoaContextWithOIDC): string | null {
-  const fromParams = (ctx.oidc?.params as Record<string, unknown> | undefined)?.client_id;
-  if (isWellFormedId(fromParams)) return fromParams;
-  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(ctx.headers?.authorization ?? '');
-  if (!m) return null;
-  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
-  const i = decoded.indexOf(':');
-  if (i < 0) return null;
-  try {
-    const id = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
-    return isWellFormedId(id) ? id : null;
-  } catch {
-    return null;
-  }
 }
 
 /**

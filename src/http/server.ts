@@ -16,6 +16,10 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
     s.on('error', reject);
   });
   server.keepAliveTimeout = 65_000;
+  // A request (headers and body) must arrive within 30 s: a client trickling a body cannot hold a
+  // connection for Node's default five minutes.
+  server.requestTimeout = 30_000;
+  server.headersTimeout = 20_000;
   const addr = server.address();
   const url = typeof addr === 'object' && addr ? `http://${host}:${addr.port}` : `http://${host}:${port}`;
   return {

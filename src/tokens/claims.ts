@@ -32,7 +32,8 @@ export const GRANT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exch
 export function chainOf(claims: { client_id: string; act?: ActClaim; sub: string }, rootClientId?: string): string[] {
   const holders: string[] = [];
   let a: ActClaim | undefined = claims.act;
-  while (a && holders.length < 64) {
+  // Only well-formed links count: a malformed act (a string, a missing sub) ends the chain here.
+  while (a !== null && typeof a === 'object' && typeof a.sub === 'string' && holders.length < 64) {
     holders.push(a.sub);
     a = a.act;
   }
