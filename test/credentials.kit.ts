@@ -14,6 +14,8 @@ import { credentials, type CredentialRow } from '../src/store/credentials.ts';
 export const ROLE_ARN = 'arn:aws:iam::123456789012:role/agent-reports';
 /** A second role, never revoked through IAM (no credential on it sets revoke_via_iam). */
 export const ROLE_ARN_RO = 'arn:aws:iam::123456789012:role/agent-readonly';
+/** A resource server the credential-test agents may ask tokens for. */
+export const RS_AUDIENCE = 'https://tickets.internal';
 export const SESSION_POLICY = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'] }] };
 const sp = JSON.stringify(SESSION_POLICY);
 
@@ -24,6 +26,7 @@ name: creds-owner
 description: Root agent of the credential tests.
 token_ttl: 10m
 session_ttl: 1h
+audiences: [${RS_AUDIENCE}]
 scopes: [work:read, cred:vault-token, cred:vault-db, cred:vault-kv, cred:s3, cred:s3-iam, cred:s3-overhang]
 delegation:
   max_depth: 1

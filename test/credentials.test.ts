@@ -6,7 +6,7 @@ import { iamDenies } from '../src/store/credentials.ts';
 import { providersOf } from '../src/tokens/credentials.ts';
 import { startTestBroker, basic, postForm } from './helpers/broker.ts';
 import { auditHead, auditSince, claimsOf, delegateReq, dpopKey, dpopProof, mustDelegate, mustSession, policyDir, register, session } from './delegation.kit.ts';
-import { credFixture, rowIdOf, POLICIES, ROLE_ARN, ROLE_ARN_RO, SESSION_POLICY, type CredFixture } from './credentials.kit.ts';
+import { credFixture, rowIdOf, POLICIES, ROLE_ARN, ROLE_ARN_RO, RS_AUDIENCE, SESSION_POLICY, type CredFixture } from './credentials.kit.ts';
 
 /** AWS states Expiration in whole seconds. */
 const awsSec = (ms: number): number => Math.floor(ms / 1000) * 1000;
@@ -436,6 +436,31 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       r = await fetch(`${f.tb.url}/credentials/vault-token`, { method: 'POST', headers: { authorization: 'Bearer not-a-jwt' } });
       assert.equal(r.status, 401);
       assert.match(r.headers.get('www-authenticate') ?? '', /error="invalid_token"/);
+    });
+
+    it('refuses a token made for a resource server (its audience is not the broker): that server cannot trade it for credentials', async () => {
+      const a = await f.agent('http-aud', 'creds-owner');
+      const forRs = await mustSession(f.tb, a, 'cred:vault-token', { resource: RS_AUDIENCE });
+      assert.deepEqual(claimsOf(forRs).aud, RS_AUDIENCE);
+      const seq = await auditHead(f.tb.b);
+      const vaultCalls = f.vault.requests.length;
+      const c = await f.cred('vault-token', forRs);
+      assert.equal(c.status, 401, JSON.stringify(c.body));
+      assert.equal(c.body.error, 'invalid_token');
+      assert.match(c.body.error_description, /audience does not include this broker/);
+      assert.equal(f.vault.requests.length, vaultCalls, 'Vault was never asked');
+      const denies = (await auditSince(f.tb.b, seq)).filter((r) => r.decision === 'deny');
+      assert.equal(denies.length, 1);
+      assert.match(denies[0].reason!, /audience_not_broker/);
+      assert.equal(denies[0].jti, claimsOf(forRs).jti);
+
+      // The agent itself may ask for the broker as an audience, in a new session or in this one.
+      const both = await mustSession(f.tb, a, 'cred:vault-token', { resource: [RS_AUDIENCE, f.tb.url] });
+      assert.equal((await f.cred('vault-token', both)).status, 200);
+      const mine = await mustSession(f.tb, a, 'cred:vault-token', { session: claimsOf(forRs).sid, audience: f.tb.url });
+      assert.equal(claimsOf(mine).aud, f.tb.url);
+      assert.equal(claimsOf(mine).sid, claimsOf(forRs).sid);
+      assert.equal((await f.cred('vault-token', mine)).status, 200);
     });
 
     it('ignores a request body; an expired token is 401', async () => {

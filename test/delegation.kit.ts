@@ -89,6 +89,7 @@ export interface AuditView {
   decision: string;
   agent_id: string | null;
   sid: string | null;
+  jti: string | null;
   chain: string[] | null;
   reason: string | null;
   params: Record<string, any>;

@@ -5,7 +5,8 @@ import { join, resolve } from 'node:path';
 import { GetCallerIdentityCommand, STSClient } from '@aws-sdk/client-sts';
 import { fromProcess } from '@aws-sdk/credential-provider-process';
 import { CordonAgent, CordonSdkError } from '../src/index.ts';
-import { credFixture, type CredFixture } from './credentials.kit.ts';
+import { decodeJwt } from 'jose';
+import { credFixture, RS_AUDIENCE, type CredFixture } from './credentials.kit.ts';
 
 /**
  * The SDK's credential calls against the real `/credentials/:name` endpoint, with the broker's
@@ -53,6 +54,28 @@ describe('sdk: credentials(), awsCredentials() and DPoP against the real credent
     assert.ok(e instanceof CordonSdkError && e.code === 'oauth', String(e));
     assert.equal(e.error, 'insufficient_scope');
     await agent.close();
+  });
+
+  it('a session opened for a resource server fetches credentials with a second token of the same session whose audience is the broker; the resource-server token never goes to /credentials', async () => {
+    const agent = await agentOf('sdk-aud', { dpop: true });
+    const s = await agent.startSession({ scope: 'work:read cred:vault-token cred:vault-kv', audience: RS_AUDIENCE });
+    const forRs = await agent.token();
+    assert.equal(decodeJwt(forRs).aud, RS_AUDIENCE);
+    assert.equal((await agent.credentials('vault-token')).provider, 'vault');
+    assert.equal((await agent.credentials('vault-kv')).provider, 'vault');
+    const rows = await f.tb.b.db('credentials').where({ sid: s.sid });
+    assert.equal(rows.length, 2);
+    const jtis = new Set(rows.map((r: { jti: string }) => r.jti));
+    assert.equal(jtis.size, 1, 'one broker token served both credentials');
+    assert.ok(!jtis.has(String(decodeJwt(forRs).jti)), 'not the resource-server token');
+    const broker = await f.tb.b.db('tokens').where({ jti: [...jtis][0] }).first();
+    assert.equal(broker.sid, s.sid, 'the same session');
+    assert.deepEqual(JSON.parse(broker.audience), [f.tb.url]);
+    assert.ok(broker.cnf_jkt, 'bound to the agent’s DPoP key like the session token');
+    assert.equal(await agent.token(), forRs, 'the resource-server token is unchanged');
+    await agent.close();
+    assert.equal(broker.revoked_at, null);
+    assert.notEqual((await f.tb.b.db('tokens').where({ jti: broker.jti }).first()).revoked_at, null, 'closing the agent revoked the broker token too');
   });
 
   it('with a DPoP key the session token is bound and /credentials gets a proof with every call', async () => {

@@ -130,6 +130,12 @@ interface Session {
   /** Every token the agent was issued in this session and that may still be alive, for revoke(). */
   issued: Array<{ token: string; expiresAt: number }>;
   ended: CordonSdkError | null;
+  /**
+   * When the session's tokens are for resource servers only: a token of the same session whose
+   * audience is the broker, used for /credentials alone and never sent anywhere else.
+   */
+  brokerToken?: CurrentToken;
+  brokerTokenInFlight?: Promise<CurrentToken>;
 }
 
 interface TokenAnswer {
@@ -570,9 +576,9 @@ export class CordonAgent {
   }
 
   /** A new token of the open session (`session=<sid>`), refused with `invalid_grant` once the session has ended. */
-  async #renewal(s: Session, what: string, opts: { expiresIn?: number } = {}): Promise<TokenAnswer> {
+  async #renewal(s: Session, what: string, opts: { expiresIn?: number; audience?: string[] } = {}): Promise<TokenAnswer> {
     const form: Array<[string, string]> = [['scope', s.scope.join(' ')], ['session', s.sid]];
-    for (const a of s.audience) form.push(['audience', a]);
+    for (const a of opts.audience ?? s.audience) form.push(['audience', a]);
     const expiresIn = opts.expiresIn !== undefined && s.expiresIn !== undefined ? Math.min(opts.expiresIn, s.expiresIn) : (opts.expiresIn ?? s.expiresIn);
     if (expiresIn !== undefined) form.push(['expires_in', String(expiresIn)]);
     form.push(['grant_type', 'client_credentials']);
@@ -673,8 +679,36 @@ export class CordonAgent {
     await requestJson(this.#http, url, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...auth.headers }, body }, 'revocation', { allowEmpty: true });
   }
 
-  async #fetchCredentials(name: string, retried = false): Promise<BackendCredential> {
+  /**
+   * The token to present at /credentials. The broker takes only tokens whose audience includes
+   * it, so a resource server that holds the agent's token cannot trade it for backend
+   * credentials. A session opened for resource servers gets a second, broker-audience token.
+   */
+  async #credentialToken(): Promise<CurrentToken> {
     const t = await this.#fresh();
+    const s = this.#session!;
+    if (s.audience.length === 0 || s.audience.includes(this.issuer)) return t;
+    if (!this.#canRenew() || this.mode === 'local') {
+      throw new CordonSdkError('config', `this session's tokens are for ${s.audience.join(', ')}, not the broker: open the session with the broker (${this.issuer}) among its audiences to fetch credentials`);
+    }
+    const now = this.#clock.now();
+    const b = s.brokerToken;
+    if (b && now < b.refreshAt && now < b.expiresAt - 1000) return b;
+    s.brokerTokenInFlight ??= this.#renewal(s, 'token for /credentials', { audience: [this.issuer] })
+      .then((a) => {
+        const at = this.#clock.now();
+        s.brokerToken = this.#current(a, at, s.expiresAt);
+        s.issued.push({ token: a.accessToken, expiresAt: at + a.expiresIn * 1000 });
+        return s.brokerToken;
+      })
+      .finally(() => {
+        s.brokerTokenInFlight = undefined;
+      });
+    return s.brokerTokenInFlight;
+  }
+
+  async #fetchCredentials(name: string, retried = false): Promise<BackendCredential> {
+    const t = await this.#credentialToken();
     const url = `${this.issuer}/credentials/${encodeURIComponent(name)}`;
     const headers: Record<string, string> = { authorization: `${t.tokenType} ${t.accessToken}`, accept: 'application/json' };
     if (t.tokenType === 'DPoP') {
@@ -689,6 +723,7 @@ export class CordonAgent {
       // The token was refused (revoked, or the broker's view differs): ask for a new one once, which also tells whether the session is over.
       if (!retried && e instanceof CordonSdkError && e.code === 'oauth' && e.error === 'invalid_token' && this.#canRenew() && this.#session) {
         this.#session.current.refreshAt = 0;
+        this.#session.brokerToken = undefined;
         return this.#fetchCredentials(name, true);
       }
       throw e;

@@ -29,6 +29,9 @@ export const TOKEN_TYPE_BOOTSTRAP = 'urn:cordon:token-type:bootstrap';
 export const GRANT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 
 /** The chain of holders from root to current, read from an act claim (bounded: a real chain is never deep). */
+/** The `aud` claim as a list (RFC 7519 allows a single string). */
+export const audiencesOf = (claims: { aud?: string | string[] }): string[] => (claims.aud === undefined ? [] : Array.isArray(claims.aud) ? claims.aud : [claims.aud]);
+
 export function chainOf(claims: { client_id: string; act?: ActClaim; sub: string }, rootClientId?: string): string[] {
   const holders: string[] = [];
   let a: ActClaim | undefined = claims.act;

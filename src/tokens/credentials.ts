@@ -24,7 +24,7 @@ import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
 import type { CredentialProvider, DenyRecord, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
 import { recordBackendError } from '../http/metrics.ts';
-import { chainOf, type AccessTokenClaims } from './claims.ts';
+import { audiencesOf, chainOf, type AccessTokenClaims } from './claims.ts';
 import { requireDpopForToken } from './dpop.ts';
 import { recordDenial } from './issue.ts';
 import { requireActiveToken, type TokenView } from './verify.ts';
@@ -108,6 +108,11 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     }
     throw e;
   };
+  // A token made for a resource server is not for the broker: that server (or whoever read the
+  // token there) must not be able to trade it for backend credentials (RFC 8707 audience restriction).
+  if (!audiencesOf(claims).includes(b.config.issuer)) {
+    await deny(new CordonError('invalid_token', `the token's audience does not include this broker (${b.config.issuer}); ask for a token with the broker among its audiences`, { reason: 'audience_not_broker' }));
+  }
 
   let ctx: Decided;
   try {

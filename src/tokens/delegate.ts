@@ -6,7 +6,7 @@ import { NAME_PATTERN } from '../policy/schema.ts';
 import { agents, type Agent } from '../store/agents.ts';
 import { isPostgres, type Q } from '../store/db.ts';
 import type { Policy } from '../policy/types.ts';
-import { chainOf, type ActClaim, type AccessTokenClaims } from './claims.ts';
+import { audiencesOf, chainOf, type ActClaim, type AccessTokenClaims } from './claims.ts';
 import { issueToken, recordDenial, type IssuedToken } from './issue.ts';
 import { activeAgentAndPolicy, parseRequestedScope, parseRequestedTtl } from './session-start.ts';
 import { requireActiveToken } from './verify.ts';
@@ -96,7 +96,7 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
     }
 
     // Audience: within the parent's audience and the sub-agent's allowed audiences.
-    const parentAud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+    const parentAud = audiencesOf(claims);
     let audience: string[];
     if (req.audience.length) {
       for (const a of req.audience) {

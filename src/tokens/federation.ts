@@ -10,6 +10,7 @@ import type { FederationRule, Policy } from '../policy/types.ts';
 import { checkPublicJwks } from './agents.ts';
 import { recordDenial } from './issue.ts';
 import { startSession, type SessionStartResult } from './session-start.ts';
+import { audiencesOf } from './claims.ts';
 
 /** Asymmetric algorithms only: an HMAC "JWKS" would be a shared secret, and `none` is no signature. */
 export const FEDERATION_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
@@ -194,7 +195,7 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest): Pro
     if (!payload) throw firstError;
     externalSub = String(payload.sub);
 
-    const aud = payload.aud === undefined ? [] : Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+    const aud = audiencesOf(payload);
     const forUs = trusts.filter((t) => t.source === source && aud.includes(t.rule.audience));
     if (!forUs.length) throw refuse(`subject_token audience is not one this broker accepts from ${clip(iss)}`, 'federation_wrong_audience');
     const mapped = forUs.filter((t) => typeof payload[t.rule.claim] === 'string' && payload[t.rule.claim] === t.rule.match);

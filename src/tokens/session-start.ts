@@ -60,10 +60,13 @@ export function parseRequestedScope(raw: string | undefined): string[] {
   }
 }
 
-/** Requested audiences must each be allowed by the policy; none requested means the broker itself. */
+/**
+ * Requested audiences must each be allowed by the policy, or be the broker itself (always
+ * allowed: a token the agent keeps for /credentials); none requested means the broker.
+ */
 export function decideAudience(b: Broker, policy: Policy, requested: string[]): string[] {
   for (const a of requested) {
-    if (!policy.audiences.includes(a)) throw new CordonError('invalid_target', `audience ${JSON.stringify(a.slice(0, 200))} is not allowed by policy ${policy.name}`, { reason: 'audience_not_allowed' });
+    if (!policy.audiences.includes(a) && a !== b.config.issuer) throw new CordonError('invalid_target', `audience ${JSON.stringify(a.slice(0, 200))} is not allowed by policy ${policy.name}`, { reason: 'audience_not_allowed' });
   }
   return requested.length ? [...new Set(requested)] : [b.config.issuer];
 }
@@ -113,9 +116,9 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
       const outside = uncovered(parseScope(s.scope), scope);
       if (outside.length) throw new CordonError('invalid_scope', `scope outside the session's task scope: ${outside.join(' ')}`, { reason: 'scope_outside_session' });
       if (task !== null && task !== s.task) throw new CordonError('invalid_request', 'task differs from the session\'s task', { reason: 'task_mismatch' });
-      // A renewal stays within the audiences the session was opened for.
+      // A renewal stays within the audiences the session was opened for (and the broker's own).
       if (req.audience.length) {
-        const foreign = audience.filter((a) => !s.audience.includes(a));
+        const foreign = audience.filter((a) => !s.audience.includes(a) && a !== b.config.issuer);
         if (foreign.length) throw new CordonError('invalid_target', `audience ${foreign[0].slice(0, 200)} is outside the session's audience`, { reason: 'audience_outside_session' });
       } else {
         audience = s.audience;
