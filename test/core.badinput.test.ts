@@ -379,6 +379,39 @@ describe('core: bad input', () => {
       assert.equal((await send('head jwks', '/jwks', { method: 'HEAD' })).status, 200);
     });
 
+    it('/introspect and /revoke answer 413 on the declared length alone (no waiting for the upload), and audit it', async () => {
+      for (const path of ['/introspect', '/revoke']) {
+        const seq = Number((await t.b.db('audit').max({ m: 'seq' }).first())?.m ?? 0);
+        const status = await new Promise<number>((resolve, reject) => {
+          const u = new URL(`${t.url}${path}`);
+          const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'content-length': String(10 * 1024 * 1024), authorization: auth } }, (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          });
+          req.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNRESET' || e.code === 'EPIPE' ? resolve(-1) : reject(e)));
+          req.write('token=abc'); // and nothing more: the rest of the 10 MiB never comes
+        });
+        assert.equal(status, 413, path);
+        const rows = await t.b.db('audit').where('seq', '>', seq).andWhere({ decision: 'deny' });
+        assert.equal(rows.length, 1, `${path}: one deny row`);
+        assert.match(rows[0].reason, /too large/);
+        assert.equal(rows[0].agent_id, agent.id, 'the client id the request claimed');
+      }
+      // And what the parser itself refuses (an encoding it does not know) is audited too.
+      const seq = Number((await t.b.db('audit').max({ m: 'seq' }).first())?.m ?? 0);
+      const enc = await send('bogus encoding introspect', '/introspect', { body: 'token=abc', type: FORM, headers: { authorization: auth, 'content-encoding': 'bogus' } });
+      rfcError(enc, 'bogus encoding introspect');
+      assert.equal((await t.b.db('audit').where('seq', '>', seq).andWhere({ decision: 'deny' })).length, 1);
+    });
+
+    it('a 404 or 405 keeps the connection alive (only a reply that leaves a body unread closes it)', async () => {
+      for (const [method, path] of [['GET', '/nope'], ['GET', '/token']]) {
+        const r = await send(`${method} ${path} keep-alive`, path, { method });
+        assert.ok(r.status === 404 || r.status === 405, `${method} ${path}`);
+        assert.notEqual(r.headers.get('connection'), 'close', `${method} ${path}`);
+      }
+    });
+
     it('/token refuses encoded bodies (415) and bodies over the provider’s own 56 KiB limit (413), with JSON', async () => {
       const enc = await send('gzip token', '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: auth, 'content-encoding': 'gzip' } });
       assert.equal(enc.status, 415, enc.text);

@@ -111,6 +111,18 @@ describe('sdk: credentials(), awsCredentials() and DPoP against the real credent
     }
   });
 
+  it('a resource-server session revoked before its broker token was fetched: credentials() says session_ended, and so does token() after it', async () => {
+    const agent = await agentOf('sdk-aud-revoked');
+    const s = await agent.startSession({ scope: 'work:read cred:vault-token', audience: RS_AUDIENCE });
+    const { revokeSession } = await import('../src/tokens/revoke.ts');
+    await revokeSession(f.tb.b, s.sid, { actor: 'test', via: 'test' });
+    const e = await agent.credentials('vault-token').catch((x: unknown) => x as CordonSdkError);
+    assert.ok(e instanceof CordonSdkError, String(e));
+    assert.equal(e.code, 'session_ended', e.message);
+    const t = await agent.token().catch((x: unknown) => x as CordonSdkError);
+    assert.ok(t instanceof CordonSdkError && t.code === 'session_ended', 'the agent knows its session is over');
+  });
+
   it('once the session is revoked, credentials() says so (session_ended), not a raw 401', async () => {
     const agent = await agentOf('sdk-revoked');
     const s = await agent.startSession({ scope: 'work:read cred:s3' });

@@ -1,9 +1,9 @@
-import express, { type Express, type Request, type Response, type NextFunction } from 'express';
+import express, { type ErrorRequestHandler, type Express, type Request, type RequestHandler, type Response, type NextFunction } from 'express';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { createProvider } from './provider.ts';
 import { errorMiddleware, handle, sendError } from './errors.ts';
-import { audited, refuse } from './refusals.ts';
+import { auditErrors, audited, refuse } from './refusals.ts';
 import { introspectEndpoint, jwksEndpoint, revocationsEndpoint, revokeEndpoint } from './endpoints.ts';
 import { providersOf } from '../tokens/credentials.ts';
 
@@ -30,11 +30,11 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   app.use((req, res, next) => {
     const writeHead = res.writeHead;
     res.writeHead = function patched(this: Response, ...args: unknown[]) {
-      if (!req.complete && !res.headersSent) res.setHeader('Connection', 'close');
+      if (bodyPending(req) && !res.headersSent) res.setHeader('Connection', 'close');
       return (writeHead as (...a: unknown[]) => Response).apply(this, args);
     } as typeof res.writeHead;
     res.on('finish', () => {
-      if (req.complete) return;
+      if (!bodyPending(req)) return;
       // Closed gracefully first (a destroy would reset the connection and could take the
       // answer with it); a client that keeps sending is cut off shortly after.
       req.socket.end();
@@ -44,10 +44,8 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   });
   for (const add of ext.before ?? []) add(app, b);
   app.use(refuseRepeatedHeaders(b));
-  const form = express.raw({ type: 'application/x-www-form-urlencoded', limit: b.config.bodyLimitBytes });
-
-  app.post('/introspect', form, audited(b, 'introspect', introspectEndpoint(b)));
-  app.post('/revoke', form, audited(b, 'revoke', revokeEndpoint(b)));
+  app.post('/introspect', ...formBody(b, 'introspect'), audited(b, 'introspect', introspectEndpoint(b)));
+  app.post('/revoke', ...formBody(b, 'revoke'), audited(b, 'revoke', revokeEndpoint(b)));
   app.get('/revocations', handle(revocationsEndpoint(b)));
   app.get('/jwks', handle(jwksEndpoint(b)));
   app.get('/healthz', (_req, res) => {
@@ -98,6 +96,23 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   });
   app.use(errorMiddleware(b.log));
   return app;
+}
+
+/** Is part of the request body still to come? (A request without one is complete as soon as it is handled.) */
+const bodyPending = (req: Request): boolean => !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+
+/**
+ * The raw form body for Cordon's own endpoints. A declared length over the limit is refused at
+ * once (body-parser would first read the whole upload, however slowly it comes), and what the
+ * parser refuses (too large when chunked, an unknown encoding) is audited like any refusal.
+ */
+function formBody(b: Broker, attempted: string): Array<RequestHandler | ErrorRequestHandler> {
+  const tooLarge = (req: Request, res: Response, next: NextFunction): void => {
+    if (Number(req.headers['content-length'] ?? 0) > b.config.bodyLimitBytes) return void refuse(b, req, res, new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' }), attempted);
+    next();
+  };
+  const parse = express.raw({ type: 'application/x-www-form-urlencoded', limit: b.config.bodyLimitBytes });
+  return [tooLarge, parse, auditErrors(b, attempted)];
 }
 
 /** oidc-provider reads bodies of at most 56 KiB itself (lib/shared/selective_body.js). */

@@ -534,7 +534,7 @@ export class CordonAgent {
     } catch (e) {
       if (e instanceof CordonSdkError && e.code === 'session_ended') throw e;
       // A broker hiccup while the current token still has life left: keep using it, ask again next time.
-      const retryable = e instanceof CordonSdkError && (e.code === 'network' || e.code === 'bad_response' || (e.status ?? 0) >= 500);
+      const retryable = brokerHiccup(e);
       if (retryable && this.#clock.now() < s.current.expiresAt - 1000) return s.current;
       throw e;
     }
@@ -562,10 +562,7 @@ export class CordonAgent {
     try {
       a = await this.#renewal(s, 'token refresh');
     } catch (e) {
-      if (e instanceof CordonSdkError && e.code === 'oauth' && e.error === 'invalid_grant') {
-        s.ended = new CordonSdkError('session_ended', `session ${s.sid} cannot be renewed: ${e.error_description ?? e.error}`, { error: e.error, error_description: e.error_description, status: e.status, cause: e });
-        throw s.ended;
-      }
+      if (e instanceof CordonSdkError && e.code === 'oauth' && e.error === 'invalid_grant') throw this.#ended(s, e);
       throw e;
     }
     const now = this.#clock.now();
@@ -701,10 +698,24 @@ export class CordonAgent {
         s.issued.push({ token: a.accessToken, expiresAt: at + a.expiresIn * 1000 });
         return s.brokerToken;
       })
+      .catch((e: unknown) => {
+        // As for the session token (#fresh, #refresh): a refused renewal means the session is over;
+        // a broker hiccup while the cached broker token still has life left keeps that token.
+        if (e instanceof CordonSdkError && e.code === 'oauth' && e.error === 'invalid_grant') throw this.#ended(s, e);
+        const retryable = brokerHiccup(e);
+        if (retryable && b && this.#clock.now() < b.expiresAt - 1000) return b;
+        throw e;
+      })
       .finally(() => {
         s.brokerTokenInFlight = undefined;
       });
     return s.brokerTokenInFlight;
+  }
+
+  /** Marks the session ended because the broker refused to renew it; returns the error to throw. */
+  #ended(s: Session, e: CordonSdkError): CordonSdkError {
+    s.ended = new CordonSdkError('session_ended', `session ${s.sid} cannot be renewed: ${e.error_description ?? e.error}`, { error: e.error, error_description: e.error_description, status: e.status, cause: e });
+    return s.ended;
   }
 
   async #fetchCredentials(name: string, retried = false): Promise<BackendCredential> {
@@ -733,6 +744,9 @@ export class CordonAgent {
     return c;
   }
 }
+
+/** A failure of the broker or the network, not a refusal: worth keeping a still-valid token over. */
+const brokerHiccup = (e: unknown): boolean => e instanceof CordonSdkError && (e.code === 'network' || e.code === 'bad_response' || (e.status ?? 0) >= 500);
 
 function parseTokenAnswer(json: unknown, what: string): TokenAnswer {
   if (!isObject(json)) throw new CordonSdkError('bad_response', `${what}: the token response is not a JSON object`);
