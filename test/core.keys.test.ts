@@ -2,9 +2,19 @@ import assert from 'node:assert/strict';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
-import { rotateSigningKey, listKeys } from '../src/keys/keyring.ts';
+import { rotateSigningKey, listKeys, Keyring, KEY_ACTIVATION_MS, KEYRING_RELOAD_MS } from '../src/keys/keyring.ts';
+import { ManualClock } from '../src/clock.ts';
+import { signAccessToken } from '../src/tokens/mint.ts';
+import { verifySignature } from '../src/tokens/verify.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
+
+/** The same token with another kid in its header (the signature no longer matters: the kid is looked up first). */
+const forgeWithKid = (jwt: string, kid: string): string => {
+  const [h, p, sig] = jwt.split('.');
+  const header = JSON.parse(Buffer.from(h, 'base64url').toString('utf8'));
+  return [Buffer.from(JSON.stringify({ ...header, kid })).toString('base64url'), p, sig].join('.');
+};
 
 describe('core: signing keys and rotation', () => {
   let t: TestBroker;
@@ -62,7 +72,7 @@ describe('core: signing keys and rotation', () => {
     assert.equal(old.status, 'retired');
     assert.equal(rows.find((r) => r.kid === created.kid)!.status, 'active');
     assert.ok(old.publishUntil! >= before.exp * 1000, 'the old key stays published at least until its last token expires');
-    assert.ok(old.publishUntil! >= t.clock.now() + longest, 'and for as long as a token issued before the reload could live');
+    assert.ok(old.publishUntil! >= t.clock.now() + KEY_ACTIVATION_MS + KEYRING_RELOAD_MS + longest, 'and for as long as a token it may still sign, on any replica, could live');
 
     const jwks1 = await jwks();
     assert.deepEqual(new Set(jwks1.keys.map((k) => k.kid)), new Set([before.kid, created.kid]));
@@ -75,7 +85,12 @@ describe('core: signing keys and rotation', () => {
     await jwtVerify(before.jwt, remote, { issuer: t.url, typ: 'at+jwt', algorithms: ['EdDSA', 'ES256'] });
     assert.equal((await introspect(before.jwt)).active, true);
 
-    // New tokens use the new key.
+    // The new key is published first; the old one signs until the new one activates, so a replica
+    // that has not re-read the key table yet never meets a token with a kid it does not know.
+    const staged = await session();
+    assert.equal(staged.kid, before.kid, 'not signing with the new key yet');
+    t.clock.advance(KEY_ACTIVATION_MS);
+    // New tokens use the new key (the keyring re-reads the table by itself when the key activates).
     const after = await session();
     assert.equal(after.kid, created.kid);
     await verifyOffline(after.jwt, jwks1);
@@ -101,15 +116,39 @@ describe('core: signing keys and rotation', () => {
   it('the /jwks endpoint picks up a rotation made elsewhere (e.g. by the CLI) without an explicit reload', async () => {
     const kidBefore = t.b.keys.active().kid;
     const created = await rotateSigningKey(t.b.db, keyDir(), t.b.config.keyAlg, t.clock, 15 * 60_000);
-    t.clock.advance(11_000); // past the keyring's reload interval
+    t.clock.advance(KEYRING_RELOAD_MS + 1); // past the keyring's reload interval: published, not yet signing
+    assert.ok((await jwks()).keys.some((k) => k.kid === created.kid), 'the new key is published before it signs');
+    assert.equal((await session()).kid, kidBefore);
+    t.clock.advance(KEY_ACTIVATION_MS - KEYRING_RELOAD_MS);
     const s = await session();
     assert.equal(s.kid, created.kid);
     assert.ok((await jwks()).keys.some((k) => k.kid === kidBefore), 'the previous key is still published');
   });
 
+  it('a replica whose keys are older than a rotation still accepts a token signed with the new key (it re-reads on an unknown kid)', async () => {
+    await t.b.keys.reload(); // this broker's view, taken just before the rotation
+    const created = await rotateSigningKey(t.b.db, keyDir(), t.b.config.keyAlg, t.clock, 15 * 60_000);
+    // Another replica whose clock runs ahead (beyond the activation delay) already signs with the new key.
+    const other = await Keyring.load(t.b.db, keyDir(), new ManualClock(t.clock.now() + KEY_ACTIVATION_MS + 1));
+    assert.equal(other.active().kid, created.kid);
+    const mine = await session();
+    const claims = decodeJwt(mine.jwt) as Record<string, unknown>;
+    const { jwt } = await signAccessToken(other, { ...claims, jti: `${String(claims.jti)}-other` } as never);
+    assert.equal(decodeProtectedHeader(jwt).kid, created.kid);
+    const claimsOut = await verifySignature(t.b, jwt, 'invalid_token');
+    assert.equal(claimsOut.client_id, agent.id, 'verified after re-reading the key table');
+    // Garbage kids do not make it re-read more than once a second.
+    let reads = 0;
+    const count = () => reads++;
+    t.b.db.on('query', count);
+    for (let i = 0; i < 5; i++) await assert.rejects(verifySignature(t.b, forgeWithKid(jwt, `nope-${i}`), 'invalid_token'));
+    t.b.db.off('query', count);
+    assert.ok(reads <= 1, `${reads} key-table reads for 5 unknown kids`);
+  });
+
   it('each key creation and rotation is in the audit chain', async () => {
     const rows = await t.b.db('audit').whereIn('event', ['key.create', 'key.rotate']).orderBy('seq');
-    assert.deepEqual(rows.map((r) => r.event), ['key.create', 'key.rotate', 'key.rotate']);
+    assert.deepEqual(rows.map((r) => r.event), ['key.create', 'key.rotate', 'key.rotate', 'key.rotate']);
     const v = await verifyAudit(t.b.db);
     assert.equal(v.ok, true, JSON.stringify(v));
   });

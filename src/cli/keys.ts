@@ -1,6 +1,6 @@
 /** `cordon keys list|rotate`: the broker's signing keys. */
 import type { Command } from 'commander';
-import { listKeys, rotateSigningKey, type KeyInfo } from '../keys/keyring.ts';
+import { KEY_ACTIVATION_MS, KEYRING_RELOAD_MS, listKeys, rotateSigningKey, type KeyInfo } from '../keys/keyring.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
 import { fmtTime, fmtWhen, iso, printJson, table } from './output.ts';
 
@@ -47,7 +47,7 @@ export function registerKeys(program: Command, ctx: Ctx): void {
         if (json) return void (await printJson(ctx.io, { active: keyJson(r.created, r.now), retired: r.retired ? keyJson(r.retired, r.now) : null }));
         ctx.io.out(`new active key ${r.created.kid} (${r.created.alg})\n`);
         if (r.retired) ctx.io.out(`retired ${r.retired.kid}: still published in /jwks until ${fmtWhen(r.retired.publishUntil, r.now)}\n`);
-        ctx.io.out('Running brokers pick the new key up within 10 seconds.\n');
+        ctx.io.out(`Running brokers publish it within ${KEYRING_RELOAD_MS / 1000} s and sign with it from ${fmtTime(r.created.createdAt + KEY_ACTIVATION_MS)} on.\n`);
       }),
     );
 }

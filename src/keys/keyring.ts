@@ -72,18 +72,32 @@ export async function ensureSigningKey(db: Db, keyDir: string, alg: SigningAlg, 
 }
 
 /**
- * Adds a new active key and retires the old one, which stays published until every token it
- * signed has expired (`longestTokenTtlMs` covers tokens a replica may still sign before it reloads).
+ * Adds a new active key and retires the old one. The new key is published at once and signs
+ * from KEY_ACTIVATION_MS later (see Keyring.reload); the old one keeps signing until then and
+ * stays published until every token it signed, or may still sign on a replica that has not
+ * reloaded yet, has expired (`longestTokenTtlMs` is the longest token_ttl).
  */
 export async function rotateSigningKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, longestTokenTtlMs: number): Promise<KeyInfo> {
   const old = await db('signing_keys').where({ status: 'active' }).first();
   const lastExpiry = old ? num((await db('tokens').max({ m: 'expires_at' }).where({ kid: old.kid }).first())?.m) : 0;
-  const publishUntil = Math.max(lastExpiry, clock.now() + longestTokenTtlMs) + KEYRING_RELOAD_MS;
+  const lastSigning = clock.now() + KEY_ACTIVATION_MS + KEYRING_RELOAD_MS;
+  const publishUntil = Math.max(lastExpiry, lastSigning + longestTokenTtlMs) + KEYRING_RELOAD_MS;
   return createKey(db, keyDir, alg, clock, 'key.rotate', { publishUntil });
 }
 
 /** How often a running broker re-reads the key table, so a rotation by the CLI is picked up. */
 export const KEYRING_RELOAD_MS = 10_000;
+
+/**
+ * A rotated-in key signs only this long after it was created. Every replica re-reads the key
+ * table at least once per KEYRING_RELOAD_MS, so by then all of them publish and accept the new
+ * key: no replica meets a token signed with a kid it does not know yet (Vault and SPIRE stage
+ * new keys the same way).
+ */
+export const KEY_ACTIVATION_MS = KEYRING_RELOAD_MS + 2_000;
+
+/** At most one extra reload per second for tokens naming a kid this broker does not know. */
+const UNKNOWN_KID_RELOAD_MS = 1_000;
 
 export interface ActiveKey {
   kid: string;
@@ -97,6 +111,8 @@ export class Keyring {
   #verify = new Map<string, { alg: SigningAlg; key: KeyObject }>();
   #jwks: { keys: JWK[] } = { keys: [] };
   #loadedAt = 0;
+  #reloadDueAt = 0;
+  #unknownKidReloadAt = -Infinity;
   readonly #db: Db;
   readonly #keyDir: string;
   readonly #clock: Clock;
@@ -122,23 +138,47 @@ export class Keyring {
     const rows = await listKeys(q);
     const active = rows.find((r) => r.status === 'active');
     if (!active) throw new Error('no active signing key: run `cordon init`');
-    const file = join(this.#keyDir, `${active.kid}.jwk.json`);
-    if (!existsSync(file)) throw new Error(`private key for kid ${active.kid} is missing from ${this.#keyDir}`);
+    const activatesAt = active.createdAt + KEY_ACTIVATION_MS;
+    // Until the new key activates, the key it replaced signs (when this broker holds its private half).
+    const replaced = now < activatesAt ? rows.find((r) => r.status === 'retired' && r.retiredAt === active.createdAt && existsSync(this.#privateFile(r.kid))) : undefined;
+    const signer = replaced ?? active;
+    const file = this.#privateFile(signer.kid);
+    if (!existsSync(file)) throw new Error(`private key for kid ${signer.kid} is missing from ${this.#keyDir}`);
     const jwk = JSON.parse(readFileSync(file, 'utf8'));
     const privateKey = createPrivateKey({ key: jwk, format: 'jwk' });
     const published = rows.filter((r) => r.status === 'active' || (r.publishUntil !== null && r.publishUntil > now));
     const verify = new Map<string, { alg: SigningAlg; key: KeyObject }>();
     for (const r of published) verify.set(r.kid, { alg: r.alg, key: createPublicKey({ key: r.publicJwk as never, format: 'jwk' }) });
-    this.#active = { kid: active.kid, alg: active.alg, privateKey };
+    this.#active = { kid: signer.kid, alg: signer.alg, privateKey };
     this.#verify = verify;
     this.#jwks = { keys: published.map((r) => r.publicJwk) };
     this.#loadedAt = now;
+    this.#reloadDueAt = replaced ? Math.min(now + KEYRING_RELOAD_MS + 1, activatesAt) : now + KEYRING_RELOAD_MS + 1;
   }
 
-  /** Re-reads keys when the cached view is older than the reload interval. Cheap to call per request. */
+  #privateFile(kid: string): string {
+    return join(this.#keyDir, `${kid}.jwk.json`);
+  }
+
+  /** Re-reads keys when the cached view is older than the reload interval, or a staged key activates. Cheap to call per request. */
   async fresh(q?: Q): Promise<this> {
-    if (this.#clock.now() - this.#loadedAt > KEYRING_RELOAD_MS) await this.reload(q);
+    if (this.#clock.now() >= this.#reloadDueAt) await this.reload(q);
     return this;
+  }
+
+  /**
+   * The verification key for `kid`; for a kid this broker does not know, the key table is read
+   * again first (at most once a second), in case another replica or the CLI added it since.
+   */
+  async verificationKeyFor(kid: string, q?: Q): Promise<{ alg: SigningAlg; key: KeyObject } | undefined> {
+    await this.fresh(q);
+    const known = this.#verify.get(kid);
+    if (known) return known;
+    const now = this.#clock.now();
+    if (now - this.#unknownKidReloadAt < UNKNOWN_KID_RELOAD_MS) return undefined;
+    this.#unknownKidReloadAt = now;
+    await this.reload(q);
+    return this.#verify.get(kid);
   }
 
   active(): ActiveKey {

@@ -25,8 +25,7 @@ export async function verifySignature(b: Broker, jwt: unknown, code: OAuthErrorC
   }
   if (!SIGNING_ALGS.includes(header.alg as never)) throw fail(`token algorithm ${JSON.stringify(header.alg)} is not allowed`, 'bad_alg');
   if (typeof header.kid !== 'string') throw fail('token has no kid');
-  await b.keys.fresh();
-  const vk = b.keys.verificationKey(header.kid);
+  const vk = await b.keys.verificationKeyFor(header.kid);
   if (!vk) throw fail('token was not signed by a key of this broker', 'unknown_key');
   if (vk.alg !== header.alg) throw fail('token algorithm does not match its key', 'bad_alg');
   try {
