@@ -2,12 +2,13 @@ import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import knexFactory from 'knex';
 import { exportJWK, generateKeyPair } from 'jose';
 import { main } from '../src/cli/main.ts';
-import type { Io } from '../src/cli/output.ts';
+import { errorLine, fmtTime, table, type Io } from '../src/cli/output.ts';
 import { GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS } from '../src/tokens/claims.ts';
 import { introspect } from '../src/tokens/introspect.ts';
 import { basic, postForm, startTestBroker, type TestBroker } from './helpers/broker.ts';
@@ -252,6 +253,44 @@ describe('cordon CLI', function () {
       const bj = await cli('audit', 'verify', '--json');
       assert.notEqual(bj.code, 0);
       assert.equal(JSON.parse(bj.out).broken_seq, 2);
+    });
+
+    it('audit verify names a row whose stored JSON no longer parses (and --json still answers)', async () => {
+      await cli('agent', 'register', 'json-victim', '--policy', 'doc-reader');
+      const db = knexFactory({ client: 'sqlite3', connection: { filename: join(dir, 'data', 'cordon.sqlite') }, useNullAsDefault: true });
+      try {
+        await db('audit').where({ seq: 1 }).update({ params: '{not json' });
+      } finally {
+        await db.destroy();
+      }
+      assertOneLineError(await cli('audit', 'verify'), /row 1\b/);
+      assert.equal(JSON.parse((await cli('audit', 'verify', '--json')).out).broken_seq, 1);
+      assert.equal((await cli('audit', 'tail', '-n', '3')).code, 0, 'the log can still be read');
+    });
+
+    it('serve on a port in use fails with one line naming the port, instead of claiming to listen', async () => {
+      const holder = createNetServer();
+      await new Promise<void>((r) => holder.listen(0, '127.0.0.1', r));
+      const port = (holder.address() as { port: number }).port;
+      try {
+        assertOneLineError(await cli('serve', '--port', String(port)), new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port}: the port is in use`));
+      } finally {
+        holder.close();
+      }
+    });
+
+    it('agent rotate refuses --jwks for a secret agent (and does not rotate its secret)', async () => {
+      const reg = json(await cli('agent', 'register', 'rot-secret', '--policy', 'doc-reader', '--json'));
+      const pub = join(dir, 'rot.jwks.json');
+      writeFileSync(pub, JSON.stringify({ keys: [{ kty: 'OKP', crv: 'Ed25519', x: 'x'.repeat(43) }] }));
+      assertOneLineError(await cli('agent', 'rotate', 'rot-secret', '--jwks', pub), /client secret/);
+      const db = knexFactory({ client: 'sqlite3', connection: { filename: join(dir, 'data', 'cordon.sqlite') }, useNullAsDefault: true });
+      try {
+        const row = await db('agents').where({ id: reg.client_id }).first();
+        assert.equal(row.updated_at, row.created_at, 'unchanged');
+      } finally {
+        await db.destroy();
+      }
     });
   });
 
@@ -514,5 +553,24 @@ describe('cordon CLI', function () {
     assert.match(r.stdout, /"active": false/);
     const tmp = /SQLite and keys in (\S+?),/.exec(r.stdout)?.[1];
     assert.ok(tmp && !existsSync(tmp), 'the demo removes its temp dir');
+  });
+});
+
+describe('cordon CLI output', () => {
+  it('tables and error lines escape control characters from agents and the database, keeping only its own colour codes', () => {
+    const forged = 'x\x1b[2J\n99  2026-01-01  session.open  allow';
+    const out = table(['SEQ', 'REASON'], [[1, forged], [2, '\x1b[32mgreen\x1b[39m']]);
+    assert.equal(out.trimEnd().split('\n').length, 3, 'one line per row, whatever a cell holds');
+    assert.ok(!out.includes('\x1b[2J'), 'no terminal control sequence from data');
+    assert.match(out, /x\\u001b\[2J\\u000a99/);
+    assert.ok(out.includes('\x1b[32mgreen\x1b[39m'), 'the styling the CLI writes itself survives');
+    assert.equal(errorLine(new Error('bad kid \x1b]0;pwned\x07 here')), 'bad kid \\u001b]0;pwned\\u0007 here');
+    assert.match(fmtTime(1e308), /out of range/);
+  });
+
+  it('a database error shows the driver’s message, never the SQL or its values', () => {
+    const e = Object.assign(new Error("insert into `agents` (`secret_hash`) values ('deadbeefcafe') - SQLITE_BUSY: database is locked"), { code: 'SQLITE_BUSY' });
+    const line = errorLine(e);
+    assert.equal(line, 'database error: SQLITE_BUSY: database is locked (DATABASE_URL)');
   });
 });

@@ -2,8 +2,7 @@
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { openDb, sqlitePath } from '../store/db.ts';
-import { migrationSource } from '../../migrations/index.ts';
+import { migrate, openDb, sqlitePath } from '../store/db.ts';
 import { ensureSigningKey, listKeys, loadSecretHashKey } from '../keys/keyring.ts';
 import { lintPolicyDir } from '../policy/lint.ts';
 import { systemClock } from '../clock.ts';
@@ -40,7 +39,7 @@ export function registerInit(program: Command, ctx: Ctx): void {
 
         const db = openDb(cfg.databaseUrl);
         try {
-          const [, applied] = (await db.migrate.latest({ migrationSource })) as [number, string[]];
+          const applied = await migrate(db);
           made.push({ item: 'migrations', where: applied.length ? applied.join(', ') : 'schema', status: applied.length ? 'applied' : 'up to date' });
           const before = (await listKeys(db)).filter((k) => k.status === 'active');
           made.push({ item: 'key directory', where: keyDir, status: keyDirExisted ? 'exists' : 'created', detail: 'mode 0700' });

@@ -41,18 +41,38 @@ export class CliError extends Error {
 export const usage = (message: string): CliError => new CliError(message, 2);
 
 /** The one line an error becomes. */
+/** An error from the SQLite or PostgreSQL driver, or a failed connection to the database. */
+function isDatabaseError(e: unknown): boolean {
+  const x = e as { code?: unknown; severity?: unknown; routine?: unknown; message?: unknown };
+  if (typeof x?.code === 'string' && x.code.startsWith('SQLITE_')) return true;
+  if (typeof x?.severity === 'string' && typeof x?.routine === 'string') return true; // pg server errors
+  return typeof x?.message === 'string' && /^(insert into|update|select|delete from) /i.test(x.message);
+}
+
 export function errorLine(e: unknown): string {
   let msg: string;
   if (e instanceof CordonError) msg = e.description;
   else if (e instanceof ConfigError || e instanceof PolicyLintError || e instanceof PolicyDirError || e instanceof DurationError || e instanceof CliError) msg = e.message;
-  else if (e instanceof Error) {
+  else if (isDatabaseError(e)) {
+    // knex prefixes the SQL (and its values) to the driver's message: only the driver's part is shown.
+    const m = (e as Error).message;
+    msg = `database error: ${m.slice(m.lastIndexOf(' - ') + 1).replace(/^- /, '')} (DATABASE_URL)`;
+  } else if (e instanceof Error) {
     // Node system errors (ENOENT, EACCES…) name their code; other errors' messages stand alone.
     const code = (e as NodeJS.ErrnoException).code;
     msg = typeof code === 'string' && /^E[A-Z0-9_]+$/.test(code) && !e.message.includes(code) ? `${e.message} (${code})` : e.message;
   } else msg = String(e);
-  // One line, whatever the message held.
-  return msg.replace(/\s*\n\s*/g, ' ').trim() || 'unknown error';
+  // One line, whatever the message held, and nothing a terminal would act on.
+  return printable(msg.replace(/\s*\n\s*/g, ' ').trim()) || 'unknown error';
 }
+
+/**
+ * Text from agents and the database (tasks, reasons, kids) shown on an admin's terminal: control
+ * characters are written as \uXXXX, so nobody can clear the screen or forge a table row. The
+ * only escapes kept are the colour and weight codes `style()` itself writes.
+ */
+export const printable = (s: string): string =>
+  s.replace(/(\x1b\[(?:1|2|22|31|32|33|39)m)|[\u0000-\u001f\u007f-\u009f]/g, (m, sgr: string | undefined) => sgr ?? `\\u${m.charCodeAt(0).toString(16).padStart(4, '0')}`);
 
 export function printJson(io: Io, value: unknown): void | Promise<void> {
   return io.out(`${JSON.stringify(value, null, 2)}\n`);
@@ -60,7 +80,7 @@ export function printJson(io: Io, value: unknown): void | Promise<void> {
 
 /** Aligned columns; the last column is not padded. */
 export function table(headers: string[], rows: Array<Array<string | number | null | undefined>>): string {
-  const cells = [headers, ...rows.map((r) => r.map((c) => (c === null || c === undefined || c === '' ? '-' : String(c))))];
+  const cells = [headers, ...rows.map((r) => r.map((c) => (c === null || c === undefined || c === '' ? '-' : printable(String(c)))))];
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => width(r[i] ?? ''))));
   return cells
     .map((r) =>
@@ -85,7 +105,12 @@ const width = (s: string): number => [...s.replace(/\x1b\[[0-9;]*m/g, '')].lengt
 export const iso = (ms: number | null | undefined): string | null => (ms === null || ms === undefined ? null : new Date(ms).toISOString());
 
 /** `2026-01-01 12:00:00Z`: to the second, UTC. */
-export const fmtTime = (ms: number | null | undefined): string => (ms === null || ms === undefined ? '-' : new Date(ms).toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z'));
+export const fmtTime = (ms: number | null | undefined): string => {
+  if (ms === null || ms === undefined) return '-';
+  const d = new Date(ms);
+  // A time a token claims can be anything (exp: 1e308): say so rather than fail on it.
+  return Number.isNaN(d.getTime()) ? `(out of range: ${String(ms).slice(0, 30)})` : d.toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
+};
 
 /** A compact duration: 45s, 14m, 1h59m, 3d4h. */
 export function fmtDuration(sec: number): string {

@@ -106,9 +106,21 @@ const url = (env: Env, name: string, protocols: string[]): string => {
 
 export function loadConfig(env: Env = readEnv()): Config {
   const issuer = url(env, 'CORDON_ISSUER', ['http:', 'https:']).replace(/\/+$/, '');
+  // RFC 8414 §2: the issuer has no query and no fragment.
+  if (/[?#]/.test(issuer)) throw new ConfigError('CORDON_ISSUER', 'must not have a query or fragment');
   const databaseUrl = str(env, 'DATABASE_URL');
   if (!/^(sqlite:|postgres:|postgresql:)/.test(databaseUrl)) {
     throw new ConfigError('DATABASE_URL', `must start with sqlite:// or postgres://, got "${databaseUrl.split(':')[0]}:"`);
+  }
+  if (!databaseUrl.startsWith('sqlite:')) {
+    // pg's own parser quietly drops what it cannot read (a port of 99999 loses the user name too).
+    let u: URL | undefined;
+    try {
+      u = new URL(databaseUrl);
+    } catch {
+      u = undefined;
+    }
+    if (!u || !u.hostname) throw new ConfigError('DATABASE_URL', 'is not a valid postgres:// URL (postgres://user@host:port/database)');
   }
   const keyAlg = str(env, 'CORDON_KEY_ALG');
   if (keyAlg !== 'EdDSA' && keyAlg !== 'ES256') throw new ConfigError('CORDON_KEY_ALG', `must be EdDSA or ES256, got "${keyAlg}"`);

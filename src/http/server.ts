@@ -1,4 +1,4 @@
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { Broker } from '../broker.ts';
 import { createApp, type AppExtensions } from './app.ts';
 
@@ -11,9 +11,20 @@ export interface RunningServer {
 /** Listens on the configured host and port (port 0 picks a free one, for tests). */
 export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config.port, host = b.config.host): Promise<RunningServer> {
   const app = await createApp(b, ext);
-  const server = await new Promise<Server>((resolve, reject) => {
-    const s = app.listen(port, host, () => resolve(s));
-    s.on('error', reject);
+  // Not app.listen: Express 5 calls its callback on errors too, so a port in use would look like success.
+  const server = createServer(app);
+  await new Promise<void>((resolve, reject) => {
+    const onError = (e: NodeJS.ErrnoException): void => {
+      server.off('listening', onListening);
+      reject(new Error(`cannot listen on ${host}:${port}: ${e.code === 'EADDRINUSE' ? 'the port is in use' : e.code === 'EADDRNOTAVAIL' ? 'the address is not on this machine' : e.message} (PORT, HOST)`));
+    };
+    const onListening = (): void => {
+      server.off('error', onError);
+      resolve();
+    };
+    server.once('error', onError);
+    server.once('listening', onListening);
+    server.listen(port, host);
   });
   server.keepAliveTimeout = 65_000;
   // A request (headers and body) must arrive within 30 s: a client trickling a body cannot hold a

@@ -17,6 +17,19 @@ export interface AuditRow {
   hash: string;
 }
 
+/**
+ * A stored JSON column. A value that no longer parses (the table was edited by hand) is kept as
+ * text under a marker key: the row then fails its hash check, and `audit verify` names it,
+ * instead of every reader stopping at a JSON error.
+ */
+const storedJson = (text: unknown): any => {
+  try {
+    return JSON.parse(text as string);
+  } catch {
+    return { '!unparseable': String(text) };
+  }
+};
+
 const fromRow = (r: Record<string, unknown>): AuditRow => ({
   seq: num(r.seq),
   at: num(r.at),
@@ -25,9 +38,9 @@ const fromRow = (r: Record<string, unknown>): AuditRow => ({
   agentId: (r.agent_id as string | null) ?? null,
   sid: (r.sid as string | null) ?? null,
   jti: (r.jti as string | null) ?? null,
-  chain: r.chain ? JSON.parse(r.chain as string) : null,
+  chain: r.chain ? storedJson(r.chain) : null,
   reason: (r.reason as string | null) ?? null,
-  params: JSON.parse(r.params as string),
+  params: storedJson(r.params),
   prevHash: r.prev_hash as string,
   hash: r.hash as string,
 });

@@ -9,6 +9,12 @@ export type Q = Knex | Knex.Transaction;
 
 export const isPostgres = (db: Q): boolean => (db.client.config.client as string) === 'pg';
 
+/**
+ * knex prints its own warnings and connection errors to the console (stack traces, on stdout).
+ * Every error also reaches the caller, which reports it its own way, so the console copy is dropped.
+ */
+const quiet = { warn() {}, error() {}, deprecate() {}, debug() {} };
+
 /** Opens the database named by DATABASE_URL: sqlite://path (embedded, WAL) or postgres://… */
 export function openDb(databaseUrl: string): Db {
   if (databaseUrl.startsWith('sqlite:')) {
@@ -18,6 +24,7 @@ export function openDb(databaseUrl: string): Db {
       client: 'sqlite3',
       connection: { filename },
       useNullAsDefault: true,
+      log: quiet,
       // One connection: SQLite has one writer anyway, and it keeps transactions strictly serial.
       pool: {
         min: 1,
@@ -28,7 +35,7 @@ export function openDb(databaseUrl: string): Db {
       },
     });
   }
-  return knexFactory({ client: 'pg', connection: databaseUrl, pool: { min: 1, max: 10 } });
+  return knexFactory({ client: 'pg', connection: databaseUrl, pool: { min: 1, max: 10 }, log: quiet });
 }
 
 /**
@@ -43,6 +50,7 @@ export function openReadDb(databaseUrl: string, writer: Db, connections = 4): Db
     client: 'sqlite3',
     connection: { filename: sqlitePath(databaseUrl) },
     useNullAsDefault: true,
+    log: quiet,
     pool: {
       min: 1,
       max: connections,
@@ -58,8 +66,21 @@ export function sqlitePath(databaseUrl: string): string {
   return rest === ':memory:' ? rest : resolve(rest);
 }
 
-export async function migrate(db: Db): Promise<void> {
-  await db.migrate.latest({ migrationSource });
+/**
+ * Brings the schema up to date; returns the migrations it applied. This is the first thing that
+ * touches the database, so a failure here says which setting to look at.
+ */
+export async function migrate(db: Db): Promise<string[]> {
+  try {
+    const [, applied] = (await db.migrate.latest({ migrationSource })) as [number, string[]];
+    return applied;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const m = String(err.message ?? e);
+    // knex prefixes SQL to driver messages; the driver's part is what says what went wrong.
+    const why = m.includes(' - ') ? m.slice(m.lastIndexOf(' - ') + 3) : m;
+    throw new Error(`cannot open the database named by DATABASE_URL: ${why}${err.code && !why.includes(err.code) ? ` (${err.code})` : ''}`, { cause: e });
+  }
 }
 
 /** bigint columns come back from pg as strings; everything that reads times goes through this. */

@@ -52,7 +52,7 @@ export async function registerAgent(b: Broker, req: RegisterRequest): Promise<{ 
     createdAt: at,
     updatedAt: at,
   };
-  await b.db.transaction(async (tx) => {
+  await transact(b.db, async (tx) => {
     if (await agents.byName(tx, req.name)) throw new CordonError('invalid_request', `an agent named "${req.name}" already exists`, { reason: 'name_taken' });
     await agents.insert(tx, agent);
     await appendAudit(tx, { at, event: 'agent.register', decision: 'info', agentId: agent.id, params: { name: agent.name, policy: agent.policy, auth_method: authMethod, by: req.actor ?? 'cli' } });
@@ -95,6 +95,7 @@ export async function rotateAgentCredential(b: Broker, idOrName: string, jwks?: 
     });
     return { agent: { ...a, jwks: checked, updatedAt: at } };
   }
+  if (jwks !== undefined) throw new CordonError('invalid_request', 'this agent authenticates with a client secret: rotate gives it a new secret, and --jwks goes with private_key_jwt agents only', { reason: 'jwks_unexpected' });
   const clientSecret = newSecret();
   await transact(b.db, async (tx) => {
     if (!(await agents.setSecret(tx, a.id, hashSecret(b.secretHashKey, clientSecret), at))) throw revokedAgent();

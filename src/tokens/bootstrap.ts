@@ -3,6 +3,7 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { appendAudit } from '../audit/log.ts';
 import { bootstrapTokens, type BootstrapRecord } from '../store/bootstrap.ts';
+import { transact } from '../store/db.ts';
 import { newId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
 import { findAgent } from './agents.ts';
@@ -55,7 +56,7 @@ export async function issueBootstrapToken(b: Broker, agentIdOrName: string, opts
   const token = `${BOOTSTRAP_PREFIX}${randomBytes(32).toString('base64url')}`;
   const now = b.clock.now();
   const rec: BootstrapRecord = { id: newId('bst'), agentId: agent.id, tokenHash: hashOf(token), scope, createdAt: now, expiresAt: now + opts.ttlSec * 1000, usedAt: null, usedSid: null };
-  await b.db.transaction(async (tx) => {
+  await transact(b.db, async (tx) => {
     await bootstrapTokens.insert(tx, rec);
     await appendAudit(tx, {
       at: now,
