@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
-import { readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
-import { rotateSigningKey, listKeys, Keyring, KEY_ACTIVATION_MS, KEYRING_RELOAD_MS } from '../src/keys/keyring.ts';
+import { ensureSigningKey, rotateSigningKey, listKeys, Keyring, KEY_ACTIVATION_MS, KEYRING_RELOAD_MS } from '../src/keys/keyring.ts';
 import { ManualClock } from '../src/clock.ts';
 import { signAccessToken } from '../src/tokens/mint.ts';
 import { verifySignature } from '../src/tokens/verify.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
+import { migrate, openDb } from '../src/store/db.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
 
 /** The same token with another kid in its header (the signature no longer matters: the kid is looked up first). */
@@ -144,6 +146,25 @@ describe('core: signing keys and rotation', () => {
     for (let i = 0; i < 5; i++) await assert.rejects(verifySignature(t.b, forgeWithKid(jwt, `nope-${i}`), 'invalid_token'));
     t.b.db.off('query', count);
     assert.ok(reads <= 1, `${reads} key-table reads for 5 unknown kids`);
+  });
+
+  it('processes starting at once on a fresh database end with one active key and one key file (the database holds at most one)', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'cordon-keys-race-'));
+    const url = `sqlite://${join(dir, 'db.sqlite')}`;
+    const first = openDb(url);
+    await migrate(first);
+    // Five "processes": each its own connection to the same file, each finding no key.
+    const dbs = [first, ...Array.from({ length: 4 }, () => openDb(url))];
+    try {
+      await Promise.all(dbs.map((db) => ensureSigningKey(db, join(dir, 'keys'), 'EdDSA', t.clock)));
+      const active = (await listKeys(first)).filter((k) => k.status === 'active');
+      assert.equal(active.length, 1);
+      assert.deepEqual(readdirSync(join(dir, 'keys')).filter((f) => f.endsWith('.jwk.json')), [`${active[0].kid}.jwk.json`], 'the losers removed their private files');
+      await assert.rejects(first('signing_keys').insert({ kid: 'dup', alg: 'EdDSA', public_jwk: '{}', status: 'active', created_at: 1, retired_at: null, publish_until: null }));
+    } finally {
+      for (const db of dbs) await db.destroy();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('each key creation and rotation is in the audit chain', async () => {

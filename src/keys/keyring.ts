@@ -1,10 +1,10 @@
 import { randomBytes, createHmac, timingSafeEqual, type KeyObject, createPrivateKey, createPublicKey } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { Clock } from '../clock.ts';
 import type { Db, Q } from '../store/db.ts';
-import { num, numOrNull } from '../store/db.ts';
+import { num, numOrNull, transact } from '../store/db.ts';
 import { appendAudit } from '../audit/log.ts';
 
 export type SigningAlg = 'EdDSA' | 'ES256';
@@ -55,20 +55,32 @@ async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, 
   writePrivate(join(keyDir, `${kid}.jwk.json`), JSON.stringify({ ...priv, kid, alg, use: 'sig' }));
   const publicJwk: JWK = { ...pub, kid, alg, use: 'sig' };
   const at = clock.now();
-  await db.transaction(async (tx) => {
+  const file = join(keyDir, `${kid}.jwk.json`);
+  await transact(db, async (tx) => {
     if (retire) {
       await tx('signing_keys').where({ status: 'active' }).update({ status: 'retired', retired_at: at, publish_until: retire.publishUntil });
     }
     await tx('signing_keys').insert({ kid, alg, public_jwk: JSON.stringify(publicJwk), status: 'active', created_at: at, retired_at: null, publish_until: null });
     await appendAudit(tx, { at, event, decision: 'info', params: { kid, alg, ...(retire ? { retired_publish_until: new Date(retire.publishUntil).toISOString() } : {}) } });
+  }).catch((e: unknown) => {
+    rmSync(file, { force: true }); // the key never became known: its private half goes
+    throw e;
   });
   return { kid, alg, status: 'active', publicJwk, createdAt: at, retiredAt: null, publishUntil: null };
 }
 
-/** First start: one active key. Later starts: nothing. */
+/**
+ * First start: one active key. Later starts: nothing. When several processes start at once on a
+ * fresh database, the one-active-key index lets exactly one insert win; the others use its key.
+ */
 export async function ensureSigningKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock): Promise<void> {
   const active = await db('signing_keys').where({ status: 'active' }).first();
-  if (!active) await createKey(db, keyDir, alg, clock, 'key.create');
+  if (active) return;
+  try {
+    await createKey(db, keyDir, alg, clock, 'key.create');
+  } catch (e) {
+    if (!(await db('signing_keys').where({ status: 'active' }).first())) throw e;
+  }
 }
 
 /**
