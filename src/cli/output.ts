@@ -7,6 +7,7 @@ import { CordonError, ConfigError } from '../errors.ts';
 import { PolicyLintError } from '../policy/load.ts';
 import { PolicyDirError } from '../policy/lint.ts';
 import { DurationError } from '../policy/duration.ts';
+import { driverMessage } from '../store/db.ts';
 
 /** Where a command writes. `main` uses the process streams; tests pass their own to capture. */
 export interface Io {
@@ -40,7 +41,6 @@ export class CliError extends Error {
 
 export const usage = (message: string): CliError => new CliError(message, 2);
 
-/** The one line an error becomes. */
 /** An error from the SQLite or PostgreSQL driver, or a failed connection to the database. */
 function isDatabaseError(e: unknown): boolean {
   const x = e as { code?: unknown; severity?: unknown; routine?: unknown; message?: unknown };
@@ -49,15 +49,12 @@ function isDatabaseError(e: unknown): boolean {
   return typeof x?.message === 'string' && /^(insert into|update|select|delete from) /i.test(x.message);
 }
 
+/** The one line an error becomes. */
 export function errorLine(e: unknown): string {
   let msg: string;
   if (e instanceof CordonError) msg = e.description;
   else if (e instanceof ConfigError || e instanceof PolicyLintError || e instanceof PolicyDirError || e instanceof DurationError || e instanceof CliError) msg = e.message;
-  else if (isDatabaseError(e)) {
-    // knex prefixes the SQL (and its values) to the driver's message: only the driver's part is shown.
-    const m = (e as Error).message;
-    msg = `database error: ${m.slice(m.lastIndexOf(' - ') + 1).replace(/^- /, '')} (DATABASE_URL)`;
-  } else if (e instanceof Error) {
+  else if (isDatabaseError(e)) msg = `database error: ${driverMessage(e)} (DATABASE_URL)`; else if (e instanceof Error) {
     // Node system errors (ENOENT, EACCES…) name their code; other errors' messages stand alone.
     const code = (e as NodeJS.ErrnoException).code;
     msg = typeof code === 'string' && /^E[A-Z0-9_]+$/.test(code) && !e.message.includes(code) ? `${e.message} (${code})` : e.message;

@@ -27,22 +27,30 @@ export async function authenticateClient(b: Broker, req: Request, res: Response,
 }
 
 /**
+ * RFC 6749 §2.3.1 Basic credentials: the form-encoded client id and secret, or why they are
+ * malformed (not Basic, no colon, a bad escape).
+ */
+function basicCredentials(header: string): { id: string; secret: string } | { malformed: string } {
+  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header);
+  if (!m) return { malformed: 'authorization header must be Basic' };
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i < 0) return { malformed: 'malformed Basic credentials' };
+  try {
+    return { id: decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' ')), secret: decodeURIComponent(decoded.slice(i + 1).replace(/\+/g, ' ')) };
+  } catch {
+    return { malformed: 'malformed Basic credentials' };
+  }
+}
+
+/**
  * The client id a request claims (form `client_id`, or the Basic header's user), for the audit
  * row of a refusal made before or without authentication. Only a well-formed id, never a secret.
  */
 export function claimedClientId(authorization: string | undefined, formClientId: unknown): string | null {
   if (isWellFormedId(formClientId)) return formClientId;
-  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(authorization ?? '');
-  if (!m) return null;
-  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
-  const i = decoded.indexOf(':');
-  if (i < 0) return null;
-  try {
-    const id = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
-    return isWellFormedId(id) ? id : null;
-  } catch {
-    return null;
-  }
+  const basic = authorization ? basicCredentials(authorization) : undefined;
+  return basic && 'id' in basic && isWellFormedId(basic.id) ? basic.id : null;
 }
 
 async function authenticate(b: Broker, req: Request, res: Response, form: Form): Promise<Agent> {
@@ -54,20 +62,11 @@ async function authenticate(b: Broker, req: Request, res: Response, form: Form):
   let secret: string | undefined;
   if (header) {
     res.locals.basicAuth = true;
-    const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header);
-    if (!m) throw fail('authorization header must be Basic');
-    const decoded = Buffer.from(m[1], 'base64').toString('utf8');
-    const i = decoded.indexOf(':');
-    if (i < 0) throw fail('malformed Basic credentials');
-    let basicId: string;
-    try {
-      basicId = decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' '));
-      secret = decodeURIComponent(decoded.slice(i + 1).replace(/\+/g, ' '));
-    } catch {
-      throw fail('malformed Basic credentials');
-    }
-    if (clientId !== undefined && clientId !== basicId) throw new CordonError('invalid_request', 'client_id does not match the Authorization header');
-    clientId = basicId;
+    const basic = basicCredentials(header);
+    if ('malformed' in basic) throw fail(basic.malformed);
+    if (clientId !== undefined && clientId !== basic.id) throw new CordonError('invalid_request', 'client_id does not match the Authorization header');
+    clientId = basic.id;
+    secret = basic.secret;
   } else if (bodySecret) {
     secret = bodySecret;
   }

@@ -52,10 +52,10 @@ async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, 
   const pub = await exportJWK(publicKey);
   const kid = (await calculateJwkThumbprint(pub)).slice(0, 16);
   const priv = await exportJWK(privateKey);
-  writePrivate(join(keyDir, `${kid}.jwk.json`), JSON.stringify({ ...priv, kid, alg, use: 'sig' }));
+  const file = join(keyDir, `${kid}.jwk.json`);
+  writePrivate(file, JSON.stringify({ ...priv, kid, alg, use: 'sig' }));
   const publicJwk: JWK = { ...pub, kid, alg, use: 'sig' };
   const at = clock.now();
-  const file = join(keyDir, `${kid}.jwk.json`);
   await transact(db, async (tx) => {
     if (retire) {
       await tx('signing_keys').where({ status: 'active' }).update({ status: 'retired', retired_at: at, publish_until: retire.publishUntil });

@@ -75,12 +75,19 @@ export async function migrate(db: Db): Promise<string[]> {
     const [, applied] = (await db.migrate.latest({ migrationSource })) as [number, string[]];
     return applied;
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    const m = String(err.message ?? e);
-    // knex prefixes SQL to driver messages; the driver's part is what says what went wrong.
-    const why = m.includes(' - ') ? m.slice(m.lastIndexOf(' - ') + 3) : m;
-    throw new Error(`cannot open the database named by DATABASE_URL: ${why}${err.code && !why.includes(err.code) ? ` (${err.code})` : ''}`, { cause: e });
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = driverMessage(e);
+    throw new Error(`cannot open the database named by DATABASE_URL: ${why}${code && !why.includes(code) ? ` (${code})` : ''}`, { cause: e });
   }
+}
+
+/**
+ * What the database driver said. knex puts the SQL (with its values) in front of the driver's
+ * message; that part is dropped, so no statement or bound value reaches a person or a log.
+ */
+export function driverMessage(e: unknown): string {
+  const m = String((e as Error)?.message ?? e);
+  return m.includes(' - ') ? m.slice(m.lastIndexOf(' - ') + 3) : m;
 }
 
 /** bigint columns come back from pg as strings; everything that reads times goes through this. */
