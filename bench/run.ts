@@ -6,7 +6,7 @@
  * (revocation, middleware) open the same database. Prints a table and writes bench/results.json.
  *
  *   npm run bench                              all scenarios
- *   npm run bench -- --only=session,revoke     some of them (calibrate, session, introspect, delegate, revoke, middleware, credentials)
+ *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials)
  *   npm run bench -- --duration=5 --connections=20
  *   npm run bench -- --profile[=session]       CPU-profile the broker during one HTTP scenario and summarise where the time goes
  *   npm run bench -- --server=core               serve the broker core only (no request logging, metrics, credentials, sweeper)
@@ -21,7 +21,7 @@ import { prepare, startBrokerProcess, openLocal, basic, postForm, ROOT, type Ben
 import { load, warm, type LoadSpec, type LoadResult } from './lib/load.ts';
 import { processCpuSec, machineBusySec, threadCpuSec, diffThreads } from './lib/cpu.ts';
 import { revokeScenarios, type RevokeResult } from './lib/revoke.ts';
-import { hasCredentials, hasMiddleware, middlewareBench, startCalibrationServer, startVaultDouble, type MiddlewareBench, type VaultDoubleProcess } from './lib/extras.ts';
+import { hasCredentials, hasMiddleware, middlewareBench, startAuxServer, startCalibrationServer, startVaultDouble, type MiddlewareBench, type VaultDoubleProcess } from './lib/extras.ts';
 import { summarise, printSummary } from './lib/profile.ts';
 import { sessionStartBreakdown, printBreakdown, sqlPerDecision } from './lib/breakdown.ts';
 
@@ -38,7 +38,7 @@ const CONNECTIONS = Number(arg('connections') || 20);
 const SERVER = arg('server') || 'cli';
 if (SERVER !== 'cli' && SERVER !== 'core') throw new Error('--server must be cli or core');
 const PROFILE = arg('profile') === undefined ? undefined : arg('profile') || 'session';
-const ALL = ['calibrate', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials'];
+const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials'];
 const ONLY = new Set(PROFILE ? [PROFILE] : (arg('only')?.split(',') ?? ALL));
 for (const o of ONLY) if (!ALL.includes(o)) throw new Error(`unknown scenario ${o} (known: ${ALL.join(', ')})`);
 
@@ -152,6 +152,8 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
       await cal.stop();
     }
   }
+
+  if (ONLY.has('floor')) await floorScenarios(be, vault);
 
   if (ONLY.has('session')) {
     await measure(
@@ -282,13 +284,43 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
   }
 }
 
+/**
+ * Stack floors (bench/floor-server.ts): the chosen libraries doing the least a scenario needs and
+ * nothing of Cordon's. A target above its floor cannot be met by any code on this stack here.
+ */
+async function floorScenarios(be: BenchEnv, vault: VaultDoubleProcess | undefined): Promise<void> {
+  const base = { connections: CONNECTIONS, durationSec: Math.min(DURATION, 5) };
+  const auth = basic('floor-client', 'floor-secret');
+  const floors: Array<{ mode: string; id: string; bounds: string; note: string; request: (url: string, token: string) => LoadSpec }> = [
+    { mode: 'express', id: 'floor: express, no work', bounds: 'ceiling of every express endpoint (introspection target 10,000/s)', note: 'express + express.raw form body + res.json', request: (url) => ({ ...base, name: 'floor express', url: `${url}/`, headers: formHeaders(auth), body: 'token=x' }) },
+    { mode: 'introspect', id: 'floor: introspection', bounds: 'ceiling of introspection (target 10,000/s)', note: 'express + keyed-hash secret check + jose jwtVerify + one knex/sqlite3 point read', request: (url, token) => ({ ...base, name: 'floor introspect', url: `${url}/`, headers: formHeaders(auth), body: new URLSearchParams({ token }).toString() }) },
+    { mode: 'provider', id: 'floor: oidc-provider /token, no work', bounds: 'ceiling of every /token scenario (session start 5,000/s p99 10 ms; delegation 4,000/s p99 15 ms)', note: 'oidc-provider behind express, static client_secret_basic client, a grant answering a constant', request: (url) => ({ ...base, name: 'floor provider', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }) },
+    { mode: 'provider-sign', id: 'floor: oidc-provider /token + signature', bounds: 'ceiling of a /token that signs, with a free database', note: 'as above + one jose EdDSA signature per request', request: (url) => ({ ...base, name: 'floor provider-sign', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }) },
+    { mode: 'credentials', id: 'floor: credential issue', bounds: 'ceiling of credential issue with a free database (target 2,000/s p99 20 ms)', note: 'express + jose jwtVerify + one node-vault auth/token/create to the Vault double', request: (url, token) => ({ ...base, name: 'floor credentials', url: `${url}/`, headers: { authorization: `Bearer ${token}` }, body: '' }) },
+  ];
+  for (const f of floors) {
+    if (f.mode === 'credentials' && !vault) {
+      skip(f.id, 'the Vault double is not running');
+      continue;
+    }
+    const server = await startAuxServer('floor-server.ts', [f.mode, be.dir, ...(vault ? [vault.url] : [])]);
+    try {
+      await measure({ child: server.child, url: server.url, how: `bench/floor-server.ts ${f.mode}`, stop: async () => null }, f.id, f.request(server.url, server.printed.TOKEN), f.bounds, () => true, f.note);
+    } finally {
+      await server.stop();
+    }
+  }
+}
+
 // ------------------------------------------------------------------------- output
 
+/** Calibration and floors bound the scenarios; they have no target of their own. */
+const isReference = (id: string): boolean => id.startsWith('calibration') || id.startsWith('floor');
 const f = (n: number | undefined, d = 1) => (n === undefined || Number.isNaN(n) ? '–' : n.toFixed(d));
 
 function printTable(): void {
   const rows: string[][] = [['scenario', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'errors', 'non-2xx', 'broker CPU µs/req', 'other load', 'target', 'met']];
-  for (const s of results.http) rows.push([s.id, Math.round(s.requestsPerSec).toLocaleString('en'), f(s.p50, 2), f(s.p90, 2), f(s.p99, 2), String(s.errors), String(s.non2xx), f(s.brokerCpuUsPerReq, 0), s.otherCpuCores === undefined ? '–' : `${s.otherCpuCores.toFixed(2)} cores`, s.target, s.id.startsWith('calibration') ? '' : s.met ? 'yes' : 'NO']);
+  for (const s of results.http) rows.push([s.id, Math.round(s.requestsPerSec).toLocaleString('en'), f(s.p50, 2), f(s.p90, 2), f(s.p99, 2), String(s.errors), String(s.non2xx), f(s.brokerCpuUsPerReq, 0), s.otherCpuCores === undefined ? '–' : `${s.otherCpuCores.toFixed(2)} cores`, s.target, isReference(s.id) ? '' : s.met ? 'yes' : 'NO']);
   for (const r of results.revocation) rows.push([r.name, '', '', '', '', '', '', '', '', r.target, r.met ? 'yes' : 'NO']);
   const m = results.middleware;
   if (m?.middleware) rows.push(['middleware verify, cold (per CPU-s)', Math.round(m.middleware.opsPerCpuSec).toLocaleString('en'), '', '', '', '', '', f(1e6 / m.middleware.opsPerCpuSec, 0), '', '≥ 7,000/s on one core', m.middleware.opsPerCpuSec >= 7000 ? 'yes' : 'NO']);
@@ -335,10 +367,10 @@ async function main(): Promise<void> {
   const profDir = join(be.dir, 'prof');
   let vault: VaultDoubleProcess | undefined;
   try {
-    const needsHttp = ['calibrate', 'session', 'introspect', 'delegate', 'middleware', 'credentials'].some((s) => ONLY.has(s));
+    const needsHttp = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'middleware', 'credentials'].some((s) => ONLY.has(s));
     if (needsHttp) {
       let extraEnv: Record<string, string> | undefined;
-      if (ONLY.has('credentials') && hasCredentials()) {
+      if ((ONLY.has('credentials') || ONLY.has('floor')) && hasCredentials()) {
         try {
           vault = await startVaultDouble();
           extraEnv = { VAULT_ADDR: vault.url, VAULT_TOKEN: vault.rootToken };
@@ -387,7 +419,7 @@ async function main(): Promise<void> {
       mkdirSync(out, { recursive: true });
       const kept = join(out, `${PROFILE}.cpuprofile`);
       copyFileSync(join(profDir, files[0]), kept);
-      const window = results.http.find((h) => !h.id.startsWith('calibration'))?.windowUs;
+      const window = results.http.find((h) => !isReference(h.id))?.windowUs;
       const summary = summarise(kept, window);
       printSummary(summary);
       if (PROFILE === 'session') {

@@ -264,24 +264,39 @@ export async function startVaultDouble(): Promise<VaultDoubleProcess> {
   };
 }
 
-// ------------------------------------------------------------------------- calibration
+// ------------------------------------------------------------------------- calibration and floors
 
-/** bench/calibrate-server.ts in its own process: a bare node:http server, the ceiling for any HTTP scenario here. */
-export async function startCalibrationServer(): Promise<{ child: ChildProcess; url: string; stop(): Promise<void> }> {
-  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, 'bench', 'calibrate-server.ts')], { stdio: ['ignore', 'pipe', 'inherit'], cwd: ROOT });
-  const url = await new Promise<string>((resolve, reject) => {
+export interface AuxServer {
+  child: ChildProcess;
+  url: string;
+  /** Further `KEY=value` pairs the server printed after LISTENING (the floor servers print a TOKEN). */
+  printed: Record<string, string>;
+  stop(): Promise<void>;
+}
+
+/** A bench server script in its own process that prints `LISTENING=<url> [KEY=value…]` once listening. */
+export async function startAuxServer(script: string, args: string[] = []): Promise<AuxServer> {
+  // stderr is kept for a failure only: oidc-provider warns about its runtime and dev defaults on every start.
+  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, 'bench', script), ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, NODE_ENV: 'production' } });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-2000);
+  });
+  const line = await new Promise<string>((resolve, reject) => {
     let buf = '';
     child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
-      const m = /LISTENING=(\S+)/.exec(buf);
-      if (m) resolve(m[1]);
+      const m = /LISTENING=[^\n]*\n/.exec(buf);
+      if (m) resolve(m[0].trim());
     });
-    child.once('exit', (code) => reject(new Error(`calibration server exited with ${code}`)));
-    setTimeout(() => reject(new Error('calibration server did not start within 15 s')), 15_000);
+    child.once('exit', (code) => reject(new Error(`${script} exited with ${code}: ${stderr.trim()}`)));
+    setTimeout(() => reject(new Error(`${script} did not start within 15 s: ${stderr.trim()}`)), 15_000);
   });
+  const printed = Object.fromEntries(line.split(' ').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
   return {
     child,
-    url,
+    url: printed.LISTENING,
+    printed,
     async stop() {
       if (child.exitCode !== null) return;
       const exited = new Promise((r) => child.once('exit', r));
@@ -290,3 +305,6 @@ export async function startCalibrationServer(): Promise<{ child: ChildProcess; u
     },
   };
 }
+
+/** bench/calibrate-server.ts: a bare node:http server, the ceiling for any HTTP scenario here. */
+export const startCalibrationServer = (): Promise<AuxServer> => startAuxServer('calibrate-server.ts');
