@@ -117,7 +117,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   let ctx: Decided;
   try {
     await checkDpop(b, req, view);
-    ctx = await decide(b, req.name, claims, view);
+    ctx = decide(b, req.name, claims, view);
   } catch (e) {
     return deny(e);
   }
@@ -220,29 +220,26 @@ interface Decided {
 }
 
 /** Every bound, checked in order, each refusal naming what failed. No writes. */
-async function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenView): Promise<Decided> {
+function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenView): Decided {
   if (typeof name !== 'string' || !NAME_PATTERN.test(name)) throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
   const held = parseScope(view.scope);
   if (!covers(held, `cred:${name}`)) throw new CordonError('insufficient_scope', `token scope does not grant cred:${name}`, { reason: 'cred_not_in_scope' });
-  // The session's root agent and its policy define what credentials exist in this session.
-  const s = await b.db('sessions as s').join('agents as a', 'a.id', 's.agent_id').select('s.sid', 's.task', 's.expires_at', 'a.id as agent_id', 'a.name as agent_name', 'a.policy as policy', 'a.status as status').where('s.sid', view.sid).first();
-  if (!s) throw new CordonError('invalid_token', 'the session of this token is not known', { reason: 'session_unknown' });
-  if (s.status !== 'active') throw new CordonError('invalid_token', `the root agent of this session is ${s.status}`, { reason: 'root_inactive' });
-  const policy = b.policies.get(s.policy);
-  if (!policy) throw new CordonError('insufficient_scope', `the session's root policy "${s.policy}" is not loaded`, { reason: 'policy_missing' });
+  // The session's root agent and its policy define what credentials exist in this session (the
+  // token view read them with the token: requireActiveToken has refused an inactive root already).
+  const policy = b.policies.get(view.rootPolicy);
+  if (!policy) throw new CordonError('insufficient_scope', `the session's root policy "${view.rootPolicy}" is not loaded`, { reason: 'policy_missing' });
   const spec = Object.hasOwn(policy.credentials, name) ? policy.credentials[name] : undefined;
   if (!spec) throw new CordonError('insufficient_scope', `policy ${policy.name} (the session's root policy) defines no credential ${name}`, { reason: 'cred_not_defined' });
   const provider = providersOf(b).get(spec.provider);
   if (!provider) throw new CordonError('temporarily_unavailable', `the ${spec.provider} provider is not configured on this broker (${ENABLING_VARIABLE[spec.provider]} is unset), so credential ${name} cannot be issued`, { reason: `${spec.provider}_off` });
-  const holderName = claims.client_id === s.agent_id ? (s.agent_name as string) : ((await b.db('agents').select('name').where({ id: claims.client_id }).first())?.name ?? claims.client_id);
   const now = b.clock.now();
   const tokenExp = Math.min(view.expiresAt, claims.exp * 1000);
-  const sessionExp = num(s.expires_at);
+  const sessionExp = view.sessionExpiresAt;
   const ireq: IssueRequest = {
     credentialId: newId('crd'),
-    session: { sid: view.sid, agentId: s.agent_id, agentName: s.agent_name, task: (s.task as string | null) ?? null, expiresAt: sessionExp },
+    session: { sid: view.sid, agentId: view.sessionAgentId, agentName: view.rootName, task: view.sessionTask, expiresAt: sessionExp },
     claims,
-    holderName,
+    holderName: view.holderName,
     name,
     spec,
     now,

@@ -62,12 +62,18 @@ export interface TokenView {
   expiresAt: number;
   revokedAt: number | null;
   cnfJkt: string | null;
+  /** The holder's name (for backend metadata). */
+  holderName: string;
   sessionAgentId: string;
+  sessionTask: string | null;
   sessionExpiresAt: number;
   sessionRevokedAt: number | null;
   holderStatus: string;
   /** The status of the agent that opened the session: a disabled or revoked root takes its whole chain down. */
   rootStatus: string;
+  rootName: string;
+  /** The root's policy: it defines what the session may do (delegation bounds, credentials). */
+  rootPolicy: string;
 }
 
 /** One query: the token, its session and its holder. Revocation cascades are written eagerly, so this is all it takes. */
@@ -77,7 +83,7 @@ export async function loadTokenView(b: Broker, jti: string): Promise<TokenView |
     .join('sessions as s', 's.sid', 't.sid')
     .join('agents as a', 'a.id', 't.client_id')
     .join('agents as r', 'r.id', 's.agent_id')
-    .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.depth', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 's.agent_id as s_agent', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status', 'r.status as r_status')
+    .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.depth', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 'a.name as a_name', 's.agent_id as s_agent', 's.task as s_task', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status', 'r.status as r_status', 'r.name as r_name', 'r.policy as r_policy')
     .where('t.jti', jti)
     .first();
   if (!r) return undefined;
@@ -91,11 +97,15 @@ export async function loadTokenView(b: Broker, jti: string): Promise<TokenView |
     expiresAt: num(r.expires_at),
     revokedAt: numOrNull(r.revoked_at),
     cnfJkt: r.cnf_jkt ?? null,
+    holderName: r.a_name,
     sessionAgentId: r.s_agent,
+    sessionTask: r.s_task ?? null,
     sessionExpiresAt: num(r.s_exp),
     sessionRevokedAt: numOrNull(r.s_rev),
     holderStatus: r.a_status,
     rootStatus: r.r_status,
+    rootName: r.r_name,
+    rootPolicy: r.r_policy,
   };
 }
 
