@@ -63,7 +63,7 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
         }),
       );
     }
-    return { config, db, read: openReadDb(config.databaseUrl, db), clock, keys, policies, secretHashKey, issuance: new IssuanceWriter(db), log, hooks: { onRevoked: [], onDecision: [] } };
+    return { config, db, read: openReadDb(config.databaseUrl, db), clock, keys, policies, secretHashKey, issuance: new IssuanceWriter(db, () => clock.now()), log, hooks: { onRevoked: [], onDecision: [] } };
   } catch (e) {
     await db.destroy();
     throw e;

@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { credentialsRoute } from '../src/http/credentials.ts';
 import { revokeSession } from '../src/tokens/revoke.ts';
 import { iamDenies } from '../src/store/credentials.ts';
+import { verifyAudit } from '../src/audit/verify.ts';
 import { providersOf } from '../src/tokens/credentials.ts';
 import { startTestBroker, basic, postForm } from './helpers/broker.ts';
 import { auditHead, auditSince, claimsOf, delegateReq, dpopKey, dpopProof, mustDelegate, mustSession, policyDir, register, session } from './delegation.kit.ts';
@@ -414,6 +415,59 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.equal(row.state, 'revoked');
       const child = f.vault.getToken(row.handle!.accessor);
       assert.equal(child?.state, 'revoked');
+    });
+  });
+
+  describe('concurrent issues (recorded by group commit)', () => {
+    it('30 issues at once, two of them for a token revoked meanwhile: each live one is recorded with its own audit row, the others are revoked, and the chain verifies', async () => {
+      const a = await f.agent('burst-owner', 'creds-owner');
+      const live = await mustSession(f.tb, a, 'cred:vault-token');
+      const doomed = await mustSession(f.tb, a, 'cred:vault-token');
+      const head = await auditHead(f.tb.b);
+      f.vault.delayMs = 100;
+      const pending = [...Array(28)].map(() => f.cred('vault-token', live)).concat([f.cred('vault-token', doomed), f.cred('vault-token', doomed)]);
+      await new Promise((r) => setTimeout(r, 40));
+      await revokeSession(f.tb.b, claimsOf(doomed).sid, { actor: 'admin', via: 'test' });
+      const answers = await Promise.all(pending);
+      f.vault.delayMs = 0;
+      assert.deepEqual(answers.slice(0, 28).map((r) => r.status), Array(28).fill(200));
+      assert.deepEqual(answers.slice(28).map((r) => r.body.error), ['invalid_token', 'invalid_token']);
+      const liveRows = await f.rows(claimsOf(live).sid);
+      assert.equal(liveRows.length, 28);
+      assert.ok(liveRows.every((r) => r.state === 'issued'));
+      assert.deepEqual(new Set(answers.slice(0, 28).map((r) => f.vault.getToken(r.body.credentials.client_token)?.accessor)), new Set(liveRows.map((r) => r.handle!.accessor)), 'every answer is the credential its row names');
+      const doomedRows = await f.rows(claimsOf(doomed).sid);
+      assert.deepEqual(doomedRows.map((r) => r.state), ['revoked', 'revoked']);
+      for (const r of doomedRows) assert.equal(f.vault.getToken(r.handle!.accessor)?.state, 'revoked');
+      const rows = (await auditSince(f.tb.b, head)).filter((r) => r.event === 'credential.issue');
+      assert.equal(rows.filter((r) => r.decision === 'allow').length, 28, 'one allow row per live credential');
+      assert.equal(rows.filter((r) => r.decision === 'info' && r.sid === claimsOf(doomed).sid).length, 2, 'recorded (they existed at the backend), not returned');
+      assert.equal((await verifyAudit(f.tb.b.db)).ok, true);
+    });
+
+    it('an intent that orphan recovery claimed before the answer was recorded: 503, nothing recorded as issued, the credential revoked at Vault', async () => {
+      const a = await f.agent('late-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-token');
+      const sid = claimsOf(tok).sid;
+      f.vault.delayMs = 150;
+      const pending = f.cred('vault-token', tok);
+      // Once the intent names the parent (checkpoint), the child token is being created: claim the
+      // intent then, as the sweeper does to one older than the grace period.
+      let claimed = 0;
+      for (let i = 0; i < 200 && !claimed; i++) {
+        await new Promise((r) => setTimeout(r, 5));
+        claimed = await f.tb.b.db('credentials').where({ sid, state: 'pending' }).whereNotNull('handle').update({ state: 'failed', note: 'claimed by the test' });
+      }
+      assert.equal(claimed, 1);
+      const r = await pending;
+      f.vault.delayMs = 0;
+      assert.equal(r.status, 503, JSON.stringify(r.body));
+      assert.match(r.body.error_description, /answered too late/);
+      const [row] = await f.rows(sid);
+      assert.equal(row.state, 'failed');
+      const issued = f.vault.listTokens().filter((t) => t.meta?.session === sid);
+      assert.ok(issued.length >= 1, 'Vault did issue');
+      assert.ok(issued.every((t) => t.state === 'revoked'), 'what Vault issued for the session is revoked');
     });
   });
 

@@ -12,7 +12,9 @@ import { tokens, type TokenRecord } from '../src/store/tokens.ts';
 import { revocations } from '../src/store/revocations.ts';
 import { replayGuard } from '../src/store/replay.ts';
 import { auditRows } from '../src/store/audit.ts';
-import { iamDenies } from '../src/store/credentials.ts';
+import { credentials, iamDenies } from '../src/store/credentials.ts';
+import { IssuanceWriter } from '../src/store/issuance-writer.ts';
+import { CordonError } from '../src/errors.ts';
 import { appendAudit, GENESIS_HASH } from '../src/audit/log.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { freshPgDatabase } from './helpers/pg.ts';
@@ -136,6 +138,66 @@ for (const backend of [sqlite, postgres]) {
       it('enforce foreign keys (a session needs its agent, a token its session)', async () => {
         await assert.rejects(sessions.insert(db, sessionRow('ses_orphan', 'agt_missing')));
         await assert.rejects(tokens.insert(db, tokenRow('jti_orphan', 'ses_missing', 'agt_missing')));
+      });
+    });
+
+    describe('issuance writer (group commit)', () => {
+      const pendingRow = (id: string, sid: string, jti: string) => ({ id, sid, jti, agentId: 'agt_gc', name: 'vault-token', provider: 'vault', createdAt: T0, expiresAt: T0 + 600_000 });
+      // Its own database: the other suites here count what they wrote.
+      let db: Db;
+      let dropOwn: () => Promise<void>;
+      before(async () => {
+        const created = await backend.create();
+        dropOwn = created.drop;
+        db = openDb(created.url);
+        await migrate(db);
+        await agents.insert(db, agentRow('agt_gc'));
+        await sessions.insert(db, sessionRow('ses_gc', 'agt_gc'));
+        await sessions.insert(db, sessionRow('ses_gc_dead', 'agt_gc', { revokedAt: T0 + 1 }));
+        await tokens.insert(db, tokenRow('jti_gc', 'ses_gc', 'agt_gc'));
+        await tokens.insert(db, tokenRow('jti_gc_dead', 'ses_gc_dead', 'agt_gc'));
+      });
+
+      it('commits concurrent tokens, steps and credential records in shared transactions; a failing record fails alone; every outcome is per record', async () => {
+        const w = new IssuanceWriter(db, () => T0 + 1000);
+        const before = await auditRows.head(db);
+        await credentials.insertPending(db, pendingRow('crd_gc_claimed', 'ses_gc', 'jti_gc'));
+        await db('credentials').where({ id: 'crd_gc_claimed' }).update({ state: 'failed' }); // taken by orphan recovery
+        const audit = (n: string) => (live: boolean) => ({ at: T0 + 1000, event: 'credential.issue', decision: live ? ('allow' as const) : ('info' as const), params: { n } });
+        const jobs = [
+          ...[1, 2, 3].map((i) => w.run((tx) => credentials.insertPending(tx, pendingRow(`crd_gc_${i}`, 'ses_gc', 'jti_gc')))),
+          w.run((tx) => credentials.insertPending(tx, pendingRow('crd_gc_1', 'ses_gc', 'jti_gc'))), // duplicate id: fails alone
+          w.write({ session: sessionRow('ses_gc_new', 'agt_gc'), token: tokenRow('jti_gc_new', 'ses_gc_new', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' } }),
+          w.write({ token: tokenRow('jti_gc_refused', 'ses_gc', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' }, precheck: async () => { throw new CordonError('invalid_grant', 'refused by its precheck'); } }),
+        ];
+        const settled = await Promise.allSettled(jobs);
+        assert.deepEqual(settled.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'rejected']);
+        assert.match(String((settled[5] as PromiseRejectedResult).reason.description), /refused by its precheck/);
+        const outcomes = await Promise.all([
+          w.recordCredential({ credentialId: 'crd_gc_1', jti: 'jti_gc', handle: { accessor: 'a1' }, expiresAt: T0 + 300_000, audit: audit('1') }),
+          w.recordCredential({ credentialId: 'crd_gc_claimed', jti: 'jti_gc', handle: { accessor: 'a2' }, expiresAt: T0 + 300_000, audit: audit('claimed') }),
+          w.run((tx) => credentials.insertPending(tx, pendingRow('crd_gc_dead', 'ses_gc_dead', 'jti_gc_dead'))).then(() =>
+            w.recordCredential({ credentialId: 'crd_gc_dead', jti: 'jti_gc_dead', handle: { accessor: 'a3' }, expiresAt: T0 + 300_000, audit: audit('dead') }),
+          ),
+        ]);
+        assert.deepEqual(outcomes, ['issued', 'claimed', 'token_revoked']);
+        assert.equal((await credentials.get(db, 'crd_gc_1'))!.state, 'issued');
+        assert.deepEqual((await credentials.get(db, 'crd_gc_1'))!.handle, { accessor: 'a1' });
+        assert.equal((await credentials.get(db, 'crd_gc_claimed'))!.state, 'failed', 'a claimed intent is left to recovery');
+        assert.equal((await credentials.get(db, 'crd_gc_dead'))!.state, 'issued', 'recorded: it exists at the backend (the caller revokes it)');
+        assert.ok(await tokens.get(db, 'jti_gc_new'));
+        assert.equal(await tokens.get(db, 'jti_gc_refused'), undefined);
+        const rows = await db('audit').where('seq', '>', before?.seq ?? 0).orderBy('seq');
+        assert.deepEqual(rows.map((r) => [r.event, r.decision, JSON.parse(r.params).n ?? null]), [
+          ['token.issue', 'allow', null],
+          ['credential.issue', 'allow', '1'],
+          ['credential.issue', 'info', 'dead'],
+        ]);
+        assert.equal((await verifyAudit(db)).ok, true);
+      });
+      after(async () => {
+        await db?.destroy();
+        await dropOwn?.();
       });
     });
 

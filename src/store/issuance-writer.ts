@@ -1,7 +1,8 @@
-import { type Db, type Q, transact } from './db.ts';
+import { type Db, type Q, isPostgres, num, numOrNull, transact } from './db.ts';
 import { CordonError } from '../errors.ts';
 import { sessions, type Session } from './sessions.ts';
 import { tokens, type TokenRecord } from './tokens.ts';
+import { credentials } from './credentials.ts';
 import { appendAuditMany, type AuditEntry } from '../audit/log.ts';
 
 /** One issued token's records: committed together or not at all. */
@@ -14,35 +15,77 @@ export interface IssuanceRecord {
   precheck?: (tx: Q) => Promise<void>;
 }
 
-interface Job {
-  record: IssuanceRecord;
-  resolve: () => void;
-  reject: (e: unknown) => void;
+/**
+ * A backend credential its provider has issued: its intent row becomes `issued` with its audit
+ * row, after a last look at the token it was issued to (under a row lock on PostgreSQL), so a
+ * revocation that committed meanwhile is never missed.
+ */
+export interface CredentialRecord {
+  credentialId: string;
+  /** The token the credential was issued to. */
+  jti: string;
+  handle: Record<string, unknown>;
+  expiresAt: number;
+  /** The audit row, given whether the token and its session were still live at commit. */
+  audit: (live: boolean) => AuditEntry;
 }
+
+/**
+ * `issued`: recorded and returned. `token_revoked`: recorded, but the token died meanwhile (the
+ * caller revokes it at once). `claimed`: orphan recovery took the intent first; nothing written.
+ */
+export type CredentialOutcome = 'issued' | 'token_revoked' | 'claimed';
+
+type Job =
+  | { kind: 'step'; step: (tx: Q) => Promise<unknown>; resolve: (v: unknown) => void; reject: (e: unknown) => void }
+  | { kind: 'token'; record: IssuanceRecord; resolve: (v: void) => void; reject: (e: unknown) => void }
+  | { kind: 'credential'; record: CredentialRecord; resolve: (v: CredentialOutcome) => void; reject: (e: unknown) => void };
+type Outcome = { job: Job; error: unknown } | { job: Job; value: unknown };
 
 /**
  * Group commit for issuance. Concurrent issues queue while a transaction runs and the next
  * transaction writes them all: one multi-row insert per table and one read of the audit chain
  * head instead of one transaction each. Every token still commits in the same transaction as its
- * session and audit row, and a record is acknowledged only after its commit. A batch that fails
- * as a whole is retried record by record, so one bad record fails alone.
+ * session and audit row, every credential with its audit row, and a record is acknowledged only
+ * after its commit. A batch that fails as a whole is retried record by record, so one bad record
+ * fails alone. On SQLite's single connection this is what keeps concurrent issues from queueing
+ * behind each other's transactions.
  */
 export class IssuanceWriter {
   readonly #db: Db;
+  readonly #now: () => number;
   readonly #maxBatch: number;
   #queue: Job[] = [];
   #draining = false;
 
-  constructor(db: Db, maxBatch = 64) {
+  constructor(db: Db, now: () => number, maxBatch = 64) {
     this.#db = db;
+    this.#now = now;
     this.#maxBatch = maxBatch;
   }
 
   write(record: IssuanceRecord): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ record, resolve, reject });
-      if (!this.#draining) void this.#drain();
-    });
+    return new Promise<void>((resolve, reject) => this.#enqueue({ kind: 'token', record, resolve, reject }));
+  }
+
+  recordCredential(record: CredentialRecord): Promise<CredentialOutcome> {
+    return new Promise<CredentialOutcome>((resolve, reject) => this.#enqueue({ kind: 'credential', record, resolve, reject }));
+  }
+
+  /**
+   * One SQL statement of the issue path that must be committed before the caller goes on (a
+   * credential's intent row, its checkpoint), committed with the next batch instead of on its own.
+   * A step that fails fails its batch, which is then retried job by job, so only that step fails;
+   * it may run more than once (a retried batch) and must not have effects outside the database.
+   * Alone in a batch it runs without a transaction: a single statement is atomic by itself.
+   */
+  run<T>(step: (tx: Q) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => this.#enqueue({ kind: 'step', step, resolve: resolve as (v: unknown) => void, reject }));
+  }
+
+  #enqueue(job: Job): void {
+    this.#queue.push(job);
+    if (!this.#draining) void this.#drain();
   }
 
   async #drain(): Promise<void> {
@@ -67,35 +110,64 @@ export class IssuanceWriter {
     }
   }
 
-  #settle(outcomes: Array<{ job: Job; error?: unknown }>): void {
-    for (const { job, error } of outcomes) {
-      if (error === undefined) job.resolve();
-      else job.reject(error);
+  #settle(outcomes: Outcome[]): void {
+    for (const o of outcomes) {
+      if ('error' in o) o.job.reject(o.error);
+      else (o.job.resolve as (v: unknown) => void)(o.value);
     }
   }
 
   /** Writes the batch in one transaction; records whose precheck fails are left out and reported. */
-  async #commit(batch: Job[]): Promise<Array<{ job: Job; error?: unknown }>> {
-    const outcomes: Array<{ job: Job; error?: unknown }> = [];
+  async #commit(batch: Job[]): Promise<Outcome[]> {
+    if (batch.length === 1 && batch[0].kind === 'step') return [{ job: batch[0], value: await batch[0].step(this.#db) }];
+    const outcomes: Outcome[] = [];
     await transact(this.#db, async (tx) => {
       outcomes.length = 0;
-      const ok: Job[] = [];
+      for (const job of batch) if (job.kind === 'step') outcomes.push({ job, value: await job.step(tx) });
+      const audit: AuditEntry[] = [];
+      const issued: Array<IssuanceRecord> = [];
       for (const job of batch) {
+        if (job.kind !== 'token') continue;
         try {
           await job.record.precheck?.(tx);
-          ok.push(job);
         } catch (error) {
           // Only a refusal belongs to this record; a database error (a PostgreSQL deadlock aborts the
           // whole transaction) fails the batch, which is then retried record by record.
           if (!(error instanceof CordonError)) throw error;
           outcomes.push({ job, error });
+          continue;
+        }
+        issued.push(job.record);
+        audit.push(job.record.audit);
+        outcomes.push({ job, value: undefined });
+      }
+      await sessions.insertMany(tx, issued.flatMap((r) => (r.session ? [r.session] : [])));
+      await tokens.insertMany(tx, issued.map((r) => r.token));
+
+      const creds = batch.filter((j): j is Extract<Job, { kind: 'credential' }> => j.kind === 'credential');
+      if (creds.length) {
+        const live = await liveTokens(tx, creds.map((j) => j.record.jti), this.#now());
+        for (const job of creds) {
+          const r = job.record;
+          if (!(await credentials.markIssued(tx, r.credentialId, { handle: r.handle, expiresAt: r.expiresAt }))) {
+            outcomes.push({ job, value: 'claimed' });
+            continue;
+          }
+          // Recorded either way (it exists at the backend); a credential of a dead token is revoked right after, never returned.
+          audit.push(r.audit(live.has(r.jti)));
+          outcomes.push({ job, value: live.has(r.jti) ? 'issued' : 'token_revoked' });
         }
       }
-      await sessions.insertMany(tx, ok.flatMap((j) => (j.record.session ? [j.record.session] : [])));
-      await tokens.insertMany(tx, ok.map((j) => j.record.token));
-      await appendAuditMany(tx, ok.map((j) => j.record.audit));
-      for (const job of ok) outcomes.push({ job });
+      await appendAuditMany(tx, audit);
     });
     return outcomes;
   }
+}
+
+/** Of these tokens, those unrevoked in an unrevoked, unexpired session. Locks their rows on PostgreSQL. */
+async function liveTokens(tx: Q, jtis: string[], now: number): Promise<Set<string>> {
+  let q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.jti', 't.revoked_at as t_rev', 's.revoked_at as s_rev', 's.expires_at as s_exp').whereIn('t.jti', [...new Set(jtis)]);
+  if (isPostgres(tx)) q = q.forUpdate('t');
+  const rows = await q;
+  return new Set(rows.filter((r) => numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now).map((r) => r.jti as string));
 }

@@ -18,8 +18,8 @@ import { newId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { covers, parseScope } from '../policy/scopes.ts';
 import type { CredentialSpec } from '../policy/types.ts';
-import { type Q, isPostgres, num, numOrNull } from '../store/db.ts';
 import { type CredentialRow, type CredentialState, credentials, denyEntryOf, iamDenies } from '../store/credentials.ts';
+import type { CredentialOutcome } from '../store/issuance-writer.ts';
 import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
 import type { CredentialProvider, DenyRecord, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
@@ -130,7 +130,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   }
 
   // Intent first: from here on a crash leaves a row the sweeper can resolve.
-  await credentials.insertPending(b.db, {
+  await b.issuance.run((tx) => credentials.insertPending(tx, {
     id: ireq.credentialId,
     sid: view.sid,
     jti: view.jti,
@@ -140,11 +140,11 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     createdAt: ireq.now,
     expiresAt: plan.expiresAtMax,
     handle: null,
-  });
+  }));
   let checkpointed: Handle | null = null;
   const checkpoint = async (h: Handle): Promise<void> => {
     checkpointed = h; // known to this process even if the write below fails: failIssue cleans it up
-    if (!(await credentials.checkpoint(b.db, ireq.credentialId, h))) throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
+    if (!(await b.issuance.run((tx) => credentials.checkpoint(tx, ireq.credentialId, h)))) throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
   };
 
   let result;
@@ -155,15 +155,16 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     throw e instanceof CordonError ? e : new CordonError('bad_gateway', `${spec.provider} failed unexpectedly`, { reason: `${spec.provider}_error`, cause: e });
   }
 
-  // One transaction: the record, the audit row, and a last look at the token under a row lock,
-  // so a revocation that committed meanwhile is never missed (its hook ran before this row was issued).
-  let outcome: 'issued' | 'token_revoked' | 'claimed';
+  // One transaction (shared with concurrent issues): the record, the audit row, and a last look at
+  // the token, so a revocation that committed meanwhile is never missed (its hook ran before this row was issued).
+  let outcome: CredentialOutcome;
   try {
-    outcome = await b.db.transaction(async (tx) => {
-      const live = await stillActive(tx, view.jti, b.clock.now());
-      if (!(await credentials.markIssued(tx, ireq.credentialId, { handle: result.handle, expiresAt: result.expiresAt }))) return 'claimed';
-      // Recorded either way (it exists at the backend); when the token died meanwhile it is revoked right after, never returned.
-      await appendAudit(tx, {
+    outcome = await b.issuance.recordCredential({
+      credentialId: ireq.credentialId,
+      jti: view.jti,
+      handle: result.handle,
+      expiresAt: result.expiresAt,
+      audit: (live) => ({
         at: b.clock.now(),
         event: EVENT,
         decision: live ? 'allow' : 'info',
@@ -180,8 +181,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
           ...(result.leaseId ? { lease_id: result.leaseId } : {}),
           ...result.details,
         },
-      });
-      return live ? 'issued' : 'token_revoked';
+      }),
     });
   } catch (e) {
     // The backend issued but the broker could not record it: take it back now.
@@ -267,14 +267,6 @@ async function checkDpop(b: Broker, req: CredentialRequest, view: TokenView): Pr
     if (e instanceof CordonError && e.code === 'invalid_dpop_proof') throw new CordonError('invalid_dpop_proof', e.description, { reason: e.reason, status: 401 });
     throw e;
   }
-}
-
-/** Inside the commit transaction: is the token (and its session) still live? Locks the token row on PostgreSQL. */
-async function stillActive(tx: Q, jti: string, now: number): Promise<boolean> {
-  let q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.revoked_at as t_rev', 's.revoked_at as s_rev', 's.expires_at as s_exp').where('t.jti', jti);
-  if (isPostgres(tx)) q = q.forUpdate('t');
-  const r = await q.first();
-  return !!r && numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now;
 }
 
 /**
