@@ -173,6 +173,14 @@ describe('cordon CLI', function () {
     it('configuration and usage errors are one line too', async () => {
       setEnv({ DATABASE_URL: 'mysql://x' });
       assertOneLineError(await cli('agent', 'list'), /^cordon: DATABASE_URL: /);
+      // A mistyped path: refused, and nothing is created there (no database, no key).
+      setEnv({ DATABASE_URL: `sqlite://${join(dir, 'typo', 'cordn.sqlite')}` });
+      for (const argv of [['agent', 'list'], ['keys', 'list'], ['audit', 'verify'], ['status'], ['revoke', '--session', 'ses_x'], ['keys', 'rotate']]) {
+        const r = await cli(...argv);
+        assertOneLineError(r, /^cordon: DATABASE_URL: there is no database at .*cordn\.sqlite; run `cordon init`/);
+      }
+      assert.equal(existsSync(join(dir, 'typo')), false);
+      assert.equal(existsSync(join(dir, 'data', 'keys')), false, 'no signing key was made either');
       setEnv({ DATABASE_URL: `sqlite://${join(dir, 'c.sqlite')}` });
       const unknown = await cli('agent', 'list', '--bogus');
       assertOneLineError(unknown, /unknown option/);
@@ -206,6 +214,7 @@ describe('cordon CLI', function () {
     });
 
     it('keys rotate adds a kid and retires the old one, still published', async () => {
+      assert.equal((await cli('init')).code, 0);
       const before = json(await cli('keys', 'list', '--json'));
       assert.equal(before.length, 1);
       const rot = json(await cli('keys', 'rotate', '--json'));

@@ -55,7 +55,7 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         if (opts.auth === 'private_key_jwt' && !opts.jwks) throw usage('--auth private_key_jwt needs --jwks FILE with the public keys');
         if (opts.auth === 'secret' && opts.jwks) throw usage('--jwks goes with --auth private_key_jwt');
         const jwks = opts.jwks ? readJwks(opts.jwks) : undefined;
-        const r = await withBroker(ctx, (b) => register(b, { name, policy: opts.policy, auth: opts.auth, jwks, actor: 'cli' }));
+        const r = await withBroker(ctx, (b) => register(b, { name, policy: opts.policy, auth: opts.auth, jwks, actor: 'cli' }), { create: true });
         if (json) return void (await printJson(ctx.io, { ...agentJson(r.agent), ...(r.clientSecret ? { client_secret: r.clientSecret } : {}) }));
         ctx.io.out(kv([
           ['client_id', r.agent.id],

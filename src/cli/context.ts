@@ -1,9 +1,11 @@
 /** What every command shares: the output, the environment, and a broker opened for one command. */
+import { existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import type { Command } from 'commander';
 import { loadConfig, readEnv, DEFAULTS, type Config } from '../config/index.ts';
 import { ConfigError } from '../errors.ts';
 import { openBroker, closeBroker, type Broker } from '../broker.ts';
+import { sqlitePath } from '../store/db.ts';
 import type { Io } from './output.ts';
 
 export interface Ctx {
@@ -22,15 +24,28 @@ export function cliLogger(io: Io, level: string = 'warn'): Logger {
   return pino({ level, redact: ['req.headers.authorization', '*.client_secret'] }, { write: (s: string) => io.err(s) });
 }
 
-/** Opens the database, keys and policies for one command and always closes them. */
-export async function withBroker<T>(ctx: Ctx, fn: (b: Broker) => Promise<T>): Promise<T> {
+/**
+ * Opens the database, keys and policies for one command and always closes them. Only `create`
+ * commands (registering an agent) may bring a new SQLite database into being: any other command
+ * pointed at a file that does not exist — a mistyped DATABASE_URL — would otherwise make an empty
+ * database and a signing key there and answer from it.
+ */
+export async function withBroker<T>(ctx: Ctx, fn: (b: Broker) => Promise<T>, opts: { create?: boolean } = {}): Promise<T> {
   const cfg = config();
+  if (!opts.create) requireExistingDatabase(cfg);
   const b = await openBroker(cfg, { log: cliLogger(ctx.io) });
   try {
     return await fn(b);
   } finally {
     await closeBroker(b);
   }
+}
+
+function requireExistingDatabase(cfg: Config): void {
+  if (!cfg.databaseUrl.startsWith('sqlite:')) return; // PostgreSQL refuses a database that does not exist by itself
+  const path = sqlitePath(cfg.databaseUrl);
+  if (path === ':memory:' || existsSync(path)) return;
+  throw new ConfigError('DATABASE_URL', `there is no database at ${path}; run \`cordon init\` (or start the broker once) first, or correct DATABASE_URL`);
 }
 
 /** `--json` may sit on the command or before it (`cordon --json agent list`). */
