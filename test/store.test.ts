@@ -119,6 +119,38 @@ for (const backend of [sqlite, postgres]) {
         assert.equal(done.length, (await migrationSource.getMigrations([])).length);
       });
 
+      it('several processes migrating a fresh database at once: one applies them, the others find nothing to do, and knex keeps one lock row', async () => {
+        for (let round = 0; round < 3; round++) {
+          const fresh = await backend.create();
+          const racers = [openDb(fresh.url), openDb(fresh.url), openDb(fresh.url)];
+          try {
+            const applied = await Promise.all(racers.map((d) => migrate(d)));
+            const all = (await migrationSource.getMigrations([])).length;
+            assert.deepEqual(applied.map((a) => a.length).sort(), [0, 0, all], `round ${round}`);
+            assert.equal((await racers[0]('knex_migrations').count({ n: '*' }))[0].n, isPostgres(racers[0]) ? String(all) : all);
+            assert.deepEqual(await racers[0]('knex_migrations_lock').select('is_locked'), [{ is_locked: 0 }]);
+          } finally {
+            for (const d of racers) await d.destroy();
+            await fresh.drop();
+          }
+        }
+      });
+
+      it('repair a database an earlier race left with two knex lock rows (knex would refuse to migrate it again)', async () => {
+        const fresh = await backend.create();
+        const d = openDb(fresh.url);
+        try {
+          await migrate(d);
+          await d('knex_migrations_lock').insert({ is_locked: 0 });
+          await assert.rejects(d.migrate.latest({ migrationSource }), /already locked/, 'what knex alone does with two rows');
+          assert.deepEqual(await migrate(d), []);
+          assert.equal((await d('knex_migrations_lock').select('*')).length, 1);
+        } finally {
+          await d.destroy();
+          await fresh.drop();
+        }
+      });
+
       it('roll back cleanly and apply again', async () => {
         await db.migrate.rollback({ migrationSource }, true);
         for (const table of TABLES) assert.equal(await db.schema.hasTable(table), false, `${table} survived rollback`);

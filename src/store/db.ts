@@ -72,13 +72,75 @@ export function sqlitePath(databaseUrl: string): string {
  */
 export async function migrate(db: Db): Promise<string[]> {
   try {
-    const [, applied] = (await db.migrate.latest({ migrationSource })) as [number, string[]];
-    return applied;
+    return await underMigrationLock(db, async () => {
+      await prepareMigrationTables(db);
+      const [, applied] = (await db.migrate.latest({ migrationSource })) as [number, string[]];
+      return applied;
+    });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     const why = driverMessage(e);
     throw new Error(`cannot open the database named by DATABASE_URL: ${why}${code && !why.includes(code) ? ` (${code})` : ''}`, { cause: e });
   }
+}
+
+/** Any 64-bit number the Cordon processes on one PostgreSQL database agree on. */
+const MIGRATION_ADVISORY_LOCK = 0x636f72646f6e; // "cordon"
+const MIGRATION_WAIT_MS = 60_000;
+
+/**
+ * Replicas (and CLI commands) starting together on a fresh database must not migrate at once:
+ * knex creates its own bookkeeping tables without a lock, so racers fail on "already exists" and
+ * can leave two rows in knex_migrations_lock, after which knex refuses to migrate at all.
+ * PostgreSQL: a transaction-scoped advisory lock held (on one pooled connection) while the
+ * migrations run on others. SQLite has no such lock: the bookkeeping tables are made race-free
+ * (prepareMigrationTables), knex's own lock row then serialises the runs, and a process that
+ * finds it taken (or the file busy) waits and tries again; the migrations then find nothing to do.
+ */
+async function underMigrationLock<T>(db: Db, fn: () => Promise<T>): Promise<T> {
+  if (isPostgres(db)) {
+    let out: T;
+    await db.transaction(async (tx) => {
+      await tx.raw('SELECT pg_advisory_xact_lock(?)', [MIGRATION_ADVISORY_LOCK]);
+      out = await fn();
+    });
+    return out!;
+  }
+  const giveUpAt = Date.now() + MIGRATION_WAIT_MS;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (e) {
+      const taken = (e as Error)?.name === 'MigrationLocked' || /Migration table is already locked/.test(String((e as Error)?.message));
+      if ((!taken && !isTransient(e)) || Date.now() > giveUpAt) throw e;
+      await new Promise((r) => setTimeout(r, 50 + Math.random() * 100));
+    }
+  }
+}
+
+/**
+ * knex's bookkeeping tables, made idempotently and with exactly one lock row (knex inserts one
+ * per racer; with two, it never migrates again — this also repairs a database left that way).
+ * Same columns as knex makes. On PostgreSQL this runs under the advisory lock; on SQLite in one
+ * write transaction, so the lock row cannot change under it (knex holds it only inside its own
+ * write transaction).
+ */
+async function prepareMigrationTables(db: Db): Promise<void> {
+  if (isPostgres(db)) {
+    await db.raw('CREATE TABLE IF NOT EXISTS knex_migrations (id serial PRIMARY KEY, name varchar(255), batch integer, migration_time timestamptz)');
+    await db.raw('CREATE TABLE IF NOT EXISTS knex_migrations_lock (index serial PRIMARY KEY, is_locked integer)');
+  } else {
+    await db.raw('CREATE TABLE IF NOT EXISTS `knex_migrations` (`id` integer not null primary key autoincrement, `name` varchar(255), `batch` integer, `migration_time` datetime)');
+    await db.raw('CREATE TABLE IF NOT EXISTS `knex_migrations_lock` (`index` integer not null primary key autoincrement, `is_locked` integer)');
+  }
+  // A busy SQLite file fails this at once; underMigrationLock tries again.
+  await db.transaction(async (tx) => {
+    await tx.raw('UPDATE knex_migrations_lock SET is_locked = is_locked WHERE 1 = 0'); // the write lock first, then read
+    const rows = await tx('knex_migrations_lock').select('index', 'is_locked');
+    if (rows.length === 1) return;
+    await tx('knex_migrations_lock').del();
+    await tx('knex_migrations_lock').insert({ is_locked: 0 });
+  });
 }
 
 /**
