@@ -211,6 +211,26 @@ describe('metrics: /metrics in the Prometheus text format', () => {
     assert.equal(issued.values.find((v) => v.labels.event === 'session.open')!.value, 1);
   });
 
+  it('with CORDON_METRICS_TOKEN set, /metrics wants that bearer token: 401 JSON with WWW-Authenticate otherwise; a weak token stops start-up', async () => {
+    const token = 'f'.repeat(16) + '0123456789abcdef0123456789abcdef';
+    const guarded = await startTestBroker({ policyDir: resolve('examples/policies'), env: { CORDON_METRICS_TOKEN: token }, ext: { before: [mountMetrics] } });
+    try {
+      for (const authorization of [undefined, 'Bearer wrong', `Basic ${Buffer.from(`x:${token}`).toString('base64')}`, `Bearer ${token}x`, `Bearer ${token} extra`]) {
+        const r = await fetch(`${guarded.url}/metrics`, { headers: authorization ? { authorization } : {} });
+        assert.equal(r.status, 401, String(authorization));
+        assert.match(r.headers.get('www-authenticate') ?? '', /^Bearer /);
+        assert.equal((await r.json()).error, 'invalid_token');
+      }
+      const ok = await fetch(`${guarded.url}/metrics`, { headers: { authorization: `Bearer ${token}` } });
+      assert.equal(ok.status, 200);
+      assert.ok(parsePrometheus(await ok.text()).samples.length > 0);
+    } finally {
+      await guarded.close();
+    }
+    assert.throws(() => loadConfig({ CORDON_METRICS_TOKEN: 'short' }), /^ConfigError: CORDON_METRICS_TOKEN: must be 32 to 512 characters/);
+    assert.equal(loadConfig({ CORDON_METRICS_TOKEN: '' }).metricsToken, undefined, 'empty means off');
+  });
+
   it('startBroker wires metrics (with process metrics) and request logging into the running broker', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'cordon-metrics-'));
     const lines: Array<Record<string, unknown>> = [];

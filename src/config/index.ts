@@ -15,6 +15,8 @@ export interface Config {
   clockSkewSec: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   sweepIntervalSec: number;
+  /** When set, `GET /metrics` wants `Authorization: Bearer <this>` (Prometheus' bearer_token). */
+  metricsToken?: string;
   vault?: VaultConfig;
   sts?: StsConfig;
 }
@@ -53,6 +55,7 @@ export const DEFAULTS: Record<string, string> = {
 
 /** Optional variables with no default: absent means the feature is off. */
 export const OPTIONAL = [
+  'CORDON_METRICS_TOKEN',
   'VAULT_ADDR',
   'VAULT_TOKEN',
   'VAULT_ROLE_ID',
@@ -139,9 +142,18 @@ export function loadConfig(env: Env = readEnv()): Config {
     clockSkewSec: int(env, 'CORDON_CLOCK_SKEW', 0, 300),
     logLevel: logLevel as Config['logLevel'],
     sweepIntervalSec: int(env, 'CORDON_SWEEP_INTERVAL', 1, 86400),
+    metricsToken: metricsToken(env),
     vault: vaultConfig(env),
     sts: stsConfig(env),
   };
+}
+
+function metricsToken(env: Env): string | undefined {
+  const v = env.CORDON_METRICS_TOKEN;
+  if (v === undefined || v === '') return undefined;
+  // RFC 6750 token68 characters only, and long enough not to be guessed.
+  if (!/^[A-Za-z0-9\-._~+/]{32,512}=*$/.test(v)) throw new ConfigError('CORDON_METRICS_TOKEN', 'must be 32 to 512 characters of A-Z a-z 0-9 - . _ ~ + / (e.g. openssl rand -hex 32)');
+  return v;
 }
 
 function vaultConfig(env: Env): VaultConfig | undefined {

@@ -1,6 +1,9 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Express, NextFunction, Request, Response } from 'express';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { sendError } from './errors.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
 
@@ -100,7 +103,12 @@ export function mountMetrics(app: Express, b: Broker, opts: { defaultMetrics?: b
     });
     next();
   });
-  app.get('/metrics', (_req, res, next) => {
+  const wanted = b.config.metricsToken === undefined ? undefined : digest(b.config.metricsToken);
+  app.get('/metrics', (req, res, next) => {
+    if (wanted && !bearerMatches(req.headers.authorization, wanted)) {
+      res.setHeader('WWW-Authenticate', 'Bearer realm="cordon-metrics"');
+      return sendError(res, new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', { status: 401, reason: 'metrics_token' }));
+    }
     m.registry
       .metrics()
       .then((text) => {
@@ -109,4 +117,12 @@ export function mountMetrics(app: Express, b: Broker, opts: { defaultMetrics?: b
       })
       .catch(next);
   });
+}
+
+const digest = (v: string): Buffer => createHash('sha256').update(v).digest();
+
+/** Constant-time over the digests, so neither the token nor its length leaks through timing. */
+function bearerMatches(header: string | undefined, wanted: Buffer): boolean {
+  const m = /^Bearer ([^\s]+)$/i.exec(header ?? '');
+  return m !== null && timingSafeEqual(digest(m[1]), wanted);
 }
