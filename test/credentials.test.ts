@@ -426,7 +426,8 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const head = await auditHead(f.tb.b);
       f.vault.delayMs = 100;
       const pending = [...Array(28)].map(() => f.cred('vault-token', live)).concat([f.cred('vault-token', doomed), f.cred('vault-token', doomed)]);
-      await new Promise((r) => setTimeout(r, 40));
+      // Revoke once both doomed intents are written: their backend calls are under way.
+      for (let i = 0; i < 200 && (await f.rows(claimsOf(doomed).sid)).length < 2; i++) await new Promise((r) => setTimeout(r, 5));
       await revokeSession(f.tb.b, claimsOf(doomed).sid, { actor: 'admin', via: 'test' });
       const answers = await Promise.all(pending);
       f.vault.delayMs = 0;
@@ -468,6 +469,38 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const issued = f.vault.listTokens().filter((t) => t.meta?.session === sid);
       assert.ok(issued.length >= 1, 'Vault did issue');
       assert.ok(issued.every((t) => t.state === 'revoked'), 'what Vault issued for the session is revoked');
+    });
+  });
+
+  describe('the database failing at the record', () => {
+    it('the backend issued but the record could not be written: 503, the credential revoked at Vault, the row failed with a deny audit row', async () => {
+      const a = await f.agent('unrecorded-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-token');
+      const sid = claimsOf(tok).sid;
+      const head = await auditHead(f.tb.b);
+      const writer = f.tb.b.issuance;
+      const original = writer.recordCredential;
+      writer.recordCredential = async () => {
+        throw new Error('insert into `audit` values (…) - SQLITE_IOERR: disk I/O error');
+      };
+      let r;
+      try {
+        r = await f.cred('vault-token', tok);
+      } finally {
+        writer.recordCredential = original;
+      }
+      assert.equal(r.status, 503, JSON.stringify(r.body));
+      assert.equal(r.body.error, 'temporarily_unavailable');
+      assert.match(r.body.error_description, /could not record the credential, so it was revoked/);
+      assert.ok(!JSON.stringify(r.body).includes('SQLITE'), 'no driver detail to the client');
+      const [row] = await f.rows(sid);
+      assert.equal(row.state, 'failed');
+      const issued = f.vault.listTokens().filter((t) => t.meta?.session === sid);
+      assert.ok(issued.length >= 1 && issued.every((t) => t.state === 'revoked'), 'what Vault issued is revoked');
+      const denies = (await auditSince(f.tb.b, head)).filter((x) => x.decision === 'deny');
+      assert.equal(denies.length, 1);
+      assert.equal(denies[0].params.credential_id, row.id);
+      assert.match(denies[0].reason ?? '', /^record_failed: /);
     });
   });
 

@@ -190,31 +190,50 @@ for (const backend of [sqlite, postgres]) {
         await tokens.insert(db, tokenRow('jti_gc_dead', 'ses_gc_dead', 'agt_gc'));
       });
 
-      it('commits concurrent tokens, steps and credential records in shared transactions; a failing record fails alone; every outcome is per record', async () => {
+      /** A token job whose precheck holds its batch open until `release()`: whatever is queued meanwhile shares the next batch. */
+      const blocker = (w: IssuanceWriter, jti: string) => {
+        let release!: () => void;
+        const gate = new Promise<void>((r) => (release = r));
+        const done = w.write({ token: tokenRow(jti, 'ses_gc', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' }, precheck: () => gate });
+        return { done, release };
+      };
+      const begins = (d: Db) => {
+        let n = 0;
+        const on = (q: { sql: string }) => void (/^BEGIN/i.test(q.sql.trim()) && n++);
+        d.on('query', on);
+        return { count: () => n, stop: () => void d.off('query', on) };
+      };
+      const audit = (n: string) => (live: boolean) => ({ at: T0 + 1000, event: 'credential.issue', decision: live ? ('allow' as const) : ('info' as const), params: { n } });
+
+      it('commits concurrent intents, tokens and credential records in one shared transaction, each with its own outcome and audit row', async () => {
         const w = new IssuanceWriter(db, () => T0 + 1000);
         const before = await auditRows.head(db);
         await credentials.insertPending(db, pendingRow('crd_gc_claimed', 'ses_gc', 'jti_gc'));
         await db('credentials').where({ id: 'crd_gc_claimed' }).update({ state: 'failed' }); // taken by orphan recovery
-        const audit = (n: string) => (live: boolean) => ({ at: T0 + 1000, event: 'credential.issue', decision: live ? ('allow' as const) : ('info' as const), params: { n } });
-        const jobs = [
-          ...[1, 2, 3].map((i) => w.run((tx) => credentials.insertPending(tx, pendingRow(`crd_gc_${i}`, 'ses_gc', 'jti_gc')))),
-          w.run((tx) => credentials.insertPending(tx, pendingRow('crd_gc_1', 'ses_gc', 'jti_gc'))), // duplicate id: fails alone
-          w.write({ session: sessionRow('ses_gc_new', 'agt_gc'), token: tokenRow('jti_gc_new', 'ses_gc_new', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' } }),
-          w.write({ token: tokenRow('jti_gc_refused', 'ses_gc', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' }, precheck: async () => { throw new CordonError('invalid_grant', 'refused by its precheck'); } }),
-        ];
-        const settled = await Promise.allSettled(jobs);
-        assert.deepEqual(settled.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'rejected']);
-        assert.match(String((settled[5] as PromiseRejectedResult).reason.description), /refused by its precheck/);
-        const outcomes = await Promise.all([
-          w.recordCredential({ credentialId: 'crd_gc_1', jti: 'jti_gc', handle: { accessor: 'a1' }, expiresAt: T0 + 300_000, audit: audit('1') }),
-          w.recordCredential({ credentialId: 'crd_gc_claimed', jti: 'jti_gc', handle: { accessor: 'a2' }, expiresAt: T0 + 300_000, audit: audit('claimed') }),
-          w.run((tx) => credentials.insertPending(tx, pendingRow('crd_gc_dead', 'ses_gc_dead', 'jti_gc_dead'))).then(() =>
+        const b1 = blocker(w, 'jti_gc_block1');
+        const t = begins(db);
+        try {
+          const intents = [1, 2].map((i) => w.insertCredentialIntent(pendingRow(`crd_gc_${i}`, 'ses_gc', 'jti_gc')));
+          const dead = w.insertCredentialIntent(pendingRow('crd_gc_dead', 'ses_gc_dead', 'jti_gc_dead'));
+          const token = w.write({ session: sessionRow('ses_gc_new', 'agt_gc'), token: tokenRow('jti_gc_new', 'ses_gc_new', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' } });
+          const refused = w.write({ token: tokenRow('jti_gc_refused', 'ses_gc', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' }, precheck: async () => { throw new CordonError('invalid_grant', 'refused by its precheck'); } });
+          const records = [
+            w.recordCredential({ credentialId: 'crd_gc_1', jti: 'jti_gc', handle: { accessor: 'a1' }, expiresAt: T0 + 300_000, audit: audit('1') }),
+            w.recordCredential({ credentialId: 'crd_gc_claimed', jti: 'jti_gc', handle: { accessor: 'a2' }, expiresAt: T0 + 300_000, audit: audit('claimed') }),
             w.recordCredential({ credentialId: 'crd_gc_dead', jti: 'jti_gc_dead', handle: { accessor: 'a3' }, expiresAt: T0 + 300_000, audit: audit('dead') }),
-          ),
-        ]);
-        assert.deepEqual(outcomes, ['issued', 'claimed', 'token_revoked']);
+          ];
+          b1.release();
+          await b1.done;
+          await Promise.all([...intents, dead, token]);
+          await assert.rejects(refused, /refused by its precheck/);
+          assert.deepEqual(await Promise.all(records), ['issued', 'claimed', 'token_revoked']);
+          assert.equal(t.count(), 2, 'the blocker’s transaction, then one for everything queued behind it');
+        } finally {
+          t.stop();
+        }
         assert.equal((await credentials.get(db, 'crd_gc_1'))!.state, 'issued');
         assert.deepEqual((await credentials.get(db, 'crd_gc_1'))!.handle, { accessor: 'a1' });
+        assert.equal((await credentials.get(db, 'crd_gc_2'))!.state, 'pending');
         assert.equal((await credentials.get(db, 'crd_gc_claimed'))!.state, 'failed', 'a claimed intent is left to recovery');
         assert.equal((await credentials.get(db, 'crd_gc_dead'))!.state, 'issued', 'recorded: it exists at the backend (the caller revokes it)');
         assert.ok(await tokens.get(db, 'jti_gc_new'));
@@ -222,10 +241,27 @@ for (const backend of [sqlite, postgres]) {
         const rows = await db('audit').where('seq', '>', before?.seq ?? 0).orderBy('seq');
         assert.deepEqual(rows.map((r) => [r.event, r.decision, JSON.parse(r.params).n ?? null]), [
           ['token.issue', 'allow', null],
+          ['token.issue', 'allow', null],
           ['credential.issue', 'allow', '1'],
           ['credential.issue', 'info', 'dead'],
         ]);
         assert.equal((await verifyAudit(db)).ok, true);
+      });
+
+      it('a failing record in a shared batch fails alone: the others are written', async () => {
+        const w = new IssuanceWriter(db, () => T0 + 1000);
+        const b1 = blocker(w, 'jti_gc_block2');
+        const duplicate = w.insertCredentialIntent(pendingRow('crd_gc_1', 'ses_gc', 'jti_gc'));
+        const fresh = w.insertCredentialIntent(pendingRow('crd_gc_3', 'ses_gc', 'jti_gc'));
+        const checkpoint = w.checkpointCredential('crd_gc_2', { accessor: 'p2' });
+        b1.release();
+        await b1.done;
+        await assert.rejects(duplicate);
+        await fresh;
+        assert.equal(await checkpoint, true);
+        assert.equal((await credentials.get(db, 'crd_gc_3'))!.state, 'pending');
+        assert.deepEqual((await credentials.get(db, 'crd_gc_2'))!.handle, { accessor: 'p2' });
+        assert.equal((await credentials.get(db, 'crd_gc_1'))!.state, 'issued', 'the duplicate changed nothing');
       });
       after(async () => {
         await db?.destroy();

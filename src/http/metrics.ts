@@ -106,7 +106,6 @@ export function mountMetrics(app: Express, b: Broker, opts: { defaultMetrics?: b
   const wanted = b.config.metricsToken === undefined ? undefined : digest(b.config.metricsToken);
   app.get('/metrics', (req, res, next) => {
     if (wanted && !bearerMatches(req.headers.authorization, wanted)) {
-      res.setHeader('WWW-Authenticate', 'Bearer realm="cordon-metrics"');
       return sendError(res, new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', { status: 401, reason: 'metrics_token' }));
     }
     m.registry

@@ -47,6 +47,19 @@ const fromRow = (r: Record<string, unknown>): CredentialRow => ({
 const CHUNK = 400;
 const clip = (s: string | null | undefined): string | null => (s == null ? null : s.length > 500 ? `${s.slice(0, 499)}…` : s);
 
+/** A credential's intent, written before its backend is called. */
+export interface PendingCredential {
+  id: string;
+  sid: string;
+  jti: string;
+  agentId: string;
+  name: string;
+  provider: string;
+  createdAt: number;
+  expiresAt: number;
+  handle?: Record<string, unknown> | null;
+}
+
 export const credentials = {
   /**
    * Credentials not yet expired, by what is known of them: `live` (issued, never revoked),
@@ -60,7 +73,7 @@ export const credentials = {
     else b = b.where({ state: 'revoke_failed' });
     return (await b.orderBy('sid').orderBy('expires_at')).map(fromRow);
   },
-  async insertPending(q: Q, c: { id: string; sid: string; jti: string; agentId: string; name: string; provider: string; createdAt: number; expiresAt: number; handle?: Record<string, unknown> | null }): Promise<void> {
+  async insertPending(q: Q, c: PendingCredential): Promise<void> {
     await q('credentials').insert({
       id: c.id,
       sid: c.sid,

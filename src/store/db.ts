@@ -30,7 +30,7 @@ export function openDb(databaseUrl: string): Db {
         min: 1,
         max: 1,
         afterCreate(conn: { exec: (sql: string, cb: (err: Error | null) => void) => void }, done: (err: Error | null, c: unknown) => void) {
-          conn.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;', (err) => done(err, conn));
+          conn.exec('PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;', (err) => done(err, conn));
         },
       },
     });
@@ -101,6 +101,8 @@ async function underMigrationLock<T>(db: Db, fn: () => Promise<T>): Promise<T> {
   if (isPostgres(db)) {
     let out: T;
     await db.transaction(async (tx) => {
+      // Waiting for another process's migrations is bounded like on SQLite (advisory locks obey lock_timeout).
+      await tx.raw(`SET LOCAL lock_timeout = '${MIGRATION_WAIT_MS}ms'`);
       await tx.raw('SELECT pg_advisory_xact_lock(?)', [MIGRATION_ADVISORY_LOCK]);
       out = await fn();
     });

@@ -1,8 +1,8 @@
-import { type Db, type Q, isPostgres, num, numOrNull, transact } from './db.ts';
+import { type Db, type Q, isPostgres, isTransient, num, numOrNull, transact } from './db.ts';
 import { CordonError } from '../errors.ts';
 import { sessions, type Session } from './sessions.ts';
 import { tokens, type TokenRecord } from './tokens.ts';
-import { credentials } from './credentials.ts';
+import { credentials, type PendingCredential } from './credentials.ts';
 import { appendAuditMany, type AuditEntry } from '../audit/log.ts';
 
 /** One issued token's records: committed together or not at all. */
@@ -73,13 +73,25 @@ export class IssuanceWriter {
   }
 
   /**
-   * One SQL statement of the issue path that must be committed before the caller goes on (a
-   * credential's intent row, its checkpoint), committed with the next batch instead of on its own.
-   * A step that fails fails its batch, which is then retried job by job, so only that step fails;
-   * it may run more than once (a retried batch) and must not have effects outside the database.
-   * Alone in a batch it runs without a transaction: a single statement is atomic by itself.
+   * A credential's intent row, committed (with the next batch) before the caller calls the backend.
+   * Fails alone if the row cannot be written.
    */
-  run<T>(step: (tx: Q) => Promise<T>): Promise<T> {
+  insertCredentialIntent(row: PendingCredential): Promise<void> {
+    return this.#step((tx) => credentials.insertPending(tx, row));
+  }
+
+  /** Names what to revoke on the intent row; false when the intent is no longer pending (claimed by recovery). */
+  checkpointCredential(id: string, handle: Record<string, unknown>): Promise<boolean> {
+    return this.#step((tx) => credentials.checkpoint(tx, id, handle));
+  }
+
+  /**
+   * One SQL statement, committed with the next batch instead of on its own. A step that fails
+   * fails its batch, which is then retried job by job, so only that step fails; it may run more
+   * than once and only ever touches `tx`. Alone in a batch it runs without a transaction: a single
+   * statement is atomic by itself.
+   */
+  #step<T>(step: (tx: Q) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => this.#enqueue({ kind: 'step', step, resolve: resolve as (v: unknown) => void, reject }));
   }
 
@@ -119,7 +131,7 @@ export class IssuanceWriter {
 
   /** Writes the batch in one transaction; records whose precheck fails are left out and reported. */
   async #commit(batch: Job[]): Promise<Outcome[]> {
-    if (batch.length === 1 && batch[0].kind === 'step') return [{ job: batch[0], value: await batch[0].step(this.#db) }];
+    if (batch.length === 1 && batch[0].kind === 'step') return [{ job: batch[0], value: await retryTransient(() => (batch[0] as Extract<Job, { kind: 'step' }>).step(this.#db)) }];
     const outcomes: Outcome[] = [];
     await transact(this.#db, async (tx) => {
       outcomes.length = 0;
@@ -164,10 +176,27 @@ export class IssuanceWriter {
   }
 }
 
-/** Of these tokens, those unrevoked in an unrevoked, unexpired session. Locks their rows on PostgreSQL. */
+/**
+ * Of these tokens, those unrevoked in an unrevoked, unexpired session. On PostgreSQL the token rows
+ * are share-locked in jti order: a revocation committing meanwhile is waited for and seen, one
+ * starting later waits for this commit (and its hook then finds the credential), and batches of
+ * several replicas lock in the same order.
+ */
 async function liveTokens(tx: Q, jtis: string[], now: number): Promise<Set<string>> {
-  let q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.jti', 't.revoked_at as t_rev', 's.revoked_at as s_rev', 's.expires_at as s_exp').whereIn('t.jti', [...new Set(jtis)]);
-  if (isPostgres(tx)) q = q.forUpdate('t');
+  let q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.jti', 't.revoked_at as t_rev', 's.revoked_at as s_rev', 's.expires_at as s_exp').whereIn('t.jti', [...new Set(jtis)]).orderBy('t.jti');
+  if (isPostgres(tx)) q = q.forShare('t');
   const rows = await q;
   return new Set(rows.filter((r) => numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now).map((r) => r.jti as string));
+}
+
+/** A single statement on the pool, tried again on a busy SQLite file or a PostgreSQL deadlock, as transact does. */
+async function retryTransient<T>(fn: () => Promise<T>, attempts = 6): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (attempt >= attempts || !isTransient(e)) throw e;
+      await new Promise((r) => setTimeout(r, 2 ** attempt + Math.random() * 10));
+    }
+  }
 }

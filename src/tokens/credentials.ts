@@ -20,6 +20,7 @@ import { covers, parseScope } from '../policy/scopes.ts';
 import type { CredentialSpec } from '../policy/types.ts';
 import { type CredentialRow, type CredentialState, credentials, denyEntryOf, iamDenies } from '../store/credentials.ts';
 import type { CredentialOutcome } from '../store/issuance-writer.ts';
+import { driverMessage } from '../store/db.ts';
 import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
 import type { CredentialProvider, DenyRecord, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
@@ -130,7 +131,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   }
 
   // Intent first: from here on a crash leaves a row the sweeper can resolve.
-  await b.issuance.run((tx) => credentials.insertPending(tx, {
+  await b.issuance.insertCredentialIntent({
     id: ireq.credentialId,
     sid: view.sid,
     jti: view.jti,
@@ -140,11 +141,11 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     createdAt: ireq.now,
     expiresAt: plan.expiresAtMax,
     handle: null,
-  }));
+  });
   let checkpointed: Handle | null = null;
   const checkpoint = async (h: Handle): Promise<void> => {
     checkpointed = h; // known to this process even if the write below fails: failIssue cleans it up
-    if (!(await b.issuance.run((tx) => credentials.checkpoint(tx, ireq.credentialId, h)))) throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
+    if (!(await b.issuance.checkpointCredential(ireq.credentialId, h))) throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
   };
 
   let result;
@@ -184,11 +185,12 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
       }),
     });
   } catch (e) {
-    // The backend issued but the broker could not record it: take it back now.
-    b.log.error({ err: (e as Error).message, credential: ireq.credentialId }, 'could not record an issued credential; revoking it at the backend');
-    const r = await provider.revoke([target(ireq.credentialId, view, result.handle, result.expiresAt)], revokeCtx(b, 'token')).catch(() => undefined);
-    await credentials.markFailed(b.db, ireq.credentialId, `not recorded (${(e as Error).message}); backend: ${r?.[0]?.outcome ?? 'revocation failed'}`).catch(() => {});
-    throw new CordonError('temporarily_unavailable', 'the broker could not record the credential, so it was revoked at the backend; try again', { reason: 'record_failed', cause: e });
+    // The backend issued but the broker could not record it: take it back now, and record that (or
+    // leave it to the sweeper as revoke_failed, or to orphan recovery if the database stays away).
+    b.log.error({ err: driverMessage(e), credential: ireq.credentialId }, 'could not record an issued credential; revoking it at the backend');
+    const failure = new CordonError('temporarily_unavailable', 'the broker could not record the credential, so it was revoked at the backend; try again', { reason: 'record_failed', cause: e });
+    await failIssue(b, provider, ireq, result.expiresAt, result.handle, failure, chain);
+    throw failure;
   }
   if (outcome === 'claimed') {
     // Orphan recovery took the intent (the backend was slower than the grace period) and revokes what it names; make sure of the rest.
