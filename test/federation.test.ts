@@ -59,6 +59,7 @@ describe('workload identity federation', function () {
   let shared1: Agent;
   let shared2: Agent;
   let filed: Agent;
+  let once: Agent;
   let rs: Agent;
   let unreachableIss: string;
 
@@ -87,6 +88,11 @@ scopes: [docs:read]
 federation:
   - { issuer: "${idp.url}", jwks_uri: "${idp.url}/jwks", audience: cordon-test, claim: repository, match: acme/shared }
 `,
+      'fed-once.yaml': `name: fed-once
+scopes: [docs:read]
+federation:
+  - { issuer: "${idp.url}", jwks_uri: "${idp.url}/jwks", audience: cordon-test, claim: sub, match: "user:alice", single_use: true }
+`,
       'fed-file.yaml': `name: fed-file
 scopes: [web:search]
 federation:
@@ -103,6 +109,7 @@ federation:
     shared1 = await register(tb, 'fed-shared-a', 'fed-shared');
     shared2 = await register(tb, 'fed-shared-b', 'fed-shared');
     filed = await register(tb, 'fed-file-1', 'fed-file');
+    once = await register(tb, 'fed-once-1', 'fed-once');
     await register(tb, 'fed-down-1', 'fed-down');
     rs = await register(tb, 'fed-reader', 'doc-reader');
   });
@@ -252,6 +259,21 @@ federation:
     } finally {
       await setAgentEnabled(tb.b, shared2.id, true);
     }
+  });
+
+  it('a single_use rule: each JWT (by jti) opens one session, also when two uses race; a JWT without jti is refused; other rules allow reuse', async () => {
+    const alice = await jwt({ sub: 'user:alice' });
+    const first = await exchange(alice);
+    assert.equal(first.status, 200, JSON.stringify(first.body));
+    assert.equal(claimsOf(first.body.access_token).client_id, once.id);
+    await refused(() => exchange(alice), 'invalid_grant', /has been used before \(its rule is single_use\)/);
+    const racing = await jwt({ sub: 'user:alice' });
+    const both = await Promise.all([exchange(racing), exchange(racing), exchange(racing)]);
+    assert.deepEqual(both.map((r) => r.status).sort(), [200, 400, 400], JSON.stringify(both.map((r) => r.body)));
+    await refused(async () => exchange(await jwt({ sub: 'user:alice', jti: undefined })), 'invalid_grant', /no usable jti, which a single_use rule needs/);
+    const workload = await jwt();
+    assert.equal((await exchange(workload)).status, 200);
+    assert.equal((await exchange(workload)).status, 200, 'a rule without single_use lets a workload token open several sessions within its exp');
   });
 
   it('verifies against a local JWKS file', async () => {

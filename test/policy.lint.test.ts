@@ -100,7 +100,7 @@ describe('policy/lint', () => {
       assert.equal(policies[0].tokenTtl, 300);
       assert.equal(policies[0].requireDpop, true);
       assert.deepEqual(policies[0].federation, [
-        { issuer: 'https://ci.example', jwks_uri: 'https://ci.example/jwks', audience: 'cordon', claim: 'sub', match: 'repo:x' },
+        { issuer: 'https://ci.example', jwks_uri: 'https://ci.example/jwks', audience: 'cordon', claim: 'sub', match: 'repo:x', single_use: false },
       ]);
     });
   });

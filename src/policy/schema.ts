@@ -125,6 +125,7 @@ export const federationRuleSchema = z.strictObject({
   audience: z.string().min(1, 'must not be empty'),
   claim: z.string().min(1, 'must not be empty').default('sub'),
   match: z.string().min(1, 'must not be empty'),
+  single_use: z.boolean().default(false),
 });
 
 export const policyFileSchema = z.strictObject({

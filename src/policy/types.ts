@@ -36,6 +36,8 @@ export interface FederationRule {
   claim: string;
   /** Exact value the claim must have. */
   match: string;
+  /** Each JWT (by `jti`) opens one session only: for tokens that could be replayed (user IdP tokens), not rotating workload tokens. */
+  single_use: boolean;
 }
 
 export interface Policy {

@@ -1,22 +1,16 @@
 import type { Q } from './db.ts';
 
-const isUniqueViolation = (e: unknown): boolean => {
-  const err = e as { code?: string; message?: string };
-  return err.code === '23505' || err.code === 'SQLITE_CONSTRAINT' || /UNIQUE constraint failed/.test(err.message ?? '');
-};
-
-/** One-time values (DPoP proof jtis, client assertion jtis): the first use wins, later ones are replays. */
+/** One-time values (DPoP proof jtis, client assertion jtis, single-use federated JWTs): the first use wins, later ones are replays. */
 export const replayGuard = {
-  /** True when the key was new and is now recorded; false when it was seen and has not expired. Not for use inside a transaction. */
+  /**
+   * True when the key was new and is now recorded; false when it was seen and has not expired.
+   * A conflict is ignored rather than raised, so this is safe inside a transaction too (a
+   * PostgreSQL unique violation would abort the whole transaction).
+   */
   async claim(q: Q, key: string, expiresAt: number, now: number): Promise<boolean> {
     await q('replay_guard').where({ key }).andWhere('expires_at', '<=', now).del();
-    try {
-      await q('replay_guard').insert({ key, expires_at: expiresAt });
-      return true;
-    } catch (e) {
-      if (isUniqueViolation(e)) return false;
-      throw e;
-    }
+    const inserted = await q('replay_guard').insert({ key, expires_at: expiresAt }).onConflict('key').ignore().returning('key');
+    return inserted.length === 1;
   },
   /** Moves the expiry of a claimed key (never shortens it below what was claimed). */
   async extend(q: Q, key: string, expiresAt: number): Promise<void> {

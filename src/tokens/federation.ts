@@ -1,9 +1,12 @@
+import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { agents, type Agent } from '../store/agents.ts';
+import { replayGuard } from '../store/replay.ts';
+import type { Q } from '../store/db.ts';
 import { isWellFormedId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import type { FederationRule, Policy } from '../policy/types.ts';
@@ -205,6 +208,8 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest): Pro
     if (subject.length > MAX_SUBJECT_LENGTH) throw refuse(`subject_token issuer and sub together exceed ${MAX_SUBJECT_LENGTH} characters`, 'federation_subject_too_long');
 
     agent = await pickAgent(b, req, [...new Set(mapped.map((t) => t.policy.name))]);
+    const chosen = agent;
+    const claim = mapped.some((t) => t.policy.name === chosen.policy && t.rule.single_use) ? singleUseClaim(b, iss, payload) : undefined;
     return await startSession(b, {
       clientId: agent.id,
       scope: req.scope,
@@ -215,6 +220,7 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest): Pro
       origin: 'federation',
       subject,
       auditParams: { origin: 'federation', external_issuer: iss, external_sub: externalSub, ...(typeof payload.jti === 'string' ? { external_jti: payload.jti.slice(0, 128) } : {}) },
+      claim,
     });
   } catch (e) {
     if (e instanceof CordonError && !e.audited) {
@@ -230,6 +236,21 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest): Pro
     }
     throw e;
   }
+}
+
+/**
+ * A `single_use` rule: the JWT's `jti` is claimed in the same transaction as the session it opens,
+ * until the JWT expires (plus the clock skew the broker tolerates), so a replayed JWT — stolen from
+ * a log or a proxy — opens nothing, on any replica.
+ */
+function singleUseClaim(b: Broker, iss: string, payload: JWTPayload): (tx: Q) => Promise<void> {
+  const jti = payload.jti;
+  if (typeof jti !== 'string' || jti === '' || jti.length > 256) throw refuse(`subject_token from ${clip(iss)} has no usable jti, which a single_use rule needs`, 'federation_jti_missing');
+  const key = `fedjwt:${createHash('sha256').update(`${iss}\n${jti}`).digest('base64url')}`;
+  const until = (payload.exp as number) * 1000 + b.config.clockSkewSec * 1000;
+  return async (tx) => {
+    if (!(await replayGuard.claim(tx, key, until, b.clock.now()))) throw refuse(`subject_token from ${clip(iss)} has been used before (its rule is single_use)`, 'federation_replay');
+  };
 }
 
 async function pickAgent(b: Broker, req: FederationRequest, policyNames: string[]): Promise<Agent> {
