@@ -248,6 +248,15 @@ for (const backend of [sqlite, postgres]) {
         assert.equal((await verifyAudit(db)).ok, true);
       });
 
+      it('a record whose earlier try committed after all (the reply was lost) is reported issued, without a second audit row', async () => {
+        const w = new IssuanceWriter(db, () => T0 + 1000);
+        await credentials.insertPending(db, pendingRow('crd_gc_landed', 'ses_gc', 'jti_gc'));
+        await credentials.markIssued(db, 'crd_gc_landed', { handle: { accessor: 'a9' }, expiresAt: T0 + 300_000 });
+        const before = await auditRows.head(db);
+        assert.equal(await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'a9' }, expiresAt: T0 + 300_000, audit: audit('again') }), 'issued');
+        assert.deepEqual(await auditRows.head(db), before);
+      });
+
       it('a failing record in a shared batch fails alone: the others are written', async () => {
         const w = new IssuanceWriter(db, () => T0 + 1000);
         const b1 = blocker(w, 'jti_gc_block2');

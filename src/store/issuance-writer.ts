@@ -32,7 +32,8 @@ export interface CredentialRecord {
 
 /**
  * `issued`: recorded and returned. `token_revoked`: recorded, but the token died meanwhile (the
- * caller revokes it at once). `claimed`: orphan recovery took the intent first; nothing written.
+ * caller revokes it at once). `claimed`: orphan recovery (or a revocation) took the intent first;
+ * nothing written.
  */
 export type CredentialOutcome = 'issued' | 'token_revoked' | 'claimed';
 
@@ -162,7 +163,10 @@ export class IssuanceWriter {
         for (const job of creds) {
           const r = job.record;
           if (!(await credentials.markIssued(tx, r.credentialId, { handle: r.handle, expiresAt: r.expiresAt }))) {
-            outcomes.push({ job, value: 'claimed' });
+            // Only this record ever marks its row issued: if it is, an earlier try of this batch did
+            // commit (its reply was lost) and the audit row is there already.
+            const landed = (await credentials.get(tx, r.credentialId))?.state === 'issued';
+            outcomes.push({ job, value: landed ? (live.has(r.jti) ? 'issued' : 'token_revoked') : 'claimed' });
             continue;
           }
           // Recorded either way (it exists at the backend); a credential of a dead token is revoked right after, never returned.
