@@ -39,6 +39,23 @@ describe('core: client assertion replay', () => {
     }
   });
 
+  it('within the tolerated skew after its exp, an assertion is still good once at /introspect, not twice', async () => {
+    const tok = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: ASSERTION_TYPE, client_assertion: await sign('skew-setup') });
+    assert.equal(tok.status, 200);
+    const start = t.clock.now();
+    try {
+      const a = await sign('skew-1', start, 60);
+      t.clock.set(start + 60_000 + (t.b.config.clockSkewSec * 1000) / 2); // past exp, inside the skew
+      const use = () => postForm(`${t.url}/introspect`, { token: tok.body.access_token, client_assertion_type: ASSERTION_TYPE, client_assertion: a });
+      assert.equal((await use()).status, 200);
+      const again = await use();
+      assert.equal(again.status, 401, JSON.stringify(again.body));
+      assert.match(again.body.error_description, /used before/);
+    } finally {
+      t.clock.set(start);
+    }
+  });
+
   describe('times are judged on the broker clock at every endpoint, /token included', () => {
     const start = Date.now();
     afterEach(() => t.clock.set(start));

@@ -268,8 +268,17 @@ federation:
     assert.equal(claimsOf(first.body.access_token).client_id, once.id);
     await refused(() => exchange(alice), 'invalid_grant', /has been used before \(its rule is single_use\)/);
     const racing = await jwt({ sub: 'user:alice' });
+    const seq = await auditHead(tb.b);
     const both = await Promise.all([exchange(racing), exchange(racing), exchange(racing)]);
     assert.deepEqual(both.map((r) => r.status).sort(), [200, 400, 400], JSON.stringify(both.map((r) => r.body)));
+    const d = await denialsSince(tb.b, seq);
+    assert.equal(d.length, 2, 'each losing use audited once');
+    assert.ok(d.every((x) => /used before/.test(x.reason ?? '')));
+    // At the very end of its life (exp + the tolerated skew), a JWT claims nothing and opens nothing.
+    const lastMoment = await jwt({ sub: 'user:alice', exp: nowSec() + 60 });
+    tb.clock.advance((60 + tb.b.config.clockSkewSec) * 1000);
+    await refused(() => exchange(lastMoment), 'invalid_grant', /expired/);
+    tb.clock.advance(-(60 + tb.b.config.clockSkewSec) * 1000);
     await refused(async () => exchange(await jwt({ sub: 'user:alice', jti: undefined })), 'invalid_grant', /no usable jti, which a single_use rule needs/);
     const workload = await jwt();
     assert.equal((await exchange(workload)).status, 200);

@@ -255,22 +255,29 @@ for (const backend of [sqlite, postgres]) {
         const before = await auditRows.head(db);
         assert.equal(await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'a9' }, expiresAt: T0 + 300_000, audit: audit('again') }), 'issued');
         assert.deepEqual(await auditRows.head(db), before);
+        // Not ours after all: another handle, or issued and since revoked (a retried revocation ends that way).
+        assert.equal(await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'other' }, expiresAt: T0 + 300_000, audit: audit('x') }), 'claimed');
+        await db('credentials').where({ id: 'crd_gc_landed' }).update({ revoked_at: T0 + 2000 });
+        assert.equal(await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'a9' }, expiresAt: T0 + 300_000, audit: audit('y') }), 'claimed');
+        assert.deepEqual(await auditRows.head(db), before);
       });
 
       it('a failing record in a shared batch fails alone: the others are written', async () => {
         const w = new IssuanceWriter(db, () => T0 + 1000);
+        await credentials.insertPending(db, pendingRow('crd_gc_a', 'ses_gc', 'jti_gc'));
+        await credentials.insertPending(db, pendingRow('crd_gc_b', 'ses_gc', 'jti_gc'));
         const b1 = blocker(w, 'jti_gc_block2');
-        const duplicate = w.insertCredentialIntent(pendingRow('crd_gc_1', 'ses_gc', 'jti_gc'));
+        const duplicate = w.insertCredentialIntent(pendingRow('crd_gc_a', 'ses_gc', 'jti_gc'));
         const fresh = w.insertCredentialIntent(pendingRow('crd_gc_3', 'ses_gc', 'jti_gc'));
-        const checkpoint = w.checkpointCredential('crd_gc_2', { accessor: 'p2' });
+        const checkpoint = w.checkpointCredential('crd_gc_b', { accessor: 'p2' });
         b1.release();
         await b1.done;
         await assert.rejects(duplicate);
         await fresh;
         assert.equal(await checkpoint, true);
         assert.equal((await credentials.get(db, 'crd_gc_3'))!.state, 'pending');
-        assert.deepEqual((await credentials.get(db, 'crd_gc_2'))!.handle, { accessor: 'p2' });
-        assert.equal((await credentials.get(db, 'crd_gc_1'))!.state, 'issued', 'the duplicate changed nothing');
+        assert.deepEqual((await credentials.get(db, 'crd_gc_b'))!.handle, { accessor: 'p2' });
+        assert.equal((await credentials.get(db, 'crd_gc_a'))!.handle, null, 'the duplicate changed nothing');
       });
       after(async () => {
         await db?.destroy();
@@ -493,6 +500,14 @@ for (const backend of [sqlite, postgres]) {
       it('concurrent claims of one key: exactly one wins', async () => {
         const results = await Promise.all(Array.from({ length: 10 }, () => replayGuard.claim(db, 'race', T0 + 1000, T0)));
         assert.equal(results.filter(Boolean).length, 1);
+      });
+
+      it('a value already past its life cannot be claimed (else every later use would reclaim it), also inside a transaction', async () => {
+        assert.equal(await replayGuard.claim(db, 'late', T0, T0), false);
+        assert.equal(await replayGuard.claim(db, 'late', T0, T0 + 5), false);
+        assert.equal(await replayGuard.seen(db, 'late', T0 - 1), false, 'nothing was written');
+        const inTx = await db.transaction(async (tx) => [await replayGuard.claim(tx, 'tx-k', T0 + 1000, T0), await replayGuard.claim(tx, 'tx-k', T0 + 1000, T0), await tx('replay_guard').where({ key: 'tx-k' }).count({ n: '*' })]);
+        assert.deepEqual(inTx.slice(0, 2), [true, false], 'a conflict inside a transaction is a refusal, not an aborted transaction');
       });
     });
 

@@ -163,9 +163,10 @@ export class IssuanceWriter {
         for (const job of creds) {
           const r = job.record;
           if (!(await credentials.markIssued(tx, r.credentialId, { handle: r.handle, expiresAt: r.expiresAt }))) {
-            // Only this record ever marks its row issued: if it is, an earlier try of this batch did
-            // commit (its reply was lost) and the audit row is there already.
-            const landed = (await credentials.get(tx, r.credentialId))?.state === 'issued';
+            // An earlier try of this batch may have committed after all (its reply was lost): then the
+            // row is issued, unrevoked, with exactly this handle, and its audit row is there already.
+            const row = await credentials.get(tx, r.credentialId);
+            const landed = row?.state === 'issued' && row.revokedAt === null && JSON.stringify(row.handle) === JSON.stringify(r.handle);
             outcomes.push({ job, value: landed ? (live.has(r.jti) ? 'issued' : 'token_revoked') : 'claimed' });
             continue;
           }

@@ -8,6 +8,9 @@ export const replayGuard = {
    * PostgreSQL unique violation would abort the whole transaction).
    */
   async claim(q: Q, key: string, expiresAt: number, now: number): Promise<boolean> {
+    // A value already past its life cannot be claimed: its key would count as expired at once, and
+    // the next use would delete it and claim the value again.
+    if (expiresAt <= now) return false;
     await q('replay_guard').where({ key }).andWhere('expires_at', '<=', now).del();
     const inserted = await q('replay_guard').insert({ key, expires_at: expiresAt }).onConflict('key').ignore().returning('key');
     return inserted.length === 1;

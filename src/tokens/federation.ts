@@ -249,6 +249,8 @@ function singleUseClaim(b: Broker, iss: string, payload: JWTPayload): (tx: Q) =>
   const key = `fedjwt:${createHash('sha256').update(`${iss}\n${jti}`).digest('base64url')}`;
   const until = (payload.exp as number) * 1000 + b.config.clockSkewSec * 1000;
   return async (tx) => {
+    // Checked again at commit time: a JWT that expired while its request waited claims nothing.
+    if (until <= b.clock.now()) throw refuse(`subject_token from ${clip(iss)} has expired`, 'federation_expired');
     if (!(await replayGuard.claim(tx, key, until, b.clock.now()))) throw refuse(`subject_token from ${clip(iss)} has been used before (its rule is single_use)`, 'federation_replay');
   };
 }
