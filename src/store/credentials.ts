@@ -47,18 +47,8 @@ const fromRow = (r: Record<string, unknown>): CredentialRow => ({
 const CHUNK = 400;
 const clip = (s: string | null | undefined): string | null => (s == null ? null : s.length > 500 ? `${s.slice(0, 499)}…` : s);
 
-/** A credential's intent, written before its backend is called. */
-export interface PendingCredential {
-  id: string;
-  sid: string;
-  jti: string;
-  agentId: string;
-  name: string;
-  provider: string;
-  createdAt: number;
-  expiresAt: number;
-  handle?: Record<string, unknown> | null;
-}
+/** A credential's intent, written before its backend is called: a row before its state. */
+export type PendingCredential = Pick<CredentialRow, 'id' | 'sid' | 'jti' | 'agentId' | 'name' | 'provider' | 'createdAt' | 'expiresAt'> & { handle?: Record<string, unknown> | null };
 
 export const credentials = {
   /**
