@@ -164,24 +164,31 @@ export function isTransient(e: unknown): boolean {
   return err?.code === '40P01' || err?.code === '40001' || err?.code === 'SQLITE_BUSY' || /SQLITE_BUSY|database is locked/.test(err?.message ?? '');
 }
 
-/**
- * A transaction retried a few times on transient conflicts. SQLite upgrades a read snapshot to a
- * write lazily and fails at once when another connection (say the CLI) wrote in between; PostgreSQL
- * picks a deadlock victim. `fn` must only touch the database, so running it again is safe.
- */
-export async function transact<T>(db: Db, fn: (tx: Knex.Transaction) => Promise<T>, attempts = 6): Promise<T> {
+/** Runs `fn` again (with its attempt number) on a busy SQLite file or a PostgreSQL deadlock or serialization failure. */
+export async function retryTransient<T>(fn: (attempt: number) => Promise<T>, attempts = 6): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
-      if (attempt === 1 || isPostgres(db)) return await db.transaction(fn);
-      // Retrying on SQLite: take the write lock first (a write that touches nothing), so the
-      // busy timeout waits for the other writer instead of failing on a stale read snapshot.
-      return await db.transaction(async (tx) => {
-        await tx.raw('UPDATE replay_guard SET expires_at = expires_at WHERE 0');
-        return fn(tx);
-      });
+      return await fn(attempt);
     } catch (e) {
       if (attempt >= attempts || !isTransient(e)) throw e;
       await new Promise((r) => setTimeout(r, 2 ** attempt + Math.random() * 10));
     }
   }
+}
+
+/**
+ * A transaction retried a few times on transient conflicts. SQLite upgrades a read snapshot to a
+ * write lazily and fails at once when another connection (say the CLI) wrote in between; PostgreSQL
+ * picks a deadlock victim. `fn` must only touch the database, so running it again is safe.
+ */
+export function transact<T>(db: Db, fn: (tx: Knex.Transaction) => Promise<T>, attempts = 6): Promise<T> {
+  return retryTransient((attempt) => {
+    if (attempt === 1 || isPostgres(db)) return db.transaction(fn);
+    // Retrying on SQLite: take the write lock first (a write that touches nothing), so the
+    // busy timeout waits for the other writer instead of failing on a stale read snapshot.
+    return db.transaction(async (tx) => {
+      await tx.raw('UPDATE replay_guard SET expires_at = expires_at WHERE 0');
+      return fn(tx);
+    });
+  }, attempts);
 }

@@ -1,4 +1,4 @@
-import { type Db, type Q, isPostgres, isTransient, num, numOrNull, transact } from './db.ts';
+import { type Db, type Q, isPostgres, num, numOrNull, retryTransient, transact } from './db.ts';
 import { CordonError } from '../errors.ts';
 import { sessions, type Session } from './sessions.ts';
 import { tokens, type TokenRecord } from './tokens.ts';
@@ -194,14 +194,3 @@ async function liveTokens(tx: Q, jtis: string[], now: number): Promise<Set<strin
   return new Set(rows.filter((r) => numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now).map((r) => r.jti as string));
 }
 
-/** A single statement on the pool, tried again on a busy SQLite file or a PostgreSQL deadlock, as transact does. */
-async function retryTransient<T>(fn: () => Promise<T>, attempts = 6): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await fn();
-    } catch (e) {
-      if (attempt >= attempts || !isTransient(e)) throw e;
-      await new Promise((r) => setTimeout(r, 2 ** attempt + Math.random() * 10));
-    }
-  }
-}
