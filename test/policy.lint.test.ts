@@ -324,6 +324,15 @@ describe('policy/lint', () => {
       assert.deepEqual(policies.map((p) => p.file), [join(dir, 'a.yaml')]);
     });
 
+    it('an identity single_use in one policy must be single_use wherever it is trusted (else a replay opens sessions through the other rule)', async () => {
+      const fed = (name: string, once: boolean) => `name: ${name}\nscopes: [a]\nfederation:\n  - { issuer: https://idp.example, jwks_uri: https://idp.example/jwks, audience: cordon, match: user:alice${once ? ', single_use: true' : ''} }\n`;
+      const dir = await dirWith({ 'a.yaml': fed('strict', true), 'b.yaml': fed('lax', false) });
+      const { problems } = await lintPolicyDir(dir);
+      one(problems, join(dir, 'b.yaml'), 4, /federation\[0\]: https:\/\/idp\.example sub=user:alice is single_use in policy strict, so it must be here too/, 5);
+      const agreed = await dirWith({ 'a.yaml': fed('strict', true), 'b.yaml': fed('also', true), 'c.yaml': fed('other', false).replace('user:alice', 'user:bob') });
+      assert.deepEqual((await lintPolicyDir(agreed)).problems, []);
+    });
+
     it('reads *.yaml and *.yml only, sorted, skipping hidden files and subdirectories, following symlinks', async () => {
       const dir = await dirWith({
         'b.yml': BASE.replace('base', 'b'),

@@ -34,6 +34,8 @@ export interface FileLint {
   /** The `name` value and where it sits, when it is a string, for the cross-file duplicate check. */
   name?: string;
   nameAt?: { line: number; column: number };
+  /** Where each `federation` rule sits, for the cross-file single_use check. */
+  federationAt?: Array<{ line: number; column: number }>;
 }
 
 /** Lint one policy file's text. Never throws for bad input: everything becomes a problem. */
@@ -84,7 +86,7 @@ export function lintPolicySource(file: string, text: string): FileLint {
   const f = parsed.data;
   checkSemantics(f, flag);
   if (problems.length > 0) return { problems: sortProblems(problems), name, nameAt };
-  return { policy: toPolicy(f, file), problems, name, nameAt };
+  return { policy: toPolicy(f, file), problems, name, nameAt, federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))) };
 }
 
 /** Cross-field rules the schema cannot express. */
@@ -241,6 +243,7 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
   const policies: Policy[] = [];
   const problems: LintProblem[] = [];
   const firstFileOf = new Map<string, string>();
+  const federationAt = new Map<Policy, Array<{ line: number; column: number }>>();
   for (const name of names) {
     const file = join(dir, name);
     let bytes: Buffer;
@@ -270,7 +273,31 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
       }
       firstFileOf.set(result.name, file);
     }
-    if (result.policy) policies.push(result.policy);
+    if (result.policy) {
+      policies.push(result.policy);
+      federationAt.set(result.policy, result.federationAt ?? []);
+    }
   }
+  problems.push(...singleUseConflicts(policies, federationAt));
   return { policies, problems };
+}
+
+/**
+ * An identity (issuer, claim = match) that one rule makes single_use must be single_use wherever it
+ * is trusted: otherwise a replayed token still opens sessions through the other rule.
+ */
+function singleUseConflicts(policies: Policy[], at: Map<Policy, Array<{ line: number; column: number }>>): LintProblem[] {
+  const identity = (r: Policy['federation'][number]) => JSON.stringify([r.issuer, r.claim, r.match]);
+  const strict = new Map<string, Policy>();
+  for (const p of policies) for (const r of p.federation) if (r.single_use && !strict.has(identity(r))) strict.set(identity(r), p);
+  const out: LintProblem[] = [];
+  for (const p of policies) {
+    p.federation.forEach((r, i) => {
+      const owner = strict.get(identity(r));
+      if (r.single_use || !owner) return;
+      const pos = at.get(p)?.[i] ?? { line: 1, column: 1 };
+      out.push({ file: p.file, ...pos, message: `federation[${i}]: ${r.issuer} ${r.claim}=${r.match} is single_use in policy ${owner.name}, so it must be here too (a replayed token would open sessions through this rule): add single_use: true` });
+    });
+  }
+  return out;
 }
