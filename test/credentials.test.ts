@@ -504,6 +504,34 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
     });
   });
 
+  describe('the database failing after the record committed (a lost reply)', () => {
+    it('the credential is not handed out, and its issued row is revoked with its audit row', async () => {
+      const a = await f.agent('lost-reply-owner', 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-token');
+      const sid = claimsOf(tok).sid;
+      const head = await auditHead(f.tb.b);
+      const writer = f.tb.b.issuance;
+      const original = writer.recordCredential;
+      writer.recordCredential = async (r) => {
+        await original.call(writer, r);
+        throw new Error('Connection terminated unexpectedly');
+      };
+      let r;
+      try {
+        r = await f.cred('vault-token', tok);
+      } finally {
+        writer.recordCredential = original;
+      }
+      assert.equal(r.status, 503, JSON.stringify(r.body));
+      const [row] = await f.rows(sid);
+      assert.equal(row.state, 'revoked');
+      const issued = f.vault.listTokens().filter((t) => t.meta?.session === sid);
+      assert.ok(issued.length >= 1 && issued.every((t) => t.state === 'revoked'));
+      const rows = await auditSince(f.tb.b, head);
+      assert.deepEqual(rows.filter((x) => x.params.credential_id === row.id || (x.params.credentials ?? []).includes?.(row.id)).map((x) => x.event), ['credential.issue', 'credential.revoke']);
+    });
+  });
+
   describe('HTTP surface', () => {
     it('401 with a challenge without a token, 400 for a malformed name, 403 without the cred: scope', async () => {
       let r = await fetch(`${f.tb.url}/credentials/vault-token`, { method: 'POST' });

@@ -189,7 +189,10 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     // leave it to the sweeper as revoke_failed, or to orphan recovery if the database stays away).
     b.log.error({ err: driverMessage(e), credential: ireq.credentialId }, 'could not record an issued credential; revoking it at the backend');
     const failure = new CordonError('temporarily_unavailable', 'the broker could not record the credential, so it was revoked at the backend; try again', { reason: 'record_failed', cause: e });
-    await failIssue(b, provider, ireq, result.expiresAt, result.handle, failure, chain);
+    // The record may have committed after all (a lost reply): then it is revoked like any issued credential, with its audit row.
+    const row = await credentials.get(b.db, ireq.credentialId).catch(() => undefined);
+    if (row?.state === 'issued') await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the broker could not confirm its record, so the credential was not handed out' }).catch(() => undefined);
+    else await failIssue(b, provider, ireq, result.expiresAt, result.handle, failure, chain);
     throw failure;
   }
   if (outcome === 'claimed') {
