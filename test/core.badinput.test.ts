@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { request as httpRequest, Agent as HttpAgent } from 'node:http';
+import { connect } from 'node:net';
 import { SignJWT, generateKeyPair, base64url } from 'jose';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { startTestBroker, basic, type TestBroker } from './helpers/broker.ts';
@@ -323,6 +324,33 @@ describe('core: bad input', () => {
       }
       const many = Array.from({ length: 101 }, (_, i) => `p${i}=x`).join('&');
       rfcError(await form('101 params', '/introspect', many), '101 params', 'invalid_request');
+    });
+
+    it('what Node\'s HTTP parser refuses (oversized headers, malformed HTTP) is JSON too, and the broker keeps serving', async () => {
+      const raw = (text: string): Promise<string> =>
+        new Promise((resolve, reject) => {
+          const u = new URL(t.url);
+          const s = connect(Number(u.port), u.hostname, () => s.end(text));
+          let out = '';
+          s.on('data', (d) => (out += d.toString()));
+          s.on('end', () => resolve(out));
+          s.on('error', reject);
+          s.setTimeout(5000, () => s.destroy(new Error('no answer')));
+        });
+      const cases: Array<[string, string, RegExp]> = [
+        ['oversized headers', `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, /^HTTP\/1\.1 431 /],
+        ['malformed request line', 'NOT HTTP AT ALL\r\n\r\n', /^HTTP\/1\.1 400 /],
+        ['bad header', 'GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header Name: y\r\n\r\n', /^HTTP\/1\.1 400 /],
+      ];
+      for (const [what, text, status] of cases) {
+        const reply = await raw(text);
+        assert.match(reply, status, what);
+        assert.match(reply, /\r\ncontent-type: application\/json\r\n/i, what);
+        const body = JSON.parse(reply.slice(reply.indexOf('\r\n\r\n') + 4));
+        assert.equal(body.error, 'invalid_request', what);
+        assert.doesNotMatch(reply, LEAK, what);
+      }
+      assert.equal((await send('healthz after parser errors', '/healthz', { method: 'GET' })).status, 200);
     });
 
     it('an empty form body is an empty form, not a wrong content type', async () => {

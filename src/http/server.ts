@@ -1,4 +1,5 @@
 import { createServer, type Server } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Broker } from '../broker.ts';
 import { createApp, type AppExtensions } from './app.ts';
 
@@ -26,6 +27,7 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
     server.once('listening', onListening);
     server.listen(port, host);
   });
+  server.on('clientError', answerClientError);
   server.keepAliveTimeout = 65_000;
   // A request (headers and body) must arrive within 30 s: a client trickling a body cannot hold a
   // connection for Node's default five minutes.
@@ -42,4 +44,27 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
         server.close(() => resolve());
       }),
   };
+}
+
+/** What Node's HTTP parser refuses before any route sees the request, as status, reason phrase and description. */
+function clientErrorReply(code: string | undefined): [number, string, string] {
+  if (code === 'HPE_HEADER_OVERFLOW') return [431, 'Request Header Fields Too Large', 'request headers are too large'];
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return [408, 'Request Timeout', 'the request did not arrive in time'];
+  return [400, 'Bad Request', 'the request is not valid HTTP/1.1'];
+}
+
+/**
+ * Requests Node's parser refuses (oversized headers, malformed HTTP, a request that never finished)
+ * get RFC 6749 JSON like every other refusal, where Node would answer with a bare status line.
+ * As Node itself does, nothing is written once a response on that connection has begun.
+ */
+function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  const started = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
+  if (err.code === 'ECONNRESET' || !socket.writable || started) {
+    socket.destroy();
+    return;
+  }
+  const [status, phrase, description] = clientErrorReply(err.code);
+  const body = JSON.stringify({ error: 'invalid_request', error_description: description });
+  socket.end(`HTTP/1.1 ${status} ${phrase}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`);
 }
