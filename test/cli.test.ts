@@ -251,8 +251,15 @@ describe('cordon CLI', function () {
       assert.equal(tail.length, 2);
       assert.equal(tail[1].seq, rows.length);
 
+      // A head exported earlier catches a cut tail, which the chain alone cannot show.
+      const exported = json(await cli('audit', 'verify', '--json')).head;
+      assert.equal((await cli('audit', 'verify', '--head', exported)).code, 0);
       const db = knexFactory({ client: 'sqlite3', connection: { filename: join(dir, 'data', 'cordon.sqlite') }, useNullAsDefault: true });
       try {
+        await db('audit').where({ seq: rows.length }).del();
+        assert.equal((await cli('audit', 'verify')).code, 0, 'a cut tail still verifies on its own');
+        assertOneLineError(await cli('audit', 'verify', '--head', exported), /no longer holds the exported head/);
+        assertOneLineError(await cli('audit', 'verify', '--head', 'abc'), /64 hex digits/);
         await db('audit').where({ seq: 2 }).update({ params: JSON.stringify({ name: 'mallory', policy: 'research-planner' }) });
       } finally {
         await db.destroy();

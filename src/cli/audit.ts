@@ -67,9 +67,11 @@ export function registerAudit(program: Command, ctx: Ctx): void {
     );
 
   leaf(audit, 'verify', 'walk the hash chain and name the first broken row')
+    .option('--head <hash>', 'a head hash exported earlier (verify --json): the chain must still hold it')
     .action(
-      action(ctx, async ({ json }) => {
-        const r = await withBroker(ctx, (b) => verifyAudit(b.db));
+      action(ctx, async ({ opts, json }) => {
+        if (opts.head !== undefined && !/^[0-9a-f]{64}$/.test(opts.head)) throw usage('--head must be a head hash as audit verify --json prints it (64 hex digits)');
+        const r = await withBroker(ctx, (b) => verifyAudit(b.db, undefined, opts.head));
         if (json) {
           await printJson(ctx.io, r.ok ? { ok: true, rows: r.rows, head: r.head } : { ok: false, rows_verified: r.rows, broken_seq: r.brokenSeq, problem: r.problem });
           if (!r.ok) ctx.io.err(`cordon: audit chain broken at row ${r.brokenSeq}: ${r.problem}\n`);
