@@ -4,6 +4,7 @@ import { credentialsRoute } from '../src/http/credentials.ts';
 import { revokeSession } from '../src/tokens/revoke.ts';
 import { iamDenies } from '../src/store/credentials.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
+import type { IssuanceWriter } from '../src/store/issuance-writer.ts';
 import { providersOf } from '../src/tokens/credentials.ts';
 import { startTestBroker, basic, postForm } from './helpers/broker.ts';
 import { auditHead, auditSince, claimsOf, delegateReq, dpopKey, dpopProof, mustDelegate, mustSession, policyDir, register, session } from './delegation.kit.ts';
@@ -473,62 +474,50 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
   });
 
   describe('the database failing at the record', () => {
-    it('the backend issued but the record could not be written: 503, the credential revoked at Vault, the row failed with a deny audit row', async () => {
-      const a = await f.agent('unrecorded-owner', 'creds-owner');
+    /** One credential request while the writer's record step behaves as `record` says; the session's row and audit rows after it. */
+    async function issueWith(name: string, record: (original: IssuanceWriter['recordCredential'], r: Parameters<IssuanceWriter['recordCredential']>[0]) => ReturnType<IssuanceWriter['recordCredential']>) {
+      const a = await f.agent(name, 'creds-owner');
       const tok = await mustSession(f.tb, a, 'cred:vault-token');
       const sid = claimsOf(tok).sid;
       const head = await auditHead(f.tb.b);
       const writer = f.tb.b.issuance;
       const original = writer.recordCredential;
-      writer.recordCredential = async () => {
-        throw new Error('insert into `audit` values (…) - SQLITE_IOERR: disk I/O error');
-      };
-      let r;
+      writer.recordCredential = (r) => record(original.bind(writer), r);
+      let res;
       try {
-        r = await f.cred('vault-token', tok);
+        res = await f.cred('vault-token', tok);
       } finally {
         writer.recordCredential = original;
       }
-      assert.equal(r.status, 503, JSON.stringify(r.body));
-      assert.equal(r.body.error, 'temporarily_unavailable');
-      assert.match(r.body.error_description, /could not record the credential, so it was revoked/);
-      assert.ok(!JSON.stringify(r.body).includes('SQLITE'), 'no driver detail to the client');
       const [row] = await f.rows(sid);
-      assert.equal(row.state, 'failed');
       const issued = f.vault.listTokens().filter((t) => t.meta?.session === sid);
       assert.ok(issued.length >= 1 && issued.every((t) => t.state === 'revoked'), 'what Vault issued is revoked');
-      const denies = (await auditSince(f.tb.b, head)).filter((x) => x.decision === 'deny');
+      return { res, row, audit: await auditSince(f.tb.b, head) };
+    }
+
+    it('the backend issued but the record could not be written: 503, the credential revoked at Vault, the row failed with a deny audit row', async () => {
+      const { res, row, audit } = await issueWith('unrecorded-owner', async () => {
+        throw new Error('insert into `audit` values (…) - SQLITE_IOERR: disk I/O error');
+      });
+      assert.equal(res.status, 503, JSON.stringify(res.body));
+      assert.equal(res.body.error, 'temporarily_unavailable');
+      assert.match(res.body.error_description, /could not record the credential, so it was revoked/);
+      assert.ok(!JSON.stringify(res.body).includes('SQLITE'), 'no driver detail to the client');
+      assert.equal(row.state, 'failed');
+      const denies = audit.filter((x) => x.decision === 'deny');
       assert.equal(denies.length, 1);
       assert.equal(denies[0].params.credential_id, row.id);
       assert.match(denies[0].reason ?? '', /^record_failed: /);
     });
-  });
 
-  describe('the database failing after the record committed (a lost reply)', () => {
-    it('the credential is not handed out, and its issued row is revoked with its audit row', async () => {
-      const a = await f.agent('lost-reply-owner', 'creds-owner');
-      const tok = await mustSession(f.tb, a, 'cred:vault-token');
-      const sid = claimsOf(tok).sid;
-      const head = await auditHead(f.tb.b);
-      const writer = f.tb.b.issuance;
-      const original = writer.recordCredential;
-      writer.recordCredential = async (r) => {
-        await original.call(writer, r);
+    it('the record committed but its reply was lost: not handed out, and the issued row is revoked with its audit row', async () => {
+      const { res, row, audit } = await issueWith('lost-reply-owner', async (original, r) => {
+        await original(r);
         throw new Error('Connection terminated unexpectedly');
-      };
-      let r;
-      try {
-        r = await f.cred('vault-token', tok);
-      } finally {
-        writer.recordCredential = original;
-      }
-      assert.equal(r.status, 503, JSON.stringify(r.body));
-      const [row] = await f.rows(sid);
+      });
+      assert.equal(res.status, 503, JSON.stringify(res.body));
       assert.equal(row.state, 'revoked');
-      const issued = f.vault.listTokens().filter((t) => t.meta?.session === sid);
-      assert.ok(issued.length >= 1 && issued.every((t) => t.state === 'revoked'));
-      const rows = await auditSince(f.tb.b, head);
-      assert.deepEqual(rows.filter((x) => x.params.credential_id === row.id || (x.params.credentials ?? []).includes?.(row.id)).map((x) => x.event), ['credential.issue', 'credential.revoke']);
+      assert.deepEqual(audit.filter((x) => x.params.credential_id === row.id || (x.params.credentials ?? []).includes?.(row.id)).map((x) => x.event), ['credential.issue', 'credential.revoke']);
     });
   });
 
