@@ -402,9 +402,12 @@ describe('cordon CLI', function () {
       const again = await cli('revoke', '--token', claims(child).jti);
       assert.match(again.out, /already revoked/);
 
+      assert.equal(r.session_still_open, undefined, 'a delegated token is not a session root');
       const c = await cli('revoke', '--chain', claims(root).jti);
       assert.equal(c.code, 0, c.err);
       assert.match(c.out, /2 tokens/);
+      // A root token: the output says the session stays open and how to end it.
+      assert.match(c.out, new RegExp(`session ${claims(root).sid} itself stays open.*cordon revoke --session ${claims(root).sid}`));
       assert.equal(await active(root), false);
       assert.equal(await active(grandchildless), false);
       assert.equal(json(await cli('token', 'inspect', root, '--json')).state, 'revoked');

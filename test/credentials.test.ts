@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { credentialsRoute } from '../src/http/credentials.ts';
 import { revokeSession } from '../src/tokens/revoke.ts';
+import { setAgentEnabled } from '../src/tokens/agents.ts';
 import { iamDenies } from '../src/store/credentials.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import type { IssuanceWriter } from '../src/store/issuance-writer.ts';
@@ -411,12 +412,34 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       f.vault.delayMs = 0;
       assert.equal(r.status, 401, JSON.stringify(r.body));
       assert.equal(r.body.error, 'invalid_token');
-      assert.match(r.body.error_description, /revoked while the credential was being issued/);
+      assert.match(r.body.error_description, /while the credential was being issued/);
       const [row] = await f.rows(sid);
       assert.equal(row.state, 'revoked');
       const child = f.vault.getToken(row.handle!.accessor);
       assert.equal(child?.state, 'revoked');
     });
+    for (const who of ['holder', 'root'] as const) {
+      it(`disabling the ${who} while Vault is still answering: the issue does not commit, the fresh credential is revoked`, async () => {
+        const owner = await f.agent(`disable-race-owner-${who}`, 'creds-owner');
+        const worker = await f.agent(`disable-race-worker-${who}`, 'creds-worker');
+        const root = await mustSession(f.tb, owner, 'work:read cred:vault-token');
+        const tok = who === 'root' ? root : await mustDelegate(f.tb, owner, root, worker, 'work:read cred:vault-token');
+        const sid = claimsOf(tok).sid;
+        f.vault.delayMs = 150;
+        const pending = f.cred('vault-token', tok);
+        // The intent row is written before the backend is called: then the issue is in flight.
+        for (let i = 0; i < 200 && (await f.rows(sid)).length < 1; i++) await new Promise((r) => setTimeout(r, 5));
+        await setAgentEnabled(f.tb.b, (who === 'root' ? owner : worker).id, false, 'test');
+        const r = await pending;
+        f.vault.delayMs = 0;
+        assert.equal(r.status, 401, JSON.stringify(r.body));
+        assert.equal(r.body.error, 'invalid_token');
+        assert.equal(r.body.credentials, undefined);
+        const [row] = await f.rows(sid);
+        assert.equal(row.state, 'revoked');
+        assert.equal(f.vault.getToken(row.handle!.accessor)?.state, 'revoked');
+      });
+    }
   });
 
   describe('concurrent issues (recorded by group commit)', () => {

@@ -130,8 +130,25 @@ delegation: { max_depth: 1, scopes: [docs:read] }
       await refused(() => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read'), 'invalid_grant', /DPoP-bound/);
       const thief = await dpopKey();
       await refused(async () => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', {}, { dpop: await proof(thief) }), 'invalid_grant', /DPoP-bound/);
-      const ok = await delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', {}, { dpop: await proof() });
+      const sub = await dpopKey();
+      const ok = await delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', { dpop_jkt: sub.jkt }, { dpop: await proof() });
       assert.equal(ok.status, 200, JSON.stringify(ok.body));
+    });
+
+    it('a bound parent never yields a bearer child: without dpop_jkt the delegation is refused, whatever the sub-agent policy says', async () => {
+      // The orchestrator's policy requires DPoP; the reader's does not. Today's bug: a plain bearer child.
+      const s = await session(tb, strictOrchestrator, 'docs:read', {}, { dpop: await proof() });
+      assert.equal(s.status, 200, JSON.stringify(s.body));
+      const parent = s.body.access_token as string;
+      await refused(async () => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', {}, { dpop: await proof() }), 'invalid_request', /DPoP-bound.*dpop_jkt/);
+      // A bound parent of a policy that does not itself require DPoP (a planner that chose DPoP) too.
+      const p2 = await session(tb, planner, 'docs:read', {}, { dpop: await proof() });
+      assert.equal(p2.body.token_type, 'DPoP');
+      await refused(async () => delegateReq(tb, planner, p2.body.access_token, reader.id, 'docs:read', {}, { dpop: await proof() }), 'invalid_request', /DPoP-bound.*dpop_jkt/);
+      const sub = await dpopKey();
+      const ok = await delegateReq(tb, planner, p2.body.access_token, reader.id, 'docs:read', { dpop_jkt: sub.jkt }, { dpop: await proof() });
+      assert.equal(ok.status, 200, JSON.stringify(ok.body));
+      assert.deepEqual(claimsOf(ok.body.access_token).cnf, { jkt: sub.jkt });
     });
   });
 

@@ -257,7 +257,7 @@ async function runScenario(shard: Shard, sc: Scenario): Promise<void> {
       let revokedAncestor = false;
       for (let a = t.parent; a !== null; a = model[a].parent) revokedAncestor ||= model[a].revoked;
       const state = stateOf(
-        { jti: r.jti, sid, clientId: r.clientId, parentJti: r.parentJti, scope: r.scope, depth: r.depth, expiresAt: r.expiresAt, revokedAt: r.revokedAt, cnfJkt: null, sessionAgentId: ses.agentId, sessionExpiresAt: ses.expiresAt, sessionRevokedAt: ses.revokedAt, sessionTask: null, holderName: String(t.holder), holderStatus: 'active', rootStatus: 'active', rootName: ses.agentId, rootPolicy: pol(t.chain[0]).name },
+        { jti: r.jti, sid, clientId: r.clientId, parentJti: r.parentJti, scope: r.scope, audience: r.audience, depth: r.depth, act: null, issuedAt: r.issuedAt, expiresAt: r.expiresAt, revokedAt: r.revokedAt, cnfJkt: null, sessionSubject: ses.agentId, sessionAgentId: ses.agentId, sessionExpiresAt: ses.expiresAt, sessionRevokedAt: ses.revokedAt, sessionTask: null, holderName: String(t.holder), holderStatus: 'active', rootStatus: 'active', rootName: ses.agentId, rootPolicy: pol(t.chain[0]).name },
         now,
       );
       if (revokedAncestor || ses.revokedAt !== null) {

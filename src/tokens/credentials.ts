@@ -92,7 +92,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   let claims: AccessTokenClaims;
   let view: TokenView;
   try {
-    ({ claims, view } = await requireActiveToken(b, req.jwt, 'invalid_token'));
+    ({ claims, view } = await requireActiveToken(b, req.jwt, 'invalid_token', EVENT));
   } catch (e) {
     // Refused before anyone is known: recorded with what was asked, never the token itself.
     if (e instanceof CordonError && !e.audited) {
@@ -173,7 +173,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
         sid: claims.sid,
         jti: claims.jti,
         chain,
-        ...(live ? {} : { reason: 'issued at the backend while the token was being revoked: revoked at once, not returned' }),
+        ...(live ? {} : { reason: 'issued at the backend while the token was being revoked (or an agent of its chain disabled): revoked at once, not returned' }),
         params: {
           name: req.name,
           provider: spec.provider,
@@ -202,8 +202,8 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   }
   if (outcome === 'token_revoked') {
     const row = await credentials.get(b.db, ireq.credentialId);
-    if (row) await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the token was revoked while the credential was being issued' });
-    const e = new CordonError('invalid_token', 'the token was revoked while the credential was being issued; the credential has been revoked', { reason: 'token_revoked_during_issue' });
+    if (row) await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the token was revoked (or an agent of its chain disabled) while the credential was being issued' });
+    const e = new CordonError('invalid_token', 'the token was revoked (or an agent of its chain disabled) while the credential was being issued; the credential has been revoked', { reason: 'token_revoked_during_issue' });
     return deny(e, { provider: spec.provider, credential_id: ireq.credentialId });
   }
   for (const f of b.hooks.onDecision) f(EVENT, 'allow', null);

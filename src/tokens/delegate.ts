@@ -38,7 +38,8 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
   let parent: AccessTokenClaims | undefined;
   let chain: string[] | null = [req.callerClientId];
   try {
-    const { claims, view } = await requireActiveToken(b, req.subjectToken, 'invalid_grant');
+    // Every bound below reads the parent as the broker recorded it, never as presented.
+    const { claims, view } = await requireActiveToken(b, req.subjectToken, 'invalid_grant', 'delegation.issue');
     parent = claims;
     chain = chainOf(claims);
     if (claims.client_id !== req.callerClientId) throw new CordonError('invalid_grant', 'subject_token is held by another agent: only its holder may exchange it', { reason: 'not_holder' });
@@ -70,7 +71,8 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
     const depth = claims.cordon_depth + 1;
     if (depth > rootPolicy.delegation.maxDepth) throw new CordonError('invalid_grant', `delegation depth ${depth} exceeds max_depth ${rootPolicy.delegation.maxDepth} of root policy ${rootPolicy.name}`, { reason: 'depth_exceeded' });
     if (callerPolicy.delegation.maxDepth < 1) throw new CordonError('invalid_grant', `policy ${callerPolicy.name} does not allow delegation (max_depth 0)`, { reason: 'depth_exceeded' });
-    for (const [at, policy] of await intermediatePolicies(b, chain, claims.cordon_depth)) {
+    const between = await intermediatePolicies(b, chain, claims.cordon_depth);
+    for (const [at, policy] of between) {
       if (depth > at + policy.delegation.maxDepth) throw new CordonError('invalid_grant', `delegation depth ${depth} exceeds what policy ${policy.name} (at depth ${at} of the chain) allows below it (max_depth ${policy.delegation.maxDepth})`, { reason: 'depth_exceeded' });
     }
 
@@ -124,6 +126,13 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
 
     if (req.bindJkt !== undefined && !JKT_PATTERN.test(req.bindJkt)) throw new CordonError('invalid_request', 'dpop_jkt must be a base64url SHA-256 JWK thumbprint', { reason: 'jkt_malformed' });
     if (actorPolicy.requireDpop && !req.bindJkt) throw new CordonError('invalid_request', `policy ${actorPolicy.name} requires DPoP: name the sub-agent's key with dpop_jkt`, { reason: 'dpop_required' });
+    // DPoP binding is carried down the chain: a bound parent never yields a bearer child, and
+    // neither does a chain any of whose policies requires DPoP.
+    if (!req.bindJkt) {
+      if (claims.cnf?.jkt) throw new CordonError('invalid_request', "the subject_token is DPoP-bound, so the sub-agent's token must be too: name its key with dpop_jkt", { reason: 'dpop_required' });
+      const strict = [rootPolicy, ...between.map(([, p]) => p), callerPolicy].find((p) => p.requireDpop);
+      if (strict) throw new CordonError('invalid_request', `policy ${strict.name}, earlier in this chain, requires DPoP: name the sub-agent's key with dpop_jkt`, { reason: 'dpop_required' });
+    }
 
     const act: ActClaim = { sub: actor.id, act: claims.act ?? { sub: claims.client_id } };
     const newChain = [...chain, actor.id];

@@ -1,6 +1,6 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { tokenStatus, verifySignature } from './verify.ts';
+import { recordClaims, tokenStatus, verifySignature } from './verify.ts';
 
 export type IntrospectionResponse = { active: false } | ({ active: true } & Record<string, unknown>);
 
@@ -9,14 +9,17 @@ export type IntrospectionResponse = { active: false } | ({ active: true } & Reco
  * key, `alg: none`, expired, revoked, revoked session or holder — is simply `active: false` (§2.2).
  */
 export async function introspect(b: Broker, token: unknown): Promise<IntrospectionResponse> {
-  let claims;
+  let presented;
   try {
-    claims = await verifySignature(b, token, 'invalid_token');
+    presented = await verifySignature(b, token, 'invalid_token');
   } catch (e) {
     if (e instanceof CordonError) return { active: false };
     throw e;
   }
-  if (!(await tokenStatus(b, claims)).state.active) return { active: false };
+  const { state, view } = await tokenStatus(b, presented, 'introspect');
+  if (!state.active) return { active: false };
+  // What the broker recorded, which the presented claims were checked against.
+  const claims = recordClaims(b, view!);
   return {
     active: true,
     token_type: claims.cnf ? 'DPoP' : 'Bearer',

@@ -12,6 +12,8 @@ import { verifySignature } from './verify.ts';
 export interface RevokeOutcome {
   tokens: string[];
   sessions: string[];
+  /** For a token revocation: the revoked token's session and depth (a root token's session stays open). */
+  token?: { sid: string; depth: number };
 }
 
 export interface RevokedSet {
@@ -70,7 +72,7 @@ export async function revokeTokenChain(b: Broker, jti: string, by: { actor: stri
       reason: `token chain revoked by ${by.actor}`,
       params: { via: by.via, target: 'token', revoked_count: changed.length, revoked_jtis: changed.slice(0, 50) },
     });
-    return { tokens: changed, sessions: [] };
+    return { tokens: changed, sessions: [], token: { sid: root.sid, depth: root.depth } };
   });
   await notify(b, { sids: [], jtis: result.tokens });
   return result;

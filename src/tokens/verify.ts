@@ -2,9 +2,11 @@ import { errors as joseErrors, jwtVerify, decodeProtectedHeader } from 'jose';
 import type { Broker } from '../broker.ts';
 import { CordonError, type OAuthErrorCode } from '../errors.ts';
 import { SIGNING_ALGS } from '../keys/keyring.ts';
+import canonicalize from 'canonicalize';
 import { num, numOrNull } from '../store/db.ts';
-import { ACCESS_TOKEN_TYP, chainOf, type AccessTokenClaims } from './claims.ts';
+import { ACCESS_TOKEN_TYP, audiencesOf, chainOf, type AccessTokenClaims, type ActClaim } from './claims.ts';
 import { isWellFormedId } from '../ids.ts';
+import { recordDenial } from './issue.ts';
 
 /** Refuses anything that is not even shaped like one of our tokens before any crypto runs. */
 const MAX_TOKEN_LENGTH = 8192;
@@ -58,10 +60,15 @@ export interface TokenView {
   clientId: string;
   parentJti: string | null;
   scope: string;
+  audience: string[];
   depth: number;
+  act: ActClaim | null;
+  issuedAt: number;
   expiresAt: number;
   revokedAt: number | null;
   cnfJkt: string | null;
+  /** The principal every token of the session acts for (the root agent, or the federated subject). */
+  sessionSubject: string;
   /** The holder's name (for backend metadata). */
   holderName: string;
   sessionAgentId: string;
@@ -83,7 +90,7 @@ export async function loadTokenView(b: Broker, jti: string): Promise<TokenView |
     .join('sessions as s', 's.sid', 't.sid')
     .join('agents as a', 'a.id', 't.client_id')
     .join('agents as r', 'r.id', 's.agent_id')
-    .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.depth', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 'a.name as a_name', 's.agent_id as s_agent', 's.task as s_task', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status', 'r.status as r_status', 'r.name as r_name', 'r.policy as r_policy')
+    .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.audience', 't.depth', 't.act', 't.issued_at', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 'a.name as a_name', 's.agent_id as s_agent', 's.subject as s_subject', 's.task as s_task', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status', 'r.status as r_status', 'r.name as r_name', 'r.policy as r_policy')
     .where('t.jti', jti)
     .first();
   if (!r) return undefined;
@@ -93,10 +100,14 @@ export async function loadTokenView(b: Broker, jti: string): Promise<TokenView |
     clientId: r.client_id,
     parentJti: r.parent_jti ?? null,
     scope: r.scope,
+    audience: JSON.parse(r.audience),
     depth: num(r.depth),
+    act: r.act ? JSON.parse(r.act) : null,
+    issuedAt: num(r.issued_at),
     expiresAt: num(r.expires_at),
     revokedAt: numOrNull(r.revoked_at),
     cnfJkt: r.cnf_jkt ?? null,
+    sessionSubject: r.s_subject,
     holderName: r.a_name,
     sessionAgentId: r.s_agent,
     sessionTask: r.s_task ?? null,
@@ -130,28 +141,94 @@ const WHY_TEXT: Record<Exclude<TokenState, { active: true }>['why'], string> = {
 };
 
 /**
+ * The token as the broker recorded it. Decisions take every claim from here, never from what was
+ * presented: a token signed with a leaked key but never issued by this broker has no record, and one
+ * whose claims were widened does not match it (tokenStatus refuses it).
+ */
+export function recordClaims(b: Broker, v: TokenView): AccessTokenClaims {
+  const iat = Math.floor(v.issuedAt / 1000);
+  return {
+    iss: b.config.issuer,
+    sub: v.sessionSubject,
+    aud: v.audience.length === 1 ? v.audience[0] : v.audience,
+    iat,
+    nbf: iat,
+    exp: Math.floor(v.expiresAt / 1000),
+    jti: v.jti,
+    client_id: v.clientId,
+    scope: v.scope,
+    sid: v.sid,
+    ...(v.sessionTask ? { task: v.sessionTask } : {}),
+    cordon_depth: v.depth,
+    ...(v.act ? { act: v.act } : {}),
+    ...(v.cnfJkt ? { cnf: { jkt: v.cnfJkt } } : {}),
+  };
+}
+
+/** The claims that differ between a presented token and its record (empty when they agree). */
+export function claimMismatches(presented: AccessTokenClaims, record: AccessTokenClaims): string[] {
+  const same = (a: unknown, b: unknown): boolean => canonicalize(a ?? null) === canonicalize(b ?? null);
+  const out: string[] = [];
+  const pairs: Array<[string, unknown, unknown]> = [
+    ['sub', presented.sub, record.sub],
+    ['aud', audiencesOf(presented), audiencesOf(record)],
+    ['iat', presented.iat, record.iat],
+    ['exp', presented.exp, record.exp],
+    ['client_id', presented.client_id, record.client_id],
+    ['scope', presented.scope, record.scope],
+    ['sid', presented.sid, record.sid],
+    ['task', presented.task, record.task],
+    ['cordon_depth', presented.cordon_depth, record.cordon_depth],
+    ['act', presented.act, record.act],
+    ['cnf', presented.cnf?.jkt, record.cnf?.jkt],
+  ];
+  for (const [name, a, b] of pairs) if (!same(a, b)) out.push(name);
+  return out;
+}
+
+/**
  * The record's verdict on a verified token: its own row, session, holder and root (one join), and
  * for chains deeper than one link the agents in between (one more query), so disabling any link
- * of a chain stops what was delegated through it.
+ * of a chain stops what was delegated through it. A validly signed token whose claims differ from
+ * its record was not minted by this broker as presented (a leaked signing key): it is refused and
+ * the refusal audited here, with the claims that differ (`audited` tells callers not to write it again).
  */
-export async function tokenStatus(b: Broker, claims: AccessTokenClaims): Promise<{ state: TokenState; view?: TokenView }> {
+export async function tokenStatus(b: Broker, claims: AccessTokenClaims, attempted = 'token.use'): Promise<{ state: TokenState; view?: TokenView; audited?: boolean }> {
   const view = await loadTokenView(b, claims.jti);
   const state = stateOf(view, b.clock.now());
   if (!state.active) return { state, view };
-  // The record is the source of truth; a token whose claims disagree with it was not minted here.
-  if (view!.sid !== claims.sid || view!.clientId !== claims.client_id) return { state: { active: false, why: 'mismatch' }, view };
-  if (claims.cordon_depth >= 2) {
-    const between = chainOf(claims).slice(1, -1);
+  const differ = claimMismatches(claims, recordClaims(b, view!));
+  if (differ.length) {
+    await recordDenial(b, {
+      event: attempted,
+      agentId: view!.clientId,
+      sid: view!.sid,
+      jti: view!.jti,
+      chain: chainOf(recordClaims(b, view!), view!.sessionAgentId),
+      reason: `token_mismatch: a validly signed token differs from its record (${differ.join(', ')}); the signing key may have leaked`,
+      params: { mismatched: differ },
+    });
+    return { state: { active: false, why: 'mismatch' }, view, audited: true };
+  }
+  if (view!.depth >= 2) {
+    const between = chainOf(recordClaims(b, view!)).slice(1, -1);
     const rows = await b.read('agents').select('id', 'status').whereIn('id', between);
     if (rows.length !== new Set(between).size || rows.some((r) => r.status !== 'active')) return { state: { active: false, why: 'agent_inactive' }, view };
   }
   return { state, view };
 }
 
-/** Signature, then record: the full check for a token presented as a credential. */
-export async function requireActiveToken(b: Broker, jwt: unknown, code: OAuthErrorCode): Promise<{ claims: AccessTokenClaims; view: TokenView }> {
-  const claims = await verifySignature(b, jwt, code);
-  const { state, view } = await tokenStatus(b, claims);
-  if (!state.active) throw new CordonError(code, WHY_TEXT[state.why], { reason: `token_${state.why}` });
-  return { claims, view: view! };
+/**
+ * Signature, then record: the full check for a token presented as a credential. The claims
+ * returned are the record's (recordClaims), which the presented ones were checked against.
+ */
+export async function requireActiveToken(b: Broker, jwt: unknown, code: OAuthErrorCode, attempted?: string): Promise<{ claims: AccessTokenClaims; view: TokenView }> {
+  const presented = await verifySignature(b, jwt, code);
+  const { state, view, audited } = await tokenStatus(b, presented, attempted);
+  if (!state.active) {
+    const e = new CordonError(code, WHY_TEXT[state.why], { reason: `token_${state.why}` });
+    if (audited) e.audited = true;
+    throw e;
+  }
+  return { claims: recordClaims(b, view!), view: view! };
 }
