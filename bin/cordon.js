@@ -1,6 +1,11 @@
 #!/usr/bin/env node
-// The CLI ships as TypeScript; tsx's loader compiles it on the fly so `npx cordon` works after a plain install.
-import { register } from 'tsx/esm/api';
-register();
-const { main } = await import('../src/cli/main.ts');
-process.exitCode = await main(process.argv.slice(2));
+// The CLI runs the compiled package (dist/, built by `npm run build`, which `npm install` runs as `prepare`).
+import { existsSync } from 'node:fs';
+
+const main = new URL('../dist/src/cli/main.js', import.meta.url);
+if (!existsSync(main)) {
+  process.stderr.write('cordon: the package is not built (dist/ is missing): run `npm run build` in the cordon directory\n');
+  process.exit(1);
+}
+const { main: run } = await import(main.href);
+process.exitCode = await run(process.argv.slice(2));

@@ -1,6 +1,5 @@
 /** `cordon agent register|list|show|disable|enable|rotate|bootstrap`. */
-import { existsSync, readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { Broker } from '../broker.ts';
 import { registerAgent as register, findAgent, setAgentEnabled, rotateAgentCredential } from '../tokens/agents.ts';
@@ -174,14 +173,7 @@ export function registerAgent(program: Command, ctx: Ctx): void {
     );
 }
 
-type IssueBootstrap = (b: Broker, agentIdOrName: string, opts: { ttlSec: number; actor?: string }) => Promise<{ token: string; id: string; expiresAt: number }>;
-
-/** Bootstrap tokens live in tokens/bootstrap.ts, loaded on demand so this CLI builds with or without it. */
-async function loadBootstrap(): Promise<IssueBootstrap> {
-  const url = new URL('../tokens/bootstrap.ts', import.meta.url);
-  if (!existsSync(fileURLToPath(url))) throw new CliError('agent bootstrap is not available in this build (src/tokens/bootstrap.ts is missing)');
-  const spec: string = url.href;
-  const mod = (await import(spec)) as { issueBootstrapToken?: IssueBootstrap };
-  if (typeof mod.issueBootstrapToken !== 'function') throw new CliError('agent bootstrap is not available in this build (issueBootstrapToken is not exported)');
-  return mod.issueBootstrapToken;
+/** Bootstrap tokens are loaded on use, so the other agent commands do not load them. */
+async function loadBootstrap(): Promise<typeof import('../tokens/bootstrap.ts').issueBootstrapToken> {
+  return (await import('../tokens/bootstrap.ts')).issueBootstrapToken;
 }

@@ -3,8 +3,6 @@
  * shell exports or an AWS credential_process document) and `cordon exec` (run a command
  * inside a session; the work is in exec.ts).
  */
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { ConfigError } from '../errors.ts';
@@ -104,9 +102,6 @@ export function registerCreds(program: Command, ctx: Ctx): void {
     );
 }
 
-/** Signature of exec.ts's entry point (written separately). */
-type RunExec = (o: { issuer: string; clientId: string; clientSecret?: string; scope: string; task: string; creds: string[]; command: string[] }) => Promise<number> | number;
-
 export function registerExec(program: Command, ctx: Ctx): void {
   leaf(program, 'exec', 'open a session, fetch credentials into the environment and run a command: cordon exec --scope S --task T [--cred NAME…] -- command args…')
     .requiredOption('--scope <scope>', 'the task scope to open the session for (space-separated)')
@@ -127,11 +122,8 @@ export function registerExec(program: Command, ctx: Ctx): void {
         if (!clientId && (clientSecret || set('CORDON_PRIVATE_KEY_FILE'))) throw new ConfigError('CORDON_CLIENT_ID', "must be set to the agent's client_id");
         if (!clientSecret && !other) throw new ConfigError('CORDON_CLIENT_ID', 'no agent credentials: set CORDON_CLIENT_ID and CORDON_CLIENT_SECRET (or CORDON_PRIVATE_KEY_FILE, CORDON_BOOTSTRAP_TOKEN, CORDON_FEDERATED_TOKEN_FILE)');
         const issuer = issuerUrl();
-        const url = new URL('./exec.ts', import.meta.url);
-        if (!existsSync(fileURLToPath(url))) throw new CliError('exec is not available in this build (src/cli/exec.ts is missing)');
-        const spec: string = url.href;
-        const mod = (await import(spec)) as { runExec?: RunExec };
-        if (typeof mod.runExec !== 'function') throw new CliError('exec is not available in this build (src/cli/exec.ts does not export runExec)');
+        // Loaded on use: the SDK and the child-process plumbing are exec's alone.
+        const mod = await import('./exec.ts');
         return await mod.runExec({ issuer, clientId, clientSecret, scope: opts.scope, task: opts.task, creds: opts.cred as string[], command: argv });
       }),
     );

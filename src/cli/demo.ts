@@ -2,10 +2,10 @@
  * `cordon demo`: the whole story against a throw-away broker (temp SQLite, temp keys, the
  * repository's example policies) over real HTTP, in a few seconds, cleaning up after itself.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { decodeJwt } from 'jose';
@@ -94,7 +94,7 @@ export function registerDemo(program: Command, ctx: Ctx): void {
         let r: RunningBroker | undefined;
         try {
           const port = await freePort();
-          const policyDir = fileURLToPath(new URL('../../policies/', import.meta.url));
+          const policyDir = shippedPolicies();
           const config = loadConfig({
             CORDON_ISSUER: `http://127.0.0.1:${port}`,
             HOST: '127.0.0.1',
@@ -235,4 +235,12 @@ export function registerDemo(program: Command, ctx: Ctx): void {
         }
       }),
     );
+}
+
+/** The personas shipped in the package's policies/ (found from here, whether running from src/ or the compiled dist/src/). */
+function shippedPolicies(): string {
+  for (let dir = dirname(fileURLToPath(import.meta.url)); dir !== dirname(dir); dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'policies'))) return join(dir, 'policies');
+  }
+  throw new CliError('the shipped policies/ directory was not found beside the package');
 }
