@@ -213,6 +213,30 @@ describe('cordon CLI', function () {
       assert.equal(list.find((p: any) => p.name === 'research-planner').token_ttl, 900);
     });
 
+    it('policy lint prints warnings as file:line:col: warning: … and still exits 0', async () => {
+      const pol = join(dir, 'warned-policies');
+      mkdirSync(pol);
+      const cred = '  tickets-vault: { provider: vault, vault_policies: [tickets-read], ttl: 10m }\n';
+      writeFileSync(join(pol, 'orchestrator.yaml'), `name: orchestrator\nscopes: [cred:tickets-vault]\ndelegation: { max_depth: 1, scopes: [cred:tickets-vault] }\ncredentials:\n${cred}`);
+      writeFileSync(join(pol, 'sub.yaml'), `name: sub-agent\nscopes: [cred:tickets-vault]\ncredentials:\n${cred}`);
+      const r = await cli('policy', 'lint', pol);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /sub\.yaml:4:3: warning: credentials\.tickets-vault: policy orchestrator also defines/);
+      assert.match(r.out, /2 policies, no problems, 1 warning/);
+      assert.equal(r.err, '');
+      const j = await cli('policy', 'lint', pol, '--json');
+      assert.equal(j.code, 0, j.err);
+      const out = JSON.parse(j.out);
+      assert.equal(out.ok, true);
+      assert.deepEqual(out.problems.map((p: any) => [p.line, p.column, p.severity]), [[4, 3, 'warning']]);
+
+      // With an error beside it, the error fails lint and is marked as one.
+      writeFileSync(join(pol, 'ghost.yaml'), 'name: ghost\nscopes: [cred:ghost]\n');
+      const bad = await cli('policy', 'lint', pol, '--json');
+      assert.equal(bad.code, 1);
+      assert.deepEqual(JSON.parse(bad.out).problems.map((p: any) => [p.line, p.severity]), [[2, 'error'], [4, 'warning']]);
+    });
+
     it('keys rotate adds a kid and retires the old one, still published', async () => {
       assert.equal((await cli('init')).code, 0);
       const before = json(await cli('keys', 'list', '--json'));
