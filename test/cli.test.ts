@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -87,6 +87,30 @@ describe('cordon CLI', function () {
       const again = json(await cli('init', '--json'));
       assert.ok(again.made.some((m: any) => m.item === 'signing key' && m.status === 'exists'));
       assert.ok(again.made.some((m: any) => m.item === 'migrations' && m.status === 'up to date'));
+    });
+
+    it('status warns about private files more open than they should be (and still exits 0)', async () => {
+      const umask = process.umask(0o022);
+      try {
+        assert.equal((await cli('init')).code, 0);
+        assert.deepEqual(json(await cli('status', '--json')).file_modes, []);
+        assert.match((await cli('status')).out, /File permissions\n\s+ok/);
+        const hmac = join(dir, 'data', 'keys', 'client-secret-hmac.key');
+        chmodSync(hmac, 0o644);
+        chmodSync(join(dir, 'data'), 0o755);
+        const r = await cli('status', '--json');
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(JSON.parse(r.out).file_modes, [
+          { path: join(dir, 'data'), mode: '0755', expected: '0700' },
+          { path: hmac, mode: '0644', expected: '0600' },
+        ]);
+        const t = await cli('status');
+        assert.equal(t.code, 0, t.err);
+        assert.match(t.out, /File permissions\n.*2 private file\(s\) more open/);
+        assert.match(t.out, new RegExp(`${hmac.replace(/[.\\]/g, '\\$&')}\\s+0644\\s+0600`));
+      } finally {
+        process.umask(umask);
+      }
     });
 
     it('agent register --json prints client_id and client_secret; list, show, disable, enable, rotate', async () => {
