@@ -131,7 +131,7 @@ function fileGrants(f: PolicyFile, file: string, at: (path: Path, part: 'key' | 
   const defines: FileGrants['defines'] = [];
   for (const kind of GRANT_KINDS) {
     f.scopes.forEach((scope, index) => {
-      if (scope.startsWith(kind.prefix) && scope.length > kind.prefix.length && !isWildcard(scope)) {
+      if (scope.startsWith(kind.prefix) && !isWildcard(scope)) {
         uses.push({ kind, name: kind.nameOf(scope), scope, index, ...at(['scopes', index], 'value') });
       }
     });
@@ -358,13 +358,13 @@ function grantChecks(files: FileGrants[]): { problems: LintProblem[]; warnings: 
       if (!g.uses.some((u) => u.kind === d.kind && u.name === d.name)) continue; // not receivable here (and an error of its own)
       const over = (definers.get(scope) ?? []).filter((p) => p !== g && covers(p.delegates, scope)).map((p) => p.policy);
       if (over.length === 0) continue;
-      const who = over.length === 1 ? `policy ${over[0]} also defines` : `policies ${over.join(', ')} also define`;
+      const who = over.length === 1 ? `policy ${over[0]} also defines ${d.name} and hands` : `policies ${over.join(', ')} also define ${d.name} and hand`;
       warnings.push({
         file: g.file,
         line: d.line,
         column: d.column,
         severity: 'warning',
-        message: `${d.kind.block}.${d.name}: ${who} ${d.name} and hand${over.length === 1 ? 's' : ''} ${scope} down; a session's root policy's definition governs, so when this policy receives ${scope} by delegation this definition never applies (only in sessions its own agents open)`,
+        message: `${d.kind.block}.${d.name}: ${who} ${scope} down; in the sessions ${over.length === 1 ? 'it opens, its definition governs' : 'they open, their definitions govern'} (the session root's), so this one never applies to a ${scope} received there by delegation, only in sessions this policy's own agents open`,
       });
     }
   }
