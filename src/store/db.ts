@@ -70,7 +70,11 @@ export function openReadDb(databaseUrl: string, writer: Db, connections = 4): Db
  */
 function makePrivate(filename: string): void {
   mkdirSync(dirname(filename), { recursive: true, mode: 0o700 });
-  closeSync(openSync(filename, 'a', 0o600));
+  try {
+    closeSync(openSync(filename, 'wx', 0o600));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
   for (const f of filesOf(filename).slice(1)) {
     try {
       if ((statSync(f.path).mode & 0o777 & ~f.expected) !== 0) chmodSync(f.path, f.expected);
