@@ -47,6 +47,8 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
   const clock = opts.clock ?? systemClock;
   const log = opts.log ?? pino({ level: config.logLevel, redact: ['req.headers.authorization', 'req.headers.dpop', '*.client_secret'] });
   const policies = await loadPolicies(config.policyDir);
+  // Warnings do not stop the broker, but whoever runs it should see them (names and places only).
+  for (const w of policies.warnings) log.warn({ file: w.file, line: w.line, column: w.column }, `policy lint warning: ${w.message}`);
   const db = openDb(config.databaseUrl);
   try {
     await migrate(db);

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -87,6 +87,30 @@ describe('cordon CLI', function () {
       const again = json(await cli('init', '--json'));
       assert.ok(again.made.some((m: any) => m.item === 'signing key' && m.status === 'exists'));
       assert.ok(again.made.some((m: any) => m.item === 'migrations' && m.status === 'up to date'));
+    });
+
+    it('status warns about private files more open than they should be (and still exits 0)', async () => {
+      const umask = process.umask(0o022);
+      try {
+        assert.equal((await cli('init')).code, 0);
+        assert.deepEqual(json(await cli('status', '--json')).file_modes, []);
+        assert.match((await cli('status')).out, /File permissions\n\s+ok/);
+        const hmac = join(dir, 'data', 'keys', 'client-secret-hmac.key');
+        chmodSync(hmac, 0o644);
+        chmodSync(join(dir, 'data'), 0o755);
+        const r = await cli('status', '--json');
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(JSON.parse(r.out).file_modes, [
+          { path: join(dir, 'data'), mode: '0755', expected: '0700' },
+          { path: hmac, mode: '0644', expected: '0600' },
+        ]);
+        const t = await cli('status');
+        assert.equal(t.code, 0, t.err);
+        assert.match(t.out, /File permissions\n.*2 private file\(s\) more open/);
+        assert.match(t.out, new RegExp(`${hmac.replace(/[.\\]/g, '\\$&')}\\s+0644\\s+0600`));
+      } finally {
+        process.umask(umask);
+      }
     });
 
     it('agent register --json prints client_id and client_secret; list, show, disable, enable, rotate', async () => {
@@ -211,6 +235,30 @@ describe('cordon CLI', function () {
       const list = json(await cli('policy', 'list', '--json'));
       assert.deepEqual(list.map((p: any) => p.name), ['doc-reader', 'research-planner', 'support-summarizer']);
       assert.equal(list.find((p: any) => p.name === 'research-planner').token_ttl, 900);
+    });
+
+    it('policy lint prints warnings as file:line:col: warning: … and still exits 0', async () => {
+      const pol = join(dir, 'warned-policies');
+      mkdirSync(pol);
+      const cred = '  tickets-vault: { provider: vault, vault_policies: [tickets-read], ttl: 10m }\n';
+      writeFileSync(join(pol, 'orchestrator.yaml'), `name: orchestrator\nscopes: [cred:tickets-vault]\ndelegation: { max_depth: 1, scopes: [cred:tickets-vault] }\ncredentials:\n${cred}`);
+      writeFileSync(join(pol, 'sub.yaml'), `name: sub-agent\nscopes: [cred:tickets-vault]\ncredentials:\n${cred}`);
+      const r = await cli('policy', 'lint', pol);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /sub\.yaml:4:3: warning: credentials\.tickets-vault: policy orchestrator also defines/);
+      assert.match(r.out, /2 policies, no problems, 1 warning/);
+      assert.equal(r.err, '');
+      const j = await cli('policy', 'lint', pol, '--json');
+      assert.equal(j.code, 0, j.err);
+      const out = JSON.parse(j.out);
+      assert.equal(out.ok, true);
+      assert.deepEqual(out.problems.map((p: any) => [p.line, p.column, p.severity]), [[4, 3, 'warning']]);
+
+      // With an error beside it, the error fails lint and is marked as one.
+      writeFileSync(join(pol, 'ghost.yaml'), 'name: ghost\nscopes: [cred:ghost]\n');
+      const bad = await cli('policy', 'lint', pol, '--json');
+      assert.equal(bad.code, 1);
+      assert.deepEqual(JSON.parse(bad.out).problems.map((p: any) => [p.line, p.severity]), [[2, 'error'], [4, 'warning']]);
     });
 
     it('keys rotate adds a kid and retires the old one, still published', async () => {

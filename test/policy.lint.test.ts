@@ -6,6 +6,9 @@ import { fileURLToPath } from 'node:url';
 import { formatProblem, lintPolicyDir, PolicyDirError } from '../src/policy/lint.ts';
 import { loadPolicies, PolicyLintError } from '../src/policy/load.ts';
 import type { LintProblem } from '../src/policy/types.ts';
+import pino from 'pino';
+import { openBroker, closeBroker } from '../src/broker.ts';
+import { loadConfig } from '../src/config/index.ts';
 
 const SHIPPED = fileURLToPath(new URL('../policies/', import.meta.url));
 
@@ -274,9 +277,9 @@ describe('policy/lint', () => {
       assert.deepEqual(problems, []);
     });
 
-    it('a cred: scope with no credentials entry', async () => {
+    it('a cred: scope that no policy defines (here the only one), at the scope', async () => {
       const { file, problems } = await lintOne('name: base\nscopes:\n  - tickets:read\n  - cred:ghost\n');
-      one(problems, file, 4, /scopes\[1\]: cred:ghost grants a credential that credentials: does not define/, 5);
+      one(problems, file, 4, /scopes\[1\]: cred:ghost grants a credential that no policy in this directory defines/, 5);
     });
 
     it('a credentials entry no cred: scope grants, at the key', async () => {
@@ -333,6 +336,50 @@ describe('policy/lint', () => {
       assert.deepEqual((await lintPolicyDir(agreed)).problems, []);
     });
 
+    describe("cred: scopes across policies (the session root's definition governs)", () => {
+      const ORCHESTRATOR = `name: orchestrator
+scopes: [tickets:read, cred:tickets-vault]
+delegation:
+  max_depth: 1
+  scopes: [tickets:read, cred:tickets-vault]
+credentials:
+  tickets-vault: { provider: vault, vault_policies: [tickets-read], ttl: 10m }
+`;
+      const SUB = 'name: sub-agent\nscopes: [tickets:read, cred:tickets-vault]\n';
+
+      it('a sub-agent may list a cred: scope that another policy defines, to receive it by delegation', async () => {
+        const dir = await dirWith({ 'orchestrator.yaml': ORCHESTRATOR, 'sub.yaml': SUB });
+        const { policies, problems, warnings } = await lintPolicyDir(dir);
+        assert.deepEqual(problems.map(formatProblem), []);
+        assert.deepEqual(warnings.map(formatProblem), []);
+        assert.deepEqual(policies.map((p) => p.name), ['orchestrator', 'sub-agent']);
+      });
+
+      it('a cred: scope that no policy defines is an error at that scope', async () => {
+        const dir = await dirWith({ 'orchestrator.yaml': ORCHESTRATOR, 'sub.yaml': 'name: sub-agent\nscopes:\n  - tickets:read\n  - cred:tickets-vault\n  - cred:ghost\n' });
+        const { problems, warnings } = await lintPolicyDir(dir);
+        const p = one(problems, join(dir, 'sub.yaml'), 5, /^scopes\[2\]: cred:ghost grants a credential that no policy in this directory defines/, 5);
+        assert.notEqual(p.severity, 'warning');
+        assert.deepEqual(warnings, []);
+      });
+
+      it("warns (without failing) on a sub-agent's definition that a delegating policy's definition overrides", async () => {
+        const own = `${SUB}credentials:\n  tickets-vault: { provider: vault, vault_policies: [tickets-admin], ttl: 5m }\n`;
+        const dir = await dirWith({ 'orchestrator.yaml': ORCHESTRATOR, 'sub.yaml': own });
+        const { problems, warnings } = await lintPolicyDir(dir);
+        assert.deepEqual(problems.map(formatProblem), []);
+        const w = one(warnings, join(dir, 'sub.yaml'), 4, /^credentials\.tickets-vault: policy orchestrator also defines tickets-vault and hands cred:tickets-vault down/, 3);
+        assert.equal(w.severity, 'warning');
+        assert.match(formatProblem(w), /^[^:]+:4:3: warning: credentials\.tickets-vault: /);
+        // Nothing to warn about when the other definer does not hand cred:tickets-vault down.
+        const keeps = await dirWith({ 'orchestrator.yaml': ORCHESTRATOR.replace('  scopes: [tickets:read, cred:tickets-vault]', '  scopes: [tickets:read]'), 'sub.yaml': own });
+        assert.deepEqual((await lintPolicyDir(keeps)).warnings, []);
+        const set = await loadPolicies(dir);
+        assert.deepEqual(set.names(), ['orchestrator', 'sub-agent']);
+        assert.deepEqual(set.warnings.map(formatProblem), [formatProblem(w)]);
+      });
+    });
+
     it('reads *.yaml and *.yml only, sorted, skipping hidden files and subdirectories, following symlinks', async () => {
       const dir = await dirWith({
         'b.yml': BASE.replace('base', 'b'),
@@ -379,6 +426,29 @@ describe('policy/lint', () => {
         assert.match(e.message, /and 1 more problem\)$/);
         return true;
       });
+    });
+
+    it('the broker starts with warnings and logs each one', async () => {
+      const dir = await dirWith({
+        'a.yaml': 'name: orchestrator\nscopes: [cred:db]\ndelegation: { max_depth: 1, scopes: [cred:db] }\ncredentials:\n  db: { provider: vault, path: database/creds/ro, ttl: 10m }\n',
+        'b.yaml': BASE,
+      });
+      const data = await mkdtemp(join(tmpdir(), 'cordon-broker-'));
+      tmpDirs.push(data);
+      const lines: string[] = [];
+      const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(l) });
+      const config = loadConfig({ DATABASE_URL: `sqlite://${join(data, 'cordon.sqlite')}`, CORDON_KEY_DIR: join(data, 'keys'), CORDON_POLICY_DIR: dir });
+      const b = await openBroker(config, { log });
+      try {
+        assert.deepEqual(b.policies.names(), ['base', 'orchestrator']);
+        const warned = lines.map((l) => JSON.parse(l)).filter((l) => l.level === 40);
+        assert.equal(warned.length, 1, lines.join(''));
+        assert.equal(warned[0].file, join(dir, 'b.yaml'));
+        assert.equal(warned[0].line, 4);
+        assert.match(warned[0].msg, /credentials\.db: policy orchestrator also defines db/);
+      } finally {
+        await closeBroker(b);
+      }
     });
 
     it('hands out frozen policies', async () => {

@@ -27,27 +27,29 @@ export function policyJson(p: Policy): Record<string, unknown> {
 export function registerPolicy(program: Command, ctx: Ctx): void {
   const policy = program.command('policy').description('check and list policies');
 
-  leaf(policy, 'lint [dir]', 'check policy files; prints file:line:col: message per problem and exits 1 if there is any')
+  leaf(policy, 'lint [dir]', 'check policy files; prints file:line:col: message per problem (and per warning) and exits 1 if there is any problem')
     .action(
       action(ctx, async ({ args: [dirArg], json }) => {
         // With a directory given, the rest of the configuration is irrelevant and not read.
         const dir = dirArg ?? config().policyDir;
-        const { policies, problems } = await lintPolicyDir(dir);
+        const { policies, problems, warnings } = await lintPolicyDir(dir);
         if (json) {
           await printJson(ctx.io, {
             dir: resolve(dir),
             ok: problems.length === 0,
             policies: policies.map((p) => p.name),
-            problems: problems.map((p) => ({ file: p.file, line: p.line, column: p.column, message: p.message })),
+            problems: [...problems, ...warnings].map((p) => ({ file: p.file, line: p.line, column: p.column, severity: p.severity ?? 'error', message: p.message })),
           });
           return problems.length ? 1 : 0;
         }
+        // Warnings never fail lint: the broker loads the set and logs them.
+        ctx.io.out([...problems, ...warnings].map((p) => `${formatProblem(p)}\n`).join(''));
+        const warned = warnings.length ? `${warnings.length} warning${warnings.length > 1 ? 's' : ''}` : '';
         if (problems.length) {
-          ctx.io.out(problems.map((p) => `${formatProblem(p)}\n`).join(''));
-          ctx.io.err(`cordon: ${problems.length} problem${problems.length > 1 ? 's' : ''} in ${dir}; the broker will not start until they are fixed\n`);
+          ctx.io.err(`cordon: ${problems.length} problem${problems.length > 1 ? 's' : ''}${warned ? ` (and ${warned})` : ''} in ${dir}; the broker will not start until they are fixed\n`);
           return 1;
         }
-        ctx.io.out(`${dir}: ${policies.length} polic${policies.length === 1 ? 'y' : 'ies'}, no problems${policies.length ? ` (${policies.map((p) => p.name).join(', ')})` : ''}\n`);
+        ctx.io.out(`${dir}: ${policies.length} polic${policies.length === 1 ? 'y' : 'ies'}, no problems${warned ? `, ${warned}` : ''}${policies.length ? ` (${policies.map((p) => p.name).join(', ')})` : ''}\n`);
       }),
     );
 

@@ -1,16 +1,18 @@
 /**
  * `cordon status`: what is alive right now (sessions, tokens, backend credentials per session,
- * STS credentials revoked but still valid at AWS until they expire) and the invariant check:
- * no session or token may live longer than its policy allows.
+ * STS credentials revoked but still valid at AWS until they expire), the invariant check: no
+ * session or token may live longer than its policy allows, and private files left too open.
  */
+import { statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { Broker } from '../broker.ts';
 import { agents } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
 import { credentials, type CredentialRow } from '../store/credentials.ts';
-import { num } from '../store/db.ts';
-import { listKeys } from '../keys/keyring.ts';
+import { num, sqliteFiles } from '../store/db.ts';
+import { keyFiles, listKeys } from '../keys/keyring.ts';
 import { auditRows } from '../store/audit.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
 import { fmtDuration, fmtTime, fmtWhen, iso, kv, printJson, style, table } from './output.ts';
@@ -26,6 +28,31 @@ interface OverCap {
   capSec: number;
 }
 
+interface LooseFile {
+  path: string;
+  mode: string;
+  expected: string;
+}
+
+const octal = (mode: number): string => `0${mode.toString(8).padStart(3, '0')}`;
+
+/**
+ * Private files (data and key directories, database, keys) that group or others may read, write or
+ * enter: installs made before Cordon set these modes itself, or loosened since. A warning only.
+ */
+function looseFiles(files: Array<{ path: string; expected: number }>): LooseFile[] {
+  const out = new Map<string, LooseFile>();
+  for (const f of files) {
+    let mode: number;
+    try {
+      mode = statSync(f.path).mode & 0o777;
+    } catch {
+      continue; // absent (-wal, -shm when no connection is open): nothing to report
+    }
+    if ((mode & ~f.expected) !== 0 && !out.has(f.path)) out.set(f.path, { path: f.path, mode: octal(mode), expected: octal(f.expected) });
+  }
+  return [...out.values()];
+}
 
 /** Records that outlive their cap, found in SQL per policy so a large table is not read into memory. */
 async function overCap(b: Broker): Promise<{ found: OverCap[]; unchecked: string[] }> {
@@ -62,7 +89,8 @@ export function registerStatus(program: Command, ctx: Ctx): void {
           const revokedAlive = await credentials.unexpired(b.db, now, 'revocation_unenforced');
           const failedAlive = await credentials.unexpired(b.db, now, 'revoke_failed');
           const caps = await overCap(b);
-          return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, issuer: b.config.issuer };
+          const loose = looseFiles([...sqliteFiles(b.config.databaseUrl), ...keyFiles(resolve(b.config.keyDir))]);
+          return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, loose, issuer: b.config.issuer };
         });
         const names = new Map(r.all.map((a) => [a.id, a.name]));
         const nameOf = (id: string) => names.get(id) ?? id;
@@ -88,6 +116,7 @@ export function registerStatus(program: Command, ctx: Ctx): void {
             revoke_failed_still_valid: r.failedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
             over_cap: r.caps.found.map((o) => ({ kind: o.kind, id: o.id, agent: { client_id: o.agentId, name: names.get(o.agentId) ?? null }, policy: o.policy, lifetime_sec: o.lifetimeSec, cap_sec: o.capSec })),
             unchecked_policies: r.caps.unchecked,
+            file_modes: r.loose,
           });
           return r.caps.found.length ? 1 : 0;
         }
@@ -127,6 +156,13 @@ export function registerStatus(program: Command, ctx: Ctx): void {
           io.out(table(['KIND', 'ID', 'AGENT', 'POLICY', 'LIFETIME', 'CAP'], r.caps.found.map((o) => [o.kind, o.id, nameOf(o.agentId), o.policy, fmtDuration(o.lifetimeSec), fmtDuration(o.capSec)])));
         }
         if (r.caps.unchecked.length) io.out(`  not checked (policy not loaded): ${r.caps.unchecked.join(', ')}\n`);
+
+        io.out(`\n${st.bold('File permissions')}\n`);
+        if (!r.loose.length) io.out(`  ${st.green('ok')}: data and key directories 0700, database and key files 0600 (or tighter)\n`);
+        else {
+          io.out(st.yellow(`  ${r.loose.length} private file(s) more open than they should be: chmod them to the expected mode\n`));
+          io.out(table(['PATH', 'MODE', 'EXPECTED'], r.loose.map((f) => [f.path, f.mode, f.expected])));
+        }
         return r.caps.found.length ? 1 : 0;
       }),
     );

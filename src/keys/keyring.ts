@@ -1,5 +1,5 @@
 import { randomBytes, createHmac, timingSafeEqual, type KeyObject, createPrivateKey, createPublicKey } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { Clock } from '../clock.ts';
@@ -205,10 +205,22 @@ export class Keyring {
   }
 }
 
+const SECRET_HASH_KEY_FILE = 'client-secret-hmac.key';
+
+/**
+ * The key directory and the private files in it (signing keys, the secret-hash key) with the
+ * widest mode each should have, for `cordon status`: 0700 and 0600. Empty when the directory is missing.
+ */
+export function keyFiles(keyDir: string): Array<{ path: string; expected: number }> {
+  if (!existsSync(keyDir)) return [];
+  const names = readdirSync(keyDir).filter((n) => n.endsWith('.jwk.json') || n === SECRET_HASH_KEY_FILE).sort();
+  return [{ path: keyDir, expected: 0o700 }, ...names.map((n) => ({ path: join(keyDir, n), expected: 0o600 }))];
+}
+
 /** The key for hashing client secrets (HMAC-SHA256), created once beside the signing keys. */
 export function loadSecretHashKey(keyDir: string): Buffer {
   ensureDir(keyDir);
-  const file = join(keyDir, 'client-secret-hmac.key');
+  const file = join(keyDir, SECRET_HASH_KEY_FILE);
   if (!existsSync(file)) writePrivate(file, randomBytes(32).toString('base64url'));
   return Buffer.from(readFileSync(file, 'utf8').trim(), 'base64url');
 }

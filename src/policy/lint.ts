@@ -23,7 +23,41 @@ export class PolicyDirError extends Error {
   }
 }
 
-export const formatProblem = (p: LintProblem): string => `${p.file}:${p.line}:${p.column}: ${p.message}`;
+export const formatProblem = (p: LintProblem): string => `${p.file}:${p.line}:${p.column}: ${p.severity === 'warning' ? 'warning: ' : ''}${p.message}`;
+
+type Position = { line: number; column: number };
+
+/**
+ * A scope prefix that grants something a policy defines by name. The definition governing a
+ * session is its root policy's, so a sub-agent lists the scope to receive it by delegation and
+ * need not define it: whether some policy defines it is a question for the whole directory.
+ * (`gw:` → `upstreams` joins this table when the gateway does.)
+ */
+interface GrantKind {
+  prefix: string;
+  /** The block that defines the names, and what one entry is called, for messages. */
+  block: string;
+  noun: string;
+  defined: (f: PolicyFile) => string[];
+  /** The defined name a (non-wildcard) scope under `prefix` grants. */
+  nameOf: (scope: string) => string;
+}
+
+const GRANT_KINDS: readonly GrantKind[] = [
+  { prefix: CRED_PREFIX, block: 'credentials', noun: 'credential', defined: (f) => Object.keys(f.credentials), nameOf: (s) => s.slice(CRED_PREFIX.length) },
+];
+
+/** One file's grants and definitions by name, with their positions, for the cross-file grant checks. */
+export interface FileGrants {
+  policy: string;
+  file: string;
+  /** Non-wildcard scopes under a grant prefix: `scopes[index]`. */
+  uses: Array<{ kind: GrantKind; name: string; scope: string; index: number } & Position>;
+  /** Names defined under a kind's block, at their key. */
+  defines: Array<{ kind: GrantKind; name: string } & Position>;
+  /** What the policy hands down (nothing when it may not delegate). */
+  delegates: string[];
+}
 
 type Path = ReadonlyArray<string | number>;
 
@@ -36,6 +70,8 @@ export interface FileLint {
   nameAt?: { line: number; column: number };
   /** Where each `federation` rule sits, for the cross-file single_use check. */
   federationAt?: Array<{ line: number; column: number }>;
+  /** Present once the schema parsed (even with other problems), for the cross-file grant checks. */
+  grants?: FileGrants;
 }
 
 /** Lint one policy file's text. Never throws for bad input: everything becomes a problem. */
@@ -85,8 +121,23 @@ export function lintPolicySource(file: string, text: string): FileLint {
 
   const f = parsed.data;
   checkSemantics(f, flag);
-  if (problems.length > 0) return { problems: sortProblems(problems), name, nameAt };
-  return { policy: toPolicy(f, file), problems, name, nameAt, federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))) };
+  const grants = fileGrants(f, file, (path, part) => at(locate(doc, path, part)));
+  if (problems.length > 0) return { problems: sortProblems(problems), name, nameAt, grants };
+  return { policy: toPolicy(f, file), problems, name, nameAt, federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))), grants };
+}
+
+function fileGrants(f: PolicyFile, file: string, at: (path: Path, part: 'key' | 'value') => Position): FileGrants {
+  const uses: FileGrants['uses'] = [];
+  const defines: FileGrants['defines'] = [];
+  for (const kind of GRANT_KINDS) {
+    f.scopes.forEach((scope, index) => {
+      if (scope.startsWith(kind.prefix) && !isWildcard(scope)) {
+        uses.push({ kind, name: kind.nameOf(scope), scope, index, ...at(['scopes', index], 'value') });
+      }
+    });
+    for (const name of kind.defined(f)) defines.push({ kind, name, ...at([kind.block, name], 'key') });
+  }
+  return { policy: f.name, file, uses, defines, delegates: f.delegation.max_depth > 0 ? f.delegation.scopes : [] };
 }
 
 /** Cross-field rules the schema cannot express. */
@@ -104,12 +155,6 @@ function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?
 
   f.delegation.scopes.forEach((s, i) => {
     if (!covers(f.scopes, s)) flag(['delegation', 'scopes', i], `${s} is handed down but not held in scopes`);
-  });
-
-  f.scopes.forEach((s, i) => {
-    if (!s.startsWith(CRED_PREFIX) || isWildcard(s)) return; // cred: wildcards are refused by the schema
-    const name = s.slice(CRED_PREFIX.length);
-    if (!Object.hasOwn(f.credentials, name)) flag(['scopes', i], `${s} grants a credential that credentials: does not define`);
   });
 
   const granted = new Set(credNames(f.scopes));
@@ -226,9 +271,10 @@ const isPolicyFileName = (n: string): boolean => !n.startsWith('.') && /\.ya?ml$
 /**
  * Lint every `*.yaml` / `*.yml` file directly in `dir` (sorted by name, hidden files and
  * subdirectories skipped; symlinks followed, as Kubernetes ConfigMap mounts are symlinks).
+ * `problems` are errors (the broker refuses the set); `warnings` never block loading.
  * Throws PolicyDirError only when the directory itself cannot be read.
  */
-export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; problems: LintProblem[] }> {
+export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; problems: LintProblem[]; warnings: LintProblem[] }> {
   let names: string[];
   try {
     const st = await stat(dir);
@@ -244,6 +290,7 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
   const problems: LintProblem[] = [];
   const firstFileOf = new Map<string, string>();
   const federationAt = new Map<Policy, Array<{ line: number; column: number }>>();
+  const grants: FileGrants[] = [];
   for (const name of names) {
     const file = join(dir, name);
     let bytes: Buffer;
@@ -273,13 +320,55 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
       }
       firstFileOf.set(result.name, file);
     }
+    if (result.grants) grants.push(result.grants);
     if (result.policy) {
       policies.push(result.policy);
       federationAt.set(result.policy, result.federationAt ?? []);
     }
   }
   problems.push(...singleUseConflicts(policies, federationAt));
-  return { policies, problems };
+  const cross = grantChecks(grants);
+  problems.push(...cross.problems);
+  return { policies, problems, warnings: cross.warnings };
+}
+
+/**
+ * A granting scope must name something some policy defines (the session root's definition is the
+ * one used, so the holder need not define it itself). A definition is dead for delegation when
+ * another policy defines the same name and hands the scope down: in that policy's sessions its own
+ * definition governs, so this one applies only to sessions this policy opens itself — a warning.
+ */
+function grantChecks(files: FileGrants[]): { problems: LintProblem[]; warnings: LintProblem[] } {
+  const problems: LintProblem[] = [];
+  const warnings: LintProblem[] = [];
+  const definers = new Map<string, FileGrants[]>();
+  for (const g of files) {
+    for (const d of g.defines) {
+      const key = d.kind.prefix + d.name;
+      definers.set(key, [...(definers.get(key) ?? []), g]);
+    }
+  }
+  for (const g of files) {
+    for (const u of g.uses) {
+      if (definers.has(u.kind.prefix + u.name)) continue;
+      problems.push({ file: g.file, line: u.line, column: u.column, message: `scopes[${u.index}]: ${u.scope} grants a ${u.kind.noun} that no policy in this directory defines (under ${u.kind.block}:)` });
+    }
+    for (const d of g.defines) {
+      const scope = d.kind.prefix + d.name;
+      if (!g.uses.some((u) => u.kind === d.kind && u.name === d.name)) continue; // not receivable here (and an error of its own)
+      const over = (definers.get(scope) ?? []).filter((p) => p !== g && covers(p.delegates, scope)).map((p) => p.policy);
+      if (over.length === 0) continue;
+      const who = over.length === 1 ? `policy ${over[0]} also defines ${d.name} and hands` : `policies ${over.join(', ')} also define ${d.name} and hand`;
+      warnings.push({
+        file: g.file,
+        line: d.line,
+        column: d.column,
+        severity: 'warning',
+        message: `${d.kind.block}.${d.name}: ${who} ${scope} down; in the sessions ${over.length === 1 ? 'it opens, its definition governs' : 'they open, their definitions govern'} (the session root's), so this one never applies to a ${scope} received there by delegation, only in sessions this policy's own agents open`,
+      });
+    }
+  }
+  return { problems, warnings };
 }
 
 /**

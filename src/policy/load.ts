@@ -19,7 +19,9 @@ export class PolicyLintError extends Error {
 /** The loaded, immutable policies, by name. */
 export class PolicySet {
   readonly #byName: ReadonlyMap<string, Policy>;
-  constructor(policies: readonly Policy[]) {
+  /** Lint warnings: the set loaded anyway; the broker logs them at start. */
+  readonly warnings: readonly LintProblem[];
+  constructor(policies: readonly Policy[], warnings: readonly LintProblem[] = []) {
     const sorted = [...policies].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     const byName = new Map<string, Policy>();
     for (const p of sorted) {
@@ -27,6 +29,7 @@ export class PolicySet {
       byName.set(p.name, deepFreeze(p));
     }
     this.#byName = byName;
+    this.warnings = deepFreeze([...warnings]);
   }
   get(name: string): Policy | undefined {
     return this.#byName.get(name);
@@ -43,14 +46,14 @@ export class PolicySet {
 }
 
 /**
- * Lint `dir` and return its policies; throws PolicyLintError (every problem attached, the
- * first in the message) if anything is wrong, PolicyDirError if the directory is missing.
- * An empty directory is a valid, empty set.
+ * Lint `dir` and return its policies (and any warnings, in `warnings`); throws PolicyLintError
+ * (every problem attached, the first in the message) if anything is wrong, PolicyDirError if the
+ * directory is missing. An empty directory is a valid, empty set.
  */
 export async function loadPolicies(dir: string): Promise<PolicySet> {
-  const { policies, problems } = await lintPolicyDir(dir);
+  const { policies, problems, warnings } = await lintPolicyDir(dir);
   if (problems.length > 0) throw new PolicyLintError(problems);
-  return new PolicySet(policies);
+  return new PolicySet(policies, warnings);
 }
 
 // Policies are shared by every request; freezing makes an accidental `policy.scopes.push` throw instead of widening grants.

@@ -64,4 +64,6 @@ export interface LintProblem {
   /** 1-based. */
   column: number;
   message: string;
+  /** Absent means error. A warning never stops the broker from loading the policies. */
+  severity?: 'error' | 'warning';
 }

@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { migrationSource } from '../../migrations/index.ts';
@@ -19,7 +19,7 @@ const quiet = { warn() {}, error() {}, deprecate() {}, debug() {} };
 export function openDb(databaseUrl: string): Db {
   if (databaseUrl.startsWith('sqlite:')) {
     const filename = sqlitePath(databaseUrl);
-    if (filename !== ':memory:') mkdirSync(dirname(filename), { recursive: true });
+    if (filename !== ':memory:') makePrivate(filename);
     return knexFactory({
       client: 'sqlite3',
       connection: { filename },
@@ -60,6 +60,45 @@ export function openReadDb(databaseUrl: string, writer: Db, connections = 4): Db
     },
   });
 }
+
+/**
+ * The database holds session, token and audit rows: readable by the broker's user only, whatever
+ * the umask. The file is made here (mode 0600) before SQLite opens it, because SQLite would make
+ * it 0644 under the usual umask; SQLite then gives the -wal and -shm files the main file's mode.
+ * Existing files with a looser mode are tightened (a file owned by another user is left for
+ * `cordon status` to report). A directory that already exists is not changed: it may be shared.
+ */
+function makePrivate(filename: string): void {
+  mkdirSync(dirname(filename), { recursive: true, mode: 0o700 });
+  try {
+    closeSync(openSync(filename, 'wx', 0o600));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  for (const f of filesOf(filename).slice(1)) {
+    try {
+      if ((statSync(f.path).mode & 0o777 & ~f.expected) !== 0) chmodSync(f.path, f.expected);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'EPERM') throw e;
+    }
+  }
+}
+
+/**
+ * An SQLite database's files and the widest mode each should have: its directory 0700, the
+ * database and its -wal and -shm 0600. None for PostgreSQL or an in-memory database.
+ */
+export function sqliteFiles(databaseUrl: string): Array<{ path: string; expected: number }> {
+  if (!databaseUrl.startsWith('sqlite:')) return [];
+  const file = sqlitePath(databaseUrl);
+  return file === ':memory:' ? [] : filesOf(file);
+}
+
+const filesOf = (file: string): Array<{ path: string; expected: number }> => [
+  { path: dirname(file), expected: 0o700 },
+  ...[file, `${file}-wal`, `${file}-shm`].map((path) => ({ path, expected: 0o600 })),
+];
 
 export function sqlitePath(databaseUrl: string): string {
   const rest = databaseUrl.replace(/^sqlite:(\/\/)?/, '');
