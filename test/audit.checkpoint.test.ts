@@ -226,6 +226,13 @@ describe('audit: signed checkpoints', function () {
     assert.match((await failure()).problem, /signed by key attackerkey00001, which is not in CORDON_KEY_DIR/);
   });
 
+  it('a checkpoint whose key file is unreadable fails with one line, not a stack trace', async () => {
+    const cp = await writeCheckpoint(t.b);
+    assert.ok(cp);
+    writeFileSync(join(t.b.config.keyDir, `${cp.kid}.jwk.json`), '{"kty":"OKP"}');
+    assert.match((await failure()).problem, /not a readable private JWK/);
+  });
+
   it('a JWS from the right key but of another typ (an access token, say) is not a checkpoint', async () => {
     const head = (await auditRows.head(t.b.db))!;
     const { kid, alg, privateKey } = t.b.keys.active();

@@ -179,8 +179,12 @@ export function checkpointKey(keyDir: string, kid: string): { alg: string; key: 
 export function checkpointJwks(keyDir: string, lines: readonly SinkLine[]): JWK[] {
   const kids = [...new Set(lines.flatMap((l) => (l.checkpoint ? [l.checkpoint.kid] : [])))];
   return kids.flatMap((kid) => {
-    const k = checkpointKey(keyDir, kid);
-    return k ? [k.jwk] : [];
+    try {
+      const k = checkpointKey(keyDir, kid);
+      return k ? [k.jwk] : [];
+    } catch {
+      return []; // an unreadable key file: the consumer's check of that checkpoint fails, as `audit verify` does
+    }
   });
 }
 
@@ -193,7 +197,13 @@ export async function verifySink(lines: readonly SinkLine[], keyDir: string): Pr
   for (const { line, jws, checkpoint: cp } of lines) {
     const fail = (problem: string): CheckpointsResult => ({ ok: false, line, seq: cp?.seq ?? null, problem: `checkpoint on line ${line} of ${CHECKPOINT_FILE}${cp ? ` (row ${cp.seq})` : ''} ${problem}` });
     if (!cp) return fail('is not a checkpoint (no kid, seq or hash)');
-    if (!keys.has(cp.kid)) keys.set(cp.kid, checkpointKey(keyDir, cp.kid));
+    if (!keys.has(cp.kid)) {
+      try {
+        keys.set(cp.kid, checkpointKey(keyDir, cp.kid));
+      } catch {
+        return fail(`was signed by key ${cp.kid}, whose file in CORDON_KEY_DIR is not a readable private JWK`);
+      }
+    }
     const k = keys.get(cp.kid);
     if (!k) return fail(`was signed by key ${cp.kid}, which is not in CORDON_KEY_DIR`);
     try {
