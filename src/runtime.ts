@@ -8,6 +8,7 @@ import { mountRequestLogging } from './http/logging.ts';
 import { mountMetrics } from './http/metrics.ts';
 import { credentialsRoute } from './http/credentials.ts';
 import { startBackendCredentials } from './tokens/sweeper.ts';
+import { startCheckpoints } from './audit/checkpoint.ts';
 
 export interface RunningBroker {
   b: Broker;
@@ -25,6 +26,9 @@ export async function startBroker(config: Config, opts: { clock?: Clock; log?: L
   const ext: Required<AppExtensions> = { routes: [], before: [mountRequestLogging, (app, b2) => mountMetrics(app, b2, { defaultMetrics: true })] };
   const stops: Array<() => Promise<void>> = [];
   try {
+    // Signed audit checkpoints every minute; stopped last, so the final one covers every row written.
+    const checkpoints = startCheckpoints(b);
+    stops.push(() => checkpoints.stop());
     // Backend credentials: providers, revocation reaching them, the sweeper (first run recovers orphans).
     const creds = await startBackendCredentials(b);
     stops.push(() => creds.stop());

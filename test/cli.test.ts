@@ -43,7 +43,7 @@ function assertOneLineError(r: Run, pattern?: RegExp): void {
   if (pattern) assert.match(lines[0], pattern);
 }
 
-const ENV_KEYS = ['DATABASE_URL', 'CORDON_KEY_DIR', 'CORDON_POLICY_DIR', 'CORDON_ISSUER', 'CORDON_TOKEN', 'CORDON_CLIENT_ID', 'CORDON_CLIENT_SECRET', 'CORDON_LOG_LEVEL'];
+const ENV_KEYS = ['DATABASE_URL', 'CORDON_KEY_DIR', 'CORDON_AUDIT_DIR', 'CORDON_POLICY_DIR', 'CORDON_ISSUER', 'CORDON_TOKEN', 'CORDON_CLIENT_ID', 'CORDON_CLIENT_SECRET', 'CORDON_LOG_LEVEL'];
 let saved: Record<string, string | undefined> = {};
 
 function setEnv(vars: Record<string, string | undefined>): void {
@@ -63,6 +63,7 @@ describe('cordon CLI', function () {
     setEnv({
       DATABASE_URL: `sqlite://${join(dir, 'data', 'cordon.sqlite')}`,
       CORDON_KEY_DIR: join(dir, 'data', 'keys'),
+      CORDON_AUDIT_DIR: join(dir, 'data', 'audit'),
       CORDON_POLICY_DIR: resolve('policies'),
       CORDON_ISSUER: undefined,
       CORDON_TOKEN: undefined,

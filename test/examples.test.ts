@@ -109,6 +109,7 @@ describe('examples (run as the README runs them)', function () {
       DATABASE_URL: `sqlite://${join(dir, 'cordon.sqlite')}`,
       CORDON_POLICY_DIR: resolve('examples/policies'),
       CORDON_KEY_DIR: join(dir, 'keys'),
+      CORDON_AUDIT_DIR: join(dir, 'audit'),
       CORDON_LOG_LEVEL: 'warn',
       CORDON_SWEEP_INTERVAL: '3600',
     };

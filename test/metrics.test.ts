@@ -245,6 +245,7 @@ describe('metrics: /metrics in the Prometheus text format', () => {
       DATABASE_URL: `sqlite://${join(dir, 'db.sqlite')}`,
       CORDON_POLICY_DIR: resolve('examples/policies'),
       CORDON_KEY_DIR: join(dir, 'keys'),
+      CORDON_AUDIT_DIR: join(dir, 'audit'),
       CORDON_LOG_LEVEL: 'info',
     });
     const rb = await startBroker(config, { port: 0, log: pino({ level: 'info' }, sink) });

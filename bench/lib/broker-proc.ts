@@ -65,6 +65,7 @@ export async function prepare(): Promise<BenchEnv> {
     DATABASE_URL: `sqlite://${join(dir, 'cordon.sqlite')}`,
     CORDON_POLICY_DIR: join(ROOT, 'policies'),
     CORDON_KEY_DIR: join(dir, 'keys'),
+    CORDON_AUDIT_DIR: join(dir, 'audit'),
     CORDON_LOG_LEVEL: 'silent',
   };
   const b = await openLocal(env);

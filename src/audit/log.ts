@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import canonicalize from 'canonicalize';
 import type { Q } from '../store/db.ts';
 import { type AuditRow, type Decision, auditRows } from '../store/audit.ts';
 
@@ -50,28 +51,65 @@ export const printable = (s: string): string => s.replace(/[\u0000-\u001f\u007f]
 const text = (s: string): string => s.toWellFormed();
 const textOrNull = (s: string | null | undefined): string | null => (s == null ? null : text(s));
 
-/** Deterministic JSON: sorted keys at every level, so the hash does not depend on insertion order or the database. */
+/**
+ * The exact text a row is hashed over: RFC 8785 (JCS) canonical JSON, so anyone can rebuild it.
+ * For what rows hold (strings, integers, booleans, null, nested objects and arrays) it is byte for
+ * byte what the hand-written encoder before it produced (sorted keys, JSON.stringify), so existing
+ * chains verify unchanged. Values RFC 8785 cannot encode (a lone surrogate in params written before
+ * they were made well-formed) keep that older encoding, which is the one they were hashed with.
+ */
 export function canonical(value: unknown): string {
-  if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
-  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
-  const keys = Object.keys(value as object).sort();
-  return `{${keys.map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
+  try {
+    return canonicalize(value ?? null) as string;
+  } catch {
+    return legacyCanonical(value);
+  }
 }
 
-export function rowHash(row: Omit<AuditRow, 'hash'>): string {
-  const body = canonical({
+/** The encoder rows were hashed with before RFC 8785: sorted keys at every level, JSON.stringify for the rest. */
+function legacyCanonical(value: unknown): string {
+  if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
+  if (Array.isArray(value)) return `[${value.map(legacyCanonical).join(',')}]`;
+  const keys = Object.keys(value as object).sort();
+  return `{${keys.map((k) => `${JSON.stringify(k)}:${legacyCanonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
+}
+
+/**
+ * Makes a value exactly what it will be once stored as JSON and read back: well-formed strings
+ * and keys (UTF-8 cannot carry a lone surrogate, and RFC 8785 refuses one), no undefined members,
+ * non-finite numbers as null. The row is then hashed over what the database will hand back.
+ */
+function storable(value: unknown): unknown {
+  if (typeof value === 'string') return text(value);
+  if (typeof value === 'number') return Number.isFinite(value) ? value : null;
+  if (value === null || typeof value !== 'object') return value === undefined ? null : value;
+  if (Array.isArray(value)) return value.map(storable);
+  return Object.fromEntries(
+    Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => [text(k), storable(v)]),
+  );
+}
+
+/** The canonical text of a row, the part of its hash after `prev_hash` and a newline (exported for verifiers). */
+export function rowCanonical(row: Omit<AuditRow, 'hash' | 'prevHash'>): string {
+  // A field left undefined is hashed as null, as the database stores it.
+  return canonical({
     seq: row.seq,
     at: row.at,
     event: row.event,
     decision: row.decision,
-    agent_id: row.agentId,
-    sid: row.sid,
-    jti: row.jti,
-    chain: row.chain,
-    reason: row.reason,
-    params: row.params,
+    agent_id: row.agentId ?? null,
+    sid: row.sid ?? null,
+    jti: row.jti ?? null,
+    chain: row.chain ?? null,
+    reason: row.reason ?? null,
+    params: row.params ?? null,
   });
-  return createHash('sha256').update(row.prevHash).update('\n').update(body).digest('hex');
+}
+
+export function rowHash(row: Omit<AuditRow, 'hash'>): string {
+  return createHash('sha256').update(row.prevHash).update('\n').update(rowCanonical(row)).digest('hex');
 }
 
 /**
@@ -98,9 +136,9 @@ export async function appendAuditMany(tx: Q, entries: readonly AuditEntry[]): Pr
       agentId: textOrNull(entry.agentId),
       sid: textOrNull(entry.sid),
       jti: textOrNull(entry.jti),
-      chain: entry.chain ?? null,
+      chain: entry.chain ? (storable(entry.chain) as string[]) : null,
       reason: entry.reason ? text(printable(entry.reason).slice(0, 500)) : null,
-      params: scrub(entry.params ?? {}),
+      params: storable(scrub(entry.params ?? {})) as Record<string, unknown>,
       prevHash,
     };
     const row = { ...base, hash: rowHash(base) };

@@ -102,6 +102,7 @@ export function registerDemo(program: Command, ctx: Ctx): void {
             DATABASE_URL: `sqlite://${join(dir, 'cordon.sqlite')}`,
             CORDON_POLICY_DIR: policyDir,
             CORDON_KEY_DIR: join(dir, 'keys'),
+            CORDON_AUDIT_DIR: join(dir, 'audit'),
             CORDON_LOG_LEVEL: 'silent',
           });
           const { startBroker } = await import('../runtime.ts');

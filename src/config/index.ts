@@ -10,6 +10,8 @@ export interface Config {
   databaseUrl: string;
   policyDir: string;
   keyDir: string;
+  /** Where signed audit checkpoints are appended: storage the database's writers cannot write. */
+  auditDir: string;
   keyAlg: 'EdDSA' | 'ES256';
   bodyLimitBytes: number;
   clockSkewSec: number;
@@ -46,6 +48,7 @@ export const DEFAULTS: Record<string, string> = {
   DATABASE_URL: 'sqlite://./data/cordon.sqlite',
   CORDON_POLICY_DIR: './policies',
   CORDON_KEY_DIR: './data/keys',
+  CORDON_AUDIT_DIR: './data/audit',
   CORDON_KEY_ALG: 'EdDSA',
   CORDON_BODY_LIMIT: '65536',
   CORDON_CLOCK_SKEW: '30',
@@ -137,6 +140,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     databaseUrl,
     policyDir: str(env, 'CORDON_POLICY_DIR'),
     keyDir: str(env, 'CORDON_KEY_DIR'),
+    auditDir: str(env, 'CORDON_AUDIT_DIR'),
     keyAlg,
     bodyLimitBytes: int(env, 'CORDON_BODY_LIMIT', 1024, 10 * 1024 * 1024),
     clockSkewSec: int(env, 'CORDON_CLOCK_SKEW', 0, 300),

@@ -33,6 +33,7 @@ export async function startTestBroker(opts: { http?: boolean; policyDir?: string
     DATABASE_URL: opts.databaseUrl ?? `sqlite://${join(dir, 'cordon.sqlite')}`,
     CORDON_POLICY_DIR: opts.policyDir ?? resolve('policies'),
     CORDON_KEY_DIR: join(dir, 'keys'),
+    CORDON_AUDIT_DIR: join(dir, 'audit'),
     CORDON_LOG_LEVEL: 'silent',
     ...opts.env,
   });
