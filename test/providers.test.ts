@@ -273,6 +273,18 @@ describe('providers: Vault least privilege (children hold only vault_policies, t
     );
   });
 
+  it('a token role that makes orphans is refused (misconfigured) and the orphan it made is revoked', async () => {
+    v.addTokenRole('detached', { allowedPolicies: ['tickets-read'], orphan: true });
+    v.setPolicyPaths('broker-detached', [{ path: 'auth/token/create', capabilities: ['update'] }, { path: 'auth/token/create/detached', capabilities: ['update'] }, { path: 'auth/token/revoke-accessor', capabilities: ['update'] }]);
+    const token = v.mintToken({ policies: ['broker-detached'] }).token;
+    const p = new VaultProvider(cfg(token, { tokenRole: 'detached' }), deps);
+    await assert.rejects(issue(p), (e: unknown) => e instanceof ProviderError && e.kind === 'misconfigured' && /orphan=false/.test(e.description));
+    const made = v.listTokens().filter((t) => t.path === 'auth/token/create/detached');
+    assert.equal(made.length, 1);
+    assert.equal(made[0].orphan, true);
+    assert.equal(made[0].state, 'revoked', 'the orphan never outlives the refusal');
+  });
+
   it('start-up refuses a root VAULT_TOKEN (one line naming VAULT_TOKEN and CORDON_VAULT_ALLOW_ROOT) unless allowed', async () => {
     await assert.rejects(
       new VaultProvider(cfg('root-token'), deps).start(),
