@@ -19,6 +19,16 @@ describe('config', () => {
     assert.equal(c.sts, undefined);
   });
 
+  it('VAULT_TOKEN_ROLE names the token role children are created through; CORDON_VAULT_ALLOW_ROOT=1 accepts a root broker token', () => {
+    const base = { VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_TOKEN: 't' };
+    assert.equal(loadConfig(base).vault?.tokenRole, undefined);
+    assert.equal(loadConfig(base).vault?.allowRoot, false);
+    const c = loadConfig({ ...base, VAULT_TOKEN_ROLE: 'cordon-agents', CORDON_VAULT_ALLOW_ROOT: '1' });
+    assert.equal(c.vault?.tokenRole, 'cordon-agents');
+    assert.equal(c.vault?.allowRoot, true);
+    assert.equal(loadConfig({ ...base, CORDON_VAULT_ALLOW_ROOT: '0' }).vault?.allowRoot, false);
+  });
+
   const bad: Array<[Record<string, string>, string]> = [
     [{ PORT: 'eighty' }, 'PORT'],
     [{ PORT: '70000' }, 'PORT'],
@@ -33,6 +43,8 @@ describe('config', () => {
     [{ VAULT_ADDR: 'http://127.0.0.1:8200' }, 'VAULT_TOKEN'],
     [{ VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_SECRET_ID: 's' }, 'VAULT_ROLE_ID'],
     [{ AWS_REGION: 'moon' }, 'AWS_REGION'],
+    [{ VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_TOKEN: 't', VAULT_TOKEN_ROLE: 'bad/role' }, 'VAULT_TOKEN_ROLE'],
+    [{ VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_TOKEN: 't', CORDON_VAULT_ALLOW_ROOT: 'yes please' }, 'CORDON_VAULT_ALLOW_ROOT'],
   ];
   for (const [env, variable] of bad) {
     it(`a bad ${variable} stops start-up with one line naming it`, () => {

@@ -57,6 +57,18 @@ describe('backend credentials: failures', () => {
       assert.deepEqual(agentFacingVault(since), { tokens: [], leases: [] });
     });
 
+    it('a policy outside the token role’s allowed_policies → 502 bad_gateway naming the role’s limit; nothing for the agent', async () => {
+      const a = await f.agent(`fail-${++n}`, 'creds-owner');
+      const tok = await mustSession(f.tb, a, 'cred:vault-admin');
+      const since = f.tb.clock.now();
+      const r = await f.cred('vault-admin', tok);
+      assert.equal(r.status, 502);
+      assert.equal(r.body.error, 'bad_gateway');
+      assert.match(r.body.error_description, /Vault rejected auth\/token\/create\/cordon-agents \(400: token policies \(\["tickets-admin"\]\) must be subset of the role's allowed policies \(\["tickets-read"\]\)/);
+      await assertNothingIssued(claimsOf(tok).sid);
+      assert.deepEqual(agentFacingVault(since), { tokens: [], leases: [] });
+    });
+
     it('refusing (403 on the broker’s first call) → 502 bad_gateway naming the denied call', async () => {
       const { tok, sid } = await fresh();
       f.vault.failNext(403, [PERMISSION_DENIED], 'auth/token/create');

@@ -16,6 +16,8 @@ export const ROLE_ARN = 'arn:aws:iam::123456789012:role/agent-reports';
 export const ROLE_ARN_RO = 'arn:aws:iam::123456789012:role/agent-readonly';
 /** A resource server the credential-test agents may ask tokens for. */
 export const RS_AUDIENCE = 'https://tickets.internal';
+/** The Vault token role agent tokens are created through (allowed_policies: tickets-read). */
+export const VAULT_TOKEN_ROLE = 'cordon-agents';
 export const SESSION_POLICY = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'] }] };
 const sp = JSON.stringify(SESSION_POLICY);
 
@@ -27,12 +29,13 @@ description: Root agent of the credential tests.
 token_ttl: 10m
 session_ttl: 1h
 audiences: [${RS_AUDIENCE}]
-scopes: [work:read, cred:vault-token, cred:vault-db, cred:vault-kv, cred:s3, cred:s3-iam, cred:s3-overhang]
+scopes: [work:read, cred:vault-token, cred:vault-db, cred:vault-kv, cred:vault-admin, cred:s3, cred:s3-iam, cred:s3-overhang]
 delegation:
   max_depth: 1
   scopes: [work:read, cred:vault-token, cred:s3-iam]
 credentials:
   vault-token: { provider: vault, vault_policies: [tickets-read], ttl: 5m }
+  vault-admin: { provider: vault, vault_policies: [tickets-admin], ttl: 5m }
   vault-db: { provider: vault, path: database/creds/tickets-ro, ttl: 10m }
   vault-kv: { provider: vault, path: secret/data/tickets/api, ttl: 10m }
   s3: { provider: aws-sts, role_arn: "${ROLE_ARN_RO}", session_policy: ${sp}, ttl: 30m }
@@ -75,17 +78,23 @@ const AWS_ENV = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKE
 export async function credFixture(opts: { timeoutMs?: number; providers?: boolean } = {}): Promise<CredFixture> {
   const vault = new VaultDouble('root-token');
   await vault.start();
+  // Least privilege, as the README sets it up: the broker's token holds only the broker policy (not
+  // even default) and mints agent tokens through a token role that bounds what they may carry.
   vault.setPolicyPaths('broker', [
-    { path: 'auth/token/create', capabilities: ['create', 'update'] },
+    { path: 'auth/token/create', capabilities: ['update'] },
+    { path: 'auth/token/create/cordon-agents', capabilities: ['update'] },
     { path: 'auth/token/revoke-accessor', capabilities: ['update'] },
+    { path: 'auth/token/lookup-self', capabilities: ['read'] },
+    { path: 'auth/token/renew-self', capabilities: ['update'] },
     { path: 'sys/leases/revoke', capabilities: ['update'] },
-    { path: 'database/creds/*', capabilities: ['read'] },
+    { path: 'database/creds/tickets-ro', capabilities: ['read'] },
     { path: 'secret/data/tickets/*', capabilities: ['read'] },
   ]);
   vault.setPolicyPaths('tickets-read', [{ path: 'database/creds/tickets-ro', capabilities: ['read'] }, { path: 'secret/data/tickets/*', capabilities: ['read'] }]);
+  vault.addTokenRole(VAULT_TOKEN_ROLE, { allowedPolicies: ['tickets-read'], orphan: false, renewable: false, tokenExplicitMaxTtlSec: 3600 });
   vault.addDatabaseRole('tickets-ro', 3600);
   vault.putKv('tickets/api', { api_key: 'k-123', endpoint: 'https://tickets.internal' });
-  const brokerVaultToken = vault.mintToken({ policies: ['broker', 'tickets-read'], displayName: 'cordon-broker' }).token;
+  const brokerVaultToken = vault.mintToken({ policies: ['broker'], addDefault: false, displayName: 'cordon-broker' }).token;
 
   const sts = new StsDouble();
   await sts.start();
@@ -105,6 +114,7 @@ export async function credFixture(opts: { timeoutMs?: number; providers?: boolea
     env: {
       VAULT_ADDR: vault.url,
       VAULT_TOKEN: brokerVaultToken,
+      VAULT_TOKEN_ROLE,
       VAULT_TIMEOUT_MS: t,
       AWS_REGION: 'us-east-1',
       AWS_ENDPOINT_URL_STS: sts.url,

@@ -44,7 +44,8 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const child = f.vault.getToken(r.body.credentials.client_token)!;
       assert.ok(child, 'the double knows the token');
       assert.equal(child.state, 'active');
-      assert.deepEqual(child.policies, ['default', 'tickets-read']);
+      assert.deepEqual(child.policies, ['tickets-read'], 'exactly the policy’s vault_policies: not even default');
+      assert.equal(child.path, 'auth/token/create/cordon-agents', 'created through the token role');
       assert.equal(child.ttlSec, 300, 'policy ttl 5m < 10m token');
       assert.equal(child.explicitMaxTtlSec, 300, 'explicit_max_ttl pins the life');
       assert.equal(child.renewable, false);
@@ -53,17 +54,20 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.equal(child.meta?.task, 'weekly-report');
       assert.equal(child.meta?.jti, c.jti);
       assert.equal(r.body.credentials.accessor, child.accessor);
-      assert.deepEqual(r.body.credentials.policies, ['default', 'tickets-read']);
+      assert.deepEqual(r.body.credentials.policies, ['tickets-read']);
       // It hangs under a per-credential parent, a child of the broker's token, which never left the broker.
       const parent = f.vault.getToken(child.parent!)!;
       assert.equal(parent.parent, f.brokerVaultToken);
-      assert.deepEqual(parent.policies, ['broker', 'default', 'tickets-read']);
+      assert.deepEqual(parent.policies, ['broker'], 'the broker token’s own policies, which do not include the agent’s');
       assert.equal(parent.meta?.cordon, 'parent');
-      const creates = f.vault.requestsTo('auth/token/create');
+      const creates = f.vault.requestsTo(/^auth\/token\/create/);
       assert.equal(creates.length, 2);
+      assert.equal(creates[0].vaultPath, 'auth/token/create');
       assert.equal(creates[0].token, f.brokerVaultToken);
-      assert.equal(creates[1].token, child.parent);
+      assert.equal(creates[1].vaultPath, 'auth/token/create/cordon-agents');
+      assert.equal(creates[1].token, child.parent, 'the child is created by the per-credential parent');
       assert.deepEqual(creates[1].body.policies, ['tickets-read']);
+      assert.equal(creates[1].body.no_default_policy, true);
       assert.equal(creates[1].body.ttl, '300s');
       assert.equal(creates[1].body.explicit_max_ttl, '300s');
       assert.ok(!JSON.stringify(r.body).includes(f.brokerVaultToken), 'the broker token never reaches the agent');

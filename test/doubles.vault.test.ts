@@ -113,6 +113,64 @@ describe('test double: Vault (through node-vault)', () => {
     assert.equal(orphan.message, 'root or sudo privileges required to create orphan token');
   });
 
+  it('token roles: auth/token/create/:role_name mints children within allowed_policies, not the caller’s policies (Vault’s checks and messages)', async () => {
+    v.setPolicyPaths('minter', [{ path: 'auth/token/create', capabilities: ['update'] }, { path: 'auth/token/create/cordon-agents', capabilities: ['update'] }]);
+    // Roles are written over HTTP (204, as Vault answers) or with addTokenRole, and read back.
+    const written = await root().write('auth/token/roles/cordon-agents', { allowed_policies: 'tickets-read,Reports', disallowed_policies: ['reports'], orphan: false, renewable: false, token_explicit_max_ttl: '10m' });
+    assert.ok(!written, '204 No Content');
+    const role = await root().read('auth/token/roles/cordon-agents');
+    assert.deepEqual(role.data.allowed_policies, ['reports', 'tickets-read']);
+    assert.deepEqual(role.data.disallowed_policies, ['reports']);
+    assert.equal(role.data.orphan, false);
+    assert.equal(role.data.renewable, false);
+    assert.equal(role.data.token_explicit_max_ttl, 600);
+    const minter = (await root().write('auth/token/create-orphan', { policies: ['minter'], ttl: '1h' })).auth.client_token;
+
+    // Without the role, the subset rule: the minter does not hold tickets-read.
+    const plain = await rejects(as(minter).write('auth/token/create', { policies: ['tickets-read'], ttl: '5m', no_default_policy: true }));
+    assert.equal(plain.response?.statusCode, 400);
+    assert.equal(plain.message, 'child policies must be subset of parent');
+
+    // Through the role: exactly what was asked, a child of the caller, bounded by the role.
+    const ok = await as(minter).write('auth/token/create/cordon-agents', { policies: ['tickets-read'], ttl: '1h', renewable: true, no_default_policy: true });
+    assert.deepEqual(ok.auth.policies, ['tickets-read']);
+    assert.equal(ok.auth.orphan, false);
+    assert.equal(ok.auth.renewable, false, 'the role says not renewable');
+    assert.equal(ok.auth.lease_duration, 600, 'token_explicit_max_ttl caps the asked ttl');
+    const child = v.getToken(ok.auth.client_token)!;
+    assert.equal(child.parent, minter);
+    assert.equal(child.path, 'auth/token/create/cordon-agents');
+    // With a role, default comes along unless no_default_policy (or the role disallows it).
+    const withDefault = await as(minter).write('auth/token/create/cordon-agents', { policies: ['tickets-read'], ttl: '5m' });
+    assert.deepEqual(withDefault.auth.policies, ['default', 'tickets-read']);
+
+    const outside = await rejects(as(minter).write('auth/token/create/cordon-agents', { policies: ['admin'], no_default_policy: true }));
+    assert.equal(outside.response?.statusCode, 400);
+    assert.equal(outside.message, 'token policies (["admin"]) must be subset of the role\'s allowed policies (["reports" "tickets-read"]) or glob policies ([])');
+    const disallowed = await rejects(as(minter).write('auth/token/create/cordon-agents', { policies: ['reports'], no_default_policy: true }));
+    assert.equal(disallowed.response?.statusCode, 400);
+    assert.equal(disallowed.message, 'token policy "reports" is disallowed by this role');
+    v.setPolicyPaths('minter', [{ path: 'auth/token/create/*', capabilities: ['update'] }]);
+    const unknown = await rejects(as(minter).write('auth/token/create/nope', { policies: ['tickets-read'] }));
+    assert.equal(unknown.response?.statusCode, 400);
+    assert.equal(unknown.message, 'unknown role nope');
+    // The role's path is ACL'd like any other: the broker policy grants only auth/token/create.
+    const broker = await brokerToken();
+    const denied = await rejects(as(broker).write('auth/token/create/cordon-agents', { policies: ['tickets-read'] }));
+    assert.equal(denied.response?.statusCode, 403);
+    // An orphan role detaches the child; a role never hands out root.
+    v.addTokenRole('detached', { allowedPolicies: ['tickets-read', 'root'], orphan: true });
+    const orphan = await as(minter).write('auth/token/create/detached', { policies: ['tickets-read'], no_default_policy: true });
+    assert.equal(orphan.auth.orphan, true);
+    assert.equal(v.getToken(orphan.auth.client_token)?.parent, null);
+    const rooted = await rejects(as(minter).write('auth/token/create/detached', { policies: ['root'] }));
+    assert.equal(rooted.message, 'root tokens may not be created without parent token being root');
+    // Revoking the caller takes its role-made children with it.
+    await root().write('auth/token/revoke', { token: minter });
+    assert.equal(v.isTokenActive(ok.auth.client_token), false);
+    assert.equal(v.isTokenActive(orphan.auth.client_token), true);
+  });
+
   it('denies paths no policy grants with 403 permission denied; a missing token is 400', async () => {
     const broker = await brokerToken();
     const err = await rejects(as(broker).read('secret/data/other'));

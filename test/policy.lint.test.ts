@@ -235,6 +235,13 @@ describe('policy/lint', () => {
       one(dots.problems, dots.file, 4, /credentials\.v\.path: must be a Vault API path/);
     });
 
+    it('vault: default_policy is for child tokens (vault_policies), not for a secret read', async () => {
+      const ok = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v: { provider: vault, vault_policies: [p], default_policy: true, ttl: 1m }\n');
+      assert.deepEqual(ok.problems, []);
+      const onPath = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v:\n    provider: vault\n    path: database/creds/ro\n    default_policy: true\n    ttl: 1m\n');
+      one(onPath.problems, onPath.file, 7, /credentials\.v\.default_policy: .*only with vault_policies/);
+    });
+
     it('aws-sts: role_arn shape, session_policy size, policy_arns count, ttl cap', async () => {
       const cred = (extra: string) =>
         `name: base\nscopes: [cred:s3]\nsession_ttl: 12h\ncredentials:\n  s3:\n    provider: aws-sts\n    ttl: 15m\n${extra}`;

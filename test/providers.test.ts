@@ -8,8 +8,13 @@ import { roleSessionNameFor, sourceIdentityFor, tagSafe, StsProvider } from '../
 import { VaultProvider } from '../src/providers/vault.ts';
 import { ProviderError, type IssueRequest, type Handle } from '../src/providers/provider.ts';
 import type { CredentialSpec } from '../src/policy/types.ts';
+import type { VaultConfig } from '../src/config/index.ts';
+import { ConfigError } from '../src/errors.ts';
+import { providersOf } from '../src/tokens/credentials.ts';
+import { startBackendCredentials } from '../src/tokens/sweeper.ts';
 import { VaultDouble } from './doubles/vault.ts';
 import { StsDouble } from './doubles/sts.ts';
+import { startTestBroker } from './helpers/broker.ts';
 
 const NAME_RE = /^[\w+=,.@-]{2,64}$/;
 const log = pino({ level: 'silent' });
@@ -201,5 +206,125 @@ describe('providers: Vault broker login (AppRole, JWT) through node-vault', () =
     assert.equal(p.plan(request(clock, spec, { tokenLeft: 100 })).ttlSec, 99);
     assert.equal(p.plan(request(clock, { ...spec, explicit_max_ttl: 60 }, { tokenLeft: 600 })).ttlSec, 60);
     assert.throws(() => p.plan(request(clock, spec, { tokenLeft: 1 })), /expires in less than 2 seconds/);
+  });
+});
+
+describe('providers: Vault least privilege (children hold only vault_policies, token roles, no root broker token)', () => {
+  const v = new VaultDouble('root-token');
+  const clock = new ManualClock(Date.now());
+  const deps = { clock, log, clockSkewSec: 30 };
+  const spec: CredentialSpec = { provider: 'vault', ttl: 300, vault_policies: ['tickets-read'] };
+  const cp = async (): Promise<void> => {};
+  let addr: string;
+  const cfg = (token: string, extra: Partial<VaultConfig> = {}): VaultConfig => ({ addr, timeoutMs: 1000, auth: { method: 'token', token }, ...extra });
+  /** A broker token that holds only the broker policy (not the policies it hands out). */
+  const brokerToken = (): string => v.mintToken({ policies: ['broker'], displayName: 'cordon-broker' }).token;
+  const issue = async (p: VaultProvider, s: CredentialSpec = spec) => {
+    const req = request(clock, s);
+    return p.issue(req, p.plan(req), cp);
+  };
+
+  before(async () => {
+    addr = await v.start();
+    v.now = () => clock.now();
+    v.setPolicyPaths('broker', [
+      { path: 'auth/token/create', capabilities: ['update'] },
+      { path: 'auth/token/create/cordon-agents', capabilities: ['update'] },
+      { path: 'auth/token/revoke-accessor', capabilities: ['update'] },
+    ]);
+    v.setPolicyPaths('tickets-read', ['secret/data/tickets/*']);
+    v.addTokenRole('cordon-agents', { allowedPolicies: ['tickets-read'], orphan: false, renewable: false });
+  });
+  after(() => v.stop());
+  beforeEach(() => v.reset());
+
+  it('the child holds exactly the policy’s vault_policies (no default) unless default_policy: true', async () => {
+    const p = new VaultProvider(cfg(brokerToken(), { tokenRole: 'cordon-agents' }), deps);
+    const out = await issue(p);
+    assert.deepEqual(v.getToken(String(out.credentials.client_token))!.policies, ['tickets-read']);
+    assert.deepEqual(out.credentials.policies, ['tickets-read']);
+    assert.equal(v.requestsTo('auth/token/create/cordon-agents')[0].body.no_default_policy, true);
+    const withDefault = await issue(p, { ...spec, default_policy: true });
+    assert.deepEqual(v.getToken(String(withDefault.credentials.client_token))!.policies, ['default', 'tickets-read']);
+  });
+
+  it('a broker token without the child’s policies: refused by Vault’s subset rule, issued through VAULT_TOKEN_ROLE under the per-credential parent', async () => {
+    const token = brokerToken();
+    const plain = new VaultProvider(cfg(token), deps);
+    await assert.rejects(issue(plain), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && /child policies must be subset of parent/.test(e.description));
+    const withRole = new VaultProvider(cfg(token, { tokenRole: 'cordon-agents' }), deps);
+    const out = await issue(withRole);
+    const child = v.getToken(String(out.credentials.client_token))!;
+    assert.deepEqual(child.policies, ['tickets-read']);
+    assert.equal(child.path, 'auth/token/create/cordon-agents');
+    const parent = v.getToken(child.parent!)!;
+    assert.equal(parent.parent, token, 'the parent hangs under the broker token, the child under the parent');
+    assert.equal(parent.meta?.cordon, 'parent');
+    const [create] = v.requestsTo('auth/token/create/cordon-agents');
+    assert.equal(create.token, parent.id, 'the child is created BY the parent');
+    assert.deepEqual(out.handle, { kind: 'token', parent_accessor: parent.accessor, accessor: child.accessor });
+  });
+
+  it('a policy outside the role’s allowed_policies: 502 bad_gateway naming the role’s limit', async () => {
+    const p = new VaultProvider(cfg(brokerToken(), { tokenRole: 'cordon-agents' }), deps);
+    await assert.rejects(
+      issue(p, { ...spec, vault_policies: ['tickets-admin'] }),
+      (e: unknown) => e instanceof ProviderError && e.code === 'bad_gateway' && e.status === 502 && /auth\/token\/create\/cordon-agents.*must be subset of the role's allowed policies/.test(e.description),
+    );
+  });
+
+  it('a token role that makes orphans is refused (misconfigured) and the orphan it made is revoked', async () => {
+    v.addTokenRole('detached', { allowedPolicies: ['tickets-read'], orphan: true });
+    v.setPolicyPaths('broker-detached', [{ path: 'auth/token/create', capabilities: ['update'] }, { path: 'auth/token/create/detached', capabilities: ['update'] }, { path: 'auth/token/revoke-accessor', capabilities: ['update'] }]);
+    const token = v.mintToken({ policies: ['broker-detached'] }).token;
+    const p = new VaultProvider(cfg(token, { tokenRole: 'detached' }), deps);
+    await assert.rejects(issue(p), (e: unknown) => e instanceof ProviderError && e.kind === 'misconfigured' && /orphan=false/.test(e.description));
+    const made = v.listTokens().filter((t) => t.path === 'auth/token/create/detached');
+    assert.equal(made.length, 1);
+    assert.equal(made[0].orphan, true);
+    assert.equal(made[0].state, 'revoked', 'the orphan never outlives the refusal');
+  });
+
+  it('start-up refuses a root VAULT_TOKEN (one line naming VAULT_TOKEN and CORDON_VAULT_ALLOW_ROOT) unless allowed', async () => {
+    await assert.rejects(
+      new VaultProvider(cfg('root-token'), deps).start(),
+      (e: unknown) => e instanceof ConfigError && e.variable === 'VAULT_TOKEN' && /CORDON_VAULT_ALLOW_ROOT=1/.test(e.message) && !e.message.includes('\n') && !e.message.includes('root-token'),
+    );
+    const allowed = new VaultProvider(cfg('root-token', { allowRoot: true }), deps);
+    await allowed.start();
+    const out = await issue(allowed);
+    assert.deepEqual(v.getToken(String(out.credentials.client_token))!.policies, ['tickets-read']);
+    await new VaultProvider(cfg(brokerToken()), deps).start();
+  });
+
+  it('Vault unreachable at start, then the login turns out root: start passes, issuing is refused (misconfigured), logged once', async () => {
+    const lines: string[] = [];
+    const captured = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+    const p = new VaultProvider(cfg('root-token'), { ...deps, log: captured });
+    v.failNext(503, ['Vault is unavailable'], 'auth/token/lookup-self');
+    await p.start();
+    for (let i = 0; i < 2; i++)
+      await assert.rejects(issue(p), (e: unknown) => e instanceof ProviderError && e.kind === 'misconfigured' && /VAULT_TOKEN/.test(e.description) && /CORDON_VAULT_ALLOW_ROOT/.test(e.description));
+    assert.equal(v.requestsTo(/^auth\/token\/create/).length, 0, 'nothing was created with the root token');
+    assert.equal(lines.filter((l) => /CORDON_VAULT_ALLOW_ROOT/.test(l)).length, 1, lines.join(''));
+    assert.equal((await p.health()).ok, false);
+  });
+
+  it('startBackendCredentials: a root VAULT_TOKEN stops start-up with the config error; CORDON_VAULT_ALLOW_ROOT=1 lets it start', async () => {
+    const refused = await startTestBroker({ http: false, env: { VAULT_ADDR: addr, VAULT_TOKEN: 'root-token' } });
+    try {
+      await assert.rejects(startBackendCredentials(refused.b, { sweep: false }), (e: unknown) => e instanceof ConfigError && /CORDON_VAULT_ALLOW_ROOT/.test(e.message));
+      assert.equal(providersOf(refused.b).size, 0, 'no provider left attached');
+    } finally {
+      await refused.close();
+    }
+    const allowed = await startTestBroker({ http: false, env: { VAULT_ADDR: addr, VAULT_TOKEN: 'root-token', CORDON_VAULT_ALLOW_ROOT: '1' } });
+    try {
+      const sub = await startBackendCredentials(allowed.b, { sweep: false });
+      assert.equal(providersOf(allowed.b).has('vault'), true);
+      await sub.stop();
+    } finally {
+      await allowed.close();
+    }
   });
 });

@@ -27,6 +27,10 @@ export interface VaultConfig {
   addr: string;
   namespace?: string;
   timeoutMs: number;
+  /** VAULT_TOKEN_ROLE: agent tokens are created through `auth/token/create/<role>`, whose allowed_policies bound them. */
+  tokenRole?: string;
+  /** CORDON_VAULT_ALLOW_ROOT=1: the operator accepts a broker token carrying Vault's root policy. */
+  allowRoot?: boolean;
   auth:
     | { method: 'token'; token: string }
     | { method: 'approle'; roleId: string; secretId: string; mount: string }
@@ -69,6 +73,8 @@ export const OPTIONAL = [
   'VAULT_JWT_MOUNT',
   'VAULT_NAMESPACE',
   'VAULT_TIMEOUT_MS',
+  'VAULT_TOKEN_ROLE',
+  'CORDON_VAULT_ALLOW_ROOT',
   'AWS_REGION',
   'AWS_ENDPOINT_URL_STS',
   'AWS_ENDPOINT_URL_IAM',
@@ -165,16 +171,22 @@ function vaultConfig(env: Env): VaultConfig | undefined {
   const addr = url(env, 'VAULT_ADDR', ['http:', 'https:']);
   const timeoutMs = env.VAULT_TIMEOUT_MS ? int(env, 'VAULT_TIMEOUT_MS', 100, 120000) : 5000;
   const namespace = env.VAULT_NAMESPACE || undefined;
-  if (env.VAULT_TOKEN) return { addr, namespace, timeoutMs, auth: { method: 'token', token: env.VAULT_TOKEN } };
+  const tokenRole = env.VAULT_TOKEN_ROLE || undefined;
+  // Vault's role-name pattern (framework.GenericNameRegex); the name is spliced into auth/token/create/<role>.
+  if (tokenRole !== undefined && !/^\w(?:[\w.-]*\w)?$/.test(tokenRole)) throw new ConfigError('VAULT_TOKEN_ROLE', `must be a Vault token role name (letters, digits, _ . -), got "${tokenRole}"`);
+  const allowRootRaw = (env.CORDON_VAULT_ALLOW_ROOT ?? '').trim();
+  if (!['', '0', '1'].includes(allowRootRaw)) throw new ConfigError('CORDON_VAULT_ALLOW_ROOT', `must be 1 (accept a root VAULT_TOKEN) or 0, got "${allowRootRaw}"`);
+  const base = { addr, namespace, timeoutMs, tokenRole, allowRoot: allowRootRaw === '1' };
+  if (env.VAULT_TOKEN) return { ...base, auth: { method: 'token', token: env.VAULT_TOKEN } };
   if (env.VAULT_ROLE_ID || env.VAULT_SECRET_ID) {
     if (!env.VAULT_ROLE_ID) throw new ConfigError('VAULT_ROLE_ID', 'is required with VAULT_SECRET_ID');
     if (!env.VAULT_SECRET_ID) throw new ConfigError('VAULT_SECRET_ID', 'is required with VAULT_ROLE_ID');
-    return { addr, namespace, timeoutMs, auth: { method: 'approle', roleId: env.VAULT_ROLE_ID, secretId: env.VAULT_SECRET_ID, mount: env.VAULT_APPROLE_MOUNT || 'approle' } };
+    return { ...base, auth: { method: 'approle', roleId: env.VAULT_ROLE_ID, secretId: env.VAULT_SECRET_ID, mount: env.VAULT_APPROLE_MOUNT || 'approle' } };
   }
   if (env.VAULT_JWT_ROLE || env.VAULT_JWT_FILE) {
     if (!env.VAULT_JWT_ROLE) throw new ConfigError('VAULT_JWT_ROLE', 'is required with VAULT_JWT_FILE');
     if (!env.VAULT_JWT_FILE || !existsSync(env.VAULT_JWT_FILE)) throw new ConfigError('VAULT_JWT_FILE', 'must name a readable file');
-    return { addr, namespace, timeoutMs, auth: { method: 'jwt', role: env.VAULT_JWT_ROLE, jwtFile: env.VAULT_JWT_FILE, mount: env.VAULT_JWT_MOUNT || 'jwt' } };
+    return { ...base, auth: { method: 'jwt', role: env.VAULT_JWT_ROLE, jwtFile: env.VAULT_JWT_FILE, mount: env.VAULT_JWT_MOUNT || 'jwt' } };
   }
   throw new ConfigError('VAULT_TOKEN', 'VAULT_ADDR is set but no Vault login is configured (VAULT_TOKEN, VAULT_ROLE_ID/VAULT_SECRET_ID or VAULT_JWT_ROLE/VAULT_JWT_FILE)');
 }

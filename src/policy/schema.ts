@@ -66,6 +66,7 @@ export const vaultCredentialSchema = z
     provider: z.literal('vault'),
     ttl: durationSchema,
     vault_policies: z.array(vaultPolicyName).min(1, 'must list at least one Vault policy').optional(),
+    default_policy: z.boolean().optional(),
     path: vaultPathSchema.optional(),
     num_uses: z.number().int('must be a whole number').min(1, 'must be at least 1').optional(),
     explicit_max_ttl: durationSchema.optional(),
@@ -82,6 +83,10 @@ export const vaultCredentialSchema = z
             : 'a vault credential takes vault_policies or path, not both',
         path: has === 0 ? [] : ['path'],
       });
+    }
+    // A secret read hands out no token: there is no policy to add `default` to.
+    if (c.default_policy !== undefined && c.vault_policies === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'applies only with vault_policies (a child token), not to a path read', path: ['default_policy'] });
     }
   });
 

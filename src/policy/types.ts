@@ -3,6 +3,7 @@
 /**
  * Vault: exactly one of `vault_policies` (a child token from `auth/token/create`) or `path`
  * (a read of a dynamic or KV secret: `database/creds/x`, `aws/creds/x`, `secret/data/x`).
+ * A child token holds exactly `vault_policies`; `default_policy: true` adds Vault's `default` policy.
  * AWS STS: `AssumeRole` on `role_arn`, downscoped by `session_policy` / `policy_arns`.
  */
 export type CredentialSpec =
@@ -10,6 +11,7 @@ export type CredentialSpec =
       provider: 'vault';
       ttl: number;
       vault_policies?: string[];
+      default_policy?: boolean;
       path?: string;
       num_uses?: number;
       explicit_max_ttl?: number;

@@ -4,8 +4,15 @@
  * Every credential hangs under its own short-lived *parent* token:
  *
  *   broker token ──▶ parent (the broker's policies, ttl = explicit_max_ttl = the credential's life, never leaves the broker)
- *                      ├─▶ child token (the policy's vault_policies)            — credential kind 'token'
+ *                      ├─▶ child token (exactly the policy's vault_policies)    — credential kind 'token'
  *                      └─▶ lease of a secret read with the parent (database/…, aws/…) — kind 'lease'
+ *
+ * The child holds only what the policy names: `no_default_policy` unless the credential says
+ * `default_policy: true`. Vault lets a non-root token give a child only a subset of its own
+ * policies, so with VAULT_TOKEN_ROLE the parent creates the child through
+ * `auth/token/create/<role>`: the role's allowed_policies bound the child instead, and the broker
+ * token never needs to hold (or be root to hand out) the agents' policies. The broker refuses to
+ * run on a root token unless CORDON_VAULT_ALLOW_ROOT=1.
  *
  * The parent's accessor is written to the intent row (checkpoint) *before* anything an agent could
  * hold exists, so if the broker dies or loses Vault's answer, revoking that accessor takes down
@@ -20,7 +27,7 @@
 import { readFileSync } from 'node:fs';
 import vaultFactory from 'node-vault';
 import type { VaultConfig } from '../config/index.ts';
-import { CordonError } from '../errors.ts';
+import { CordonError, ConfigError } from '../errors.ts';
 import {
   type CredentialProvider,
   type Handle,
@@ -43,6 +50,8 @@ interface Login {
   token: string;
   /** The broker token's own policies: parents get exactly these (a child's policies must be a subset of its parent's). */
   policies: string[];
+  /** The token carries Vault's root policy. */
+  root: boolean;
   /** null: never expires. */
   expiresAt: number | null;
   ttlSec: number;
@@ -57,8 +66,11 @@ interface VaultAuth {
   lease_duration: number;
   renewable?: boolean;
   num_uses?: number;
+  orphan?: boolean;
 }
 
+const ROOT_REFUSAL =
+  'is a Vault root token: the broker does not run on root. Give it a token with the broker policy and a token role (VAULT_TOKEN_ROLE; see the README), or set CORDON_VAULT_ALLOW_ROOT=1 to accept root';
 /** Vault's answer when the thing to revoke is already gone (expired or revoked before). */
 const ALREADY_GONE = /invalid accessor|invalid lease|lease not found|lease is not found|not found|token not found/i;
 /** Vault truncates display names; ours name the credential. */
@@ -71,6 +83,7 @@ export class VaultProvider implements CredentialProvider {
   readonly #client: VaultClient;
   #login: Login | undefined;
   #loggingIn: Promise<Login> | undefined;
+  #rootRefusalLogged = false;
 
   constructor(cfg: VaultConfig, deps: ProviderDeps) {
     this.#cfg = cfg;
@@ -82,12 +95,37 @@ export class VaultProvider implements CredentialProvider {
   }
 
   async start(): Promise<void> {
+    let l: Login;
     try {
-      const l = await this.#ensureLogin(0);
-      this.#deps.log.info({ method: this.#cfg.auth.method, policies: l.policies, expires_at: l.expiresAt }, 'vault provider logged in');
+      l = await this.#ensureLogin(0);
     } catch (e) {
+      // Vault may come up after the broker: issuing answers 503 until the login works.
       this.#deps.log.warn({ err: (e as Error).message }, 'vault provider could not log in yet; credential requests answer 503 until it can');
+      return;
     }
+    // A root token is a configuration error, not an outage: stop start-up.
+    if (this.#rootRefused(l)) throw new ConfigError(this.#loginVariable(), ROOT_REFUSAL);
+    this.#deps.log.info({ method: this.#cfg.auth.method, policies: l.policies, expires_at: l.expiresAt, token_role: this.#cfg.tokenRole ?? null }, 'vault provider logged in');
+  }
+
+  #rootRefused(l: Login): boolean {
+    return l.root && !this.#cfg.allowRoot;
+  }
+
+  #loginVariable(): string {
+    const m = this.#cfg.auth.method;
+    return m === 'token' ? 'VAULT_TOKEN' : m === 'approle' ? 'VAULT_ROLE_ID' : 'VAULT_JWT_ROLE';
+  }
+
+  /** Vault was unreachable at start and the login later turned out root: refuse to issue, say why once. */
+  #refuseRoot(l: Login): void {
+    if (!this.#rootRefused(l)) return;
+    const description = `${this.#loginVariable()} ${ROOT_REFUSAL}`;
+    if (!this.#rootRefusalLogged) {
+      this.#rootRefusalLogged = true;
+      this.#deps.log.error({ variable: this.#loginVariable() }, `vault provider refuses to issue: ${description}`);
+    }
+    throw new ProviderError('vault', 'misconfigured', description);
   }
 
   // ------------------------------------------------------------------ plan / issue
@@ -106,6 +144,7 @@ export class VaultProvider implements CredentialProvider {
     const spec = req.spec;
     if (spec.provider !== 'vault') throw new Error('vault provider given a non-vault credential');
     const login = await this.#ensureLogin(plan.ttlSec);
+    this.#refuseRoot(login);
     // The broker's own token bounds everything created below it.
     const brokerLeft = login.expiresAt === null ? Infinity : Math.floor((login.expiresAt - this.#deps.clock.now()) / 1000) - 1;
     const ttl = Math.min(plan.ttlSec, brokerLeft);
@@ -133,13 +172,16 @@ export class VaultProvider implements CredentialProvider {
     await checkpoint({ kind: spec.vault_policies ? 'token' : 'lease', parent_accessor: parent.accessor });
 
     if (spec.vault_policies) {
-      // 2a. The agent's child token: the policy's Vault policies, dies with the parent at the latest.
+      // 2a. The agent's child token: exactly the policy's Vault policies, dies with the parent at the latest.
+      // Created BY the parent (through the token role when one is set), so it hangs under the parent.
+      const createPath = this.#cfg.tokenRole ? `auth/token/create/${this.#cfg.tokenRole}` : 'auth/token/create';
       const sent = this.#deps.clock.now();
-      const res = await this.#call('auth/token/create', () =>
+      const res = await this.#call(createPath, () =>
         this.#client.write(
-          'auth/token/create',
+          createPath,
           {
             policies: spec.vault_policies,
+            no_default_policy: !spec.default_policy,
             ttl: `${ttl}s`,
             explicit_max_ttl: `${ttl}s`,
             renewable: false,
@@ -150,7 +192,14 @@ export class VaultProvider implements CredentialProvider {
           this.#as(parent.client_token),
         ),
       );
-      const child = this.#auth(res, 'auth/token/create');
+      const child = this.#auth(res, createPath);
+      if (child.orphan === true) {
+        // A role with orphan=true detaches the child from its parent: revoking the parent would not reach it.
+        await this.#call('auth/token/revoke-accessor', () => this.#client.write('auth/token/revoke-accessor', { accessor: child.accessor }, this.#as(login.token))).catch((e: unknown) =>
+          this.#deps.log.error({ err: (e as Error).message }, 'vault: could not revoke an orphan child token (it dies at its ttl)'),
+        );
+        throw new ProviderError('vault', 'misconfigured', `the token role VAULT_TOKEN_ROLE=${this.#cfg.tokenRole} makes orphan tokens, which the broker could not revoke through their parent: set orphan=false on the role`);
+      }
       const expiresAt = Math.min(sent + (child.lease_duration || ttl) * 1000, parentExpires);
       return {
         credentials: {
@@ -256,7 +305,8 @@ export class VaultProvider implements CredentialProvider {
     try {
       const h = await this.#client.health({ requestOptions: { timeout: this.#cfg.timeoutMs } } as never);
       if (h?.sealed) return { ok: false, detail: 'Vault is sealed' };
-      await this.#ensureLogin(0);
+      const l = await this.#ensureLogin(0);
+      if (this.#rootRefused(l)) return { ok: false, detail: `${this.#loginVariable()} ${ROOT_REFUSAL}` };
       return { ok: true, detail: 'Vault is unsealed and the broker is logged in' };
     } catch (e) {
       return { ok: false, detail: (e as Error).message };
@@ -303,7 +353,7 @@ export class VaultProvider implements CredentialProvider {
       const d = r?.data;
       if (!d || !Array.isArray(d.policies)) throw new ProviderError('vault', 'bad_answer', 'Vault answered auth/token/lookup-self without policies');
       const ttl = Number(d.ttl ?? 0);
-      login = { token: auth.token, policies: d.policies, ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: Boolean(d.renewable) };
+      login = { token: auth.token, policies: d.policies, root: false, ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: Boolean(d.renewable) };
     } else {
       const path = `auth/${auth.mount}/login`;
       let body: Record<string, string>;
@@ -320,10 +370,11 @@ export class VaultProvider implements CredentialProvider {
       const r = await this.#call(path, () => this.#client.write(path, body, { timeout: this.#cfg.timeoutMs }), auth.method === 'approle' ? 'VAULT_ROLE_ID/VAULT_SECRET_ID' : 'VAULT_JWT_ROLE/VAULT_JWT_FILE');
       const a = this.#auth(r, path);
       const ttl = a.lease_duration;
-      login = { token: a.client_token, policies: a.token_policies ?? a.policies ?? [], ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: a.renewable ?? false };
+      login = { token: a.client_token, policies: a.token_policies ?? a.policies ?? [], root: false, ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: a.renewable ?? false };
     }
-    // Parents carry the broker's policies; a root broker makes root parents (they never leave the broker, but prefer a dedicated policy).
-    login.policies = login.policies.includes('root') ? ['root'] : login.policies.filter((p) => p !== 'default');
+    // Parents carry the broker's policies; a root broker (only with CORDON_VAULT_ALLOW_ROOT=1) makes root parents.
+    login.root = login.policies.some((p) => p.trim().toLowerCase() === 'root');
+    login.policies = login.root ? ['root'] : login.policies.filter((p) => p !== 'default');
     if (!login.policies.length) login.policies = ['default'];
     this.#login = login;
     return login;

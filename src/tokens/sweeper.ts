@@ -208,7 +208,14 @@ export function startSweeper(b: Broker, intervalSec = b.config.sweepIntervalSec)
 export async function startBackendCredentials(b: Broker, opts: { sweep?: boolean } = {}): Promise<{ stop(): Promise<void> }> {
   const providers = createProviders(b.config, { clock: b.clock, log: b.log, clockSkewSec: b.config.clockSkewSec });
   const detach = attachProviders(b, providers);
-  for (const p of providers.values()) await p.start?.();
+  try {
+    for (const p of providers.values()) await p.start?.();
+  } catch (e) {
+    // A provider refused its configuration (say a root Vault token): leave nothing attached.
+    detach();
+    for (const p of providers.values()) await p.close?.().catch(() => {});
+    throw e;
+  }
   if (providers.size) b.log.info({ providers: [...providers.keys()] }, 'backend credential providers on');
   const sweeper = opts.sweep === false ? undefined : startSweeper(b);
   return {

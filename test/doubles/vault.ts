@@ -8,6 +8,10 @@
  *   hierarchy (revoking a token revokes every descendant and every lease any of
  *   them created), the "child policies must be subset of parent" rule, num_uses,
  *   TTL / explicit_max_ttl / system max TTL, and lazy expiry driven by `now()`.
+ * - token roles: `auth/token/roles/:name` (write, read, delete) and
+ *   `auth/token/create/:role_name`, where the role's allowed_policies (not the
+ *   caller's policies) bound the child, disallowed_policies refuse, and orphan,
+ *   renewable and token_explicit_max_ttl apply (Vault's handleCreateCommon).
  *   As in Vault, a child's TTL is NOT capped at its parent's: the child simply
  *   dies when the parent expires or is revoked.
  * - logins: `auth/approle/login`, `auth/jwt/login` (orphan tokens, `default` added).
@@ -119,6 +123,17 @@ export interface JwtRoleOptions {
   numUses?: number;
   noDefaultPolicy?: boolean;
 }
+/** A token role (`auth/token/roles/:name`); field names as Vault's, camelCased. */
+export interface TokenRoleOptions {
+  allowedPolicies?: string[];
+  disallowedPolicies?: string[];
+  /** Children created through the role have no parent (default false). */
+  orphan?: boolean;
+  /** Default true, as in Vault. */
+  renewable?: boolean;
+  tokenExplicitMaxTtlSec?: number;
+  tokenNoDefaultPolicy?: boolean;
+}
 export interface DynamicRoleOptions {
   /** Role max_ttl in seconds (default: system max). */
   maxTtlSec?: number;
@@ -163,6 +178,15 @@ interface JwtRole {
   policies: string[];
   verify: (jwt: string) => boolean;
   opts: JwtRoleOptions;
+}
+interface TokenRole {
+  name: string;
+  allowedPolicies: string[];
+  disallowedPolicies: string[];
+  orphan: boolean;
+  renewable: boolean;
+  tokenExplicitMaxTtlSec: number;
+  tokenNoDefaultPolicy: boolean;
 }
 interface DynRole {
   defaultTtlSec: number;
@@ -253,6 +277,10 @@ function sanitizePolicies(list: string[], addDefault: boolean): string[] {
   return [...set].sort();
 }
 const isSubset = (sup: string[], sub: string[]): boolean => sub.every((p) => sup.includes(p));
+/** Go's `%q` of a []string, as Vault's error messages print policy lists: `["a" "b"]`. */
+const goQuoted = (list: string[]): string => `[${list.map((p) => JSON.stringify(p)).join(' ')}]`;
+/** framework.GenericNameRegex: what Vault accepts as a role name in a path. */
+const ROLE_NAME = /^\w(?:[\w.-]*\w)?$/;
 
 function policiesParam(v: unknown): string[] {
   if (v === undefined || v === null) return [];
@@ -327,6 +355,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
   #policies = new Map<string, Rule[]>();
   #appRoles = new Map<string, AppRole>();
   #jwtRoles = new Map<string, JwtRole>();
+  #tokenRoles = new Map<string, TokenRole>();
   #dbRoles = new Map<string, DynRole>();
   #awsRoles = new Map<string, DynRole>();
   #kv = new Map<string, KvVersion[]>();
@@ -364,6 +393,21 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
   /** Configure a JWT auth role (mount `auth/jwt`); `verify` decides whether a presented JWT is valid. */
   addJwtRole(role: string, policies: string[], verify: (jwt: string) => boolean, opts: JwtRoleOptions = {}): void {
     this.#jwtRoles.set(role, { policies, verify, opts });
+  }
+
+  /** Define (replace) a token role, as `vault write auth/token/roles/NAME …` would. */
+  addTokenRole(name: string, opts: TokenRoleOptions = {}): void {
+    if (!ROLE_NAME.test(name)) throw new Error(`invalid token role name ${JSON.stringify(name)}`);
+    this.#tokenRoles.set(name, {
+      name,
+      allowedPolicies: sanitizePolicies(opts.allowedPolicies ?? [], false),
+      // Vault keeps disallowed_policies as given, only lower-cased and de-duplicated.
+      disallowedPolicies: [...new Set((opts.disallowedPolicies ?? []).map((p) => p.trim().toLowerCase()).filter(Boolean))],
+      orphan: opts.orphan ?? false,
+      renewable: opts.renewable ?? true,
+      tokenExplicitMaxTtlSec: opts.tokenExplicitMaxTtlSec ?? 0,
+      tokenNoDefaultPolicy: opts.tokenNoDefaultPolicy ?? false,
+    });
   }
 
   /** Configure a database secrets engine role (mount `database`). */
@@ -633,6 +677,19 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     let m: RegExpMatchArray | null;
     if (write && (path === 'auth/token/create' || path === 'auth/token/create-orphan'))
       return this.#tokenCreate(te, body, path === 'auth/token/create-orphan');
+    if (write && (m = path.match(/^auth\/token\/create\/([^/]+)$/))) {
+      const role = ROLE_NAME.test(m[1]!) ? this.#tokenRoles.get(m[1]!) : undefined;
+      if (!role) throw invalid(`unknown role ${m[1]!}`);
+      return this.#tokenCreate(te, body, false, role);
+    }
+    if ((m = path.match(/^auth\/token\/roles\/([^/]+)$/)) && ROLE_NAME.test(m[1]!)) {
+      if (write) return this.#tokenRoleWrite(m[1]!, body);
+      if (method === 'GET') return this.#tokenRoleRead(m[1]!);
+      if (method === 'DELETE') {
+        this.#tokenRoles.delete(m[1]!);
+        return { status: 204 };
+      }
+    }
     if (path === 'auth/token/lookup-self' && (method === 'GET' || write)) return this.#tokenLookupResponse(te);
     if (path === 'auth/token/lookup' && write) {
       const id = typeof body.token === 'string' && body.token !== '' ? body.token : te.id;
@@ -767,9 +824,65 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     return t;
   }
 
-  #tokenCreate(parent: TokenEntry, body: Record<string, unknown>, orphanPath: boolean): { status: number; body: unknown } {
+  #tokenRoleWrite(name: string, body: Record<string, unknown>): { status: number } {
+    const current = this.#tokenRoles.get(name);
+    const list = (v: unknown, was: string[] | undefined): string[] | undefined => (v === undefined ? was : policiesParam(v));
+    const explicitMax = body.token_explicit_max_ttl ?? body.explicit_max_ttl;
+    this.addTokenRole(name, {
+      allowedPolicies: list(body.allowed_policies, current?.allowedPolicies),
+      disallowedPolicies: list(body.disallowed_policies, current?.disallowedPolicies),
+      orphan: boolParam(body.orphan) ?? current?.orphan,
+      renewable: boolParam(body.renewable) ?? current?.renewable,
+      tokenExplicitMaxTtlSec: explicitMax === undefined ? current?.tokenExplicitMaxTtlSec : parseVaultDuration(explicitMax),
+      tokenNoDefaultPolicy: boolParam(body.token_no_default_policy) ?? current?.tokenNoDefaultPolicy,
+    });
+    return { status: 204 };
+  }
+
+  #tokenRoleRead(name: string): { status: number; body: unknown } {
+    const r = this.#tokenRoles.get(name);
+    if (!r) throw new VaultHttpError(404, []);
+    return {
+      status: 200,
+      body: {
+        request_id: randomUUID(),
+        lease_id: '',
+        renewable: false,
+        lease_duration: 0,
+        data: {
+          name: r.name,
+          allowed_policies: r.allowedPolicies,
+          disallowed_policies: r.disallowedPolicies,
+          allowed_policies_glob: [],
+          disallowed_policies_glob: [],
+          orphan: r.orphan,
+          renewable: r.renewable,
+          path_suffix: '',
+          token_explicit_max_ttl: r.tokenExplicitMaxTtlSec,
+          explicit_max_ttl: r.tokenExplicitMaxTtlSec,
+          token_no_default_policy: r.tokenNoDefaultPolicy,
+          token_period: 0,
+          token_type: 'default-service',
+        },
+        wrap_info: null,
+        warnings: null,
+        auth: null,
+        mount_type: 'token',
+      },
+    };
+  }
+
+  /**
+   * auth/token/create[-orphan|/:role_name], after Vault's handleCreateCommon (vault/token_store.go;
+   * API: https://developer.hashicorp.com/vault/api-docs/auth/token). Without a role (or one with no
+   * allowed/disallowed policies) a non-sudo caller may only pass on a subset of its own policies;
+   * with a role that lists them, the role's allowed_policies bound the child instead, whatever the
+   * caller holds. `default` is added unless no_default_policy (or the role's token_no_default_policy).
+   */
+  #tokenCreate(parent: TokenEntry, body: Record<string, unknown>, orphanPath: boolean, role?: TokenRole): { status: number; body: unknown } {
     if (parent.numUsesLimit > 0) throw invalid('restricted use token cannot generate child tokens');
-    const isSudo = this.#isSudo(parent, orphanPath ? 'auth/token/create-orphan' : 'auth/token/create');
+    const createPath = role ? `auth/token/create/${role.name}` : orphanPath ? 'auth/token/create-orphan' : 'auth/token/create';
+    const isSudo = this.#isSudo(parent, createPath);
     const requested = policiesParam(body.policies);
     const noDefault = boolParam(body.no_default_policy) ?? false;
     const noParent = boolParam(body.no_parent) ?? false;
@@ -791,7 +904,18 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     // Policies, exactly as handleCreateCommon decides them.
     let policies: string[];
     let addDefault = false;
-    if (requested.filter((p) => p.trim()).length === 0) {
+    if (role && (role.allowedPolicies.length > 0 || role.disallowedPolicies.length > 0)) {
+      const localAddDefault = !noDefault && !role.tokenNoDefaultPolicy && !role.disallowedPolicies.includes('default');
+      let final = requested.filter((p) => p.trim()).length ? sanitizePolicies(requested, localAddDefault) : [];
+      if (role.allowedPolicies.length > 0) {
+        const allowed = sanitizePolicies(role.allowedPolicies, localAddDefault);
+        if (final.length === 0) final = allowed;
+        else if (!isSubset(allowed, final))
+          throw invalid(`token policies (${goQuoted(final)}) must be subset of the role's allowed policies (${goQuoted(allowed)}) or glob policies ([])`);
+      } else if (final.length === 0) final = sanitizePolicies(parent.policies, localAddDefault);
+      for (const p of final) if (role.disallowedPolicies.includes(p)) throw invalid(`token policy "${p}" is disallowed by this role`);
+      policies = final;
+    } else if (requested.filter((p) => p.trim()).length === 0) {
       policies = sanitizePolicies(parent.policies, false);
     } else if (!isSudo) {
       const input = sanitizePolicies(requested, false);
@@ -809,13 +933,21 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
       throw invalid('root tokens may not be created without parent token being root');
 
     let parentId: string | null = parent.id;
-    if (noParent) {
+    if (role) {
+      if (role.orphan) parentId = null;
+    } else if (noParent) {
       if (!isSudo) throw invalid('root or sudo privileges required to create orphan token');
       parentId = null;
     } else if (orphanPath) parentId = null;
 
-    const explicitMax = parseVaultDuration(body.explicit_max_ttl);
+    let explicitMax = parseVaultDuration(body.explicit_max_ttl);
     if (explicitMax < 0) throw invalid('explicit_max_ttl must be positive');
+    if (role && role.tokenExplicitMaxTtlSec > 0) {
+      if (explicitMax > 0) {
+        explicitMax = Math.min(explicitMax, role.tokenExplicitMaxTtlSec);
+        warnings.push(`Explicit max TTL specified both during creation call and in role; using the lesser value of ${explicitMax} seconds`);
+      } else explicitMax = role.tokenExplicitMaxTtlSec;
+    }
     const period = parseVaultDuration(body.period);
     if (period < 0) throw invalid('period must be positive');
     if (period > 0 && !isSudo) throw invalid('root or sudo privileges required to create periodic token');
@@ -824,6 +956,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     if (period > 0 || ttl > 0 || !policies.includes('root')) ttl = this.#calculateTtl(ttl, period, 0, explicitMax, warnings);
     if (ttl === 0 && explicitMax > 0) ttl = explicitMax;
     let renewable = boolParam(body.renewable) ?? true;
+    if (role && !role.renewable) renewable = false;
     if (ttl === 0) {
       if (parent.expiresAtMs !== null) throw invalid('expiring root tokens cannot create non-expiring root tokens');
       renewable = false;
@@ -835,7 +968,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
       parent: parentId,
       meta: metaParam(body.meta),
       displayName,
-      path: orphanPath ? 'auth/token/create-orphan' : 'auth/token/create',
+      path: createPath,
       numUses,
       ttlSec: ttl,
       explicitMaxTtlSec: explicitMax,
