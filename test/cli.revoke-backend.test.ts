@@ -53,4 +53,23 @@ describe('cli: revoke reaches backend credentials', () => {
     const row = await f.row(await rowIdOf(f, r.body, sid));
     assert.equal(row.state, 'revoked');
   });
+
+  it('a provider that refuses to start (a root VAULT_TOKEN) does not stop the revocation: it is recorded, with a warning', async () => {
+    const a = await f.agent('cli-root', 'creds-owner');
+    const tok = await mustSession(f.tb, a, 'work:read');
+    const sid = claimsOf(tok).sid;
+    const saved = process.env.VAULT_TOKEN;
+    process.env.VAULT_TOKEN = f.vault.rootToken;
+    try {
+      const out: string[] = [];
+      const err: string[] = [];
+      const code = await main(['revoke', '--session', sid], { out: (s) => void out.push(s), err: (s) => void err.push(s) });
+      assert.equal(code, 0, err.join(''));
+      assert.match(err.join(''), /warning: backend providers are off.*CORDON_VAULT_ALLOW_ROOT/);
+      assert.match(out.join(''), /revoked session/);
+      assert.notEqual((await f.tb.b.db('sessions').where({ sid }).first()).revoked_at, null);
+    } finally {
+      process.env.VAULT_TOKEN = saved;
+    }
+  });
 });

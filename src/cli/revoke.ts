@@ -5,7 +5,7 @@ import { findAgent } from '../tokens/agents.ts';
 import { revokeAgent, revokeSession, revokeTokenChain, type RevokeOutcome } from '../tokens/revoke.ts';
 import { startBackendCredentials } from '../tokens/sweeper.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
-import { printJson, usage } from './output.ts';
+import { errorLine, printJson, usage } from './output.ts';
 
 const BY = { actor: 'cli', via: 'cli' };
 
@@ -37,12 +37,17 @@ export function registerRevoke(program: Command, ctx: Ctx): void {
         const r = await withBroker(ctx, async (b): Promise<RevokeOutcome & { target: string; id: string; backend: boolean }> => {
           // Revocation reaches the backends from here too (Vault leases and tokens, IAM denies) when
           // providers are configured; whatever fails is retried by the running broker's sweeper.
-          const backends = await startBackendCredentials(b, { sweep: false });
+          // A provider that refuses to start (a root VAULT_TOKEN without CORDON_VAULT_ALLOW_ROOT) must not
+          // stop the revocation itself: it is recorded, and the backends are left to a broker's sweeper.
+          const backends = await startBackendCredentials(b, { sweep: false }).catch((e: unknown) => {
+            ctx.io.err(`cordon: warning: backend providers are off for this command (${errorLine(e)}); the revocation is recorded and a running broker's sweeper revokes backend credentials\n`);
+            return undefined;
+          });
           try {
             const out = await revokeTarget(b);
-            return { ...out, backend: Boolean(b.config.vault || b.config.sts) };
+            return { ...out, backend: backends !== undefined && Boolean(b.config.vault || b.config.sts) };
           } finally {
-            await backends.stop();
+            await backends?.stop();
           }
         });
         async function revokeTarget(b: Parameters<Parameters<typeof withBroker>[1]>[0]): Promise<RevokeOutcome & { target: string; id: string }> {
