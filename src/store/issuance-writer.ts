@@ -1,4 +1,5 @@
-import { type Db, type Q, isPostgres, num, numOrNull, retryTransient, transact } from './db.ts';
+import { type Db, type Q, retryTransient, transact } from './db.ts';
+import { statesAtCommit } from './liveness.ts';
 import { CordonError } from '../errors.ts';
 import { sessions, type Session } from './sessions.ts';
 import { tokens, type TokenRecord } from './tokens.ts';
@@ -159,7 +160,8 @@ export class IssuanceWriter {
 
       const creds = batch.filter((j): j is Extract<Job, { kind: 'credential' }> => j.kind === 'credential');
       if (creds.length) {
-        const live = await liveTokens(tx, creds.map((j) => j.record.jti), this.#now());
+        const states = await statesAtCommit(tx, creds.map((j) => j.record.jti), this.#now());
+        const live = new Set([...states].filter(([, st]) => st.active).map(([jti]) => jti));
         for (const job of creds) {
           const r = job.record;
           if (!(await credentials.markIssued(tx, r.credentialId, { handle: r.handle, expiresAt: r.expiresAt }))) {
@@ -181,37 +183,3 @@ export class IssuanceWriter {
   }
 }
 
-/**
- * Of these tokens, those unrevoked in an unrevoked, unexpired session, whose holder, session root
- * and every agent between them are still active: a credential whose issue raced `agent disable`
- * or `revoke --agent` never commits as issued. On PostgreSQL the token rows are share-locked in jti
- * order (then the agent rows, in id order): a revocation or disable committing meanwhile is waited
- * for and seen, one starting later waits for this commit (and its hook then finds the credential),
- * and batches of several replicas lock in the same order.
- */
-async function liveTokens(tx: Q, jtis: string[], now: number): Promise<Set<string>> {
-  let q = tx('tokens as t')
-    .join('sessions as s', 's.sid', 't.sid')
-    .select('t.jti', 't.client_id', 't.act', 's.agent_id as root', 't.revoked_at as t_rev', 's.revoked_at as s_rev', 's.expires_at as s_exp')
-    .whereIn('t.jti', [...new Set(jtis)])
-    .orderBy('t.jti');
-  if (isPostgres(tx)) q = q.forShare('t');
-  const rows = (await q).filter((r) => numOrNull(r.t_rev) === null && numOrNull(r.s_rev) === null && num(r.s_exp) > now);
-  const chainOf = (r: Record<string, unknown>): string[] => [r.root as string, r.client_id as string, ...actors(r.act)];
-  const ids = [...new Set(rows.flatMap(chainOf))].sort();
-  let aq = tx('agents').select('id', 'status').whereIn('id', ids).orderBy('id');
-  if (isPostgres(tx)) aq = aq.forShare();
-  const active = new Set((await aq).filter((a) => a.status === 'active').map((a) => a.id as string));
-  return new Set(rows.filter((r) => chainOf(r).every((id) => active.has(id))).map((r) => r.jti as string));
-}
-
-/** The holders named in a stored `act` claim (bounded; a malformed claim names nobody more). */
-function actors(act: unknown): string[] {
-  const out: string[] = [];
-  let a = typeof act === 'string' ? (JSON.parse(act) as { sub?: unknown; act?: unknown } | null) : null;
-  while (a && typeof a === 'object' && typeof a.sub === 'string' && out.length < 64) {
-    out.push(a.sub);
-    a = a.act as typeof a;
-  }
-  return out;
-}

@@ -4,7 +4,8 @@ import { isWellFormedId } from '../ids.ts';
 import { intersect, parseScope, uncovered } from '../policy/scopes.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { agents, type Agent } from '../store/agents.ts';
-import { isPostgres, type Q } from '../store/db.ts';
+import type { Q } from '../store/db.ts';
+import { statesAtCommit } from '../store/liveness.ts';
 import type { Policy } from '../policy/types.ts';
 import { audiencesOf, chainOf, type ActClaim, type AccessTokenClaims } from './claims.ts';
 import { issueToken, recordDenial, type IssuedToken } from './issue.ts';
@@ -140,7 +141,7 @@ export async function delegate(b: Broker, req: DelegationRequest): Promise<Issue
       b,
       { sid: claims.sid, subject: claims.sub, clientId: actor.id, parentJti: claims.jti, scope, audience, task: claims.task ?? null, depth, act, cnfJkt: req.bindJkt ?? null, expiresAt },
       { event: 'delegation.issue', chain: newChain, params: { requested_scope: req.scope, scope_policy: req.scopePolicy, audience, by: req.callerClientId } },
-      { precheck: (tx) => assertStillLive(tx, claims.jti, claims.sid) },
+      { precheck: (tx) => assertStillLive(tx, claims.jti, b.clock.now()) },
     );
   } catch (e) {
     if (e instanceof CordonError && !e.audited) {
@@ -176,16 +177,17 @@ async function intermediatePolicies(b: Broker, chain: string[], callerDepth: num
 }
 
 /**
- * Inside the issuing transaction: the parent token and its session are still unrevoked. The check
- * before it ran outside the transaction, and a cascade that commits in between must not miss the
- * new child (revocations write every descendant eagerly, so the parent's own row says it all).
- * SQLite runs one transaction at a time, so this closes the gap. On PostgreSQL the rows are
- * share-locked, so a revocation's UPDATE of them waits for this commit; for the cascade to see
- * the new child there too, the revocation's subtree walk must lock the rows it reads (FOR UPDATE).
+ * Inside the issuing transaction: the parent token, its session and its chain are still live. The
+ * check before ran outside the transaction, and a cascade (or a disable) that commits in between
+ * must not miss the new child: revocations write every descendant eagerly, so the parent's own row
+ * says it all. On PostgreSQL the rows are share-locked (statesAtCommit), so a revocation's UPDATE of
+ * them waits for this commit; for the cascade to see the new child there too, the revocation's
+ * subtree walk locks the rows it reads (FOR UPDATE).
  */
-async function assertStillLive(tx: Q, jti: string, sid: string): Promise<void> {
-  const q = tx('tokens as t').join('sessions as s', 's.sid', 't.sid').select('t.revoked_at as t_rev', 's.revoked_at as s_rev').where('t.jti', jti).andWhere('t.sid', sid);
-  const row = await (isPostgres(tx) ? q.forShare() : q).first();
-  if (!row || row.t_rev !== null) throw new CordonError('invalid_grant', 'token has been revoked', { reason: 'token_revoked' });
-  if (row.s_rev !== null) throw new CordonError('invalid_grant', 'the session of this token has been revoked', { reason: 'token_session_revoked' });
+async function assertStillLive(tx: Q, jti: string, now: number): Promise<void> {
+  const st = (await statesAtCommit(tx, [jti], now)).get(jti)!;
+  if (st.active) return;
+  if (st.why === 'session_revoked' || st.why === 'session_expired') throw new CordonError('invalid_grant', 'the session of this token has ended or been revoked', { reason: `token_${st.why}` });
+  if (st.why === 'agent_inactive') throw new CordonError('invalid_grant', 'an agent of this chain was disabled or revoked', { reason: 'token_agent_inactive' });
+  throw new CordonError('invalid_grant', 'token has been revoked', { reason: 'token_revoked' });
 }

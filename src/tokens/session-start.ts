@@ -3,6 +3,7 @@ import { CordonError } from '../errors.ts';
 import { agents, type Agent } from '../store/agents.ts';
 import { sessions, type Session, type SessionOrigin } from '../store/sessions.ts';
 import type { Q } from '../store/db.ts';
+import { sessionStateAtCommit } from '../store/liveness.ts';
 import { newId, isWellFormedId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
 import type { Policy } from '../policy/types.ts';
@@ -160,7 +161,7 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
           opening && !req.claim
             ? undefined
             : async (tx) => {
-                if (!opening) await assertSessionLive(tx, sid);
+                if (!opening) await assertSessionLive(tx, sid, b.clock.now());
                 await req.claim?.(tx, sid);
               },
       },
@@ -182,8 +183,11 @@ export async function startSession(b: Broker, req: SessionStartRequest): Promise
   }
 }
 
-/** Inside the issuing transaction: a renewal must not slip in after its session was revoked. */
-async function assertSessionLive(tx: Q, sid: string): Promise<void> {
-  const s = await tx('sessions').select('revoked_at').where({ sid }).first();
-  if (!s || s.revoked_at !== null) throw new CordonError('invalid_grant', 'session has been revoked', { reason: 'session_revoked' });
+/** Inside the issuing transaction: a renewal must not slip in after its session was revoked (or its agent disabled). */
+async function assertSessionLive(tx: Q, sid: string, now: number): Promise<void> {
+  const st = await sessionStateAtCommit(tx, sid, now);
+  if (st.active) return;
+  if (st.why === 'agent_inactive') throw new CordonError('invalid_grant', 'the agent of this session has been disabled or revoked', { reason: 'agent_inactive' });
+  if (st.why === 'session_expired') throw new CordonError('invalid_grant', 'session has ended; start a new one', { reason: 'session_expired' });
+  throw new CordonError('invalid_grant', 'session has been revoked', { reason: 'session_revoked' });
 }

@@ -3,8 +3,8 @@ import type { Broker } from '../broker.ts';
 import { CordonError, type OAuthErrorCode } from '../errors.ts';
 import { SIGNING_ALGS } from '../keys/keyring.ts';
 import canonicalize from 'canonicalize';
-import { num, numOrNull } from '../store/db.ts';
-import { ACCESS_TOKEN_TYP, audiencesOf, chainOf, type AccessTokenClaims, type ActClaim } from './claims.ts';
+import { type TokenState, type TokenView, chainActive, loadTokenView as loadView, stateOf } from '../store/liveness.ts';
+import { ACCESS_TOKEN_TYP, audiencesOf, chainOf, type AccessTokenClaims, } from './claims.ts';
 import { isWellFormedId } from '../ids.ts';
 import { recordDenial } from './issue.ts';
 
@@ -50,85 +50,11 @@ export async function verifySignature(b: Broker, jwt: unknown, code: OAuthErrorC
   }
 }
 
-export type TokenState =
-  | { active: true }
-  | { active: false; why: 'unknown' | 'expired' | 'revoked' | 'session_revoked' | 'session_expired' | 'agent_inactive' | 'mismatch' };
+export type { TokenState, TokenView } from '../store/liveness.ts';
+export { stateOf } from '../store/liveness.ts';
 
-export interface TokenView {
-  jti: string;
-  sid: string;
-  clientId: string;
-  parentJti: string | null;
-  scope: string;
-  audience: string[];
-  depth: number;
-  act: ActClaim | null;
-  issuedAt: number;
-  expiresAt: number;
-  revokedAt: number | null;
-  cnfJkt: string | null;
-  /** The principal every token of the session acts for (the root agent, or the federated subject). */
-  sessionSubject: string;
-  /** The holder's name (for backend metadata). */
-  holderName: string;
-  sessionAgentId: string;
-  sessionTask: string | null;
-  sessionExpiresAt: number;
-  sessionRevokedAt: number | null;
-  holderStatus: string;
-  /** The status of the agent that opened the session: a disabled or revoked root takes its whole chain down. */
-  rootStatus: string;
-  rootName: string;
-  /** The root's policy: it defines what the session may do (delegation bounds, credentials). */
-  rootPolicy: string;
-}
-
-/** One query: the token, its session and its holder. Revocation cascades are written eagerly, so this is all it takes. */
-export async function loadTokenView(b: Broker, jti: string): Promise<TokenView | undefined> {
-  const r = await b
-    .read('tokens as t')
-    .join('sessions as s', 's.sid', 't.sid')
-    .join('agents as a', 'a.id', 't.client_id')
-    .join('agents as r', 'r.id', 's.agent_id')
-    .select('t.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.audience', 't.depth', 't.act', 't.issued_at', 't.expires_at', 't.revoked_at', 't.cnf_jkt', 'a.name as a_name', 's.agent_id as s_agent', 's.subject as s_subject', 's.task as s_task', 's.expires_at as s_exp', 's.revoked_at as s_rev', 'a.status as a_status', 'r.status as r_status', 'r.name as r_name', 'r.policy as r_policy')
-    .where('t.jti', jti)
-    .first();
-  if (!r) return undefined;
-  return {
-    jti: r.jti,
-    sid: r.sid,
-    clientId: r.client_id,
-    parentJti: r.parent_jti ?? null,
-    scope: r.scope,
-    audience: JSON.parse(r.audience),
-    depth: num(r.depth),
-    act: r.act ? JSON.parse(r.act) : null,
-    issuedAt: num(r.issued_at),
-    expiresAt: num(r.expires_at),
-    revokedAt: numOrNull(r.revoked_at),
-    cnfJkt: r.cnf_jkt ?? null,
-    sessionSubject: r.s_subject,
-    holderName: r.a_name,
-    sessionAgentId: r.s_agent,
-    sessionTask: r.s_task ?? null,
-    sessionExpiresAt: num(r.s_exp),
-    sessionRevokedAt: numOrNull(r.s_rev),
-    holderStatus: r.a_status,
-    rootStatus: r.r_status,
-    rootName: r.r_name,
-    rootPolicy: r.r_policy,
-  };
-}
-
-export function stateOf(v: TokenView | undefined, now: number): TokenState {
-  if (!v) return { active: false, why: 'unknown' };
-  if (v.revokedAt !== null) return { active: false, why: 'revoked' };
-  if (v.sessionRevokedAt !== null) return { active: false, why: 'session_revoked' };
-  if (v.expiresAt <= now) return { active: false, why: 'expired' };
-  if (v.sessionExpiresAt <= now) return { active: false, why: 'session_expired' };
-  if (v.holderStatus !== 'active' || v.rootStatus !== 'active') return { active: false, why: 'agent_inactive' };
-  return { active: true };
-}
+/** The record's view of a token (one query: token, session, holder, root). */
+export const loadTokenView = (b: Broker, jti: string): Promise<TokenView | undefined> => loadView(b.read, jti);
 
 const WHY_TEXT: Record<Exclude<TokenState, { active: true }>['why'], string> = {
   unknown: 'token is not known to this broker',
@@ -210,11 +136,7 @@ export async function tokenStatus(b: Broker, claims: AccessTokenClaims, attempte
     });
     return { state: { active: false, why: 'mismatch' }, view, audited: true };
   }
-  if (view!.depth >= 2) {
-    const between = chainOf(recordClaims(b, view!)).slice(1, -1);
-    const rows = await b.read('agents').select('id', 'status').whereIn('id', between);
-    if (rows.length !== new Set(between).size || rows.some((r) => r.status !== 'active')) return { state: { active: false, why: 'agent_inactive' }, view };
-  }
+  if (!(await chainActive(b.read, view!))) return { state: { active: false, why: 'agent_inactive' }, view };
   return { state, view };
 }
 
