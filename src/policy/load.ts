@@ -3,7 +3,7 @@
  * set, because running with "the policies that happened to parse" silently changes who may
  * do what.
  */
-import { formatProblem, lintPolicyDir } from './lint.ts';
+import { formatProblem, isError, lintPolicyDir } from './lint.ts';
 import type { LintProblem, Policy } from './types.ts';
 
 export class PolicyLintError extends Error {
@@ -49,7 +49,9 @@ export class PolicySet {
  */
 export async function loadPolicies(dir: string): Promise<PolicySet> {
   const { policies, problems } = await lintPolicyDir(dir);
-  if (problems.length > 0) throw new PolicyLintError(problems);
+  // Warnings do not refuse the set (`cordon policy lint` shows them).
+  const errors = problems.filter(isError);
+  if (errors.length > 0) throw new PolicyLintError(errors);
   return new PolicySet(policies);
 }
 

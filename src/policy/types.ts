@@ -22,7 +22,7 @@ export type CredentialSpec =
       session_policy?: Record<string, unknown>;
       policy_arns?: string[];
       external_id?: string;
-      allow_overhang?: boolean;
+      /** Default true: a revocation, and the expiry of a token shorter than STS's 900 s floor, end the credential through an IAM deny. */
       revoke_via_iam?: boolean;
     };
 
@@ -64,4 +64,6 @@ export interface LintProblem {
   /** 1-based. */
   column: number;
   message: string;
+  /** Absent means an error: the policy is refused. A warning is reported and the policy still loads. */
+  severity?: 'error' | 'warning';
 }
