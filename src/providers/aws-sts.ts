@@ -96,9 +96,9 @@ const denyId = (): string => `iamd_${Date.now().toString(36).padStart(9, '0')}${
  * The role's revocation policy from its active entries, oldest first. Revoked sessions (their
  * source identities, each unique to one session, issued before the latest of their revocation
  * times: the broker issues nothing in a session after revoking it, so the shared bound denies
- * nothing new) and credentials revoked alone inside live sessions (their aws:userid) take one
- * statement each; expiry entries (a credential's aws:userid from its token's exp on) one
- * statement per exp second. Entries are taken in order while the document stays within `limit`;
+ * nothing new) share one statement, credentials revoked alone inside live sessions (their
+ * aws:userid) another; expiry entries (a credential's aws:userid, from its token's exp on) take
+ * one statement per exp second. Entries are taken in order while the document stays within `limit`;
  * the first that does not fit and every later one are `omitted` (older entries never make way
  * for newer).
  */

@@ -9,7 +9,7 @@
  *   issue()       calls the backend; before it creates anything an agent could end up
  *                 holding it calls `checkpoint(handle)` so the intent row already names
  *                 something the broker can revoke if the answer is lost (STS first registers,
- *                 through `ctx`, the IAM deny that ends a credential at its token's exp)
+ *                 through `denies`, the IAM deny that ends a credential at its token's exp)
  *   commit        state = 'issued' with the final handle, in one transaction with the audit row
  *   revoke()      on revocation, session end, or orphan recovery
  */
