@@ -12,7 +12,7 @@ import { startBackendCredentials } from '../src/tokens/sweeper.ts';
 import { credentials, type CredentialRow } from '../src/store/credentials.ts';
 
 export const ROLE_ARN = 'arn:aws:iam::123456789012:role/agent-reports';
-/** A second role, never revoked through IAM (no credential on it sets revoke_via_iam). */
+/** A second role, never revoked through IAM (its one credential sets revoke_via_iam: false). */
 export const ROLE_ARN_RO = 'arn:aws:iam::123456789012:role/agent-readonly';
 /** A resource server the credential-test agents may ask tokens for. */
 export const RS_AUDIENCE = 'https://tickets.internal';
@@ -26,10 +26,10 @@ export const POLICIES: Record<string, string> = {
   'creds-owner.yaml': `
 name: creds-owner
 description: Root agent of the credential tests.
-token_ttl: 10m
+token_ttl: 30m
 session_ttl: 1h
 audiences: [${RS_AUDIENCE}]
-scopes: [work:read, cred:vault-token, cred:vault-db, cred:vault-kv, cred:vault-admin, cred:s3, cred:s3-iam, cred:s3-overhang]
+scopes: [work:read, cred:vault-token, cred:vault-db, cred:vault-kv, cred:vault-admin, cred:s3, cred:s3-iam]
 delegation:
   max_depth: 1
   scopes: [work:read, cred:vault-token, cred:s3-iam]
@@ -38,9 +38,8 @@ credentials:
   vault-admin: { provider: vault, vault_policies: [tickets-admin], ttl: 5m }
   vault-db: { provider: vault, path: database/creds/tickets-ro, ttl: 10m }
   vault-kv: { provider: vault, path: secret/data/tickets/api, ttl: 10m }
-  s3: { provider: aws-sts, role_arn: "${ROLE_ARN_RO}", session_policy: ${sp}, ttl: 30m }
-  s3-iam: { provider: aws-sts, role_arn: "${ROLE_ARN}", session_policy: ${sp}, ttl: 30m, revoke_via_iam: true }
-  s3-overhang: { provider: aws-sts, role_arn: "${ROLE_ARN}", ttl: 30m, allow_overhang: true, revoke_via_iam: true }
+  s3: { provider: aws-sts, role_arn: "${ROLE_ARN_RO}", session_policy: ${sp}, ttl: 30m, revoke_via_iam: false }
+  s3-iam: { provider: aws-sts, role_arn: "${ROLE_ARN}", session_policy: ${sp}, ttl: 30m }
 `,
   'creds-worker.yaml': `
 name: creds-worker
@@ -51,7 +50,7 @@ scopes: [work:read, cred:vault-token, cred:vault-db, cred:s3-iam]
 credentials:
   vault-token: { provider: vault, vault_policies: [tickets-read], ttl: 5m }
   vault-db: { provider: vault, path: database/creds/tickets-ro, ttl: 10m }
-  s3-iam: { provider: aws-sts, role_arn: "${ROLE_ARN}", ttl: 30m, revoke_via_iam: true }
+  s3-iam: { provider: aws-sts, role_arn: "${ROLE_ARN}", ttl: 30m }
 `,
   'creds-none.yaml': `
 name: creds-none

@@ -113,8 +113,9 @@ describe('examples (run as the README runs them)', function () {
       CORDON_LOG_LEVEL: 'warn',
       CORDON_SWEEP_INTERVAL: '3600',
     };
-    // The broker's own AWS identity: the double's test key, as the SDK's usual env chain reads it.
-    const brokerEnv = { ...env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: stsUrl, AWS_ACCESS_KEY_ID: sts.accessKeyId, AWS_SECRET_ACCESS_KEY: sts.secretAccessKey };
+    // The broker's own AWS identity: the double's test key, as the SDK's usual env chain reads it. IAM too: the
+    // example's 10-minute tokens are shorter than STS's 900 s floor, so an IAM expiry deny ends their keys.
+    const brokerEnv = { ...env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: stsUrl, AWS_ENDPOINT_URL_IAM: stsUrl, AWS_ACCESS_KEY_ID: sts.accessKeyId, AWS_SECRET_ACCESS_KEY: sts.secretAccessKey };
     for (const [name, policy] of [
       ['orchestrator', 'example-orchestrator'],
       ['worker', 'example-worker'],

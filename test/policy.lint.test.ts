@@ -259,6 +259,32 @@ describe('policy/lint', () => {
       const long = await lintOne(cred(ok).replace('ttl: 15m', 'ttl: 13h').replace('session_ttl: 12h', 'session_ttl: 1d'));
       one(long.problems, long.file, 7, /ttl: must be at most 12h/);
     });
+
+    it('aws-sts: allow_overhang is refused, saying it was removed and why (whatever its value)', async () => {
+      const cred = (extra: string) =>
+        `name: base\nscopes: [cred:s3]\ncredentials:\n  s3:\n    provider: aws-sts\n    role_arn: arn:aws:iam::123456789012:role/agent\n    ttl: 15m\n${extra}`;
+      for (const v of ['true', 'false']) {
+        const r = await lintOne(cred(`    allow_overhang: ${v}\n`));
+        const p = one(r.problems, r.file, 8, /credentials\.s3\.allow_overhang: allow_overhang was removed: a credential may no longer outlive the token that asked for it.*IAM deny ends the credential at the token's expiry \(revoke_via_iam, on by default\)/);
+        assert.notEqual(p.severity, 'warning', 'an error: the policy is refused');
+        assert.deepEqual(r.policies, []);
+      }
+    });
+
+    it('aws-sts: revoke_via_iam: false is a warning (the policy still loads); left out, it is on', async () => {
+      const text = (extra: string) =>
+        `name: base\nscopes: [cred:s3]\ncredentials:\n  s3:\n    provider: aws-sts\n    role_arn: arn:aws:iam::123456789012:role/agent\n    ttl: 15m\n${extra}`;
+      const off = await lintOne(text('    revoke_via_iam: false\n'));
+      const p = one(off.problems, off.file, 8, /revoke_via_iam is off: revoking a session or token cannot end these STS credentials.*less than 900 s left.*refused/);
+      assert.equal(p.severity, 'warning');
+      assert.deepEqual(off.policies.map((x) => x.name), ['base'], 'a warning does not drop the policy');
+      const dir = await dirWith({ 'p.yaml': text('    revoke_via_iam: false\n') });
+      assert.deepEqual((await loadPolicies(dir)).names(), ['base'], 'the broker loads it');
+      for (const extra of ['', '    revoke_via_iam: true\n']) assert.deepEqual((await lintOne(text(extra))).problems, []);
+      // An error next to the warning still refuses the set.
+      const both = await dirWith({ 'p.yaml': text('    revoke_via_iam: false\n').replace('scopes: [cred:s3]', 'scopes: [cred:s3, cred:nope]') });
+      await assert.rejects(loadPolicies(both), (e: unknown) => e instanceof PolicyLintError && e.problems.length === 1 && /cred:nope/.test(e.message));
+    });
   });
 
   describe('semantic rules', () => {

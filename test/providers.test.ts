@@ -6,7 +6,8 @@ import pino from 'pino';
 import { ManualClock } from '../src/clock.ts';
 import { roleSessionNameFor, sourceIdentityFor, tagSafe, StsProvider } from '../src/providers/aws-sts.ts';
 import { VaultProvider } from '../src/providers/vault.ts';
-import { ProviderError, type IssueRequest, type Handle } from '../src/providers/provider.ts';
+import { ProviderError, type DenyHooks, type IssueRequest, type Handle } from '../src/providers/provider.ts';
+import { CordonError } from '../src/errors.ts';
 import type { CredentialSpec } from '../src/policy/types.ts';
 import type { VaultConfig } from '../src/config/index.ts';
 import { ConfigError } from '../src/errors.ts';
@@ -30,6 +31,7 @@ function request(clock: ManualClock, spec: CredentialSpec, o: { tokenLeft?: numb
     spec,
     now,
     remainingSec: { token: o.tokenLeft ?? 600, session: o.sessionLeft ?? 3600 },
+    tokenExpiresAt: now + (o.tokenLeft ?? 600) * 1000,
   };
 }
 
@@ -71,20 +73,37 @@ describe('providers: STS lifetime rules (plan)', () => {
   const spec = (o: Partial<Extract<CredentialSpec, { provider: 'aws-sts' }>> = {}): CredentialSpec => ({ provider: 'aws-sts', ttl: 1800, role_arn: 'arn:aws:iam::123456789012:role/r', ...o });
   after(() => sts.close());
 
-  it('session remaining life capped by the policy ttl', () => {
-    assert.equal(sts.plan(request(clock, spec(), { sessionLeft: 3600 })).ttlSec, 1800);
-    assert.equal(sts.plan(request(clock, spec(), { sessionLeft: 1000 })).ttlSec, 1000);
+  it('the TOKEN’s remaining life capped by the policy ttl (not the session’s)', () => {
+    assert.equal(sts.plan(request(clock, spec(), { tokenLeft: 3600, sessionLeft: 3600 })).ttlSec, 1800);
+    assert.equal(sts.plan(request(clock, spec(), { tokenLeft: 1000, sessionLeft: 3600 })).ttlSec, 1000);
+    const p = sts.plan(request(clock, spec(), { tokenLeft: 1200, sessionLeft: 3000 }));
+    assert.equal(p.ttlSec, 1200);
+    assert.equal(p.expiryDenyAt, undefined, 'the keys expire with the token by themselves');
   });
-  it('never below 900 s: a short policy ttl is raised to 900 when the session allows it', () => {
-    const p = sts.plan(request(clock, spec({ ttl: 300 }), { sessionLeft: 3600 }));
+  it('never below 900 s: a short policy ttl is raised to 900 when the token allows it', () => {
+    const p = sts.plan(request(clock, spec({ ttl: 300 }), { tokenLeft: 3600 }));
     assert.equal(p.ttlSec, 900);
-    assert.equal(p.overhangSec, 0);
+    assert.equal(p.expiryDenyAt, undefined);
   });
-  it('under 900 s of session: refused, or 900 s with allow_overhang', () => {
-    assert.throws(() => sts.plan(request(clock, spec(), { sessionLeft: 899 })), (e: unknown) => e instanceof Error && /at least 900 s/.test(e.message));
-    const p = sts.plan(request(clock, spec({ allow_overhang: true }), { sessionLeft: 600 }));
+  it('under 900 s of token: 900 s ended by an expiry deny at the token’s exp (revoke_via_iam is the default), refused with revoke_via_iam: false', () => {
+    const req = request(clock, spec(), { tokenLeft: 60, sessionLeft: 3000 });
+    const p = sts.plan(req);
     assert.equal(p.ttlSec, 900);
-    assert.equal(p.overhangSec, 300);
+    assert.equal(p.expiryDenyAt, Math.floor(req.tokenExpiresAt / 1000) * 1000);
+    assert.equal(p.expiresAtMax, p.expiryDenyAt, 'nothing of it outlives the token');
+    assert.equal(p.handle!.revoke_via_iam, true);
+    assert.throws(
+      () => sts.plan(request(clock, spec({ revoke_via_iam: false }), { tokenLeft: 60 })),
+      (e: unknown) => e instanceof CordonError && e.status === 403 && e.reason === 'sts_token_too_short' && /expires in 60 s.*at least 900 s.*fresh token.*revoke_via_iam/.test(e.description),
+    );
+  });
+  it('whatever the token has left, the plan never lets the keys outlive it', () => {
+    for (let left = 1; left <= 4000; left += 7) {
+      const req = request(clock, spec({ ttl: 3600 }), { tokenLeft: left, sessionLeft: 4000 });
+      const p = sts.plan(req);
+      if (p.expiryDenyAt === undefined) assert.ok(p.ttlSec <= left, `${left} s left: asked ${p.ttlSec} s`);
+      else assert.ok(p.expiryDenyAt <= req.tokenExpiresAt && p.expiresAtMax <= req.tokenExpiresAt, `${left} s left`);
+    }
   });
 });
 
@@ -97,6 +116,11 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
   let sts: StsProvider;
   const spec: CredentialSpec = { provider: 'aws-sts', ttl: 7200, role_arn: ROLE };
   const cp = async (): Promise<void> => {};
+  /** These requests have time enough: no expiry deny may be asked for. */
+  const noDeny: DenyHooks = {
+    recordDeny: () => Promise.reject(new Error('no expiry deny expected')),
+    syncDenies: () => Promise.reject(new Error('no expiry deny expected')),
+  };
   const CHAINING = 'The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.';
 
   before(async () => {
@@ -120,8 +144,8 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
 
   it('AWS answers "role chaining": capped at 1 hour and asked again', async () => {
     double.failNext(400, 'ValidationError', CHAINING, 'AssumeRole');
-    const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 600 });
-    const out = await sts.issue(req, sts.plan(req), cp);
+    const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 7200 });
+    const out = await sts.issue(req, sts.plan(req), cp, noDeny);
     assert.equal(out.details.duration_sec, 3600);
     assert.equal(sts.plan(req).ttlSec, 3600, 'and remembered');
   });
@@ -131,8 +155,8 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
     try {
       double.failNext(400, 'ValidationError', CHAINING, 'AssumeRole');
       double.failNext(403, 'AccessDenied', `User: arn:aws:iam::123456789012:user/cordon-broker is not authorized to perform: sts:AssumeRole on resource: ${ROLE}`, 'AssumeRole');
-      const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 600 });
-      await assert.rejects(fresh.issue(req, fresh.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && e.code === 'bad_gateway' && /AWS refused AssumeRole on arn:aws:iam::123456789012:role\/agent-reports \(AccessDenied\)/.test(e.description));
+      const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 7200 });
+      await assert.rejects(fresh.issue(req, fresh.plan(req), cp, noDeny), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && e.code === 'bad_gateway' && /AWS refused AssumeRole on arn:aws:iam::123456789012:role\/agent-reports \(AccessDenied\)/.test(e.description));
     } finally {
       await fresh.close();
     }

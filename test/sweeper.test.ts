@@ -57,57 +57,70 @@ describe('sweeper: everything dies with the session', () => {
     assert.equal(f.vault.requestsTo('sys/leases/revoke').filter((r) => r.body.lease_id === db.lease_id).length, 1);
   });
 
-  /** A session with 10 minutes left and an allow_overhang STS credential that outlives it by 5. */
-  async function overhanging(name: string): Promise<{ sid: string; end: number; c: any }> {
+  /** A session with 10 minutes left and an STS credential (900 s at STS) that an expiry deny ends with its token, at the session's end. */
+  async function shortLived(name: string): Promise<{ sid: string; end: number; c: any }> {
     const a = await f.agent(name, 'creds-owner');
-    let tok = await mustSession(f.tb, a, 'cred:s3-overhang');
+    let tok = await mustSession(f.tb, a, 'cred:s3-iam');
     const sid = claimsOf(tok).sid;
     const end = await sessionEnd(f, sid);
     f.tb.clock.set(end - 600_000);
-    tok = await mustSession(f.tb, a, 'cred:s3-overhang', { session: sid });
-    const c = (await f.cred('s3-overhang', tok)).body;
-    assert.ok(Date.parse(c.expires_at) > end, 'outlives the session');
+    tok = await mustSession(f.tb, a, 'cred:s3-iam', { session: sid });
+    const c = (await f.cred('s3-iam', tok)).body;
+    assert.ok(Date.parse(c.expires_at) <= end, 'ends with its token, so with the session');
+    assert.ok(f.sts.getCredential(c.credentials.AccessKeyId)!.expiresAtMs > end, 'although STS would let it live on');
     return { sid, end, c };
   }
 
-  it('a session that simply expired is not a revocation: no IAM deny, and an allow_overhang STS credential lives on (as documented), listed so', async () => {
-    const { sid, end, c } = await overhanging('sw-sts-end');
+  it('a session that simply expired is not a revocation: no revocation deny, its STS credential ended with its token (expiry deny)', async () => {
+    const { sid, end, c } = await shortLived('sw-sts-end');
     f.tb.clock.set(end + 1000);
-    f.sts.reset();
     const rep = await sweepOnce(f.tb.b);
     assert.equal(rep.sessionsSwept, 1);
-    assert.equal(f.sts.requests.filter((x) => x.action === 'PutRolePolicy').length, 0, 'no deny was put on the role');
-    assert.deepEqual(await iamDenies.bySession(f.tb.b.db, sid), []);
-    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), false);
-    assert.equal(f.sts.isCredentialUsable(c.credentials.AccessKeyId, { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' }), true, 'usable until its expires_at');
+    const entries = await iamDenies.bySession(f.tb.b.db, sid);
+    assert.deepEqual(entries.map((x) => x.kind), ['expiry'], 'nothing but the expiry deny put at issue');
+    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true, 'dead since its token died');
+    assert.equal(f.sts.isCredentialUsable(c.credentials.AccessKeyId, { atMs: end - 1000 }), true, 'alive until then');
     const [row] = await f.rows(sid);
-    assert.equal(row.state, 'issued', row.note!);
-    assert.match(row.note!, /session ended.*allow_overhang.*not denied/);
+    assert.equal(row.state, 'revoked', row.note!);
+    assert.match(row.note!, /expired at/);
     assert.equal((await sweepOnce(f.tb.b)).sessionsSwept, 0, 'swept once');
   });
 
-  it('a revoked session’s allow_overhang STS credential is denied, and the sweeper removes the deny once it has expired', async () => {
-    const { sid, end, c } = await overhanging('sw-sts-rev');
+  it('a revoked session’s STS credential is denied; the sweeper removes each deny (the revocation, then the expiry deny) once it is due', async () => {
+    const { sid, end, c } = await shortLived('sw-sts-rev');
     f.tb.clock.set(end - 60_000);
     const head = await auditHead(f.tb.b);
     await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
-    f.tb.clock.set(end + 1000);
+    f.tb.clock.set(end - 30_000);
     await sweepOnce(f.tb.b);
     assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
-    const [deny] = await iamDenies.bySession(f.tb.b.db, sid);
+    const deny = (await iamDenies.bySession(f.tb.b.db, sid)).find((x) => x.kind === 'session')!;
+    const expiry = (await iamDenies.bySession(f.tb.b.db, sid)).find((x) => x.kind === 'expiry')!;
     assert.ok(deny && deny.removedAt === null);
-    assert.ok(Object.keys(f.sts.rolePolicies('agent-reports')).includes(deny.policyName));
+    assert.ok(expiry && expiry.removedAt === null);
+    assert.ok(expiry.removeAfter > deny.removeAfter, 'the expiry deny stays until STS’s own expiry');
+    const sids = () => JSON.parse(f.sts.rolePolicies('agent-reports')['cordon-revocations'] ?? '{"Statement":[]}').Statement.map((x: { Sid: string }) => x.Sid);
+    assert.ok(sids().includes('CordonRevokedSessions') && sids().some((x: string) => x.startsWith('CordonExpiry')));
 
-    // Not yet: the credential is still alive.
-    await sweepOnce(f.tb.b);
-    assert.ok(Object.keys(f.sts.rolePolicies('agent-reports')).includes(deny.policyName));
+    // The revocation goes once the credential it denied has expired (for the broker: at its token's exp).
     f.tb.clock.set(deny.removeAfter + 1);
-    const rep = await sweepOnce(f.tb.b);
+    let rep = await sweepOnce(f.tb.b);
+    assert.equal(rep.deniesRemoved, 1);
+    assert.deepEqual(sids(), [`CordonExpiry${Math.floor(expiry.revokedAt! / 1000)}`], 'the expiry deny still holds the keys STS would let live');
+    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
+    // Not yet: STS's own expiry has not passed.
+    f.tb.clock.set(expiry.removeAfter - 1000);
+    assert.equal((await sweepOnce(f.tb.b)).deniesRemoved, 0);
+    assert.ok((await iamDenies.bySession(f.tb.b.db, sid)).find((x) => x.kind === 'expiry')!.removedAt === null);
+    // After remove_after: gone, and the role is clean again.
+    f.tb.clock.set(expiry.removeAfter + 1);
+    assert.equal(f.sts.isCredentialExpired(c.credentials.AccessKeyId), true, 'the keys are dead at STS by then');
+    rep = await sweepOnce(f.tb.b);
     assert.equal(rep.deniesRemoved, 1);
     assert.deepEqual(f.sts.rolePolicies('agent-reports'), {}, 'the role is clean again');
-    assert.ok((await iamDenies.bySession(f.tb.b.db, sid))[0].removedAt !== null);
+    for (const x of await iamDenies.bySession(f.tb.b.db, sid)) assert.ok(x.removedAt !== null, x.kind!);
     const events = (await auditSince(f.tb.b, head)).map((x) => x.event);
-    assert.ok(events.includes('credential.iam_deny') && events.includes('credential.iam_deny_removed'));
+    assert.ok(events.includes('credential.iam_deny') && events.filter((x) => x === 'credential.iam_deny_removed').length === 2);
   });
 
   it('revokes the credentials of a revoked token in a live session when the after-commit hook never ran (failed, or the broker stopped)', async () => {
@@ -171,8 +184,8 @@ describe('sweeper: everything dies with the session', () => {
       const crashing: CredentialProvider = {
         name: real.name,
         plan: (r) => real.plan(r),
-        issue: async (r, p, cp) => {
-          answers.push((await real.issue(r, p, cp)).credentials);
+        issue: async (r, p, cp, d) => {
+          answers.push((await real.issue(r, p, cp, d)).credentials);
           return new Promise(() => {}); // the process is gone
         },
         revoke: (t, c) => real.revoke(t, c),
@@ -330,7 +343,8 @@ describe('IAM revocations: one consolidated policy per role', () => {
     await revokeSession(f.tb.b, claimsOf(other).sid, { actor: 'admin', via: 'test' });
     assert.deepEqual(Object.keys(policies()), ['cordon-revocations']);
     const doc = JSON.parse(policies()['cordon-revocations']);
-    assert.deepEqual(doc.Statement.map((s: any) => s.Sid).sort(), ['CordonRevokedCredentials', 'CordonRevokedSessions']);
+    // (Plus the expiry deny the sub-agent's 5-minute token needed: it ends that credential at the token's exp.)
+    assert.deepEqual(doc.Statement.map((s: any) => s.Sid).sort(), [`CordonExpiry${claimsOf(sub).exp}`, 'CordonRevokedCredentials', 'CordonRevokedSessions']);
     assert.equal(f.sts.isCredentialDenied(theirs.credentials.AccessKeyId), true, 'the earlier token-level deny survived the rebuild');
     assert.equal(f.sts.isCredentialDenied(otherC.credentials.AccessKeyId), true);
     assert.equal(f.sts.isCredentialDenied(mine.credentials.AccessKeyId), false);

@@ -23,6 +23,9 @@ export class PolicyDirError extends Error {
   }
 }
 
+/** A problem without a severity is an error. */
+export const isError = (p: LintProblem): boolean => p.severity !== 'warning';
+
 export const formatProblem = (p: LintProblem): string => `${p.file}:${p.line}:${p.column}: ${p.severity === 'warning' ? 'warning: ' : ''}${p.message}`;
 
 type Position = { line: number; column: number };
@@ -84,7 +87,7 @@ export function lintPolicySource(file: string, text: string): FileLint {
     const { line, col } = lineCounter.linePos(offset);
     return { line, column: col };
   };
-  const report = (offset: number, message: string) => problems.push({ file, ...at(offset), message });
+  const report = (offset: number, message: string, severity?: 'warning') => problems.push({ file, ...at(offset), message, ...(severity ? { severity } : {}) });
 
   // Warnings too (unknown tags and the like): a policy is not the place for YAML we only half understand.
   for (const e of [...doc.errors, ...doc.warnings]) {
@@ -108,9 +111,9 @@ export function lintPolicySource(file: string, text: string): FileLint {
   const name = typeof (input as { name?: unknown } | null)?.name === 'string' ? (input as { name: string }).name : undefined;
   const nameAt = name === undefined ? undefined : at(locate(doc, ['name'], 'value'));
   // A problem about a key is labelled with the mapping holding it ("delegation: unknown key …").
-  const flag = (path: Path, message: string, part: 'key' | 'value' = 'value') => {
+  const flag = (path: Path, message: string, part: 'key' | 'value' = 'value', severity?: 'warning') => {
     const label = part === 'key' ? path.slice(0, -1) : path;
-    report(locate(doc, path, part), label.length > 0 ? `${formatPath(label)}: ${message}` : message);
+    report(locate(doc, path, part), label.length > 0 ? `${formatPath(label)}: ${message}` : message, severity);
   };
 
   const parsed = policyFileSchema.safeParse(input);
@@ -122,8 +125,9 @@ export function lintPolicySource(file: string, text: string): FileLint {
   const f = parsed.data;
   checkSemantics(f, flag);
   const grants = fileGrants(f, file, (path, part) => at(locate(doc, path, part)));
-  if (problems.length > 0) return { problems: sortProblems(problems), name, nameAt, grants };
-  return { policy: toPolicy(f, file), problems, name, nameAt, federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))), grants };
+  // Only errors refuse the policy; warnings travel with it.
+  if (problems.some(isError)) return { problems: sortProblems(problems), name, nameAt, grants };
+  return { policy: toPolicy(f, file), problems: sortProblems(problems), name, nameAt, federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))), grants };
 }
 
 function fileGrants(f: PolicyFile, file: string, at: (path: Path, part: 'key' | 'value') => Position): FileGrants {
@@ -141,7 +145,7 @@ function fileGrants(f: PolicyFile, file: string, at: (path: Path, part: 'key' | 
 }
 
 /** Cross-field rules the schema cannot express. */
-function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?: 'key' | 'value') => void): void {
+function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?: 'key' | 'value', severity?: 'warning') => void): void {
   if (!NAME_PATTERN.test(f.name)) flag(['name'], `policy name ${JSON.stringify(f.name)} must match ${NAME_PATTERN.source}`);
 
   const tokenTtl = f.token_ttl ?? DEFAULT_TOKEN_TTL;
@@ -166,6 +170,14 @@ function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?
     }
     if (spec.ttl > sessionTtl) {
       flag(['credentials', name, 'ttl'], `ttl (${spec.ttl}s) is longer than session_ttl (${sessionTtl}s)`);
+    }
+    if (spec.provider === 'aws-sts' && spec.revoke_via_iam === false) {
+      flag(
+        ['credentials', name, 'revoke_via_iam'],
+        'revoke_via_iam is off: revoking a session or token cannot end these STS credentials before they expire, and a token with less than 900 s left (the STS minimum) is refused them',
+        'value',
+        'warning',
+      );
     }
   }
 
@@ -286,6 +298,7 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
     throw new PolicyDirError(dir, code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? (e as Error).message})`, e);
   }
 
+  const fileWarnings: LintProblem[] = [];
   const policies: Policy[] = [];
   const problems: LintProblem[] = [];
   const firstFileOf = new Map<string, string>();
@@ -309,7 +322,9 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
       continue;
     }
     const result = lintPolicySource(file, text);
-    problems.push(...result.problems);
+    // A file's warnings (say revoke_via_iam: false) are reported apart: they never refuse the set.
+    problems.push(...result.problems.filter(isError));
+    fileWarnings.push(...result.problems.filter((p) => !isError(p)));
     // Checked even when the file has other problems, so one run shows them all.
     if (result.name !== undefined) {
       const first = firstFileOf.get(result.name);
@@ -329,7 +344,7 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
   problems.push(...singleUseConflicts(policies, federationAt));
   const cross = grantChecks(grants);
   problems.push(...cross.problems);
-  return { policies, problems, warnings: cross.warnings };
+  return { policies, problems, warnings: [...fileWarnings, ...cross.warnings] };
 }
 
 /**

@@ -15,6 +15,8 @@ export const MAX_DELEGATION_DEPTH = 16;
 export const MAX_SESSION_POLICY_CHARS = 2048;
 export const MAX_POLICY_ARNS = 10;
 export const MAX_STS_TTL = 43_200;
+export const ALLOW_OVERHANG_REMOVED =
+  'allow_overhang was removed: a credential may no longer outlive the token that asked for it. Where the token has less than the 900 s STS issues at least, an IAM deny ends the credential at the token\'s expiry (revoke_via_iam, on by default); delete this key';
 
 const ROLE_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,64}$/;
 const POLICY_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::(?:\d{12}|aws):policy\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,128}$/;
@@ -106,7 +108,11 @@ export const awsStsCredentialSchema = z.strictObject({
     .max(MAX_POLICY_ARNS, `may list at most ${MAX_POLICY_ARNS} policy ARNs (the STS limit)`)
     .optional(),
   external_id: z.string().regex(EXTERNAL_ID, 'must be 2-1224 characters of [A-Za-z0-9+=,.@:/_-]').optional(),
-  allow_overhang: z.boolean().optional(),
+  // Removed: refused with the reason, rather than as an unknown key.
+  allow_overhang: z
+    .unknown()
+    .superRefine((_, ctx) => ctx.addIssue({ code: 'custom', message: ALLOW_OVERHANG_REMOVED }))
+    .optional(),
   revoke_via_iam: z.boolean().optional(),
 });
 

@@ -24,7 +24,7 @@ export type CredentialSpec =
       session_policy?: Record<string, unknown>;
       policy_arns?: string[];
       external_id?: string;
-      allow_overhang?: boolean;
+      /** Default true: a revocation, and the expiry of a token shorter than STS's 900 s floor, end the credential through an IAM deny. */
       revoke_via_iam?: boolean;
     };
 

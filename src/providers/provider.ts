@@ -8,7 +8,8 @@
  *   intent row    credentials.state = 'pending' (committed)
  *   issue()       calls the backend; before it creates anything an agent could end up
  *                 holding it calls `checkpoint(handle)` so the intent row already names
- *                 something the broker can revoke if the answer is lost
+ *                 something the broker can revoke if the answer is lost (STS first registers,
+ *                 through `denies`, the IAM deny that ends a credential at its token's exp)
  *   commit        state = 'issued' with the final handle, in one transaction with the audit row
  *   revoke()      on revocation, session end, or orphan recovery
  */
@@ -48,6 +49,8 @@ export interface IssueRequest {
   now: number;
   /** Seconds left before the token's exp, and before the session ends. */
   remainingSec: { token: number; session: number };
+  /** The token's exp (ms): nothing issued for it may outlive this. */
+  tokenExpiresAt: number;
 }
 
 export interface IssuePlan {
@@ -57,8 +60,12 @@ export interface IssuePlan {
   expiresAtMax: number;
   /** Revocation facts known before any backend call (STS: role, source identity, session name). */
   handle?: Handle;
-  /** Seconds by which the credential outlives the session (STS allow_overhang); 0 otherwise. */
-  overhangSec: number;
+  /**
+   * STS only: the backend's floor (900 s) outlives the token, so an IAM deny must end the
+   * credential at this moment (ms, the token's exp rounded down to the second), registered
+   * before the backend is called.
+   */
+  expiryDenyAt?: number;
 }
 
 export interface IssueResult {
@@ -88,17 +95,20 @@ export interface RevokeTarget {
 
 /**
  * One IAM deny entry (table `iam_denies`): one revoked session (`session`: its aws:SourceIdentity,
- * issued before `revokedAt` plus clock skew) or one credential revoked inside a live session
- * (`credential`: its aws:userid pattern). Every role carries one policy rebuilt from its entries.
+ * issued before `revokedAt` plus clock skew), one credential revoked inside a live session
+ * (`credential`: its aws:userid pattern), or one credential that must die with its token
+ * (`expiry`: its aws:userid pattern, denied once aws:CurrentTime passes `revokedAt`, the token's
+ * exp). Every role carries one policy rebuilt from its entries.
  */
 export interface DenyRecord {
   id: string;
   roleArn: string;
   policyName: string;
   sid: string;
-  kind: 'session' | 'credential';
+  kind: 'session' | 'credential' | 'expiry';
   subject: string;
-  revokedAt: number; // ms
+  /** ms: when the revocation was decided; for `expiry`, when the credential is denied from (the token's exp). */
+  revokedAt: number;
   removeAfter: number; // ms
 }
 
@@ -110,15 +120,8 @@ export interface DenyApplyResult {
   omitted: string[];
 }
 
-export interface RevokeContext {
-  now: number;
-  /**
-   * Why: `session` (the whole session was revoked), `expired` (the session simply reached its
-   * end: what was issued in it expires with it, and nothing needs denying), `token` (some tokens
-   * of a live session were revoked: only their credentials may die), `orphan` (an intent whose
-   * backend answer was lost).
-   */
-  scope: 'session' | 'expired' | 'token' | 'orphan';
+/** What a provider may do with IAM deny entries (the broker owns the database side). */
+export interface DenyHooks {
   /** Records deny entries (committed, audited) before a provider writes them into IAM, so the sweeper can always remove them later. */
   recordDeny(entries: DenyRecord[]): Promise<void>;
   /**
@@ -130,6 +133,17 @@ export interface RevokeContext {
   syncDenies(roleArn: string, mine: string[], apply: (entries: DenyRecord[]) => Promise<DenyApplyResult>): Promise<DenyApplyResult>;
 }
 
+export interface RevokeContext extends DenyHooks {
+  now: number;
+  /**
+   * Why: `session` (the whole session was revoked), `expired` (the session simply reached its
+   * end: what was issued in it expires with it, and nothing needs denying), `token` (some tokens
+   * of a live session were revoked: only their credentials may die), `orphan` (an intent whose
+   * backend answer was lost).
+   */
+  scope: 'session' | 'expired' | 'token' | 'orphan';
+}
+
 export type RevokeOutcome =
   /** The backend confirmed it is gone (or it already was). */
   | 'revoked'
@@ -137,8 +151,7 @@ export type RevokeOutcome =
   | 'expired'
   /**
    * The backend cannot revoke it (STS without revoke_via_iam, a static KV secret), or there is no
-   * reason to (an STS credential that outlives a session that simply ended, by allow_overhang):
-   * it stays alive until expiry.
+   * reason to (a session that simply ended is not a revocation): it stays alive until expiry.
    */
   | 'not_revocable'
   /** The backend call failed; retry later. */
@@ -165,8 +178,11 @@ export interface CredentialProvider {
   readonly name: ProviderName;
   /** Pure: the lifetime this request gets, or a CordonError refusal. No I/O. */
   plan(req: IssueRequest): IssuePlan;
-  /** Calls the backend. `checkpoint` persists a partial handle before anything revocable exists. */
-  issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult>;
+  /**
+   * Calls the backend. `checkpoint` persists a partial handle before anything revocable exists;
+   * `denies` registers IAM deny entries (STS: the expiry deny of a credential that would outlive its token).
+   */
+  issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>, denies: DenyHooks): Promise<IssueResult>;
   /** Revokes many credentials (providers may batch, e.g. one IAM deny entry per session). One result per target. */
   revoke(targets: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]>;
   /** Rewrites a role's one deny policy from these entries (PUT, or DELETE when none): STS only. */

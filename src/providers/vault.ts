@@ -137,7 +137,7 @@ export class VaultProvider implements CredentialProvider {
     let ttl = Math.min(spec.ttl, req.remainingSec.token - 1, req.remainingSec.session - 1);
     if (spec.explicit_max_ttl !== undefined) ttl = Math.min(ttl, spec.explicit_max_ttl);
     if (ttl < 1) throw new CordonError('invalid_token', 'token expires in less than 2 seconds: get a fresh token first', { reason: 'token_expiring' });
-    return { ttlSec: ttl, expiresAtMax: req.now + ttl * 1000 + 1000, overhangSec: 0 };
+    return { ttlSec: ttl, expiresAtMax: req.now + ttl * 1000 + 1000 };
   }
 
   async issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult> {

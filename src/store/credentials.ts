@@ -176,7 +176,7 @@ export const credentials = {
 };
 
 /** What one IAM deny entry denies (migration 002); null for a legacy per-revocation inline policy. */
-export type IamDenyKind = 'session' | 'credential';
+export type IamDenyKind = 'session' | 'credential' | 'expiry';
 
 export interface IamDenyRow {
   id: string;
@@ -185,9 +185,9 @@ export interface IamDenyRow {
   policyName: string;
   sid: string;
   kind: IamDenyKind | null;
-  /** `session`: the aws:SourceIdentity; `credential`: the aws:userid pattern. */
+  /** `session`: the aws:SourceIdentity; `credential` and `expiry`: the aws:userid pattern. */
   subject: string | null;
-  /** When the revocation was decided (bounds aws:TokenIssueTime for `session` entries). */
+  /** When the revocation was decided (bounds aws:TokenIssueTime for `session` entries); `expiry`: the token's exp, from which the credential is denied. */
   revokedAt: number | null;
   createdAt: number;
   removeAfter: number;

@@ -22,7 +22,7 @@ import { type CredentialRow, type CredentialState, credentials, denyEntryOf, iam
 import type { CredentialOutcome } from '../store/issuance-writer.ts';
 import { driverMessage } from '../store/db.ts';
 import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
-import type { CredentialProvider, DenyRecord, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
+import type { CredentialProvider, DenyHooks, DenyRecord, Handle, IssueRequest, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
 import { recordBackendError } from '../http/metrics.ts';
 import { audiencesOf, chainOf, type AccessTokenClaims } from './claims.ts';
@@ -71,8 +71,6 @@ export interface CredentialResponse {
   expires_at: string;
   lease_id?: string;
   credentials: Record<string, unknown>;
-  /** STS allow_overhang only: seconds the credential outlives the session. */
-  overhang_sec?: number;
   /**
    * A static secret (Vault KV v2): the value was not made for this session and cannot be revoked,
    * only the token that read it; `expires_at` is then advice (re-read by then), not when it stops working.
@@ -85,8 +83,8 @@ const EVENT = 'credential.issue';
 /**
  * `POST /credentials/:name`: the token must be active (and its DPoP proof valid when bound), its
  * scope must hold `cred:<name>`, the session's root policy must define `<name>` and its provider
- * must be on. The credential never outlives the token's `exp` (Vault) or the session (STS; see
- * allow_overhang), and exists only if its record and audit row do.
+ * must be on. The credential never outlives the token's `exp` (STS: ended there by an IAM expiry
+ * deny where STS's 900 s floor is longer), and exists only if its record and audit row do.
  */
 export async function issueCredential(b: Broker, req: CredentialRequest): Promise<CredentialResponse> {
   let claims: AccessTokenClaims;
@@ -150,7 +148,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
 
   let result;
   try {
-    result = await provider.issue(ireq, plan, checkpoint);
+    result = await provider.issue(ireq, plan, checkpoint, denyHooks(b, 'issue'));
   } catch (e) {
     await failIssue(b, provider, ireq, plan.expiresAtMax, checkpointed, e, chain);
     throw e instanceof CordonError ? e : new CordonError('bad_gateway', `${spec.provider} failed unexpectedly`, { reason: `${spec.provider}_error`, cause: e });
@@ -214,7 +212,6 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     ...(result.leaseId ? { lease_id: result.leaseId } : {}),
     credentials: result.credentials,
     ...(result.static ? { static: true as const } : {}),
-    ...(plan.overhangSec > 0 ? { overhang_sec: Math.max(0, Math.ceil((result.expiresAt - ireq.session.expiresAt) / 1000)) } : {}),
   };
 }
 
@@ -249,6 +246,7 @@ function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenV
     spec,
     now,
     remainingSec: { token: Math.floor((tokenExp - now) / 1000), session: Math.floor((sessionExp - now) / 1000) },
+    tokenExpiresAt: tokenExp,
   };
   return { provider, spec, ireq };
 }
@@ -332,9 +330,12 @@ async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueReq
 const target = (id: string, v: { sid: string; jti: string }, handle: Handle | null, expiresAt: number): RevokeTarget => ({ id, sid: v.sid, jti: v.jti, handle, expiresAt });
 
 function revokeCtx(b: Broker, scope: RevokeContext['scope']): RevokeContext {
+  return { now: b.clock.now(), scope, ...denyHooks(b, scope) };
+}
+
+/** The database side of IAM deny entries, for a revocation (its scope) or an issue (expiry denies). */
+function denyHooks(b: Broker, scope: RevokeContext['scope'] | 'issue'): DenyHooks {
   return {
-    now: b.clock.now(),
-    scope,
     recordDeny: (entries) =>
       b.db.transaction(async (tx) => {
         const at = b.clock.now();
@@ -351,7 +352,7 @@ function revokeCtx(b: Broker, scope: RevokeContext['scope']): RevokeContext {
             event: 'credential.iam_deny',
             decision: 'info',
             sid: d.sid,
-            reason: `deny on role ${d.roleArn} for revoked STS credentials`,
+            reason: d.kind === 'expiry' ? `expiry deny on role ${d.roleArn}: the STS credential ends with its token at ${new Date(d.revokedAt).toISOString()}` : `deny on role ${d.roleArn} for revoked STS credentials`,
             params: {
               role_arn: d.roleArn,
               policy_name: d.policyName,

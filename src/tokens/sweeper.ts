@@ -6,12 +6,13 @@
  *    revoked (a Vault parent token takes its child token and leases with it; an STS credential
  *    whose names were known before the call is denied by IAM when the policy allows).
  * 2. Ended sessions (expired or revoked) not yet swept: their remaining issued credentials are
- *    revoked (for a session that simply expired, STS credentials are not denied: they expire with
- *    it, or outlive it by allow_overhang, by design), then the session is marked swept.
+ *    revoked (for a session that simply expired, STS credentials are not denied: they ended with
+ *    their tokens, by expiry or by their expiry deny), then the session is marked swept.
  * 3. Credentials of revoked tokens in sessions that still live, which the after-commit revocation
  *    hook did not take (it failed, or the broker stopped right after the commit), are revoked.
  *    Failed revocations are retried until they succeed or the credential has expired anyway.
- * 4. IAM deny entries are dropped once everything they denied has expired, and the one revocation
+ * 4. IAM deny entries (revocations, and the expiry denies that end STS credentials with their
+ *    tokens) are dropped once everything they denied has expired at STS, and the one revocation
  *    policy of every role with entries is rebuilt from the database (deleted when none is left).
  * 5. Spent one-time values (DPoP proof jtis) are pruned.
  *
@@ -71,7 +72,7 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
   for (const s of await sessions.endedUnswept(b.db, now, BATCH)) {
     const rows = await credentials.revocableBySids(b.db, [s.sid]);
     // A session that simply ended is not a revocation: its credentials end with it (Vault ones are
-    // still revoked, tidily); STS ones get no IAM deny (allow_overhang ones may outlive it by design).
+    // still revoked, tidily); STS ones get no IAM deny (they ended with their tokens).
     if (rows.length) add(await revokeRows(b, rows, s.revokedAt !== null ? { scope: 'session', claim: 'issued', why: 'session revoked' } : { scope: 'expired', claim: 'issued', why: 'session ended' }));
     // In-flight issues of this session (pending rows) finish by themselves: their commit sees the session
     // ended and revokes, or orphan recovery does. Swept = nothing issued is left to revoke.
