@@ -51,7 +51,14 @@ describe('cordon exec (runExec)', () => {
   });
 
   const base = () => ({ issuer: t.url, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read', task: 'exec-test', creds: [] as string[] });
-  const readJson = (f: string) => JSON.parse(readFileSync(f, 'utf8'));
+  /** The child's JSON once it is whole (the file exists before the child has finished writing it). */
+  const readJson = (f: string) => {
+    try {
+      return JSON.parse(readFileSync(f, 'utf8'));
+    } catch {
+      return undefined;
+    }
+  };
 
   it('passes the exit code through', async () => {
     assert.equal(await runExec({ ...base(), command: [NODE, '-e', 'process.exit(7)'] }), 0 + 7);

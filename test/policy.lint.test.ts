@@ -275,12 +275,16 @@ describe('policy/lint', () => {
       const text = (extra: string) =>
         `name: base\nscopes: [cred:s3]\ncredentials:\n  s3:\n    provider: aws-sts\n    role_arn: arn:aws:iam::123456789012:role/agent\n    ttl: 15m\n${extra}`;
       const off = await lintOne(text('    revoke_via_iam: false\n'));
-      const p = one(off.problems, off.file, 8, /revoke_via_iam is off: revoking a session or token cannot end these STS credentials.*less than 900 s left.*refused/);
+      assert.deepEqual(off.problems, [], 'a warning is not an error');
+      const p = one(off.warnings, off.file, 8, /revoke_via_iam is off: revoking a session or token cannot end these STS credentials.*less than 900 s left.*refused/);
       assert.equal(p.severity, 'warning');
       assert.deepEqual(off.policies.map((x) => x.name), ['base'], 'a warning does not drop the policy');
       const dir = await dirWith({ 'p.yaml': text('    revoke_via_iam: false\n') });
       assert.deepEqual((await loadPolicies(dir)).names(), ['base'], 'the broker loads it');
-      for (const extra of ['', '    revoke_via_iam: true\n']) assert.deepEqual((await lintOne(text(extra))).problems, []);
+      for (const extra of ['', '    revoke_via_iam: true\n']) {
+        const r = await lintOne(text(extra));
+        assert.deepEqual([...r.problems, ...r.warnings], []);
+      }
       // An error next to the warning still refuses the set.
       const both = await dirWith({ 'p.yaml': text('    revoke_via_iam: false\n').replace('scopes: [cred:s3]', 'scopes: [cred:s3, cred:nope]') });
       await assert.rejects(loadPolicies(both), (e: unknown) => e instanceof PolicyLintError && e.problems.length === 1 && /cred:nope/.test(e.message));

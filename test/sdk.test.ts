@@ -256,15 +256,13 @@ describe('sdk: CordonAgent against a real broker', () => {
     assert.equal((await introspect(t.b, tok2)).active, false);
   });
 
-  it('a DPoP-bound orchestrator delegates a bearer token (the proof only shows it holds the subject token)', async () => {
+  it('a DPoP-bound orchestrator delegates only DPoP-bound tokens, bound to the sub-agent key it names (its own proof only shows it holds the subject token)', async () => {
     const a = agentFor(orch, { dpop: true });
     const s = await a.startSession({ scope: 'tickets:read', audience: AUD });
     assert.equal(s.tokenType, 'DPoP');
-    const d = await a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD });
-    assert.equal(d.tokenType, 'Bearer');
-    assert.equal(decodeJwt(d.accessToken).cnf, undefined);
-    assert.equal((await introspect(t.b, d.accessToken)).active, true);
-    // Bound to the worker's key when asked, and then it must come back DPoP-bound.
+    // A bound parent never yields a bearer child.
+    await assert.rejects(a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD }), (e: CordonSdkError) => e.code === 'oauth' && e.error === 'invalid_request' && /DPoP-bound/.test(e.message));
+    // Bound to the worker's key, and then it must come back DPoP-bound.
     const workerKey = await DpopKey.generate();
     const bound2 = await a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD, dpopJkt: workerKey.jkt });
     assert.equal(bound2.tokenType, 'DPoP');
