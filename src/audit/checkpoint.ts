@@ -14,6 +14,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CompactSign, compactVerify, decodeProtectedHeader, type JWK } from 'jose';
+import { type Every, periodic } from '../periodic.ts';
 import type { Broker } from '../broker.ts';
 import { epochSeconds } from '../clock.ts';
 import type { Q } from '../store/db.ts';
@@ -91,46 +92,19 @@ export interface CheckpointTimer {
   stop(): Promise<void>;
 }
 
-/** Starts an interval; returns its cancel function. Injected by tests, which then drive the ticks. */
-export type Every = (tick: () => Promise<unknown>, ms: number) => () => void;
+export type { Every } from '../periodic.ts';
 
-const realEvery: Every = (tick, ms) => {
-  const t = setInterval(() => void tick(), ms);
-  t.unref(); // a checkpoint alone never keeps the process alive
-  return () => clearInterval(t);
-};
-
-/** Checkpoints every `intervalMs` while the broker runs, one at a time; a failure is logged and retried at the next tick. */
+/** Checkpoints every `intervalMs` while the broker runs, one at a time, and once more at stop; a failure is logged and retried at the next tick. */
 export function startCheckpoints(b: Broker, opts: { intervalMs?: number; every?: Every } = {}): CheckpointTimer {
   let last: ChainHead | undefined;
-  let running: Promise<Checkpoint | undefined> | undefined;
-  const run = (): Promise<Checkpoint | undefined> => {
-    running ??= writeCheckpoint(b, last)
-      .then((cp) => {
-        if (cp) last = { seq: cp.seq, hash: cp.hash };
-        return cp;
-      })
-      .catch((e: unknown) => {
-        b.log.error({ err: (e as Error).message }, 'audit checkpoint failed; retrying at the next interval');
-        return undefined;
-      })
-      .finally(() => {
-        running = undefined;
-      });
-    return running;
-  };
-  const cancel = (opts.every ?? realEvery)(run, opts.intervalMs ?? CHECKPOINT_INTERVAL_MS);
-  return {
-    async runNow() {
-      if (running) await running;
-      return run();
+  return periodic(
+    async () => {
+      const cp = await writeCheckpoint(b, last);
+      if (cp) last = { seq: cp.seq, hash: cp.hash };
+      return cp;
     },
-    async stop() {
-      cancel();
-      if (running) await running;
-      await run();
-    },
-  };
+    { intervalMs: opts.intervalMs ?? CHECKPOINT_INTERVAL_MS, every: opts.every, finalRun: true, onError: (e) => b.log.error({ err: (e as Error).message }, 'audit checkpoint failed; retrying at the next interval') },
+  );
 }
 
 // --- reading and verifying -------------------------------------------------------------------

@@ -21,6 +21,7 @@
  * Idempotent: running it twice does nothing the second time.
  */
 import type { Broker } from '../broker.ts';
+import { periodic } from '../periodic.ts';
 import { appendAudit } from '../audit/log.ts';
 import { credentials, denyEntryOf, iamDenies } from '../store/credentials.ts';
 import { replayGuard } from '../store/replay.ts';
@@ -162,43 +163,14 @@ export interface Sweeper {
  * two at once. Errors are logged; the next run tries again.
  */
 export function startSweeper(b: Broker, intervalSec = b.config.sweepIntervalSec): Sweeper {
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<SweepReport | undefined> | undefined;
-  let stopped = false;
-  const run = (): Promise<SweepReport | undefined> => {
-    running ??= sweepOnce(b)
-      .then((rep) => {
-        if (rep.orphans || rep.sessionsSwept || rep.revoked || rep.failed || rep.deniesRemoved) b.log.info({ sweep: rep }, 'sweeper');
-        return rep;
-      })
-      .catch((e: unknown) => {
-        b.log.error({ err: (e as Error).message }, 'sweep failed; retrying at the next interval');
-        return undefined;
-      })
-      .finally(() => {
-        running = undefined;
-      });
-    return running;
-  };
-  const schedule = (): void => {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      void run().finally(schedule);
-    }, intervalSec * 1000);
-    timer.unref();
-  };
-  void run().finally(schedule);
-  return {
-    async runNow() {
-      if (running) await running;
-      return run();
+  return periodic(
+    async () => {
+      const rep = await sweepOnce(b);
+      if (rep.orphans || rep.sessionsSwept || rep.revoked || rep.failed || rep.deniesRemoved) b.log.info({ sweep: rep }, 'sweeper');
+      return rep;
     },
-    async stop() {
-      stopped = true;
-      if (timer) clearTimeout(timer);
-      if (running) await running;
-    },
-  };
+    { intervalMs: intervalSec * 1000, runAtStart: true, onError: (e) => b.log.error({ err: (e as Error).message }, 'sweep failed; retrying at the next interval') },
+  );
 }
 
 /**
