@@ -63,6 +63,8 @@ export interface CredentialRequest {
   /** For the DPoP proof's htm / htu. */
   method: string;
   url: string;
+  /** The caller's address: a refusal made before the token names anyone is rate-limited per address (recordDenial). */
+  clientAddress?: string;
 }
 
 export interface CredentialResponse {
@@ -96,7 +98,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   } catch (e) {
     // Refused before anyone is known: recorded with what was asked, never the token itself.
     if (e instanceof CordonError && !e.audited) {
-      await recordDenial(b, { event: EVENT, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) } });
+      await recordDenial(b, { event: EVENT, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) }, clientAddress: req.clientAddress });
       e.audited = true;
     }
     throw e;
