@@ -3,7 +3,9 @@ import { request as httpRequest, Agent as HttpAgent } from 'node:http';
 import { connect } from 'node:net';
 import { credentialsRoute } from '../src/http/credentials.ts';
 import { mountMetrics } from '../src/http/metrics.ts';
+import { decodeJwt } from 'jose';
 import { verifyAudit } from '../src/audit/verify.ts';
+import { revokeSession } from '../src/tokens/revoke.ts';
 import { DEFAULT_REFUSAL_LIMITS } from '../src/audit/refusal-limiter.ts';
 import { recordDenial } from '../src/tokens/issue.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
@@ -219,6 +221,23 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
       }
       assert.equal(rows.filter((r) => r.params.attempted === 'credential.issue').length, K);
       assert.ok(!rows.some((r) => JSON.stringify(r).includes(tok.body.access_token)));
+    });
+
+    it(`a revoked token replayed at /credentials beyond ${N} times: every refusal written, naming its agent and jti`, async () => {
+      freshWindow();
+      const tok = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read cred:tickets-db' }, { authorization: basic(agent.id, agent.secret) });
+      assert.equal(tok.status, 200, JSON.stringify(tok.body));
+      await revokeSession(t.b, tok.body.sid, { actor: 'test', via: 'test' });
+      const seq = await maxSeq();
+      const K = N + 5;
+      for (let i = 0; i < K; i++) assert.equal((await raw(`${t.url}/credentials/tickets-db`, { headers: { authorization: `Bearer ${tok.body.access_token}` } })).status, 401);
+      const rows = await rowsAfter(seq);
+      assert.equal(rows.length, K);
+      for (const r of rows) {
+        assert.equal(r.agent_id, agent.id);
+        assert.equal(r.jti, decodeJwt(tok.body.access_token).jti);
+        assert.match(r.reason, /^token_(session_)?revoked: /);
+      }
     });
 
     it('a refusal claiming an agent id that exists is written one by one; one that does not is junk', async () => {

@@ -28,7 +28,7 @@ import { recordBackendError } from '../http/metrics.ts';
 import { audiencesOf, chainOf, type AccessTokenClaims } from './claims.ts';
 import { requireDpopForToken } from './dpop.ts';
 import { recordDenial } from './issue.ts';
-import { requireActiveToken, type TokenView } from './verify.ts';
+import { requireActiveRecord, verifySignature, type TokenView } from './verify.ts';
 
 // ---------------------------------------------------------------------------------------- wiring
 
@@ -94,11 +94,22 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   let claims: AccessTokenClaims;
   let view: TokenView;
   try {
-    ({ claims, view } = await requireActiveToken(b, req.jwt, 'invalid_token'));
+    claims = await verifySignature(b, req.jwt, 'invalid_token');
   } catch (e) {
     // Refused before anyone is known: recorded with what was asked, never the token itself.
     if (e instanceof CordonError && !e.audited) {
       await recordDenial(b, { event: EVENT, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) }, clientAddress: req.clientAddress });
+      e.audited = true;
+    }
+    throw e;
+  }
+  try {
+    view = await requireActiveRecord(b, claims, 'invalid_token');
+  } catch (e) {
+    // Signed by this broker but no longer active (revoked, expired): the refusal names its agent,
+    // so a replayed revoked token is written one by one, never summarised as junk.
+    if (e instanceof CordonError && !e.audited) {
+      await recordDenial(b, { event: EVENT, agentId: claims.client_id, sid: claims.sid, jti: claims.jti, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) }, clientAddress: req.clientAddress });
       e.audited = true;
     }
     throw e;

@@ -151,7 +151,12 @@ export async function tokenStatus(b: Broker, claims: AccessTokenClaims): Promise
 /** Signature, then record: the full check for a token presented as a credential. */
 export async function requireActiveToken(b: Broker, jwt: unknown, code: OAuthErrorCode): Promise<{ claims: AccessTokenClaims; view: TokenView }> {
   const claims = await verifySignature(b, jwt, code);
+  return { claims, view: await requireActiveRecord(b, claims, code) };
+}
+
+/** The record half of requireActiveToken, for callers that must tell a forged token from an authentic but inactive one. */
+export async function requireActiveRecord(b: Broker, claims: AccessTokenClaims, code: OAuthErrorCode): Promise<TokenView> {
   const { state, view } = await tokenStatus(b, claims);
   if (!state.active) throw new CordonError(code, WHY_TEXT[state.why], { reason: `token_${state.why}` });
-  return { claims, view: view! };
+  return view!;
 }
