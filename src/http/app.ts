@@ -2,7 +2,7 @@ import express, { type ErrorRequestHandler, type Express, type Request, type Req
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { createProvider } from './provider.ts';
-import { errorMiddleware, handle, sendError } from './errors.ts';
+import { errorMiddleware, handle } from './errors.ts';
 import { auditErrors, audited, refuse } from './refusals.ts';
 import { introspectEndpoint, jwksEndpoint, revocationsEndpoint, revokeEndpoint } from './endpoints.ts';
 import { providersOf } from '../tokens/credentials.ts';
@@ -46,7 +46,7 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   app.use(refuseRepeatedHeaders(b));
   app.post('/introspect', ...formBody(b, 'introspect'), audited(b, 'introspect', introspectEndpoint(b)));
   app.post('/revoke', ...formBody(b, 'revoke'), audited(b, 'revoke', revokeEndpoint(b)));
-  app.get('/revocations', handle(revocationsEndpoint(b)));
+  app.get('/revocations', audited(b, 'revocations', revocationsEndpoint(b)));
   app.get('/jwks', handle(jwksEndpoint(b)));
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -90,10 +90,12 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
     const allowed = methodsServed(app, req.path);
     if (allowed.length) {
       res.setHeader('Allow', allowed.join(', '));
-      return sendError(res, new CordonError('invalid_request', `${req.method} is not served on ${req.path}; use ${allowed.join(' or ')}`, { status: 405, reason: 'method_not_allowed' }));
+      return void refuse(b, req, res, new CordonError('invalid_request', `${req.method} is not served on ${req.path}; use ${allowed.join(' or ')}`, { status: 405, reason: 'method_not_allowed' }));
     }
-    sendError(res, new CordonError('not_found', 'no such endpoint', { reason: 'no_route' }));
+    void refuse(b, req, res, new CordonError('not_found', 'no such endpoint', { reason: 'no_route' }));
   });
+  // Whatever 4xx no route audited (the router's own refusals, e.g. a path that does not decode).
+  app.use(auditErrors(b));
   app.use(errorMiddleware(b.log));
   return app;
 }
@@ -137,7 +139,7 @@ const refuseRepeatedHeaders = (b: Broker) => (req: Request, res: Response, next:
   for (let i = 0; i < req.rawHeaders.length; i += 2) {
     const name = req.rawHeaders[i].toLowerCase();
     if (!SINGLE_HEADERS.has(name)) continue;
-    if (seen.has(name)) return void refuse(b, req, res, new CordonError('invalid_request', `the ${name} header must appear once`, { reason: 'duplicate_header' }), req.path.slice(1, 40) || 'request');
+    if (seen.has(name)) return void refuse(b, req, res, new CordonError('invalid_request', `the ${name} header must appear once`, { reason: 'duplicate_header' }));
     seen.add(name);
   }
   next();

@@ -2,8 +2,9 @@ import type { Express, Request, Response } from 'express';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
+import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { issueCredential } from '../tokens/credentials.ts';
-import { handle } from './errors.ts';
+import { audited } from './refusals.ts';
 
 /**
  * `POST /credentials/:name`: parses the request and maps errors; every decision is in
@@ -11,7 +12,7 @@ import { handle } from './errors.ts';
  * `Authorization: DPoP <jwt>` with a `DPoP` proof header; the body is ignored.
  */
 export function credentialsRoute(app: Express, b: Broker): void {
-  app.post('/credentials/:name', handle(credentialsEndpoint(b)));
+  app.post('/credentials/:name', audited(b, 'credential.issue', credentialsEndpoint(b)));
 }
 
 export const credentialsEndpoint = (b: Broker) => async (req: Request, res: Response): Promise<void> => {
@@ -21,7 +22,7 @@ export const credentialsEndpoint = (b: Broker) => async (req: Request, res: Resp
   if (typeof name !== 'string' || !NAME_PATTERN.test(name)) throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
   const dpop = req.headers.dpop;
   if (Array.isArray(dpop)) throw new CordonError('invalid_dpop_proof', 'exactly one DPoP header is allowed', { status: 401, reason: 'dpop_multiple' });
-  const out = await issueCredential(b, { jwt: token, name, scheme, dpopProof: dpop, method: 'POST', url: `${b.config.issuer}/credentials/${name}` });
+  const out = await issueCredential(b, { jwt: token, name, scheme, dpopProof: dpop, method: 'POST', url: `${b.config.issuer}/credentials/${name}`, clientAddress: clientAddressOf(req.socket.remoteAddress) });
   res.setHeader('Cache-Control', 'no-store');
   res.setHeader('Pragma', 'no-cache');
   res.json(out);

@@ -3,7 +3,7 @@ import type { Express, NextFunction, Request, Response } from 'express';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { sendError } from './errors.ts';
+import { refuse } from './refusals.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
 
@@ -106,7 +106,7 @@ export function mountMetrics(app: Express, b: Broker, opts: { defaultMetrics?: b
   const wanted = b.config.metricsToken === undefined ? undefined : digest(b.config.metricsToken);
   app.get('/metrics', (req, res, next) => {
     if (wanted && !bearerMatches(req.headers.authorization, wanted)) {
-      return sendError(res, new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', { status: 401, reason: 'metrics_token' }));
+      return void refuse(b, req, res, new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', { status: 401, reason: 'metrics_token' }), 'metrics');
     }
     m.registry
       .metrics()

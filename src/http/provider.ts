@@ -11,6 +11,7 @@ import { DPOP_ALGS } from '../tokens/dpop.ts';
 import { recordDenial } from '../tokens/issue.ts';
 import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
 import { assertionPayload, checkAssertionTimes } from '../tokens/client-assertion.ts';
+import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { claimedClientId } from './client-auth.ts';
 import * as clientCredentials from './grants/client-credentials.ts';
 import * as tokenExchange from './grants/token-exchange.ts';
@@ -163,24 +164,25 @@ export async function createProvider(b: Broker): Promise<Provider> {
   for (const g of [clientCredentials, tokenExchange]) {
     provider.registerGrantType(g.grantType, (ctx: KoaContextWithOIDC) => runGrant(b, g.handler, ctx), g.parameters, g.allowDuplicates);
   }
+  // Refusals oidc-provider makes itself (client authentication, malformed requests) are audited
+  // too. Its event is not awaited, so the listener only notes the error and the middleware below
+  // writes the row before the answer leaves, as every other refusal's row is.
   provider.on('grant.error', (ctx: KoaContextWithOIDC, err: Error & { error?: string; error_description?: string; audited?: boolean }) => {
-    if (err.audited) return;
-    // Refusals oidc-provider makes itself (client authentication, malformed requests) are audited too.
+    if (err.audited || !ctx.state) return;
+    ctx.state.cordonRefusal = err;
+  });
+  provider.use(async (ctx, next) => {
+    await next();
+    const err = ctx.state?.cordonRefusal as (Error & { error?: string; error_description?: string }) | undefined;
+    if (!err) return;
     const clientId = ctx.oidc?.client?.clientId ?? claimedClientId(ctx.headers?.authorization, (ctx.oidc?.params as Record<string, unknown> | undefined)?.client_id);
-    b.db
-      .transaction(async (tx) => {
-        const { appendAudit } = await import('../audit/log.ts');
-        await appendAudit(tx, {
-          at: b.clock.now(),
-          event: 'deny',
-          decision: 'deny',
-          agentId: clientId,
-          reason: `${err.error ?? err.message}: ${err.error_description ?? ''}`.slice(0, 300),
-          params: { attempted: 'token', grant_type: String(ctx.oidc?.params?.grant_type ?? '').slice(0, 100) },
-        });
-      })
-      .catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
-    for (const f of b.hooks.onDecision) f('token', 'deny', err.error ?? 'invalid_request');
+    await recordDenial(b, {
+      event: 'token',
+      agentId: clientId,
+      reason: `${err.error ?? err.message}: ${err.error_description ?? ''}`.slice(0, 300),
+      params: { grant_type: String(ctx.oidc?.params?.grant_type ?? '').slice(0, 100) },
+      clientAddress: clientAddressOf(ctx.req?.socket?.remoteAddress),
+    }).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
   });
   provider.on('server_error', (_ctx: unknown, err: Error) => b.log.error({ err: err.message }, 'token endpoint error'));
   // Discovery describes what this broker serves: no authorization endpoint, no ID tokens, no
@@ -233,6 +235,7 @@ async function runGrant(b: Broker, handler: GrantHandler, ctx: KoaContextWithOID
           agentId: ctx.oidc.client?.clientId ?? null,
           reason: `${e.code}: ${e.description}`,
           params: { grant_type: String(ctx.oidc.params?.grant_type ?? '').slice(0, 100) },
+          clientAddress: clientAddressOf(ctx.req?.socket?.remoteAddress),
         });
       }
       const pe = toProviderError(e) as Error & { audited?: boolean };

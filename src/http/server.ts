@@ -2,6 +2,8 @@ import { createServer, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Broker } from '../broker.ts';
 import { createApp, type AppExtensions } from './app.ts';
+import { clientAddressOf } from '../audit/refusal-limiter.ts';
+import { closeRefusalLimiter, recordDenial } from '../tokens/issue.ts';
 
 export interface RunningServer {
   server: Server;
@@ -27,7 +29,7 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
     server.once('listening', onListening);
     server.listen(port, host);
   });
-  server.on('clientError', answerClientError);
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => void answerClientError(b, err, socket));
   server.keepAliveTimeout = 65_000;
   // A request (headers and body) must arrive within 30 s: a client trickling a body cannot hold a
   // connection for Node's default five minutes.
@@ -38,11 +40,12 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
   return {
     server,
     url,
+    // Refusals counted but not yet written (the limiter's open windows) are written before the database closes.
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();
         server.close(() => resolve());
-      }),
+      }).then(() => closeRefusalLimiter(b)),
   };
 }
 
@@ -55,16 +58,20 @@ function clientErrorReply(code: string | undefined): [number, string, string] {
 
 /**
  * Requests Node's parser refuses (oversized headers, malformed HTTP, a request that never finished)
- * get RFC 6749 JSON like every other refusal, where Node would answer with a bare status line.
+ * get RFC 6749 JSON like every other refusal, where Node would answer with a bare status line, and
+ * are audited like every other refusal (they name nobody, so they count against the address).
  * As Node itself does, nothing is written once a response on that connection has begun.
  */
-function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+async function answerClientError(b: Broker, err: NodeJS.ErrnoException, socket: Duplex): Promise<void> {
   const started = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
   if (err.code === 'ECONNRESET' || !socket.writable || started) {
     socket.destroy();
     return;
   }
   const [status, phrase, description] = clientErrorReply(err.code);
+  const clientAddress = clientAddressOf((socket as Duplex & { remoteAddress?: string }).remoteAddress);
   const body = JSON.stringify({ error: 'invalid_request', error_description: description });
   socket.end(`HTTP/1.1 ${status} ${phrase}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`);
+  // Answered first: the client may already have half-closed the connection, which would not wait for the row.
+  await recordDenial(b, { event: 'request', reason: `invalid_request: ${description}`, params: { status }, clientAddress }).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
 }

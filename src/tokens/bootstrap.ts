@@ -73,6 +73,8 @@ export async function issueBootstrapToken(b: Broker, agentIdOrName: string, opts
 export interface BootstrapRedeemRequest {
   /** The authenticated agent, or null when the caller is the public workload client. */
   callerClientId: string | null;
+  /** The caller's address: a refusal naming no known agent is rate-limited per address (recordDenial). */
+  clientAddress?: string;
   scope?: string;
   task?: string;
   audience: string[];
@@ -136,6 +138,7 @@ export async function redeemBootstrapToken(b: Broker, token: string, req: Bootst
         chain: rec ? [rec.agentId] : req.callerClientId ? [req.callerClientId] : null,
         reason: `${e.code}: ${e.description}`,
         params: { bootstrap_id: rec?.id, scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap', ...e.auditParams },
+        clientAddress: req.clientAddress,
       });
       e.audited = true;
     }

@@ -28,7 +28,7 @@ import { recordBackendError } from '../http/metrics.ts';
 import { audiencesOf, chainOf, type AccessTokenClaims } from './claims.ts';
 import { requireDpopForToken } from './dpop.ts';
 import { recordDenial } from './issue.ts';
-import { requireActiveToken, type TokenView } from './verify.ts';
+import { recordClaims, requireActiveRecord, verifySignature, type TokenView } from './verify.ts';
 
 // ---------------------------------------------------------------------------------------- wiring
 
@@ -63,6 +63,8 @@ export interface CredentialRequest {
   /** For the DPoP proof's htm / htu. */
   method: string;
   url: string;
+  /** The caller's address: a refusal made before the token names anyone is rate-limited per address (recordDenial). */
+  clientAddress?: string;
 }
 
 export interface CredentialResponse {
@@ -87,18 +89,31 @@ const EVENT = 'credential.issue';
  * deny where STS's 900 s floor is longer), and exists only if its record and audit row do.
  */
 export async function issueCredential(b: Broker, req: CredentialRequest): Promise<CredentialResponse> {
-  let claims: AccessTokenClaims;
+  let presented: AccessTokenClaims;
   let view: TokenView;
   try {
-    ({ claims, view } = await requireActiveToken(b, req.jwt, 'invalid_token', EVENT));
+    presented = await verifySignature(b, req.jwt, 'invalid_token');
   } catch (e) {
     // Refused before anyone is known: recorded with what was asked, never the token itself.
     if (e instanceof CordonError && !e.audited) {
-      await recordDenial(b, { event: EVENT, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) } });
+      await recordDenial(b, { event: EVENT, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) }, clientAddress: req.clientAddress });
       e.audited = true;
     }
     throw e;
   }
+  try {
+    view = await requireActiveRecord(b, presented, 'invalid_token', EVENT);
+  } catch (e) {
+    // Signed by this broker but no longer active (revoked, expired): the refusal names its agent,
+    // so a replayed revoked token is written one by one, never summarised as junk.
+    if (e instanceof CordonError && !e.audited) {
+      await recordDenial(b, { event: EVENT, agentId: presented.client_id, sid: presented.sid, jti: presented.jti, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) }, clientAddress: req.clientAddress });
+      e.audited = true;
+    }
+    throw e;
+  }
+  // From here on every decision reads the token as the broker recorded it.
+  const claims = recordClaims(b, view);
   const chain = chainOf(claims, view.sessionAgentId);
   const deny = async (e: unknown, extra: Record<string, unknown> = {}): Promise<never> => {
     if (e instanceof CordonError && !e.audited) {

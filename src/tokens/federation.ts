@@ -32,6 +32,8 @@ const MAX_SUBJECT_LENGTH = 256;
 export interface FederationRequest {
   /** The authenticated agent, or null when the caller is the public workload client. */
   callerClientId: string | null;
+  /** The caller's address: a refusal naming no known agent is rate-limited per address (recordDenial). */
+  clientAddress?: string;
   subjectToken: string;
   /** Which agent to become when several active agents are bound to the matching policy. */
   requestedActor?: string;
@@ -231,6 +233,7 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest): Pro
         chain: who ? [who] : null,
         reason: `${e.code}: ${e.description}`,
         params: { origin: 'federation', external_issuer: iss, external_sub: externalSub, requested_actor: req.requestedActor?.slice(0, 64), scope: req.scope, task: req.task, audience: req.audience },
+        clientAddress: req.clientAddress,
       });
       e.audited = true;
     }

@@ -1,5 +1,8 @@
 import type { Broker } from '../broker.ts';
 import { appendAudit } from '../audit/log.ts';
+import { RefusalLimiter, type RefusalSummary } from '../audit/refusal-limiter.ts';
+import { agents } from '../store/agents.ts';
+import { isWellFormedId } from '../ids.ts';
 import { type Q, transact } from '../store/db.ts';
 import type { TokenRecord } from '../store/tokens.ts';
 import type { Session } from '../store/sessions.ts';
@@ -90,13 +93,77 @@ export async function issueToken(
   return { jwt, claims, expiresIn: exp - iat };
 }
 
-/** Refusals are recorded as carefully as grants: who, what was asked, why. */
+/**
+ * Refusals are recorded as carefully as grants: who, what was asked, why. A refusal made to a
+ * network caller carries its `clientAddress`; when it names no known agent (nobody authenticated,
+ * no claimed client id that is in the agents table) it is junk anyone can send, and goes through
+ * the broker's refusal limiter: written as usual up to the per-address budget, counted into one
+ * summary row per address and window beyond it. Refusals of known agents are always written.
+ */
 export async function recordDenial(
   b: Broker,
-  d: { event: string; agentId?: string | null; sid?: string | null; jti?: string | null; chain?: string[] | null; reason: string; params: Record<string, unknown> },
+  d: { event: string; agentId?: string | null; sid?: string | null; jti?: string | null; chain?: string[] | null; reason: string; params: Record<string, unknown>; clientAddress?: string },
 ): Promise<void> {
+  if (d.clientAddress !== undefined && !(await isKnownAgent(b, d.agentId)) && !refusalLimiterOf(b).admit(d.clientAddress, reasonTag(d.reason))) {
+    for (const f of b.hooks.onDecision) f(d.event, 'deny', d.reason);
+    return;
+  }
+  const params = { ...d.params, attempted: d.event, ...(d.clientAddress !== undefined ? { client_address: d.clientAddress } : {}) };
   await transact(b.db, (tx) =>
-    appendAudit(tx, { at: b.clock.now(), event: 'deny', decision: 'deny', agentId: d.agentId, sid: d.sid, jti: d.jti, chain: d.chain, reason: d.reason, params: { ...d.params, attempted: d.event } }),
+    appendAudit(tx, { at: b.clock.now(), event: 'deny', decision: 'deny', agentId: d.agentId, sid: d.sid, jti: d.jti, chain: d.chain, reason: d.reason, params }),
   );
   for (const f of b.hooks.onDecision) f(d.event, 'deny', d.reason);
 }
+
+/** A cheap primary-key read; when the database cannot answer, the refusal is written as a known agent's would be. */
+async function isKnownAgent(b: Broker, id: string | null | undefined): Promise<boolean> {
+  if (!isWellFormedId(id)) return false;
+  try {
+    return (await agents.get(b.read, id)) !== undefined;
+  } catch {
+    return true;
+  }
+}
+
+/** Reasons are written `code: description`; the code (a stable tag) is what a summary counts. */
+const reasonTag = (reason: string): string => {
+  const tag = reason.split(':')[0].trim();
+  return /^[a-z][a-z0-9_.-]{0,47}$/.test(tag) ? tag : 'other';
+};
+
+const limiters = new WeakMap<Broker, RefusalLimiter>();
+
+/** The broker's refusal limiter (one per broker: several brokers share a test process). */
+export function refusalLimiterOf(b: Broker): RefusalLimiter {
+  let l = limiters.get(b);
+  if (!l) {
+    l = new RefusalLimiter({
+      clock: b.clock,
+      write: async (s) => {
+        await transact(b.db, (tx) => appendAudit(tx, summaryEntry(b, s)));
+      },
+      onError: (e) => b.log.error({ err: (e as Error).message }, 'could not write a refusal summary'),
+    });
+    limiters.set(b, l);
+  }
+  return l;
+}
+
+/** At stop, before the database closes: the summaries of refusals counted so far are written. */
+export async function closeRefusalLimiter(b: Broker): Promise<void> {
+  await limiters.get(b)?.close();
+}
+
+const summaryEntry = (b: Broker, s: RefusalSummary) => ({
+  at: b.clock.now(),
+  event: 'deny.summary',
+  decision: 'deny' as const,
+  reason: `${s.count} more refusals naming no known agent from ${s.address} in this window, counted instead of written one by one`,
+  params: {
+    client_address: s.address,
+    count: s.count,
+    window_start: new Date(s.windowStart).toISOString(),
+    window_end: new Date(s.windowEnd).toISOString(),
+    reasons: s.topReasons,
+  },
+});

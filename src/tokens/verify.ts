@@ -146,11 +146,17 @@ export async function tokenStatus(b: Broker, claims: AccessTokenClaims, attempte
  */
 export async function requireActiveToken(b: Broker, jwt: unknown, code: OAuthErrorCode, attempted?: string): Promise<{ claims: AccessTokenClaims; view: TokenView }> {
   const presented = await verifySignature(b, jwt, code);
+  const view = await requireActiveRecord(b, presented, code, attempted);
+  return { claims: recordClaims(b, view), view };
+}
+
+/** The record half of requireActiveToken, for callers that must tell a forged token from an authentic but inactive one. */
+export async function requireActiveRecord(b: Broker, presented: AccessTokenClaims, code: OAuthErrorCode, attempted?: string): Promise<TokenView> {
   const { state, view, audited } = await tokenStatus(b, presented, attempted);
   if (!state.active) {
     const e = new CordonError(code, WHY_TEXT[state.why], { reason: `token_${state.why}` });
     if (audited) e.audited = true;
     throw e;
   }
-  return { claims: recordClaims(b, view!), view: view! };
+  return view!;
 }

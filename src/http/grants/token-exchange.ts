@@ -6,6 +6,7 @@ import { delegate } from '../../tokens/delegate.ts';
 import { WORKLOAD_CLIENT_ID, redeemBootstrapToken } from '../../tokens/bootstrap.ts';
 import { redeemFederatedJwt } from '../../tokens/federation.ts';
 import { recordDenial } from '../../tokens/issue.ts';
+import { clientAddressOf } from '../../audit/refusal-limiter.ts';
 import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
 
 /**
@@ -41,6 +42,7 @@ export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void>
         chain: workload ? null : [clientId],
         reason: `${e.code}: ${e.description}`,
         params: { subject_token_type: raw(ctx, 'subject_token_type', 100), requested_actor: raw(ctx, 'requested_actor', 64), scope: raw(ctx, 'scope', 300) },
+        clientAddress: clientAddressOf(ctx.req?.socket?.remoteAddress),
       }).catch(() => {});
       e.audited = true;
     }
@@ -88,6 +90,7 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
     const dpopJkt = await dpopOf(b, ctx);
     const common = {
       callerClientId: workload ? null : clientId,
+      clientAddress: clientAddressOf(ctx.req?.socket?.remoteAddress),
       scope: param(ctx, 'scope'),
       task: param(ctx, 'task'),
       audience: audiences(ctx),
