@@ -48,8 +48,6 @@ export class CordonError extends Error {
   readonly description: string;
   readonly reason: string;
   readonly status: number;
-  /** Set once the refusal has been written to the audit log, so outer layers do not write it twice. */
-  audited = false;
   /** Facts the refusal's audit row should carry besides what was asked (e.g. `replay: true`). */
   readonly auditParams: Record<string, unknown> | undefined;
   constructor(code: OAuthErrorCode, description: string, opts: { reason?: string; status?: number; cause?: unknown; auditParams?: Record<string, unknown> } = {}) {

@@ -1,3 +1,4 @@
+import type { AuditEvent } from '../src/audit/events.ts';
 import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -88,7 +89,7 @@ describe('audit: signed checkpoints', function () {
   this.timeout(20_000);
   let t: TestBroker;
 
-  const append = (n: number, event = 'test.event') =>
+  const append = (n: number, event: AuditEvent = 'policy.load') =>
     t.b.db.transaction(async (tx) => {
       for (let i = 0; i < n; i++) await appendAudit(tx, { at: t.clock.now(), event, decision: 'info', params: { i, note: 'ünïcödé 😀' } });
     });
@@ -300,7 +301,7 @@ describe('audit: signed checkpoints', function () {
     }
 
     it('carries canonical forms, checkpoints and their public keys; an independent verifier accepts it, and rejects a rewritten log', async () => {
-      await append(1, 'ünïcödé\u0007'); // control character and unicode in a hashed text column
+      await append(1, 'ünïcödé\u0007' as AuditEvent); // control character and unicode in a hashed text column
       const a = await writeCheckpoint(t.b);
       await append(2);
       const b = await writeCheckpoint(t.b, a);
@@ -353,7 +354,7 @@ describe('audit: checkpoints while the broker runs', function () {
       await tick!();
       await tick!(); // nothing moved
       assert.equal(readSink(t.b.config.auditDir).length, 1);
-      await t.b.db.transaction((tx) => appendAudit(tx, { at: t.clock.now(), event: 'x', decision: 'info' }));
+      await t.b.db.transaction((tx) => appendAudit(tx, { at: t.clock.now(), event: 'policy.load', decision: 'info' }));
       await tick!();
       assert.equal(readSink(t.b.config.auditDir).length, 2);
       await timer.stop(); // nothing moved since: no new line
@@ -381,7 +382,7 @@ describe('audit: checkpoints while the broker runs', function () {
         CORDON_LOG_LEVEL: 'silent',
       });
       const rb = await startBroker(config, { port: 0, log: pino({ level: 'silent' }) });
-      await rb.b.db.transaction((tx) => appendAudit(tx, { at: rb.b.clock.now(), event: 'x', decision: 'info' }));
+      await rb.b.db.transaction((tx) => appendAudit(tx, { at: rb.b.clock.now(), event: 'policy.load', decision: 'info' }));
       const head = (await auditRows.head(rb.b.db))!;
       assert.equal(existsSync(checkpointPath(config.auditDir)), false, 'no minute has passed yet');
       await rb.stop();

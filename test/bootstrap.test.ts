@@ -1,3 +1,4 @@
+import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
@@ -138,7 +139,7 @@ describe('bootstrap tokens (secretless start-up)', function () {
 
   it('and at the function level too, where the UPDATE … WHERE used_at IS NULL is the only gate', async () => {
     const t = await issueBootstrapToken(tb.b, reader.id, { ttlSec: 300 });
-    const results = await Promise.allSettled(Array.from({ length: 8 }, () => redeemBootstrapToken(tb.b, t.token, { callerClientId: null, scope: 'docs:read', audience: [] })));
+    const results = await Promise.allSettled(Array.from({ length: 8 }, () => redeemBootstrapToken(tb.b, t.token, { callerClientId: null, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))));
     assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
     for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as CordonError).reason, 'bootstrap_replay');
   });

@@ -1,3 +1,4 @@
+import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import { rotateAgentCredential, setAgentEnabled } from '../src/tokens/agents.ts';
 import { revokeAgent } from '../src/tokens/revoke.ts';
@@ -19,8 +20,8 @@ describe('core: the root of a session', () => {
   it('disabling the agent that opened a session turns tokens delegated from it inactive too; enabling restores them', async () => {
     const p = await t.register('root-planner', 'research-planner');
     const r = await t.register('root-reader', 'doc-reader');
-    const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read', audience: [] });
-    const child = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] });
+    const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
+    const child = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
     assert.equal((await introspect(t.b, child.jwt)).active, true);
     await setAgentEnabled(t.b, p.id, false);
     assert.equal((await introspect(t.b, root.jwt)).active, false);
@@ -33,10 +34,10 @@ describe('core: the root of a session', () => {
     const p = await t.register('mid-planner', 'research-planner');
     const h = await t.register('mid-helper', 'research-planner');
     const r = await t.register('mid-reader', 'doc-reader');
-    const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read web:search', audience: [] });
-    const mid = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: h.id, scope: 'docs:read', audience: [] });
-    const leaf = await delegate(t.b, { callerClientId: h.id, subjectToken: mid.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] });
-    const side = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] });
+    const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
+    const mid = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: h.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
+    const leaf = await delegate(t.b, { callerClientId: h.id, subjectToken: mid.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
+    const side = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
     assert.equal(leaf.claims.cordon_depth, 2);
     await setAgentEnabled(t.b, h.id, false);
     assert.equal((await introspect(t.b, leaf.jwt)).active, false, 'delegated through the disabled helper');
@@ -61,13 +62,13 @@ describe('core: the root of a session', () => {
       await revoking;
       assert.equal((await agents.get(t.b.db, a.id))!.status, 'revoked');
     }
-    await assert.rejects(startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [] }), (e: CordonError) => e.code === 'invalid_client');
+    await assert.rejects(startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test')), (e: CordonError) => e.code === 'invalid_client');
   });
 
   it('a renewal keeps the subject the session was opened for (on-behalf-of survives renewal)', async () => {
     const a = await t.register('fed-agent', 'research-planner');
-    const first = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], origin: 'federation', subject: 'https://idp.example#alice' });
-    const again = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], session: first.sid });
+    const first = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], origin: 'federation', subject: 'https://idp.example#alice' }, new Attempt('cli.test'));
+    const again = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], session: first.sid }, new Attempt('cli.test'));
     assert.equal(first.claims.sub, 'https://idp.example#alice');
     assert.equal(again.claims.sub, 'https://idp.example#alice');
   });

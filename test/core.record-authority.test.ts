@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { signAccessToken } from '../src/tokens/mint.ts';
 import type { AccessTokenClaims } from '../src/tokens/claims.ts';
-import { auditHead, claimsOf, delegateReq, denialsSince, introspect, mustDelegate, mustSession, type Agent } from './delegation.kit.ts';
+import { auditHead, auditSince, claimsOf, delegateReq, denialsSince, introspect, mustDelegate, mustSession, type Agent } from './delegation.kit.ts';
 import { credFixture, type CredFixture } from './credentials.kit.ts';
 
 describe('decisions come from the record, not from the presented claims', function () {
@@ -53,8 +53,12 @@ describe('decisions come from the record, not from the presented claims', functi
       assert.equal(d.body.error, 'invalid_grant');
       let denials = await denialsSince(f.tb.b, seq);
       assert.equal(denials.length, 1, JSON.stringify(denials));
-      assert.match(denials[0].reason!, new RegExp(`token_mismatch.*${field}`));
+      assert.equal(denials[0].params.reason_tag, 'token_mismatch');
       assert.deepEqual(denials[0].params.mismatched, [field]);
+      // And an alarm: a validly signed token that differs from its record means the signing key leaked.
+      const alarms = (await auditSince(f.tb.b, seq)).filter((r) => r.event === 'alarm');
+      assert.equal(alarms.length, 1);
+      assert.match(alarms[0].reason!, new RegExp(`token_mismatch.*${field}`));
 
       seq = await auditHead(f.tb.b);
       const c = await f.cred('vault-token', forged);
@@ -62,13 +66,15 @@ describe('decisions come from the record, not from the presented claims', functi
       assert.equal(c.body.credentials, undefined);
       denials = await denialsSince(f.tb.b, seq);
       assert.equal(denials.length, 1, JSON.stringify(denials));
-      assert.match(denials[0].reason!, /token_mismatch/);
+      assert.equal(denials[0].params.reason_tag, 'token_mismatch');
 
+      // Introspection refuses nothing (the token is simply inactive), but the alarm is raised.
       seq = await auditHead(f.tb.b);
       assert.deepEqual(await introspect(f.tb, rs, forged), { active: false });
-      denials = await denialsSince(f.tb.b, seq);
-      assert.equal(denials.length, 1);
-      assert.match(denials[0].reason!, /token_mismatch/);
+      assert.equal((await denialsSince(f.tb.b, seq)).length, 0);
+      const alarms2 = (await auditSince(f.tb.b, seq)).filter((r) => r.event === 'alarm');
+      assert.equal(alarms2.length, 1);
+      assert.match(alarms2[0].reason!, /token_mismatch/);
 
       // The genuine token is untouched by all this.
       assert.equal((await introspect(f.tb, rs, base)).active, true);

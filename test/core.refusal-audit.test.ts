@@ -7,7 +7,9 @@ import { decodeJwt } from 'jose';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { revokeSession } from '../src/tokens/revoke.ts';
 import { DEFAULT_REFUSAL_LIMITS } from '../src/audit/refusal-limiter.ts';
-import { recordDenial } from '../src/tokens/issue.ts';
+import { recordRefusal } from '../src/tokens/issue.ts';
+import { Attempt } from '../src/audit/attempt.ts';
+import { CordonError } from '../src/errors.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
 
 const N = DEFAULT_REFUSAL_LIMITS.perWindow;
@@ -150,7 +152,7 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
       const seq = await maxSeq();
       const TOTAL = 10_000;
       // A few hundred over HTTP (keep-alive, modest concurrency), three kinds of junk; the rest
-      // straight into recordDenial, the function every HTTP refusal goes through, so the test stays fast.
+      // straight into recordRefusal, the function every refusal goes through, so the test stays fast.
       const OVER_HTTP = 300;
       const pool = new HttpAgent({ keepAlive: true, maxSockets: 8 });
       const junk: Array<{ path: string; method?: string; headers?: Record<string, string>; body?: string }> = [
@@ -171,7 +173,7 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
       pool.destroy();
       assert.equal([...statuses.entries()].filter(([s]) => s >= 400 && s < 500).reduce((n, [, c]) => n + c, 0), OVER_HTTP, JSON.stringify([...statuses]));
       for (let i = OVER_HTTP; i < TOTAL; i++) {
-        await recordDenial(t.b, { event: 'credential.issue', reason: 'invalid_token: token is malformed', params: { name: 'tickets-db' }, clientAddress: '127.0.0.1' });
+        await recordRefusal(t.b, new Attempt('credential.issue', '127.0.0.1').note({ name: 'tickets-db' }), new CordonError('invalid_token', 'token is malformed', { reason: 'token_invalid' }));
       }
 
       let rows = await rowsAfter(seq);
@@ -236,7 +238,7 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
       for (const r of rows) {
         assert.equal(r.agent_id, agent.id);
         assert.equal(r.jti, decodeJwt(tok.body.access_token).jti);
-        assert.match(r.reason, /^token_(session_)?revoked: /);
+        assert.match(r.params.reason_tag, /^token_(session_)?revoked$/);
       }
     });
 
@@ -263,7 +265,7 @@ describe('core: refusals counted at stop are written before the database closes'
       const after = await t.b.db('audit').where({ event: 'deny.summary' });
       assert.equal(after.length, 1);
       assert.equal(JSON.parse(after[0].params).count, 7);
-      assert.deepEqual(JSON.parse(after[0].params).reasons, [{ reason: 'not_found', count: 7 }]);
+      assert.deepEqual(JSON.parse(after[0].params).reasons, [{ reason: 'no_route', count: 7 }]);
       assert.equal((await verifyAudit(t.b.db)).ok, true);
     } finally {
       await t.close();

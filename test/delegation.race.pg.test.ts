@@ -1,3 +1,4 @@
+import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import type { TestBroker } from './helpers/broker.ts';
 import { startPgTestBroker } from './helpers/pg.ts';
@@ -33,12 +34,12 @@ describe('delegation racing revocation on PostgreSQL', function () {
     let issuedAndKilled = 0;
     let refused = 0;
     for (let round = 0; round < 40; round++) {
-      const root = await startSession(b, { clientId: planner, scope: 'docs:read web:search', audience: [] });
+      const root = await startSession(b, { clientId: planner, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
       // A middle link, so the race also hits a node below the revoked root.
-      const mid = await delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: helper, scope: 'docs:read', audience: [] });
+      const mid = await delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: helper, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
       const results = await Promise.allSettled([
-        delegate(b, { callerClientId: helper, subjectToken: mid.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }),
-        delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }),
+        delegate(b, { callerClientId: helper, subjectToken: mid.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
+        delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
         // Started a little later each round, so it lands before, during and after the delegations' commits.
         new Promise((r) => setTimeout(r, round % 10)).then(() => revokeTokenChain(b, root.claims.jti, { actor: 'test', via: 'test' })),
       ]);

@@ -1,3 +1,4 @@
+import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
@@ -32,7 +33,7 @@ describe('delegation racing revocation', function () {
       let issued = 0;
       let refusedInside = 0;
       for (let round = 0; round < 24; round++) {
-        const root = await startSession(b, { clientId: planner, scope: 'docs:read', audience: [] });
+        const root = await startSession(b, { clientId: planner, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
         const revoke = () => (target === 'token' ? revokeTokenChain(b, root.claims.jti, { actor: 'test', via: 'test' }) : revokeSession(b, root.sid, { actor: 'test', via: 'test' }));
         const fireAt = round % 12;
         let seen = 0;
@@ -45,7 +46,7 @@ describe('delegation racing revocation', function () {
         let child: string | null = null;
         let reason: string | undefined;
         try {
-          child = (await delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: reader, scope: 'docs:read', audience: [] })).jwt;
+          child = (await delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))).jwt;
         } catch (e) {
           reason = (e as { reason?: string }).reason;
         } finally {

@@ -184,7 +184,7 @@ describe('metrics: /metrics in the Prometheus text format', () => {
     assert.equal(types.get('cordon_issued_total') ?? types.get('cordon_issued'), 'counter');
     assert.equal(value(samples, 'cordon_issued_total', { event: 'session.open' }), 1);
     assert.equal(value(samples, 'cordon_issued_total', { event: 'delegation.issue' }), 1);
-    assert.equal(value(samples, 'cordon_refused_total', { event: 'session.open', reason: 'invalid_scope' }), 1);
+    assert.equal(value(samples, 'cordon_refused_total', { event: 'session.open', reason: 'scope_not_allowed' }), 1, 'labelled by the stable reason tag');
     assert.equal(value(samples, 'cordon_refused_total', { event: 'token', reason: 'invalid_client' }), 1);
     assert.equal(value(samples, 'cordon_live_sessions'), 1);
     assert.equal(value(samples, 'cordon_live_tokens'), 2);

@@ -1,3 +1,4 @@
+import { Attempt } from '../src/audit/attempt.ts';
 /**
  * Property tests for delegation chains (fast-check). Each run draws a random set of policies,
  * opens a session and applies 1–8 random steps — delegate / revoke a link / revoke the session /
@@ -180,7 +181,7 @@ async function runScenario(shard: Shard, sc: Scenario): Promise<void> {
     scope: (rootScope.length ? rootScope : rootPolicy.scopes.slice(0, 1)).join(' '),
     audience: [],
     requestedTtl: sc.rootTtl === null ? undefined : String(sc.rootTtl),
-  });
+  }, new Attempt('cli.test'));
   const sid = opened.sid;
   const sessionEnd = opened.sessionExpiresAt;
   const model: MTok[] = [
@@ -300,7 +301,7 @@ async function runScenario(shard: Shard, sc: Scenario): Promise<void> {
           audience: [],
           scopePolicy: step.intersect ? 'intersect' : undefined,
           requestedTtl: step.ttl === null ? undefined : String(step.ttl),
-        });
+        }, new Attempt('cli.test'));
       } catch (e) {
         err = e;
       }

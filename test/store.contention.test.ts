@@ -1,3 +1,4 @@
+import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import pino from 'pino';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
@@ -18,12 +19,12 @@ describe('store: writers in contention', function () {
     try {
       const a = await tb.register('loadp', 'research-planner');
       const sids: string[] = [];
-      for (let i = 0; i < 20; i++) sids.push((await startSession(tb.b, { clientId: a.id, scope: 'docs:read', audience: [] })).sid);
+      for (let i = 0; i < 20; i++) sids.push((await startSession(tb.b, { clientId: a.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))).sid);
       const cli = await openBroker(tb.b.config, { clock: tb.clock, log: pino({ level: 'silent' }) });
       let stop = false;
       let issued = 0;
       const load = (async () => {
-        while (!stop) issued += (await Promise.all(Array.from({ length: 16 }, () => startSession(tb.b, { clientId: a.id, scope: 'docs:read', audience: [] })))).length;
+        while (!stop) issued += (await Promise.all(Array.from({ length: 16 }, () => startSession(tb.b, { clientId: a.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))))).length;
       })();
       const errors: string[] = [];
       for (const sid of sids) await revokeSession(cli, sid, { actor: 'cli', via: 'cli' }).catch((e: Error) => errors.push(e.message));
@@ -54,11 +55,11 @@ describe('store: writers in contention', function () {
       const reader = (await registerAgent(b, { name: 'dl-reader', policy: 'doc-reader', auth: 'secret' })).agent.id;
       const failures: string[] = [];
       for (let round = 0; round < 30; round++) {
-        const roots = await Promise.all([0, 1].map(() => startSession(b, { clientId: planner, scope: 'docs:read web:search', audience: [] })));
-        const mids = await Promise.all(roots.map((r) => delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: helper, scope: 'docs:read', audience: [] })));
+        const roots = await Promise.all([0, 1].map(() => startSession(b, { clientId: planner, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'))));
+        const mids = await Promise.all(roots.map((r) => delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: helper, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))));
         const out = await Promise.allSettled([
-          ...mids.map((m) => delegate(b, { callerClientId: helper, subjectToken: m.jwt, requestedActor: reader, scope: 'docs:read', audience: [] })),
-          ...roots.map((r) => delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: reader, scope: 'docs:read', audience: [] })),
+          ...mids.map((m) => delegate(b, { callerClientId: helper, subjectToken: m.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
+          ...roots.map((r) => delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
           ...roots.map((r) => revokeTokenChain(b, r.claims.jti, { actor: 'test', via: 'test' })),
         ]);
         // Delegations may lose to the revocation (refused with invalid_grant); nothing may fail with a database error.
@@ -67,7 +68,7 @@ describe('store: writers in contention', function () {
       }
       assert.deepEqual(failures, []);
       assert.equal((await verifyAudit(b.db)).ok, true);
-      await revokeSession(b, (await startSession(b, { clientId: planner, scope: 'docs:read', audience: [] })).sid, { actor: 'test', via: 'test' });
+      await revokeSession(b, (await startSession(b, { clientId: planner, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))).sid, { actor: 'test', via: 'test' });
     });
   });
 });

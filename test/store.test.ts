@@ -203,7 +203,7 @@ for (const backend of [sqlite, postgres]) {
         d.on('query', on);
         return { count: () => n, stop: () => void d.off('query', on) };
       };
-      const audit = (n: string) => (live: boolean) => ({ at: T0 + 1000, event: 'credential.issue', decision: live ? ('allow' as const) : ('info' as const), params: { n } });
+      const audit = (n: string) => (live: boolean) => ({ at: T0 + 1000, event: 'credential.issue' as const, decision: live ? ('allow' as const) : ('info' as const), params: { n } });
 
       it('commits concurrent intents, tokens and credential records in one shared transaction, each with its own outcome and audit row', async () => {
         const w = new IssuanceWriter(db, () => T0 + 1000);
@@ -601,7 +601,7 @@ for (const backend of [sqlite, postgres]) {
                 db
                   .transaction(async (tx) => {
                     await tx.raw('select pg_sleep(0.01)');
-                    await appendAudit(tx, { at: T0 + i, event: 'race', decision: 'info', params: { i } });
+                    await appendAudit(tx, { at: T0 + i, event: 'policy.load', decision: 'info', params: { i } });
                   })
                   .then(() => results.push('ok'))
                   .catch(() => results.push('failed')),

@@ -1,3 +1,4 @@
+import { Attempt } from '../../src/audit/attempt.ts';
 import { randomBytes } from 'node:crypto';
 import type { Broker } from '../../src/broker.ts';
 import { agents } from '../../src/store/agents.ts';
@@ -36,7 +37,7 @@ export async function sessionStartBreakdown(b: Broker, plannerId: string, second
   let queries = 0;
   const count = () => queries++;
   b.db.on('query', count);
-  await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] });
+  await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
   b.db.off('query', count);
 
   const steps: RateResult[] = [];
@@ -92,8 +93,8 @@ export async function sessionStartBreakdown(b: Broker, plannerId: string, second
   await both('signAccessToken (jose EdDSA)', () => signAccessToken(b.keys, claims));
   await both('agents.get (one SELECT)', () => agents.get(b.db, plannerId));
   await both('empty transaction (BEGIN/COMMIT)', () => b.db.transaction(async () => {}));
-  await both('appendAudit in its own transaction', () => b.db.transaction((tx) => appendAudit(tx, { at: Date.now(), event: 'bench', decision: 'info', params: { scope: 'docs:read web:search', exp: 1, depth: 0 } })));
-  await both('startSession (whole decision, no HTTP)', () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }));
+  await both('appendAudit in its own transaction', () => b.db.transaction((tx) => appendAudit(tx, { at: Date.now(), event: 'policy.load', decision: 'info', params: { scope: 'docs:read web:search', exp: 1, depth: 0 } })));
+  await both('startSession (whole decision, no HTTP)', () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test')));
   return { queriesPerSessionStart: queries, steps };
 }
 
@@ -117,10 +118,10 @@ export async function countQueries(b: Broker, fn: () => Promise<unknown>): Promi
 
 /** Statements per decision, in-process. Over HTTP, client authentication adds one agents SELECT to each. */
 export async function sqlPerDecision(b: Broker, plannerId: string, readerId: string): Promise<Record<string, { count: number; statements: string[] }>> {
-  const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] });
+  const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
   return {
-    startSession: await countQueries(b, () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] })),
-    delegate: await countQueries(b, () => delegate(b, { callerClientId: plannerId, subjectToken: s.jwt, requestedActor: readerId, scope: 'docs:read', audience: [] })),
+    startSession: await countQueries(b, () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'))),
+    delegate: await countQueries(b, () => delegate(b, { callerClientId: plannerId, subjectToken: s.jwt, requestedActor: readerId, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
     introspect: await countQueries(b, () => introspect(b, s.jwt)),
   };
 }

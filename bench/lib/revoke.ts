@@ -1,3 +1,4 @@
+import { Attempt } from '../../src/audit/attempt.ts';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Broker } from '../../src/broker.ts';
@@ -19,7 +20,7 @@ export interface RevokeResult {
  */
 async function sessionWithTokens(b: Broker, plannerId: string, readerId: string, n: number): Promise<{ sid: string; rootJti: string; setupMs: number }> {
   const t0 = performance.now();
-  const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] });
+  const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
   const now = Date.now();
   const base = { sid: s.sid, scope: 'docs:read', audience: JSON.stringify([b.config.issuer]), kid: b.keys.active().kid, issued_at: now, expires_at: now + 10 * 60_000, revoked_at: null, cnf_jkt: null };
   const rows: Record<string, unknown>[] = [];

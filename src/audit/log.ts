@@ -1,13 +1,14 @@
 import { createHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
 import type { Q } from '../store/db.ts';
+import type { AuditEvent } from './events.ts';
 import { type AuditRow, type Decision, auditRows } from '../store/audit.ts';
 
 export const GENESIS_HASH = '0'.repeat(64);
 
 export interface AuditEntry {
   at: number;
-  event: string;
+  event: AuditEvent;
   decision: Decision;
   agentId?: string | null;
   sid?: string | null;

@@ -3,7 +3,9 @@ import { existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import type { Command } from 'commander';
 import { loadConfig, readEnv, DEFAULTS, type Config } from '../config/index.ts';
-import { ConfigError } from '../errors.ts';
+import { ConfigError, CordonError } from '../errors.ts';
+import { Attempt } from '../audit/attempt.ts';
+import { recordRefusal } from '../tokens/issue.ts';
 import { openBroker, closeBroker, type Broker } from '../broker.ts';
 import { sqlitePath } from '../store/db.ts';
 import type { Io } from './output.ts';
@@ -12,6 +14,8 @@ export interface Ctx {
   io: Io;
   /** The exit code the command decided on; 0 unless it says otherwise. */
   exitCode: number;
+  /** The command running (`agent.register`), the attempt a refusal's audit row names. */
+  command?: string;
 }
 
 /** process.env over .env in the working directory, as the broker reads it. */
@@ -36,6 +40,12 @@ export async function withBroker<T>(ctx: Ctx, fn: (b: Broker) => Promise<T>, opt
   const b = await openBroker(cfg, { log: cliLogger(ctx.io) });
   try {
     return await fn(b);
+  } catch (e) {
+    // The command is this request's entry point: a refusal is written once, here, as `cli.<command>`.
+    if (e instanceof CordonError && e.code !== 'server_error') {
+      await recordRefusal(b, new Attempt(`cli.${ctx.command ?? 'command'}`).note({ by: 'cli' }), e).catch((err: Error) => ctx.io.err(`cordon: warning: could not audit the refusal (${err.message})\n`));
+    }
+    throw e;
   } finally {
     await closeBroker(b);
   }
@@ -81,6 +91,9 @@ export const action =
   (ctx: Ctx, fn: (a: ActionInput) => Promise<number | void>) =>
   async (...raw: unknown[]): Promise<void> => {
     const cmd = raw[raw.length - 1] as Command;
+    const names: string[] = [];
+    for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+    ctx.command = names.join('.');
     const opts = raw[raw.length - 2] as Record<string, unknown>;
     const args = raw.slice(0, -2) as string[];
     const code = await fn({ args, opts, json: wantsJson(cmd), cmd });

@@ -1,6 +1,7 @@
 import express, { type ErrorRequestHandler, type Express, type Request, type RequestHandler, type Response, type NextFunction } from 'express';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
+import type { Attempted } from '../audit/events.ts';
 import { createProvider } from './provider.ts';
 import { errorMiddleware, handle } from './errors.ts';
 import { auditErrors, audited, refuse } from './refusals.ts';
@@ -108,7 +109,7 @@ const bodyPending = (req: Request): boolean => !req.complete && (req.headers['tr
  * once (body-parser would first read the whole upload, however slowly it comes), and what the
  * parser refuses (too large when chunked, an unknown encoding) is audited like any refusal.
  */
-function formBody(b: Broker, attempted: string): Array<RequestHandler | ErrorRequestHandler> {
+function formBody(b: Broker, attempted: Attempted): Array<RequestHandler | ErrorRequestHandler> {
   const tooLarge = (req: Request, res: Response, next: NextFunction): void => {
     if (Number(req.headers['content-length'] ?? 0) > b.config.bodyLimitBytes) return void refuse(b, req, res, new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' }), attempted);
     next();

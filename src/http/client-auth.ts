@@ -6,9 +6,10 @@ import { agents, type Agent } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
-import { assertionPayload, checkAssertionTimes } from '../tokens/client-assertion.ts';
+import { assertionPayload, assertionReplayId, assertionReplayKey, checkAssertionTimes } from '../tokens/client-assertion.ts';
 import { type Form, single } from './form.ts';
-import { assertionReplayId, assertionReplayKey } from './provider.ts';
+import { basicCredentials } from './basic-auth.ts';
+import { attemptOf } from './refusals.ts';
 
 const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 const ASSERTION_ALGS = ['ES256', 'EdDSA', 'RS256', 'PS256'];
@@ -20,37 +21,10 @@ const fail = (why: string): CordonError => new CordonError('invalid_client', why
  */
 export async function authenticateClient(b: Broker, req: Request, res: Response, form: Form, opts: { allowDisabled?: boolean } = {}): Promise<Agent> {
   const agent = await authenticate(b, req, res, form);
-  res.locals.agentId = agent.id; // for the audit row if the request is refused after this
+  attemptOf(req, res).by(agent.id); // for the audit row if the request is refused after this
   // A disabled agent may still revoke what it holds, but may not use the broker otherwise.
   if (agent.status === 'disabled' && !opts.allowDisabled) throw fail('agent is disabled');
   return agent;
-}
-
-/**
- * RFC 6749 §2.3.1 Basic credentials: the form-encoded client id and secret, or why they are
- * malformed (not Basic, no colon, a bad escape).
- */
-function basicCredentials(header: string): { id: string; secret: string } | { malformed: string } {
-  const m = /^Basic ([A-Za-z0-9+/=]+)$/i.exec(header);
-  if (!m) return { malformed: 'authorization header must be Basic' };
-  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
-  const i = decoded.indexOf(':');
-  if (i < 0) return { malformed: 'malformed Basic credentials' };
-  try {
-    return { id: decodeURIComponent(decoded.slice(0, i).replace(/\+/g, ' ')), secret: decodeURIComponent(decoded.slice(i + 1).replace(/\+/g, ' ')) };
-  } catch {
-    return { malformed: 'malformed Basic credentials' };
-  }
-}
-
-/**
- * The client id a request claims (form `client_id`, or the Basic header's user), for the audit
- * row of a refusal made before or without authentication. Only a well-formed id, never a secret.
- */
-export function claimedClientId(authorization: string | undefined, formClientId: unknown): string | null {
-  if (isWellFormedId(formClientId)) return formClientId;
-  const basic = authorization ? basicCredentials(authorization) : undefined;
-  return basic && 'id' in basic && isWellFormedId(basic.id) ? basic.id : null;
 }
 
 async function authenticate(b: Broker, req: Request, res: Response, form: Form): Promise<Agent> {

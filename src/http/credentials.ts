@@ -2,7 +2,7 @@ import type { Express, Request, Response } from 'express';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
-import { clientAddressOf } from '../audit/refusal-limiter.ts';
+import type { Attempt } from '../audit/attempt.ts';
 import { issueCredential } from '../tokens/credentials.ts';
 import { audited } from './refusals.ts';
 
@@ -15,14 +15,14 @@ export function credentialsRoute(app: Express, b: Broker): void {
   app.post('/credentials/:name', audited(b, 'credential.issue', credentialsEndpoint(b)));
 }
 
-export const credentialsEndpoint = (b: Broker) => async (req: Request, res: Response): Promise<void> => {
+export const credentialsEndpoint = (b: Broker) => async (req: Request, res: Response, attempt: Attempt): Promise<void> => {
   const name = req.params.name;
   const { scheme, token } = bearer(req);
   res.locals.authScheme = scheme;
   if (typeof name !== 'string' || !NAME_PATTERN.test(name)) throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
   const dpop = req.headers.dpop;
   if (Array.isArray(dpop)) throw new CordonError('invalid_dpop_proof', 'exactly one DPoP header is allowed', { status: 401, reason: 'dpop_multiple' });
-  const out = await issueCredential(b, { jwt: token, name, scheme, dpopProof: dpop, method: 'POST', url: `${b.config.issuer}/credentials/${name}`, clientAddress: clientAddressOf(req.socket.remoteAddress) });
+  const out = await issueCredential(b, { jwt: token, name, scheme, dpopProof: dpop, method: 'POST', url: `${b.config.issuer}/credentials/${name}` }, attempt);
   res.setHeader('Cache-Control', 'no-store');
   res.setHeader('Pragma', 'no-cache');
   res.json(out);

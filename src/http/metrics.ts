@@ -38,7 +38,7 @@ export function metricsFor(b: Broker, opts: { defaultMetrics?: boolean } = {}): 
   const registry = new Registry();
   if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix: 'cordon_process_' });
   const issued = new Counter({ name: 'cordon_issued_total', help: 'Grants issued (sessions opened, tokens, delegations, backend credentials), by audit event.', labelNames: ['event'] as const, registers: [registry] });
-  const refused = new Counter({ name: 'cordon_refused_total', help: 'Requests refused, by audit event attempted and RFC error code.', labelNames: ['event', 'reason'] as const, registers: [registry] });
+  const refused = new Counter({ name: 'cordon_refused_total', help: 'Requests refused, by audit event attempted and stable reason tag.', labelNames: ['event', 'reason'] as const, registers: [registry] });
   const httpDuration = new Histogram({
     name: 'cordon_http_request_duration_seconds',
     help: 'HTTP request latency by route.',

@@ -1,18 +1,18 @@
-import { createHash } from 'node:crypto';
 import Provider, { errors as oidcErrors, type KoaContextWithOIDC, type Adapter, type AdapterPayload } from 'oidc-provider';
 import type { Broker } from '../broker.ts';
-import { CordonError } from '../errors.ts';
+import { CordonError, type OAuthErrorCode } from '../errors.ts';
 import { agents } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
 import { GRANT_TOKEN_EXCHANGE } from '../tokens/claims.ts';
 import { DPOP_ALGS } from '../tokens/dpop.ts';
-import { recordDenial } from '../tokens/issue.ts';
+import { recordRefusal } from '../tokens/issue.ts';
+import { Attempt } from '../audit/attempt.ts';
 import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
-import { assertionPayload, checkAssertionTimes } from '../tokens/client-assertion.ts';
+import { assertionPayload, assertionReplayKey, checkAssertionTimes } from '../tokens/client-assertion.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
-import { claimedClientId } from './client-auth.ts';
+import { claimedClientId } from './basic-auth.ts';
 import * as clientCredentials from './grants/client-credentials.ts';
 import * as tokenExchange from './grants/token-exchange.ts';
 
@@ -100,12 +100,6 @@ const UNSERVED_METADATA = [
 /** Long enough for any client assertion (they live minutes); upsert then sets the real expiry. */
 const PROVISIONAL_REPLAY_MS = 15 * 60_000;
 
-/**
- * The replay key of a client assertion, the same at /token (oidc-provider's ReplayDetection id is
- * SHA-256 of iss ‖ jti) and at /introspect and /revoke, so one assertion is good for one request anywhere.
- */
-export const assertionReplayKey = (oidcId: string): string => `assert:${oidcId}`;
-export const assertionReplayId = (iss: string, jti: string): string => createHash('sha256').update(`${iss}${jti}`).digest('base64url');
 
 /** Typed broker errors thrown in a grant become oidc-provider errors, which it renders as RFC 6749 JSON. */
 export function toProviderError(e: CordonError): Error {
@@ -116,7 +110,7 @@ export function toProviderError(e: CordonError): Error {
   return err;
 }
 
-export type GrantHandler = (b: Broker, ctx: KoaContextWithOIDC) => Promise<void>;
+export type GrantHandler = (b: Broker, ctx: KoaContextWithOIDC, attempt: Attempt) => Promise<void>;
 
 export async function createProvider(b: Broker): Promise<Provider> {
   await b.keys.fresh();
@@ -167,22 +161,19 @@ export async function createProvider(b: Broker): Promise<Provider> {
   // Refusals oidc-provider makes itself (client authentication, malformed requests) are audited
   // too. Its event is not awaited, so the listener only notes the error and the middleware below
   // writes the row before the answer leaves, as every other refusal's row is.
-  provider.on('grant.error', (ctx: KoaContextWithOIDC, err: Error & { error?: string; error_description?: string; audited?: boolean }) => {
-    if (err.audited || !ctx.state) return;
+  provider.on('grant.error', (ctx: KoaContextWithOIDC, err: Error & { error?: string; error_description?: string }) => {
+    if (!ctx.state || ctx.state.cordonRefusalRecorded) return;
     ctx.state.cordonRefusal = err;
   });
   provider.use(async (ctx, next) => {
     await next();
-    const err = ctx.state?.cordonRefusal as (Error & { error?: string; error_description?: string }) | undefined;
-    if (!err) return;
+    const err = ctx.state?.cordonRefusal as (Error & { error?: string; error_description?: string; status?: number }) | undefined;
+    if (!err || ctx.state.cordonRefusalRecorded) return;
     const clientId = ctx.oidc?.client?.clientId ?? claimedClientId(ctx.headers?.authorization, (ctx.oidc?.params as Record<string, unknown> | undefined)?.client_id);
-    await recordDenial(b, {
-      event: 'token',
-      agentId: clientId,
-      reason: `${err.error ?? err.message}: ${err.error_description ?? ''}`.slice(0, 300),
-      params: { grant_type: String(ctx.oidc?.params?.grant_type ?? '').slice(0, 100) },
-      clientAddress: clientAddressOf(ctx.req?.socket?.remoteAddress),
-    }).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
+    const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(clientId).note({ grant_type: String(ctx.oidc?.params?.grant_type ?? '').slice(0, 100) });
+    const code = (err.error ?? 'invalid_request') as OAuthErrorCode;
+    const refusal = new CordonError(code, (err.error_description ?? err.message).slice(0, 300), { reason: code, ...(err.status ? { status: err.status } : {}) });
+    await recordRefusal(b, attempt, refusal).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
   });
   provider.on('server_error', (_ctx: unknown, err: Error) => b.log.error({ err: err.message }, 'token endpoint error'));
   // Discovery describes what this broker serves: no authorization endpoint, no ID tokens, no
@@ -222,25 +213,20 @@ function assertionTimesOnBrokerClock(b: Broker, ctx: KoaContextWithOIDC): void {
 }
 
 async function runGrant(b: Broker, handler: GrantHandler, ctx: KoaContextWithOIDC): Promise<void> {
+  // The grant is this request's entry point: it writes the refusal's one row, from what the handler learned.
+  const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(ctx.oidc.client?.clientId ?? null).note({ grant_type: String(ctx.oidc.params?.grant_type ?? '').slice(0, 100) });
   try {
     refuseReplacementChars(ctx);
     assertionTimesOnBrokerClock(b, ctx);
-    await handler(b, ctx);
+    await handler(b, ctx, attempt);
     ctx.set('Cache-Control', 'no-store');
   } catch (e) {
     if (e instanceof CordonError) {
-      if (!e.audited) {
-        await recordDenial(b, {
-          event: 'token',
-          agentId: ctx.oidc.client?.clientId ?? null,
-          reason: `${e.code}: ${e.description}`,
-          params: { grant_type: String(ctx.oidc.params?.grant_type ?? '').slice(0, 100) },
-          clientAddress: clientAddressOf(ctx.req?.socket?.remoteAddress),
-        });
+      if (e.code !== 'server_error') {
+        if (ctx.state) ctx.state.cordonRefusalRecorded = true; // oidc-provider's own refusal path must not write it again
+        await recordRefusal(b, attempt, e);
       }
-      const pe = toProviderError(e) as Error & { audited?: boolean };
-      pe.audited = true; // the grant-error listener must not write it again
-      throw pe;
+      throw toProviderError(e);
     }
     b.log.error({ err: (e as Error).message }, 'grant failed');
     throw toProviderError(new CordonError('server_error', 'the broker could not complete the request'));

@@ -3,42 +3,50 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
-import { recordDenial } from '../tokens/issue.ts';
-import { claimedClientId } from './client-auth.ts';
+import { recordRefusal } from '../tokens/issue.ts';
+import { Attempt } from '../audit/attempt.ts';
+import type { Attempted } from '../audit/events.ts';
+import { claimedClientId } from './basic-auth.ts';
 import { sendError, toCordonError } from './errors.ts';
 
 /**
- * Every refusal is audited, including those the HTTP layer makes itself (bad bodies, repeated
- * headers, failed client authentication, unknown routes and methods, a bad metrics token): who
- * (the authenticated agent, else the client id the request claimed), from which address, what was
- * attempted and why. Refusals naming no known agent are rate-limited per address (recordDenial).
- * Errors that are not the caller's (server_error) are logged, not audited as refusals. Never
- * throws: the refusal stands (fails closed) even when its audit row cannot be written, and that is logged.
+ * The request's attempt (see Attempt): opened on first use with what the HTTP layer knows — the
+ * route, the client address, the client id the request claims (never a secret) — and filled in by
+ * client authentication and the decisions as they learn who is asking.
  */
-export async function auditRefusal(b: Broker, req: Request, res: Response, err: unknown, attempted: string = attemptedAt(req.path)): Promise<void> {
+export function attemptOf(req: Request, res: Response, attempted?: Attempted): Attempt {
+  let a = res.locals.attempt as Attempt | undefined;
+  if (!a) {
+    a = new Attempt(attempted ?? attemptedAt(req.path), clientAddressOf(req.socket.remoteAddress));
+    const body = req.body as unknown;
+    const formClientId = Buffer.isBuffer(body) ? /(?:^|&)client_id=([A-Za-z0-9_-]{1,64})(?:&|$)/.exec(body.toString('latin1'))?.[1] : undefined;
+    a.by(claimedClientId(req.headers.authorization, formClientId)).note(requestParams(req));
+    res.locals.attempt = a;
+  } else if (attempted) a.event = attempted;
+  return a;
+}
+
+/**
+ * The HTTP entry points' refusal writer: a request is refused at most once, so its deny row is
+ * written at most once (whichever wrapper sees the refusal first), from the request's attempt.
+ * Errors that are not the caller's (server_error) are logged, not audited as refusals. Never
+ * throws: the refusal stands (fails closed) even when its row cannot be written, and that is logged.
+ */
+export async function auditRefusal(b: Broker, req: Request, res: Response, err: unknown, attempted?: Attempted): Promise<void> {
   const e = toCordonError(err);
-  if (e.audited || e.status >= 500) return;
-  const body = req.body as unknown;
-  const formClientId = Buffer.isBuffer(body) ? /(?:^|&)client_id=([A-Za-z0-9_-]{1,64})(?:&|$)/.exec(body.toString('latin1'))?.[1] : undefined;
+  if (e.code === 'server_error' || res.locals.refusalRecorded) return;
+  res.locals.refusalRecorded = true;
   try {
-    await recordDenial(b, {
-      event: attempted,
-      agentId: (res.locals.agentId as string | undefined) ?? claimedClientId(req.headers.authorization, formClientId),
-      reason: `${e.code}: ${e.description}`,
-      params: { ...requestParams(req), ...e.auditParams },
-      clientAddress: clientAddressOf(req.socket.remoteAddress),
-    });
+    await recordRefusal(b, attemptOf(req, res, attempted), e);
   } catch (auditError) {
     b.log.error({ err: (auditError as Error).message }, 'could not audit a refusal');
-    return;
   }
-  e.audited = true;
 }
 
 /** The audit event a request to `path` attempts, for refusals made before (or without) a route. */
-export function attemptedAt(path: string): string {
+export function attemptedAt(path: string): Attempted {
   if (path.startsWith('/credentials/')) return 'credential.issue';
-  const known: Record<string, string> = { '/token': 'token', '/introspect': 'introspect', '/revoke': 'revoke', '/revocations': 'revocations', '/metrics': 'metrics', '/jwks': 'jwks' };
+  const known: Record<string, Attempted> = { '/token': 'token', '/introspect': 'introspect', '/revoke': 'revoke', '/revocations': 'revocations', '/metrics': 'metrics', '/jwks': 'jwks' };
   return known[path] ?? 'request';
 }
 
@@ -56,29 +64,25 @@ function requestParams(req: Request): Record<string, unknown> {
 }
 
 /** Refuses the request with `e`, after auditing it. */
-export async function refuse(b: Broker, req: Request, res: Response, e: CordonError, attempted?: string): Promise<void> {
+export async function refuse(b: Broker, req: Request, res: Response, e: CordonError, attempted?: Attempted): Promise<void> {
   await auditRefusal(b, req, res, e, attempted);
   sendError(res, e, b.log);
 }
 
 /** An async endpoint whose refusals are audited as `attempted`; errors then reach the error middleware. */
 export const audited =
-  (b: Broker, attempted: string, fn: (req: Request, res: Response) => Promise<void>) =>
+  (b: Broker, attempted: Attempted, fn: (req: Request, res: Response, attempt: Attempt) => Promise<void>) =>
   (req: Request, res: Response, next: NextFunction): void => {
-    fn(req, res).catch(async (err: unknown) => {
+    fn(req, res, attemptOf(req, res, attempted)).catch(async (err: unknown) => {
       const e = toCordonError(err);
       await auditRefusal(b, req, res, e, attempted);
       next(e.status < 500 ? e : err);
     });
   };
 
-/**
- * Error middleware: audits what an earlier middleware (the body parser, the router) refused, then
- * passes it on — as the CordonError it maps to, which carries the `audited` mark, so a later
- * auditErrors does not write it again.
- */
+/** Error middleware: audits what an earlier middleware (the body parser, the router) refused, then passes it on as the CordonError it maps to. */
 export const auditErrors =
-  (b: Broker, attempted?: string) =>
+  (b: Broker, attempted?: Attempted) =>
   (err: unknown, req: Request, res: Response, next: NextFunction): void => {
     const e = toCordonError(err);
     void auditRefusal(b, req, res, e, attempted).then(() => next(e.status < 500 ? e : err));

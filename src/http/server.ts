@@ -3,7 +3,9 @@ import type { Duplex } from 'node:stream';
 import type { Broker } from '../broker.ts';
 import { createApp, type AppExtensions } from './app.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
-import { closeRefusalLimiter, recordDenial } from '../tokens/issue.ts';
+import { closeRefusalLimiter, recordRefusal } from '../tokens/issue.ts';
+import { Attempt } from '../audit/attempt.ts';
+import { CordonError } from '../errors.ts';
 
 export interface RunningServer {
   server: Server;
@@ -73,5 +75,6 @@ async function answerClientError(b: Broker, err: NodeJS.ErrnoException, socket: 
   const body = JSON.stringify({ error: 'invalid_request', error_description: description });
   socket.end(`HTTP/1.1 ${status} ${phrase}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`);
   // Answered first: the client may already have half-closed the connection, which would not wait for the row.
-  await recordDenial(b, { event: 'request', reason: `invalid_request: ${description}`, params: { status }, clientAddress }).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
+  const refusal = new CordonError('invalid_request', description, { status, reason: err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'http_malformed' });
+  await recordRefusal(b, new Attempt('request', clientAddress).note({ status }), refusal).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
 }

@@ -46,7 +46,7 @@ function writePrivate(path: string, data: string | Buffer): void {
  * Creates a key pair: the private JWK goes to disk first (mode 0600), then the public half and
  * its audit row commit together. A crash in between leaves only an unused file.
  */
-async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, event: string, retire?: { publishUntil: number }): Promise<KeyInfo> {
+async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, event: 'key.create' | 'key.rotate', retire?: { publishUntil: number }): Promise<KeyInfo> {
   ensureDir(keyDir);
   const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true, crv: alg === 'EdDSA' ? 'Ed25519' : undefined });
   const pub = await exportJWK(publicKey);

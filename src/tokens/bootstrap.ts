@@ -7,7 +7,7 @@ import { transact } from '../store/db.ts';
 import { newId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
 import { findAgent } from './agents.ts';
-import { recordDenial } from './issue.ts';
+import type { Attempt } from '../audit/attempt.ts';
 import { activeAgentAndPolicy, parseRequestedScope, startSession, type SessionStartResult } from './session-start.ts';
 
 /**
@@ -73,8 +73,6 @@ export async function issueBootstrapToken(b: Broker, agentIdOrName: string, opts
 export interface BootstrapRedeemRequest {
   /** The authenticated agent, or null when the caller is the public workload client. */
   callerClientId: string | null;
-  /** The caller's address: a refusal naming no known agent is rate-limited per address (recordDenial). */
-  clientAddress?: string;
   scope?: string;
   task?: string;
   audience: string[];
@@ -92,27 +90,29 @@ export interface BootstrapRedeemRequest {
  * that is refused (a mistyped scope, say) never touches the token. A token that opened a
  * session is dead, and the session's audit row names it (`bootstrap_id`).
  */
-export async function redeemBootstrapToken(b: Broker, token: string, req: BootstrapRedeemRequest): Promise<SessionStartResult> {
-  let rec: BootstrapRecord | undefined;
-  try {
-    if (!BOOTSTRAP_PATTERN.test(token)) throw new CordonError('invalid_grant', 'subject_token is not a bootstrap token', { reason: 'bootstrap_malformed' });
-    rec = await bootstrapTokens.byHash(b.db, hashOf(token));
-    if (!rec) throw new CordonError('invalid_grant', 'bootstrap token is not known to this broker', { reason: 'bootstrap_unknown' });
-    if (req.callerClientId !== null && req.callerClientId !== rec.agentId) {
-      throw new CordonError('invalid_grant', 'bootstrap token was issued to another agent', { reason: 'bootstrap_not_holder' });
-    }
-    const now = b.clock.now();
-    if (rec.usedAt !== null) throw replay(rec.usedSid);
-    if (rec.expiresAt <= now) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
-    await activeAgentAndPolicy(b, rec.agentId).catch((e: CordonError) => {
-      throw new CordonError('invalid_grant', `the agent of this bootstrap token cannot start a session: ${e.description}`, { reason: e.reason });
-    });
-    if (rec.scope !== null) {
-      const out = uncovered(parseScope(rec.scope), parseRequestedScope(req.scope));
-      if (out.length) throw new CordonError('invalid_scope', `scope outside what this bootstrap token allows: ${out.join(' ')}`, { reason: 'scope_outside_bootstrap' });
-    }
-    const id = rec.id;
-    return await startSession(b, {
+export async function redeemBootstrapToken(b: Broker, token: string, req: BootstrapRedeemRequest, attempt: Attempt): Promise<SessionStartResult> {
+  attempt.by(req.callerClientId, req.callerClientId ? [req.callerClientId] : null).note({ scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap' });
+  if (!BOOTSTRAP_PATTERN.test(token)) throw new CordonError('invalid_grant', 'subject_token is not a bootstrap token', { reason: 'bootstrap_malformed' });
+  const rec = await bootstrapTokens.byHash(b.db, hashOf(token));
+  if (!rec) throw new CordonError('invalid_grant', 'bootstrap token is not known to this broker', { reason: 'bootstrap_unknown' });
+  attempt.by(rec.agentId, [rec.agentId]).in(rec.usedSid).note({ bootstrap_id: rec.id });
+  if (req.callerClientId !== null && req.callerClientId !== rec.agentId) {
+    throw new CordonError('invalid_grant', 'bootstrap token was issued to another agent', { reason: 'bootstrap_not_holder' });
+  }
+  const now = b.clock.now();
+  if (rec.usedAt !== null) throw replay(rec.usedSid);
+  if (rec.expiresAt <= now) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
+  await activeAgentAndPolicy(b, rec.agentId).catch((e: CordonError) => {
+    throw new CordonError('invalid_grant', `the agent of this bootstrap token cannot start a session: ${e.description}`, { reason: e.reason });
+  });
+  if (rec.scope !== null) {
+    const out = uncovered(parseScope(rec.scope), parseRequestedScope(req.scope));
+    if (out.length) throw new CordonError('invalid_scope', `scope outside what this bootstrap token allows: ${out.join(' ')}`, { reason: 'scope_outside_bootstrap' });
+  }
+  const id = rec.id;
+  return await startSession(
+    b,
+    {
       clientId: rec.agentId,
       scope: req.scope,
       task: req.task,
@@ -128,22 +128,9 @@ export async function redeemBootstrapToken(b: Broker, token: string, req: Bootst
         if (again && again.usedAt === null) throw new CordonError('invalid_grant', 'bootstrap token has expired', { reason: 'bootstrap_expired' });
         throw replay(again?.usedSid ?? null);
       },
-    });
-  } catch (e) {
-    if (e instanceof CordonError && !e.audited) {
-      await recordDenial(b, {
-        event: 'bootstrap.redeem',
-        agentId: rec?.agentId ?? req.callerClientId,
-        sid: rec?.usedSid ?? null,
-        chain: rec ? [rec.agentId] : req.callerClientId ? [req.callerClientId] : null,
-        reason: `${e.code}: ${e.description}`,
-        params: { bootstrap_id: rec?.id, scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap', ...e.auditParams },
-        clientAddress: req.clientAddress,
-      });
-      e.audited = true;
-    }
-    throw e;
-  }
+    },
+    attempt,
+  );
 }
 
 const replay = (usedSid: string | null): CordonError =>

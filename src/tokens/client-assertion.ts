@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 
@@ -32,3 +33,10 @@ export function assertionPayload(assertion: string): Record<string, unknown> | u
     return undefined;
   }
 }
+
+/**
+ * The replay key of a client assertion, the same at /token (oidc-provider's ReplayDetection id is
+ * SHA-256 of iss ‖ jti) and at /introspect and /revoke, so one assertion is good for one request anywhere.
+ */
+export const assertionReplayKey = (oidcId: string): string => `assert:${oidcId}`;
+export const assertionReplayId = (iss: string, jti: string): string => createHash('sha256').update(`${iss}${jti}`).digest('base64url');

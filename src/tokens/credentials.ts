@@ -27,7 +27,7 @@ import { isProviderError } from '../providers/provider.ts';
 import { recordBackendError } from '../http/metrics.ts';
 import { audiencesOf, chainOf, type AccessTokenClaims } from './claims.ts';
 import { requireDpopForToken } from './dpop.ts';
-import { recordDenial } from './issue.ts';
+import type { Attempt } from '../audit/attempt.ts';
 import { recordClaims, requireActiveRecord, verifySignature, type TokenView } from './verify.ts';
 
 // ---------------------------------------------------------------------------------------- wiring
@@ -63,8 +63,6 @@ export interface CredentialRequest {
   /** For the DPoP proof's htm / htu. */
   method: string;
   url: string;
-  /** The caller's address: a refusal made before the token names anyone is rate-limited per address (recordDenial). */
-  clientAddress?: string;
 }
 
 export interface CredentialResponse {
@@ -88,60 +86,28 @@ const EVENT = 'credential.issue';
  * must be on. The credential never outlives the token's `exp` (STS: ended there by an IAM expiry
  * deny where STS's 900 s floor is longer), and exists only if its record and audit row do.
  */
-export async function issueCredential(b: Broker, req: CredentialRequest): Promise<CredentialResponse> {
-  let presented: AccessTokenClaims;
-  let view: TokenView;
-  try {
-    presented = await verifySignature(b, req.jwt, 'invalid_token');
-  } catch (e) {
-    // Refused before anyone is known: recorded with what was asked, never the token itself.
-    if (e instanceof CordonError && !e.audited) {
-      await recordDenial(b, { event: EVENT, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) }, clientAddress: req.clientAddress });
-      e.audited = true;
-    }
-    throw e;
-  }
-  try {
-    view = await requireActiveRecord(b, presented, 'invalid_token', EVENT);
-  } catch (e) {
-    // Signed by this broker but no longer active (revoked, expired): the refusal names its agent,
-    // so a replayed revoked token is written one by one, never summarised as junk.
-    if (e instanceof CordonError && !e.audited) {
-      await recordDenial(b, { event: EVENT, agentId: presented.client_id, sid: presented.sid, jti: presented.jti, reason: `${e.reason}: ${e.description}`, params: { name: String(req.name).slice(0, 64) }, clientAddress: req.clientAddress });
-      e.audited = true;
-    }
-    throw e;
-  }
+export async function issueCredential(b: Broker, req: CredentialRequest, attempt: Attempt): Promise<CredentialResponse> {
+  // Refused before anyone is known: the row says what was asked, never the token itself.
+  attempt.note({ name: String(req.name).slice(0, 64) });
+  const presented = await verifySignature(b, req.jwt, 'invalid_token');
+  // Signed by this broker: a refusal from here on names its agent, so a replayed revoked token is
+  // written one by one, never summarised as junk.
+  attempt.by(presented.client_id).in(presented.sid, presented.jti);
+  const view = await requireActiveRecord(b, presented, 'invalid_token');
   // From here on every decision reads the token as the broker recorded it.
   const claims = recordClaims(b, view);
   const chain = chainOf(claims, view.sessionAgentId);
-  const deny = async (e: unknown, extra: Record<string, unknown> = {}): Promise<never> => {
-    if (e instanceof CordonError && !e.audited) {
-      await recordDenial(b, { event: EVENT, agentId: claims.client_id, sid: claims.sid, jti: claims.jti, chain, reason: `${e.reason}: ${e.description}`, params: { name: req.name, ...extra } });
-      e.audited = true;
-    }
-    throw e;
-  };
+  attempt.by(claims.client_id, chain).in(claims.sid, claims.jti);
   // A token made for a resource server is not for the broker: that server (or whoever read the
   // token there) must not be able to trade it for backend credentials (RFC 8707 audience restriction).
   if (!audiencesOf(claims).includes(b.config.issuer)) {
-    await deny(new CordonError('invalid_token', `the token's audience does not include this broker (${b.config.issuer}); ask for a token with the broker among its audiences`, { reason: 'audience_not_broker' }));
+    throw new CordonError('invalid_token', `the token's audience does not include this broker (${b.config.issuer}); ask for a token with the broker among its audiences`, { reason: 'audience_not_broker' });
   }
 
-  let ctx: Decided;
-  try {
-    await checkDpop(b, req, view);
-    ctx = decide(b, req.name, claims, view);
-  } catch (e) {
-    return deny(e);
-  }
-  const { provider, spec, ireq } = ctx;
-  let plan;
-  try {
-    plan = provider.plan(ireq);
-  } catch (e) {
-    return deny(e, { provider: spec.provider });
-  }
+  await checkDpop(b, req, view);
+  const { provider, spec, ireq } = decide(b, req.name, claims, view);
+  attempt.note({ provider: spec.provider });
+  const plan = provider.plan(ireq);
 
   // Intent first: from here on a crash leaves a row the sweeper can resolve.
   await b.issuance.insertCredentialIntent({
@@ -165,7 +131,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   try {
     result = await provider.issue(ireq, plan, checkpoint, denyHooks(b, 'issue'));
   } catch (e) {
-    await failIssue(b, provider, ireq, plan.expiresAtMax, checkpointed, e, chain);
+    await failIssue(b, provider, ireq, plan.expiresAtMax, checkpointed, e, chain, attempt);
     throw e instanceof CordonError ? e : new CordonError('bad_gateway', `${spec.provider} failed unexpectedly`, { reason: `${spec.provider}_error`, cause: e });
   }
 
@@ -205,7 +171,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
     // The record may have committed after all (a lost reply): then it is revoked like any issued credential, with its audit row.
     const row = await credentials.get(b.db, ireq.credentialId).catch(() => undefined);
     if (row?.state === 'issued') await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the broker could not confirm its record, so the credential was not handed out' }).catch(() => undefined);
-    else await failIssue(b, provider, ireq, result.expiresAt, result.handle, failure, chain);
+    else await failIssue(b, provider, ireq, result.expiresAt, result.handle, failure, chain, attempt);
     throw failure;
   }
   if (outcome === 'claimed') {
@@ -216,8 +182,8 @@ export async function issueCredential(b: Broker, req: CredentialRequest): Promis
   if (outcome === 'token_revoked') {
     const row = await credentials.get(b.db, ireq.credentialId);
     if (row) await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the token was revoked (or an agent of its chain disabled) while the credential was being issued' });
-    const e = new CordonError('invalid_token', 'the token was revoked (or an agent of its chain disabled) while the credential was being issued; the credential has been revoked', { reason: 'token_revoked_during_issue' });
-    return deny(e, { provider: spec.provider, credential_id: ireq.credentialId });
+    attempt.note({ credential_id: ireq.credentialId });
+    throw new CordonError('invalid_token', 'the token was revoked (or an agent of its chain disabled) while the credential was being issued; the credential has been revoked', { reason: 'token_revoked_during_issue' });
   }
   for (const f of b.hooks.onDecision) f(EVENT, 'allow', null);
   return {
@@ -292,7 +258,7 @@ async function checkDpop(b: Broker, req: CredentialRequest, view: TokenView): Pr
  * names it. The row ends 'failed' (nothing issued, or everything cleaned) or 'revoke_failed'
  * (cleanup pending: the sweeper retries until it succeeds or the credential has expired).
  */
-async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueRequest, expiresAtMax: number, handle: Handle | null, err: unknown, chain: string[]): Promise<void> {
+async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueRequest, expiresAtMax: number, handle: Handle | null, err: unknown, chain: string[], attempt: Attempt): Promise<void> {
   const desc = err instanceof CordonError ? err.description : 'unexpected provider failure';
   const reason = err instanceof CordonError ? err.reason : `${provider.name}_error`;
   if (isProviderError(err)) recordBackendError(b, err.provider, err.kind);
@@ -321,23 +287,23 @@ async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueReq
           ? await credentials.markFailed(tx, ireq.credentialId, note)
           : (await tx('credentials').where({ id: ireq.credentialId, state: 'pending' }).update({ state, revoked_at: b.clock.now(), note: note.slice(0, 500) })) > 0;
       if (!changed) return;
+      // The intent's end, recorded with it; the refusal itself is the entry point's deny row.
       await appendAudit(tx, {
         at: b.clock.now(),
-        event: 'deny',
-        decision: 'deny',
+        event: 'credential.fail',
+        decision: 'info',
         agentId: ireq.claims.client_id,
         sid: ireq.session.sid,
         jti: ireq.claims.jti,
         chain,
         reason: `${reason}: ${desc}`,
-        params: { attempted: EVENT, name: ireq.name, provider: provider.name, credential_id: ireq.credentialId, state },
+        params: { name: ireq.name, provider: provider.name, credential_id: ireq.credentialId, state, note },
       });
     });
-    if (err instanceof CordonError) err.audited = true;
   } catch (e) {
     b.log.error({ err: (e as Error).message, credential: ireq.credentialId }, 'could not record a failed credential issue; orphan recovery will resolve the intent');
   }
-  for (const f of b.hooks.onDecision) f(EVENT, 'deny', reason);
+  attempt.note({ credential_id: ireq.credentialId, state });
 }
 
 // ---------------------------------------------------------------------------------------- revoke

@@ -11,7 +11,7 @@ import { isWellFormedId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import type { FederationRule, Policy } from '../policy/types.ts';
 import { checkPublicJwks } from './agents.ts';
-import { recordDenial } from './issue.ts';
+import type { Attempt } from '../audit/attempt.ts';
 import { startSession, type SessionStartResult } from './session-start.ts';
 import { audiencesOf } from './claims.ts';
 
@@ -32,8 +32,6 @@ const MAX_SUBJECT_LENGTH = 256;
 export interface FederationRequest {
   /** The authenticated agent, or null when the caller is the public workload client. */
   callerClientId: string | null;
-  /** The caller's address: a refusal naming no known agent is rate-limited per address (recordDenial). */
-  clientAddress?: string;
   subjectToken: string;
   /** Which agent to become when several active agents are bound to the matching policy. */
   requestedActor?: string;
@@ -157,88 +155,72 @@ function mapVerifyError(e: unknown, t: Trust): CordonError {
  * `client_id`. The issuer prefix keeps subjects of different issuers apart. The external `jti`
  * and `sub` also go to the audit row.
  */
-export async function redeemFederatedJwt(b: Broker, req: FederationRequest): Promise<SessionStartResult> {
-  let iss: string | undefined;
-  let externalSub: string | undefined;
-  let agent: Agent | undefined;
+export async function redeemFederatedJwt(b: Broker, req: FederationRequest, attempt: Attempt): Promise<SessionStartResult> {
+  attempt.by(req.callerClientId, req.callerClientId ? [req.callerClientId] : null).note({ origin: 'federation', requested_actor: req.requestedActor?.slice(0, 64), scope: req.scope, task: req.task, audience: req.audience });
+  const jwt = req.subjectToken;
+  if (jwt.length > MAX_JWT_LENGTH || !/^[\w-]+\.[\w-]+\.[\w-]+$/.test(jwt)) throw refuse('subject_token is not a compact signed JWT', 'federation_malformed');
+  let header: ReturnType<typeof decodeProtectedHeader>;
+  let unverified: JWTPayload;
   try {
-    const jwt = req.subjectToken;
-    if (jwt.length > MAX_JWT_LENGTH || !/^[\w-]+\.[\w-]+\.[\w-]+$/.test(jwt)) throw refuse('subject_token is not a compact signed JWT', 'federation_malformed');
-    let header: ReturnType<typeof decodeProtectedHeader>;
-    let unverified: JWTPayload;
-    try {
-      header = decodeProtectedHeader(jwt);
-      unverified = decodeJwt(jwt);
-    } catch {
-      throw refuse('subject_token is not a valid JWT', 'federation_malformed');
-    }
-    if (typeof header.alg !== 'string' || !FEDERATION_ALGS.includes(header.alg)) throw refuse(`subject_token algorithm ${JSON.stringify(header.alg)} is not allowed (asymmetric signatures only)`, 'federation_bad_alg');
-    if (header.typ !== undefined && !ACCEPTED_TYP.has(String(header.typ).toLowerCase())) throw refuse(`subject_token typ ${JSON.stringify(clip(String(header.typ), 40))} is not an identity token`, 'federation_bad_typ');
-    if (typeof unverified.iss !== 'string' || unverified.iss === '') throw refuse('subject_token has no issuer', 'federation_malformed');
-    iss = unverified.iss;
-    if (iss === b.config.issuer) throw refuse('subject_token is one of this broker\'s own tokens: use subject_token_type urn:ietf:params:oauth:token-type:access_token to delegate it', 'federation_own_token');
-
-    const trusts: Trust[] = [];
-    for (const policy of b.policies.list()) {
-      for (const rule of policy.federation) if (rule.issuer === iss) trusts.push({ policy, rule, source: keySource(policy, rule) });
-    }
-    if (!trusts.length) throw refuse(`issuer ${clip(iss)} is not trusted by any policy`, 'federation_unknown_issuer');
-
-    // Verify against each distinct key source that trusts this issuer; the first that verifies decides.
-    let payload: JWTPayload | undefined;
-    let source: string | undefined;
-    let firstError: unknown;
-    for (const s of [...new Set(trusts.map((t) => t.source))]) {
-      try {
-        payload = await verifyWith(b, jwt, trusts.find((t) => t.source === s)!);
-        source = s;
-        break;
-      } catch (e) {
-        firstError ??= e;
-      }
-    }
-    if (!payload) throw firstError;
-    externalSub = String(payload.sub);
-
-    const aud = audiencesOf(payload);
-    const forUs = trusts.filter((t) => t.source === source && aud.includes(t.rule.audience));
-    if (!forUs.length) throw refuse(`subject_token audience is not one this broker accepts from ${clip(iss)}`, 'federation_wrong_audience');
-    const mapped = forUs.filter((t) => typeof payload[t.rule.claim] === 'string' && payload[t.rule.claim] === t.rule.match);
-    if (!mapped.length) throw refuse(`subject ${clip(externalSub)} of ${clip(iss)} is not mapped to any agent`, 'federation_unmapped');
-
-    const subject = `${iss}#${externalSub}`;
-    if (subject.length > MAX_SUBJECT_LENGTH) throw refuse(`subject_token issuer and sub together exceed ${MAX_SUBJECT_LENGTH} characters`, 'federation_subject_too_long');
-
-    agent = await pickAgent(b, req, [...new Set(mapped.map((t) => t.policy.name))]);
-    const chosen = agent;
-    const claim = mapped.some((t) => t.policy.name === chosen.policy && t.rule.single_use) ? singleUseClaim(b, iss, payload) : undefined;
-    return await startSession(b, {
-      clientId: agent.id,
-      scope: req.scope,
-      task: req.task,
-      audience: req.audience,
-      requestedTtl: req.requestedTtl,
-      dpopJkt: req.dpopJkt,
-      origin: 'federation',
-      subject,
-      auditParams: { origin: 'federation', external_issuer: iss, external_sub: externalSub, ...(typeof payload.jti === 'string' ? { external_jti: payload.jti.slice(0, 128) } : {}) },
-      claim,
-    });
-  } catch (e) {
-    if (e instanceof CordonError && !e.audited) {
-      const who = agent?.id ?? req.callerClientId;
-      await recordDenial(b, {
-        event: 'federation.exchange',
-        agentId: who,
-        chain: who ? [who] : null,
-        reason: `${e.code}: ${e.description}`,
-        params: { origin: 'federation', external_issuer: iss, external_sub: externalSub, requested_actor: req.requestedActor?.slice(0, 64), scope: req.scope, task: req.task, audience: req.audience },
-        clientAddress: req.clientAddress,
-      });
-      e.audited = true;
-    }
-    throw e;
+    header = decodeProtectedHeader(jwt);
+    unverified = decodeJwt(jwt);
+  } catch {
+    throw refuse('subject_token is not a valid JWT', 'federation_malformed');
   }
+  if (typeof header.alg !== 'string' || !FEDERATION_ALGS.includes(header.alg)) throw refuse(`subject_token algorithm ${JSON.stringify(header.alg)} is not allowed (asymmetric signatures only)`, 'federation_bad_alg');
+  if (header.typ !== undefined && !ACCEPTED_TYP.has(String(header.typ).toLowerCase())) throw refuse(`subject_token typ ${JSON.stringify(clip(String(header.typ), 40))} is not an identity token`, 'federation_bad_typ');
+  if (typeof unverified.iss !== 'string' || unverified.iss === '') throw refuse('subject_token has no issuer', 'federation_malformed');
+  const iss = unverified.iss;
+  attempt.note({ external_issuer: iss });
+  if (iss === b.config.issuer) throw refuse('subject_token is one of this broker\'s own tokens: use subject_token_type urn:ietf:params:oauth:token-type:access_token to delegate it', 'federation_own_token');
+
+  const trusts: Trust[] = [];
+  for (const policy of b.policies.list()) {
+    for (const rule of policy.federation) if (rule.issuer === iss) trusts.push({ policy, rule, source: keySource(policy, rule) });
+  }
+  if (!trusts.length) throw refuse(`issuer ${clip(iss)} is not trusted by any policy`, 'federation_unknown_issuer');
+
+  // Verify against each distinct key source that trusts this issuer; the first that verifies decides.
+  let payload: JWTPayload | undefined;
+  let source: string | undefined;
+  let firstError: unknown;
+  for (const s of [...new Set(trusts.map((t) => t.source))]) {
+    try {
+      payload = await verifyWith(b, jwt, trusts.find((t) => t.source === s)!);
+      source = s;
+      break;
+    } catch (e) {
+      firstError ??= e;
+    }
+  }
+  if (!payload) throw firstError;
+  const externalSub = String(payload.sub);
+  attempt.note({ external_sub: externalSub });
+
+  const aud = audiencesOf(payload);
+  const forUs = trusts.filter((t) => t.source === source && aud.includes(t.rule.audience));
+  if (!forUs.length) throw refuse(`subject_token audience is not one this broker accepts from ${clip(iss)}`, 'federation_wrong_audience');
+  const mapped = forUs.filter((t) => typeof payload[t.rule.claim] === 'string' && payload[t.rule.claim] === t.rule.match);
+  if (!mapped.length) throw refuse(`subject ${clip(externalSub)} of ${clip(iss)} is not mapped to any agent`, 'federation_unmapped');
+
+  const subject = `${iss}#${externalSub}`;
+  if (subject.length > MAX_SUBJECT_LENGTH) throw refuse(`subject_token issuer and sub together exceed ${MAX_SUBJECT_LENGTH} characters`, 'federation_subject_too_long');
+
+  const agent = await pickAgent(b, req, [...new Set(mapped.map((t) => t.policy.name))]);
+  attempt.by(agent.id, [agent.id]);
+  const claim = mapped.some((t) => t.policy.name === agent.policy && t.rule.single_use) ? singleUseClaim(b, iss, payload) : undefined;
+  return await startSession(b, {
+    clientId: agent.id,
+    scope: req.scope,
+    task: req.task,
+    audience: req.audience,
+    requestedTtl: req.requestedTtl,
+    dpopJkt: req.dpopJkt,
+    origin: 'federation',
+    subject,
+    auditParams: { origin: 'federation', external_issuer: iss, external_sub: externalSub, ...(typeof payload.jti === 'string' ? { external_jti: payload.jti.slice(0, 128) } : {}) },
+    claim,
+  }, attempt);
 }
 
 /**

@@ -16,7 +16,7 @@ export async function introspect(b: Broker, token: unknown): Promise<Introspecti
     if (e instanceof CordonError) return { active: false };
     throw e;
   }
-  const { state, view } = await tokenStatus(b, presented, 'introspect');
+  const { state, view } = await tokenStatus(b, presented);
   if (!state.active) return { active: false };
   // What the broker recorded, which the presented claims were checked against.
   const claims = recordClaims(b, view!);

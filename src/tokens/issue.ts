@@ -1,5 +1,7 @@
 import type { Broker } from '../broker.ts';
 import { appendAudit } from '../audit/log.ts';
+import type { Attempt } from '../audit/attempt.ts';
+import type { CordonError } from '../errors.ts';
 import { RefusalLimiter, type RefusalSummary } from '../audit/refusal-limiter.ts';
 import { agents } from '../store/agents.ts';
 import { isWellFormedId } from '../ids.ts';
@@ -39,7 +41,7 @@ export interface IssuedToken {
 export async function issueToken(
   b: Broker,
   g: Grant,
-  audit: { event: string; chain: string[]; params: Record<string, unknown> },
+  audit: { event: 'session.open' | 'token.issue' | 'delegation.issue'; chain: string[]; params: Record<string, unknown> },
   opts: { opens?: Session; precheck?: (tx: Q) => Promise<void> } = {},
 ): Promise<IssuedToken> {
   const now = b.clock.now();
@@ -94,25 +96,24 @@ export async function issueToken(
 }
 
 /**
- * Refusals are recorded as carefully as grants: who, what was asked, why. A refusal made to a
- * network caller carries its `clientAddress`; when it names no known agent (nobody authenticated,
+ * The one writer of refusals, called by each entry point (HTTP route, grant, CLI command) exactly
+ * once for a refused attempt: who (as far as the decisions learned), what was asked, why — the RFC
+ * error code and the description, with the stable reason tag in `params.reason_tag` (metrics and
+ * summaries count by that tag). A refusal made to
+ * a network caller carries its client address; when it names no known agent (nobody authenticated,
  * no claimed client id that is in the agents table) it is junk anyone can send, and goes through
  * the broker's refusal limiter: written as usual up to the per-address budget, counted into one
  * summary row per address and window beyond it. Refusals of known agents are always written.
+ * Errors that are not the caller's (5xx other than a backend refusal) are not refusals.
  */
-export async function recordDenial(
-  b: Broker,
-  d: { event: string; agentId?: string | null; sid?: string | null; jti?: string | null; chain?: string[] | null; reason: string; params: Record<string, unknown>; clientAddress?: string },
-): Promise<void> {
-  if (d.clientAddress !== undefined && !(await isKnownAgent(b, d.agentId)) && !refusalLimiterOf(b).admit(d.clientAddress, reasonTag(d.reason))) {
-    for (const f of b.hooks.onDecision) f(d.event, 'deny', d.reason);
-    return;
-  }
-  const params = { ...d.params, attempted: d.event, ...(d.clientAddress !== undefined ? { client_address: d.clientAddress } : {}) };
+export async function recordRefusal(b: Broker, attempt: Attempt, e: CordonError): Promise<void> {
+  const reason = `${e.code}: ${e.description}`;
+  for (const f of b.hooks.onDecision) f(attempt.event, 'deny', e.reason);
+  if (attempt.clientAddress !== undefined && !(await isKnownAgent(b, attempt.agentId)) && !refusalLimiterOf(b).admit(attempt.clientAddress, e.reason)) return;
+  const params = { ...attempt.params, ...e.auditParams, attempted: attempt.event, reason_tag: e.reason, ...(attempt.clientAddress !== undefined ? { client_address: attempt.clientAddress } : {}) };
   await transact(b.db, (tx) =>
-    appendAudit(tx, { at: b.clock.now(), event: 'deny', decision: 'deny', agentId: d.agentId, sid: d.sid, jti: d.jti, chain: d.chain, reason: d.reason, params }),
+    appendAudit(tx, { at: b.clock.now(), event: 'deny', decision: 'deny', agentId: attempt.agentId, sid: attempt.sid, jti: attempt.jti, chain: attempt.chain, reason, params }),
   );
-  for (const f of b.hooks.onDecision) f(d.event, 'deny', d.reason);
 }
 
 /** A cheap primary-key read; when the database cannot answer, the refusal is written as a known agent's would be. */
@@ -124,12 +125,6 @@ async function isKnownAgent(b: Broker, id: string | null | undefined): Promise<b
     return true;
   }
 }
-
-/** Reasons are written `code: description`; the code (a stable tag) is what a summary counts. */
-const reasonTag = (reason: string): string => {
-  const tag = reason.split(':')[0].trim();
-  return /^[a-z][a-z0-9_.-]{0,47}$/.test(tag) ? tag : 'other';
-};
 
 const limiters = new WeakMap<Broker, RefusalLimiter>();
 
@@ -156,7 +151,7 @@ export async function closeRefusalLimiter(b: Broker): Promise<void> {
 
 const summaryEntry = (b: Broker, s: RefusalSummary) => ({
   at: b.clock.now(),
-  event: 'deny.summary',
+  event: 'deny.summary' as const,
   decision: 'deny' as const,
   reason: `${s.count} more refusals naming no known agent from ${s.address} in this window, counted instead of written one by one`,
   params: {

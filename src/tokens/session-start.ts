@@ -7,7 +7,8 @@ import { sessionStateAtCommit } from '../store/liveness.ts';
 import { newId, isWellFormedId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
 import type { Policy } from '../policy/types.ts';
-import { issueToken, recordDenial, type IssuedToken } from './issue.ts';
+import { issueToken, type IssuedToken } from './issue.ts';
+import type { Attempt } from '../audit/attempt.ts';
 
 export interface SessionStartRequest {
   clientId: string;
@@ -90,97 +91,83 @@ export function checkTask(task: string | undefined): string | null {
  * Session start (client_credentials, or a bootstrap/federated exchange that authenticated the agent):
  * opens a session, or renews inside a live one, and issues a root token (depth 0).
  */
-export async function startSession(b: Broker, req: SessionStartRequest): Promise<SessionStartResult> {
-  let agentId: string | null = req.clientId;
-  try {
-    const { agent, policy } = await activeAgentAndPolicy(b, req.clientId, req.caller);
-    agentId = agent.id;
-    const scope = parseRequestedScope(req.scope);
-    const notHeld = uncovered(policy.scopes, scope);
-    if (notHeld.length) throw new CordonError('invalid_scope', `scope not allowed by policy ${policy.name}: ${notHeld.join(' ')}`, { reason: 'scope_not_allowed' });
-    let audience = decideAudience(b, policy, req.audience);
-    const ttl = parseRequestedTtl(req.requestedTtl);
-    let task = checkTask(req.task);
-    if (policy.requireDpop && !req.dpopJkt) throw new CordonError('invalid_request', `policy ${policy.name} requires a DPoP proof`, { reason: 'dpop_required' });
+export async function startSession(b: Broker, req: SessionStartRequest, attempt: Attempt): Promise<SessionStartResult> {
+  // What a refusal's row will say: the agent asking and what it asked (written by the entry point).
+  attempt.by(req.clientId, [req.clientId]).note({ scope: req.scope, task: req.task, audience: req.audience, ...req.auditParams });
+  if (req.session !== undefined && isWellFormedId(req.session)) attempt.in(req.session);
+  const { agent, policy } = await activeAgentAndPolicy(b, req.clientId, req.caller);
+  const scope = parseRequestedScope(req.scope);
+  const notHeld = uncovered(policy.scopes, scope);
+  if (notHeld.length) throw new CordonError('invalid_scope', `scope not allowed by policy ${policy.name}: ${notHeld.join(' ')}`, { reason: 'scope_not_allowed' });
+  let audience = decideAudience(b, policy, req.audience);
+  const ttl = parseRequestedTtl(req.requestedTtl);
+  let task = checkTask(req.task);
+  if (policy.requireDpop && !req.dpopJkt) throw new CordonError('invalid_request', `policy ${policy.name} requires a DPoP proof`, { reason: 'dpop_required' });
 
-    const now = b.clock.now();
-    let sid: string;
-    let sessionExpiresAt: number;
-    let opening = false;
-    let subject = req.subject ?? agent.id;
-    if (req.session !== undefined) {
-      if (!isWellFormedId(req.session)) throw new CordonError('invalid_request', 'session is malformed', { reason: 'session_malformed' });
-      const s = await sessions.get(b.db, req.session);
-      if (!s || s.agentId !== agent.id) throw new CordonError('invalid_grant', 'session not found for this agent', { reason: 'session_unknown' });
-      if (s.revokedAt !== null) throw new CordonError('invalid_grant', 'session has been revoked', { reason: 'session_revoked' });
-      if (s.expiresAt <= now) throw new CordonError('invalid_grant', 'session has ended; start a new one', { reason: 'session_expired' });
-      const outside = uncovered(parseScope(s.scope), scope);
-      if (outside.length) throw new CordonError('invalid_scope', `scope outside the session's task scope: ${outside.join(' ')}`, { reason: 'scope_outside_session' });
-      if (task !== null && task !== s.task) throw new CordonError('invalid_request', 'task differs from the session\'s task', { reason: 'task_mismatch' });
-      // A renewal stays within the audiences the session was opened for (and the broker's own).
-      if (req.audience.length) {
-        const foreign = audience.filter((a) => !s.audience.includes(a) && a !== b.config.issuer);
-        if (foreign.length) throw new CordonError('invalid_target', `audience ${foreign[0].slice(0, 200)} is outside the session's audience`, { reason: 'audience_outside_session' });
-      } else {
-        audience = s.audience;
-      }
-      task = s.task;
-      subject = s.subject; // a renewal keeps the principal the session acts for (federation: the external subject)
-      sid = s.sid;
-      sessionExpiresAt = s.expiresAt;
+  const now = b.clock.now();
+  let sid: string;
+  let sessionExpiresAt: number;
+  let opening = false;
+  let subject = req.subject ?? agent.id;
+  if (req.session !== undefined) {
+    if (!isWellFormedId(req.session)) throw new CordonError('invalid_request', 'session is malformed', { reason: 'session_malformed' });
+    const s = await sessions.get(b.db, req.session);
+    if (!s || s.agentId !== agent.id) throw new CordonError('invalid_grant', 'session not found for this agent', { reason: 'session_unknown' });
+    if (s.revokedAt !== null) throw new CordonError('invalid_grant', 'session has been revoked', { reason: 'session_revoked' });
+    if (s.expiresAt <= now) throw new CordonError('invalid_grant', 'session has ended; start a new one', { reason: 'session_expired' });
+    const outside = uncovered(parseScope(s.scope), scope);
+    if (outside.length) throw new CordonError('invalid_scope', `scope outside the session's task scope: ${outside.join(' ')}`, { reason: 'scope_outside_session' });
+    if (task !== null && task !== s.task) throw new CordonError('invalid_request', 'task differs from the session\'s task', { reason: 'task_mismatch' });
+    // A renewal stays within the audiences the session was opened for (and the broker's own).
+    if (req.audience.length) {
+      const foreign = audience.filter((a) => !s.audience.includes(a) && a !== b.config.issuer);
+      if (foreign.length) throw new CordonError('invalid_target', `audience ${foreign[0].slice(0, 200)} is outside the session's audience`, { reason: 'audience_outside_session' });
     } else {
-      sid = newId('ses');
-      sessionExpiresAt = now + policy.sessionTtl * 1000;
-      opening = true;
+      audience = s.audience;
     }
-    const expiresAt = Math.min(now + Math.min(ttl ?? Infinity, policy.tokenTtl) * 1000, sessionExpiresAt);
-    const opens: Session | undefined = opening
-      ? {
-          sid,
-          agentId: agent.id,
-          task,
-          scope: scope.join(' '),
-          audience,
-          origin: req.origin ?? 'client_credentials',
-          subject,
-          createdAt: now,
-          expiresAt: sessionExpiresAt,
-          revokedAt: null,
-          revokeReason: null,
-          sweptAt: null,
-        }
-      : undefined;
-    const issued = await issueToken(
-      b,
-      { sid, subject, clientId: agent.id, parentJti: null, scope, audience, task, depth: 0, act: null, cnfJkt: req.dpopJkt ?? null, expiresAt },
-      { event: opening ? 'session.open' : 'token.issue', chain: [agent.id], params: { task, audience, origin: req.origin ?? 'client_credentials', session_expires_at: sessionExpiresAt, ...req.auditParams } },
-      // A renewal commits only while its session is still unrevoked; a claim commits with the token or not at all.
-      {
-        opens,
-        precheck:
-          opening && !req.claim
-            ? undefined
-            : async (tx) => {
-                if (!opening) await assertSessionLive(tx, sid, b.clock.now());
-                await req.claim?.(tx, sid);
-              },
-      },
-    );
-    return { ...issued, sid, sessionExpiresAt };
-  } catch (e) {
-    if (e instanceof CordonError) {
-      await recordDenial(b, {
-        event: req.session ? 'token.issue' : 'session.open',
-        agentId,
-        sid: req.session && isWellFormedId(req.session) ? req.session : null,
-        chain: agentId ? [agentId] : null,
-        reason: `${e.code}: ${e.description}`,
-        params: { scope: req.scope, task: req.task, audience: req.audience, ...req.auditParams, ...e.auditParams },
-      });
-      e.audited = true;
-    }
-    throw e;
+    task = s.task;
+    subject = s.subject; // a renewal keeps the principal the session acts for (federation: the external subject)
+    sid = s.sid;
+    sessionExpiresAt = s.expiresAt;
+  } else {
+    sid = newId('ses');
+    sessionExpiresAt = now + policy.sessionTtl * 1000;
+    opening = true;
   }
+  const expiresAt = Math.min(now + Math.min(ttl ?? Infinity, policy.tokenTtl) * 1000, sessionExpiresAt);
+  const opens: Session | undefined = opening
+    ? {
+        sid,
+        agentId: agent.id,
+        task,
+        scope: scope.join(' '),
+        audience,
+        origin: req.origin ?? 'client_credentials',
+        subject,
+        createdAt: now,
+        expiresAt: sessionExpiresAt,
+        revokedAt: null,
+        revokeReason: null,
+        sweptAt: null,
+      }
+    : undefined;
+  const issued = await issueToken(
+    b,
+    { sid, subject, clientId: agent.id, parentJti: null, scope, audience, task, depth: 0, act: null, cnfJkt: req.dpopJkt ?? null, expiresAt },
+    { event: opening ? 'session.open' : 'token.issue', chain: [agent.id], params: { task, audience, origin: req.origin ?? 'client_credentials', session_expires_at: sessionExpiresAt, ...req.auditParams } },
+    // A renewal commits only while its session is still unrevoked; a claim commits with the token or not at all.
+    {
+      opens,
+      precheck:
+        opening && !req.claim
+          ? undefined
+          : async (tx) => {
+              if (!opening) await assertSessionLive(tx, sid, b.clock.now());
+              await req.claim?.(tx, sid);
+            },
+    },
+  );
+  return { ...issued, sid, sessionExpiresAt };
 }
 
 /** Inside the issuing transaction: a renewal must not slip in after its session was revoked (or its agent disabled). */

@@ -6,7 +6,8 @@ import canonicalize from 'canonicalize';
 import { type TokenState, type TokenView, chainActive, loadTokenView as loadView, stateOf } from '../store/liveness.ts';
 import { ACCESS_TOKEN_TYP, audiencesOf, chainOf, type AccessTokenClaims, } from './claims.ts';
 import { isWellFormedId } from '../ids.ts';
-import { recordDenial } from './issue.ts';
+import { appendAudit } from '../audit/log.ts';
+import { transact } from '../store/db.ts';
 
 /** Refuses anything that is not even shaped like one of our tokens before any crypto runs. */
 const MAX_TOKEN_LENGTH = 8192;
@@ -116,25 +117,29 @@ export function claimMismatches(presented: AccessTokenClaims, record: AccessToke
  * The record's verdict on a verified token: its own row, session, holder and root (one join), and
  * for chains deeper than one link the agents in between (one more query), so disabling any link
  * of a chain stops what was delegated through it. A validly signed token whose claims differ from
- * its record was not minted by this broker as presented (a leaked signing key): it is refused and
- * the refusal audited here, with the claims that differ (`audited` tells callers not to write it again).
+ * its record was not minted by this broker as presented (a leaked signing key): it is inactive,
+ * and an `alarm` row names the claims that differ (`mismatched`), whoever asked.
  */
-export async function tokenStatus(b: Broker, claims: AccessTokenClaims, attempted = 'token.use'): Promise<{ state: TokenState; view?: TokenView; audited?: boolean }> {
+export async function tokenStatus(b: Broker, claims: AccessTokenClaims): Promise<{ state: TokenState; view?: TokenView; mismatched?: string[] }> {
   const view = await loadTokenView(b, claims.jti);
   const state = stateOf(view, b.clock.now());
   if (!state.active) return { state, view };
   const differ = claimMismatches(claims, recordClaims(b, view!));
   if (differ.length) {
-    await recordDenial(b, {
-      event: attempted,
-      agentId: view!.clientId,
-      sid: view!.sid,
-      jti: view!.jti,
-      chain: chainOf(recordClaims(b, view!), view!.sessionAgentId),
-      reason: `token_mismatch: a validly signed token differs from its record (${differ.join(', ')}); the signing key may have leaked`,
-      params: { mismatched: differ },
-    });
-    return { state: { active: false, why: 'mismatch' }, view, audited: true };
+    await transact(b.db, (tx) =>
+      appendAudit(tx, {
+        at: b.clock.now(),
+        event: 'alarm',
+        decision: 'info',
+        agentId: view!.clientId,
+        sid: view!.sid,
+        jti: view!.jti,
+        chain: chainOf(recordClaims(b, view!), view!.sessionAgentId),
+        reason: `token_mismatch: a validly signed token differs from its record (${differ.join(', ')}); the signing key may have leaked`,
+        params: { mismatched: differ },
+      }),
+    );
+    return { state: { active: false, why: 'mismatch' }, view, mismatched: differ };
   }
   if (!(await chainActive(b.read, view!))) return { state: { active: false, why: 'agent_inactive' }, view };
   return { state, view };
@@ -144,19 +149,15 @@ export async function tokenStatus(b: Broker, claims: AccessTokenClaims, attempte
  * Signature, then record: the full check for a token presented as a credential. The claims
  * returned are the record's (recordClaims), which the presented ones were checked against.
  */
-export async function requireActiveToken(b: Broker, jwt: unknown, code: OAuthErrorCode, attempted?: string): Promise<{ claims: AccessTokenClaims; view: TokenView }> {
+export async function requireActiveToken(b: Broker, jwt: unknown, code: OAuthErrorCode): Promise<{ claims: AccessTokenClaims; view: TokenView }> {
   const presented = await verifySignature(b, jwt, code);
-  const view = await requireActiveRecord(b, presented, code, attempted);
+  const view = await requireActiveRecord(b, presented, code);
   return { claims: recordClaims(b, view), view };
 }
 
 /** The record half of requireActiveToken, for callers that must tell a forged token from an authentic but inactive one. */
-export async function requireActiveRecord(b: Broker, presented: AccessTokenClaims, code: OAuthErrorCode, attempted?: string): Promise<TokenView> {
-  const { state, view, audited } = await tokenStatus(b, presented, attempted);
-  if (!state.active) {
-    const e = new CordonError(code, WHY_TEXT[state.why], { reason: `token_${state.why}` });
-    if (audited) e.audited = true;
-    throw e;
-  }
+export async function requireActiveRecord(b: Broker, presented: AccessTokenClaims, code: OAuthErrorCode): Promise<TokenView> {
+  const { state, view, mismatched } = await tokenStatus(b, presented);
+  if (!state.active) throw new CordonError(code, WHY_TEXT[state.why], { reason: `token_${state.why}`, ...(mismatched ? { auditParams: { mismatched } } : {}) });
   return view!;
 }

@@ -1,6 +1,7 @@
 import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { Broker } from '../../broker.ts';
 import { startSession } from '../../tokens/session-start.ts';
+import type { Attempt } from '../../audit/attempt.ts';
 import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
 
 /** Session start: the agent authenticated itself; tokens/ decides the rest. */
@@ -8,7 +9,8 @@ export const grantType = 'client_credentials';
 export const parameters = ['scope', 'task', 'resource', 'audience', 'session', 'expires_in'];
 export const allowDuplicates = ['resource', 'audience'];
 
-export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void> {
+export async function handler(b: Broker, ctx: KoaContextWithOIDC, attempt: Attempt): Promise<void> {
+  attempt.event = param(ctx, 'session') !== undefined ? 'token.issue' : 'session.open';
   const dpopJkt = await dpopOf(b, ctx);
   const r = await startSession(b, {
     clientId: ctx.oidc.client!.clientId,
@@ -19,6 +21,6 @@ export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void>
     requestedTtl: param(ctx, 'expires_in'),
     session: param(ctx, 'session'),
     dpopJkt,
-  });
+  }, attempt);
   ctx.body = tokenResponse(r, { session_expires_at: Math.floor(r.sessionExpiresAt / 1000) });
 }

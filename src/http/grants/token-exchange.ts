@@ -5,7 +5,7 @@ import { TOKEN_TYPE_ACCESS, TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT, GRANT_TOKEN_EX
 import { delegate } from '../../tokens/delegate.ts';
 import { WORKLOAD_CLIENT_ID, redeemBootstrapToken } from '../../tokens/bootstrap.ts';
 import { redeemFederatedJwt } from '../../tokens/federation.ts';
-import { recordDenial } from '../../tokens/issue.ts';
+import type { Attempt } from '../../audit/attempt.ts';
 import { clientAddressOf } from '../../audit/refusal-limiter.ts';
 import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
 
@@ -28,29 +28,16 @@ const raw = (ctx: KoaContextWithOIDC, name: string, max: number): string | undef
   return v === undefined || v === null ? undefined : String(v).slice(0, max);
 };
 
-export async function handler(b: Broker, ctx: KoaContextWithOIDC): Promise<void> {
+export async function handler(b: Broker, ctx: KoaContextWithOIDC, attempt: Attempt): Promise<void> {
   const clientId = ctx.oidc.client!.clientId;
   const workload = clientId === WORKLOAD_CLIENT_ID;
-  try {
-    await exchange(b, ctx, clientId, workload);
-  } catch (e) {
-    // Refusals before a rule took over (missing or wrong parameters) are audited here, with the caller as the chain.
-    if (e instanceof CordonError && !e.audited) {
-      await recordDenial(b, {
-        event: 'token_exchange',
-        agentId: clientId,
-        chain: workload ? null : [clientId],
-        reason: `${e.code}: ${e.description}`,
-        params: { subject_token_type: raw(ctx, 'subject_token_type', 100), requested_actor: raw(ctx, 'requested_actor', 64), scope: raw(ctx, 'scope', 300) },
-        clientAddress: clientAddressOf(ctx.req?.socket?.remoteAddress),
-      }).catch(() => {});
-      e.audited = true;
-    }
-    throw e;
-  }
+  // Refused before a rule takes over (missing or wrong parameters): the caller is the chain.
+  attempt.event = 'token_exchange';
+  attempt.by(clientId, workload ? null : [clientId]).note({ subject_token_type: raw(ctx, 'subject_token_type', 100), requested_actor: raw(ctx, 'requested_actor', 64), scope: raw(ctx, 'scope', 300) });
+  await exchange(b, ctx, clientId, workload, attempt);
 }
 
-async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, workload: boolean): Promise<void> {
+async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, workload: boolean, attempt: Attempt): Promise<void> {
   const subjectToken = param(ctx, 'subject_token');
   const subjectType = param(ctx, 'subject_token_type');
   if (!subjectToken) throw new CordonError('invalid_request', 'subject_token is required', { reason: 'subject_token_missing' });
@@ -66,6 +53,7 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
 
   if (subjectType === TOKEN_TYPE_ACCESS) {
     const dpopJkt = await dpopOf(b, ctx);
+    attempt.event = 'delegation.issue';
     const r = await delegate(b, {
       callerClientId: clientId,
       caller: callerRow(ctx),
@@ -77,7 +65,7 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
       requestedTtl: param(ctx, 'expires_in'),
       bindJkt: param(ctx, 'dpop_jkt'),
       dpopJkt,
-    });
+    }, attempt);
     ctx.body = tokenResponse(r, { issued_token_type: TOKEN_TYPE_ACCESS });
     return;
   }
@@ -100,9 +88,11 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
     let r;
     if (subjectType === TOKEN_TYPE_BOOTSTRAP) {
       if (param(ctx, 'requested_actor') !== undefined) throw new CordonError('invalid_request', 'requested_actor is not used with a bootstrap token: the token names its agent', { reason: 'param_not_applicable' });
-      r = await redeemBootstrapToken(b, subjectToken, common);
+      attempt.event = 'bootstrap.redeem';
+      r = await redeemBootstrapToken(b, subjectToken, common, attempt);
     } else {
-      r = await redeemFederatedJwt(b, { ...common, subjectToken, requestedActor: param(ctx, 'requested_actor') });
+      attempt.event = 'federation.exchange';
+      r = await redeemFederatedJwt(b, { ...common, subjectToken, requestedActor: param(ctx, 'requested_actor') }, attempt);
     }
     ctx.body = tokenResponse(r, { issued_token_type: TOKEN_TYPE_ACCESS, session_expires_at: Math.floor(r.sessionExpiresAt / 1000) });
     return;

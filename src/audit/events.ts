@@ -1,0 +1,44 @@
+/**
+ * Every event an audit row can record. Grants and state changes are rows of their own event;
+ * a refusal is a `deny` row whose `params.attempted` names what was tried (an Attempted).
+ */
+export type AuditEvent =
+  | 'session.open'
+  | 'token.issue'
+  | 'delegation.issue'
+  | 'credential.issue'
+  | 'credential.fail'
+  | 'credential.revoke'
+  | 'credential.orphan'
+  | 'credential.iam_deny'
+  | 'credential.iam_deny_removed'
+  | 'bootstrap.issue'
+  | 'revoke'
+  | 'agent.register'
+  | 'agent.enable'
+  | 'agent.disable'
+  | 'agent.rotate'
+  | 'key.create'
+  | 'key.rotate'
+  | 'policy.load'
+  | 'alarm'
+  | 'deny'
+  | 'deny.summary';
+
+/** What a refused request was trying to do: its route, grant or command. */
+export type Attempted =
+  | 'session.open'
+  | 'token.issue'
+  | 'token'
+  | 'token_exchange'
+  | 'delegation.issue'
+  | 'bootstrap.redeem'
+  | 'federation.exchange'
+  | 'credential.issue'
+  | 'introspect'
+  | 'revoke'
+  | 'revocations'
+  | 'metrics'
+  | 'jwks'
+  | 'request'
+  | `cli.${string}`;
