@@ -9,9 +9,10 @@ import { isWellFormedId } from '../ids.ts';
 import { assertionPayload, checkAssertionTimes } from '../tokens/client-assertion.ts';
 import { type Form, single } from './form.ts';
 import { assertionReplayId, assertionReplayKey } from './provider.ts';
+import { CLIENT_ASSERTION_ALGS, CLIENT_ASSERTION_TYPE } from '../protocol/constants.ts';
 
-const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
-const ASSERTION_ALGS = ['ES256', 'EdDSA', 'RS256', 'PS256'];
+const ASSERTION_TYPE = CLIENT_ASSERTION_TYPE;
+const ASSERTION_ALGS = [...CLIENT_ASSERTION_ALGS];
 const fail = (why: string): CordonError => new CordonError('invalid_client', why, { reason: 'client_auth_failed' });
 
 /**
