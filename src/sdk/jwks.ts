@@ -82,7 +82,7 @@ export class JwksCache {
       // jose never decides to fetch on its own once loaded: refresh() does, on the injected clock.
       cooldownDuration: Infinity,
       cacheMaxAge: Infinity,
-      timeoutDuration: http.timeoutMs + 1000,
+      timeoutDuration: Math.ceil(http.timeoutMs) + 1000, // requestJson times the fetch itself; this only bounds jose's wait
       [customFetch]: async (url: string) => {
         const { body } = await requestJson(http, url, { method: 'GET', headers: { accept: 'application/jwk-set+json, application/json' } }, 'JWKS');
         return new Response(JSON.stringify(usableJwks(body, algorithms)), { status: 200, headers: { 'content-type': 'application/json' } });
