@@ -4,6 +4,8 @@ import { CordonError } from '../errors.ts';
 import { DpopProofError, verifyDpopProof as verifyProof } from '../protocol/dpop.ts';
 import { replayGuard } from '../store/replay.ts';
 
+export { DPOP_ALGS } from '../protocol/constants.ts';
+
 /** A proof is accepted this long after its iat (plus the configured skew), and remembered as long. */
 const PROOF_WINDOW_SEC = 60;
 
