@@ -2,25 +2,22 @@
  * Cordon's package entry: the agent SDK, the resource-server middleware and the types they
  * share. The broker itself runs through the `cordon` CLI (`cordon serve`).
  */
-export {
-  CordonAgent,
-  toAwsIdentity,
-  GRANT_TOKEN_EXCHANGE,
-  TOKEN_TYPE_ACCESS,
-  TOKEN_TYPE_BOOTSTRAP,
-  TOKEN_TYPE_JWT,
-  WORKLOAD_CLIENT_ID,
-  type AwsCredentialIdentity,
-  type AwsCredentialProvider,
-  type BackendCredential,
-  type ClientKeyAlg,
-  type CordonAgentOptions,
-  type DelegateRequest,
-  type DelegatedToken,
-  type SdkClock,
-  type SessionInfo,
-  type StartSessionRequest,
-} from './sdk/agent.ts';
+export { CordonAgent } from './sdk/agent.ts';
+export { toAwsIdentity } from './sdk/credential-cache.ts';
+export { GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT, WORKLOAD_CLIENT_ID } from './protocol/constants.ts';
+export type {
+  AgentMode,
+  AwsCredentialIdentity,
+  AwsCredentialProvider,
+  BackendCredential,
+  ClientKeyAlg,
+  CordonAgentOptions,
+  DelegateRequest,
+  DelegatedToken,
+  SdkClock,
+  SessionInfo,
+  StartSessionRequest,
+} from './sdk/types.ts';
 export { CordonSdkError, isCordonSdkError, type CordonSdkErrorCode } from './sdk/errors.ts';
 export { DpopKey, athOf, htuOf, type DpopAlg } from './sdk/dpop.ts';
 export type { FetchLike } from './sdk/http.ts';

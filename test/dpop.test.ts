@@ -195,6 +195,17 @@ delegation: { max_depth: 1, scopes: [docs:read] }
       await assert.rejects(requireDpopForToken(tb.b, { claims, proof: [await rsProof(k), await rsProof(k)], method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_dpop_proof');
     });
 
+    it('compares htu after normalising both sides (RFC 9449 §4.3): host case and default port do not matter, the path does', async () => {
+      const at = 'https://broker.example/credentials/docs-vault';
+      const use = async (htu: string, url = at) => requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { htu }), method: 'POST', url, accessToken: bound });
+      assert.equal(await use('HTTPS://Broker.EXAMPLE:443/credentials/docs-vault'), k.jkt);
+      assert.equal(await use('https://broker.example/credentials/docs-vault', 'https://BROKER.example:443/credentials/docs-vault?x=1'), k.jkt);
+      assert.equal(await use('http://127.0.0.1:80/credentials/docs-vault', 'http://127.0.0.1/credentials/docs-vault'), k.jkt);
+      await assert.rejects(use('https://broker.example/credentials/other'), (e: CordonError) => e.code === 'invalid_dpop_proof' && /htu/.test(e.description));
+      await assert.rejects(use('https://broker.example:8443/credentials/docs-vault'), (e: CordonError) => e.code === 'invalid_dpop_proof' && /htu/.test(e.description));
+      await assert.rejects(use('https://broker.example/Credentials/docs-vault'), (e: CordonError) => e.code === 'invalid_dpop_proof', 'the path is case-sensitive');
+    });
+
     it('a token that is not DPoP-bound needs no proof', async () => {
       const c = await verifySignature(tb.b, unbound, 'invalid_token');
       assert.equal(await requireDpopForToken(tb.b, { claims: c, proof: undefined, method: 'POST', url, accessToken: unbound }), null);

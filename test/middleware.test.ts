@@ -10,7 +10,6 @@ import { revokeSession, revokeTokenChain, revokeAgent } from '../src/tokens/revo
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 
 const AUD = 'https://tickets.example';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Rs {
   url: string;
@@ -71,6 +70,8 @@ describe('middleware: requireAgentToken in front of an express resource server',
     await rs?.close();
     await t?.close();
   });
+  // Tests move the shared clock, and the feed's freshness is measured on it: start each with a read at the current time.
+  beforeEach(() => rs?.mw.pollNow());
 
   const session = async (who: { id: string; secret: string }, scope: string, audience: string | null = AUD, extra = {}) => {
     const a = new CordonAgent({ issuer: t.url, clientId: who.id, clientSecret: who.secret, clock: t.clock, ...extra });
@@ -146,19 +147,16 @@ describe('middleware: requireAgentToken in front of an express resource server',
   });
 
   it('refuses a revoked token within one poll interval of the revocation (jti, session and agent)', async () => {
+    // Waits for the middleware's own timer to read the feed once after the revocation (no pollNow()).
     const waitRefused = async (tok: string): Promise<number> => {
       const t0 = Date.now();
-      for (;;) {
-        const r = await get(`${rs.url}/tickets/1`, { authorization: `Bearer ${tok}` });
-        if (r.status === 401) {
-          assert.equal(r.body.error, 'invalid_token');
-          assert.match(r.body.error_description, /revoked/);
-          return Date.now() - t0;
-        }
-        assert.equal(r.status, 200);
-        if (Date.now() - t0 > 5 * POLL + 1000) assert.fail('still accepted long after revocation');
-        await sleep(10);
-      }
+      await rs.mw.nextPoll();
+      const ms = Date.now() - t0;
+      const r = await get(`${rs.url}/tickets/1`, { authorization: `Bearer ${tok}` });
+      assert.equal(r.status, 401, 'refused after the first scheduled read of the feed');
+      assert.equal(r.body.error, 'invalid_token');
+      assert.match(r.body.error_description, /revoked/);
+      return ms;
     };
     const a = await session(orch, 'tickets:read');
     const tok = await a.token();
@@ -221,6 +219,27 @@ describe('middleware: requireAgentToken in front of an express resource server',
     // The same hand-made proof for a real URL passes: only the URL is at fault above.
     const ok = await rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof('https://rs.example/tickets/1'), method: 'GET', url: 'https://rs.example/tickets/1?x=1' });
     assert.equal(ok.jkt, key.jkt);
+    await a.close();
+  });
+
+  it('compares the DPoP htu after normalising both sides (RFC 9449 §4.3): host case and default port do not matter, the path does', async () => {
+    const pair = await generateKeyPair('ES256');
+    const key = await DpopKey.fromKeyPair(pair, 'ES256');
+    const a = await session(bound, 'tickets:read', AUD, { dpop: key });
+    const tok = await a.token();
+    const proof = (htu: string) =>
+      new SignJWT({ htm: 'GET', htu, ath: athOf(tok) })
+        .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: key.publicJwk })
+        .setIssuedAt(Math.floor(t.clock.now() / 1000))
+        .setJti(randomBytes(16).toString('base64url'))
+        .sign(pair.privateKey);
+    const use = async (htu: string, url = 'https://rs.example/tickets/1') => rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof(htu), method: 'GET', url });
+    assert.equal((await use('HTTPS://RS.Example:443/tickets/1')).jkt, key.jkt);
+    assert.equal((await use('https://rs.example/tickets/1', 'https://RS.EXAMPLE:443/tickets/1?page=2')).jkt, key.jkt);
+    assert.equal((await use('http://rs.example:80/tickets/1', 'http://rs.example/tickets/1')).jkt, key.jkt);
+    await assert.rejects(use('https://rs.example/tickets/2'), (e: AgentTokenError) => e.reason === 'dpop_mismatch' && /htu/.test(e.message));
+    await assert.rejects(use('https://rs.example:8443/tickets/1'), (e: AgentTokenError) => e.reason === 'dpop_mismatch');
+    await assert.rejects(use('https://rs.example/Tickets/1'), (e: AgentTokenError) => e.reason === 'dpop_mismatch', 'the path is case-sensitive');
     await a.close();
   });
 
@@ -368,6 +387,20 @@ describe('middleware: requireAgentToken in front of an express resource server',
       });
     });
 
+    it('a JWKS that carries private key material is refused whole', async () => {
+      const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+      const { exportJWK } = await import('jose');
+      const good = (await realJwks()) as { keys: unknown[] };
+      const leaked = { ...(await exportJWK(privateKey)), kid: 'leaked', alg: 'ES256' };
+      jwks = (res) => json(res, { keys: [...good.keys, leaked] });
+      feed = goodFeed;
+      await withFake(async (rs2) => {
+        const r = await call(rs2);
+        assert.equal(r.status, 401);
+        assert.match(r.body.error_description, /private key material/);
+      });
+    });
+
     it('a token whose kid is unknown: 401, and the JWKS is re-read at most once per cooldown', async () => {
       const { publicKey } = await generateKeyPair('ES256', { extractable: true });
       const { exportJWK } = await import('jose');
@@ -381,6 +414,13 @@ describe('middleware: requireAgentToken in front of an express resource server',
           assert.match(r.body.error_description, /not signed by a key the broker publishes/);
         }
         assert.ok(jwksHits <= 2, `JWKS fetched ${jwksHits} times for 5 unknown-kid requests`);
+        // The cooldown runs on the injected clock: once it has passed, one more unknown kid re-reads the set once.
+        const before = jwksHits;
+        t.clock.advance(60_000);
+        await rs2.mw.pollNow(); // the feed's freshness is measured on the same clock
+        assert.equal((await call(rs2)).status, 401);
+        assert.equal((await call(rs2)).status, 401);
+        assert.equal(jwksHits, before + 1);
       }, { jwksCooldownMs: 60_000 });
     });
 
@@ -409,7 +449,9 @@ describe('middleware: requireAgentToken in front of an express resource server',
       await withFake(async (rs2) => {
         assert.equal((await call(rs2)).status, 200);
         feed = (res) => res.socket?.destroy();
-        await sleep(400);
+        await rs2.mw.nextPoll(); // a read that fails
+        assert.equal((await call(rs2)).status, 200, 'one failed read within feedStaleAfterMs changes nothing');
+        t.clock.advance(201); // the last good read is now older than feedStaleAfterMs
         const r = await call(rs2);
         assert.equal(r.status, 401);
         assert.match(r.body.error_description, /revocation feed/);
@@ -426,10 +468,10 @@ describe('middleware: requireAgentToken in front of an express resource server',
       await withFake(async (rs2) => {
         assert.equal((await call(rs2)).status, 200);
         assert.equal((await call(rs2)).status, 200, 'served from the verified-token cache');
+        await rs2.mw.jwks.settled(); // background reloads of the old set are over
         jwks = (res) => json(res, { keys: [other] });
-        await sleep(20);
         await call(rs2); // triggers the background reload (max age 0)
-        await sleep(50);
+        await rs2.mw.jwks.settled();
         const r = await call(rs2);
         assert.equal(r.status, 401);
         assert.match(r.body.error_description, /not signed by a key the broker publishes/);

@@ -398,8 +398,7 @@ describe('sdk: CordonAgent against a real broker', () => {
     it('a connection reset mid-answer and a broker that never answers', async () => {
       answer = (res) => {
         res.writeHead(200, { 'content-type': 'application/json', 'content-length': '500' });
-        res.write('{"access_token":');
-        setTimeout(() => res.socket?.destroy(), 10);
+        res.write('{"access_token":', () => res.socket?.destroy()); // reset once the first bytes are out
       };
       await rejectsWith(start(), 'network');
       answer = () => {};

@@ -7,6 +7,7 @@ import { agents, type Agent } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
 import { parseDuration } from '../policy/duration.ts';
+import { GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_BOOTSTRAP } from '../protocol/constants.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
 import { CliError, fmtTime, fmtWhen, iso, kv, printJson, table, usage } from './output.ts';
 
@@ -158,7 +159,7 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         const ttlSec = parseDuration(opts.ttl);
         const issue = await loadBootstrap();
         const r = await withBroker(ctx, (b) => issue(b, id, { ttlSec, actor: 'cli' }));
-        if (json) return void (await printJson(ctx.io, { id: r.id, agent: id, token: r.token, token_type: 'urn:cordon:token-type:bootstrap', expires_at: iso(r.expiresAt) }));
+        if (json) return void (await printJson(ctx.io, { id: r.id, agent: id, token: r.token, token_type: TOKEN_TYPE_BOOTSTRAP, expires_at: iso(r.expiresAt) }));
         ctx.io.out(kv([
           ['bootstrap id', r.id],
           ['agent', id],
@@ -167,7 +168,7 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         ]));
         ctx.io.out(
           '\nShown once, usable once. The agent exchanges it at the token endpoint with\n' +
-            'grant_type=urn:ietf:params:oauth:grant-type:token-exchange, subject_token_type=urn:cordon:token-type:bootstrap.\n',
+            `grant_type=${GRANT_TOKEN_EXCHANGE}, subject_token_type=${TOKEN_TYPE_BOOTSTRAP}.\n`,
         );
       }),
     );

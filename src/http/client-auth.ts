@@ -10,9 +10,10 @@ import { assertionPayload, assertionReplayId, assertionReplayKey, checkAssertion
 import { type Form, single } from './form.ts';
 import { basicCredentials } from './basic-auth.ts';
 import { attemptOf } from './refusals.ts';
+import { CLIENT_ASSERTION_ALGS, CLIENT_ASSERTION_TYPE } from '../protocol/constants.ts';
 
-const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
-const ASSERTION_ALGS = ['ES256', 'EdDSA', 'RS256', 'PS256'];
+const ASSERTION_TYPE = CLIENT_ASSERTION_TYPE;
+const ASSERTION_ALGS = [...CLIENT_ASSERTION_ALGS];
 const fail = (why: string): CordonError => new CordonError('invalid_client', why, { reason: 'client_auth_failed' });
 
 /**

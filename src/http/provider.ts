@@ -5,18 +5,16 @@ import { agents } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
-import { GRANT_TOKEN_EXCHANGE } from '../tokens/claims.ts';
-import { DPOP_ALGS } from '../tokens/dpop.ts';
+import { CLIENT_ASSERTION_ALGS, DPOP_ALGS, GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, WORKLOAD_CLIENT_ID } from '../protocol/constants.ts';
 import { recordRefusal } from '../tokens/issue.ts';
 import { Attempt } from '../audit/attempt.ts';
-import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
 import { assertionPayload, assertionReplayKey, checkAssertionTimes } from '../tokens/client-assertion.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { claimedClientId } from './basic-auth.ts';
 import * as clientCredentials from './grants/client-credentials.ts';
 import * as tokenExchange from './grants/token-exchange.ts';
 
-export const GRANT_TYPES = ['client_credentials', GRANT_TOKEN_EXCHANGE];
+export const GRANT_TYPES = [GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE];
 export const CLIENT_AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'private_key_jwt'] as const;
 
 /**
@@ -123,7 +121,7 @@ export async function createProvider(b: Broker): Promise<Provider> {
     jwks: { keys: [jwk as never] },
     clientAuthMethods: [...CLIENT_AUTH_METHODS, 'none'], // 'none' only for the public cordon-workload client
     clientDefaults: { grant_types: GRANT_TYPES, response_types: [], id_token_signed_response_alg: alg, token_endpoint_auth_method: 'client_secret_basic' },
-    enabledJWA: { clientAuthSigningAlgValues: ['ES256', 'EdDSA', 'RS256', 'PS256'], idTokenSigningAlgValues: [alg] },
+    enabledJWA: { clientAuthSigningAlgValues: [...CLIENT_ASSERTION_ALGS], idTokenSigningAlgValues: [alg] },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },

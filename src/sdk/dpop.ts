@@ -1,5 +1,9 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
+import { DPOP_TYP } from '../protocol/constants.ts';
+import { athOf } from '../protocol/dpop.ts';
+
+export { athOf };
 
 export type DpopAlg = 'ES256' | 'EdDSA';
 
@@ -8,9 +12,6 @@ export function htuOf(url: string): string {
   const u = new URL(url);
   return `${u.origin}${u.pathname}`;
 }
-
-/** base64url(SHA-256(token)), the `ath` of a proof that accompanies an access token. */
-export const athOf = (accessToken: string): string => createHash('sha256').update(accessToken).digest('base64url');
 
 /**
  * A DPoP key (RFC 9449): the agent proves possession of it on every request, so a stolen
@@ -48,7 +49,7 @@ export class DpopKey {
     if (opts.accessToken !== undefined) claims.ath = athOf(opts.accessToken);
     if (opts.nonce !== undefined) claims.nonce = opts.nonce;
     return new SignJWT(claims)
-      .setProtectedHeader({ alg: this.alg, typ: 'dpop+jwt', jwk: this.publicJwk })
+      .setProtectedHeader({ alg: this.alg, typ: DPOP_TYP, jwk: this.publicJwk })
       .setIssuedAt(Math.floor(opts.nowMs / 1000))
       .setJti(randomBytes(16).toString('base64url'))
       .sign(this.#privateKey);

@@ -10,12 +10,8 @@ import { findAgent } from './agents.ts';
 import type { Attempt } from '../audit/attempt.ts';
 import { activeAgentAndPolicy, parseRequestedScope, startSession, type SessionStartResult } from './session-start.ts';
 
-/**
- * The public OAuth client a workload uses at /token before it has any secret: it may only
- * redeem a bootstrap token or a federated JWT, and the agent it becomes is named by that
- * subject token, never by the client. Served by the provider adapter (src/http/provider.ts).
- */
-export const WORKLOAD_CLIENT_ID = 'cordon-workload';
+/** The public workload client (src/protocol/constants.ts), served by the provider adapter (src/http/provider.ts). */
+export { WORKLOAD_CLIENT_ID } from '../protocol/constants.ts';
 
 export const BOOTSTRAP_PREFIX = 'cbt_';
 /** `cbt_` + 256 random bits, base64url. */

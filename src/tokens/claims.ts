@@ -22,11 +22,7 @@ export interface AccessTokenClaims {
   cnf?: { jkt: string };
 }
 
-export const ACCESS_TOKEN_TYP = 'at+jwt';
-export const TOKEN_TYPE_ACCESS = 'urn:ietf:params:oauth:token-type:access_token';
-export const TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt';
-export const TOKEN_TYPE_BOOTSTRAP = 'urn:cordon:token-type:bootstrap';
-export const GRANT_TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+export { ACCESS_TOKEN_TYP, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT, TOKEN_TYPE_BOOTSTRAP, GRANT_TOKEN_EXCHANGE } from '../protocol/constants.ts';
 
 /** The chain of holders from root to current, read from an act claim (bounded: a real chain is never deep). */
 /** The `aud` claim as a list (RFC 7519 allows a single string). */

@@ -1,60 +1,39 @@
 import { createHash } from 'node:crypto';
-import { EmbeddedJWK, calculateJwkThumbprint, decodeProtectedHeader, errors as joseErrors, jwtVerify } from 'jose';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
+import { DpopProofError, verifyDpopProof as verifyProof } from '../protocol/dpop.ts';
 import { replayGuard } from '../store/replay.ts';
 
-/** RFC 9449: asymmetric algorithms only. */
-export const DPOP_ALGS = ['ES256', 'EdDSA', 'RS256', 'PS256'];
+export { DPOP_ALGS } from '../protocol/constants.ts';
+
 /** A proof is accepted this long after its iat (plus the configured skew), and remembered as long. */
 const PROOF_WINDOW_SEC = 60;
 
 export interface DpopCheck {
   method: string;
-  /** The request URL without query and fragment (RFC 9449 §4.2 htu). */
+  /** The request URL (RFC 9449 §4.2 htu; compared after normalising both sides). */
   url: string;
   /** When the proof accompanies an access token, its ath must hash it. */
   accessToken?: string;
 }
 
 const bad = (why: string, reason = 'dpop_invalid'): CordonError => new CordonError('invalid_dpop_proof', why, { reason });
+const REASONS: Partial<Record<DpopProofError['fault'], string>> = { future: 'dpop_future', stale: 'dpop_stale' };
 
-/** Verifies a DPoP proof and returns the thumbprint of its key (`cnf.jkt`). Replays are refused. */
+/** Verifies a DPoP proof (src/protocol/dpop.ts) and returns the thumbprint of its key (`cnf.jkt`). Replays are refused. */
 export async function verifyDpopProof(b: Broker, proof: unknown, check: DpopCheck): Promise<string> {
-  if (typeof proof !== 'string' || proof.length > 4096 || !/^[\w-]+\.[\w-]+\.[\w-]+$/.test(proof)) throw bad('DPoP proof is not a compact JWS');
-  let header;
+  const now = b.clock.now();
+  let p;
   try {
-    header = decodeProtectedHeader(proof);
-  } catch {
-    throw bad('DPoP proof header is not valid JSON');
-  }
-  if (header.typ !== 'dpop+jwt') throw bad('DPoP proof typ must be dpop+jwt');
-  if (!DPOP_ALGS.includes(header.alg as string)) throw bad(`DPoP proof algorithm ${JSON.stringify(header.alg)} is not allowed`);
-  const jwk = header.jwk as Record<string, unknown> | undefined;
-  if (!jwk || typeof jwk !== 'object' || 'd' in jwk || jwk.kty === 'oct') throw bad('DPoP proof must carry a public asymmetric jwk');
-  let payload;
-  try {
-    ({ payload } = await jwtVerify(proof, EmbeddedJWK, { algorithms: DPOP_ALGS, typ: 'dpop+jwt', currentDate: new Date(b.clock.now()), clockTolerance: b.config.clockSkewSec, requiredClaims: ['iat', 'jti'] }));
+    p = await verifyProof(proof, { ...check, nowMs: now, windowSec: PROOF_WINDOW_SEC, skewSec: b.config.clockSkewSec });
   } catch (e) {
-    if (e instanceof joseErrors.JWSSignatureVerificationFailed) throw bad('DPoP proof signature is invalid');
-    throw bad('DPoP proof could not be verified');
+    if (e instanceof DpopProofError) throw bad(e.message, REASONS[e.fault]);
+    throw e;
   }
-  if (payload.htm !== check.method) throw bad('DPoP proof htm does not match the request method');
-  if (payload.htu !== check.url) throw bad('DPoP proof htu does not match the request URL');
-  const now = Math.floor(b.clock.now() / 1000);
-  const iat = payload.iat as number;
-  if (iat > now + b.config.clockSkewSec) throw bad('DPoP proof is issued in the future', 'dpop_future');
-  if (iat < now - PROOF_WINDOW_SEC - b.config.clockSkewSec) throw bad('DPoP proof is too old', 'dpop_stale');
-  if (typeof payload.jti !== 'string' || payload.jti.length < 8 || payload.jti.length > 128) throw bad('DPoP proof jti is missing or malformed');
-  if (check.accessToken !== undefined) {
-    const ath = createHash('sha256').update(check.accessToken).digest('base64url');
-    if (payload.ath !== ath) throw bad('DPoP proof ath does not match the access token');
-  }
-  const jkt = await calculateJwkThumbprint(jwk as never);
-  const key = `dpop:${createHash('sha256').update(`${jkt}:${payload.jti}`).digest('base64url')}`;
-  const fresh = await replayGuard.claim(b.db, key, (iat + PROOF_WINDOW_SEC + 2 * b.config.clockSkewSec) * 1000, b.clock.now());
+  const key = `dpop:${createHash('sha256').update(`${p.jkt}:${p.jti}`).digest('base64url')}`;
+  const fresh = await replayGuard.claim(b.db, key, (p.iat + PROOF_WINDOW_SEC + 2 * b.config.clockSkewSec) * 1000, now);
   if (!fresh) throw bad('DPoP proof has been used before', 'dpop_replay');
-  return jkt;
+  return p.jkt;
 }
 
 export interface DpopTokenUse {
