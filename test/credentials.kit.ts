@@ -29,7 +29,7 @@ description: Root agent of the credential tests.
 token_ttl: 30m
 session_ttl: 1h
 audiences: [${RS_AUDIENCE}]
-scopes: [work:read, cred:vault-token, cred:vault-db, cred:vault-kv, cred:vault-admin, cred:s3, cred:s3-iam]
+scopes: [work:read, cred:vault-token, cred:vault-db, cred:vault-kv, cred:vault-admin, cred:s3, cred:s3-iam, cred:s3-all]
 delegation:
   max_depth: 1
   scopes: [work:read, cred:vault-token, cred:s3-iam]
@@ -40,6 +40,7 @@ credentials:
   vault-kv: { provider: vault, path: secret/data/tickets/api, ttl: 10m }
   s3: { provider: aws-sts, role_arn: "${ROLE_ARN_RO}", session_policy: ${sp}, ttl: 30m, revoke_via_iam: false }
   s3-iam: { provider: aws-sts, role_arn: "${ROLE_ARN}", session_policy: ${sp}, ttl: 30m }
+  s3-all: { provider: aws-sts, role_arn: "${ROLE_ARN}", ttl: 30m }
 `,
   'creds-worker.yaml': `
 name: creds-worker

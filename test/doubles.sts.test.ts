@@ -363,4 +363,26 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
     assert.equal(s.isCredentialDenied(a, { action: 's3:PutObject' }), true);
     assert.equal(s.isCredentialDenied(a, { action: 's3:GetObject' }), false);
   });
+
+  it('a session policy grants only what its Allow statements allow, conditions included: a DateLessThan aws:CurrentTime bound ends the keys on the double’s clock', async () => {
+    const until = t + 120_000;
+    const Policy = JSON.stringify({
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/*', Condition: { DateLessThan: { 'aws:CurrentTime': new Date(until).toISOString() } } },
+        { Effect: 'Deny', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/secret' },
+      ],
+    });
+    const c = (await assume({ RoleSessionName: 'bounded', DurationSeconds: 900, Policy })).Credentials!.AccessKeyId!;
+    const get = { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' };
+    assert.equal(s.isCredentialUsable(c, { ...get, atMs: until - 1000 }), true);
+    assert.equal(s.isCredentialUsable(c, { atMs: until - 1000 }), true, 'with nothing asked: can it do anything at all');
+    assert.equal(s.isCredentialDenied(c, { action: 's3:PutObject', resource: 'arn:aws:s3:::reports/x', atMs: until - 1000 }), true, 'not allowed by the session policy');
+    assert.equal(s.isCredentialDenied(c, { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/secret', atMs: until - 1000 }), true, 'denied by it');
+    assert.equal(s.isCredentialExpired(c, until + 1000), false, 'STS would let the keys live on');
+    assert.equal(s.isCredentialDenied(c, { ...get, atMs: until }), true, 'DateLessThan: not at the bound');
+    assert.equal(s.isCredentialDenied(c, { atMs: until + 1000 }), true);
+    t = until + 1000;
+    assert.equal(s.isCredentialUsable(c, get), false, 'the double’s clock by default');
+  });
 });

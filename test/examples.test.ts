@@ -113,9 +113,9 @@ describe('examples (run as the README runs them)', function () {
       CORDON_LOG_LEVEL: 'warn',
       CORDON_SWEEP_INTERVAL: '3600',
     };
-    // The broker's own AWS identity: the double's test key, as the SDK's usual env chain reads it. IAM too: the
-    // example's 10-minute tokens are shorter than STS's 900 s floor, so an IAM expiry deny ends their keys.
-    const brokerEnv = { ...env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: stsUrl, AWS_ENDPOINT_URL_IAM: stsUrl, AWS_ACCESS_KEY_ID: sts.accessKeyId, AWS_SECRET_ACCESS_KEY: sts.secretAccessKey };
+    // The broker's own AWS identity: the double's test key, as the SDK's usual env chain reads it. No IAM endpoint:
+    // issuing never writes IAM (the example's 10-minute tokens bound their keys through the session policy).
+    const brokerEnv = { ...env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: stsUrl, AWS_ACCESS_KEY_ID: sts.accessKeyId, AWS_SECRET_ACCESS_KEY: sts.secretAccessKey };
     for (const [name, policy] of [
       ['orchestrator', 'example-orchestrator'],
       ['worker', 'example-worker'],
@@ -197,6 +197,8 @@ describe('examples (run as the README runs them)', function () {
     assert.ok(assume, 'the broker called AssumeRole');
     assert.equal(assume!.get('RoleArn'), ROLE);
     assert.ok(assume!.get('SourceIdentity'), 'with the session identity as SourceIdentity');
+    assert.match(assume!.get('Policy') ?? '', /"DateLessThan":\{"aws:CurrentTime":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"\}/, 'keys bounded by the token’s exp in the session policy');
+    assert.ok(!asked.some((p) => ['PutRolePolicy', 'DeleteRolePolicy'].includes(p.get('Action') ?? '')), 'no IAM write to issue them');
     assert.ok(asked.some((p) => p.get('Action') === 'GetCallerIdentity'), 'the child called STS with the issued credentials');
   });
 });

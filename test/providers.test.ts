@@ -6,8 +6,8 @@ import pino from 'pino';
 import { ManualClock } from '../src/clock.ts';
 import { roleSessionNameFor, sourceIdentityFor, tagSafe, StsProvider } from '../src/providers/aws-sts.ts';
 import { VaultProvider } from '../src/providers/vault.ts';
-import { ProviderError, type DenyHooks, type IssueRequest, type Handle } from '../src/providers/provider.ts';
-import { CordonError } from '../src/errors.ts';
+import { ProviderError, type IssueRequest, type Handle } from '../src/providers/provider.ts';
+import { SessionPolicyError, timeBoundSessionPolicy } from '../src/policy/session-policy.ts';
 import type { CredentialSpec } from '../src/policy/types.ts';
 import type { VaultConfig } from '../src/config/index.ts';
 import { ConfigError } from '../src/errors.ts';
@@ -76,34 +76,79 @@ describe('providers: STS lifetime rules (plan)', () => {
   it('the TOKEN’s remaining life capped by the policy ttl (not the session’s)', () => {
     assert.equal(sts.plan(request(clock, spec(), { tokenLeft: 3600, sessionLeft: 3600 })).ttlSec, 1800);
     assert.equal(sts.plan(request(clock, spec(), { tokenLeft: 1000, sessionLeft: 3600 })).ttlSec, 1000);
-    const p = sts.plan(request(clock, spec(), { tokenLeft: 1200, sessionLeft: 3000 }));
-    assert.equal(p.ttlSec, 1200);
-    assert.equal(p.expiryDenyAt, undefined, 'the keys expire with the token by themselves');
+    assert.equal(sts.plan(request(clock, spec(), { tokenLeft: 1200, sessionLeft: 3000 })).ttlSec, 1200);
   });
   it('never below 900 s: a short policy ttl is raised to 900 when the token allows it', () => {
-    const p = sts.plan(request(clock, spec({ ttl: 300 }), { tokenLeft: 3600 }));
-    assert.equal(p.ttlSec, 900);
-    assert.equal(p.expiryDenyAt, undefined);
+    assert.equal(sts.plan(request(clock, spec({ ttl: 300 }), { tokenLeft: 3600 })).ttlSec, 900);
   });
-  it('under 900 s of token: 900 s ended by an expiry deny at the token’s exp (revoke_via_iam is the default), refused with revoke_via_iam: false', () => {
-    const req = request(clock, spec(), { tokenLeft: 60, sessionLeft: 3000 });
-    const p = sts.plan(req);
-    assert.equal(p.ttlSec, 900);
-    assert.equal(p.expiryDenyAt, Math.floor(req.tokenExpiresAt / 1000) * 1000);
-    assert.equal(p.expiresAtMax, p.expiryDenyAt, 'nothing of it outlives the token');
-    assert.equal(p.handle!.revoke_via_iam, true);
-    assert.throws(
-      () => sts.plan(request(clock, spec({ revoke_via_iam: false }), { tokenLeft: 60 })),
-      (e: unknown) => e instanceof CordonError && e.status === 403 && e.reason === 'sts_token_too_short' && /expires in 60 s.*at least 900 s.*fresh token.*revoke_via_iam/.test(e.description),
-    );
+  it('under 900 s of token: STS’s 900 s, but the plan’s latest expiry is the token’s exp, with revoke_via_iam or without', () => {
+    for (const revoke_via_iam of [undefined, true, false]) {
+      const req = request(clock, spec({ revoke_via_iam }), { tokenLeft: 60, sessionLeft: 3000 });
+      const p = sts.plan(req);
+      assert.equal(p.ttlSec, 900);
+      assert.equal(p.expiresAtMax, req.tokenExpiresAt, 'nothing of it outlives the token');
+      assert.equal(p.handle!.revoke_via_iam, revoke_via_iam !== false);
+    }
   });
   it('whatever the token has left, the plan never lets the keys outlive it', () => {
     for (let left = 1; left <= 4000; left += 7) {
       const req = request(clock, spec({ ttl: 3600 }), { tokenLeft: left, sessionLeft: 4000 });
       const p = sts.plan(req);
-      if (p.expiryDenyAt === undefined) assert.ok(p.ttlSec <= left, `${left} s left: asked ${p.ttlSec} s`);
-      else assert.ok(p.expiryDenyAt <= req.tokenExpiresAt && p.expiresAtMax <= req.tokenExpiresAt, `${left} s left`);
+      assert.ok(p.expiresAtMax <= req.tokenExpiresAt, `${left} s left`);
+      assert.equal(p.ttlSec, Math.max(900, Math.min(3600, left)));
     }
+  });
+});
+
+describe('providers: the STS session policy’s time bound (policy/session-policy.ts)', () => {
+  const exp = Date.UTC(2026, 11, 1, 22, 10, 5, 0);
+  const EXP = '2026-12-01T22:10:05Z';
+  const bound = (policy: Record<string, unknown> | undefined, at = exp) => timeBoundSessionPolicy(policy, at) as { Version?: string; Statement: any };
+
+  it('without a session_policy: Allow-all until the token’s exp (the role’s own policies still decide what)', () => {
+    assert.deepEqual(bound(undefined), { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': EXP } } }] });
+    assert.equal(bound(undefined, exp + 999).Statement[0].Condition.DateLessThan['aws:CurrentTime'], EXP, 'to the second, rounded down');
+  });
+
+  it('every Allow statement (NotAction and NotResource ones too) gets the bound beside its own conditions; Deny statements are left alone', () => {
+    const deny = { Effect: 'Deny', Action: 's3:DeleteObject', Resource: '*', Condition: { Bool: { 'aws:SecureTransport': 'false' } } };
+    const out = bound({
+      Version: '2012-10-17',
+      Statement: [
+        { Sid: 'read', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'] },
+        { Effect: 'Allow', NotAction: 'iam:*', NotResource: 'arn:aws:s3:::secret/*', Condition: { StringEquals: { 'aws:RequestedRegion': 'eu-west-1' }, DateLessThan: { 'aws:TokenIssueTime': '2030-01-01T00:00:00Z' } } },
+        deny,
+      ],
+    });
+    assert.deepEqual(out.Statement[0], { Sid: 'read', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'], Condition: { DateLessThan: { 'aws:CurrentTime': EXP } } });
+    assert.deepEqual(out.Statement[1], {
+      Effect: 'Allow',
+      NotAction: 'iam:*',
+      NotResource: 'arn:aws:s3:::secret/*',
+      Condition: { StringEquals: { 'aws:RequestedRegion': 'eu-west-1' }, DateLessThan: { 'aws:TokenIssueTime': '2030-01-01T00:00:00Z', 'aws:CurrentTime': EXP } },
+    });
+    assert.deepEqual(out.Statement[2], deny);
+    // A single statement object stays one.
+    assert.deepEqual(bound({ Version: '2012-10-17', Statement: { Effect: 'Allow', Action: '*', Resource: '*' } }).Statement, { Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': EXP } } });
+  });
+
+  it('a DateLessThan aws:CurrentTime of the policy’s own: the earlier time wins (any spelling of the key, several values OR-ed)', () => {
+    const st = (v: unknown, key = 'aws:CurrentTime') => ({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { [key]: v } } }] });
+    const at = (p: Record<string, unknown>) => bound(p).Statement[0].Condition.DateLessThan;
+    assert.deepEqual(at(st('2026-12-01T22:00:00Z')), { 'aws:CurrentTime': '2026-12-01T22:00:00Z' }, 'earlier: kept');
+    assert.deepEqual(at(st('2027-01-01T00:00:00Z')), { 'aws:CurrentTime': EXP }, 'later: the token’s exp');
+    assert.deepEqual(at(st(String(exp / 1000 - 60))), { 'aws:CurrentTime': '2026-12-01T22:09:05Z' }, 'epoch seconds');
+    assert.deepEqual(at(st('2026-12-01T22:00:00.900Z', 'aws:currenttime')), { 'aws:CurrentTime': '2026-12-01T22:00:00Z' }, 'one key, to the second, never later');
+    assert.deepEqual(at(st(['2026-12-01T21:00:00Z', '2027-01-01T00:00:00Z'])), { 'aws:CurrentTime': EXP }, 'OR-ed values end at the latest');
+    for (const bad of ['${aws:TokenIssueTime}', 'next tuesday', [], null])
+      assert.throws(() => bound(st(bad)), (e: unknown) => e instanceof SessionPolicyError && /Statement\[0\]: DateLessThan aws:CurrentTime/.test(e.message), JSON.stringify(bad));
+    assert.throws(() => bound({ Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: 'x' }] }), SessionPolicyError);
+  });
+
+  it('the policy as sent has the same length whatever the date (lint measures it with any)', () => {
+    const p = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': '2026-12-01T22:00:00Z' } } }, { Effect: 'Allow', Action: 's3:*', Resource: '*' }] };
+    const lengths = new Set([0, exp, Date.UTC(2026, 0, 1), Date.UTC(9999, 0, 1)].map((t) => JSON.stringify(timeBoundSessionPolicy(p, t)).length));
+    assert.equal(lengths.size, 1);
   });
 });
 
@@ -116,11 +161,6 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
   let sts: StsProvider;
   const spec: CredentialSpec = { provider: 'aws-sts', ttl: 7200, role_arn: ROLE };
   const cp = async (): Promise<void> => {};
-  /** These requests have time enough: no expiry deny may be asked for. */
-  const noDeny: DenyHooks = {
-    recordDeny: () => Promise.reject(new Error('no expiry deny expected')),
-    syncDenies: () => Promise.reject(new Error('no expiry deny expected')),
-  };
   const CHAINING = 'The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.';
 
   before(async () => {
@@ -145,7 +185,7 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
   it('AWS answers "role chaining": capped at 1 hour and asked again', async () => {
     double.failNext(400, 'ValidationError', CHAINING, 'AssumeRole');
     const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 7200 });
-    const out = await sts.issue(req, sts.plan(req), cp, noDeny);
+    const out = await sts.issue(req, sts.plan(req), cp);
     assert.equal(out.details.duration_sec, 3600);
     assert.equal(sts.plan(req).ttlSec, 3600, 'and remembered');
   });
@@ -156,10 +196,48 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
       double.failNext(400, 'ValidationError', CHAINING, 'AssumeRole');
       double.failNext(403, 'AccessDenied', `User: arn:aws:iam::123456789012:user/cordon-broker is not authorized to perform: sts:AssumeRole on resource: ${ROLE}`, 'AssumeRole');
       const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 7200 });
-      await assert.rejects(fresh.issue(req, fresh.plan(req), cp, noDeny), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && e.code === 'bad_gateway' && /AWS refused AssumeRole on arn:aws:iam::123456789012:role\/agent-reports \(AccessDenied\)/.test(e.description));
+      await assert.rejects(fresh.issue(req, fresh.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && e.code === 'bad_gateway' && /AWS refused AssumeRole on arn:aws:iam::123456789012:role\/agent-reports \(AccessDenied\)/.test(e.description));
     } finally {
       await fresh.close();
     }
+  });
+
+  it('a token with 60 s left: 900 s at STS, a session policy that ends every Allow at the token’s exp, no IAM call; the keys work until then and not after', async () => {
+    for (const revoke_via_iam of [true, false]) {
+      const fresh = new StsProvider({ region: 'us-east-1', endpoint: double.url, iamEndpoint: double.url, timeoutMs: 2000 }, { clock, log, clockSkewSec: 30 });
+      try {
+        double.reset();
+        const own = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/*' }, { Effect: 'Deny', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/secret' }] };
+        const req = request(clock, { provider: 'aws-sts', ttl: 1800, role_arn: ROLE, session_policy: own, revoke_via_iam }, { tokenLeft: 60 });
+        const exp = req.tokenExpiresAt;
+        const out = await fresh.issue(req, fresh.plan(req), cp);
+        const [sent] = double.assumeRoleRequests();
+        assert.equal(sent.DurationSeconds, 900);
+        const policy = JSON.parse(sent.Policy!);
+        const until = new Date(Math.floor(exp / 1000) * 1000).toISOString().replace('.000Z', 'Z');
+        assert.deepEqual(policy.Statement[0].Condition, { DateLessThan: { 'aws:CurrentTime': until } });
+        assert.deepEqual(policy.Statement[1], own.Statement[1], 'the Deny as it was');
+        assert.deepEqual(double.requests.map((r) => r.action), ['AssumeRole'], 'nothing but AssumeRole: no IAM write');
+        assert.equal(out.expiresAt, Math.floor(exp / 1000) * 1000);
+        assert.equal(out.credentials.Expiration, new Date(out.expiresAt).toISOString());
+        assert.equal(out.details.time_bound, until);
+        const key = String(out.credentials.AccessKeyId);
+        const get = { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' };
+        assert.ok(double.getCredential(key)!.expiresAtMs > exp + 800_000, 'STS itself would let them live 900 s');
+        assert.equal(double.isCredentialUsable(key, { ...get, atMs: exp - 1000 }), true, 'usable while the token lives');
+        assert.equal(double.isCredentialUsable(key, { ...get, atMs: exp + 1000 }), false, 'useless once it is dead');
+      } finally {
+        await fresh.close();
+      }
+    }
+  });
+
+  it('a session_policy that cannot carry the bound (a DateLessThan aws:CurrentTime that is no date): refused before AssumeRole', async () => {
+    double.reset();
+    const bad = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': '${aws:TokenIssueTime}' } } }] };
+    const req = request(clock, { provider: 'aws-sts', ttl: 1800, role_arn: ROLE, session_policy: bad }, { tokenLeft: 600 });
+    await assert.rejects(sts.issue(req, sts.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.kind === 'misconfigured' && /session_policy of credential x cannot carry the time bound/.test(e.description));
+    assert.equal(double.requests.length, 0);
   });
 });
 

@@ -57,7 +57,7 @@ describe('sweeper: everything dies with the session', () => {
     assert.equal(f.vault.requestsTo('sys/leases/revoke').filter((r) => r.body.lease_id === db.lease_id).length, 1);
   });
 
-  /** A session with 10 minutes left and an STS credential (900 s at STS) that an expiry deny ends with its token, at the session's end. */
+  /** A session with 10 minutes left and an STS credential (900 s at STS) that its session policy ends with its token, at the session's end. */
   async function shortLived(name: string): Promise<{ sid: string; end: number; c: any }> {
     const a = await f.agent(name, 'creds-owner');
     let tok = await mustSession(f.tb, a, 'cred:s3-iam');
@@ -70,23 +70,25 @@ describe('sweeper: everything dies with the session', () => {
     assert.ok(f.sts.getCredential(c.credentials.AccessKeyId)!.expiresAtMs > end, 'although STS would let it live on');
     return { sid, end, c };
   }
+  const get = { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' };
 
-  it('a session that simply expired is not a revocation: no revocation deny, its STS credential ended with its token (expiry deny)', async () => {
+  it('a session that simply expired is not a revocation: no IAM deny at all, its STS credential ended with its token (the session policy’s time bound)', async () => {
     const { sid, end, c } = await shortLived('sw-sts-end');
     f.tb.clock.set(end + 1000);
     const rep = await sweepOnce(f.tb.b);
     assert.equal(rep.sessionsSwept, 1);
-    const entries = await iamDenies.bySession(f.tb.b.db, sid);
-    assert.deepEqual(entries.map((x) => x.kind), ['expiry'], 'nothing but the expiry deny put at issue');
-    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true, 'dead since its token died');
-    assert.equal(f.sts.isCredentialUsable(c.credentials.AccessKeyId, { atMs: end - 1000 }), true, 'alive until then');
+    assert.deepEqual(await iamDenies.bySession(f.tb.b.db, sid), [], 'nothing recorded, at issue or since');
+    assert.equal(f.sts.requests.filter((x) => x.action === 'PutRolePolicy').length, 0, 'IAM never written');
+    assert.equal(f.sts.isCredentialExpired(c.credentials.AccessKeyId), false, 'alive at STS');
+    assert.equal(f.sts.isCredentialUsable(c.credentials.AccessKeyId, get), false, 'but dead since its token died');
+    assert.equal(f.sts.isCredentialUsable(c.credentials.AccessKeyId, { ...get, atMs: end - 1000 }), true, 'alive until then');
     const [row] = await f.rows(sid);
     assert.equal(row.state, 'revoked', row.note!);
     assert.match(row.note!, /expired at/);
     assert.equal((await sweepOnce(f.tb.b)).sessionsSwept, 0, 'swept once');
   });
 
-  it('a revoked session’s STS credential is denied; the sweeper removes each deny (the revocation, then the expiry deny) once it is due', async () => {
+  it('a revoked session’s STS credential is denied; the sweeper removes the deny once it is due, and the time bound still holds the keys STS would let live', async () => {
     const { sid, end, c } = await shortLived('sw-sts-rev');
     f.tb.clock.set(end - 60_000);
     const head = await auditHead(f.tb.b);
@@ -94,33 +96,43 @@ describe('sweeper: everything dies with the session', () => {
     f.tb.clock.set(end - 30_000);
     await sweepOnce(f.tb.b);
     assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
-    const deny = (await iamDenies.bySession(f.tb.b.db, sid)).find((x) => x.kind === 'session')!;
-    const expiry = (await iamDenies.bySession(f.tb.b.db, sid)).find((x) => x.kind === 'expiry')!;
-    assert.ok(deny && deny.removedAt === null);
-    assert.ok(expiry && expiry.removedAt === null);
-    assert.ok(expiry.removeAfter > deny.removeAfter, 'the expiry deny stays until STS’s own expiry');
-    const sids = () => JSON.parse(f.sts.rolePolicies('agent-reports')['cordon-revocations'] ?? '{"Statement":[]}').Statement.map((x: { Sid: string }) => x.Sid);
-    assert.ok(sids().includes('CordonRevokedSessions') && sids().some((x: string) => x.startsWith('CordonExpiry')));
+    const entries = await iamDenies.bySession(f.tb.b.db, sid);
+    assert.deepEqual(entries.map((x) => x.kind), ['session']);
+    const [deny] = entries;
+    assert.ok(deny.removedAt === null);
+    assert.ok(Object.keys(f.sts.rolePolicies('agent-reports')).includes(deny.policyName));
 
+    // Not yet: the credential is still alive.
+    await sweepOnce(f.tb.b);
+    assert.ok(Object.keys(f.sts.rolePolicies('agent-reports')).includes(deny.policyName));
     // The revocation goes once the credential it denied has expired (for the broker: at its token's exp).
     f.tb.clock.set(deny.removeAfter + 1);
-    let rep = await sweepOnce(f.tb.b);
-    assert.equal(rep.deniesRemoved, 1);
-    assert.deepEqual(sids(), [`CordonExpiry${Math.floor(expiry.revokedAt! / 1000)}`], 'the expiry deny still holds the keys STS would let live');
-    assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
-    // Not yet: STS's own expiry has not passed.
-    f.tb.clock.set(expiry.removeAfter - 1000);
-    assert.equal((await sweepOnce(f.tb.b)).deniesRemoved, 0);
-    assert.ok((await iamDenies.bySession(f.tb.b.db, sid)).find((x) => x.kind === 'expiry')!.removedAt === null);
-    // After remove_after: gone, and the role is clean again.
-    f.tb.clock.set(expiry.removeAfter + 1);
-    assert.equal(f.sts.isCredentialExpired(c.credentials.AccessKeyId), true, 'the keys are dead at STS by then');
-    rep = await sweepOnce(f.tb.b);
+    const rep = await sweepOnce(f.tb.b);
     assert.equal(rep.deniesRemoved, 1);
     assert.deepEqual(f.sts.rolePolicies('agent-reports'), {}, 'the role is clean again');
-    for (const x of await iamDenies.bySession(f.tb.b.db, sid)) assert.ok(x.removedAt !== null, x.kind!);
+    assert.ok((await iamDenies.bySession(f.tb.b.db, sid))[0].removedAt !== null);
+    assert.equal(f.sts.isCredentialExpired(c.credentials.AccessKeyId), false, 'STS would still take the keys');
+    assert.equal(f.sts.isCredentialUsable(c.credentials.AccessKeyId, get), false, 'their session policy does not');
     const events = (await auditSince(f.tb.b, head)).map((x) => x.event);
-    assert.ok(events.includes('credential.iam_deny') && events.filter((x) => x === 'credential.iam_deny_removed').length === 2);
+    assert.ok(events.includes('credential.iam_deny') && events.includes('credential.iam_deny_removed'));
+  });
+
+  it('legacy `expiry` entries (an earlier build’s deny at a token’s exp) are left out of the rebuilt policy and dropped once due', async () => {
+    const { sid } = await shortLived('sw-legacy');
+    const now = f.tb.clock.now();
+    const legacy = { roleArn: ROLE_ARN, policyName: 'cordon-revocations', sid: 'ses_legacy', kind: 'expiry' as const, subject: 'AROA*:cordon.old.xxxxxxxxxx.yyyyyyyyyyyy', revokedAt: now + 60_000, createdAt: now, removeAfter: now + 960_000 };
+    await iamDenies.insert(f.tb.b.db, { id: 'iamd_000000000000_legacy', ...legacy });
+    // A revocation beside it: the policy is rebuilt from the role's entries.
+    await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
+    const sids = () => JSON.parse(f.sts.rolePolicies('agent-reports')['cordon-revocations'] ?? '{"Statement":[]}').Statement.map((x: { Sid: string }) => x.Sid);
+    assert.deepEqual(sids(), ['CordonRevokedSessions']);
+    let rep = await sweepOnce(f.tb.b);
+    assert.deepEqual(sids(), ['CordonRevokedSessions'], 'the sweep rebuilds without it');
+    assert.equal((await iamDenies.bySession(f.tb.b.db, 'ses_legacy'))[0].removedAt, null, 'not due yet');
+    f.tb.clock.set(now + 960_001);
+    rep = await sweepOnce(f.tb.b);
+    assert.ok(rep.deniesRemoved >= 1);
+    assert.notEqual((await iamDenies.bySession(f.tb.b.db, 'ses_legacy'))[0].removedAt, null, 'dropped once due');
   });
 
   it('revokes the credentials of a revoked token in a live session when the after-commit hook never ran (failed, or the broker stopped)', async () => {
@@ -184,8 +196,8 @@ describe('sweeper: everything dies with the session', () => {
       const crashing: CredentialProvider = {
         name: real.name,
         plan: (r) => real.plan(r),
-        issue: async (r, p, cp, d) => {
-          answers.push((await real.issue(r, p, cp, d)).credentials);
+        issue: async (r, p, cp) => {
+          answers.push((await real.issue(r, p, cp)).credentials);
           return new Promise(() => {}); // the process is gone
         },
         revoke: (t, c) => real.revoke(t, c),
@@ -343,8 +355,7 @@ describe('IAM revocations: one consolidated policy per role', () => {
     await revokeSession(f.tb.b, claimsOf(other).sid, { actor: 'admin', via: 'test' });
     assert.deepEqual(Object.keys(policies()), ['cordon-revocations']);
     const doc = JSON.parse(policies()['cordon-revocations']);
-    // (Plus the expiry deny the sub-agent's 5-minute token needed: it ends that credential at the token's exp.)
-    assert.deepEqual(doc.Statement.map((s: any) => s.Sid).sort(), [`CordonExpiry${claimsOf(sub).exp}`, 'CordonRevokedCredentials', 'CordonRevokedSessions']);
+    assert.deepEqual(doc.Statement.map((s: any) => s.Sid).sort(), ['CordonRevokedCredentials', 'CordonRevokedSessions']);
     assert.equal(f.sts.isCredentialDenied(theirs.credentials.AccessKeyId), true, 'the earlier token-level deny survived the rebuild');
     assert.equal(f.sts.isCredentialDenied(otherC.credentials.AccessKeyId), true);
     assert.equal(f.sts.isCredentialDenied(mine.credentials.AccessKeyId), false);

@@ -174,7 +174,7 @@ function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?
     if (spec.provider === 'aws-sts' && spec.revoke_via_iam === false) {
       flag(
         ['credentials', name, 'revoke_via_iam'],
-        'revoke_via_iam is off: revoking a session or token cannot end these STS credentials before they expire, and a token with less than 900 s left (the STS minimum) is refused them',
+        'revoke_via_iam is off: revoking a session or token cannot end these STS credentials before they expire (they still end with their token, by their session policy)',
         'value',
         'warning',
       );

@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { parseDuration } from './duration.ts';
 import { CRED_PREFIX, isScopeToken, isWildcard } from './scopes.ts';
+import { SessionPolicyError, SIZE_PROBE_MS, timeBoundSessionPolicy } from './session-policy.ts';
 
 /** Policy and credential names: they end up in URLs (`/credentials/:name`), session tags and audit rows. */
 export const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -16,7 +17,7 @@ export const MAX_SESSION_POLICY_CHARS = 2048;
 export const MAX_POLICY_ARNS = 10;
 export const MAX_STS_TTL = 43_200;
 export const ALLOW_OVERHANG_REMOVED =
-  'allow_overhang was removed: a credential may no longer outlive the token that asked for it. Where the token has less than the 900 s STS issues at least, an IAM deny ends the credential at the token\'s expiry (revoke_via_iam, on by default); delete this key';
+  'allow_overhang was removed: a credential may no longer outlive the token that asked for it. Its session policy ends it at the token\'s expiry, even where STS issues it for longer (900 s at least); delete this key';
 
 const ROLE_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,64}$/;
 const POLICY_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::(?:\d{12}|aws):policy\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,128}$/;
@@ -96,12 +97,24 @@ export const awsStsCredentialSchema = z.strictObject({
   provider: z.literal('aws-sts'),
   ttl: durationSchema.refine((t) => t <= MAX_STS_TTL, `must be at most 12h (${MAX_STS_TTL}s), the STS maximum`),
   role_arn: z.string().regex(ROLE_ARN, 'must look like arn:aws:iam::123456789012:role/NAME'),
+  // Measured as sent: Cordon adds its time bound to every Allow statement (see session-policy.ts).
   session_policy: z
     .record(z.string(), z.unknown())
-    .refine(
-      (p) => JSON.stringify(p).length <= MAX_SESSION_POLICY_CHARS,
-      `is longer than ${MAX_SESSION_POLICY_CHARS} characters as compact JSON (the STS limit)`,
-    )
+    .superRefine((p, ctx) => {
+      let sent: number;
+      try {
+        sent = JSON.stringify(timeBoundSessionPolicy(p, SIZE_PROBE_MS)).length;
+      } catch (e) {
+        if (!(e instanceof SessionPolicyError)) throw e;
+        ctx.addIssue({ code: 'custom', message: e.message });
+        return;
+      }
+      if (sent > MAX_SESSION_POLICY_CHARS)
+        ctx.addIssue({
+          code: 'custom',
+          message: `is longer than ${MAX_SESSION_POLICY_CHARS} characters (the STS limit) as sent: ${sent} as compact JSON once Cordon adds its time bound (a DateLessThan aws:CurrentTime condition, the token's expiry) to each Allow statement (${sent - JSON.stringify(p).length} characters here)`,
+        });
+    })
     .optional(),
   policy_arns: z
     .array(z.string().regex(POLICY_ARN, 'must look like arn:aws:iam::123456789012:policy/NAME'))

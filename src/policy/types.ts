@@ -24,7 +24,7 @@ export type CredentialSpec =
       session_policy?: Record<string, unknown>;
       policy_arns?: string[];
       external_id?: string;
-      /** Default true: a revocation, and the expiry of a token shorter than STS's 900 s floor, end the credential through an IAM deny. */
+      /** Default true: a revocation ends the credential through an IAM deny (its token's expiry ends it through its session policy either way). */
       revoke_via_iam?: boolean;
     };
 

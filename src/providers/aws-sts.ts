@@ -12,13 +12,12 @@
  *   `sts:AssumeRole`, `sts:TagSession` and `sts:SetSourceIdentity` for the broker.
  *
  * Lifetime: a credential never outlives the token that asked for it. `DurationSeconds` = the
- * token's remaining life capped by the policy `ttl`, but STS never issues less than 900 s: when
- * the token has less left, an IAM *expiry deny* (the credential's aws:userid, denied once
- * aws:CurrentTime passes the token's exp) is recorded and put into the role's revocation policy
- * BEFORE AssumeRole is called, and the answer's expiry is the token's exp. Without revoke_via_iam,
- * or when the deny cannot be put, the request is refused and AssumeRole is never called. A broker
- * that itself runs on role credentials is *role chaining*: AWS caps the duration at 1 hour; the
- * provider detects that answer, caps at 3600 s from then on, and retries once.
+ * token's remaining life capped by the policy `ttl`, but STS never issues less than 900 s, so every
+ * AssumeRole carries a session policy whose Allow statements hold only while aws:CurrentTime is
+ * before the token's exp (policy/session-policy.ts): the keys may exist at STS for longer, but
+ * can do nothing after it, and the answer's expiry is the earlier of the two. No IAM write, nothing
+ * to clean up. A broker that itself runs on role credentials is *role chaining*: AWS caps the
+ * duration at 1 hour; the provider detects that answer, caps at 3600 s from then on, and retries once.
  *
  * Revocation: AWS cannot revoke one session's keys. With `revoke_via_iam` (the default) each revocation
  * records deny entries in `iam_denies` (a revoked session: its source identity; a credential revoked
@@ -35,10 +34,10 @@ import { DeleteRolePolicyCommand, IAMClient, PutRolePolicyCommand } from '@aws-s
 import type { StsConfig } from '../config/index.ts';
 import { CordonError } from '../errors.ts';
 import { newId } from '../ids.ts';
+import { SessionPolicyError, timeBoundSessionPolicy } from '../policy/session-policy.ts';
 import {
   type CredentialProvider,
   type DenyApplyResult,
-  type DenyHooks,
   type DenyRecord,
   type Handle,
   type IssuePlan,
@@ -97,23 +96,19 @@ const denyId = (): string => `iamd_${Date.now().toString(36).padStart(9, '0')}${
  * source identities, each unique to one session, issued before the latest of their revocation
  * times: the broker issues nothing in a session after revoking it, so the shared bound denies
  * nothing new) share one statement, credentials revoked alone inside live sessions (their
- * aws:userid) another; expiry entries (a credential's aws:userid, from its token's exp on) take
- * one statement per exp second. Entries are taken in order while the document stays within `limit`;
+ * aws:userid) another. Entries are taken in order while the document stays within `limit`;
  * the first that does not fit and every later one are `omitted` (older entries never make way
  * for newer).
  */
 export function buildRevocationPolicy(entries: readonly DenyRecord[], skewMs: number, limit = INLINE_POLICY_LIMIT): { document: string | null; applied: string[]; omitted: string[] } {
   const sources: string[] = [];
   const users: string[] = [];
-  /** Expiry second (ms) → the aws:userid patterns denied from then on, in first-seen order. */
-  let expiries = new Map<number, string[]>();
   let latest = -Infinity;
-  const render = (si: string[], at: number, uid: string[], exp: Map<number, string[]>): string => {
+  const render = (si: string[], at: number, uid: string[]): string => {
     const Statement: object[] = [];
     // Rounded up to the second: IAM compares whole seconds, and nothing of these sessions is issued later.
     if (si.length) Statement.push({ Sid: 'CordonRevokedSessions', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'aws:SourceIdentity': si }, DateLessThan: { 'aws:TokenIssueTime': iso(Math.ceil((at + skewMs) / 1000) * 1000) } } });
     if (uid.length) Statement.push({ Sid: 'CordonRevokedCredentials', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringLike: { 'aws:userid': uid } } });
-    for (const [t, u] of exp) Statement.push({ Sid: `CordonExpiry${t / 1000}`, Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringLike: { 'aws:userid': u }, DateGreaterThan: { 'aws:CurrentTime': iso(t) } } });
     return JSON.stringify({ Version: '2012-10-17', Statement });
   };
   let document: string | null = null;
@@ -127,23 +122,22 @@ export function buildRevocationPolicy(entries: readonly DenyRecord[], skewMs: nu
     const si = e.kind === 'session' && !sources.includes(e.subject) ? [...sources, e.subject] : sources;
     const uid = e.kind === 'credential' && !users.includes(e.subject) ? [...users, e.subject] : users;
     const at = e.kind === 'session' ? Math.max(latest, e.revokedAt) : latest;
-    // Rounded down: the keys must not outlive the token, and IAM compares whole seconds.
-    const second = Math.floor(e.revokedAt / 1000) * 1000;
-    const exp = e.kind === 'expiry' && !expiries.get(second)?.includes(e.subject) ? new Map(expiries).set(second, [...(expiries.get(second) ?? []), e.subject]) : expiries;
-    const doc = render(si, at, uid, exp);
+    const doc = render(si, at, uid);
     if (doc.length > limit) {
       omitted.push(e.id);
       continue;
     }
     if (si !== sources) sources.push(e.subject);
     if (uid !== users) users.push(e.subject);
-    expiries = exp;
     latest = at;
     document = doc;
     applied.push(e.id);
   }
-  return { document: sources.length || users.length || expiries.size ? document : null, applied, omitted };
+  return { document: sources.length || users.length ? document : null, applied, omitted };
 }
+
+/** Where the session policy ends the keys: the token's exp, whole seconds (IAM compares seconds; never later). */
+const timeBoundOf = (req: IssueRequest): number => Math.floor(req.tokenExpiresAt / 1000) * 1000;
 
 export class StsProvider implements CredentialProvider {
   readonly name = 'aws-sts' as const;
@@ -169,38 +163,34 @@ export class StsProvider implements CredentialProvider {
     // The token bounds the credential (it never outlives its session, so neither does the credential).
     const left = req.remainingSec.token;
     if (left < 1) throw new CordonError('invalid_token', 'token expires in less than a second: get a fresh token first', { reason: 'token_expiring' });
+    // STS's floor may outlive the token: the session policy's time bound ends the keys at its exp.
     let duration = Math.max(STS_MIN_DURATION, Math.min(spec.ttl, left));
     if (this.#chained) duration = Math.min(duration, ROLE_CHAINING_MAX);
-    const revokeViaIam = spec.revoke_via_iam !== false;
-    const tooLong = duration > left;
-    if (tooLong && !revokeViaIam) {
-      throw new CordonError(
-        'access_denied',
-        `the token expires in ${left} s but AWS STS issues credentials for at least ${STS_MIN_DURATION} s, and credential ${req.name} sets revoke_via_iam: false, so nothing could end them with the token: ask with a fresh token (one with at least ${STS_MIN_DURATION} s left), or drop revoke_via_iam: false so an IAM deny ends the credential at the token's expiry`,
-        { reason: 'sts_token_too_short' },
-      );
-    }
     const handle: Handle = {
       kind: 'sts',
       role_arn: spec.role_arn,
       source_identity: sourceIdentityFor(req.session.agentId, req.session.sid),
       role_session_name: roleSessionNameFor(req.holderName, req.session.sid, req.credentialId),
-      revoke_via_iam: revokeViaIam,
+      revoke_via_iam: spec.revoke_via_iam !== false,
     };
     const latest = req.now + duration * 1000 + this.#deps.clockSkewSec * 1000;
-    if (!tooLong) return { ttlSec: duration, expiresAtMax: latest, handle };
-    // Whole seconds, rounded down, no skew added: IAM compares seconds and the keys must not outlive the token.
-    const denyAt = Math.floor(req.tokenExpiresAt / 1000) * 1000;
-    return { ttlSec: duration, expiresAtMax: denyAt, handle, expiryDenyAt: denyAt };
+    return { ttlSec: duration, expiresAtMax: Math.min(latest, timeBoundOf(req)), handle };
   }
 
-  async issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>, denies: DenyHooks): Promise<IssueResult> {
+  async issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult> {
     const spec = req.spec;
     if (spec.provider !== 'aws-sts') throw new Error('aws-sts provider given a non-sts credential');
     const h = plan.handle!;
     if (!NAME_RE.test(String(h.source_identity)) || !NAME_RE.test(String(h.role_session_name))) throw new Error('derived STS names are out of pattern');
-    // STS's floor outlives the token: the deny that ends the keys at its exp exists before they do.
-    const expiry = plan.expiryDenyAt === undefined ? undefined : await this.#denyAtExpiry(req, plan, plan.expiryDenyAt, denies);
+    // Every Allow of the session policy ends at the token's exp (AWS evaluates it on each request).
+    const bound = timeBoundOf(req);
+    let Policy: string;
+    try {
+      Policy = JSON.stringify(timeBoundSessionPolicy(spec.session_policy, bound));
+    } catch (e) {
+      if (!(e instanceof SessionPolicyError)) throw e;
+      throw new ProviderError('aws-sts', 'misconfigured', `the session_policy of credential ${req.name} cannot carry the time bound (${e.message}); fix the policy (policy lint says so too)`, e);
+    }
     // Everything needed to deny this credential is known before the call.
     await checkpoint(h);
     const input: AssumeRoleCommandInput = {
@@ -214,7 +204,7 @@ export class StsProvider implements CredentialProvider {
         ...(req.session.task ? [{ Key: 'task', Value: tagSafe(req.session.task) }] : []),
         { Key: 'depth', Value: String(req.claims.cordon_depth ?? 0) },
       ],
-      ...(spec.session_policy ? { Policy: JSON.stringify(spec.session_policy) } : {}),
+      Policy,
       ...(spec.policy_arns?.length ? { PolicyArns: spec.policy_arns.map((arn) => ({ arn })) } : {}),
       ...(spec.external_id ? { ExternalId: spec.external_id } : {}),
     };
@@ -237,12 +227,12 @@ export class StsProvider implements CredentialProvider {
     const c = out.Credentials;
     if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !(c.Expiration instanceof Date)) throw new ProviderError('aws-sts', 'bad_answer', 'AWS STS answered AssumeRole without complete credentials');
     const stsExpiresAt = c.Expiration.getTime();
-    // With an expiry deny the keys stop working at the token's exp: said so, so SDKs refresh in time.
-    const expiresAt = expiry ? Math.min(stsExpiresAt, expiry.revokedAt) : stsExpiresAt;
+    // The keys can do nothing after the token's exp: said so, so SDKs refresh in time.
+    const expiresAt = Math.min(stsExpiresAt, bound);
     return {
       credentials: { AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken, Expiration: new Date(expiresAt).toISOString() },
       expiresAt,
-      handle: { ...h, access_key_id: c.AccessKeyId, assumed_role_id: out.AssumedRoleUser?.AssumedRoleId ?? null, ...(expiry ? { expiry_deny_id: expiry.id } : {}) },
+      handle: { ...h, access_key_id: c.AccessKeyId, assumed_role_id: out.AssumedRoleUser?.AssumedRoleId ?? null },
       details: {
         role_arn: spec.role_arn,
         role_session_name: h.role_session_name,
@@ -251,53 +241,11 @@ export class StsProvider implements CredentialProvider {
         tags: (input.Tags ?? []).map((t) => t.Key),
         session_policy: spec.session_policy !== undefined,
         ...(spec.policy_arns?.length ? { policy_arns: spec.policy_arns } : {}),
-        ...(expiry ? { expiry_deny: true, expiry_deny_id: expiry.id, sts_expires_at: c.Expiration.toISOString() } : {}),
+        time_bound: iso(bound),
+        ...(stsExpiresAt > bound ? { sts_expires_at: iso(stsExpiresAt) } : {}),
         access_key_id: c.AccessKeyId,
       },
     };
-  }
-
-  /**
-   * Registers the expiry deny of the credential about to be issued (its aws:userid, denied once
-   * aws:CurrentTime passes `at`): recorded, then the role's policy rebuilt and put. Throws unless
-   * IAM now holds it, so AssumeRole is never called for keys nothing would end with their token.
-   */
-  async #denyAtExpiry(req: IssueRequest, plan: IssuePlan, at: number, denies: DenyHooks): Promise<DenyRecord> {
-    const h = plan.handle!;
-    const roleArn = String(h.role_arn);
-    const roleName = roleNameOf(roleArn);
-    const entry: DenyRecord = {
-      id: denyId(),
-      roleArn,
-      policyName: REVOCATION_POLICY,
-      sid: req.session.sid,
-      kind: 'expiry',
-      subject: `AROA*:${String(h.role_session_name)}`,
-      revokedAt: at,
-      // Once the keys have expired at STS anyway (the latest they can: asked duration plus skew, both clocks).
-      removeAfter: req.now + plan.ttlSec * 1000 + 2 * this.#deps.clockSkewSec * 1000,
-    };
-    const why = `the token expires in ${req.remainingSec.token} s, under the ${STS_MIN_DURATION} s STS issues at least, so an IAM deny must end the credential at the token's expiry`;
-    try {
-      await denies.recordDeny([entry]);
-    } catch (e) {
-      throw new CordonError('temporarily_unavailable', `${why}, and it could not be recorded; no credential was issued, try again`, { reason: 'sts_expiry_deny_unrecorded', cause: e });
-    }
-    let res: DenyApplyResult;
-    try {
-      res = await denies.syncDenies(roleArn, [entry.id], (all) => this.applyDenies(roleArn, all));
-    } catch (e) {
-      const err = this.#mapError('PutRolePolicy', e, roleArn);
-      throw new ProviderError('aws-sts', err.kind, `${why}, and IAM did not take it on role ${roleName} (${err.description}); no credential was issued`, e);
-    }
-    if (!res.applied.includes(entry.id)) {
-      throw new CordonError(
-        'temporarily_unavailable',
-        `${why}, and it does not fit in role ${roleName}'s inline policy ${REVOCATION_POLICY} (IAM allows ${INLINE_POLICY_LIMIT} characters per role; entries leave as their credentials expire); no credential was issued: try again later, or with a token that has at least ${STS_MIN_DURATION} s left`,
-        { reason: 'sts_expiry_deny_full' },
-      );
-    }
-    return entry;
   }
 
   async #assume(input: AssumeRoleCommandInput) {
@@ -316,8 +264,8 @@ export class StsProvider implements CredentialProvider {
       } else if (t.expiresAt <= ctx.now) {
         results.push({ id: t.id, outcome: 'expired', note: `expired at ${iso(t.expiresAt)}; nothing to deny` });
       } else if (ctx.scope === 'expired') {
-        // The session simply ended: what was issued inside it ends with its tokens (by expiry or
-        // by its expiry deny). Something still alive was issued before credentials were bound to their token. No deny.
+        // The session simply ended: what was issued inside it ends with its tokens (by expiry or by
+        // its session policy's time bound). Something still alive was issued before credentials were bound to their token. No deny.
         results.push({ id: t.id, outcome: 'not_revocable', note: `the session ended (not revoked); this credential was issued to outlive it, until ${iso(t.expiresAt)}, and is not denied` });
       } else {
         const key = `${h.role_arn}\n${h.source_identity}`;

@@ -8,8 +8,7 @@
  *   intent row    credentials.state = 'pending' (committed)
  *   issue()       calls the backend; before it creates anything an agent could end up
  *                 holding it calls `checkpoint(handle)` so the intent row already names
- *                 something the broker can revoke if the answer is lost (STS first registers,
- *                 through `denies`, the IAM deny that ends a credential at its token's exp)
+ *                 something the broker can revoke if the answer is lost
  *   commit        state = 'issued' with the final handle, in one transaction with the audit row
  *   revoke()      on revocation, session end, or orphan recovery
  */
@@ -60,12 +59,6 @@ export interface IssuePlan {
   expiresAtMax: number;
   /** Revocation facts known before any backend call (STS: role, source identity, session name). */
   handle?: Handle;
-  /**
-   * STS only: the backend's floor (900 s) outlives the token, so an IAM deny must end the
-   * credential at this moment (ms, the token's exp rounded down to the second), registered
-   * before the backend is called.
-   */
-  expiryDenyAt?: number;
 }
 
 export interface IssueResult {
@@ -95,20 +88,17 @@ export interface RevokeTarget {
 
 /**
  * One IAM deny entry (table `iam_denies`): one revoked session (`session`: its aws:SourceIdentity,
- * issued before `revokedAt` plus clock skew), one credential revoked inside a live session
- * (`credential`: its aws:userid pattern), or one credential that must die with its token
- * (`expiry`: its aws:userid pattern, denied once aws:CurrentTime passes `revokedAt`, the token's
- * exp). Every role carries one policy rebuilt from its entries.
+ * issued before `revokedAt` plus clock skew) or one credential revoked inside a live session
+ * (`credential`: its aws:userid pattern). Every role carries one policy rebuilt from its entries.
  */
 export interface DenyRecord {
   id: string;
   roleArn: string;
   policyName: string;
   sid: string;
-  kind: 'session' | 'credential' | 'expiry';
+  kind: 'session' | 'credential';
   subject: string;
-  /** ms: when the revocation was decided; for `expiry`, when the credential is denied from (the token's exp). */
-  revokedAt: number;
+  revokedAt: number; // ms
   removeAfter: number; // ms
 }
 
@@ -178,11 +168,8 @@ export interface CredentialProvider {
   readonly name: ProviderName;
   /** Pure: the lifetime this request gets, or a CordonError refusal. No I/O. */
   plan(req: IssueRequest): IssuePlan;
-  /**
-   * Calls the backend. `checkpoint` persists a partial handle before anything revocable exists;
-   * `denies` registers IAM deny entries (STS: the expiry deny of a credential that would outlive its token).
-   */
-  issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>, denies: DenyHooks): Promise<IssueResult>;
+  /** Calls the backend. `checkpoint` persists a partial handle before anything revocable exists. */
+  issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult>;
   /** Revokes many credentials (providers may batch, e.g. one IAM deny entry per session). One result per target. */
   revoke(targets: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]>;
   /** Rewrites a role's one deny policy from these entries (PUT, or DELETE when none): STS only. */

@@ -175,7 +175,11 @@ export const credentials = {
   },
 };
 
-/** What one IAM deny entry denies (migration 002); null for a legacy per-revocation inline policy. */
+/**
+ * What one IAM deny entry denies (migration 002); null for a legacy per-revocation inline policy.
+ * `expiry` is legacy too: an earlier build denied short-token STS credentials at their token's exp
+ * (their session policy does that now); such rows are left out of every rebuilt policy and dropped once due.
+ */
 export type IamDenyKind = 'session' | 'credential' | 'expiry';
 
 export interface IamDenyRow {
@@ -185,9 +189,9 @@ export interface IamDenyRow {
   policyName: string;
   sid: string;
   kind: IamDenyKind | null;
-  /** `session`: the aws:SourceIdentity; `credential` and `expiry`: the aws:userid pattern. */
+  /** `session`: the aws:SourceIdentity; `credential` (and legacy `expiry`): the aws:userid pattern. */
   subject: string | null;
-  /** When the revocation was decided (bounds aws:TokenIssueTime for `session` entries); `expiry`: the token's exp, from which the credential is denied. */
+  /** When the revocation was decided (bounds aws:TokenIssueTime for `session` entries). */
   revokedAt: number | null;
   createdAt: number;
   removeAfter: number;
@@ -207,17 +211,16 @@ const denyFromRow = (r: Record<string, unknown>): IamDenyRow => ({
   removedAt: numOrNull(r.removed_at),
 });
 
-/** An active entry as the provider sees it (legacy rows have no kind and are never handed over). */
-export const denyEntryOf = (r: IamDenyRow): DenyRecord => ({
-  id: r.id,
-  roleArn: r.roleArn,
-  policyName: r.policyName,
-  sid: r.sid,
-  kind: r.kind ?? 'session',
-  subject: r.subject ?? '',
-  revokedAt: r.revokedAt ?? r.createdAt,
-  removeAfter: r.removeAfter,
-});
+/**
+ * Active entries as the provider sees them, to build a role's revocation policy from (rows of a
+ * legacy per-revocation policy have no kind and are never handed over; legacy `expiry` rows are left out).
+ */
+export const denyEntriesOf = (rows: readonly IamDenyRow[]): DenyRecord[] =>
+  rows.flatMap((r) =>
+    r.kind === 'expiry'
+      ? []
+      : [{ id: r.id, roleArn: r.roleArn, policyName: r.policyName, sid: r.sid, kind: r.kind ?? 'session', subject: r.subject ?? '', revokedAt: r.revokedAt ?? r.createdAt, removeAfter: r.removeAfter }],
+  );
 
 /** In-process queue per database and role: one rebuild-and-put at a time in this process (PostgreSQL adds a lock across replicas). */
 const roleQueues = new WeakMap<object, Map<string, Promise<unknown>>>();

@@ -18,7 +18,7 @@ import { newId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { covers, parseScope } from '../policy/scopes.ts';
 import type { CredentialSpec } from '../policy/types.ts';
-import { type CredentialRow, type CredentialState, credentials, denyEntryOf, iamDenies } from '../store/credentials.ts';
+import { type CredentialRow, type CredentialState, credentials, denyEntriesOf, iamDenies } from '../store/credentials.ts';
 import type { CredentialOutcome } from '../store/issuance-writer.ts';
 import { driverMessage } from '../store/db.ts';
 import { ENABLING_VARIABLE, type Providers } from '../providers/index.ts';
@@ -83,8 +83,8 @@ const EVENT = 'credential.issue';
 /**
  * `POST /credentials/:name`: the token must be active (and its DPoP proof valid when bound), its
  * scope must hold `cred:<name>`, the session's root policy must define `<name>` and its provider
- * must be on. The credential never outlives the token's `exp` (STS: ended there by an IAM expiry
- * deny where STS's 900 s floor is longer), and exists only if its record and audit row do.
+ * must be on. The credential never outlives the token's `exp` (STS: ended there by its session
+ * policy where STS's 900 s floor is longer), and exists only if its record and audit row do.
  */
 export async function issueCredential(b: Broker, req: CredentialRequest, attempt: Attempt): Promise<CredentialResponse> {
   // Refused before anyone is known: the row says what was asked, never the token itself.
@@ -129,7 +129,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
 
   let result;
   try {
-    result = await provider.issue(ireq, plan, checkpoint, denyHooks(b, 'issue'));
+    result = await provider.issue(ireq, plan, checkpoint);
   } catch (e) {
     await failIssue(b, provider, ireq, plan.expiresAtMax, checkpointed, e, chain, attempt);
     throw e instanceof CordonError ? e : new CordonError('bad_gateway', `${spec.provider} failed unexpectedly`, { reason: `${spec.provider}_error`, cause: e });
@@ -314,8 +314,8 @@ function revokeCtx(b: Broker, scope: RevokeContext['scope']): RevokeContext {
   return { now: b.clock.now(), scope, ...denyHooks(b, scope) };
 }
 
-/** The database side of IAM deny entries, for a revocation (its scope) or an issue (expiry denies). */
-function denyHooks(b: Broker, scope: RevokeContext['scope'] | 'issue'): DenyHooks {
+/** The database side of IAM deny entries, for a revocation (its scope). */
+function denyHooks(b: Broker, scope: RevokeContext['scope']): DenyHooks {
   return {
     recordDeny: (entries) =>
       b.db.transaction(async (tx) => {
@@ -333,7 +333,7 @@ function denyHooks(b: Broker, scope: RevokeContext['scope'] | 'issue'): DenyHook
             event: 'credential.iam_deny',
             decision: 'info',
             sid: d.sid,
-            reason: d.kind === 'expiry' ? `expiry deny on role ${d.roleArn}: the STS credential ends with its token at ${new Date(d.revokedAt).toISOString()}` : `deny on role ${d.roleArn} for revoked STS credentials`,
+            reason: `deny on role ${d.roleArn} for revoked STS credentials`,
             params: {
               role_arn: d.roleArn,
               policy_name: d.policyName,
@@ -350,7 +350,7 @@ function denyHooks(b: Broker, scope: RevokeContext['scope'] | 'issue'): DenyHook
       iamDenies.withRole(b.db, roleArn, async (q, rows) => {
         // Entries past remove_after deny only expired credentials: left out (the sweeper marks them removed).
         const now = b.clock.now();
-        const res = await apply(rows.filter((r) => r.removeAfter > now).map(denyEntryOf));
+        const res = await apply(denyEntriesOf(rows.filter((r) => r.removeAfter > now)));
         // What did not fit is withdrawn: the credential is reported revoke_failed and retried, never claimed denied.
         const omitted = new Set(res.omitted);
         const withdraw = rows.filter((r) => mine.includes(r.id) && omitted.has(r.id));

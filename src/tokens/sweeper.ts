@@ -7,12 +7,11 @@
  *    whose names were known before the call is denied by IAM when the policy allows).
  * 2. Ended sessions (expired or revoked) not yet swept: their remaining issued credentials are
  *    revoked (for a session that simply expired, STS credentials are not denied: they ended with
- *    their tokens, by expiry or by their expiry deny), then the session is marked swept.
+ *    their tokens, by expiry or by their session policy's time bound), then the session is marked swept.
  * 3. Credentials of revoked tokens in sessions that still live, which the after-commit revocation
  *    hook did not take (it failed, or the broker stopped right after the commit), are revoked.
  *    Failed revocations are retried until they succeed or the credential has expired anyway.
- * 4. IAM deny entries (revocations, and the expiry denies that end STS credentials with their
- *    tokens) are dropped once everything they denied has expired at STS, and the one revocation
+ * 4. IAM deny entries are dropped once everything they denied has expired, and the one revocation
  *    policy of every role with entries is rebuilt from the database (deleted when none is left).
  * 5. Spent one-time values (DPoP proof jtis) are pruned.
  *
@@ -23,7 +22,7 @@
 import type { Broker } from '../broker.ts';
 import { periodic } from '../periodic.ts';
 import { appendAudit } from '../audit/log.ts';
-import { credentials, denyEntryOf, iamDenies } from '../store/credentials.ts';
+import { credentials, denyEntriesOf, iamDenies } from '../store/credentials.ts';
 import { replayGuard } from '../store/replay.ts';
 import { sessions } from '../store/sessions.ts';
 import { createProviders } from '../providers/index.ts';
@@ -123,7 +122,7 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
           const at = b.clock.now();
           const due = rows.filter((r) => r.removeAfter <= at);
           const keep = rows.filter((r) => r.removeAfter > at);
-          const res = await sts.applyDenies!(roleArn, keep.map(denyEntryOf));
+          const res = await sts.applyDenies!(roleArn, denyEntriesOf(keep));
           if (res.omitted.length) b.log.warn({ role: roleArn, omitted: res.omitted.length }, 'IAM revocation entries do not fit in the role policy; their revocations stay failed and are retried');
           if (!due.length) return 0;
           // Only after IAM took the smaller policy: if the call failed, the entries stay and the next sweep tries again.

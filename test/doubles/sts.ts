@@ -27,7 +27,9 @@
  * role's inline policies (and the session policy) the way IAM would for Deny
  * statements, so a test can prove that a "revoke older sessions" policy
  * (`DateLessThan aws:TokenIssueTime`) or a deny on `aws:SourceIdentity` /
- * `aws:PrincipalTag/…` really cuts a session off.
+ * `aws:PrincipalTag/…` really cuts a session off; and a session policy grants
+ * only what one of its Allow statements allows, conditions included, so a
+ * `DateLessThan aws:CurrentTime` time bound ends the keys on the double's clock.
  *
  * Time: credential issue/expiry use `now()`; signature freshness uses the real
  * clock (the SDK signs with the real clock), and the `Date` response header is
@@ -430,7 +432,9 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
 
   /**
    * Would IAM deny this session? Evaluates the Deny statements of the role's inline
-   * policies and of the session policy against the session's context keys:
+   * policies and of the session policy, and whether the session policy (if any) has an
+   * Allow statement for the request (with no action or resource asked, any will do: the
+   * question is then whether the keys can do anything at all), against the session's context keys:
    * aws:SourceIdentity, aws:TokenIssueTime, aws:PrincipalTag/<key>, aws:userid,
    * aws:PrincipalArn, aws:PrincipalAccount, aws:PrincipalType, aws:CurrentTime,
    * aws:EpochTime. Missing keys behave as in IAM (the condition fails, except
@@ -478,6 +482,19 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
         if (s.Condition && !conditionHolds(s.Condition, ctx)) continue;
         return true;
       }
+    }
+    // The session's permissions are the intersection with its session policy: nothing it does not allow.
+    if (c.policy !== undefined) {
+      const parsed = JSON.parse(c.policy) as { Statement: Statement | Statement[] };
+      const stmts = Array.isArray(parsed.Statement) ? parsed.Statement : [parsed.Statement];
+      const allowed = stmts.some(
+        (s) =>
+          s.Effect === 'Allow' &&
+          (opts.action === undefined || matchesItem(s.Action, s.NotAction, opts.action, true)) &&
+          (opts.resource === undefined || matchesItem(s.Resource, s.NotResource, opts.resource, false)) &&
+          (!s.Condition || conditionHolds(s.Condition, ctx)),
+      );
+      if (!allowed) return true;
     }
     return false;
   }
