@@ -206,7 +206,7 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
       try {
         const jtis: string[] = [];
         for (let i = 0; i < 200; i++) jtis.push(await sessionToken(be, url, 'docs:read'));
-        const { revokeByHolder } = await import('../src/tokens/revoke.ts');
+        const { revokeByHolder } = await import('../src/revocation/revoke.ts');
         for (const t of jtis) await revokeByHolder(b, planner.id, t);
         revoked = jtis.length;
       } finally {

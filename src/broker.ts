@@ -5,8 +5,13 @@ import { type Db, migrate, openDb, openReadDb } from './store/db.ts';
 import { Keyring, ensureSigningKey, loadSecretHashKey } from './keys/keyring.ts';
 import { loadPolicies } from './policy/load.ts';
 import type { PolicySet } from './policy/load.ts';
-import { appendAudit } from './audit/log.ts';
+import { appendAudit } from './store/audit-chain.ts';
 import { IssuanceWriter } from './store/issuance-writer.ts';
+import type { JWTVerifyGetKey } from 'jose';
+import type { Providers } from './providers/index.ts';
+import type { RefusalLimiter } from './audit/refusal-limiter.ts';
+import { createRefusalLimiter } from './audit/refusals.ts';
+import type { BrokerMetrics } from './observability/metrics.ts';
 
 /**
  * Everything a decision needs, built once at start and passed down explicitly
@@ -24,8 +29,22 @@ export interface Broker {
   /** Group-commits issued tokens with their sessions and audit rows. */
   issuance: IssuanceWriter;
   log: Logger;
-  /** Hooks other modules attach to (providers, metrics); kept loose so the core does not import them. */
+  /** Credential providers the configuration turned on (empty until startBackendCredentials attaches them). */
+  providers: Providers;
+  /** Caps refusals that name no known agent, per client address (audit/refusals). */
+  refusals: RefusalLimiter;
+  /** Key sets of the external issuers federation rules trust, kept between requests. */
+  federationKeys: Map<string, FederationKeySource>;
+  /** Prometheus metrics, when the broker serves them (observability/metrics). */
+  metrics?: BrokerMetrics;
+  /** Hooks other modules attach to (backend revocation, metrics); kept loose so the core does not import them. */
   hooks: BrokerHooks;
+}
+
+/** A federation key source: jose's resolver, and for a JWKS file the mtime it was read at. */
+export interface FederationKeySource {
+  getKey: JWTVerifyGetKey;
+  mtimeMs?: number;
 }
 
 export interface BrokerHooks {
@@ -65,7 +84,21 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
         }),
       );
     }
-    return { config, db, read: openReadDb(config.databaseUrl, db), clock, keys, policies, secretHashKey, issuance: new IssuanceWriter(db, () => clock.now()), log, hooks: { onRevoked: [], onDecision: [] } };
+    return {
+      config,
+      db,
+      read: openReadDb(config.databaseUrl, db),
+      clock,
+      keys,
+      policies,
+      secretHashKey,
+      issuance: new IssuanceWriter(db, () => clock.now()),
+      log,
+      providers: new Map(),
+      refusals: createRefusalLimiter({ db, clock, log }),
+      federationKeys: new Map(),
+      hooks: { onRevoked: [], onDecision: [] },
+    };
   } catch (e) {
     await db.destroy();
     throw e;

@@ -7,7 +7,7 @@ import type { AppExtensions } from './http/app.ts';
 import { mountRequestLogging } from './http/logging.ts';
 import { mountMetrics } from './http/metrics.ts';
 import { credentialsRoute } from './http/credentials.ts';
-import { startBackendCredentials } from './tokens/sweeper.ts';
+import { startBackendCredentials } from './credentials/sweep.ts';
 import { startCheckpoints } from './audit/checkpoint.ts';
 
 export interface RunningBroker {

@@ -1,4 +1,4 @@
-import type { AuditEvent } from '../src/audit/events.ts';
+import type { AuditEvent } from '../src/store/audit-events.ts';
 import assert from 'node:assert/strict';
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -8,7 +8,7 @@ import { Writable } from 'node:stream';
 import canonicalize from 'canonicalize';
 import { CompactSign, compactVerify, importJWK, type JWK } from 'jose';
 import pino from 'pino';
-import { appendAudit, canonical, rowHash, GENESIS_HASH } from '../src/audit/log.ts';
+import { appendAudit, canonical, rowHash, GENESIS_HASH } from '../src/store/audit-chain.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { CHECKPOINT_INTERVAL_MS, CHECKPOINT_TYP, checkpointPath, readSink, startCheckpoints, verifyWithCheckpoints, writeCheckpoint, type Every } from '../src/audit/checkpoint.ts';
 import { loadConfig } from '../src/config/index.ts';

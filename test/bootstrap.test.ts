@@ -2,8 +2,8 @@ import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
-import { issueBootstrapToken, redeemBootstrapToken } from '../src/tokens/bootstrap.ts';
-import { setAgentEnabled } from '../src/tokens/agents.ts';
+import { issueBootstrapToken, redeemBootstrapToken } from '../src/sessions/bootstrap.ts';
+import { setAgentEnabled } from '../src/agents/registry.ts';
 import { CordonError } from '../src/errors.ts';
 import { TT_ACCESS, TT_BOOTSTRAP, GRANT_TE, dpopKey, dpopProof, auditHead, auditSince, claimsOf, countSessions, countTokens, denialsSince, introspect, mustSession, register, token, type Agent, delegateReq } from './delegation.kit.ts';
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import { registerAgent } from '../src/tokens/agents.ts';
+import { registerAgent } from '../src/agents/registry.ts';
 import { startTestBroker, postForm, type TestBroker } from './helpers/broker.ts';
 
 const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';

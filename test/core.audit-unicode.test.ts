@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { verifyAudit } from '../src/audit/verify.ts';
-import { appendAudit } from '../src/audit/log.ts';
+import { appendAudit } from '../src/store/audit-chain.ts';
 import { startTestBroker, postForm, type TestBroker } from './helpers/broker.ts';
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64url');

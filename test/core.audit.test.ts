@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { registerAgent } from '../src/tokens/agents.ts';
-import { revokeSession } from '../src/tokens/revoke.ts';
+import { registerAgent } from '../src/agents/registry.ts';
+import { revokeSession } from '../src/revocation/revoke.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
 
@@ -140,7 +140,7 @@ describe('core: audit chain', () => {
     });
 
     it('a row re-hashed after editing is caught at the next row', async () => {
-      const { rowHash } = await import('../src/audit/log.ts');
+      const { rowHash } = await import('../src/store/audit-chain.ts');
       const seq = 3;
       const row = await t.b.db('audit').where({ seq }).first();
       const edited = { ...row, agent_id: 'agt_someone_else' };

@@ -1,11 +1,11 @@
 import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
-import { rotateAgentCredential, setAgentEnabled } from '../src/tokens/agents.ts';
-import { revokeAgent } from '../src/tokens/revoke.ts';
+import { rotateAgentCredential, setAgentEnabled } from '../src/agents/registry.ts';
+import { revokeAgent } from '../src/revocation/revoke.ts';
 import { agents } from '../src/store/agents.ts';
 import type { CordonError } from '../src/errors.ts';
-import { startSession } from '../src/tokens/session-start.ts';
-import { delegate } from '../src/tokens/delegate.ts';
+import { startSession } from '../src/sessions/start.ts';
+import { delegate } from '../src/delegation/delegate.ts';
 import { introspect } from '../src/tokens/introspect.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { issueBootstrapToken } from '../src/tokens/bootstrap.ts';
+import { issueBootstrapToken } from '../src/sessions/bootstrap.ts';
 import { sessions } from '../src/store/sessions.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { startPgTestBroker } from './helpers/pg.ts';
 import { revocations } from '../src/store/revocations.ts';
-import { revocationFeed, FEED_GRACE_MS } from '../src/tokens/feed.ts';
+import { revocationFeed, FEED_GRACE_MS } from '../src/revocation/feed.ts';
 
 /** The revocation feed: nothing a verifier could still accept is dropped, and no entry is skipped by the cursor. */
 describe('core: the revocation feed', function () {

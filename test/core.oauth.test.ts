@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import * as client from 'openid-client';
 import { createRemoteJWKSet, decodeJwt, exportJWK, generateKeyPair, jwtVerify, type CryptoKey } from 'jose';
-import { registerAgent } from '../src/tokens/agents.ts';
+import { registerAgent } from '../src/agents/registry.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
 
 /**

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { decodeJwt } from 'jose';
-import { setAgentEnabled } from '../src/tokens/agents.ts';
-import { revokeAgent, revokeSession } from '../src/tokens/revoke.ts';
+import { setAgentEnabled } from '../src/agents/registry.ts';
+import { revokeAgent, revokeSession } from '../src/revocation/revoke.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
 

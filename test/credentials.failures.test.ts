@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { sweepOnce } from '../src/tokens/sweeper.ts';
+import { sweepOnce } from '../src/credentials/sweep.ts';
 import { claimsOf, mustSession } from './delegation.kit.ts';
 import { credFixture, ROLE_ARN, type CredFixture } from './credentials.kit.ts';
 

@@ -8,7 +8,7 @@ import { StsDouble } from './doubles/sts.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { policyDir, register, type Agent } from './delegation.kit.ts';
 import { credentialsRoute } from '../src/http/credentials.ts';
-import { startBackendCredentials } from '../src/tokens/sweeper.ts';
+import { startBackendCredentials } from '../src/credentials/sweep.ts';
 import { credentials, type CredentialRow } from '../src/store/credentials.ts';
 
 export const ROLE_ARN = 'arn:aws:iam::123456789012:role/agent-reports';

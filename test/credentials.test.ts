@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { credentialsRoute } from '../src/http/credentials.ts';
-import { revokeSession } from '../src/tokens/revoke.ts';
-import { setAgentEnabled } from '../src/tokens/agents.ts';
+import { revokeSession } from '../src/revocation/revoke.ts';
+import { setAgentEnabled } from '../src/agents/registry.ts';
 import { iamDenies } from '../src/store/credentials.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import type { IssuanceWriter } from '../src/store/issuance-writer.ts';
-import { providersOf } from '../src/tokens/credentials.ts';
 import { timeBoundSessionPolicy } from '../src/policy/session-policy.ts';
 import { startTestBroker, basic, postForm } from './helpers/broker.ts';
 import { auditHead, auditSince, claimsOf, delegateReq, dpopKey, dpopProof, mustDelegate, mustSession, policyDir, register, session } from './delegation.kit.ts';
@@ -415,7 +414,7 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const end = Number((await f.tb.b.db('sessions').where({ sid }).first()).expires_at);
       f.tb.clock.set(end - 600_000); // 10 minutes left: STS issues 15, ended by the session policy at the token's exp
       tok = await mustSession(f.tb, a, 'cred:s3-iam', { session: sid });
-      const providers = providersOf(f.tb.b);
+      const providers = f.tb.b.providers;
       const real = providers.get('aws-sts')!;
       let issued: Record<string, any> | undefined;
       providers.set('aws-sts', {

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { startTestBroker, basic, postForm, type TestBroker } from './helpers/broker.ts';
-import { setAgentEnabled } from '../src/tokens/agents.ts';
-import { revokeSession } from '../src/tokens/revoke.ts';
+import { setAgentEnabled } from '../src/agents/registry.ts';
+import { revokeSession } from '../src/revocation/revoke.ts';
 import {
   GRANT_TE,
   TT_ACCESS,

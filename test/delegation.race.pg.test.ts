@@ -2,10 +2,10 @@ import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import type { TestBroker } from './helpers/broker.ts';
 import { startPgTestBroker } from './helpers/pg.ts';
-import { registerAgent } from '../src/tokens/agents.ts';
-import { startSession } from '../src/tokens/session-start.ts';
-import { delegate } from '../src/tokens/delegate.ts';
-import { revokeTokenChain } from '../src/tokens/revoke.ts';
+import { registerAgent } from '../src/agents/registry.ts';
+import { startSession } from '../src/sessions/start.ts';
+import { delegate } from '../src/delegation/delegate.ts';
+import { revokeTokenChain } from '../src/revocation/revoke.ts';
 
 /**
  * On PostgreSQL a delegation and a cascade revocation really run at the same time on different

@@ -2,10 +2,10 @@ import { Attempt } from '../src/audit/attempt.ts';
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
-import { registerAgent } from '../src/tokens/agents.ts';
-import { startSession } from '../src/tokens/session-start.ts';
-import { delegate } from '../src/tokens/delegate.ts';
-import { revokeSession, revokeTokenChain } from '../src/tokens/revoke.ts';
+import { registerAgent } from '../src/agents/registry.ts';
+import { startSession } from '../src/sessions/start.ts';
+import { delegate } from '../src/delegation/delegate.ts';
+import { revokeSession, revokeTokenChain } from '../src/revocation/revoke.ts';
 import { introspect } from '../src/tokens/introspect.ts';
 
 /**

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JWK, type JWTPayload } from 'jose';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
-import { setAgentEnabled } from '../src/tokens/agents.ts';
+import { setAgentEnabled } from '../src/agents/registry.ts';
 import { GRANT_TE, TT_ACCESS, TT_JWT, auditHead, auditSince, claimsOf, countTokens, delegateReq, denialsSince, introspect, policyDir, register, token, type Agent, type Res } from './delegation.kit.ts';
 
 interface IssuerKey {

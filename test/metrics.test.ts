@@ -7,12 +7,13 @@ import express from 'express';
 import pino from 'pino';
 import { loadConfig } from '../src/config/index.ts';
 import { startBroker } from '../src/runtime.ts';
-import { mountMetrics, recordBackendError, metricsFor } from '../src/http/metrics.ts';
+import { mountMetrics } from '../src/http/metrics.ts';
+import { recordBackendError, metricsFor } from '../src/observability/metrics.ts';
 import { mountRequestLogging, requestLogger } from '../src/http/logging.ts';
-import { registerAgent } from '../src/tokens/agents.ts';
+import { registerAgent } from '../src/agents/registry.ts';
 import { CordonAgent } from '../src/index.ts';
 import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
-import { revokeSession } from '../src/tokens/revoke.ts';
+import { revokeSession } from '../src/revocation/revoke.ts';
 import { claimsOf, mustSession } from './delegation.kit.ts';
 import { credFixture, type CredFixture } from './credentials.kit.ts';
 

@@ -6,7 +6,7 @@ import express from 'express';
 import { SignJWT, decodeJwt, decodeProtectedHeader, generateKeyPair } from 'jose';
 import { randomBytes } from 'node:crypto';
 import { AgentTokenError, CordonAgent, DpopKey, athOf, requireAgentToken, type AgentTokenMiddleware, type RequireAgentTokenOptions } from '../src/index.ts';
-import { revokeSession, revokeTokenChain, revokeAgent } from '../src/tokens/revoke.ts';
+import { revokeSession, revokeTokenChain, revokeAgent } from '../src/revocation/revoke.ts';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 
 const AUD = 'https://tickets.example';

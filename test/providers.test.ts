@@ -11,8 +11,7 @@ import { SessionPolicyError, timeBoundSessionPolicy } from '../src/policy/sessio
 import type { CredentialSpec } from '../src/policy/types.ts';
 import type { VaultConfig } from '../src/config/index.ts';
 import { ConfigError } from '../src/errors.ts';
-import { providersOf } from '../src/tokens/credentials.ts';
-import { startBackendCredentials } from '../src/tokens/sweeper.ts';
+import { startBackendCredentials } from '../src/credentials/sweep.ts';
 import { VaultDouble } from './doubles/vault.ts';
 import { StsDouble } from './doubles/sts.ts';
 import { startTestBroker } from './helpers/broker.ts';
@@ -416,14 +415,14 @@ describe('providers: Vault least privilege (children hold only vault_policies, t
     const refused = await startTestBroker({ http: false, env: { VAULT_ADDR: addr, VAULT_TOKEN: 'root-token' } });
     try {
       await assert.rejects(startBackendCredentials(refused.b, { sweep: false }), (e: unknown) => e instanceof ConfigError && /CORDON_VAULT_ALLOW_ROOT/.test(e.message));
-      assert.equal(providersOf(refused.b).size, 0, 'no provider left attached');
+      assert.equal(refused.b.providers.size, 0, 'no provider left attached');
     } finally {
       await refused.close();
     }
     const allowed = await startTestBroker({ http: false, env: { VAULT_ADDR: addr, VAULT_TOKEN: 'root-token', CORDON_VAULT_ALLOW_ROOT: '1' } });
     try {
       const sub = await startBackendCredentials(allowed.b, { sweep: false });
-      assert.equal(providersOf(allowed.b).has('vault'), true);
+      assert.equal(allowed.b.providers.has('vault'), true);
       await sub.stop();
     } finally {
       await allowed.close();

@@ -114,7 +114,7 @@ describe('sdk: credentials(), awsCredentials() and DPoP against the real credent
   it('a resource-server session revoked before its broker token was fetched: credentials() says session_ended, and so does token() after it', async () => {
     const agent = await agentOf('sdk-aud-revoked');
     const s = await agent.startSession({ scope: 'work:read cred:vault-token', audience: RS_AUDIENCE });
-    const { revokeSession } = await import('../src/tokens/revoke.ts');
+    const { revokeSession } = await import('../src/revocation/revoke.ts');
     await revokeSession(f.tb.b, s.sid, { actor: 'test', via: 'test' });
     const e = await agent.credentials('vault-token').catch((x: unknown) => x as CordonSdkError);
     assert.ok(e instanceof CordonSdkError, String(e));
@@ -126,7 +126,7 @@ describe('sdk: credentials(), awsCredentials() and DPoP against the real credent
   it('once the session is revoked, credentials() says so (session_ended), not a raw 401', async () => {
     const agent = await agentOf('sdk-revoked');
     const s = await agent.startSession({ scope: 'work:read cred:s3' });
-    const { revokeSession } = await import('../src/tokens/revoke.ts');
+    const { revokeSession } = await import('../src/revocation/revoke.ts');
     await revokeSession(f.tb.b, s.sid, { actor: 'test', via: 'test' });
     const e = await agent.credentials('s3').catch((x: unknown) => x as CordonSdkError);
     assert.ok(e instanceof CordonSdkError, String(e));

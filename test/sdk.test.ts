@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { decodeJwt, exportJWK, generateKeyPair } from 'jose';
 import { CordonAgent, CordonSdkError, DpopKey, toAwsIdentity, type FetchLike } from '../src/index.ts';
-import { registerAgent } from '../src/tokens/agents.ts';
-import { revokeSession } from '../src/tokens/revoke.ts';
+import { registerAgent } from '../src/agents/registry.ts';
+import { revokeSession } from '../src/revocation/revoke.ts';
 import { introspect } from '../src/tokens/introspect.ts';
 import { basic, postForm, startTestBroker, type TestBroker } from './helpers/broker.ts';
 

@@ -4,10 +4,10 @@ import pino from 'pino';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { startPgTestBroker } from './helpers/pg.ts';
 import { openBroker, closeBroker } from '../src/broker.ts';
-import { startSession } from '../src/tokens/session-start.ts';
-import { delegate } from '../src/tokens/delegate.ts';
-import { revokeSession, revokeTokenChain } from '../src/tokens/revoke.ts';
-import { registerAgent } from '../src/tokens/agents.ts';
+import { startSession } from '../src/sessions/start.ts';
+import { delegate } from '../src/delegation/delegate.ts';
+import { revokeSession, revokeTokenChain } from '../src/revocation/revoke.ts';
+import { registerAgent } from '../src/agents/registry.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 
 /** Two writers on one database: nothing fails for contention that a retry would have got through. */

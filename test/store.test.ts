@@ -15,7 +15,7 @@ import { auditRows } from '../src/store/audit.ts';
 import { credentials, iamDenies } from '../src/store/credentials.ts';
 import { IssuanceWriter } from '../src/store/issuance-writer.ts';
 import { CordonError } from '../src/errors.ts';
-import { appendAudit, GENESIS_HASH } from '../src/audit/log.ts';
+import { appendAudit, GENESIS_HASH } from '../src/store/audit-chain.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { freshPgDatabase } from './helpers/pg.ts';
 import { startTestBroker, postForm, basic, PG_URL, type TestBroker } from './helpers/broker.ts';

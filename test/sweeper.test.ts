@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
-import { orphanGraceMs, startSweeper, sweepOnce } from '../src/tokens/sweeper.ts';
-import { providersOf } from '../src/tokens/credentials.ts';
-import { revokeSession, revokeTokenChain } from '../src/tokens/revoke.ts';
+import { orphanGraceMs, startSweeper, sweepOnce } from '../src/credentials/sweep.ts';
+import { revokeSession, revokeTokenChain } from '../src/revocation/revoke.ts';
 import { iamDenies } from '../src/store/credentials.ts';
 import type { CredentialProvider } from '../src/providers/provider.ts';
 import { auditHead, auditSince, claimsOf, mustDelegate, mustSession } from './delegation.kit.ts';
@@ -190,7 +189,7 @@ describe('sweeper: everything dies with the session', () => {
   describe('orphans: a crash between the backend answering and the broker recording it', () => {
     /** Wraps a provider so that the broker "dies" right after the backend answered: the answer is never recorded. */
     function crashAfterIssue(name: 'vault' | 'aws-sts'): { answers: Array<Record<string, any>>; restore(): void } {
-      const map = providersOf(f.tb.b);
+      const map = f.tb.b.providers;
       const real = map.get(name)!;
       const answers: Array<Record<string, any>> = [];
       const crashing: CredentialProvider = {

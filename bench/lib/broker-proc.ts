@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import pino from 'pino';
 import { loadConfig, type Config } from '../../src/config/index.ts';
 import { openBroker, closeBroker, type Broker } from '../../src/broker.ts';
-import { registerAgent } from '../../src/tokens/agents.ts';
+import { registerAgent } from '../../src/agents/registry.ts';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');
 /** tsx's loader by URL, so a child started in another directory still finds it. */

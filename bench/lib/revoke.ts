@@ -2,8 +2,8 @@ import { Attempt } from '../../src/audit/attempt.ts';
 import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Broker } from '../../src/broker.ts';
-import { startSession } from '../../src/tokens/session-start.ts';
-import { revokeSession, revokeTokenChain } from '../../src/tokens/revoke.ts';
+import { startSession } from '../../src/sessions/start.ts';
+import { revokeSession, revokeTokenChain } from '../../src/revocation/revoke.ts';
 
 export interface RevokeResult {
   name: string;

@@ -1,4 +1,4 @@
-import type { Attempted } from './events.ts';
+import type { Attempted } from '../store/audit-events.ts';
 
 /**
  * One request's attempt, as far as the broker has learned it: the entry point (an HTTP route, a

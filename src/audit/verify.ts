@@ -1,6 +1,6 @@
 import type { Q } from '../store/db.ts';
 import { auditRows } from '../store/audit.ts';
-import { GENESIS_HASH, rowHash } from './log.ts';
+import { GENESIS_HASH, rowHash } from '../store/audit-chain.ts';
 
 export type VerifyResult =
   | { ok: true; rows: number; head: string }

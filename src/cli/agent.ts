@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { Broker } from '../broker.ts';
-import { registerAgent as register, findAgent, setAgentEnabled, rotateAgentCredential } from '../tokens/agents.ts';
+import { registerAgent as register, findAgent, setAgentEnabled, rotateAgentCredential } from '../agents/registry.ts';
 import { agents, type Agent } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
@@ -175,6 +175,6 @@ export function registerAgent(program: Command, ctx: Ctx): void {
 }
 
 /** Bootstrap tokens are loaded on use, so the other agent commands do not load them. */
-async function loadBootstrap(): Promise<typeof import('../tokens/bootstrap.ts').issueBootstrapToken> {
-  return (await import('../tokens/bootstrap.ts')).issueBootstrapToken;
+async function loadBootstrap(): Promise<typeof import('../sessions/bootstrap.ts').issueBootstrapToken> {
+  return (await import('../sessions/bootstrap.ts')).issueBootstrapToken;
 }

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { auditRows, type AuditRow } from '../store/audit.ts';
 import { checkpointJwks, checkpointPath, readSink, verifyWithCheckpoints, type SinkLine } from '../audit/checkpoint.ts';
-import { rowCanonical } from '../audit/log.ts';
+import { rowCanonical } from '../store/audit-chain.ts';
 import { agents } from '../store/agents.ts';
 import type { Q } from '../store/db.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';

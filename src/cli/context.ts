@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import { loadConfig, readEnv, DEFAULTS, type Config } from '../config/index.ts';
 import { ConfigError, CordonError } from '../errors.ts';
 import { Attempt } from '../audit/attempt.ts';
-import { recordRefusal } from '../tokens/issue.ts';
+import { recordRefusal } from '../audit/refusals.ts';
 import { openBroker, closeBroker, type Broker } from '../broker.ts';
 import { sqlitePath } from '../store/db.ts';
 import type { Io } from './output.ts';

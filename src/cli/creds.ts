@@ -9,7 +9,7 @@ import { ConfigError } from '../errors.ts';
 import { action, env, issuerUrl, leaf, type Ctx } from './context.ts';
 import { CliError, printJson, shellQuote, usage } from './output.ts';
 
-import type { CredentialResponse } from '../tokens/credentials.ts';
+import type { CredentialResponse } from '../credentials/issue.ts';
 
 const FORMATS = ['json', 'env', 'credential_process'] as const;
 type Format = (typeof FORMATS)[number];

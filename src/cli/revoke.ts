@@ -1,9 +1,9 @@
 /** `cordon revoke --agent ID | --session SID | --token JTI | --chain JTI`. */
 import type { Command } from 'commander';
 import { decodeJwt } from 'jose';
-import { findAgent } from '../tokens/agents.ts';
-import { revokeAgent, revokeSession, revokeTokenChain, type RevokeOutcome } from '../tokens/revoke.ts';
-import { startBackendCredentials } from '../tokens/sweeper.ts';
+import { findAgent } from '../agents/registry.ts';
+import { revokeAgent, revokeSession, revokeTokenChain, type RevokeOutcome } from '../revocation/revoke.ts';
+import { startBackendCredentials } from '../credentials/sweep.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
 import { errorLine, printJson, usage } from './output.ts';
 

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { isWellFormedId } from '../ids.ts';
-import { findAgent } from '../tokens/agents.ts';
+import { findAgent } from '../agents/registry.ts';
 import { agents, type Agent } from '../store/agents.ts';
 import { sessions, type Session } from '../store/sessions.ts';
 import { tokens, type TokenRecord } from '../store/tokens.ts';

@@ -1,12 +1,11 @@
 import express, { type ErrorRequestHandler, type Express, type Request, type RequestHandler, type Response, type NextFunction } from 'express';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import type { Attempted } from '../audit/events.ts';
+import type { Attempted } from '../store/audit-events.ts';
 import { createProvider } from './provider.ts';
 import { errorMiddleware, handle } from './errors.ts';
 import { auditErrors, audited, refuse } from './refusals.ts';
 import { introspectEndpoint, jwksEndpoint, revocationsEndpoint, revokeEndpoint } from './endpoints.ts';
-import { providersOf } from '../tokens/credentials.ts';
 
 export interface AppExtensions {
   /** Routes other modules add (credentials, metrics); mounted before the OAuth provider. */
@@ -55,7 +54,7 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   app.get('/readyz', handle(async (_req, res) => {
     // Backends are reported, not required: tokens are still issued while Vault or STS is down.
     const providers = Object.fromEntries(
-      await Promise.all([...providersOf(b)].map(async ([name, p]) => [name, await p.health().catch((e: Error) => ({ ok: false, detail: e.message }))] as const)),
+      await Promise.all([...b.providers].map(async ([name, p]) => [name, await p.health().catch((e: Error) => ({ ok: false, detail: e.message }))] as const)),
     );
     const degraded = Object.values(providers).some((h) => !h.ok);
     try {

@@ -6,7 +6,7 @@ import { agents, type Agent } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
-import { assertionPayload, assertionReplayId, assertionReplayKey, checkAssertionTimes } from '../tokens/client-assertion.ts';
+import { assertionPayload, assertionReplayId, assertionReplayKey, checkAssertionTimes } from '../agents/client-assertion.ts';
 import { type Form, single } from './form.ts';
 import { basicCredentials } from './basic-auth.ts';
 import { attemptOf } from './refusals.ts';

@@ -3,7 +3,7 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import type { Attempt } from '../audit/attempt.ts';
-import { issueCredential } from '../tokens/credentials.ts';
+import { issueCredential } from '../credentials/issue.ts';
 import { audited } from './refusals.ts';
 
 /**

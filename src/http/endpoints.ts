@@ -2,9 +2,9 @@ import type { Request, Response } from 'express';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { introspect } from '../tokens/introspect.ts';
-import { revokeByHolder } from '../tokens/revoke.ts';
-import { WORKLOAD_CLIENT_ID } from '../tokens/bootstrap.ts';
-import { revocationFeed } from '../tokens/feed.ts';
+import { revokeByHolder } from '../revocation/revoke.ts';
+import { WORKLOAD_CLIENT_ID } from '../sessions/bootstrap.ts';
+import { revocationFeed } from '../revocation/feed.ts';
 import { authenticateClient } from './client-auth.ts';
 import { parseForm, required, single } from './form.ts';
 

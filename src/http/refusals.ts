@@ -3,9 +3,9 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
-import { recordRefusal } from '../tokens/issue.ts';
+import { recordRefusal } from '../audit/refusals.ts';
 import { Attempt } from '../audit/attempt.ts';
-import type { Attempted } from '../audit/events.ts';
+import type { Attempted } from '../store/audit-events.ts';
 import { claimedClientId } from './basic-auth.ts';
 import { sendError, toCordonError } from './errors.ts';
 

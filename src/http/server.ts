@@ -3,7 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { Broker } from '../broker.ts';
 import { createApp, type AppExtensions } from './app.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
-import { closeRefusalLimiter, recordRefusal } from '../tokens/issue.ts';
+import { recordRefusal } from '../audit/refusals.ts';
 import { Attempt } from '../audit/attempt.ts';
 import { CordonError } from '../errors.ts';
 
@@ -47,7 +47,7 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
       new Promise<void>((resolve) => {
         server.closeAllConnections();
         server.close(() => resolve());
-      }).then(() => closeRefusalLimiter(b)),
+      }).then(() => b.refusals.close()),
   };
 }
 

@@ -5,7 +5,7 @@ import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jo
 import type { Clock } from '../clock.ts';
 import type { Db, Q } from '../store/db.ts';
 import { num, numOrNull, transact } from '../store/db.ts';
-import { appendAudit } from '../audit/log.ts';
+import { appendAudit } from '../store/audit-chain.ts';
 
 export type SigningAlg = 'EdDSA' | 'ES256';
 export const SIGNING_ALGS: readonly SigningAlg[] = ['EdDSA', 'ES256'];

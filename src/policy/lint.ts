@@ -10,6 +10,7 @@ import type { z } from 'zod';
 import { credNames, covers, CRED_PREFIX, isWildcard } from './scopes.ts';
 import { DEFAULT_SESSION_TTL, DEFAULT_TOKEN_TTL, NAME_PATTERN, policyFileSchema, type PolicyFile } from './schema.ts';
 import type { LintProblem, Policy } from './types.ts';
+import { type FileGrants, type Position, fileGrants, grantChecks } from './lint-grants.ts';
 
 export type { LintProblem } from './types.ts';
 
@@ -27,40 +28,6 @@ export class PolicyDirError extends Error {
 export const isError = (p: LintProblem): boolean => p.severity !== 'warning';
 
 export const formatProblem = (p: LintProblem): string => `${p.file}:${p.line}:${p.column}: ${p.severity === 'warning' ? 'warning: ' : ''}${p.message}`;
-
-type Position = { line: number; column: number };
-
-/**
- * A scope prefix that grants something a policy defines by name. The definition governing a
- * session is its root policy's, so a sub-agent lists the scope to receive it by delegation and
- * need not define it: whether some policy defines it is a question for the whole directory.
- * (`gw:` → `upstreams` joins this table when the gateway does.)
- */
-interface GrantKind {
-  prefix: string;
-  /** The block that defines the names, and what one entry is called, for messages. */
-  block: string;
-  noun: string;
-  defined: (f: PolicyFile) => string[];
-  /** The defined name a (non-wildcard) scope under `prefix` grants. */
-  nameOf: (scope: string) => string;
-}
-
-const GRANT_KINDS: readonly GrantKind[] = [
-  { prefix: CRED_PREFIX, block: 'credentials', noun: 'credential', defined: (f) => Object.keys(f.credentials), nameOf: (s) => s.slice(CRED_PREFIX.length) },
-];
-
-/** One file's grants and definitions by name, with their positions, for the cross-file grant checks. */
-export interface FileGrants {
-  policy: string;
-  file: string;
-  /** Non-wildcard scopes under a grant prefix: `scopes[index]`. */
-  uses: Array<{ kind: GrantKind; name: string; scope: string; index: number } & Position>;
-  /** Names defined under a kind's block, at their key. */
-  defines: Array<{ kind: GrantKind; name: string } & Position>;
-  /** What the policy hands down (nothing when it may not delegate). */
-  delegates: string[];
-}
 
 type Path = ReadonlyArray<string | number>;
 
@@ -128,20 +95,6 @@ export function lintPolicySource(file: string, text: string): FileLint {
   // Only errors refuse the policy; warnings travel with it.
   if (problems.some(isError)) return { problems: sortProblems(problems), name, nameAt, grants };
   return { policy: toPolicy(f, file), problems: sortProblems(problems), name, nameAt, federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))), grants };
-}
-
-function fileGrants(f: PolicyFile, file: string, at: (path: Path, part: 'key' | 'value') => Position): FileGrants {
-  const uses: FileGrants['uses'] = [];
-  const defines: FileGrants['defines'] = [];
-  for (const kind of GRANT_KINDS) {
-    f.scopes.forEach((scope, index) => {
-      if (scope.startsWith(kind.prefix) && !isWildcard(scope)) {
-        uses.push({ kind, name: kind.nameOf(scope), scope, index, ...at(['scopes', index], 'value') });
-      }
-    });
-    for (const name of kind.defined(f)) defines.push({ kind, name, ...at([kind.block, name], 'key') });
-  }
-  return { policy: f.name, file, uses, defines, delegates: f.delegation.max_depth > 0 ? f.delegation.scopes : [] };
 }
 
 /** Cross-field rules the schema cannot express. */
@@ -345,45 +298,6 @@ export async function lintPolicyDir(dir: string): Promise<{ policies: Policy[]; 
   const cross = grantChecks(grants);
   problems.push(...cross.problems);
   return { policies, problems, warnings: [...fileWarnings, ...cross.warnings] };
-}
-
-/**
- * A granting scope must name something some policy defines (the session root's definition is the
- * one used, so the holder need not define it itself). A definition is dead for delegation when
- * another policy defines the same name and hands the scope down: in that policy's sessions its own
- * definition governs, so this one applies only to sessions this policy opens itself — a warning.
- */
-function grantChecks(files: FileGrants[]): { problems: LintProblem[]; warnings: LintProblem[] } {
-  const problems: LintProblem[] = [];
-  const warnings: LintProblem[] = [];
-  const definers = new Map<string, FileGrants[]>();
-  for (const g of files) {
-    for (const d of g.defines) {
-      const key = d.kind.prefix + d.name;
-      definers.set(key, [...(definers.get(key) ?? []), g]);
-    }
-  }
-  for (const g of files) {
-    for (const u of g.uses) {
-      if (definers.has(u.kind.prefix + u.name)) continue;
-      problems.push({ file: g.file, line: u.line, column: u.column, message: `scopes[${u.index}]: ${u.scope} grants a ${u.kind.noun} that no policy in this directory defines (under ${u.kind.block}:)` });
-    }
-    for (const d of g.defines) {
-      const scope = d.kind.prefix + d.name;
-      if (!g.uses.some((u) => u.kind === d.kind && u.name === d.name)) continue; // not receivable here (and an error of its own)
-      const over = (definers.get(scope) ?? []).filter((p) => p !== g && covers(p.delegates, scope)).map((p) => p.policy);
-      if (over.length === 0) continue;
-      const who = over.length === 1 ? `policy ${over[0]} also defines ${d.name} and hands` : `policies ${over.join(', ')} also define ${d.name} and hand`;
-      warnings.push({
-        file: g.file,
-        line: d.line,
-        column: d.column,
-        severity: 'warning',
-        message: `${d.kind.block}.${d.name}: ${who} ${scope} down; in the sessions ${over.length === 1 ? 'it opens, its definition governs' : 'they open, their definitions govern'} (the session root's), so this one never applies to a ${scope} received there by delegation, only in sessions this policy's own agents open`,
-      });
-    }
-  }
-  return { problems, warnings };
 }
 
 /**

@@ -33,7 +33,8 @@ import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient, type AssumeRole
 import { DeleteRolePolicyCommand, IAMClient, PutRolePolicyCommand } from '@aws-sdk/client-iam';
 import type { StsConfig } from '../config/index.ts';
 import { CordonError } from '../errors.ts';
-import { newId } from '../ids.ts';
+import { NAME_RE, roleSessionNameFor, sourceIdentityFor, tagSafe } from './aws-sts-names.ts';
+import { INLINE_POLICY_LIMIT, REVOCATION_POLICY, buildRevocationPolicy, denyId } from './aws-iam-denies.ts';
 import { SessionPolicyError, timeBoundSessionPolicy } from '../policy/session-policy.ts';
 import {
   type CredentialProvider,
@@ -55,86 +56,12 @@ import {
 
 /** STS's floor for DurationSeconds. */
 export const STS_MIN_DURATION = 900;
+export { INLINE_POLICY_LIMIT, REVOCATION_POLICY, buildRevocationPolicy } from './aws-iam-denies.ts';
+export { roleSessionNameFor, sourceIdentityFor, tagSafe } from './aws-sts-names.ts';
 /** AWS's cap when the caller is itself an assumed role (role chaining). */
 export const ROLE_CHAINING_MAX = 3600;
-const NAME_RE = /^[\w+=,.@-]{2,64}$/;
-
-/** Characters AWS allows in RoleSessionName / SourceIdentity: `[\w+=,.@-]`. */
-const nameSafe = (s: string): string => s.replace(/[^\w+=,.@-]/g, '-');
-/** Characters AWS allows in tag values: letters, spaces, numbers and `_.:/=+-@`; at most 256. */
-export const tagSafe = (s: string): string => Array.from(s.replace(/[^\p{L}\p{Z}\p{N}_.:/=+\-@]/gu, '_')).slice(0, 256).join('');
-const tail = (id: string, n: number): string => nameSafe(id.replace(/^[a-z]+_/, '')).slice(-n);
-
-/** `<agent id>.<session id>`, within `[\w+=,.@-]{2,64}` and never starting with `aws:`. */
-export function sourceIdentityFor(agentId: string, sid: string): string {
-  const s = nameSafe(sid.replace(/^ses_/, '')).slice(0, 40);
-  const a = nameSafe(agentId).slice(0, 64 - 1 - s.length);
-  const si = `${a}.${s}`.slice(0, 64);
-  return si.length >= 2 ? si : `${si}--`.slice(0, 2);
-}
-
-/** `cordon.<holder>.<session tail>.<credential tail>`, unique per credential, within `[\w+=,.@-]{2,64}`. */
-export function roleSessionNameFor(holderName: string, sid: string, credentialId: string): string {
-  const suffix = `.${tail(sid, 10)}.${tail(credentialId, 12)}`;
-  return `cordon.${nameSafe(holderName).slice(0, 64 - 7 - suffix.length)}${suffix}`;
-}
-
 const roleNameOf = (roleArn: string): string => roleArn.slice(roleArn.lastIndexOf('/') + 1);
 const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
-
-/** The one inline policy per role that holds every active revocation on it. */
-export const REVOCATION_POLICY = 'cordon-revocations';
-/** IAM's budget for all inline policies of one role together (characters, whitespace not counted). */
-export const INLINE_POLICY_LIMIT = 10_240;
-
-/** Entry ids that sort by creation (then a per-process counter), so "oldest first" is stable even within one millisecond. */
-let denySeq = 0;
-const denyId = (): string => `iamd_${Date.now().toString(36).padStart(9, '0')}${(denySeq++ % 36 ** 4).toString(36).padStart(4, '0')}_${newId('x').slice(2, 18)}`;
-
-/**
- * The role's revocation policy from its active entries, oldest first. Revoked sessions (their
- * source identities, each unique to one session, issued before the latest of their revocation
- * times: the broker issues nothing in a session after revoking it, so the shared bound denies
- * nothing new) share one statement, credentials revoked alone inside live sessions (their
- * aws:userid) another. Entries are taken in order while the document stays within `limit`;
- * the first that does not fit and every later one are `omitted` (older entries never make way
- * for newer).
- */
-export function buildRevocationPolicy(entries: readonly DenyRecord[], skewMs: number, limit = INLINE_POLICY_LIMIT): { document: string | null; applied: string[]; omitted: string[] } {
-  const sources: string[] = [];
-  const users: string[] = [];
-  let latest = -Infinity;
-  const render = (si: string[], at: number, uid: string[]): string => {
-    const Statement: object[] = [];
-    // Rounded up to the second: IAM compares whole seconds, and nothing of these sessions is issued later.
-    if (si.length) Statement.push({ Sid: 'CordonRevokedSessions', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringEquals: { 'aws:SourceIdentity': si }, DateLessThan: { 'aws:TokenIssueTime': iso(Math.ceil((at + skewMs) / 1000) * 1000) } } });
-    if (uid.length) Statement.push({ Sid: 'CordonRevokedCredentials', Effect: 'Deny', Action: '*', Resource: '*', Condition: { StringLike: { 'aws:userid': uid } } });
-    return JSON.stringify({ Version: '2012-10-17', Statement });
-  };
-  let document: string | null = null;
-  const applied: string[] = [];
-  const omitted: string[] = [];
-  for (const e of entries) {
-    if (omitted.length) {
-      omitted.push(e.id);
-      continue;
-    }
-    const si = e.kind === 'session' && !sources.includes(e.subject) ? [...sources, e.subject] : sources;
-    const uid = e.kind === 'credential' && !users.includes(e.subject) ? [...users, e.subject] : users;
-    const at = e.kind === 'session' ? Math.max(latest, e.revokedAt) : latest;
-    const doc = render(si, at, uid);
-    if (doc.length > limit) {
-      omitted.push(e.id);
-      continue;
-    }
-    if (si !== sources) sources.push(e.subject);
-    if (uid !== users) users.push(e.subject);
-    latest = at;
-    document = doc;
-    applied.push(e.id);
-  }
-  return { document: sources.length || users.length ? document : null, applied, omitted };
-}
 
 /** Where the session policy ends the keys: the token's exp, whole seconds (IAM compares seconds; never later). */
 const timeBoundOf = (req: IssueRequest): number => Math.floor(req.tokenExpiresAt / 1000) * 1000;

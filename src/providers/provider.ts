@@ -86,21 +86,8 @@ export interface RevokeTarget {
   expiresAt: number; // ms
 }
 
-/**
- * One IAM deny entry (table `iam_denies`): one revoked session (`session`: its aws:SourceIdentity,
- * issued before `revokedAt` plus clock skew) or one credential revoked inside a live session
- * (`credential`: its aws:userid pattern). Every role carries one policy rebuilt from its entries.
- */
-export interface DenyRecord {
-  id: string;
-  roleArn: string;
-  policyName: string;
-  sid: string;
-  kind: 'session' | 'credential';
-  subject: string;
-  revokedAt: number; // ms
-  removeAfter: number; // ms
-}
+export type { DenyRecord } from '../store/credentials.ts';
+import type { DenyRecord } from '../store/credentials.ts';
 
 /** What a rebuild of a role's deny policy achieved. */
 export interface DenyApplyResult {

@@ -24,7 +24,6 @@
  * Tokens go per request in X-Vault-Token; the node-vault client itself holds no token, so a
  * login never swaps the identity of calls in flight (why `tokenCreate` is not used).
  */
-import { readFileSync } from 'node:fs';
 import vaultFactory from 'node-vault';
 import type { VaultConfig } from '../config/index.ts';
 import { CordonError, ConfigError } from '../errors.ts';
@@ -40,37 +39,12 @@ import {
   type RevokeResult,
   type RevokeTarget,
   ProviderError,
-  backendText,
-  networkErrorKind,
 } from './provider.ts';
+import { vaultError } from './vault-errors.ts';
+import { ROOT_REFUSAL, type Login, type VaultAuth, logIn } from './vault-login.ts';
 
 type VaultClient = ReturnType<typeof vaultFactory>;
 
-interface Login {
-  token: string;
-  /** The broker token's own policies: parents get exactly these (a child's policies must be a subset of its parent's). */
-  policies: string[];
-  /** The token carries Vault's root policy. */
-  root: boolean;
-  /** null: never expires. */
-  expiresAt: number | null;
-  ttlSec: number;
-  renewable: boolean;
-}
-
-interface VaultAuth {
-  client_token: string;
-  accessor: string;
-  policies?: string[];
-  token_policies?: string[];
-  lease_duration: number;
-  renewable?: boolean;
-  num_uses?: number;
-  orphan?: boolean;
-}
-
-const ROOT_REFUSAL =
-  'is a Vault root token: the broker does not run on root. Give it a token with the broker policy and a token role (VAULT_TOKEN_ROLE; see the README), or set CORDON_VAULT_ALLOW_ROOT=1 to accept root';
 /** Vault's answer when the thing to revoke is already gone (expired or revoked before). */
 const ALREADY_GONE = /invalid accessor|invalid lease|lease not found|lease is not found|not found|token not found/i;
 /** Vault truncates display names; ours name the credential. */
@@ -346,32 +320,13 @@ export class VaultProvider implements CredentialProvider {
         this.#deps.log.warn({ err: (e as Error).message }, 'vault: renewing the broker token failed; logging in again');
       }
     }
-    const auth = this.#cfg.auth;
-    let login: Login;
-    if (auth.method === 'token') {
-      const r = await this.#call('auth/token/lookup-self', () => this.#client.read('auth/token/lookup-self', this.#as(auth.token)), 'VAULT_TOKEN');
-      const d = r?.data;
-      if (!d || !Array.isArray(d.policies)) throw new ProviderError('vault', 'bad_answer', 'Vault answered auth/token/lookup-self without policies');
-      const ttl = Number(d.ttl ?? 0);
-      login = { token: auth.token, policies: d.policies, root: false, ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: Boolean(d.renewable) };
-    } else {
-      const path = `auth/${auth.mount}/login`;
-      let body: Record<string, string>;
-      if (auth.method === 'approle') body = { role_id: auth.roleId, secret_id: auth.secretId };
-      else {
-        let jwt: string;
-        try {
-          jwt = readFileSync(auth.jwtFile, 'utf8').trim(); // re-read: projected service-account tokens rotate
-        } catch {
-          throw new ProviderError('vault', 'misconfigured', 'the broker cannot read VAULT_JWT_FILE for its Vault login');
-        }
-        body = { role: auth.role, jwt };
-      }
-      const r = await this.#call(path, () => this.#client.write(path, body, { timeout: this.#cfg.timeoutMs }), auth.method === 'approle' ? 'VAULT_ROLE_ID/VAULT_SECRET_ID' : 'VAULT_JWT_ROLE/VAULT_JWT_FILE');
-      const a = this.#auth(r, path);
-      const ttl = a.lease_duration;
-      login = { token: a.client_token, policies: a.token_policies ?? a.policies ?? [], root: false, ttlSec: ttl, expiresAt: ttl > 0 ? now() + ttl * 1000 : null, renewable: a.renewable ?? false };
-    }
+    const login = await logIn(this.#cfg, {
+      call: (op, fn, loginVar) => this.#call(op, fn, loginVar),
+      read: (path, token) => this.#client.read(path, this.#as(token)),
+      write: (path, body) => this.#client.write(path, body, { timeout: this.#cfg.timeoutMs }),
+      authOf: (res, op) => this.#auth(res, op),
+      now,
+    });
     // Parents carry the broker's policies; a root broker (only with CORDON_VAULT_ALLOW_ROOT=1) makes root parents.
     login.root = login.policies.some((p) => p.trim().toLowerCase() === 'root');
     login.policies = login.root ? ['root'] : login.policies.filter((p) => p !== 'default');
@@ -402,23 +357,6 @@ export class VaultProvider implements CredentialProvider {
   }
 
   #mapError(op: string, e: unknown, loginVar?: string): ProviderError {
-    if (e instanceof ProviderError) return e;
-    const resp = (e as { response?: { statusCode?: number; body?: { errors?: unknown[] } } }).response;
-    if (resp?.statusCode) {
-      const status = resp.statusCode;
-      const msg = backendText(Array.isArray(resp.body?.errors) ? resp.body!.errors.join('; ') : '');
-      if (status === 503 && /sealed/i.test(msg)) return new ProviderError('vault', 'sealed', 'Vault is sealed: no credential can be issued until an operator unseals it', e);
-      if (status === 503) return new ProviderError('vault', 'down', `Vault is unavailable (503${msg ? `: ${msg}` : ''})`, e);
-      if (status === 429) return new ProviderError('vault', 'throttled', 'Vault is rate limiting the broker (429)', e);
-      if (loginVar && (status === 403 || status === 400)) return new ProviderError('vault', 'misconfigured', `Vault refused the broker's login (${status}${msg ? `: ${msg}` : ''}): check ${loginVar}`, e);
-      if (status === 403) return new ProviderError('vault', 'refused', `Vault denied the broker ${op} (403 permission denied): the broker's Vault policy must allow it`, e);
-      if (status === 404) return new ProviderError('vault', 'not_found', `Vault has nothing at ${op} (404): check the mount and role named by the policy`, e);
-      if (status === 400) return new ProviderError('vault', 'refused', `Vault rejected ${op} (400${msg ? `: ${msg}` : ''})`, e);
-      return new ProviderError('vault', 'bad_answer', `Vault failed ${op} (${status}${msg ? `: ${msg}` : ''})`, e);
-    }
-    const net = networkErrorKind(e);
-    if (net === 'timeout') return new ProviderError('vault', 'timeout', `Vault did not answer ${op} within ${this.#cfg.timeoutMs} ms`, e);
-    if (net === 'down') return new ProviderError('vault', 'down', `Vault is unreachable (${(e as { code?: string }).code ?? 'connection failed'})`, e);
-    return new ProviderError('vault', 'bad_answer', `Vault call ${op} failed: ${backendText((e as Error)?.message)}`, e);
+    return vaultError(op, e, this.#cfg.timeoutMs, loginVar);
   }
 }

@@ -1,4 +1,3 @@
-import type { DenyRecord } from '../providers/provider.ts';
 import { type Q, isPostgres, num, numOrNull } from './db.ts';
 
 /**
@@ -180,6 +179,22 @@ export const credentials = {
  * `expiry` is legacy too: an earlier build denied short-token STS credentials at their token's exp
  * (their session policy does that now); such rows are left out of every rebuilt policy and dropped once due.
  */
+/**
+ * One IAM deny entry (table `iam_denies`): one revoked session (`session`: its aws:SourceIdentity,
+ * issued before `revokedAt` plus clock skew) or one credential revoked inside a live session
+ * (`credential`: its aws:userid pattern). Every role carries one policy rebuilt from its entries.
+ */
+export interface DenyRecord {
+  id: string;
+  roleArn: string;
+  policyName: string;
+  sid: string;
+  kind: 'session' | 'credential';
+  subject: string;
+  revokedAt: number; // ms
+  removeAfter: number; // ms
+}
+
 export type IamDenyKind = 'session' | 'credential' | 'expiry';
 
 export interface IamDenyRow {

@@ -4,7 +4,7 @@ import { CordonError } from '../errors.ts';
 import { sessions, type Session } from './sessions.ts';
 import { tokens, type TokenRecord } from './tokens.ts';
 import { credentials, type PendingCredential } from './credentials.ts';
-import { appendAuditMany, type AuditEntry } from '../audit/log.ts';
+import { appendAuditMany, type AuditEntry } from './audit-chain.ts';
 
 /** One issued token's records: committed together or not at all. */
 export interface IssuanceRecord {

@@ -6,7 +6,7 @@ import canonicalize from 'canonicalize';
 import { type TokenState, type TokenView, chainActive, loadTokenView as loadView, stateOf } from '../store/liveness.ts';
 import { ACCESS_TOKEN_TYP, audiencesOf, chainOf, type AccessTokenClaims, } from './claims.ts';
 import { isWellFormedId } from '../ids.ts';
-import { appendAudit } from '../audit/log.ts';
+import { appendAudit } from '../store/audit-chain.ts';
 import { transact } from '../store/db.ts';
 
 /** Refuses anything that is not even shaped like one of our tokens before any crypto runs. */

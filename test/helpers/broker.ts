@@ -7,7 +7,7 @@ import { loadConfig, type Config } from '../../src/config/index.ts';
 import { openBroker, closeBroker, type Broker } from '../../src/broker.ts';
 import { listen, type RunningServer } from '../../src/http/server.ts';
 import type { AppExtensions } from '../../src/http/app.ts';
-import { registerAgent } from '../../src/tokens/agents.ts';
+import { registerAgent } from '../../src/agents/registry.ts';
 
 export interface TestBroker {
   b: Broker;

@@ -1,6 +1,6 @@
 import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { Broker } from '../../broker.ts';
-import { startSession } from '../../tokens/session-start.ts';
+import { startSession } from '../../sessions/start.ts';
 import type { Attempt } from '../../audit/attempt.ts';
 import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
 

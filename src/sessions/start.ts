@@ -7,7 +7,7 @@ import { sessionStateAtCommit } from '../store/liveness.ts';
 import { newId, isWellFormedId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
 import type { Policy } from '../policy/types.ts';
-import { issueToken, type IssuedToken } from './issue.ts';
+import { issueToken, type IssuedToken } from '../tokens/issue.ts';
 import type { Attempt } from '../audit/attempt.ts';
 
 export interface SessionStartRequest {

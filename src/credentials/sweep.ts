@@ -21,12 +21,12 @@
  */
 import type { Broker } from '../broker.ts';
 import { periodic } from '../periodic.ts';
-import { appendAudit } from '../audit/log.ts';
+import { appendAudit } from '../store/audit-chain.ts';
 import { credentials, denyEntriesOf, iamDenies } from '../store/credentials.ts';
 import { replayGuard } from '../store/replay.ts';
 import { sessions } from '../store/sessions.ts';
 import { createProviders } from '../providers/index.ts';
-import { attachProviders, providersOf, revokeRows } from './credentials.ts';
+import { attachProviders, revokeRows } from './revoke.ts';
 
 export interface SweepReport {
   orphans: number;
@@ -91,7 +91,7 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
   }
 
   // 4. IAM denies. Legacy per-revocation policies (before migration 002) are deleted once due.
-  const sts = providersOf(b).get('aws-sts');
+  const sts = b.providers.get('aws-sts');
   for (const d of sts?.removeDeny ? await iamDenies.dueLegacy(b.db, now, BATCH) : []) {
     try {
       await sts!.removeDeny!({ roleArn: d.roleArn, policyName: d.policyName });

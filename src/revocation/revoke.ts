@@ -1,13 +1,13 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { appendAudit } from '../audit/log.ts';
+import { appendAudit } from '../store/audit-chain.ts';
 import { type Q, transact } from '../store/db.ts';
 import { agents } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
 import { revocations, type Revocation } from '../store/revocations.ts';
 import { isWellFormedId } from '../ids.ts';
-import { verifySignature } from './verify.ts';
+import { verifySignature } from '../tokens/verify.ts';
 
 export interface RevokeOutcome {
   tokens: string[];

@@ -1,6 +1,6 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { appendAudit } from '../audit/log.ts';
+import { appendAudit } from '../store/audit-chain.ts';
 import { agents, type Agent, type AuthMethod } from '../store/agents.ts';
 import { transact } from '../store/db.ts';
 import { hashSecret } from '../keys/keyring.ts';

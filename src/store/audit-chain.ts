@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
-import type { Q } from '../store/db.ts';
-import type { AuditEvent } from './events.ts';
-import { type AuditRow, type Decision, auditRows } from '../store/audit.ts';
+import type { Q } from './db.ts';
+import type { AuditEvent } from './audit-events.ts';
+import { type AuditRow, type Decision, auditRows } from './audit.ts';
 
 export const GENESIS_HASH = '0'.repeat(64);
 

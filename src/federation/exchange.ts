@@ -10,10 +10,10 @@ import type { Q } from '../store/db.ts';
 import { isWellFormedId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import type { FederationRule, Policy } from '../policy/types.ts';
-import { checkPublicJwks } from './agents.ts';
+import { checkPublicJwks } from '../agents/registry.ts';
 import type { Attempt } from '../audit/attempt.ts';
-import { startSession, type SessionStartResult } from './session-start.ts';
-import { audiencesOf } from './claims.ts';
+import { startSession, type SessionStartResult } from '../sessions/start.ts';
+import { audiencesOf } from '../tokens/claims.ts';
 
 /** Asymmetric algorithms only: an HMAC "JWKS" would be a shared secret, and `none` is no signature. */
 export const FEDERATION_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'];
@@ -49,17 +49,14 @@ interface Trust {
   source: string;
 }
 
-/** Key resolvers per broker and key source: remote JWKS sets keep jose's cache and cooldown between requests. */
-const resolvers = new WeakMap<Broker, Map<string, { getKey: JWTVerifyGetKey; mtimeMs?: number }>>();
-
 /** A relative `jwks_file` is resolved against the directory of the policy file that names it. */
 function keySource(policy: Policy, rule: FederationRule): string {
   return rule.jwks_uri ?? resolve(dirname(policy.file), rule.jwks_file!);
 }
 
 function resolverFor(b: Broker, t: Trust): JWTVerifyGetKey {
-  let byBroker = resolvers.get(b);
-  if (!byBroker) resolvers.set(b, (byBroker = new Map()));
+  // Kept on the broker between requests: remote JWKS sets keep jose's cache and cooldown.
+  const byBroker = b.federationKeys;
   if (t.rule.jwks_uri) {
     let r = byBroker.get(t.source);
     if (!r) {

@@ -1,14 +1,14 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { appendAudit } from '../audit/log.ts';
+import { appendAudit } from '../store/audit-chain.ts';
 import { bootstrapTokens, type BootstrapRecord } from '../store/bootstrap.ts';
 import { transact } from '../store/db.ts';
 import { newId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
-import { findAgent } from './agents.ts';
+import { findAgent } from '../agents/registry.ts';
 import type { Attempt } from '../audit/attempt.ts';
-import { activeAgentAndPolicy, parseRequestedScope, startSession, type SessionStartResult } from './session-start.ts';
+import { activeAgentAndPolicy, parseRequestedScope, startSession, type SessionStartResult } from './start.ts';
 
 /** The public workload client (src/protocol/constants.ts), served by the provider adapter (src/http/provider.ts). */
 export { WORKLOAD_CLIENT_ID } from '../protocol/constants.ts';
