@@ -1,10 +1,10 @@
 import type { BrokerClient } from '../broker-client.ts';
 import { CordonSdkError } from '../errors.ts';
 import type { CordonAgentOptions } from '../types.ts';
-import { BootstrapSource } from './bootstrap.ts';
+import { bootstrapSource } from './bootstrap.ts';
 import { ClientCredentialSource } from './client-credential.ts';
 import { ExecEndpointSource } from './exec-endpoint.ts';
-import { FederatedSource } from './federated.ts';
+import { federatedSource } from './federated.ts';
 import { HandedOverSource } from './handed-over.ts';
 import type { TokenSource } from './source.ts';
 
@@ -21,8 +21,8 @@ export function tokenSourceFor(opts: CordonAgentOptions, broker: BrokerClient): 
     if (opts.clientSecret !== undefined && opts.privateKey !== undefined) throw new CordonSdkError('config', 'give a client secret or a private key, not both');
     return new ClientCredentialSource(broker, opts.clientSecret !== undefined ? 'secret' : 'private_key_jwt');
   }
-  if (opts.bootstrapToken !== undefined) return new BootstrapSource(broker, opts.bootstrapToken);
-  if (opts.federatedTokenFile !== undefined) return new FederatedSource(broker, opts.federatedTokenFile);
+  if (opts.bootstrapToken !== undefined) return bootstrapSource(broker, opts.bootstrapToken);
+  if (opts.federatedTokenFile !== undefined) return federatedSource(broker, opts.federatedTokenFile);
   if (opts.accessToken !== undefined) return new HandedOverSource(opts.accessToken);
   throw new CordonSdkError('config', 'no credentials: give a client secret, a private key, a bootstrap token, a federated token file or an access token (CORDON_CLIENT_SECRET, CORDON_PRIVATE_KEY_FILE, CORDON_BOOTSTRAP_TOKEN, CORDON_FEDERATED_TOKEN_FILE, CORDON_TOKEN)');
 }
