@@ -428,8 +428,7 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
         },
         revoke: (t, c) => real.revoke(t, c),
         health: () => real.health(),
-        applyDenies: (r, e) => real.applyDenies!(r, e),
-        removeDeny: (d) => real.removeDeny!(d),
+        reconcile: (c) => real.reconcile!(c),
       });
       try {
         const r = await f.cred('s3-iam', tok);

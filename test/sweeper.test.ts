@@ -201,8 +201,7 @@ describe('sweeper: everything dies with the session', () => {
         },
         revoke: (t, c) => real.revoke(t, c),
         health: () => real.health(),
-        ...(real.removeDeny ? { removeDeny: (d) => real.removeDeny!(d) } : {}),
-        ...(real.applyDenies ? { applyDenies: (r, e) => real.applyDenies!(r, e) } : {}),
+        ...(real.reconcile ? { reconcile: (c) => real.reconcile!(c) } : {}),
       };
       map.set(name, crashing);
       return { answers, restore: () => map.set(name, real) };

@@ -7,7 +7,7 @@ import type { Broker } from '../broker.ts';
 import { appendAudit } from '../store/audit-chain.ts';
 import { type CredentialRow, type CredentialState, credentials, denyEntriesOf, iamDenies } from '../store/credentials.ts';
 import type { Providers } from '../providers/index.ts';
-import type { DenyHooks, DenyRecord, Handle, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
+import type { DenyHooks, DenyRecord, Handle, ReconcileContext, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
 import { recordBackendError } from '../observability/metrics.ts';
 
@@ -203,3 +203,44 @@ export async function revokeBackendCredentials(b: Broker, r: { sids: string[]; j
     skipped: (a?.skipped ?? 0) + (c?.skipped ?? 0),
   };
 }
+
+/** The database side of a provider's reconcile (ReconcileContext): deny records as committed, their removal audited. */
+export function reconcileCtx(b: Broker): ReconcileContext {
+  const removedRow = (at: number, sid: string, params: Record<string, unknown>) => ({
+    at,
+    event: 'credential.iam_deny_removed' as const,
+    decision: 'info' as const,
+    sid,
+    reason: 'every credential the deny covered has expired',
+    params,
+  });
+  return {
+    dueLegacyDenies: () => iamDenies.dueLegacy(b.db, b.clock.now(), 100),
+    async legacyDenyRemoved(id) {
+      await b.db.transaction(async (tx) => {
+        const rows = await iamDenies.byIds(tx, [id]);
+        if (!rows.length || !(await iamDenies.markRemoved(tx, id, b.clock.now()))) return;
+        await appendAudit(tx, removedRow(b.clock.now(), rows[0].sid, { role_arn: rows[0].roleArn, policy_name: rows[0].policyName }));
+      });
+    },
+    deniedRoles: () => iamDenies.rolesWithEntries(b.db),
+    rebuildRole: (roleArn, apply) =>
+      iamDenies.withRole(b.db, roleArn, async (q, rows) => {
+        const at = b.clock.now();
+        const due = rows.filter((r) => r.removeAfter <= at);
+        const keep = rows.filter((r) => r.removeAfter > at);
+        const res = await apply(denyEntriesOf(keep));
+        if (res.omitted.length) b.log.warn({ role: roleArn, omitted: res.omitted.length }, 'IAM revocation entries do not fit in the role policy; their revocations stay failed and are retried');
+        if (!due.length) return 0;
+        // Only after the backend took the smaller policy: if the call failed, the entries stay and the next sweep tries again.
+        return q.transaction(async (tx) => {
+          const n = await iamDenies.markRemovedMany(tx, due.map((r) => r.id), at);
+          for (const sid of new Set(due.map((r) => r.sid))) {
+            await appendAudit(tx, removedRow(at, sid, { role_arn: roleArn, policy_name: due[0].policyName, entries: due.filter((r) => r.sid === sid).map((r) => r.id) }));
+          }
+          return n;
+        });
+      }),
+  };
+}
+

@@ -11,8 +11,9 @@
  * 3. Credentials of revoked tokens in sessions that still live, which the after-commit revocation
  *    hook did not take (it failed, or the broker stopped right after the commit), are revoked.
  *    Failed revocations are retried until they succeed or the credential has expired anyway.
- * 4. IAM deny entries are dropped once everything they denied has expired, and the one revocation
- *    policy of every role with entries is rebuilt from the database (deleted when none is left).
+ * 4. Each provider's reconcile hook (STS: IAM deny entries are dropped once everything they denied
+ *    has expired, and the one revocation policy of every role with entries is rebuilt from the
+ *    database, deleted when none is left).
  * 5. Spent one-time values (DPoP proof jtis) are pruned.
  *
  * Safe on several replicas: every credential row is claimed with a conditional UPDATE before
@@ -21,12 +22,11 @@
  */
 import type { Broker } from '../broker.ts';
 import { periodic } from '../periodic.ts';
-import { appendAudit } from '../store/audit-chain.ts';
-import { credentials, denyEntriesOf, iamDenies } from '../store/credentials.ts';
+import { credentials } from '../store/credentials.ts';
 import { replayGuard } from '../store/replay.ts';
 import { sessions } from '../store/sessions.ts';
 import { createProviders } from '../providers/index.ts';
-import { attachProviders, revokeRows } from './revoke.ts';
+import { attachProviders, reconcileCtx, revokeRows } from './revoke.ts';
 
 export interface SweepReport {
   orphans: number;
@@ -90,59 +90,13 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
     add(s);
   }
 
-  // 4. IAM denies. Legacy per-revocation policies (before migration 002) are deleted once due.
-  const sts = b.providers.get('aws-sts');
-  for (const d of sts?.removeDeny ? await iamDenies.dueLegacy(b.db, now, BATCH) : []) {
+  // 4. What providers keep at their backends beyond single credentials (STS: IAM revocation policies).
+  for (const p of b.providers.values()) {
+    if (!p.reconcile) continue;
     try {
-      await sts!.removeDeny!({ roleArn: d.roleArn, policyName: d.policyName });
+      rep.deniesRemoved += await p.reconcile(reconcileCtx(b));
     } catch (e) {
-      b.log.warn({ err: (e as Error).message, policy: d.policyName, role: d.roleArn }, 'could not remove an IAM deny; will retry');
-      continue;
-    }
-    await b.db.transaction(async (tx) => {
-      if (!(await iamDenies.markRemoved(tx, d.id, b.clock.now()))) return;
-      await appendAudit(tx, {
-        at: b.clock.now(),
-        event: 'credential.iam_deny_removed',
-        decision: 'info',
-        sid: d.sid,
-        reason: 'every credential the deny covered has expired',
-        params: { role_arn: d.roleArn, policy_name: d.policyName },
-      });
-    });
-    rep.deniesRemoved++;
-  }
-  // Every role with entries is reconciled on every sweep (idempotent): entries whose credentials
-  // have all expired are dropped and the role's one policy is rebuilt from the rest (deleted when
-  // none is left). A PUT lost to a race between replicas is repaired here within one interval.
-  if (sts?.applyDenies) {
-    for (const roleArn of await iamDenies.rolesWithEntries(b.db)) {
-      try {
-        rep.deniesRemoved += await iamDenies.withRole(b.db, roleArn, async (q, rows) => {
-          const at = b.clock.now();
-          const due = rows.filter((r) => r.removeAfter <= at);
-          const keep = rows.filter((r) => r.removeAfter > at);
-          const res = await sts.applyDenies!(roleArn, denyEntriesOf(keep));
-          if (res.omitted.length) b.log.warn({ role: roleArn, omitted: res.omitted.length }, 'IAM revocation entries do not fit in the role policy; their revocations stay failed and are retried');
-          if (!due.length) return 0;
-          // Only after IAM took the smaller policy: if the call failed, the entries stay and the next sweep tries again.
-          return q.transaction(async (tx) => {
-            const n = await iamDenies.markRemovedMany(tx, due.map((r) => r.id), at);
-            for (const sid of new Set(due.map((r) => r.sid)))
-              await appendAudit(tx, {
-                at,
-                event: 'credential.iam_deny_removed',
-                decision: 'info',
-                sid,
-                reason: 'every credential the deny covered has expired',
-                params: { role_arn: roleArn, policy_name: due[0].policyName, entries: due.filter((r) => r.sid === sid).map((r) => r.id) },
-              });
-            return n;
-          });
-        });
-      } catch (e) {
-        b.log.warn({ err: (e as Error).message, role: roleArn }, 'could not rebuild the IAM revocation policy of a role; will retry');
-      }
+      b.log.warn({ err: (e as Error).message, provider: p.name }, 'provider reconcile failed; will retry');
     }
   }
 

@@ -33,6 +33,7 @@ import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient, type AssumeRole
 import { DeleteRolePolicyCommand, IAMClient, PutRolePolicyCommand } from '@aws-sdk/client-iam';
 import type { StsConfig } from '../config/index.ts';
 import { CordonError } from '../errors.ts';
+import { stsError } from './aws-sts-errors.ts';
 import { NAME_RE, roleSessionNameFor, sourceIdentityFor, tagSafe } from './aws-sts-names.ts';
 import { INLINE_POLICY_LIMIT, REVOCATION_POLICY, buildRevocationPolicy, denyId } from './aws-iam-denies.ts';
 import { SessionPolicyError, timeBoundSessionPolicy } from '../policy/session-policy.ts';
@@ -46,12 +47,11 @@ import {
   type IssueResult,
   type ProviderDeps,
   type ProviderHealth,
+  type ReconcileContext,
   type RevokeContext,
   type RevokeResult,
   type RevokeTarget,
   ProviderError,
-  backendText,
-  networkErrorKind,
 } from './provider.ts';
 
 /** STS's floor for DurationSeconds. */
@@ -337,6 +337,34 @@ export class StsProvider implements CredentialProvider {
     }
   }
 
+  /**
+   * Every sweep: legacy per-revocation policies (before migration 002) are deleted once due, and
+   * every role with entries gets its one policy rebuilt from the database (entries whose
+   * credentials have all expired dropped; the policy deleted when none is left), which also
+   * repairs a PUT lost to a race between replicas within one interval.
+   */
+  async reconcile(ctx: ReconcileContext): Promise<number> {
+    let removed = 0;
+    for (const d of await ctx.dueLegacyDenies()) {
+      try {
+        await this.removeDeny(d);
+      } catch (e) {
+        this.#deps.log.warn({ err: (e as Error).message, policy: d.policyName, role: d.roleArn }, 'aws-sts: could not remove an IAM deny; will retry');
+        continue;
+      }
+      await ctx.legacyDenyRemoved(d.id);
+      removed++;
+    }
+    for (const roleArn of await ctx.deniedRoles()) {
+      try {
+        removed += await ctx.rebuildRole(roleArn, (keep) => this.applyDenies(roleArn, keep));
+      } catch (e) {
+        this.#deps.log.warn({ err: (e as Error).message, role: roleArn }, 'aws-sts: could not rebuild the IAM revocation policy of a role; will retry');
+      }
+    }
+    return removed;
+  }
+
   async health(): Promise<ProviderHealth> {
     try {
       const me = await this.#sts.send(new GetCallerIdentityCommand({}), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs) });
@@ -351,31 +379,7 @@ export class StsProvider implements CredentialProvider {
     this.#iam.destroy();
   }
 
-  /** AWS SDK errors → ProviderError with a description an admin can act on. */
   #mapError(op: string, e: unknown, roleArn?: string): ProviderError {
-    if (e instanceof ProviderError) return e;
-    const err = e as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
-    const code = err?.name ?? 'Error';
-    const msg = backendText(err?.message);
-    const status = err?.$metadata?.httpStatusCode;
-    const on = roleArn ? ` on ${roleArn}` : '';
-    if (code === 'CredentialsProviderError') return new ProviderError('aws-sts', 'misconfigured', 'the broker has no AWS credentials: the SDK credential chain found none', e);
-    if (status === undefined) {
-      const net = networkErrorKind(e);
-      if (net === 'timeout') return new ProviderError('aws-sts', 'timeout', `AWS ${op} did not answer within ${this.#cfg.timeoutMs} ms`, e);
-      if (net === 'down') return new ProviderError('aws-sts', 'down', `AWS ${op.startsWith('AssumeRole') || op === 'GetCallerIdentity' ? 'STS' : 'IAM'} is unreachable (${(e as { code?: string }).code ?? 'connection failed'})`, e);
-    }
-    if (code === 'Throttling' || code === 'ThrottlingException' || code === 'RequestLimitExceeded' || status === 429) return new ProviderError('aws-sts', 'throttled', `AWS is throttling ${op}`, e);
-    if (status === 503 || code === 'ServiceUnavailable' || code === 'ServiceUnavailableException') return new ProviderError('aws-sts', 'down', `AWS ${op} is unavailable (503)`, e);
-    if (code === 'AccessDenied' || code === 'AccessDeniedException')
-      return new ProviderError('aws-sts', 'refused', `AWS refused ${op}${on} (AccessDenied): the role's trust policy must let the broker call sts:AssumeRole, sts:TagSession and sts:SetSourceIdentity${op === 'PutRolePolicy' ? ', and the broker needs iam:PutRolePolicy on the role' : ''}`, e);
-    if (code === 'InvalidClientTokenId' || code === 'SignatureDoesNotMatch' || code === 'ExpiredToken' || code === 'ExpiredTokenException' || code === 'UnrecognizedClientException')
-      return new ProviderError('aws-sts', 'misconfigured', `AWS rejected the broker's own credentials (${code})`, e);
-    if (code === 'RegionDisabledException') return new ProviderError('aws-sts', 'misconfigured', `STS is not activated in region ${this.#cfg.region}`, e);
-    if (code === 'LimitExceeded' || code === 'LimitExceededException') return new ProviderError('aws-sts', 'refused', `IAM refused ${op}${on} (LimitExceeded: the role's inline policies are full): ${msg}`, e);
-    if (code === 'NoSuchEntity' || code === 'NoSuchEntityException') return new ProviderError('aws-sts', 'not_found', `IAM has no such role${on} (NoSuchEntity)`, e);
-    if (code === 'ValidationError' || code === 'MalformedPolicyDocument' || code === 'MalformedPolicyDocumentException' || code === 'PackedPolicyTooLarge' || code === 'PackedPolicyTooLargeException')
-      return new ProviderError('aws-sts', 'refused', `AWS rejected ${op}${on} (${code}): ${msg}`, e);
-    return new ProviderError('aws-sts', 'bad_answer', `AWS ${op} failed (${code}${status ? ` ${status}` : ''}${msg ? `: ${msg}` : ''})`, e);
+    return stsError(op, e, { timeoutMs: this.#cfg.timeoutMs, region: this.#cfg.region, roleArn });
   }
 }

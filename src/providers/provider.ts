@@ -146,6 +146,22 @@ export interface RevokeResult {
   kind?: ProviderErrorKind;
 }
 
+/** The broker's side of a provider's reconcile: its deny records as committed, and their removal, audited. */
+export interface ReconcileContext {
+  /** Legacy per-revocation deny policies whose credentials have all expired. */
+  dueLegacyDenies(): Promise<Array<{ id: string; roleArn: string; policyName: string }>>;
+  /** Records that a legacy deny policy is gone from the backend. */
+  legacyDenyRemoved(id: string): Promise<void>;
+  /** Roles with active deny entries. */
+  deniedRoles(): Promise<string[]>;
+  /**
+   * Rebuilds a role from its entries as committed (serialised per role): `apply` gets the entries
+   * still due and puts the role's policy; the entries past their time are then marked removed.
+   * Returns how many were removed.
+   */
+  rebuildRole(roleArn: string, apply: (keep: DenyRecord[]) => Promise<DenyApplyResult>): Promise<number>;
+}
+
 export interface ProviderHealth {
   ok: boolean;
   detail: string;
@@ -159,10 +175,12 @@ export interface CredentialProvider {
   issue(req: IssueRequest, plan: IssuePlan, checkpoint: (h: Handle) => Promise<void>): Promise<IssueResult>;
   /** Revokes many credentials (providers may batch, e.g. one IAM deny entry per session). One result per target. */
   revoke(targets: RevokeTarget[], ctx: RevokeContext): Promise<RevokeResult[]>;
-  /** Rewrites a role's one deny policy from these entries (PUT, or DELETE when none): STS only. */
-  applyDenies?(roleArn: string, entries: DenyRecord[]): Promise<DenyApplyResult>;
-  /** Removes a legacy per-revocation inline policy once everything it denied has expired (STS only). */
-  removeDeny?(d: { roleArn: string; policyName: string }): Promise<void>;
+  /**
+   * Periodic upkeep of what the provider keeps at its backend beyond single credentials (STS: the
+   * roles' IAM revocation policies), run by the sweeper on every sweep; idempotent. Returns how
+   * many backend entries it removed.
+   */
+  reconcile?(ctx: ReconcileContext): Promise<number>;
   health(): Promise<ProviderHealth>;
   /** Warm up (login); failures are logged, not fatal: the backend may come up later. */
   start?(): Promise<void>;

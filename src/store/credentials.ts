@@ -265,6 +265,9 @@ export const iamDenies = {
   async dueLegacy(q: Q, now: number, limit = 100): Promise<IamDenyRow[]> {
     return (await q('iam_denies').whereNull('removed_at').whereNull('kind').andWhere('remove_after', '<=', now).orderBy('remove_after').limit(limit)).map(denyFromRow);
   },
+  async byIds(q: Q, ids: string[]): Promise<IamDenyRow[]> {
+    return (await q('iam_denies').whereIn('id', ids.slice(0, CHUNK))).map(denyFromRow);
+  },
   async markRemoved(q: Q, id: string, at: number): Promise<boolean> {
     return (await q('iam_denies').where({ id }).whereNull('removed_at').update({ removed_at: at })) > 0;
   },
