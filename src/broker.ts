@@ -1,7 +1,7 @@
 import pino, { type Logger } from 'pino';
 import { type Clock, systemClock } from './clock.ts';
 import type { Config } from './config/index.ts';
-import { type Db, migrate, openDb, openReadDb } from './store/db.ts';
+import { type Db, migrate, openDb, openReadDb, transact } from './store/db.ts';
 import { Keyring, ensureSigningKey, loadSecretHashKey } from './keys/keyring.ts';
 import { loadPolicies } from './policy/load.ts';
 import type { PolicySet } from './policy/load.ts';
@@ -75,7 +75,7 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
     const keys = await Keyring.load(db, config.keyDir, clock);
     const secretHashKey = loadSecretHashKey(config.keyDir);
     if (opts.auditPolicyLoad) {
-      await db.transaction((tx) =>
+      await transact(db, (tx) =>
         appendAudit(tx, {
           at: clock.now(),
           event: 'policy.load',

@@ -6,6 +6,7 @@ import { isWellFormedId } from '../ids.ts';
 import { findAgent } from '../agents/registry.ts';
 import { agents, type Agent } from '../store/agents.ts';
 import { sessions, type Session } from '../store/sessions.ts';
+import { credentials } from '../store/credentials.ts';
 import { tokens, type TokenRecord } from '../store/tokens.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
 import { clip, fmtRel, fmtTime, fmtWhen, iso, kv, printJson, style, table, usage } from './output.ts';
@@ -119,11 +120,7 @@ export function registerSession(program: Command, ctx: Ctx): void {
           const now = b.clock.now();
           const agentId = opts.agent ? (await findAgent(b, opts.agent)).id : undefined;
           const list = await sessions.list(b.db, { agentId, liveAt: opts.live ? now : undefined, limit: Number(opts.limit) });
-          const counts = new Map<string, number>();
-          if (list.length) {
-            const rows = await b.db('tokens').select('sid').count({ n: '*' }).whereIn('sid', list.map((s) => s.sid)).groupBy('sid');
-            for (const row of rows as Array<Record<string, unknown>>) counts.set(row.sid as string, Number(row.n));
-          }
+          const counts = await tokens.countBySids(b.db, list.map((s) => s.sid));
           return { list, byId: await agentMap(b), now, counts };
         });
         if (json) return void (await printJson(ctx.io, r.list.map((s) => ({ ...sessionJson(s, r.byId, r.now), tokens: r.counts.get(s.sid) ?? 0 }))));
@@ -147,19 +144,19 @@ export function registerSession(program: Command, ctx: Ctx): void {
           const now = b.clock.now();
           const byId = await agentMap(b);
           const list = await tokens.bySession(b.db, sid);
-          const creds = await b.db('credentials').where({ sid }).orderBy('created_at');
-          return { s, byId, now, tree: buildTree(list, s, byId, now), count: list.length, creds: creds as Array<Record<string, unknown>> };
+          const creds = await credentials.bySession(b.db, sid);
+          return { s, byId, now, tree: buildTree(list, s, byId, now), count: list.length, creds };
         });
         const credJson = r.creds.map((c) => ({
           id: c.id,
           name: c.name,
           provider: c.provider,
-          holder: c.agent_id,
+          holder: c.agentId,
           jti: c.jti,
           state: c.state,
-          created_at: iso(Number(c.created_at)),
-          expires_at: iso(Number(c.expires_at)),
-          revoked_at: c.revoked_at === null ? null : iso(Number(c.revoked_at)),
+          created_at: iso(c.createdAt),
+          expires_at: iso(c.expiresAt),
+          revoked_at: iso(c.revokedAt),
         }));
         if (json) return void (await printJson(ctx.io, { session: sessionJson(r.s, r.byId, r.now), tokens: r.count, tree: r.tree, credentials: credJson }));
         const st = style(ctx.io);

@@ -69,10 +69,8 @@ async function overCap(b: Broker): Promise<{ found: OverCap[]; unchecked: string
     const ids = all.filter((a) => a.policy === name).map((a) => a.id);
     for (let i = 0; i < ids.length; i += 500) {
       const part = ids.slice(i, i + 500);
-      const s = await b.db('sessions').select('sid', 'agent_id', 'created_at', 'expires_at').whereIn('agent_id', part).whereRaw('expires_at - created_at > ?', [p.sessionTtl * 1000]).limit(100);
-      for (const r of s) found.push({ kind: 'session', id: r.sid, agentId: r.agent_id, policy: name, lifetimeSec: (num(r.expires_at) - num(r.created_at)) / 1000, capSec: p.sessionTtl });
-      const t = await b.db('tokens').select('jti', 'client_id', 'issued_at', 'expires_at').whereIn('client_id', part).whereRaw('expires_at - issued_at > ?', [p.tokenTtl * 1000]).limit(100);
-      for (const r of t) found.push({ kind: 'token', id: r.jti, agentId: r.client_id, policy: name, lifetimeSec: (num(r.expires_at) - num(r.issued_at)) / 1000, capSec: p.tokenTtl });
+      for (const s of await sessions.overCapOf(b.db, part, p.sessionTtl * 1000)) found.push({ kind: 'session', id: s.sid, agentId: s.agentId, policy: name, lifetimeSec: (s.expiresAt - s.createdAt) / 1000, capSec: p.sessionTtl });
+      for (const t of await tokens.overCap(b.db, part, p.tokenTtl * 1000)) found.push({ kind: 'token', id: t.jti, agentId: t.clientId, policy: name, lifetimeSec: (t.expiresAt - t.issuedAt) / 1000, capSec: p.tokenTtl });
     }
   }
   return { found, unchecked };

@@ -16,7 +16,7 @@ import { covers, parseScope } from '../policy/scopes.ts';
 import type { CredentialSpec } from '../policy/types.ts';
 import { type CredentialState, credentials } from '../store/credentials.ts';
 import type { CredentialOutcome } from '../store/issuance-writer.ts';
-import { driverMessage } from '../store/db.ts';
+import { driverMessage, transact } from '../store/db.ts';
 import { ENABLING_VARIABLE } from '../providers/index.ts';
 import type { CredentialProvider, Handle, IssueRequest, RevokeResult } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
@@ -254,11 +254,11 @@ async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueReq
     } else if (r) note = `not issued: ${desc}; cleanup: ${r.outcome}${r.note ? ` (${r.note})` : ''}`;
   }
   try {
-    await b.db.transaction(async (tx) => {
+    await transact(b.db, async (tx) => {
       const changed =
         state === 'failed'
           ? await credentials.markFailed(tx, ireq.credentialId, note)
-          : (await tx('credentials').where({ id: ireq.credentialId, state: 'pending' }).update({ state, revoked_at: b.clock.now(), note: note.slice(0, 500) })) > 0;
+          : await credentials.markRevokeFailed(tx, ireq.credentialId, b.clock.now(), note);
       if (!changed) return;
       // The intent's end, recorded with it; the refusal itself is the entry point's deny row.
       await appendAudit(tx, {

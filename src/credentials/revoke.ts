@@ -5,6 +5,7 @@
  */
 import type { Broker } from '../broker.ts';
 import { appendAudit } from '../store/audit-chain.ts';
+import { transact } from '../store/db.ts';
 import { type CredentialRow, type CredentialState, credentials, denyEntriesOf, iamDenies } from '../store/credentials.ts';
 import type { Providers } from '../providers/index.ts';
 import type { DenyHooks, DenyRecord, Handle, ReconcileContext, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
@@ -36,7 +37,7 @@ export function revokeCtx(b: Broker, scope: RevokeContext['scope']): RevokeConte
 function denyHooks(b: Broker, scope: RevokeContext['scope']): DenyHooks {
   return {
     recordDeny: (entries) =>
-      b.db.transaction(async (tx) => {
+      transact(b.db, async (tx) => {
         const at = b.clock.now();
         const bySid = new Map<string, DenyRecord[]>();
         for (const d of entries) {
@@ -147,7 +148,7 @@ export async function revokeRows(
       if (state === 'revoked' || (opts.claim === 'pending' && state === 'failed')) sum.revoked++;
       else if (state === 'revoke_failed') sum.failed++;
       else sum.notRevocable++;
-      await b.db.transaction(async (tx) => {
+      await transact(b.db, async (tx) => {
         await credentials.finish(tx, r.id, { state, at, note: text });
         await appendAudit(tx, {
           at: b.clock.now(),
@@ -217,7 +218,7 @@ export function reconcileCtx(b: Broker): ReconcileContext {
   return {
     dueLegacyDenies: () => iamDenies.dueLegacy(b.db, b.clock.now(), 100),
     async legacyDenyRemoved(id) {
-      await b.db.transaction(async (tx) => {
+      await transact(b.db, async (tx) => {
         const rows = await iamDenies.byIds(tx, [id]);
         if (!rows.length || !(await iamDenies.markRemoved(tx, id, b.clock.now()))) return;
         await appendAudit(tx, removedRow(b.clock.now(), rows[0].sid, { role_arn: rows[0].roleArn, policy_name: rows[0].policyName }));

@@ -1,5 +1,6 @@
 import express, { type ErrorRequestHandler, type Express, type Request, type RequestHandler, type Response, type NextFunction } from 'express';
 import type { Broker } from '../broker.ts';
+import { ping } from '../store/db.ts';
 import { CordonError } from '../errors.ts';
 import type { Attempted } from '../store/audit-events.ts';
 import { createProvider } from './provider.ts';
@@ -58,7 +59,7 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
     );
     const degraded = Object.values(providers).some((h) => !h.ok);
     try {
-      await b.db.raw('select 1');
+      await ping(b.db);
       res.json({ status: degraded ? 'degraded' : 'ready', database: 'ok', providers });
     } catch {
       res.status(503).json({ status: 'unavailable', database: 'down', providers });

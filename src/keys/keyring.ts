@@ -4,33 +4,15 @@ import { join } from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
 import type { Clock } from '../clock.ts';
 import type { Db, Q } from '../store/db.ts';
-import { num, numOrNull, transact } from '../store/db.ts';
+import { transact } from '../store/db.ts';
+import { type KeyInfo, type SigningAlg, signingKeys } from '../store/signing-keys.ts';
+import { tokens } from '../store/tokens.ts';
 import { appendAudit } from '../store/audit-chain.ts';
 
-export type SigningAlg = 'EdDSA' | 'ES256';
+export type { KeyInfo, SigningAlg } from '../store/signing-keys.ts';
 export const SIGNING_ALGS: readonly SigningAlg[] = ['EdDSA', 'ES256'];
 
-export interface KeyInfo {
-  kid: string;
-  alg: SigningAlg;
-  status: 'active' | 'retired';
-  publicJwk: JWK;
-  createdAt: number;
-  retiredAt: number | null;
-  publishUntil: number | null;
-}
-
-const fromRow = (r: Record<string, unknown>): KeyInfo => ({
-  kid: r.kid as string,
-  alg: r.alg as SigningAlg,
-  status: r.status as KeyInfo['status'],
-  publicJwk: JSON.parse(r.public_jwk as string),
-  createdAt: num(r.created_at),
-  retiredAt: numOrNull(r.retired_at),
-  publishUntil: numOrNull(r.publish_until),
-});
-
-export const listKeys = async (q: Q): Promise<KeyInfo[]> => (await q('signing_keys').orderBy('created_at')).map(fromRow);
+export const listKeys = (q: Q): Promise<KeyInfo[]> => signingKeys.list(q);
 
 function ensureDir(dir: string): void {
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -58,9 +40,9 @@ async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, 
   const at = clock.now();
   await transact(db, async (tx) => {
     if (retire) {
-      await tx('signing_keys').where({ status: 'active' }).update({ status: 'retired', retired_at: at, publish_until: retire.publishUntil });
+      await signingKeys.retireActive(tx, at, retire.publishUntil);
     }
-    await tx('signing_keys').insert({ kid, alg, public_jwk: JSON.stringify(publicJwk), status: 'active', created_at: at, retired_at: null, publish_until: null });
+    await signingKeys.insertActive(tx, { kid, alg, publicJwk, createdAt: at });
     await appendAudit(tx, { at, event, decision: 'info', params: { kid, alg, ...(retire ? { retired_publish_until: new Date(retire.publishUntil).toISOString() } : {}) } });
   }).catch((e: unknown) => {
     rmSync(file, { force: true }); // the key never became known: its private half goes
@@ -74,12 +56,11 @@ async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, 
  * fresh database, the one-active-key index lets exactly one insert win; the others use its key.
  */
 export async function ensureSigningKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock): Promise<void> {
-  const active = await db('signing_keys').where({ status: 'active' }).first();
-  if (active) return;
+  if (await signingKeys.active(db)) return;
   try {
     await createKey(db, keyDir, alg, clock, 'key.create');
   } catch (e) {
-    if (!(await db('signing_keys').where({ status: 'active' }).first())) throw e;
+    if (!(await signingKeys.active(db))) throw e;
   }
 }
 
@@ -90,8 +71,8 @@ export async function ensureSigningKey(db: Db, keyDir: string, alg: SigningAlg, 
  * reloaded yet, has expired (`longestTokenTtlMs` is the longest token_ttl).
  */
 export async function rotateSigningKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, longestTokenTtlMs: number): Promise<KeyInfo> {
-  const old = await db('signing_keys').where({ status: 'active' }).first();
-  const lastExpiry = old ? num((await db('tokens').max({ m: 'expires_at' }).where({ kid: old.kid }).first())?.m) : 0;
+  const old = await signingKeys.active(db);
+  const lastExpiry = old ? await tokens.maxExpiryByKid(db, old.kid) : 0;
   const lastSigning = clock.now() + KEY_ACTIVATION_MS + KEYRING_RELOAD_MS;
   const publishUntil = Math.max(lastExpiry, lastSigning + longestTokenTtlMs) + KEYRING_RELOAD_MS;
   return createKey(db, keyDir, alg, clock, 'key.rotate', { publishUntil });

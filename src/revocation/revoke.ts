@@ -116,9 +116,8 @@ export async function revokeAgent(b: Broker, agentId: string, by: { actor: strin
     const feed: FeedEntry[] = [];
     const live = await sessions.liveSidsOfAgent(tx, agentId, at);
     const sids = await revokeSessionsTx(tx, live, at, `agent revoked by ${by.actor}`, feed);
-    const held = await tx('tokens').select('jti').where({ client_id: agentId }).whereNull('revoked_at').andWhere('expires_at', '>', at);
     const jtis: string[] = [];
-    for (const r of held) jtis.push(...(await revokeSubtreeTx(tx, r.jti as string, at, feed)));
+    for (const jti of await tokens.liveHeldBy(tx, agentId, at)) jtis.push(...(await revokeSubtreeTx(tx, jti, at, feed)));
     feed.push({ kind: 'agent', value: agentId, expiresAt: at + 365 * 86400_000, revokedAt: at });
     await finish(tx, feed, { at, event: 'revoke', decision: 'allow', agentId, reason: `agent revoked by ${by.actor}`, params: { via: by.via, target: 'agent', sessions: sids.length, tokens: jtis.length } });
     return { tokens: jtis, sessions: sids };

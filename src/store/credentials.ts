@@ -79,6 +79,11 @@ export const credentials = {
     });
   },
 
+  /** A pending intent whose backend cleanup failed: revoke_failed, retried by the sweeper. */
+  async markRevokeFailed(q: Q, id: string, at: number, note: string): Promise<boolean> {
+    return (await q('credentials').where({ id, state: 'pending' }).update({ state: 'revoke_failed', revoked_at: at, note: clip(note) })) > 0;
+  },
+
   async get(q: Q, id: string): Promise<CredentialRow | undefined> {
     const r = await q('credentials').where({ id }).first();
     return r ? fromRow(r) : undefined;

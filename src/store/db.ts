@@ -105,6 +105,11 @@ export function sqlitePath(databaseUrl: string): string {
   return rest === ':memory:' ? rest : resolve(rest);
 }
 
+/** Is the database answering? (readiness) */
+export async function ping(db: Db): Promise<void> {
+  await db.raw('select 1');
+}
+
 /**
  * Brings the schema up to date; returns the migrations it applied. This is the first thing that
  * touches the database, so a failure here says which setting to look at.

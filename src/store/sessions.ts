@@ -88,6 +88,10 @@ export const sessions = {
     const rows = await q('sessions').select('agent_id').count({ n: '*' }).whereNull('revoked_at').andWhere('expires_at', '>', at).groupBy('agent_id');
     return (rows as Array<Record<string, unknown>>).map((r) => ({ agentId: r.agent_id as string, count: num(r.n) }));
   },
+  /** Sessions of these agents that live longer than `capMs` (the lifetime invariant; must be none). */
+  async overCapOf(q: Q, agentIds: string[], capMs: number, limit = 100): Promise<Session[]> {
+    return (await q('sessions').whereIn('agent_id', agentIds).whereRaw('expires_at - created_at > ?', [capMs]).limit(limit)).map(fromRow);
+  },
   /** Records whose lifetime exceeds their session cap: must always be empty. */
   async overCap(q: Q, capMsOfPolicy: (agentId: string) => number | undefined): Promise<Session[]> {
     const all = (await q('sessions').select('*')).map(fromRow);
