@@ -12,7 +12,7 @@ import Provider, { type KoaContextWithOIDC } from 'oidc-provider';
  */
 
 /**
- * node:http (Node 20 and 22): a response whose head is written implicitly (res.end, res.write,
+ * node:http (checked against Node 20.20): a response whose head is written implicitly (res.end, res.write,
  * express's res.send/json) goes through `this.writeHead` (ServerResponse#_implicitHeader), so a
  * wrapper on the instance sees every response just before its head is written and may still set
  * headers.
@@ -43,7 +43,7 @@ export function methodsRoutedAt(app: Express, path: string): string[] {
 }
 
 /**
- * node:http (Node 20 and 22): a server socket's `_httpMessage` is the response being written on
+ * node:http (checked against Node 20.20): a server socket's `_httpMessage` is the response being written on
  * it, whose `headersSent` turns true once its head has gone out. Node's own clientError handler
  * checks the same thing before answering. Has a response on this connection begun?
  */
