@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 
@@ -35,8 +34,8 @@ export function assertionPayload(assertion: string): Record<string, unknown> | u
 }
 
 /**
- * The replay key of a client assertion, the same at /token (oidc-provider's ReplayDetection id is
- * SHA-256 of iss ‖ jti) and at /introspect and /revoke, so one assertion is good for one request anywhere.
+ * The replay key of a client assertion, the same at /token and at /introspect and /revoke, so one
+ * assertion is good for one request anywhere. `oidcId` is oidc-provider's ReplayDetection id for
+ * it, an internal of that library: assertionReplayId in src/http/internals.ts, with its contract test.
  */
 export const assertionReplayKey = (oidcId: string): string => `assert:${oidcId}`;
-export const assertionReplayId = (iss: string, jti: string): string => createHash('sha256').update(`${iss}${jti}`).digest('base64url');

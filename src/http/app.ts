@@ -7,6 +7,7 @@ import { createProvider } from './provider.ts';
 import { errorMiddleware, handle } from './errors.ts';
 import { auditErrors, audited, refuse } from './refusals.ts';
 import { introspectEndpoint, jwksEndpoint, revocationsEndpoint, revokeEndpoint } from './endpoints.ts';
+import { PROVIDER_BODY_LIMIT, beforeHeadWritten, methodsRoutedAt } from './internals.ts';
 
 export interface AppExtensions {
   /** Routes other modules add (credentials, metrics); mounted before the OAuth provider. */
@@ -29,11 +30,9 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   // server would wait on it as the next request and the connection would hang. Tell the client
   // the connection closes, and close it.
   app.use((req, res, next) => {
-    const writeHead = res.writeHead;
-    res.writeHead = function patched(this: Response, ...args: unknown[]) {
+    beforeHeadWritten(res, () => {
       if (bodyPending(req) && !res.headersSent) res.setHeader('Connection', 'close');
-      return (writeHead as (...a: unknown[]) => Response).apply(this, args);
-    } as typeof res.writeHead;
+    });
     res.on('finish', () => {
       if (!bodyPending(req)) return;
       // Closed gracefully first (a destroy would reset the connection and could take the
@@ -88,7 +87,7 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   }, toProvider);
   // Anything else: 405 with Allow on a path the broker serves, 404 elsewhere; JSON either way.
   app.use((req: Request, res: Response) => {
-    const allowed = methodsServed(app, req.path);
+    const allowed = methodsRoutedAt(app, req.path);
     if (allowed.length) {
       res.setHeader('Allow', allowed.join(', '));
       return void refuse(b, req, res, new CordonError('invalid_request', `${req.method} is not served on ${req.path}; use ${allowed.join(' or ')}`, { status: 405, reason: 'method_not_allowed' }));
@@ -118,9 +117,6 @@ function formBody(b: Broker, attempted: Attempted): Array<RequestHandler | Error
   return [tooLarge, parse, auditErrors(b, attempted)];
 }
 
-/** oidc-provider reads bodies of at most 56 KiB itself (lib/shared/selective_body.js). */
-const PROVIDER_BODY_LIMIT = 56 * 1024;
-
 /** What the token endpoint refuses on the headers alone, before the provider reads the body. */
 function tokenRequestRefusal(req: Request, limit: number): CordonError | undefined {
   if (!req.is('application/x-www-form-urlencoded')) return new CordonError('invalid_request', 'content type must be application/x-www-form-urlencoded', { reason: 'content_type' });
@@ -145,15 +141,3 @@ const refuseRepeatedHeaders = (b: Broker) => (req: Request, res: Response, next:
   }
   next();
 };
-
-/** The methods the app's routes serve on this path (HEAD with GET, as express does). */
-function methodsServed(app: Express, path: string): string[] {
-  const stack = (app as unknown as { router: { stack: Array<{ route?: { methods: Record<string, boolean> }; match(p: string): boolean }> } }).router.stack;
-  const methods = new Set<string>();
-  for (const layer of stack) {
-    if (!layer.route || !layer.match(path)) continue;
-    for (const [m, on] of Object.entries(layer.route.methods)) if (on && m !== '_all') methods.add(m.toUpperCase());
-  }
-  if (methods.has('GET')) methods.add('HEAD');
-  return [...methods].sort();
-}

@@ -6,7 +6,9 @@ import { agents, type Agent } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
-import { assertionPayload, assertionReplayId, assertionReplayKey, checkAssertionTimes } from '../agents/client-assertion.ts';
+import { assertionPayload, assertionReplayKey, checkAssertionTimes } from '../agents/client-assertion.ts';
+import { assertionReplayId } from './internals.ts';
+import { assertMayUse, type AgentUse } from '../agents/standing.ts';
 import { type Form, single } from './form.ts';
 import { basicCredentials } from './basic-auth.ts';
 import { attemptOf } from './refusals.ts';
@@ -20,11 +22,10 @@ const fail = (why: string): CordonError => new CordonError('invalid_client', why
  * Client authentication for the endpoints the broker serves itself (/introspect, /revoke):
  * the same three methods oidc-provider accepts at /token, against the same agent records.
  */
-export async function authenticateClient(b: Broker, req: Request, res: Response, form: Form, opts: { allowDisabled?: boolean } = {}): Promise<Agent> {
+export async function authenticateClient(b: Broker, req: Request, res: Response, form: Form, use: AgentUse): Promise<Agent> {
   const agent = await authenticate(b, req, res, form);
   attemptOf(req, res).by(agent.id); // for the audit row if the request is refused after this
-  // A disabled agent may still revoke what it holds, but may not use the broker otherwise.
-  if (agent.status === 'disabled' && !opts.allowDisabled) throw fail('agent is disabled');
+  assertMayUse(agent, use);
   return agent;
 }
 

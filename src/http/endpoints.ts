@@ -3,15 +3,15 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { introspect } from '../tokens/introspect.ts';
 import { revokeByHolder } from '../revocation/revoke.ts';
-import { WORKLOAD_CLIENT_ID } from '../sessions/bootstrap.ts';
+import { revocationOptions, revokesAsWorkload } from '../revocation/request.ts';
 import { revocationFeed } from '../revocation/feed.ts';
 import { authenticateClient } from './client-auth.ts';
 import { parseForm, required, single } from './form.ts';
 
-/** RFC 7662. Any authenticated agent may introspect (resource servers register as agents with a scope-less policy). */
+/** RFC 7662. Who may introspect is assertMayUse's call (agents/standing.ts). */
 export const introspectEndpoint = (b: Broker) => async (req: Request, res: Response): Promise<void> => {
   const form = parseForm(req);
-  await authenticateClient(b, req, res, form);
+  await authenticateClient(b, req, res, form, 'introspect');
   const token = required(form, 'token');
   single(form, 'token_type_hint');
   res.setHeader('Cache-Control', 'no-store');
@@ -21,16 +21,12 @@ export const introspectEndpoint = (b: Broker) => async (req: Request, res: Respo
 /** RFC 7009. The holder (or an ancestor in its delegation chain) revokes; everything below goes too. */
 export const revokeEndpoint = (b: Broker) => async (req: Request, res: Response): Promise<void> => {
   const form = parseForm(req);
-  // Secretless agents (bootstrap, federation) revoke as the public workload client: possession of the token is the proof (RFC 7009 §5).
-  const isWorkload = single(form, 'client_id') === WORKLOAD_CLIENT_ID && !req.headers.authorization && !form.has('client_secret') && !form.has('client_assertion');
-  const agent = isWorkload ? null : await authenticateClient(b, req, res, form, { allowDisabled: true });
+  const presentsCredentials = Boolean(req.headers.authorization) || form.has('client_secret') || form.has('client_assertion');
+  const workload = revokesAsWorkload({ clientId: single(form, 'client_id'), presentsCredentials });
+  const agent = workload ? null : await authenticateClient(b, req, res, form, 'revoke');
   const token = required(form, 'token');
-  const hint = single(form, 'token_type_hint');
-  if (hint !== undefined && hint !== 'access_token') throw new CordonError('unsupported_token_type', 'only access tokens are issued by this broker');
-  // Cordon extension: `end_session=true` ends the token's whole session (the opener only), so it cannot be renewed.
-  const endSession = single(form, 'end_session');
-  if (endSession !== undefined && endSession !== 'true' && endSession !== 'false') throw new CordonError('invalid_request', 'end_session must be true or false');
-  await revokeByHolder(b, agent?.id ?? null, token, { endSession: endSession === 'true' });
+  const options = revocationOptions({ tokenTypeHint: single(form, 'token_type_hint'), endSession: single(form, 'end_session') });
+  await revokeByHolder(b, agent?.id ?? null, token, options);
   res.setHeader('Cache-Control', 'no-store');
   res.status(200).end();
 };

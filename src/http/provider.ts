@@ -11,6 +11,7 @@ import { Attempt } from '../audit/attempt.ts';
 import { assertionPayload, assertionReplayKey, checkAssertionTimes } from '../agents/client-assertion.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { claimedClientId } from './basic-auth.ts';
+import { providerBody, providerClient, providerParams, providerRequestState, replaceClientSecretCheck } from './internals.ts';
 import * as clientCredentials from './grants/client-credentials.ts';
 import * as tokenExchange from './grants/token-exchange.ts';
 
@@ -19,7 +20,7 @@ export const CLIENT_AUTH_METHODS = ['client_secret_basic', 'client_secret_post',
 
 /**
  * oidc-provider's storage adapter. Clients come from the agents table (the secret field holds
- * only the keyed hash, compared by the patched compareClientSecret below); client-assertion
+ * only the keyed hash, compared by replaceClientSecretCheck below); client-assertion
  * replay detection goes to the shared replay_guard table so every replica sees it. The provider
  * keeps nothing else: Cordon's tokens and sessions live in Cordon's own tables.
  */
@@ -39,8 +40,8 @@ function adapterFor(b: Broker) {
         const a = await agents.get(b.read, id);
         if (!a || a.status === 'revoked') return undefined;
         // Kept for this request only, so the grant does not read the same row again.
-        const ctx = Provider.ctx as { state?: Record<string, unknown> } | undefined;
-        if (ctx?.state) ctx.state.cordonAgent = a;
+        const state = providerRequestState();
+        if (state) state.cordonAgent = a;
         return {
           client_id: a.id,
           ...(a.authMethod === 'private_key_jwt' ? { jwks: a.jwks as never } : { client_secret: a.secretHash ?? undefined }),
@@ -150,9 +151,7 @@ export async function createProvider(b: Broker): Promise<Provider> {
     },
   });
   // Secrets are stored as a keyed hash, so compare the hash of what was presented.
-  provider.Client.prototype.compareClientSecret = function compare(this: { clientSecret?: string }, actual: string) {
-    return Promise.resolve(secretMatches(b.secretHashKey, actual, this.clientSecret ?? null));
-  } as never;
+  replaceClientSecretCheck(provider, (presented, stored) => secretMatches(b.secretHashKey, presented, stored));
   for (const g of [clientCredentials, tokenExchange]) {
     provider.registerGrantType(g.grantType, (ctx: KoaContextWithOIDC) => runGrant(b, g.handler, ctx), g.parameters, g.allowDuplicates);
   }
@@ -167,8 +166,9 @@ export async function createProvider(b: Broker): Promise<Provider> {
     await next();
     const err = ctx.state?.cordonRefusal as (Error & { error?: string; error_description?: string; status?: number }) | undefined;
     if (!err || ctx.state.cordonRefusalRecorded) return;
-    const clientId = ctx.oidc?.client?.clientId ?? claimedClientId(ctx.headers?.authorization, (ctx.oidc?.params as Record<string, unknown> | undefined)?.client_id);
-    const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(clientId).note({ grant_type: String(ctx.oidc?.params?.grant_type ?? '').slice(0, 100) });
+    const params = providerParams(ctx);
+    const clientId = providerClient(ctx)?.clientId ?? claimedClientId(ctx.headers?.authorization, params.client_id);
+    const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(clientId).note({ grant_type: String(params.grant_type ?? '').slice(0, 100) });
     const code = (err.error ?? 'invalid_request') as OAuthErrorCode;
     const refusal = new CordonError(code, (err.error_description ?? err.message).slice(0, 300), { reason: code, ...(err.status ? { status: err.status } : {}) });
     await recordRefusal(b, attempt, refusal).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
@@ -193,8 +193,7 @@ export async function createProvider(b: Broker): Promise<Provider> {
  * too, so no scope, task or id reaches a decision as replacement characters.
  */
 function refuseReplacementChars(ctx: KoaContextWithOIDC): void {
-  const body = (ctx.oidc.body ?? {}) as Record<string, unknown>;
-  for (const [k, v] of Object.entries(body)) {
+  for (const [k, v] of Object.entries(providerBody(ctx))) {
     for (const s of [k, ...(Array.isArray(v) ? v : [v])]) {
       if (typeof s === 'string' && s.includes('\uFFFD')) throw new CordonError('invalid_request', 'request body is not valid UTF-8', { reason: 'body_not_utf8' });
     }
@@ -203,8 +202,8 @@ function refuseReplacementChars(ctx: KoaContextWithOIDC): void {
 
 /** oidc-provider verified the assertion's signature and claims on its wall clock; the broker's clock decides too. */
 function assertionTimesOnBrokerClock(b: Broker, ctx: KoaContextWithOIDC): void {
-  const assertion = (ctx.oidc.params as Record<string, unknown> | undefined)?.client_assertion;
-  if (typeof assertion !== 'string' || ctx.oidc.client?.clientAuthMethod !== 'private_key_jwt') return;
+  const assertion = providerParams(ctx).client_assertion;
+  if (typeof assertion !== 'string' || providerClient(ctx)?.clientAuthMethod !== 'private_key_jwt') return;
   const payload = assertionPayload(assertion);
   if (!payload) throw new CordonError('invalid_client', 'client_assertion is malformed', { reason: 'client_auth_failed' });
   checkAssertionTimes(b, payload);
@@ -212,7 +211,7 @@ function assertionTimesOnBrokerClock(b: Broker, ctx: KoaContextWithOIDC): void {
 
 async function runGrant(b: Broker, handler: GrantHandler, ctx: KoaContextWithOIDC): Promise<void> {
   // The grant is this request's entry point: it writes the refusal's one row, from what the handler learned.
-  const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(ctx.oidc.client?.clientId ?? null).note({ grant_type: String(ctx.oidc.params?.grant_type ?? '').slice(0, 100) });
+  const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(providerClient(ctx)?.clientId ?? null).note({ grant_type: String(providerParams(ctx).grant_type ?? '').slice(0, 100) });
   try {
     refuseReplacementChars(ctx);
     assertionTimesOnBrokerClock(b, ctx);

@@ -6,6 +6,7 @@ import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { recordRefusal } from '../audit/refusals.ts';
 import { Attempt } from '../audit/attempt.ts';
 import { CordonError } from '../errors.ts';
+import { responseStarted } from './internals.ts';
 
 export interface RunningServer {
   server: Server;
@@ -65,8 +66,7 @@ function clientErrorReply(code: string | undefined): [number, string, string] {
  * As Node itself does, nothing is written once a response on that connection has begun.
  */
 async function answerClientError(b: Broker, err: NodeJS.ErrnoException, socket: Duplex): Promise<void> {
-  const started = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent === true;
-  if (err.code === 'ECONNRESET' || !socket.writable || started) {
+  if (err.code === 'ECONNRESET' || !socket.writable || responseStarted(socket)) {
     socket.destroy();
     return;
   }

@@ -3,6 +3,7 @@ import type { Broker } from '../../broker.ts';
 import { startSession } from '../../sessions/start.ts';
 import type { Attempt } from '../../audit/attempt.ts';
 import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
+import { providerClient } from '../internals.ts';
 
 /** Session start: the agent authenticated itself; tokens/ decides the rest. */
 export const grantType = 'client_credentials';
@@ -13,7 +14,7 @@ export async function handler(b: Broker, ctx: KoaContextWithOIDC, attempt: Attem
   attempt.event = param(ctx, 'session') !== undefined ? 'token.issue' : 'session.open';
   const dpopJkt = await dpopOf(b, ctx);
   const r = await startSession(b, {
-    clientId: ctx.oidc.client!.clientId,
+    clientId: providerClient(ctx)!.clientId,
     caller: callerRow(ctx),
     scope: param(ctx, 'scope'),
     task: param(ctx, 'task'),

@@ -3,10 +3,11 @@ import type { Broker } from '../../broker.ts';
 import type { Agent } from '../../store/agents.ts';
 import { CordonError } from '../../errors.ts';
 import { verifyDpopProof } from '../../tokens/dpop.ts';
+import { providerClient, providerParams } from '../internals.ts';
 
 /** String parameter as oidc-provider parsed it (it already refuses duplicates unless allowed). */
 export const param = (ctx: KoaContextWithOIDC, name: string): string | undefined => {
-  const v = (ctx.oidc.params as Record<string, unknown> | undefined)?.[name];
+  const v = providerParams(ctx)[name];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'string') throw new CordonError('invalid_request', `parameter ${name} must be a single string`);
   return v;
@@ -16,7 +17,7 @@ export const param = (ctx: KoaContextWithOIDC, name: string): string | undefined
 export const audiences = (ctx: KoaContextWithOIDC): string[] => {
   const out: string[] = [];
   for (const name of ['resource', 'audience']) {
-    const v = (ctx.oidc.params as Record<string, unknown>)[name];
+    const v = providerParams(ctx)[name];
     if (v === undefined) continue;
     for (const s of Array.isArray(v) ? v : [v]) {
       if (typeof s !== 'string' || s === '' || s.length > 512) throw new CordonError('invalid_target', `${name} must be a non-empty string of at most 512 characters`);
@@ -46,5 +47,5 @@ export const tokenResponse = (r: { jwt: string; expiresIn: number; claims: { sco
 /** The authenticated agent's row as the client lookup read it in this request (see provider.ts). */
 export const callerRow = (ctx: KoaContextWithOIDC): Agent | undefined => {
   const a = (ctx.state as Record<string, unknown> | undefined)?.cordonAgent as Agent | undefined;
-  return a && a.id === ctx.oidc.client?.clientId ? a : undefined;
+  return a && a.id === providerClient(ctx)?.clientId ? a : undefined;
 };

@@ -8,6 +8,7 @@ import { redeemFederatedJwt } from '../../federation/exchange.ts';
 import type { Attempt } from '../../audit/attempt.ts';
 import { clientAddressOf } from '../../audit/refusal-limiter.ts';
 import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
+import { providerClient, providerParams } from '../internals.ts';
 
 /**
  * RFC 8693 token exchange. The subject token's type picks the rule: an access token is
@@ -24,12 +25,12 @@ const SESSION_OPENING = [TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT];
 
 /** A parameter for the audit row, whatever shape it arrived in (never throws). */
 const raw = (ctx: KoaContextWithOIDC, name: string, max: number): string | undefined => {
-  const v = (ctx.oidc.params as Record<string, unknown> | undefined)?.[name];
+  const v = providerParams(ctx)[name];
   return v === undefined || v === null ? undefined : String(v).slice(0, max);
 };
 
 export async function handler(b: Broker, ctx: KoaContextWithOIDC, attempt: Attempt): Promise<void> {
-  const clientId = ctx.oidc.client!.clientId;
+  const clientId = providerClient(ctx)!.clientId;
   const workload = clientId === WORKLOAD_CLIENT_ID;
   // Refused before a rule takes over (missing or wrong parameters): the caller is the chain.
   attempt.event = 'token_exchange';
