@@ -8,6 +8,7 @@
  */
 import type { Q } from './db.ts';
 import { isPostgres, num, numOrNull } from './db.ts';
+import type { TokenRecord } from './tokens.ts';
 
 export type InactiveReason = 'unknown' | 'expired' | 'revoked' | 'session_revoked' | 'session_expired' | 'agent_inactive' | 'mismatch';
 export type TokenState = { active: true } | { active: false; why: InactiveReason };
@@ -18,19 +19,9 @@ export interface StoredAct {
   act?: StoredAct;
 }
 
-export interface TokenView {
-  jti: string;
-  sid: string;
-  clientId: string;
-  parentJti: string | null;
-  scope: string;
-  audience: string[];
-  depth: number;
+/** A token's record with what its liveness depends on: its session, its holder and the session's root. */
+export interface TokenView extends Omit<TokenRecord, 'kid' | 'act'> {
   act: StoredAct | null;
-  issuedAt: number;
-  expiresAt: number;
-  revokedAt: number | null;
-  cnfJkt: string | null;
   /** The principal every token of the session acts for (the root agent, or the federated subject). */
   sessionSubject: string;
   /** The holder's name (for backend metadata). */
