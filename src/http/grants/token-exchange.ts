@@ -6,6 +6,7 @@ import { delegate } from '../../delegation/delegate.ts';
 import { WORKLOAD_CLIENT_ID, redeemBootstrapToken } from '../../sessions/bootstrap.ts';
 import { redeemFederatedJwt } from '../../federation/exchange.ts';
 import type { Attempt } from '../../audit/attempt.ts';
+import { SESSION_OPENING_TYPES, assertWorkloadMayExchange } from '../../sessions/workload.ts';
 import { clientAddressOf } from '../../audit/refusal-limiter.ts';
 import { audiences, callerRow, dpopOf, param, tokenResponse } from './params.ts';
 import { providerClient, providerParams } from '../internals.ts';
@@ -21,7 +22,6 @@ export const grantType = GRANT_TOKEN_EXCHANGE;
 export const parameters = ['scope', 'task', 'resource', 'audience', 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'requested_actor', 'scope_policy', 'expires_in', 'dpop_jkt'];
 export const allowDuplicates = ['resource', 'audience'];
 
-const SESSION_OPENING = [TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT];
 
 /** A parameter for the audit row, whatever shape it arrived in (never throws). */
 const raw = (ctx: KoaContextWithOIDC, name: string, max: number): string | undefined => {
@@ -48,9 +48,7 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
   if (param(ctx, 'actor_token_type') !== undefined) throw new CordonError('invalid_request', 'actor_token_type is only valid with actor_token', { reason: 'actor_type_without_token' });
   const requestedType = param(ctx, 'requested_token_type');
   if (requestedType !== undefined && requestedType !== TOKEN_TYPE_ACCESS) throw new CordonError('invalid_request', `requested_token_type must be ${TOKEN_TYPE_ACCESS}`, { reason: 'requested_type_unsupported' });
-  if (workload && !SESSION_OPENING.includes(subjectType)) {
-    throw new CordonError('unauthorized_client', `${WORKLOAD_CLIENT_ID} may only redeem a bootstrap token or a federated JWT; delegation needs an authenticated agent`, { reason: 'workload_subject_type' });
-  }
+  if (workload) assertWorkloadMayExchange(subjectType);
 
   if (subjectType === TOKEN_TYPE_ACCESS) {
     const dpopJkt = await dpopOf(b, ctx);
@@ -71,7 +69,7 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
     return;
   }
 
-  if (SESSION_OPENING.includes(subjectType)) {
+  if (SESSION_OPENING_TYPES.includes(subjectType)) {
     // These open a root session: delegation-only parameters would be silently meaningless, so they are refused.
     for (const p of ['scope_policy', 'dpop_jkt']) {
       if (param(ctx, p) !== undefined) throw new CordonError('invalid_request', `${p} applies to delegation only, not to ${subjectType}`, { reason: 'param_not_applicable' });
