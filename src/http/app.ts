@@ -28,6 +28,7 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   // server would wait on it as the next request and the connection would hang. Tell the client
   // the connection closes, and close it.
   app.use((req, res, next) => {
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- called below with `this` bound
     const writeHead = res.writeHead;
     res.writeHead = function patched(this: Response, ...args: unknown[]) {
       if (bodyPending(req) && !res.headersSent) res.setHeader('Connection', 'close');
@@ -70,7 +71,7 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   // never reached, as discovery says. RFC 8414 metadata is the same document as OpenID discovery.
   const callback = provider.callback();
   const toProvider = (req: Request, res: Response): void => {
-    callback(req, res);
+    void callback(req, res); // Koa answers its own errors: this promise does not reject
   };
   app.get('/.well-known/openid-configuration', toProvider);
   app.get('/.well-known/oauth-authorization-server', (req, res) => {

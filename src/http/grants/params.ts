@@ -6,7 +6,7 @@ import { verifyDpopProof } from '../../tokens/dpop.ts';
 
 /** String parameter as oidc-provider parsed it (it already refuses duplicates unless allowed). */
 export const param = (ctx: KoaContextWithOIDC, name: string): string | undefined => {
-  const v = (ctx.oidc.params as Record<string, unknown> | undefined)?.[name];
+  const v = ctx.oidc.params?.[name];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'string') throw new CordonError('invalid_request', `parameter ${name} must be a single string`);
   return v;
@@ -45,6 +45,6 @@ export const tokenResponse = (r: { jwt: string; expiresIn: number; claims: { sco
 
 /** The authenticated agent's row as the client lookup read it in this request (see provider.ts). */
 export const callerRow = (ctx: KoaContextWithOIDC): Agent | undefined => {
-  const a = (ctx.state as Record<string, unknown> | undefined)?.cordonAgent as Agent | undefined;
+  const a = ctx.state?.cordonAgent as Agent | undefined;
   return a && a.id === ctx.oidc.client?.clientId ? a : undefined;
 };

@@ -24,7 +24,7 @@ const SESSION_OPENING = [TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT];
 
 /** A parameter for the audit row, whatever shape it arrived in (never throws). */
 const raw = (ctx: KoaContextWithOIDC, name: string, max: number): string | undefined => {
-  const v = (ctx.oidc.params as Record<string, unknown> | undefined)?.[name];
+  const v = ctx.oidc.params?.[name];
   return v === undefined || v === null ? undefined : String(v).slice(0, max);
 };
 
