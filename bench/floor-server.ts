@@ -85,7 +85,7 @@ if (mode === 'provider' || mode === 'provider-sign') {
   }, ['scope']);
   const callback = provider.callback();
   app.post('/token', (req, res) => {
-    callback(req, res);
+    void callback(req, res);
   });
 }
 

@@ -202,7 +202,7 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
       const token = await sessionToken(be, url, 'docs:read web:search');
       // Give the revocation feed something to hold: revoke 200 other tokens first.
       const b = await openLocal(be.env);
-      let revoked = 0;
+      let revoked: number;
       try {
         const jtis: string[] = [];
         for (let i = 0; i < 200; i++) jtis.push(await sessionToken(be, url, 'docs:read'));

@@ -22,7 +22,7 @@ import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 function oldCanonical(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
   if (Array.isArray(value)) return `[${value.map(oldCanonical).join(',')}]`;
-  const keys = Object.keys(value as object).sort();
+  const keys = Object.keys(value).sort();
   return `{${keys.map((k) => `${JSON.stringify(k)}:${oldCanonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
 }
 
@@ -102,7 +102,7 @@ describe('audit: signed checkpoints', function () {
   const failure = async (): Promise<{ brokenSeq: number; problem: string }> => {
     const r = await check();
     assert.equal(r.ok, false, `tampering went unnoticed: ${JSON.stringify(r)}`);
-    return r as { brokenSeq: number; problem: string };
+    return r;
   };
 
   /** What someone who can write the database does: rewrite rows from `fromSeq` on, with every hash recomputed. */

@@ -57,7 +57,6 @@ describe('core: client assertion replay', () => {
   });
 
   describe('times are judged on the broker clock at every endpoint, /token included', () => {
-    const start = Date.now();
     afterEach(() => t.clock.set(Date.now())); // back to real time (the wall clock moves on while the suite runs)
     const tokenWith = (a: string) => postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: ASSERTION_TYPE, client_assertion: a });
 

@@ -438,7 +438,7 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
         providers.set('aws-sts', real);
       }
       assert.ok(issued?.AccessKeyId);
-      assert.equal(f.sts.isCredentialDenied(issued!.AccessKeyId), true, 'the credential AWS issued after the session ended is denied');
+      assert.equal(f.sts.isCredentialDenied(issued.AccessKeyId), true, 'the credential AWS issued after the session ended is denied');
       const [row] = await f.rows(sid);
       assert.equal(row.state, 'revoked', row.note!);
     });
@@ -573,6 +573,7 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const sid = claimsOf(tok).sid;
       const head = await auditHead(f.tb.b);
       const writer = f.tb.b.issuance;
+      // eslint-disable-next-line @typescript-eslint/unbound-method -- bound below, and put back as it was
       const original = writer.recordCredential;
       writer.recordCredential = (r) => record(original.bind(writer), r);
       let res;

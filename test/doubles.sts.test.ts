@@ -104,7 +104,7 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
     assert.equal(c.Expiration.getTime(), t + 900_000);
     assert.equal(out.SourceIdentity, 'agent-summarizer');
     assert.equal(out.AssumedRoleUser?.Arn, 'arn:aws:sts::123456789012:assumed-role/agent-reports/agent-summarizer.s-1');
-    assert.match(out.AssumedRoleUser!.AssumedRoleId!, /^AROA[A-Z2-7]{17}:agent-summarizer\.s-1$/);
+    assert.match(out.AssumedRoleUser.AssumedRoleId!, /^AROA[A-Z2-7]{17}:agent-summarizer\.s-1$/);
     assert.ok(out.PackedPolicySize! > 0 && out.PackedPolicySize! <= 100);
 
     // What the broker sent, as the double recorded it.
@@ -114,7 +114,7 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
     assert.deepEqual(sent?.Tags.map((x) => x.Key), ['agent', 'session', 'task', 'depth']);
     assert.deepEqual(sent?.TransitiveTagKeys, ['session']);
     assert.deepEqual(sent?.PolicyArns, ['arn:aws:iam::aws:policy/ReadOnlyAccess']);
-    assert.deepEqual(JSON.parse(sent!.Policy!), JSON.parse(SESSION_POLICY));
+    assert.deepEqual(JSON.parse(sent.Policy!), JSON.parse(SESSION_POLICY));
     assert.equal(s.requests[0]?.params.Action, 'AssumeRole');
     assert.equal(s.requests[0]?.params['Tags.member.3.Value'], 'weekly report: Q1/2026');
     assert.match(String(s.requests[0]?.headers.authorization), /^AWS4-HMAC-SHA256 Credential=AKIDTEST\/\d{8}\/us-east-1\/sts\/aws4_request/);
@@ -258,7 +258,7 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
       { method: 'GET', protocol: 'http:', hostname: '127.0.0.1', port: Number(port), path: '/', query, headers: { host } },
       { signingDate: new Date(Date.now() - 20 * 60_000) },
     );
-    const old = await raw(endpoint, 'GET', `/?${qs}`, stale.headers as Record<string, string>);
+    const old = await raw(endpoint, 'GET', `/?${qs}`, stale.headers);
     assert.equal(old.status, 403);
     assert.match(old.body, /Signature expired/);
   });

@@ -36,8 +36,8 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60
     const p = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    p.stdout!.on('data', (d) => (out += d));
-    p.stderr!.on('data', (d) => (err += d));
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
     const timer = setTimeout(() => {
       p.kill('SIGKILL');
       rej(new Error(`${args.join(' ')} timed out\n${out}\n${err}`));
@@ -60,14 +60,14 @@ function startProcess(args: string[], env: NodeJS.ProcessEnv, ready: RegExp | nu
       p.kill('SIGKILL'); // never leave a half-started process behind
       rej(new Error(`not ready: ${args.join(' ')}\n${out}\n${err}`));
     }, 30_000);
-    p.stdout!.on('data', (d) => {
+    p.stdout.on('data', (d) => {
       out += d;
       if (ready?.test(out)) {
         clearTimeout(timer);
         res({ p, out: () => out });
       }
     });
-    p.stderr!.on('data', (d) => (err += d));
+    p.stderr.on('data', (d) => (err += d));
     p.on('exit', (code) => {
       clearTimeout(timer);
       rej(new Error(`exited ${code}: ${args.join(' ')}\n${out}\n${err}`));
@@ -195,9 +195,9 @@ describe('examples (run as the README runs them)', function () {
     const asked = sts.requests.slice(before).map((q) => new URLSearchParams(q.rawBody));
     const assume = asked.find((p) => p.get('Action') === 'AssumeRole');
     assert.ok(assume, 'the broker called AssumeRole');
-    assert.equal(assume!.get('RoleArn'), ROLE);
-    assert.ok(assume!.get('SourceIdentity'), 'with the session identity as SourceIdentity');
-    assert.match(assume!.get('Policy') ?? '', /"DateLessThan":\{"aws:CurrentTime":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"\}/, 'keys bounded by the token’s exp in the session policy');
+    assert.equal(assume.get('RoleArn'), ROLE);
+    assert.ok(assume.get('SourceIdentity'), 'with the session identity as SourceIdentity');
+    assert.match(assume.get('Policy') ?? '', /"DateLessThan":\{"aws:CurrentTime":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"\}/, 'keys bounded by the token’s exp in the session policy');
     assert.ok(!asked.some((p) => ['PutRolePolicy', 'DeleteRolePolicy'].includes(p.get('Action') ?? '')), 'no IAM write to issue them');
     assert.ok(asked.some((p) => p.get('Action') === 'GetCallerIdentity'), 'the child called STS with the issued credentials');
   });

@@ -85,10 +85,9 @@ describe('cordon exec (runExec)', () => {
         process.exit(3);
       })();`;
     process.env.OUT = out;
-    let during: boolean | undefined;
     const p = runExec({ ...base(), command: [NODE, '-e', script] });
     const seen = await waitFor(() => (existsSync(out) ? readJson(out) : undefined));
-    during = (await introspect(t.b, seen.token)).active;
+    const during = (await introspect(t.b, seen.token)).active;
     assert.equal(await p, 3);
     delete process.env.OUT;
     assert.equal(during, true, 'the token was live while the child ran');
@@ -206,7 +205,7 @@ describe('cordon exec (runExec)', () => {
     const p = spawn('script', ['-qefc', cmd, '/dev/null'], { env, stdio: ['pipe', 'ignore', 'inherit'] });
     const exited = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
     await waitFor(() => (existsSync(`${out}.ready`) ? true : undefined), 20_000);
-    p.stdin!.write('\x03'); // Ctrl-C: the line discipline sends SIGINT to the foreground process group
+    p.stdin.write('\x03'); // Ctrl-C: the line discipline sends SIGINT to the foreground process group
     assert.equal(await exited, 3, "the command's own exit code");
     const seen = readJson(out);
     assert.equal(seen.n, 1, `the command got SIGINT ${seen.n} times`);
@@ -220,6 +219,7 @@ describe('cordon exec (runExec)', () => {
     let frontUrl: string;
     let issued = 0;
     before(async () => {
+      // eslint-disable-next-line @typescript-eslint/no-misused-promises -- a test double: a throw here fails the test at the client
       front = createServer(async (req, res) => {
         const chunks: Buffer[] = [];
         for await (const c of req) chunks.push(c as Buffer);

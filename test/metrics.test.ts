@@ -100,7 +100,7 @@ function parsePrometheus(text: string): { types: Map<string, string>; samples: S
     const rest = line.slice(j);
     const m = /^ (\S+)( -?\d+)?$/.exec(rest);
     assert.ok(m, `value: ${where}`);
-    const raw = m![1];
+    const raw = m[1];
     // Values as Prometheus reads them (Go's strconv.ParseFloat: NaN and Inf in any letter case; prom-client prints `Nan`).
     assert.match(raw, /^([+-]?(nan|inf|infinity)|[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)$/i, where);
     const lower = raw.toLowerCase().replace(/^\+/, '');
@@ -134,7 +134,7 @@ function parsePrometheus(text: string): { types: Map<string, string>; samples: S
       assert.equal(prev, Infinity, `${fam} has no +Inf bucket`);
       const count = samples.find((s) => s.name === `${fam}_count` && JSON.stringify(Object.entries(s.labels).sort()) === g);
       assert.ok(count, `${fam}_count missing for ${g}`);
-      assert.equal(count!.value, prevCount, `${fam}_count ≠ +Inf bucket`);
+      assert.equal(count.value, prevCount, `${fam}_count ≠ +Inf bucket`);
     }
   }
   return { types, samples };
@@ -266,9 +266,9 @@ describe('metrics: /metrics in the Prometheus text format', () => {
       const reqLines = lines.filter((l) => l.msg === 'request completed');
       const tokenLine = reqLines.find((l) => (l.req as { url: string }).url === '/token');
       assert.ok(tokenLine, JSON.stringify(lines.slice(-5)));
-      assert.equal(tokenLine!.req_id, 'req-abc.123');
-      assert.equal((tokenLine!.res as { statusCode: number }).statusCode, tok.status);
-      assert.equal(typeof tokenLine!.responseTime, 'number');
+      assert.equal(tokenLine.req_id, 'req-abc.123');
+      assert.equal((tokenLine.res as { statusCode: number }).statusCode, tok.status);
+      assert.equal(typeof tokenLine.responseTime, 'number');
       const all = JSON.stringify(lines);
       assert.ok(!all.includes(secret), 'no client secret in logs');
       assert.ok(!all.includes('secret-looking-value'), 'no Authorization header in logs');

@@ -18,7 +18,7 @@ async function rejectsWith(p: Promise<unknown>, code: string, match?: RegExp): P
   try {
     await p;
   } catch (e) {
-    assert.ok(e instanceof CordonSdkError, `expected CordonSdkError, got ${(e as Error)?.stack ?? e}`);
+    assert.ok(e instanceof CordonSdkError, `expected CordonSdkError, got ${(e as Error)?.stack ?? String(e)}`);
     assert.equal(e.code, code, e.message);
     if (match) assert.match(e.message, match);
     return e;
@@ -87,7 +87,7 @@ describe('sdk: CordonAgent against a real broker', () => {
     }
     assert.ok(seen.size >= 6, `refreshed several times (${seen.size} tokens)`);
     assert.ok(ended, 'the session ended');
-    assert.equal(ended!.code, 'session_ended');
+    assert.equal(ended.code, 'session_ended');
     assert.ok(t.clock.now() >= s.expiresAt!, 'only once the session is over');
     await rejectsWith(a.token(), 'session_ended');
   });
@@ -171,7 +171,7 @@ describe('sdk: CordonAgent against a real broker', () => {
     assert.notEqual(row.revoked_at, null, 'the session itself was ended');
     const renew = calls.find((c) => c.startsWith('/token ') && c.includes(`session=${s.sid}`));
     assert.ok(renew, 'renewed with session=<sid>');
-    assert.match(renew!, /expires_in=60/, 'a short-lived token, only for ending the session');
+    assert.match(renew, /expires_in=60/, 'a short-lived token, only for ending the session');
     assert.ok(calls.at(-1)!.startsWith('/revoke ') && calls.at(-1)!.includes('end_session=true'));
     // Nothing of it can be renewed any more.
     const r = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', session: s.sid }, { authorization: basic(orch.id, orch.secret) });
@@ -284,7 +284,7 @@ describe('sdk: CordonAgent against a real broker', () => {
     const workerKey = await DpopKey.generate();
     await rejectsWith(a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD, dpopJkt: workerKey.jkt }), 'bad_response', /DPoP-bound.*revoked/);
     assert.ok(issued);
-    assert.equal((await introspect(t.b, issued!)).active, false, 'the token the broker issued is revoked');
+    assert.equal((await introspect(t.b, issued)).active, false, 'the token the broker issued is revoked');
     await a.close();
   });
 

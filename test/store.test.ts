@@ -2,8 +2,6 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import knexFactory from 'knex';
 import { type Db, openDb, migrate, isPostgres, num } from '../src/store/db.ts';
 import { migrationSource } from '../migrations/index.ts';
 import { agents, type Agent } from '../src/store/agents.ts';
@@ -18,7 +16,7 @@ import { CordonError } from '../src/errors.ts';
 import { appendAudit, GENESIS_HASH } from '../src/store/audit-chain.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { freshPgDatabase } from './helpers/pg.ts';
-import { startTestBroker, postForm, basic, PG_URL, type TestBroker } from './helpers/broker.ts';
+import { startTestBroker, postForm, basic, type TestBroker } from './helpers/broker.ts';
 
 /**
  * A throw-away database per run. PostgreSQL is always there (here and on CI): if it does not
@@ -26,7 +24,7 @@ import { startTestBroker, postForm, basic, PG_URL, type TestBroker } from './hel
  */
 interface Backend {
   name: string;
-  create(): Promise<{ url: string; drop(): Promise<void> }>;
+  create(): Promise<{ url: string; drop: () => Promise<void> }>;
 }
 
 const sqlite: Backend = {
@@ -468,6 +466,7 @@ for (const backend of [sqlite, postgres]) {
       it('add (batched), since with cursor and limit, lastSeq', async () => {
         assert.equal(await revocations.lastSeq(db), 0);
         assert.deepEqual(await revocations.since(db, 0), []);
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion -- needed: without it the literal widens to string
         const entries = Array.from({ length: 450 }, (_, i) => ({ kind: (i % 3 === 0 ? 'sid' : 'jti') as 'sid' | 'jti', value: `v${i}`, expiresAt: T0 + i, revokedAt: T0 }));
         await revocations.add(db, entries);
         await revocations.add(db, []);
@@ -592,6 +591,7 @@ for (const backend of [sqlite, postgres]) {
       if (backend.name === 'postgres') {
         it('the chain lock really serialises: without it, concurrent appends collide', async () => {
           // Control experiment: the same race with the advisory lock disabled must break, or the test above proves nothing.
+          // eslint-disable-next-line @typescript-eslint/unbound-method -- put back as it was
           const original = auditRows.lockChain;
           auditRows.lockChain = async () => {};
           const results: Array<'ok' | 'failed'> = [];

@@ -125,11 +125,11 @@ describe('sweeper: everything dies with the session', () => {
     await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
     const sids = () => JSON.parse(f.sts.rolePolicies('agent-reports')['cordon-revocations'] ?? '{"Statement":[]}').Statement.map((x: { Sid: string }) => x.Sid);
     assert.deepEqual(sids(), ['CordonRevokedSessions']);
-    let rep = await sweepOnce(f.tb.b);
+    await sweepOnce(f.tb.b);
     assert.deepEqual(sids(), ['CordonRevokedSessions'], 'the sweep rebuilds without it');
     assert.equal((await iamDenies.bySession(f.tb.b.db, 'ses_legacy'))[0].removedAt, null, 'not due yet');
     f.tb.clock.set(now + 960_001);
-    rep = await sweepOnce(f.tb.b);
+    const rep = await sweepOnce(f.tb.b);
     assert.ok(rep.deniesRemoved >= 1);
     assert.notEqual((await iamDenies.bySession(f.tb.b.db, 'ses_legacy'))[0].removedAt, null, 'dropped once due');
   });

@@ -116,7 +116,7 @@ async function spawnBroker(be: BenchEnv, args: string[], how: string, opts: { no
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => {
+  child.stderr.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-2000);
   });
   const exited = new Promise<number | null>((res) => child.once('exit', (code) => res(code)));

@@ -31,7 +31,7 @@ export function machineBusySec(): number | undefined {
  */
 export function threadCpuSec(pid: number): Record<string, number> {
   const out: Record<string, number> = {};
-  let tids: string[] = [];
+  let tids: string[];
   try {
     tids = readdirSync(`/proc/${pid}/task`);
   } catch {

@@ -279,12 +279,12 @@ export async function startAuxServer(script: string, args: string[] = []): Promi
   // stderr is kept for a failure only: oidc-provider warns about its runtime and dev defaults on every start.
   const child = spawn(process.execPath, ['--import', TSX, join(ROOT, 'bench', script), ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, NODE_ENV: 'production' } });
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => {
+  child.stderr.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-2000);
   });
   const line = await new Promise<string>((resolve, reject) => {
     let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stdout.on('data', (d: Buffer) => {
       buf += d.toString();
       const m = /LISTENING=[^\n]*\n/.exec(buf);
       if (m) resolve(m[0].trim());

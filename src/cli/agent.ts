@@ -1,7 +1,6 @@
 /** `cordon agent register|list|show|disable|enable|rotate|bootstrap`. */
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import type { Broker } from '../broker.ts';
 import { registerAgent as register, findAgent, setAgentEnabled, rotateAgentCredential } from '../agents/registry.ts';
 import { agents, type Agent } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
@@ -57,13 +56,13 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         const jwks = opts.jwks ? readJwks(opts.jwks) : undefined;
         const r = await withBroker(ctx, (b) => register(b, { name, policy: opts.policy, auth: opts.auth, jwks, actor: 'cli' }), { create: true });
         if (json) return void (await printJson(ctx.io, { ...agentJson(r.agent), ...(r.clientSecret ? { client_secret: r.clientSecret } : {}) }));
-        ctx.io.out(kv([
+        await ctx.io.out(kv([
           ['client_id', r.agent.id],
           ['name', r.agent.name],
           ['policy', r.agent.policy],
           ['auth', r.agent.authMethod],
         ]));
-        if (r.clientSecret) ctx.io.out(secretNotice(r.clientSecret));
+        if (r.clientSecret) await ctx.io.out(secretNotice(r.clientSecret));
       }),
     );
 
@@ -79,7 +78,7 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         });
         if (json) return void (await printJson(ctx.io, rows.map((r) => ({ ...agentJson(r.a), live_sessions: r.sessions, live_tokens: r.tokens }))));
         if (!rows.length) return void ctx.io.out('No agents. Register one with: cordon agent register NAME --policy POLICY\n');
-        ctx.io.out(
+        await ctx.io.out(
           table(
             ['CLIENT_ID', 'NAME', 'POLICY', 'AUTH', 'STATUS', 'SESSIONS', 'TOKENS', 'CREATED'],
             rows.map((r) => [r.a.id, r.a.name, r.policyLoaded ? r.a.policy : `${r.a.policy} (not loaded)`, r.a.authMethod, r.a.status, r.sessions, r.tokens, fmtTime(r.a.createdAt)]),
@@ -108,7 +107,7 @@ export function registerAgent(program: Command, ctx: Ctx): void {
             live_sessions: r.live.map((s) => ({ sid: s.sid, task: s.task, scope: s.scope, created_at: iso(s.createdAt), expires_at: iso(s.expiresAt) })),
           }));
         }
-        ctx.io.out(kv([
+        await ctx.io.out(kv([
           ['client_id', r.a.id],
           ['name', r.a.name],
           ['policy', r.policy ? r.a.policy : `${r.a.policy} (not loaded: the agent cannot act)`],
@@ -123,8 +122,8 @@ export function registerAgent(program: Command, ctx: Ctx): void {
           ['live sessions', r.live.length],
         ]));
         if (r.live.length) {
-          ctx.io.out('\n');
-          ctx.io.out(table(['SID', 'TASK', 'SCOPE', 'EXPIRES'], r.live.map((s) => [s.sid, s.task, s.scope, fmtWhen(s.expiresAt, r.now)])));
+          await ctx.io.out('\n');
+          await ctx.io.out(table(['SID', 'TASK', 'SCOPE', 'EXPIRES'], r.live.map((s) => [s.sid, s.task, s.scope, fmtWhen(s.expiresAt, r.now)])));
         }
       }),
     );
@@ -135,7 +134,7 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         action(ctx, async ({ args: [id], json }) => {
           const a = await withBroker(ctx, (b) => setAgentEnabled(b, id, enabled, 'cli'));
           if (json) return void (await printJson(ctx.io, agentJson(a)));
-          ctx.io.out(`agent ${a.name} (${a.id}) ${enabled ? 'enabled' : 'disabled'}\n`);
+          await ctx.io.out(`agent ${a.name} (${a.id}) ${enabled ? 'enabled' : 'disabled'}\n`);
         }),
       );
   }
@@ -147,8 +146,8 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         const jwks = opts.jwks ? readJwks(opts.jwks) : undefined;
         const r = await withBroker(ctx, (b) => rotateAgentCredential(b, id, jwks, 'cli'));
         if (json) return void (await printJson(ctx.io, { ...agentJson(r.agent), ...(r.clientSecret ? { client_secret: r.clientSecret } : {}) }));
-        ctx.io.out(`agent ${r.agent.name} (${r.agent.id}): ${r.clientSecret ? 'new client secret issued' : 'public keys replaced'}; the old credential no longer authenticates\n`);
-        if (r.clientSecret) ctx.io.out(secretNotice(r.clientSecret));
+        await ctx.io.out(`agent ${r.agent.name} (${r.agent.id}): ${r.clientSecret ? 'new client secret issued' : 'public keys replaced'}; the old credential no longer authenticates\n`);
+        if (r.clientSecret) await ctx.io.out(secretNotice(r.clientSecret));
       }),
     );
 
@@ -160,13 +159,13 @@ export function registerAgent(program: Command, ctx: Ctx): void {
         const issue = await loadBootstrap();
         const r = await withBroker(ctx, (b) => issue(b, id, { ttlSec, actor: 'cli' }));
         if (json) return void (await printJson(ctx.io, { id: r.id, agent: id, token: r.token, token_type: TOKEN_TYPE_BOOTSTRAP, expires_at: iso(r.expiresAt) }));
-        ctx.io.out(kv([
+        await ctx.io.out(kv([
           ['bootstrap id', r.id],
           ['agent', id],
           ['expires', fmtTime(r.expiresAt)],
           ['token', r.token],
         ]));
-        ctx.io.out(
+        await ctx.io.out(
           '\nShown once, usable once. The agent exchanges it at the token endpoint with\n' +
             `grant_type=${GRANT_TOKEN_EXCHANGE}, subject_token_type=${TOKEN_TYPE_BOOTSTRAP}.\n`,
         );

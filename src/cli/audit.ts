@@ -63,7 +63,7 @@ export function registerAudit(program: Command, ctx: Ctx): void {
         const { rows, names } = await withBroker(ctx, async (b) => ({ rows: await auditRows.tail(b.db, Math.min(n, 100_000)), names: await agentNames(b.db) }));
         if (json) return void (await printJson(ctx.io, rows.map(auditJson)));
         if (!rows.length) return void ctx.io.out('The audit log is empty.\n');
-        ctx.io.out(auditTable(rows, names));
+        await ctx.io.out(auditTable(rows, names));
       }),
     );
 

@@ -97,7 +97,7 @@ export function registerCreds(program: Command, ctx: Ctx): void {
         if (format === 'credential_process') return void ctx.io.out(`${credentialProcess(r)}\n`);
         const lines = envLines(r);
         if (!lines.length) throw new CliError(`${name}: the credential has no fields to export`);
-        ctx.io.out(`${lines.join('\n')}\n`);
+        await ctx.io.out(`${lines.join('\n')}\n`);
       }),
     );
 }

@@ -74,7 +74,7 @@ export function registerDemo(program: Command, ctx: Ctx): void {
         const steps: Array<Record<string, unknown>> = [];
         let n = 0;
         const say = (s = '') => {
-          if (!json) io.out(`${s}\n`);
+          if (!json) void io.out(`${s}\n`);
         };
         const step = (title: string) => {
           n += 1;
@@ -223,7 +223,7 @@ export function registerDemo(program: Command, ctx: Ctx): void {
           if (v.ok) say(`   audit chain intact: ${v.rows} rows, head ${v.head.slice(0, 16)}…`);
           cmd('cordon audit tail -n 12');
           const tail = await auditRows.tail(b.db, 12);
-          if (!json) io.out(`${auditTable(tail, await agentNames(b.db)).trimEnd().replace(/^/gm, '   ')}\n`);
+          if (!json) await io.out(`${auditTable(tail, await agentNames(b.db)).trimEnd().replace(/^/gm, '   ')}\n`);
           record('verify', v);
           record('tail', tail.map(auditJson));
 

@@ -160,7 +160,7 @@ export function awsRegionOf(env: NodeJS.ProcessEnv): string | undefined {
 
 function vaultTokenOf(c: BackendCredential): string | null {
   const x = c.credentials;
-  for (const k of ['client_token', 'token', 'VAULT_TOKEN']) if (typeof x[k] === 'string' && x[k]) return x[k] as string;
+  for (const k of ['client_token', 'token', 'VAULT_TOKEN']) if (typeof x[k] === 'string' && x[k]) return x[k];
   const auth = x.auth as Record<string, unknown> | undefined;
   if (auth && typeof auth.client_token === 'string') return auth.client_token;
   return null;
@@ -219,7 +219,7 @@ export function inTerminalForeground(): boolean {
   return ttyNr !== 0 && tpgid > 0 && tpgid === pgrp;
 }
 
-const signalCode = (signal: NodeJS.Signals | string | null): number => 128 + ((signal && (osConstants.signals as Record<string, number>)[signal]) || 0);
+const signalCode = (signal: string | null): number => 128 + ((signal && (osConstants.signals as Record<string, number>)[signal]) || 0);
 
 function runChild(command: string[], env: NodeJS.ProcessEnv, relay: SignalRelay): Promise<number> {
   return new Promise<number>((resolve) => {

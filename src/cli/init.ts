@@ -7,7 +7,7 @@ import { ensureSigningKey, listKeys, loadSecretHashKey } from '../keys/keyring.t
 import { lintPolicyDir } from '../policy/lint.ts';
 import { systemClock } from '../clock.ts';
 import { action, config, leaf, type Ctx } from './context.ts';
-import { printJson, table } from './output.ts';
+import { errorLine, printJson, table } from './output.ts';
 
 interface Made {
   item: string;
@@ -74,8 +74,8 @@ export function registerInit(program: Command, ctx: Ctx): void {
         if (json) {
           await printJson(ctx.io, { ok: true, made });
         } else {
-          ctx.io.out(table(['ITEM', 'STATUS', 'WHERE', 'DETAIL'], made.map((m) => [m.item, m.status, m.where, m.detail])));
-          ctx.io.out(`\nReady. Register an agent with: cordon agent register NAME --policy POLICY\n`);
+          await ctx.io.out(table(['ITEM', 'STATUS', 'WHERE', 'DETAIL'], made.map((m) => [m.item, m.status, m.where, m.detail])));
+          await ctx.io.out(`\nReady. Register an agent with: cordon agent register NAME --policy POLICY\n`);
         }
       }),
     );
@@ -96,9 +96,15 @@ export function registerServe(program: Command, ctx: Ctx): void {
         const { startBroker } = await import('../runtime.ts');
         const r = await startBroker(cfg, { port });
         r.b.log.info({ issuer: cfg.issuer, listen: r.url, policies: r.b.policies.names() }, 'cordon broker listening');
-        const stop = async () => {
-          await r.stop();
-          process.exit(0);
+        // A shutdown that fails (the final audit checkpoint cannot be written, say) is one line and exit 1, not an unhandled rejection.
+        const stop = () => {
+          r.stop().then(
+            () => process.exit(0),
+            (e: unknown) => {
+              ctx.io.err(`cordon: ${errorLine(e)}\n`);
+              process.exit(1);
+            },
+          );
         };
         process.on('SIGINT', stop);
         process.on('SIGTERM', stop);

@@ -24,7 +24,7 @@ export function registerKeys(program: Command, ctx: Ctx): void {
       action(ctx, async ({ json }) => {
         const { list, now } = await withBroker(ctx, async (b) => ({ list: await listKeys(b.db), now: b.clock.now() }));
         if (json) return void (await printJson(ctx.io, list.map((k) => keyJson(k, now))));
-        ctx.io.out(
+        await ctx.io.out(
           table(
             ['KID', 'ALG', 'STATUS', 'IN JWKS', 'CREATED', 'RETIRED', 'PUBLISHED UNTIL'],
             list.map((k) => [k.kid, k.alg, k.status, published(k, now) ? 'yes' : 'no', fmtTime(k.createdAt), fmtTime(k.retiredAt), k.status === 'active' ? 'while active' : fmtWhen(k.publishUntil, now)]),
@@ -45,9 +45,9 @@ export function registerKeys(program: Command, ctx: Ctx): void {
           return { created, retired, now: b.clock.now(), longestTtlMs };
         });
         if (json) return void (await printJson(ctx.io, { active: keyJson(r.created, r.now), retired: r.retired ? keyJson(r.retired, r.now) : null }));
-        ctx.io.out(`new active key ${r.created.kid} (${r.created.alg})\n`);
-        if (r.retired) ctx.io.out(`retired ${r.retired.kid}: still published in /jwks until ${fmtWhen(r.retired.publishUntil, r.now)}\n`);
-        ctx.io.out(`Running brokers publish it within ${KEYRING_RELOAD_MS / 1000} s and sign with it from ${fmtTime(r.created.createdAt + KEY_ACTIVATION_MS)} on.\n`);
+        await ctx.io.out(`new active key ${r.created.kid} (${r.created.alg})\n`);
+        if (r.retired) await ctx.io.out(`retired ${r.retired.kid}: still published in /jwks until ${fmtWhen(r.retired.publishUntil, r.now)}\n`);
+        await ctx.io.out(`Running brokers publish it within ${KEYRING_RELOAD_MS / 1000} s and sign with it from ${fmtTime(r.created.createdAt + KEY_ACTIVATION_MS)} on.\n`);
       }),
     );
 }

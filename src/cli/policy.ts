@@ -43,13 +43,13 @@ export function registerPolicy(program: Command, ctx: Ctx): void {
           return problems.length ? 1 : 0;
         }
         // Warnings never fail lint: the broker loads the set and logs them.
-        ctx.io.out([...problems, ...warnings].map((p) => `${formatProblem(p)}\n`).join(''));
+        await ctx.io.out([...problems, ...warnings].map((p) => `${formatProblem(p)}\n`).join(''));
         const warned = warnings.length ? `${warnings.length} warning${warnings.length > 1 ? 's' : ''}` : '';
         if (problems.length) {
           ctx.io.err(`cordon: ${problems.length} problem${problems.length > 1 ? 's' : ''}${warned ? ` (and ${warned})` : ''} in ${dir}; the broker will not start until they are fixed\n`);
           return 1;
         }
-        ctx.io.out(`${dir}: ${policies.length} polic${policies.length === 1 ? 'y' : 'ies'}, no problems${warned ? `, ${warned}` : ''}${policies.length ? ` (${policies.map((p) => p.name).join(', ')})` : ''}\n`);
+        await ctx.io.out(`${dir}: ${policies.length} polic${policies.length === 1 ? 'y' : 'ies'}, no problems${warned ? `, ${warned}` : ''}${policies.length ? ` (${policies.map((p) => p.name).join(', ')})` : ''}\n`);
       }),
     );
 
@@ -60,7 +60,7 @@ export function registerPolicy(program: Command, ctx: Ctx): void {
         const list = set.list();
         if (json) return void (await printJson(ctx.io, list.map(policyJson)));
         if (!list.length) return void ctx.io.out('No policies.\n');
-        ctx.io.out(
+        await ctx.io.out(
           table(
             ['NAME', 'TOKEN_TTL', 'SESSION_TTL', 'SCOPES', 'DELEGATES', 'CREDENTIALS'],
             list.map((p) => [

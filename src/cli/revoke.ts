@@ -64,12 +64,12 @@ export function registerRevoke(program: Command, ctx: Ctx): void {
         if (json) return void (await printJson(ctx.io, { revoked: { [r.target]: r.id }, sessions: r.sessions, tokens: r.tokens, ...(openSession ? { session_still_open: openSession } : {}) }));
         const n = (k: number, w: string) => `${k} ${w}${k === 1 ? '' : 's'}`;
         const nothing = r.tokens.length === 0 && r.sessions.length === 0 ? ' (already revoked)' : '';
-        if (r.target === 'agent') ctx.io.out(`revoked agent ${r.id}: ${n(r.sessions.length, 'live session')} (with every token in them), ${n(r.tokens.length, 'token')} delegated to it in other sessions (with their subtrees)\n`);
-        else if (r.target === 'session') ctx.io.out(`revoked session ${r.id} and every token in it${nothing}\n`);
-        else ctx.io.out(`revoked token ${r.id} and its delegation subtree: ${n(r.tokens.length, 'token')}${nothing}\n`);
-        if (openSession) ctx.io.out(`This is a root token: session ${openSession} itself stays open, and its agent can still ask for new tokens in it until the session ends. \`cordon revoke --session ${openSession}\` ends it.\n`);
+        if (r.target === 'agent') await ctx.io.out(`revoked agent ${r.id}: ${n(r.sessions.length, 'live session')} (with every token in them), ${n(r.tokens.length, 'token')} delegated to it in other sessions (with their subtrees)\n`);
+        else if (r.target === 'session') await ctx.io.out(`revoked session ${r.id} and every token in it${nothing}\n`);
+        else await ctx.io.out(`revoked token ${r.id} and its delegation subtree: ${n(r.tokens.length, 'token')}${nothing}\n`);
+        if (openSession) await ctx.io.out(`This is a root token: session ${openSession} itself stays open, and its agent can still ask for new tokens in it until the session ends. \`cordon revoke --session ${openSession}\` ends it.\n`);
         if (r.sessions.length || r.tokens.length) {
-          ctx.io.out(
+          await ctx.io.out(
             r.backend
               ? 'Backend credentials were revoked with them (Vault tokens and leases; STS sessions denied where the policy allows, otherwise listed by `cordon status` until they expire).\n'
               : 'No backend provider is configured here; a running broker with providers cleans up their backend credentials on its next sweep.\n',

@@ -125,7 +125,7 @@ export function registerSession(program: Command, ctx: Ctx): void {
         });
         if (json) return void (await printJson(ctx.io, r.list.map((s) => ({ ...sessionJson(s, r.byId, r.now), tokens: r.counts.get(s.sid) ?? 0 }))));
         if (!r.list.length) return void ctx.io.out(opts.live ? 'No live sessions.\n' : 'No sessions.\n');
-        ctx.io.out(
+        await ctx.io.out(
           table(
             ['SID', 'AGENT', 'TASK', 'STATE', 'TOKENS', 'SCOPE', 'CREATED', 'EXPIRES'],
             r.list.map((s) => [s.sid, r.byId.get(s.agentId)?.name ?? s.agentId, clip(s.task, 30), sessionState(s, r.now), r.counts.get(s.sid) ?? 0, clip(s.scope, 50), fmtTime(s.createdAt), fmtRel(s.expiresAt, r.now)]),
@@ -161,8 +161,8 @@ export function registerSession(program: Command, ctx: Ctx): void {
         if (json) return void (await printJson(ctx.io, { session: sessionJson(r.s, r.byId, r.now), tokens: r.count, tree: r.tree, credentials: credJson }));
         const st = style(ctx.io);
         const state = sessionState(r.s, r.now);
-        ctx.io.out(`${st.bold(`Session ${r.s.sid}`)}\n`);
-        ctx.io.out(kv([
+        await ctx.io.out(`${st.bold(`Session ${r.s.sid}`)}\n`);
+        await ctx.io.out(kv([
           ['agent', `${r.byId.get(r.s.agentId)?.name ?? '?'} (${r.s.agentId})`],
           ['task', r.s.task],
           ['scope', r.s.scope],
@@ -173,11 +173,11 @@ export function registerSession(program: Command, ctx: Ctx): void {
           ['created', fmtTime(r.s.createdAt)],
           ['expires', fmtWhen(r.s.expiresAt, r.now)],
         ], '  '));
-        ctx.io.out(`\n${st.bold(`Delegation tree (${r.count} token${r.count === 1 ? '' : 's'})`)}\n`);
-        ctx.io.out(renderTree(r.tree, r.now, ctx.io));
+        await ctx.io.out(`\n${st.bold(`Delegation tree (${r.count} token${r.count === 1 ? '' : 's'})`)}\n`);
+        await ctx.io.out(renderTree(r.tree, r.now, ctx.io));
         if (credJson.length) {
-          ctx.io.out(`\n${st.bold('Backend credentials')}\n`);
-          ctx.io.out(table(['NAME', 'PROVIDER', 'HOLDER', 'STATE', 'EXPIRES'], credJson.map((c) => [c.name as string, c.provider as string, r.byId.get(c.holder as string)?.name ?? (c.holder as string), c.state as string, fmtWhen(Date.parse(c.expires_at!), r.now)])));
+          await ctx.io.out(`\n${st.bold('Backend credentials')}\n`);
+          await ctx.io.out(table(['NAME', 'PROVIDER', 'HOLDER', 'STATE', 'EXPIRES'], credJson.map((c) => [c.name as string, c.provider as string, r.byId.get(c.holder as string)?.name ?? (c.holder as string), c.state as string, fmtWhen(Date.parse(c.expires_at!), r.now)])));
         }
       }),
     );

@@ -121,45 +121,45 @@ export function registerStatus(program: Command, ctx: Ctx): void {
 
         const st = style(ctx.io);
         const io = ctx.io;
-        io.out(kv([
+        await io.out(kv([
           ['now', fmtTime(r.now)],
           ['issuer', r.issuer],
           ['signing key', active ? `${active.kid} (${active.alg})` : 'none: run `cordon init`'],
           ['audit rows', r.head?.seq ?? 0],
         ]));
 
-        io.out(`\n${st.bold('Agents')}\n`);
-        if (!perAgent.length) io.out('  (none)\n');
-        else io.out(table(['AGENT', 'POLICY', 'STATUS', 'LIVE SESSIONS', 'LIVE TOKENS'], perAgent.map((a) => [a.name, a.policy, a.status, a.live_sessions, a.live_tokens])));
+        await io.out(`\n${st.bold('Agents')}\n`);
+        if (!perAgent.length) await io.out('  (none)\n');
+        else await io.out(table(['AGENT', 'POLICY', 'STATUS', 'LIVE SESSIONS', 'LIVE TOKENS'], perAgent.map((a) => [a.name, a.policy, a.status, a.live_sessions, a.live_tokens])));
 
-        io.out(`\n${st.bold('Backend credentials alive')}\n`);
-        if (!r.alive.length) io.out('  (none)\n');
-        else io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'EXPIRES'], r.alive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now)])));
+        await io.out(`\n${st.bold('Backend credentials alive')}\n`);
+        if (!r.alive.length) await io.out('  (none)\n');
+        else await io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'EXPIRES'], r.alive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now)])));
 
-        io.out(`\n${st.bold('Revoked STS credentials still valid at AWS until expiry')}\n`);
-        if (!r.revokedAlive.length) io.out('  (none)\n');
+        await io.out(`\n${st.bold('Revoked STS credentials still valid at AWS until expiry')}\n`);
+        if (!r.revokedAlive.length) await io.out('  (none)\n');
         else {
-          io.out(table(['SESSION', 'NAME', 'HOLDER', 'REVOKED', 'VALID UNTIL', 'NOTE'], r.revokedAlive.map((c) => [c.sid, c.name, nameOf(c.agentId), fmtTime(c.revokedAt), fmtWhen(c.expiresAt, r.now), c.note])));
-          io.out(st.yellow('  AWS cannot revoke one STS session; these are denied by an IAM policy where the broker may add one, and die at expiry.\n'));
+          await io.out(table(['SESSION', 'NAME', 'HOLDER', 'REVOKED', 'VALID UNTIL', 'NOTE'], r.revokedAlive.map((c) => [c.sid, c.name, nameOf(c.agentId), fmtTime(c.revokedAt), fmtWhen(c.expiresAt, r.now), c.note])));
+          await io.out(st.yellow('  AWS cannot revoke one STS session; these are denied by an IAM policy where the broker may add one, and die at expiry.\n'));
         }
         if (r.failedAlive.length) {
-          io.out(`\n${st.bold(st.red('Backend revocations that failed (still valid until expiry)'))}\n`);
-          io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'VALID UNTIL', 'NOTE'], r.failedAlive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now), c.note])));
+          await io.out(`\n${st.bold(st.red('Backend revocations that failed (still valid until expiry)'))}\n`);
+          await io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'VALID UNTIL', 'NOTE'], r.failedAlive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now), c.note])));
         }
 
-        io.out(`\n${st.bold('Lifetime caps')}\n`);
-        if (!r.caps.found.length) io.out(`  ${st.green('ok')}: no session outlives its policy's session_ttl, no token its holder's token_ttl\n`);
+        await io.out(`\n${st.bold('Lifetime caps')}\n`);
+        if (!r.caps.found.length) await io.out(`  ${st.green('ok')}: no session outlives its policy's session_ttl, no token its holder's token_ttl\n`);
         else {
-          io.out(st.red(`  ${r.caps.found.length} record(s) outlive their cap: this must never happen\n`));
-          io.out(table(['KIND', 'ID', 'AGENT', 'POLICY', 'LIFETIME', 'CAP'], r.caps.found.map((o) => [o.kind, o.id, nameOf(o.agentId), o.policy, fmtDuration(o.lifetimeSec), fmtDuration(o.capSec)])));
+          await io.out(st.red(`  ${r.caps.found.length} record(s) outlive their cap: this must never happen\n`));
+          await io.out(table(['KIND', 'ID', 'AGENT', 'POLICY', 'LIFETIME', 'CAP'], r.caps.found.map((o) => [o.kind, o.id, nameOf(o.agentId), o.policy, fmtDuration(o.lifetimeSec), fmtDuration(o.capSec)])));
         }
-        if (r.caps.unchecked.length) io.out(`  not checked (policy not loaded): ${r.caps.unchecked.join(', ')}\n`);
+        if (r.caps.unchecked.length) await io.out(`  not checked (policy not loaded): ${r.caps.unchecked.join(', ')}\n`);
 
-        io.out(`\n${st.bold('File permissions')}\n`);
-        if (!r.loose.length) io.out(`  ${st.green('ok')}: data and key directories 0700, database and key files 0600 (or tighter)\n`);
+        await io.out(`\n${st.bold('File permissions')}\n`);
+        if (!r.loose.length) await io.out(`  ${st.green('ok')}: data and key directories 0700, database and key files 0600 (or tighter)\n`);
         else {
-          io.out(st.yellow(`  ${r.loose.length} private file(s) more open than they should be: chmod them to the expected mode\n`));
-          io.out(table(['PATH', 'MODE', 'EXPECTED'], r.loose.map((f) => [f.path, f.mode, f.expected])));
+          await io.out(st.yellow(`  ${r.loose.length} private file(s) more open than they should be: chmod them to the expected mode\n`));
+          await io.out(table(['PATH', 'MODE', 'EXPECTED'], r.loose.map((f) => [f.path, f.mode, f.expected])));
         }
         return r.caps.found.length ? 1 : 0;
       }),

@@ -74,14 +74,14 @@ export function registerToken(program: Command, ctx: Ctx): void {
         if (json) return void (await printJson(ctx.io, { header, claims, signature: r.signature, active: r.intro.active, state: r.state, introspection: r.intro }));
         const st = style(ctx.io);
         const t = (v: unknown) => (typeof v === 'number' ? fmtWhen(v * 1000, r.now) : undefined);
-        ctx.io.out(`${st.bold('Header')}\n${JSON.stringify(header, null, 2)}\n\n${st.bold('Claims')}\n${JSON.stringify(claims, null, 2)}\n\n`);
+        await ctx.io.out(`${st.bold('Header')}\n${JSON.stringify(header, null, 2)}\n\n${st.bold('Claims')}\n${JSON.stringify(claims, null, 2)}\n\n`);
         const explain: Record<string, string> = {
           not_ours: 'the signature does not verify against this broker',
           foreign_issuer: `iss is not this broker (${r.issuer})`,
           invalid: 'the token does not pass verification (claims or record do not match)',
           ...WHY,
         };
-        ctx.io.out(kv([
+        await ctx.io.out(kv([
           ['issued', t(claims.iat)],
           ['expires', t(claims.exp)],
           ['signature', r.signature.valid ? st.green(`valid (kid ${r.signature.kid})`) : st.red(`invalid: ${r.signature.reason}`)],

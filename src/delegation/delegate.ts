@@ -7,7 +7,7 @@ import { agents, type Agent } from '../store/agents.ts';
 import type { Q } from '../store/db.ts';
 import { statesAtCommit } from '../store/liveness.ts';
 import type { Policy } from '../policy/types.ts';
-import { audiencesOf, chainOf, type ActClaim, type AccessTokenClaims } from '../tokens/claims.ts';
+import { audiencesOf, chainOf, type ActClaim } from '../tokens/claims.ts';
 import { issueToken, type IssuedToken } from '../tokens/issue.ts';
 import type { Attempt } from '../audit/attempt.ts';
 import { activeAgentAndPolicy, parseRequestedScope, parseRequestedTtl } from '../sessions/start.ts';

@@ -76,7 +76,7 @@ function resolverFor(b: Broker, t: Trust): JWTVerifyGetKey {
   if (cached && cached.mtimeMs === mtimeMs) return cached.getKey;
   let getKey: JWTVerifyGetKey;
   try {
-    getKey = createLocalJWKSet(checkPublicJwks(JSON.parse(readFileSync(t.source, 'utf8'))) as never);
+    getKey = createLocalJWKSet(checkPublicJwks(JSON.parse(readFileSync(t.source, 'utf8'))));
   } catch {
     throw new CordonError('temporarily_unavailable', `the key set of issuer ${t.rule.issuer} is not a valid public JWKS`, { reason: 'federation_jwks_invalid' });
   }

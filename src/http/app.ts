@@ -70,7 +70,7 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   // never reached, as discovery says. RFC 8414 metadata is the same document as OpenID discovery.
   const callback = provider.callback();
   const toProvider = (req: Request, res: Response): void => {
-    callback(req, res);
+    void callback(req, res); // Koa answers its own errors: this promise does not reject
   };
   app.get('/.well-known/openid-configuration', toProvider);
   app.get('/.well-known/oauth-authorization-server', (req, res) => {

@@ -34,7 +34,7 @@ function adapterFor(b: Broker) {
       if (this.model === 'Client') {
         // The public workload client: no secret, token exchange only; the subject token names the agent (grants/token-exchange.ts).
         if (id === WORKLOAD_CLIENT_ID) {
-          return { client_id: WORKLOAD_CLIENT_ID, token_endpoint_auth_method: 'none', grant_types: [GRANT_TOKEN_EXCHANGE], response_types: [], redirect_uris: [] } as AdapterPayload;
+          return { client_id: WORKLOAD_CLIENT_ID, token_endpoint_auth_method: 'none', grant_types: [GRANT_TOKEN_EXCHANGE], response_types: [], redirect_uris: [] };
         }
         if (!isWellFormedId(id)) return undefined;
         const a = await agents.get(b.read, id);
@@ -49,13 +49,13 @@ function adapterFor(b: Broker) {
           grant_types: GRANT_TYPES,
           response_types: [],
           redirect_uris: [],
-        } as AdapterPayload;
+        };
       }
       if (this.model === 'ReplayDetection') {
         // oidc-provider asks find() then saves: two steps that concurrent replays slip between. The
         // claim is made here, atomically; a value seen before is a replay (upsert only fixes the expiry).
         const fresh = await replayGuard.claim(b.db, assertionReplayKey(id), b.clock.now() + PROVISIONAL_REPLAY_MS, b.clock.now());
-        return fresh ? undefined : ({ jti: id } as AdapterPayload);
+        return fresh ? undefined : { jti: id };
       }
       return undefined;
     }
@@ -119,7 +119,7 @@ export async function createProvider(b: Broker): Promise<Provider> {
   const jwk = { ...(await exportJWK(b.keys.active().privateKey)), kid: b.keys.active().kid, alg, use: 'sig' };
   const provider = new Provider(b.config.issuer, {
     adapter: adapterFor(b),
-    jwks: { keys: [jwk as never] },
+    jwks: { keys: [jwk] },
     clientAuthMethods: [...CLIENT_AUTH_METHODS, 'none'], // 'none' only for the public cordon-workload client
     clientDefaults: { grant_types: GRANT_TYPES, response_types: [], id_token_signed_response_alg: alg, token_endpoint_auth_method: 'client_secret_basic' },
     enabledJWA: { clientAuthSigningAlgValues: [...CLIENT_ASSERTION_ALGS], idTokenSigningAlgValues: [alg] },

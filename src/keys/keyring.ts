@@ -103,7 +103,6 @@ export class Keyring {
   #active!: ActiveKey;
   #verify = new Map<string, { alg: SigningAlg; key: KeyObject }>();
   #jwks: { keys: JWK[] } = { keys: [] };
-  #loadedAt = 0;
   #reloadDueAt = 0;
   #unknownKidReloadAt = -Infinity;
   readonly #db: Db;
@@ -145,7 +144,6 @@ export class Keyring {
     this.#active = { kid: signer.kid, alg: signer.alg, privateKey };
     this.#verify = verify;
     this.#jwks = { keys: published.map((r) => r.publicJwk) };
-    this.#loadedAt = now;
     this.#reloadDueAt = replaced ? Math.min(now + KEYRING_RELOAD_MS + 1, activatesAt) : now + KEYRING_RELOAD_MS + 1;
   }
 

@@ -7,10 +7,10 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
-import { credNames, covers, CRED_PREFIX, isWildcard } from './scopes.ts';
+import { credNames, covers } from './scopes.ts';
 import { DEFAULT_SESSION_TTL, DEFAULT_TOKEN_TTL, NAME_PATTERN, policyFileSchema, type PolicyFile } from './schema.ts';
 import type { LintProblem, Policy } from './types.ts';
-import { type FileGrants, type Position, fileGrants, grantChecks } from './lint-grants.ts';
+import { type FileGrants, fileGrants, grantChecks } from './lint-grants.ts';
 
 export type { LintProblem } from './types.ts';
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { EmbeddedJWK, calculateJwkThumbprint, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWK, type JWTPayload } from 'jose';
+import { EmbeddedJWK, calculateJwkThumbprint, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import { DPOP_ALGS, DPOP_TYP } from './constants.ts';
 
 /**
@@ -104,5 +104,5 @@ export async function verifyDpopProof(proof: unknown, check: DpopProofCheck): Pr
   const jti = payload.jti;
   if (typeof jti !== 'string' || jti.length < 8 || jti.length > 128) throw bad('jti', 'DPoP proof jti is missing or malformed');
   if (check.accessToken !== undefined && payload.ath !== athOf(check.accessToken)) throw bad('ath', 'DPoP proof ath does not match the access token');
-  return { jkt: await calculateJwkThumbprint(jwk as JWK), jti, iat };
+  return { jkt: await calculateJwkThumbprint(jwk), jti, iat };
 }

@@ -6,7 +6,7 @@ export function vaultError(op: string, e: unknown, timeoutMs: number, loginVar?:
   const resp = (e as { response?: { statusCode?: number; body?: { errors?: unknown[] } } }).response;
   if (resp?.statusCode) {
     const status = resp.statusCode;
-    const msg = backendText(Array.isArray(resp.body?.errors) ? resp.body!.errors.join('; ') : '');
+    const msg = backendText(Array.isArray(resp.body?.errors) ? resp.body.errors.join('; ') : '');
     if (status === 503 && /sealed/i.test(msg)) return new ProviderError('vault', 'sealed', 'Vault is sealed: no credential can be issued until an operator unseals it', e);
     if (status === 503) return new ProviderError('vault', 'down', `Vault is unavailable (503${msg ? `: ${msg}` : ''})`, e);
     if (status === 429) return new ProviderError('vault', 'throttled', 'Vault is rate limiting the broker (429)', e);

@@ -277,7 +277,7 @@ export class VaultProvider implements CredentialProvider {
 
   async health(): Promise<ProviderHealth> {
     try {
-      const h = await this.#client.health({ requestOptions: { timeout: this.#cfg.timeoutMs } } as never);
+      const h = await this.#client.health({ requestOptions: { timeout: this.#cfg.timeoutMs } });
       if (h?.sealed) return { ok: false, detail: 'Vault is sealed' };
       const l = await this.#ensureLogin(0);
       if (this.#rootRefused(l)) return { ok: false, detail: `${this.#loginVariable()} ${ROOT_REFUSAL}` };

@@ -69,13 +69,13 @@ async function loadClientKey(k: CryptoKey | JWK | string, alg?: ClientKeyAlg, ki
       }
     } else {
       try {
-        jwk = createPrivateKey(text).export({ format: 'jwk' }) as JWK;
+        jwk = createPrivateKey(text).export({ format: 'jwk' });
       } catch {
         throw new CordonSdkError('config', 'private key: neither a JWK nor a PKCS#8/SEC1 PEM private key');
       }
     }
-  } else if (isObject(k) && typeof (k as JWK).kty === 'string') {
-    jwk = k as JWK;
+  } else if (isObject(k) && typeof k.kty === 'string') {
+    jwk = k;
   } else {
     if (!alg) throw new CordonSdkError('config', 'privateKeyAlg is required with a CryptoKey');
     return { key: k as CryptoKey, alg, kid };

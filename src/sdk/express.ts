@@ -95,7 +95,7 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
     );
   }) as AgentTokenMiddleware;
 
-  mw.verify = v.verify;
+  mw.verify = (input) => v.verify(input);
   mw.pollNow = () => v.feed.poll();
   mw.nextPoll = () => v.feed.nextPoll();
   mw.ready = async () => {

@@ -70,7 +70,8 @@ export class TokenKeeper {
       if (brokerHiccup(e) && this.#clock.now() < s.current.expiresAt - 1000) return s.current;
       throw e;
     }
-    if (s.ended) throw s.ended;
+    // The refresh may have ended the session (TypeScript's narrowing above cannot see that).
+    if (s.ended) throw s.ended as CordonSdkError;
     return s.current;
   }
 

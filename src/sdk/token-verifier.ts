@@ -140,7 +140,7 @@ export function createAgentTokenVerifier(opts: AgentTokenVerifierOptions): Agent
     if (hit) {
       const nowSec = clock.now() / 1000;
       // Still signed by a key the broker publishes (a JWKS reload drops every entry), still in its time window.
-      if (jwks.peek(hit.kid) === hit.key && (hit.payload.exp as number) > nowSec - tolerance && ((hit.payload.nbf as number | undefined) ?? 0) <= nowSec + tolerance) {
+      if (jwks.peek(hit.kid) === hit.key && (hit.payload.exp as number) > nowSec - tolerance && (hit.payload.nbf ?? 0) <= nowSec + tolerance) {
         verified.delete(token);
         verified.set(token, hit);
         return hit.payload;

@@ -71,7 +71,7 @@ export function canonical(value: unknown): string {
 function legacyCanonical(value: unknown): string {
   if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
   if (Array.isArray(value)) return `[${value.map(legacyCanonical).join(',')}]`;
-  const keys = Object.keys(value as object).sort();
+  const keys = Object.keys(value).sort();
   return `{${keys.map((k) => `${JSON.stringify(k)}:${legacyCanonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
 }
 

@@ -76,6 +76,7 @@ export const sessions = {
   async endedUnswept(q: Q, at: number, limit = 100): Promise<Session[]> {
     const rows = await q('sessions')
       .whereNull('swept_at')
+      // eslint-disable-next-line @typescript-eslint/no-misused-promises -- a knex builder is thenable; this callback only builds the clause
       .andWhere((w) => w.whereNotNull('revoked_at').orWhere('expires_at', '<=', at))
       .orderBy('expires_at')
       .limit(limit);

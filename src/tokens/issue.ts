@@ -1,6 +1,5 @@
 import type { Broker } from '../broker.ts';
-import { appendAudit } from '../store/audit-chain.ts';
-import { type Q, transact } from '../store/db.ts';
+import type { Q } from '../store/db.ts';
 import type { TokenRecord } from '../store/tokens.ts';
 import type { Session } from '../store/sessions.ts';
 import { newJti } from '../ids.ts';

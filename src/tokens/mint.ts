@@ -6,7 +6,7 @@ import { ACCESS_TOKEN_TYP, type AccessTokenClaims } from './claims.ts';
 export async function signAccessToken(keys: Keyring, claims: AccessTokenClaims): Promise<{ jwt: string; kid: string }> {
   const { kid, alg, privateKey } = keys.active();
   const { iss, sub, aud, iat, nbf, exp, jti, ...rest } = claims;
-  const jwt = await new SignJWT(rest as Record<string, unknown>)
+  const jwt = await new SignJWT(rest)
     .setProtectedHeader({ alg, kid, typ: ACCESS_TOKEN_TYP })
     .setIssuer(iss)
     .setSubject(sub)

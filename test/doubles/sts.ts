@@ -383,7 +383,7 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
     if (!m) throw new Error(`StsDouble.addRole: not a role ARN: ${arn}`);
     const max = cfg.maxSessionDuration ?? 3600;
     if (max < 3600 || max > 43200) throw new Error('StsDouble.addRole: maxSessionDuration must be 3600–43200');
-    this.#roles.set(arn, { arn, name: m[2]!, id: `AROA${randUpper(17)}`, cfg, inline: this.#roleByName(m[2]!)?.inline ?? new Map() });
+    this.#roles.set(arn, { arn, name: m[2], id: `AROA${randUpper(17)}`, cfg, inline: this.#roleByName(m[2])?.inline ?? new Map() });
   }
 
   /** Make the next request (optionally only of one Action) fail with this AWS error. */
@@ -580,20 +580,20 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
     // Who is signing?
     let secret: string;
     let caller: { accessKeyId: string; arn: string; userId: string; session?: IssuedCredential };
-    const lt = this.#keys.get(keyId!);
-    const session = this.issued.get(keyId!);
+    const lt = this.#keys.get(keyId);
+    const session = this.issued.get(keyId);
     if (lt) {
       secret = lt.secret;
-      caller = { accessKeyId: keyId!, arn: lt.arn, userId: lt.userId };
+      caller = { accessKeyId: keyId, arn: lt.arn, userId: lt.userId };
     } else if (session) {
       if (req.headers['x-amz-security-token'] !== session.sessionToken)
         throw new AwsError(403, 'InvalidClientTokenId', 'The security token included in the request is invalid.');
       if (session.expiresAtMs <= this.now()) throw new AwsError(403, 'ExpiredToken', 'The security token included in the request is expired');
       secret = session.secretAccessKey;
-      caller = { accessKeyId: keyId!, arn: session.assumedRoleArn, userId: session.assumedRoleId, session };
+      caller = { accessKeyId: keyId, arn: session.assumedRoleArn, userId: session.assumedRoleId, session };
     } else throw new AwsError(403, 'InvalidClientTokenId', 'The security token included in the request is invalid.');
 
-    const signedHeaders = signedHeadersStr!.split(';');
+    const signedHeaders = signedHeadersStr.split(';');
     if (!signedHeaders.includes('host'))
       throw new AwsError(400, 'IncompleteSignature', "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.");
     const amzDate = String(req.headers['x-amz-date'] ?? '');
@@ -634,10 +634,10 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
     const canonicalRequest = [rec.method, canonicalPath, canonicalQuery, canonicalHeaders, signedHeadersStr, payloadHash].join('\n');
     const scope = `${scopeDate}/${scopeRegion}/${scopeService}/aws4_request`;
     const stringToSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256hex(canonicalRequest)].join('\n');
-    const kDate = hmac(`AWS4${secret}`, scopeDate!);
-    const kSigning = hmac(hmac(hmac(kDate, scopeRegion!), scopeService!), 'aws4_request');
+    const kDate = hmac(`AWS4${secret}`, scopeDate);
+    const kSigning = hmac(hmac(hmac(kDate, scopeRegion), scopeService), 'aws4_request');
     const expected = hmac(kSigning, stringToSign);
-    const got = Buffer.from(signature!, 'hex');
+    const got = Buffer.from(signature, 'hex');
     if (got.length !== expected.length || !timingSafeEqual(got, expected))
       throw new AwsError(
         403,
@@ -820,17 +820,17 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
       }
     }
     c.throwIfAny();
-    const role = this.#roleByName(p.RoleName!);
+    const role = this.#roleByName(p.RoleName);
     if (!role) throw new AwsError(404, 'NoSuchEntity', `The role with name ${p.RoleName} cannot be found.`);
-    const name = p.PolicyName!;
+    const name = p.PolicyName;
     switch (action) {
       case 'PutRolePolicy': {
-        const problem = policyProblem(p.PolicyDocument!);
+        const problem = policyProblem(p.PolicyDocument);
         if (problem) throw new AwsError(400, 'MalformedPolicyDocument', problem);
         const others = [...role.inline].filter(([n]) => n !== name).map(([, d]) => d);
-        const size = [...others, p.PolicyDocument!].reduce((n, d) => n + d.replace(/\s/g, '').length, 0);
+        const size = [...others, p.PolicyDocument].reduce((n, d) => n + d.replace(/\s/g, '').length, 0);
         if (size > 10240) throw new AwsError(409, 'LimitExceeded', `Maximum policy size of 10240 bytes exceeded for role ${role.name}`);
-        role.inline.set(name, p.PolicyDocument!);
+        role.inline.set(name, p.PolicyDocument);
         return '';
       }
       case 'GetRolePolicy': {

@@ -260,7 +260,7 @@ export function parseVaultDuration(v: unknown): number {
     re.lastIndex = i;
     const m = re.exec(s);
     if (!m) throw invalid(`time: invalid duration "${v}"`);
-    total += parseFloat(m[1]!) * unit[m[2]!]!;
+    total += parseFloat(m[1]) * unit[m[2]];
     i = re.lastIndex;
   }
   return Math.trunc(neg ? -total : total);
@@ -678,15 +678,15 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     if (write && (path === 'auth/token/create' || path === 'auth/token/create-orphan'))
       return this.#tokenCreate(te, body, path === 'auth/token/create-orphan');
     if (write && (m = path.match(/^auth\/token\/create\/([^/]+)$/))) {
-      const role = ROLE_NAME.test(m[1]!) ? this.#tokenRoles.get(m[1]!) : undefined;
-      if (!role) throw invalid(`unknown role ${m[1]!}`);
+      const role = ROLE_NAME.test(m[1]) ? this.#tokenRoles.get(m[1]) : undefined;
+      if (!role) throw invalid(`unknown role ${m[1]}`);
       return this.#tokenCreate(te, body, false, role);
     }
-    if ((m = path.match(/^auth\/token\/roles\/([^/]+)$/)) && ROLE_NAME.test(m[1]!)) {
-      if (write) return this.#tokenRoleWrite(m[1]!, body);
-      if (method === 'GET') return this.#tokenRoleRead(m[1]!);
+    if ((m = path.match(/^auth\/token\/roles\/([^/]+)$/)) && ROLE_NAME.test(m[1])) {
+      if (write) return this.#tokenRoleWrite(m[1], body);
+      if (method === 'GET') return this.#tokenRoleRead(m[1]);
       if (method === 'DELETE') {
-        this.#tokenRoles.delete(m[1]!);
+        this.#tokenRoles.delete(m[1]);
         return { status: 204 };
       }
     }
@@ -725,8 +725,8 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
       if (target && target.state === 'active') this.#revokeOrphan(target);
       return { status: 204 };
     }
-    if (method === 'GET' && (m = path.match(/^database\/creds\/([^/]+)$/))) return this.#dynamicCreds(te, 'database', m[1]!);
-    if (method === 'GET' && (m = path.match(/^aws\/creds\/([^/]+)$/))) return this.#dynamicCreds(te, 'aws', m[1]!);
+    if (method === 'GET' && (m = path.match(/^database\/creds\/([^/]+)$/))) return this.#dynamicCreds(te, 'database', m[1]);
+    if (method === 'GET' && (m = path.match(/^aws\/creds\/([^/]+)$/))) return this.#dynamicCreds(te, 'aws', m[1]);
     if (write && (m = path.match(/^sys\/leases\/revoke(?:\/(.+))?$/))) {
       const id = (typeof body.lease_id === 'string' && body.lease_id) || m[1] || '';
       if (!id) throw invalid('lease_id must be specified');
@@ -735,14 +735,14 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
       return { status: 204 }; // Vault: an unknown lease is "nothing to revoke"
     }
     if (write && (m = path.match(/^sys\/leases\/revoke-prefix\/(.+)$/))) {
-      for (const l of this.#leases.values()) if (l.state === 'active' && l.id.startsWith(m[1]!)) this.#endLease(l, 'revoked', 'revoke-prefix');
+      for (const l of this.#leases.values()) if (l.state === 'active' && l.id.startsWith(m[1])) this.#endLease(l, 'revoked', 'revoke-prefix');
       return { status: 204 };
     }
     if (write && (path === 'sys/leases/renew' || path === 'sys/renew')) return this.#leaseRenew(body);
     if (write && path === 'sys/leases/lookup') return this.#leaseLookup(body);
     if ((m = path.match(/^secret\/data\/(.+)$/))) {
-      if (method === 'GET') return this.#kvRead(m[1]!, query.version);
-      if (write) return this.#kvWrite(m[1]!, body);
+      if (method === 'GET') return this.#kvRead(m[1], query.version);
+      if (write) return this.#kvWrite(m[1], body);
     }
     throw new VaultHttpError(404, [`no handler for route "${path}". route entry not found.`]);
   }
@@ -1315,7 +1315,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
         lease_id: '',
         renewable: false,
         lease_duration: 0,
-        data: this.#kvMeta(this.#kv.get(path)![n - 1]!, n),
+        data: this.#kvMeta(this.#kv.get(path)![n - 1], n),
         wrap_info: null,
         warnings: null,
         auth: null,

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { resolve } from 'node:path';
 import knexFactory from 'knex';
 import { PG_URL } from './broker.ts';
 
@@ -6,13 +7,13 @@ import { PG_URL } from './broker.ts';
 const pgAdmin = () => knexFactory({ client: 'pg', connection: PG_URL, pool: { min: 0, max: 1 }, acquireConnectionTimeout: 5000 });
 
 /** A fresh database on the local server, dropped afterwards. */
-export async function freshPgDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
+export async function freshPgDatabase(): Promise<{ url: string; drop: () => Promise<void> }> {
   const name = `cordon_test_${randomBytes(6).toString('hex')}`;
   const admin = pgAdmin();
   try {
     await admin.raw(`CREATE DATABASE ${name}`);
   } catch (e) {
-    throw new Error(`PostgreSQL at ${PG_URL} does not answer or refuses CREATE DATABASE (${(e as Error).message}); the store suite needs it (CORDON_TEST_PG points elsewhere)`);
+    throw new Error(`PostgreSQL at ${PG_URL} does not answer or refuses CREATE DATABASE (${(e as Error).message}); the store suite needs it (CORDON_TEST_PG points elsewhere)`, { cause: e });
   } finally {
     await admin.destroy();
   }
@@ -35,7 +36,6 @@ export async function freshPgDatabase(): Promise<{ url: string; drop(): Promise<
 /** A test broker (no HTTP) on a fresh PostgreSQL database with the shipped policies; `close` drops the database too. */
 export async function startPgTestBroker(): Promise<{ tb: import('./broker.ts').TestBroker; close(): Promise<void> }> {
   const { startTestBroker } = await import('./broker.ts');
-  const { resolve } = await import('node:path');
   const db = await freshPgDatabase();
   try {
     const tb = await startTestBroker({ http: false, policyDir: resolve('policies'), databaseUrl: db.url });
