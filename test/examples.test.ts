@@ -56,10 +56,13 @@ function startProcess(args: string[], env: NodeJS.ProcessEnv, ready: RegExp | nu
     let out = '';
     let err = '';
     if (!ready) res({ p, out: () => out });
-    const timer = setTimeout(() => {
-      p.kill('SIGKILL'); // never leave a half-started process behind
-      rej(new Error(`not ready: ${args.join(' ')}\n${out}\n${err}`));
-    }, 30_000);
+    // Only a readiness wait has a deadline; with no `ready` line the caller watches the process itself.
+    const timer = ready
+      ? setTimeout(() => {
+          p.kill('SIGKILL'); // never leave a half-started process behind
+          rej(new Error(`not ready: ${args.join(' ')}\n${out}\n${err}`));
+        }, 30_000)
+      : undefined;
     p.stdout.on('data', (d) => {
       out += d;
       if (ready?.test(out)) {
