@@ -129,7 +129,7 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
       const jwk = { ...(await exportJWK(privateKey)), kid: 'k', alg: 'ES256', use: 'sig' };
       const provider = new Provider('http://127.0.0.1', {
         adapter: TestAdapter,
-        jwks: { keys: [jwk as never] },
+        jwks: { keys: [jwk] },
         clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
         clientDefaults: { grant_types: [GRANT], response_types: [], id_token_signed_response_alg: 'ES256' },
         enabledJWA: { idTokenSigningAlgValues: ['ES256'] },
@@ -154,9 +154,10 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
         ['one', 'many'],
         ['many'],
       );
-      s = await serve(provider.callback());
+      const callback = provider.callback();
+      s = await serve((req, res) => void callback(req, res));
     });
-    after(async () => s?.close());
+    after(() => s?.close());
     beforeEach(() => {
       compared.length = 0;
       stateSeen.length = 0;
@@ -212,6 +213,7 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
     it('assertionReplayId: the ReplayDetection id of a private_key_jwt assertion at /token is SHA-256(iss ‖ jti)', async () => {
       const t = await startTestBroker();
       const claimed: string[] = [];
+      // eslint-disable-next-line @typescript-eslint/unbound-method -- restored below; applied with its object
       const claim = replayGuard.claim;
       replayGuard.claim = async (...args) => {
         claimed.push(args[1]);

@@ -177,7 +177,7 @@ export function registerSession(program: Command, ctx: Ctx): void {
         await ctx.io.out(renderTree(r.tree, r.now, ctx.io));
         if (credJson.length) {
           await ctx.io.out(`\n${st.bold('Backend credentials')}\n`);
-          await ctx.io.out(table(['NAME', 'PROVIDER', 'HOLDER', 'STATE', 'EXPIRES'], credJson.map((c) => [c.name as string, c.provider as string, r.byId.get(c.holder as string)?.name ?? (c.holder as string), c.state as string, fmtWhen(Date.parse(c.expires_at!), r.now)])));
+          await ctx.io.out(table(['NAME', 'PROVIDER', 'HOLDER', 'STATE', 'EXPIRES'], credJson.map((c) => [c.name, c.provider, r.byId.get(c.holder)?.name ?? (c.holder), c.state as string, fmtWhen(Date.parse(c.expires_at!), r.now)])));
         }
       }),
     );

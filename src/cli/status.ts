@@ -11,7 +11,7 @@ import { agents } from '../store/agents.ts';
 import { sessions } from '../store/sessions.ts';
 import { tokens } from '../store/tokens.ts';
 import { credentials, type CredentialRow } from '../store/credentials.ts';
-import { num, sqliteFiles } from '../store/db.ts';
+import { sqliteFiles } from '../store/db.ts';
 import { keyFiles, listKeys } from '../keys/keyring.ts';
 import { auditRows } from '../store/audit.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';

@@ -18,6 +18,7 @@ import Provider, { type KoaContextWithOIDC } from 'oidc-provider';
  * headers.
  */
 export function beforeHeadWritten(res: Response, hook: () => void): void {
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- called below with `this` bound
   const writeHead = res.writeHead;
   res.writeHead = function patched(this: Response, ...args: unknown[]) {
     hook();
@@ -60,7 +61,7 @@ export function responseStarted(socket: Duplex): boolean {
 export function replaceClientSecretCheck(provider: Provider, matches: (presented: string, stored: string | null) => boolean): void {
   provider.Client.prototype.compareClientSecret = function compare(this: { clientSecret?: string }, presented: string) {
     return Promise.resolve(matches(presented, this.clientSecret ?? null));
-  } as never;
+  };
 }
 
 /**
@@ -87,10 +88,10 @@ type OidcContext = { oidc?: KoaContextWithOIDC['oidc'] };
  * registered, plus the client authentication ones): a string, undefined, or an array for a
  * parameter registered as allowing duplicates.
  */
-export const providerParams = (ctx: object): Record<string, unknown> => ((ctx as OidcContext).oidc?.params ?? {}) as Record<string, unknown>;
+export const providerParams = (ctx: object): Record<string, unknown> => ((ctx as OidcContext).oidc?.params ?? {});
 
 /** oidc-provider 9.13 (checked against 9.13.3): `ctx.oidc.body` is the whole decoded form, parameters it does not know included. */
-export const providerBody = (ctx: object): Record<string, unknown> => ((ctx as OidcContext).oidc?.body ?? {}) as Record<string, unknown>;
+export const providerBody = (ctx: object): Record<string, unknown> => ((ctx as OidcContext).oidc?.body ?? {});
 
 /** oidc-provider 9.13 (checked against 9.13.3): once authenticated, `ctx.oidc.client` has `clientId` and `clientAuthMethod`. */
 export const providerClient = (ctx: object): { clientId: string; clientAuthMethod: string } | undefined => (ctx as OidcContext).oidc?.client as { clientId: string; clientAuthMethod: string } | undefined;

@@ -46,6 +46,6 @@ export const tokenResponse = (r: { jwt: string; expiresIn: number; claims: { sco
 
 /** The authenticated agent's row as the client lookup read it in this request (see provider.ts). */
 export const callerRow = (ctx: KoaContextWithOIDC): Agent | undefined => {
-  const a = (ctx.state as Record<string, unknown> | undefined)?.cordonAgent as Agent | undefined;
+  const a = (ctx.state)?.cordonAgent as Agent | undefined;
   return a && a.id === providerClient(ctx)?.clientId ? a : undefined;
 };

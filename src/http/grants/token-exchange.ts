@@ -1,7 +1,7 @@
 import type { KoaContextWithOIDC } from 'oidc-provider';
 import type { Broker } from '../../broker.ts';
 import { CordonError } from '../../errors.ts';
-import { TOKEN_TYPE_ACCESS, TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT, GRANT_TOKEN_EXCHANGE } from '../../tokens/claims.ts';
+import { TOKEN_TYPE_ACCESS, TOKEN_TYPE_BOOTSTRAP, GRANT_TOKEN_EXCHANGE } from '../../tokens/claims.ts';
 import { delegate } from '../../delegation/delegate.ts';
 import { WORKLOAD_CLIENT_ID, redeemBootstrapToken } from '../../sessions/bootstrap.ts';
 import { redeemFederatedJwt } from '../../federation/exchange.ts';
