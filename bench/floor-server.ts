@@ -34,13 +34,31 @@ const CLIENT_SECRET = 'floor-secret';
 const hashKey = Buffer.alloc(32, 7);
 const secretHash = createHmac('sha256', hashKey).update(CLIENT_SECRET).digest();
 const { privateKey, publicKey } = generateKeyPairSync('ed25519');
-const sign = () => new SignJWT({ scope: 'docs:read', sid: 'sid_floor', client_id: CLIENT_ID }).setProtectedHeader({ alg: 'EdDSA', typ: 'at+jwt' }).setIssuer('floor').setSubject(CLIENT_ID).setJti(randomUUID()).setIssuedAt().setExpirationTime('1h').sign(privateKey);
+const sign = () =>
+  new SignJWT({ scope: 'docs:read', sid: 'sid_floor', client_id: CLIENT_ID })
+    .setProtectedHeader({ alg: 'EdDSA', typ: 'at+jwt' })
+    .setIssuer('floor')
+    .setSubject(CLIENT_ID)
+    .setJti(randomUUID())
+    .setIssuedAt()
+    .setExpirationTime('1h')
+    .sign(privateKey);
 const token = await sign();
 const verify = (t: string) => jwtVerify(t, publicKey, { algorithms: ['EdDSA'], typ: 'at+jwt', issuer: 'floor' });
 
 function basicSecretMatches(header: string | undefined): boolean {
-  const [id, secret] = Buffer.from((header ?? '').replace(/^Basic /, ''), 'base64').toString().split(':');
-  return id === CLIENT_ID && timingSafeEqual(createHmac('sha256', hashKey).update(secret ?? '').digest(), secretHash);
+  const [id, secret] = Buffer.from((header ?? '').replace(/^Basic /, ''), 'base64')
+    .toString()
+    .split(':');
+  return (
+    id === CLIENT_ID &&
+    timingSafeEqual(
+      createHmac('sha256', hashKey)
+        .update(secret ?? '')
+        .digest(),
+      secretHash,
+    )
+  );
 }
 
 const app = express();
@@ -77,12 +95,25 @@ if (mode === 'introspect') {
 if (mode === 'provider' || mode === 'provider-sign') {
   const grant = 'urn:cordon:floor';
   const provider = new Provider('http://127.0.0.1', {
-    clients: [{ client_id: CLIENT_ID, client_secret: CLIENT_SECRET, grant_types: [grant], response_types: [], redirect_uris: [], token_endpoint_auth_method: 'client_secret_basic' }],
+    clients: [
+      {
+        client_id: CLIENT_ID,
+        client_secret: CLIENT_SECRET,
+        grant_types: [grant],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+      },
+    ],
     features: { devInteractions: { enabled: false } },
   });
-  provider.registerGrantType(grant, async (ctx: KoaContextWithOIDC) => {
-    ctx.body = { access_token: mode === 'provider-sign' ? await sign() : 'constant', token_type: 'Bearer', expires_in: 3600, scope: 'docs:read' };
-  }, ['scope']);
+  provider.registerGrantType(
+    grant,
+    async (ctx: KoaContextWithOIDC) => {
+      ctx.body = { access_token: mode === 'provider-sign' ? await sign() : 'constant', token_type: 'Bearer', expires_in: 3600, scope: 'docs:read' };
+    },
+    ['scope'],
+  );
   const callback = provider.callback();
   app.post('/token', (req, res) => {
     void callback(req, res);

@@ -21,7 +21,16 @@ import { prepare, startBrokerProcess, openLocal, basic, postForm, ROOT, type Ben
 import { load, warm, type LoadSpec, type LoadResult } from './lib/load.ts';
 import { processCpuSec, machineBusySec, threadCpuSec, diffThreads } from './lib/cpu.ts';
 import { revokeScenarios, type RevokeResult } from './lib/revoke.ts';
-import { hasCredentials, hasMiddleware, middlewareBench, startAuxServer, startCalibrationServer, startVaultDouble, type MiddlewareBench, type VaultDoubleProcess } from './lib/extras.ts';
+import {
+  hasCredentials,
+  hasMiddleware,
+  middlewareBench,
+  startAuxServer,
+  startCalibrationServer,
+  startVaultDouble,
+  type MiddlewareBench,
+  type VaultDoubleProcess,
+} from './lib/extras.ts';
 import { summarise, printSummary } from './lib/profile.ts';
 import { sessionStartBreakdown, printBreakdown, sqlPerDecision } from './lib/breakdown.ts';
 
@@ -71,8 +80,23 @@ const results: {
   sqlPerDecision?: Record<string, { count: number; statements: string[] }>;
   profile?: unknown;
 } = {
-  machine: { loadAvgAtStart: loadavg().map((x) => Math.round(x * 100) / 100), node: process.version, cpus: cpus().length, cpuModel: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), platform: process.platform, at: new Date().toISOString() },
-  settings: { connections: CONNECTIONS, durationSec: DURATION, database: 'sqlite (temp file, WAL)', keyAlg: 'EdDSA', brokerProcess: 'node bin/cordon.js serve', logLevel: 'silent' },
+  machine: {
+    loadAvgAtStart: loadavg().map((x) => Math.round(x * 100) / 100),
+    node: process.version,
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model,
+    memGiB: Math.round(totalmem() / 2 ** 30),
+    platform: process.platform,
+    at: new Date().toISOString(),
+  },
+  settings: {
+    connections: CONNECTIONS,
+    durationSec: DURATION,
+    database: 'sqlite (temp file, WAL)',
+    keyAlg: 'EdDSA',
+    brokerProcess: 'node bin/cordon.js serve',
+    logLevel: 'silent',
+  },
   http: [],
   revocation: [],
   skipped: [],
@@ -85,7 +109,14 @@ const skip = (id: string, why: string) => {
 
 // ------------------------------------------------------------------------- helpers
 
-async function measure(broker: BrokerProcess, id: string, spec: LoadSpec, target: string, ok: (r: LoadResult) => boolean, note?: string): Promise<HttpScenario> {
+async function measure(
+  broker: BrokerProcess,
+  id: string,
+  spec: LoadSpec,
+  target: string,
+  ok: (r: LoadResult) => boolean,
+  note?: string,
+): Promise<HttpScenario> {
   await warm(spec, 1);
   const pid = broker.child.pid!;
   const c0 = processCpuSec(pid);
@@ -101,7 +132,8 @@ async function measure(broker: BrokerProcess, id: string, spec: LoadSpec, target
   const sc = process.cpuUsage(s0);
   const cpu = c0 !== undefined && c1 !== undefined ? c1 - c0 : undefined;
   // CPU the rest of the machine used meanwhile (other jobs on this shared box): it skews the figures.
-  const otherCores = cpu !== undefined && m0 !== undefined && m1 !== undefined ? Math.max(0, (m1 - m0 - cpu - (sc.user + sc.system) / 1e6) / r.durationSec) : undefined;
+  const otherCores =
+    cpu !== undefined && m0 !== undefined && m1 !== undefined ? Math.max(0, (m1 - m0 - cpu - (sc.user + sc.system) / 1e6) / r.durationSec) : undefined;
   const s: HttpScenario = {
     ...r,
     id,
@@ -116,8 +148,13 @@ async function measure(broker: BrokerProcess, id: string, spec: LoadSpec, target
     note,
   };
   results.http.push(s);
-  console.log(`- ${id}: ${Math.round(s.requestsPerSec)}/s p50 ${s.p50.toFixed(2)} ms p99 ${s.p99.toFixed(2)} ms, errors ${s.errors}, non-2xx ${s.non2xx}${s.sampleFailure ? ` (e.g. ${s.sampleFailure})` : ''}`);
-  const th = Object.entries(threads).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v.toFixed(2)} s`).join(', ');
+  console.log(
+    `- ${id}: ${Math.round(s.requestsPerSec)}/s p50 ${s.p50.toFixed(2)} ms p99 ${s.p99.toFixed(2)} ms, errors ${s.errors}, non-2xx ${s.non2xx}${s.sampleFailure ? ` (e.g. ${s.sampleFailure})` : ''}`,
+  );
+  const th = Object.entries(threads)
+    .filter(([, v]) => v > 0)
+    .map(([k, v]) => `${k} ${v.toFixed(2)} s`)
+    .join(', ');
   if (th) console.log(`    server CPU over ${r.durationSec} s: ${th}`);
   return s;
 }
@@ -125,7 +162,11 @@ async function measure(broker: BrokerProcess, id: string, spec: LoadSpec, target
 const formHeaders = (auth: string) => ({ 'content-type': 'application/x-www-form-urlencoded', authorization: auth });
 
 async function sessionToken(be: BenchEnv, url: string, scope: string): Promise<string> {
-  const r = await postForm(`${url}/token`, { grant_type: 'client_credentials', scope }, { authorization: basic(be.agents.planner.id, be.agents.planner.secret) });
+  const r = await postForm(
+    `${url}/token`,
+    { grant_type: 'client_credentials', scope },
+    { authorization: basic(be.agents.planner.id, be.agents.planner.secret) },
+  );
   if (r.status !== 200) throw new Error(`session start failed: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.access_token as string;
 }
@@ -159,7 +200,13 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
     await measure(
       broker,
       'session start',
-      { ...base, name: 'session start', url: `${url}/token`, headers: formHeaders(basic(planner.id, planner.secret)), body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'docs:read web:search' }).toString() },
+      {
+        ...base,
+        name: 'session start',
+        url: `${url}/token`,
+        headers: formHeaders(basic(planner.id, planner.secret)),
+        body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'docs:read web:search' }).toString(),
+      },
       '≥ 5,000/s, p99 ≤ 10 ms',
       (r) => r.requestsPerSec >= 5000 && r.p99 <= 10,
       'POST /token client_credentials, Basic auth; every request opens a new session (session + token + audit row)',
@@ -174,7 +221,13 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
     await measure(
       broker,
       'introspection',
-      { ...base, name: 'introspection', url: `${url}/introspect`, headers: formHeaders(basic(rs.id, rs.secret)), body: new URLSearchParams({ token }).toString() },
+      {
+        ...base,
+        name: 'introspection',
+        url: `${url}/introspect`,
+        headers: formHeaders(basic(rs.id, rs.secret)),
+        body: new URLSearchParams({ token }).toString(),
+      },
       '≥ 10,000/s',
       (r) => r.requestsPerSec >= 10_000,
       'POST /introspect of a live token, Basic auth by a resource-server agent',
@@ -183,7 +236,13 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
 
   if (ONLY.has('delegate')) {
     const token = await sessionToken(be, url, 'docs:read web:search');
-    const form = { grant_type: GRANT_TOKEN_EXCHANGE, subject_token: token, subject_token_type: TOKEN_TYPE_ACCESS, requested_actor: be.agents.reader.id, scope: 'docs:read' };
+    const form = {
+      grant_type: GRANT_TOKEN_EXCHANGE,
+      subject_token: token,
+      subject_token_type: TOKEN_TYPE_ACCESS,
+      requested_actor: be.agents.reader.id,
+      scope: 'docs:read',
+    };
     const check = await postForm(`${url}/token`, form, { authorization: basic(planner.id, planner.secret) });
     if (check.status !== 200) throw new Error(`delegation sanity check failed: ${check.status} ${JSON.stringify(check.body)}`);
     await measure(
@@ -218,9 +277,16 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
       if (m.rawVerify) console.log(`- node:crypto Ed25519 verify alone: ${Math.round(m.rawVerify.opsPerCpuSec)}/CPU-s`);
       console.log(`- jose jwtVerify alone: ${Math.round(m.jose.opsPerSec)}/s wall, ${Math.round(m.jose.opsPerCpuSec)}/CPU-s`);
       if (m.verify) console.log(`- middleware verify(), cold: ${Math.round(m.verify.opsPerSec)}/s wall, ${Math.round(m.verify.opsPerCpuSec)}/CPU-s`);
-      if (m.middleware) console.log(`- express middleware, cold (verifiedCacheSize 0): ${Math.round(m.middleware.opsPerSec)}/s wall, ${Math.round(m.middleware.opsPerCpuSec)}/CPU-s; ${m.overheadUs!.toFixed(1)} µs CPU/request over jose alone`);
-      if (m.middlewareCached) console.log(`- express middleware, cached (same token again): ${Math.round(m.middlewareCached.opsPerSec)}/s wall, ${Math.round(m.middlewareCached.opsPerCpuSec)}/CPU-s`);
-      if (m.revocationCheckNs !== undefined) console.log(`- revocation check: ${m.revocationCheckNs.toFixed(0)} ns per isRevoked() with ${m.revocationSetSize} entries in the set`);
+      if (m.middleware)
+        console.log(
+          `- express middleware, cold (verifiedCacheSize 0): ${Math.round(m.middleware.opsPerSec)}/s wall, ${Math.round(m.middleware.opsPerCpuSec)}/CPU-s; ${m.overheadUs!.toFixed(1)} µs CPU/request over jose alone`,
+        );
+      if (m.middlewareCached)
+        console.log(
+          `- express middleware, cached (same token again): ${Math.round(m.middlewareCached.opsPerSec)}/s wall, ${Math.round(m.middlewareCached.opsPerCpuSec)}/CPU-s`,
+        );
+      if (m.revocationCheckNs !== undefined)
+        console.log(`- revocation check: ${m.revocationCheckNs.toFixed(0)} ns per isRevoked() with ${m.revocationSetSize} entries in the set`);
       if (m.skipped) skip('middleware', m.skipped);
     }
   }
@@ -266,19 +332,41 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
         );
         // The broker's own overhead, without queueing: one request at a time, through the broker and straight to the double.
         const one = { connections: 1, durationSec: 3 };
-        const direct1 = await load({ ...one, name: 'vault double direct, 1 connection', url: `${vault.url}/v1/auth/token/create`, headers: { 'x-vault-token': vault.rootToken, 'content-type': 'application/json' }, body: JSON.stringify({ policies: ['docs-rw'], ttl: '900s', meta: { agent: 'bench' } }) });
+        const direct1 = await load({
+          ...one,
+          name: 'vault double direct, 1 connection',
+          url: `${vault.url}/v1/auth/token/create`,
+          headers: { 'x-vault-token': vault.rootToken, 'content-type': 'application/json' },
+          body: JSON.stringify({ policies: ['docs-rw'], ttl: '900s', meta: { agent: 'bench' } }),
+        });
         const before = await vault.count();
-        const broker1 = await load({ ...one, name: 'credential issue, 1 connection', url: `${url}/credentials/docs-vault`, headers: chosen.headers, body: chosen.body });
+        const broker1 = await load({
+          ...one,
+          name: 'credential issue, 1 connection',
+          url: `${url}/credentials/docs-vault`,
+          headers: chosen.headers,
+          body: chosen.body,
+        });
         const callsPerIssue = Math.round(((await vault.count()) - before) / Math.max(1, broker1.total));
         const overhead = broker1.p50 - callsPerIssue * direct1.p50;
         s.met = s.met && overhead < 1;
         results.credentials = {
           vaultDoubleDirect: { connections: CONNECTIONS, rps: direct.requestsPerSec, p50: direct.p50, p99: direct.p99 },
-          oneConnection: { brokerP50: broker1.p50, brokerRps: broker1.requestsPerSec, doubleP50: direct1.p50, doubleRps: direct1.requestsPerSec, vaultCallsPerIssue: callsPerIssue },
+          oneConnection: {
+            brokerP50: broker1.p50,
+            brokerRps: broker1.requestsPerSec,
+            doubleP50: direct1.p50,
+            doubleRps: direct1.requestsPerSec,
+            vaultCallsPerIssue: callsPerIssue,
+          },
           brokerOverheadP50Ms: overhead,
         };
-        console.log(`  Vault double alone: ${Math.round(direct.requestsPerSec)}/s p50 ${direct.p50.toFixed(2)} ms at ${CONNECTIONS} connections; broker CPU ${s.brokerCpuUsPerReq?.toFixed(0)} µs/request`);
-        console.log(`  one request at a time: broker ${broker1.p50.toFixed(2)} ms p50; ${callsPerIssue} Vault calls per issue at ${direct1.p50.toFixed(2)} ms p50 each → broker overhead ${overhead.toFixed(2)} ms median`);
+        console.log(
+          `  Vault double alone: ${Math.round(direct.requestsPerSec)}/s p50 ${direct.p50.toFixed(2)} ms at ${CONNECTIONS} connections; broker CPU ${s.brokerCpuUsPerReq?.toFixed(0)} µs/request`,
+        );
+        console.log(
+          `  one request at a time: broker ${broker1.p50.toFixed(2)} ms p50; ${callsPerIssue} Vault calls per issue at ${direct1.p50.toFixed(2)} ms p50 each → broker overhead ${overhead.toFixed(2)} ms median`,
+        );
       }
     }
   }
@@ -292,11 +380,47 @@ async function floorScenarios(be: BenchEnv, vault: VaultDoubleProcess | undefine
   const base = { connections: CONNECTIONS, durationSec: Math.min(DURATION, 5) };
   const auth = basic('floor-client', 'floor-secret');
   const floors: Array<{ mode: string; id: string; bounds: string; note: string; request: (url: string, token: string) => LoadSpec }> = [
-    { mode: 'express', id: 'floor: express, no work', bounds: 'ceiling of every express endpoint (introspection target 10,000/s)', note: 'express + express.raw form body + res.json', request: (url) => ({ ...base, name: 'floor express', url: `${url}/`, headers: formHeaders(auth), body: 'token=x' }) },
-    { mode: 'introspect', id: 'floor: introspection', bounds: 'ceiling of introspection (target 10,000/s)', note: 'express + keyed-hash secret check + jose jwtVerify + one knex/sqlite3 point read', request: (url, token) => ({ ...base, name: 'floor introspect', url: `${url}/`, headers: formHeaders(auth), body: new URLSearchParams({ token }).toString() }) },
-    { mode: 'provider', id: 'floor: oidc-provider /token, no work', bounds: 'ceiling of every /token scenario (session start 5,000/s p99 10 ms; delegation 4,000/s p99 15 ms)', note: 'oidc-provider behind express, static client_secret_basic client, a grant answering a constant', request: (url) => ({ ...base, name: 'floor provider', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }) },
-    { mode: 'provider-sign', id: 'floor: oidc-provider /token + signature', bounds: 'ceiling of a /token that signs, with a free database', note: 'as above + one jose EdDSA signature per request', request: (url) => ({ ...base, name: 'floor provider-sign', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }) },
-    { mode: 'credentials', id: 'floor: credential issue', bounds: 'ceiling of credential issue with a free database (target 2,000/s p99 20 ms)', note: 'express + jose jwtVerify + one node-vault auth/token/create to the Vault double', request: (url, token) => ({ ...base, name: 'floor credentials', url: `${url}/`, headers: { authorization: `Bearer ${token}` }, body: '' }) },
+    {
+      mode: 'express',
+      id: 'floor: express, no work',
+      bounds: 'ceiling of every express endpoint (introspection target 10,000/s)',
+      note: 'express + express.raw form body + res.json',
+      request: (url) => ({ ...base, name: 'floor express', url: `${url}/`, headers: formHeaders(auth), body: 'token=x' }),
+    },
+    {
+      mode: 'introspect',
+      id: 'floor: introspection',
+      bounds: 'ceiling of introspection (target 10,000/s)',
+      note: 'express + keyed-hash secret check + jose jwtVerify + one knex/sqlite3 point read',
+      request: (url, token) => ({
+        ...base,
+        name: 'floor introspect',
+        url: `${url}/`,
+        headers: formHeaders(auth),
+        body: new URLSearchParams({ token }).toString(),
+      }),
+    },
+    {
+      mode: 'provider',
+      id: 'floor: oidc-provider /token, no work',
+      bounds: 'ceiling of every /token scenario (session start 5,000/s p99 10 ms; delegation 4,000/s p99 15 ms)',
+      note: 'oidc-provider behind express, static client_secret_basic client, a grant answering a constant',
+      request: (url) => ({ ...base, name: 'floor provider', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }),
+    },
+    {
+      mode: 'provider-sign',
+      id: 'floor: oidc-provider /token + signature',
+      bounds: 'ceiling of a /token that signs, with a free database',
+      note: 'as above + one jose EdDSA signature per request',
+      request: (url) => ({ ...base, name: 'floor provider-sign', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }),
+    },
+    {
+      mode: 'credentials',
+      id: 'floor: credential issue',
+      bounds: 'ceiling of credential issue with a free database (target 2,000/s p99 20 ms)',
+      note: 'express + jose jwtVerify + one node-vault auth/token/create to the Vault double',
+      request: (url, token) => ({ ...base, name: 'floor credentials', url: `${url}/`, headers: { authorization: `Bearer ${token}` }, body: '' }),
+    },
   ];
   for (const f of floors) {
     if (f.mode === 'credentials' && !vault) {
@@ -305,7 +429,14 @@ async function floorScenarios(be: BenchEnv, vault: VaultDoubleProcess | undefine
     }
     const server = await startAuxServer('floor-server.ts', [f.mode, be.dir, ...(vault ? [vault.url] : [])]);
     try {
-      await measure({ child: server.child, url: server.url, how: `bench/floor-server.ts ${f.mode}`, stop: async () => null }, f.id, f.request(server.url, server.printed.TOKEN), f.bounds, () => true, f.note);
+      await measure(
+        { child: server.child, url: server.url, how: `bench/floor-server.ts ${f.mode}`, stop: async () => null },
+        f.id,
+        f.request(server.url, server.printed.TOKEN),
+        f.bounds,
+        () => true,
+        f.note,
+      );
     } finally {
       await server.stop();
     }
@@ -320,19 +451,72 @@ const f = (n: number | undefined, d = 1) => (n === undefined || Number.isNaN(n) 
 
 function printTable(): void {
   const rows: string[][] = [['scenario', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'errors', 'non-2xx', 'broker CPU µs/req', 'other load', 'target', 'met']];
-  for (const s of results.http) rows.push([s.id, Math.round(s.requestsPerSec).toLocaleString('en'), f(s.p50, 2), f(s.p90, 2), f(s.p99, 2), String(s.errors), String(s.non2xx), f(s.brokerCpuUsPerReq, 0), s.otherCpuCores === undefined ? '–' : `${s.otherCpuCores.toFixed(2)} cores`, s.target, isReference(s.id) ? '' : s.met ? 'yes' : 'NO']);
+  for (const s of results.http)
+    rows.push([
+      s.id,
+      Math.round(s.requestsPerSec).toLocaleString('en'),
+      f(s.p50, 2),
+      f(s.p90, 2),
+      f(s.p99, 2),
+      String(s.errors),
+      String(s.non2xx),
+      f(s.brokerCpuUsPerReq, 0),
+      s.otherCpuCores === undefined ? '–' : `${s.otherCpuCores.toFixed(2)} cores`,
+      s.target,
+      isReference(s.id) ? '' : s.met ? 'yes' : 'NO',
+    ]);
   for (const r of results.revocation) rows.push([r.name, '', '', '', '', '', '', '', '', r.target, r.met ? 'yes' : 'NO']);
   const m = results.middleware;
-  if (m?.middleware) rows.push(['middleware verify, cold (per CPU-s)', Math.round(m.middleware.opsPerCpuSec).toLocaleString('en'), '', '', '', '', '', f(1e6 / m.middleware.opsPerCpuSec, 0), '', '≥ 7,000/s on one core', m.middleware.opsPerCpuSec >= 7000 ? 'yes' : 'NO']);
-  if (m?.middlewareCached) rows.push(['middleware, cached token (per CPU-s)', Math.round(m.middlewareCached.opsPerCpuSec).toLocaleString('en'), '', '', '', '', '', f(1e6 / m.middlewareCached.opsPerCpuSec, 0), '', '(a client reusing its token)', '']);
-  if (m?.revocationCheckNs !== undefined) rows.push([`revocation check (${m.revocationSetSize} entries)`, '', '', '', '', '', '', f(m.revocationCheckNs / 1000, 3), '', '< 5 µs', m.revocationCheckNs < 5000 ? 'yes' : 'NO']);
+  if (m?.middleware)
+    rows.push([
+      'middleware verify, cold (per CPU-s)',
+      Math.round(m.middleware.opsPerCpuSec).toLocaleString('en'),
+      '',
+      '',
+      '',
+      '',
+      '',
+      f(1e6 / m.middleware.opsPerCpuSec, 0),
+      '',
+      '≥ 7,000/s on one core',
+      m.middleware.opsPerCpuSec >= 7000 ? 'yes' : 'NO',
+    ]);
+  if (m?.middlewareCached)
+    rows.push([
+      'middleware, cached token (per CPU-s)',
+      Math.round(m.middlewareCached.opsPerCpuSec).toLocaleString('en'),
+      '',
+      '',
+      '',
+      '',
+      '',
+      f(1e6 / m.middlewareCached.opsPerCpuSec, 0),
+      '',
+      '(a client reusing its token)',
+      '',
+    ]);
+  if (m?.revocationCheckNs !== undefined)
+    rows.push([
+      `revocation check (${m.revocationSetSize} entries)`,
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      f(m.revocationCheckNs / 1000, 3),
+      '',
+      '< 5 µs',
+      m.revocationCheckNs < 5000 ? 'yes' : 'NO',
+    ]);
   const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   console.log('');
   for (const [i, r] of rows.entries()) {
     console.log(r.map((c, j) => (j === 0 || j >= 9 ? c.padEnd(w[j]) : c.padStart(w[j]))).join('  '));
     if (i === 0) console.log(w.map((n) => '-'.repeat(n)).join('  '));
   }
-  for (const r of results.revocation) console.log(`  ${r.name}: ${r.revokeMs.toFixed(0)} ms wall (${r.revokedTokens} tokens revoked; setup ${r.setupMs.toFixed(0)} ms)`);
+  for (const r of results.revocation)
+    console.log(`  ${r.name}: ${r.revokeMs.toFixed(0)} ms wall (${r.revokedTokens} tokens revoked; setup ${r.setupMs.toFixed(0)} ms)`);
   for (const s of results.skipped) console.log(`  skipped ${s.id}: ${s.why}`);
 }
 
@@ -358,11 +542,18 @@ async function main(): Promise<void> {
   if (quiet > 0) {
     const busy = await waitQuiet(quiet);
     results.machine.otherCpuCoresAtStart = busy;
-    console.log(busy !== undefined && busy >= 0.3 ? `machine still busy after ${quiet} s (${busy.toFixed(2)} cores in use); running anyway` : 'machine is quiet');
+    console.log(
+      busy !== undefined && busy >= 0.3 ? `machine still busy after ${quiet} s (${busy.toFixed(2)} cores in use); running anyway` : 'machine is quiet',
+    );
   }
   const la = loadavg()[0];
-  if (la > 0.7) console.log(`note: load average is ${la.toFixed(2)} before starting — other jobs share these ${cpus().length} CPUs and will depress the figures (see "other load")`);
-  console.log(`cordon bench: ${cpus().length} CPUs, node ${process.version}, ${CONNECTIONS} connections, ${DURATION} s per HTTP scenario${PROFILE ? `, profiling ${PROFILE}` : ''}`);
+  if (la > 0.7)
+    console.log(
+      `note: load average is ${la.toFixed(2)} before starting — other jobs share these ${cpus().length} CPUs and will depress the figures (see "other load")`,
+    );
+  console.log(
+    `cordon bench: ${cpus().length} CPUs, node ${process.version}, ${CONNECTIONS} connections, ${DURATION} s per HTTP scenario${PROFILE ? `, profiling ${PROFILE}` : ''}`,
+  );
   const be = await prepare();
   const profDir = join(be.dir, 'prof');
   let vault: VaultDoubleProcess | undefined;
@@ -380,7 +571,11 @@ async function main(): Promise<void> {
         }
       }
       mkdirSync(profDir, { recursive: true });
-      const broker = await startBrokerProcess(be, { core: SERVER === 'core', extraEnv, nodeArgs: PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=250'] : [] });
+      const broker = await startBrokerProcess(be, {
+        core: SERVER === 'core',
+        extraEnv,
+        nodeArgs: PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=250'] : [],
+      });
       results.settings.brokerProcess = broker.how;
       try {
         await httpScenarios(be, broker, vault);
@@ -393,7 +588,11 @@ async function main(): Promise<void> {
       const b = await openLocal(be.env);
       try {
         results.sqlPerDecision = await sqlPerDecision(b, be.agents.planner.id, be.agents.reader.id);
-        console.log(`- SQL statements per decision (in-process; HTTP client auth adds 1): ${Object.entries(results.sqlPerDecision).map(([k, v]) => `${k} ${v.count}`).join(', ')}`);
+        console.log(
+          `- SQL statements per decision (in-process; HTTP client auth adds 1): ${Object.entries(results.sqlPerDecision)
+            .map(([k, v]) => `${k} ${v.count}`)
+            .join(', ')}`,
+        );
       } catch (e) {
         console.log(`- SQL statement count failed: ${(e as Error).message}`);
       } finally {
@@ -442,7 +641,17 @@ async function main(): Promise<void> {
   printTable();
   // bench/results.json is the record of a full run with the real server; anything else goes beside it (git-ignored).
   const partial = arg('only') !== undefined || arg('duration') !== undefined || arg('connections') !== undefined;
-  const file = join(ROOT, 'bench', PROFILE ? `profile-${PROFILE}${SERVER === 'core' ? '-core' : ''}.json` : SERVER === 'core' ? 'results-core.json' : partial ? 'results-partial.json' : 'results.json');
+  const file = join(
+    ROOT,
+    'bench',
+    PROFILE
+      ? `profile-${PROFILE}${SERVER === 'core' ? '-core' : ''}.json`
+      : SERVER === 'core'
+        ? 'results-core.json'
+        : partial
+          ? 'results-partial.json'
+          : 'results.json',
+  );
   writeFileSync(file, `${JSON.stringify({ ...results, elapsedSec: Math.round((Date.now() - t0) / 1000) }, null, 2)}\n`);
   console.log(`\nwrote ${file} (${Math.round((Date.now() - t0) / 1000)} s)`);
 }

@@ -20,7 +20,14 @@ export async function startResourceServer(opts: { issuer: string; port?: number;
   const app = express();
   app.get('/tickets/:id', canRead, (req, res) => {
     const a = req.agent!;
-    res.json({ id: req.params.id, title: `Ticket ${req.params.id}: printer on fire`, read_by: a.client_id, on_behalf_of: a.sub, chain: a.chain, session: a.sid });
+    res.json({
+      id: req.params.id,
+      title: `Ticket ${req.params.id}: printer on fire`,
+      read_by: a.client_id,
+      on_behalf_of: a.sub,
+      chain: a.chain,
+      session: a.sid,
+    });
   });
   app.post('/tickets/:id/close', canWrite, (req, res) => {
     res.json({ id: req.params.id, closed_by: req.agent!.client_id });

@@ -9,7 +9,9 @@ export async function up(knex: Knex): Promise<void> {
   const active = await knex('signing_keys').where({ status: 'active' }).orderBy('created_at', 'desc').orderBy('kid');
   const now = Date.now();
   for (const k of active.slice(1)) {
-    await knex('signing_keys').where({ kid: k.kid }).update({ status: 'retired', retired_at: now, publish_until: now + 24 * 3600_000 });
+    await knex('signing_keys')
+      .where({ kid: k.kid })
+      .update({ status: 'retired', retired_at: now, publish_until: now + 24 * 3600_000 });
   }
   await knex.raw("CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys (status) WHERE status = 'active'");
 }

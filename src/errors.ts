@@ -50,7 +50,11 @@ export class CordonError extends Error {
   readonly status: number;
   /** Facts the refusal's audit row should carry besides what was asked (e.g. `replay: true`). */
   readonly auditParams: Record<string, unknown> | undefined;
-  constructor(code: OAuthErrorCode, description: string, opts: { reason?: string; status?: number; cause?: unknown; auditParams?: Record<string, unknown> } = {}) {
+  constructor(
+    code: OAuthErrorCode,
+    description: string,
+    opts: { reason?: string; status?: number; cause?: unknown; auditParams?: Record<string, unknown> } = {},
+  ) {
     super(description, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'CordonError';
     this.code = code;

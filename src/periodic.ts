@@ -19,7 +19,10 @@ export interface PeriodicJob<T> {
  * A background job (the sweeper, audit checkpoints): run every `intervalMs`, never two at once; a
  * failure goes to `onError` and the next tick tries again.
  */
-export function periodic<T>(job: () => Promise<T>, opts: { intervalMs: number; onError: (e: unknown) => void; every?: Every; runAtStart?: boolean; finalRun?: boolean }): PeriodicJob<T> {
+export function periodic<T>(
+  job: () => Promise<T>,
+  opts: { intervalMs: number; onError: (e: unknown) => void; every?: Every; runAtStart?: boolean; finalRun?: boolean },
+): PeriodicJob<T> {
   let running: Promise<T | undefined> | undefined;
   const run = (): Promise<T | undefined> => {
     running ??= job()

@@ -13,7 +13,10 @@ const SRC = resolve('src');
 const LAYERS: Array<{ name: string; dirs: string[] }> = [
   { name: 'entry', dirs: ['index.ts', 'runtime.ts', 'cli', 'http', 'sdk'] },
   { name: 'composition', dirs: ['broker.ts'] },
-  { name: 'domain', dirs: ['agents', 'sessions', 'delegation', 'credentials', 'federation', 'revocation', 'tokens', 'audit', 'keys', 'policy', 'providers', 'observability'] },
+  {
+    name: 'domain',
+    dirs: ['agents', 'sessions', 'delegation', 'credentials', 'federation', 'revocation', 'tokens', 'audit', 'keys', 'policy', 'providers', 'observability'],
+  },
   { name: 'store', dirs: ['store'] },
   { name: 'foundation', dirs: ['config', 'protocol', 'errors.ts', 'clock.ts', 'ids.ts', 'periodic.ts'] },
 ];
@@ -70,7 +73,8 @@ describe('architecture', () => {
     for (const f of all) {
       for (const dep of allImportsOf(f)) {
         if (!inSrc(dep)) continue; // migrations/ sit beside src/ and import nothing of it
-        if (layerOf(dep) < layerOf(f)) wrong.push(`${relative(SRC, f)} (${LAYERS[layerOf(f)].name}) imports ${relative(SRC, dep)} (${LAYERS[layerOf(dep)].name})`);
+        if (layerOf(dep) < layerOf(f))
+          wrong.push(`${relative(SRC, f)} (${LAYERS[layerOf(f)].name}) imports ${relative(SRC, dep)} (${LAYERS[layerOf(dep)].name})`);
       }
     }
     assert.deepEqual(wrong, []);

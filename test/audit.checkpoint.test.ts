@@ -10,7 +10,16 @@ import { CompactSign, compactVerify, importJWK, type JWK } from 'jose';
 import pino from 'pino';
 import { appendAudit, canonical, rowHash, GENESIS_HASH } from '../src/store/audit-chain.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
-import { CHECKPOINT_INTERVAL_MS, CHECKPOINT_TYP, checkpointPath, readSink, startCheckpoints, verifyWithCheckpoints, writeCheckpoint, type Every } from '../src/audit/checkpoint.ts';
+import {
+  CHECKPOINT_INTERVAL_MS,
+  CHECKPOINT_TYP,
+  checkpointPath,
+  readSink,
+  startCheckpoints,
+  verifyWithCheckpoints,
+  writeCheckpoint,
+  type Every,
+} from '../src/audit/checkpoint.ts';
 import { loadConfig } from '../src/config/index.ts';
 import { startBroker } from '../src/runtime.ts';
 import { main } from '../src/cli/main.ts';
@@ -30,25 +39,75 @@ const oldRowHash = (row: Omit<AuditRow, 'hash'>): string =>
   createHash('sha256')
     .update(row.prevHash)
     .update('\n')
-    .update(oldCanonical({ seq: row.seq, at: row.at, event: row.event, decision: row.decision, agent_id: row.agentId, sid: row.sid, jti: row.jti, chain: row.chain, reason: row.reason, params: row.params }))
+    .update(
+      oldCanonical({
+        seq: row.seq,
+        at: row.at,
+        event: row.event,
+        decision: row.decision,
+        agent_id: row.agentId,
+        sid: row.sid,
+        jti: row.jti,
+        chain: row.chain,
+        reason: row.reason,
+        params: row.params,
+      }),
+    )
     .digest('hex');
 
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 describe('audit: RFC 8785 canonical form', () => {
-  const base: Omit<AuditRow, 'hash'> = { seq: 7, at: 1767225600123, event: 'deny', decision: 'deny', agentId: 'agt_1', sid: null, jti: null, chain: null, reason: null, params: {}, prevHash: 'a'.repeat(64) };
+  const base: Omit<AuditRow, 'hash'> = {
+    seq: 7,
+    at: 1767225600123,
+    event: 'deny',
+    decision: 'deny',
+    agentId: 'agt_1',
+    sid: null,
+    jti: null,
+    chain: null,
+    reason: null,
+    params: {},
+    prevHash: 'a'.repeat(64),
+  };
   const variants: Array<Partial<AuditRow>> = [
     { params: { scope: 'docs:read', task: 'T-1' } },
-    { reason: 'naïve — ünïcödé 中文 😀 \u2028\u2029', params: { 'é': 1, e: 2, 'Ω': 3, '😀': 4, '\u00e9\u0301': 5, Z: 6, a: 7 } },
+    { reason: 'naïve — ünïcödé 中文 😀 \u2028\u2029', params: { é: 1, e: 2, Ω: 3, '😀': 4, '\u00e9\u0301': 5, Z: 6, a: 7 } },
     { reason: 'ctl \\u0000 \\u001b', params: { raw: 'nul\u0000 bell\u0007 esc\u001b del\u007f tab\t nl\n cr\r quote" backslash\\ slash/', '\u0001key': true } },
-    { chain: ['agt_root', 'agt_mid', 'agt_leaf'], params: { nested: { z: { y: [1, { b: null, a: false }, 'x'], x: {} }, a: [] }, n: 0, neg: -42, big: 9007199254740991, frac: 0.5, exp: 1e21, small: 1e-7, t: true, f: false, nil: null } },
+    {
+      chain: ['agt_root', 'agt_mid', 'agt_leaf'],
+      params: {
+        nested: { z: { y: [1, { b: null, a: false }, 'x'], x: {} }, a: [] },
+        n: 0,
+        neg: -42,
+        big: 9007199254740991,
+        frac: 0.5,
+        exp: 1e21,
+        small: 1e-7,
+        t: true,
+        f: false,
+        nil: null,
+      },
+    },
     { sid: 'ses_x', jti: 'jti_y', params: { requested_scope: 'a b c', revoked_count: 3, by: { actor: 'cli', via: 'test' } } },
   ];
 
   it('hashes rows (unicode, control characters, nested params, numbers) exactly as the old encoder did', () => {
     for (const v of variants) {
       const row = { ...base, ...v };
-      const body = { seq: row.seq, at: row.at, event: row.event, decision: row.decision, agent_id: row.agentId, sid: row.sid, jti: row.jti, chain: row.chain, reason: row.reason, params: row.params };
+      const body = {
+        seq: row.seq,
+        at: row.at,
+        event: row.event,
+        decision: row.decision,
+        agent_id: row.agentId,
+        sid: row.sid,
+        jti: row.jti,
+        chain: row.chain,
+        reason: row.reason,
+        params: row.params,
+      };
       assert.equal(canonical(body), oldCanonical(body));
       assert.equal(canonical(body), canonicalize(body), 'canonical() is RFC 8785');
       assert.equal(rowHash(row), oldRowHash(row), JSON.stringify(v));
@@ -70,7 +129,13 @@ describe('audit: RFC 8785 canonical form', () => {
 async function cli(t: TestBroker, ...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const keys = ['DATABASE_URL', 'CORDON_KEY_DIR', 'CORDON_AUDIT_DIR', 'CORDON_POLICY_DIR', 'CORDON_LOG_LEVEL'];
   const saved = Object.fromEntries(keys.map((k) => [k, process.env[k]]));
-  Object.assign(process.env, { DATABASE_URL: t.b.config.databaseUrl, CORDON_KEY_DIR: t.b.config.keyDir, CORDON_AUDIT_DIR: t.b.config.auditDir, CORDON_POLICY_DIR: t.b.config.policyDir, CORDON_LOG_LEVEL: 'silent' });
+  Object.assign(process.env, {
+    DATABASE_URL: t.b.config.databaseUrl,
+    CORDON_KEY_DIR: t.b.config.keyDir,
+    CORDON_AUDIT_DIR: t.b.config.auditDir,
+    CORDON_POLICY_DIR: t.b.config.policyDir,
+    CORDON_LOG_LEVEL: 'silent',
+  });
   let out = '';
   let err = '';
   const io: Io = { out: (s) => void (out += s), err: (s) => void (err += s) };
@@ -176,7 +241,10 @@ describe('audit: signed checkpoints', function () {
   it('a tail cut below the latest checkpoint fails, naming the first removed row', async () => {
     const cp = await writeCheckpoint(t.b);
     assert.ok(cp);
-    await t.b.db('audit').where('seq', '>', cp.seq - 2).del();
+    await t.b
+      .db('audit')
+      .where('seq', '>', cp.seq - 2)
+      .del();
     assert.equal((await verifyAudit(t.b.db)).ok, true, 'the cut chain verifies on its own');
     const f = await failure();
     assert.equal(f.brokenSeq, cp.seq - 1);
@@ -237,7 +305,9 @@ describe('audit: signed checkpoints', function () {
   it('a JWS from the right key but of another typ (an access token, say) is not a checkpoint', async () => {
     const head = (await auditRows.head(t.b.db))!;
     const { kid, alg, privateKey } = t.b.keys.active();
-    const jws = await new CompactSign(new TextEncoder().encode(JSON.stringify({ seq: head.seq, hash: head.hash, iat: 1 }))).setProtectedHeader({ alg, kid, typ: 'at+jwt' }).sign(privateKey);
+    const jws = await new CompactSign(new TextEncoder().encode(JSON.stringify({ seq: head.seq, hash: head.hash, iat: 1 })))
+      .setProtectedHeader({ alg, kid, typ: 'at+jwt' })
+      .sign(privateKey);
     sinkAppend(jws);
     assert.match((await failure()).problem, /has typ at\+jwt/);
   });
@@ -268,7 +338,10 @@ describe('audit: signed checkpoints', function () {
   describe('export', () => {
     /** A verifier with nothing of Cordon's: node:crypto SHA-256 over the canonical strings, jose with the exported JWKs. */
     async function independentVerify(jsonl: string): Promise<{ rows: number; checkpoints: number }> {
-      const lines = jsonl.trimEnd().split('\n').map((l) => JSON.parse(l));
+      const lines = jsonl
+        .trimEnd()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       const keys = new Map<string, JWK>((lines.find((l) => l.type === 'keys')?.keys ?? []).map((k: JWK) => [k.kid!, k]));
       const hashes = new Map<number, string>();
       let prev = '0'.repeat(64);
@@ -280,7 +353,8 @@ describe('audit: signed checkpoints', function () {
           assert.equal(l.prev_hash, prev, `row ${l.seq} does not link`);
           assert.equal(sha256(`${l.prev_hash}\n${l.canonical}`), l.hash, `row ${l.seq} does not hash`);
           const c = JSON.parse(l.canonical);
-          for (const k of ['seq', 'at', 'event', 'decision', 'agent_id', 'sid', 'jti', 'chain', 'reason', 'params']) assert.deepEqual(c[k], l[k], `row ${l.seq}: ${k} differs from its canonical form`);
+          for (const k of ['seq', 'at', 'event', 'decision', 'agent_id', 'sid', 'jti', 'chain', 'reason', 'params'])
+            assert.deepEqual(c[k], l[k], `row ${l.seq}: ${k} differs from its canonical form`);
           hashes.set(l.seq, l.hash);
           prev = l.hash;
           rowCount++;
@@ -309,9 +383,15 @@ describe('audit: signed checkpoints', function () {
       assert.ok(a && b);
       const exp = await cli(t, 'audit', 'export', '--format', 'jsonl');
       assert.equal(exp.code, 0, exp.err);
-      const lines = exp.out.trimEnd().split('\n').map((l) => JSON.parse(l));
+      const lines = exp.out
+        .trimEnd()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       assert.equal(lines[0].type, 'keys');
-      assert.ok(lines[0].keys.every((k: JWK) => !('d' in k)), 'public keys only');
+      assert.ok(
+        lines[0].keys.every((k: JWK) => !('d' in k)),
+        'public keys only',
+      );
       // Each checkpoint right after the row it signs.
       const at = lines.findIndex((l) => l.type === 'checkpoint' && l.seq === a.seq);
       assert.deepEqual([lines[at - 1].type, lines[at - 1].seq], ['row', a.seq]);
@@ -324,9 +404,15 @@ describe('audit: signed checkpoints', function () {
     });
 
     it('without checkpoints, is the rows as before (with their canonical form) and no keys line', async () => {
-      const out = (await cli(t, 'audit', 'export')).out.trimEnd().split('\n').map((l) => JSON.parse(l));
+      const out = (await cli(t, 'audit', 'export')).out
+        .trimEnd()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       assert.ok(out.length >= 6);
-      assert.deepEqual(out.map((l) => l.seq), out.map((_, i) => i + 1));
+      assert.deepEqual(
+        out.map((l) => l.seq),
+        out.map((_, i) => i + 1),
+      );
       assert.ok(out.every((l) => l.type === 'row' && typeof l.canonical === 'string'));
     });
   });

@@ -5,7 +5,25 @@ import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { issueBootstrapToken, redeemBootstrapToken } from '../src/sessions/bootstrap.ts';
 import { setAgentEnabled } from '../src/agents/registry.ts';
 import { CordonError } from '../src/errors.ts';
-import { TT_ACCESS, TT_BOOTSTRAP, GRANT_TE, dpopKey, dpopProof, auditHead, auditSince, claimsOf, countSessions, countTokens, denialsSince, introspect, mustSession, register, token, type Agent, delegateReq } from './delegation.kit.ts';
+import {
+  TT_ACCESS,
+  TT_BOOTSTRAP,
+  GRANT_TE,
+  dpopKey,
+  dpopProof,
+  auditHead,
+  auditSince,
+  claimsOf,
+  countSessions,
+  countTokens,
+  denialsSince,
+  introspect,
+  mustSession,
+  register,
+  token,
+  type Agent,
+  delegateReq,
+} from './delegation.kit.ts';
 
 describe('bootstrap tokens (secretless start-up)', function () {
   let tb: TestBroker;
@@ -132,14 +150,20 @@ describe('bootstrap tokens (secretless start-up)', function () {
     const after = await tb.b.db('bootstrap_tokens').where({ id: t.id }).first();
     assert.equal(after.used_sid, sid);
     const rows = await auditSince(tb.b, seq);
-    assert.deepEqual(rows.map((r) => r.event), ['session.open'], 'one change, one audit row');
+    assert.deepEqual(
+      rows.map((r) => r.event),
+      ['session.open'],
+      'one change, one audit row',
+    );
     assert.equal(rows[0].params.bootstrap_id, t.id);
     assert.equal(rows[0].sid, sid);
   });
 
   it('and at the function level too, where the UPDATE … WHERE used_at IS NULL is the only gate', async () => {
     const t = await issueBootstrapToken(tb.b, reader.id, { ttlSec: 300 });
-    const results = await Promise.allSettled(Array.from({ length: 8 }, () => redeemBootstrapToken(tb.b, t.token, { callerClientId: null, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))));
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, () => redeemBootstrapToken(tb.b, t.token, { callerClientId: null, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
+    );
     assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
     for (const r of results) if (r.status === 'rejected') assert.equal((r.reason as CordonError).reason, 'bootstrap_replay');
   });
@@ -190,7 +214,7 @@ describe('bootstrap tokens (secretless start-up)', function () {
     await assert.rejects(issueBootstrapToken(tb.b, reader.id, { ttlSec: 60, scope: 'docs:write' }), (e: CordonError) => e.code === 'invalid_scope');
   });
 
-  it('lets an authenticated agent redeem its own token, never another agent\'s', async () => {
+  it("lets an authenticated agent redeem its own token, never another agent's", async () => {
     const mine = await issueBootstrapToken(tb.b, planner.id, { ttlSec: 300 });
     const theirs = await issueBootstrapToken(tb.b, reader.id, { ttlSec: 300 });
     const seq = await auditHead(tb.b);
@@ -218,7 +242,13 @@ describe('bootstrap tokens (secretless start-up)', function () {
   it('the workload client can do nothing but redeem: no delegation, no client_credentials, no delegation-only parameters', async () => {
     const at = await mustSession(tb, planner, 'docs:read');
     const seq = await auditHead(tb.b);
-    const del = await token(tb, null, { grant_type: GRANT_TE, subject_token: at, subject_token_type: TT_ACCESS, requested_actor: reader.id, scope: 'docs:read' });
+    const del = await token(tb, null, {
+      grant_type: GRANT_TE,
+      subject_token: at,
+      subject_token_type: TT_ACCESS,
+      requested_actor: reader.id,
+      scope: 'docs:read',
+    });
     assert.equal(del.status, 400);
     assert.equal(del.body.error, 'unauthorized_client');
     assert.match(del.body.error_description, /authenticated agent/);
@@ -234,7 +264,11 @@ describe('bootstrap tokens (secretless start-up)', function () {
       assert.equal(r.body.error, 'invalid_request', JSON.stringify(extra));
     }
     // A secret presented for the workload client is refused: it has none.
-    const withSecret = await token(tb, { id: 'cordon-workload', secret: 'x', name: 'w' }, { grant_type: GRANT_TE, subject_token: t.token, subject_token_type: TT_BOOTSTRAP, scope: 'docs:read' });
+    const withSecret = await token(
+      tb,
+      { id: 'cordon-workload', secret: 'x', name: 'w' },
+      { grant_type: GRANT_TE, subject_token: t.token, subject_token_type: TT_BOOTSTRAP, scope: 'docs:read' },
+    );
     assert.equal(withSecret.status, 401);
     assert.equal((await redeem(t.token)).status, 200, 'still unused after the refusals');
   });

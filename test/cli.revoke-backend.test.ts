@@ -8,7 +8,17 @@ import { credFixture, rowIdOf, type CredFixture } from './credentials.kit.ts';
 describe('cli: revoke reaches backend credentials', () => {
   let f: CredFixture;
   const saved: Record<string, string | undefined> = {};
-  const ENV = ['DATABASE_URL', 'CORDON_KEY_DIR', 'CORDON_POLICY_DIR', 'VAULT_ADDR', 'VAULT_TOKEN', 'AWS_REGION', 'AWS_ENDPOINT_URL_STS', 'AWS_ENDPOINT_URL_IAM', 'CORDON_LOG_LEVEL'];
+  const ENV = [
+    'DATABASE_URL',
+    'CORDON_KEY_DIR',
+    'CORDON_POLICY_DIR',
+    'VAULT_ADDR',
+    'VAULT_TOKEN',
+    'AWS_REGION',
+    'AWS_ENDPOINT_URL_STS',
+    'AWS_ENDPOINT_URL_IAM',
+    'CORDON_LOG_LEVEL',
+  ];
 
   before(async () => {
     // The test broker has no revocation hooks: only the CLI can reach Vault here.

@@ -43,7 +43,17 @@ function assertOneLineError(r: Run, pattern?: RegExp): void {
   if (pattern) assert.match(lines[0], pattern);
 }
 
-const ENV_KEYS = ['DATABASE_URL', 'CORDON_KEY_DIR', 'CORDON_AUDIT_DIR', 'CORDON_POLICY_DIR', 'CORDON_ISSUER', 'CORDON_TOKEN', 'CORDON_CLIENT_ID', 'CORDON_CLIENT_SECRET', 'CORDON_LOG_LEVEL'];
+const ENV_KEYS = [
+  'DATABASE_URL',
+  'CORDON_KEY_DIR',
+  'CORDON_AUDIT_DIR',
+  'CORDON_POLICY_DIR',
+  'CORDON_ISSUER',
+  'CORDON_TOKEN',
+  'CORDON_CLIENT_ID',
+  'CORDON_CLIENT_SECRET',
+  'CORDON_LOG_LEVEL',
+];
 let saved: Record<string, string | undefined> = {};
 
 function setEnv(vars: Record<string, string | undefined>): void {
@@ -234,7 +244,10 @@ describe('cordon CLI', function () {
       assertOneLineError(await cli('policy', 'lint', join(dir, 'missing')), /policy directory/);
 
       const list = json(await cli('policy', 'list', '--json'));
-      assert.deepEqual(list.map((p: any) => p.name), ['doc-reader', 'research-planner', 'support-summarizer']);
+      assert.deepEqual(
+        list.map((p: any) => p.name),
+        ['doc-reader', 'research-planner', 'support-summarizer'],
+      );
       assert.equal(list.find((p: any) => p.name === 'research-planner').token_ttl, 900);
     });
 
@@ -242,7 +255,10 @@ describe('cordon CLI', function () {
       const pol = join(dir, 'warned-policies');
       mkdirSync(pol);
       const cred = '  tickets-vault: { provider: vault, vault_policies: [tickets-read], ttl: 10m }\n';
-      writeFileSync(join(pol, 'orchestrator.yaml'), `name: orchestrator\nscopes: [cred:tickets-vault]\ndelegation: { max_depth: 1, scopes: [cred:tickets-vault] }\ncredentials:\n${cred}`);
+      writeFileSync(
+        join(pol, 'orchestrator.yaml'),
+        `name: orchestrator\nscopes: [cred:tickets-vault]\ndelegation: { max_depth: 1, scopes: [cred:tickets-vault] }\ncredentials:\n${cred}`,
+      );
       writeFileSync(join(pol, 'sub.yaml'), `name: sub-agent\nscopes: [cred:tickets-vault]\ncredentials:\n${cred}`);
       const r = await cli('policy', 'lint', pol);
       assert.equal(r.code, 0, r.err);
@@ -253,13 +269,22 @@ describe('cordon CLI', function () {
       assert.equal(j.code, 0, j.err);
       const out = JSON.parse(j.out);
       assert.equal(out.ok, true);
-      assert.deepEqual(out.problems.map((p: any) => [p.line, p.column, p.severity]), [[4, 3, 'warning']]);
+      assert.deepEqual(
+        out.problems.map((p: any) => [p.line, p.column, p.severity]),
+        [[4, 3, 'warning']],
+      );
 
       // With an error beside it, the error fails lint and is marked as one.
       writeFileSync(join(pol, 'ghost.yaml'), 'name: ghost\nscopes: [cred:ghost]\n');
       const bad = await cli('policy', 'lint', pol, '--json');
       assert.equal(bad.code, 1);
-      assert.deepEqual(JSON.parse(bad.out).problems.map((p: any) => [p.line, p.severity]), [[2, 'error'], [4, 'warning']]);
+      assert.deepEqual(
+        JSON.parse(bad.out).problems.map((p: any) => [p.line, p.severity]),
+        [
+          [2, 'error'],
+          [4, 'warning'],
+        ],
+      );
     });
 
     it('keys rotate adds a kid and retires the old one, still published', async () => {
@@ -289,9 +314,15 @@ describe('cordon CLI', function () {
       const lines = (await cli('audit', 'export', '--format', 'jsonl')).out.trimEnd().split('\n');
       const rows = lines.map((l) => JSON.parse(l));
       assert.ok(rows.length >= 4);
-      assert.deepEqual(rows.map((r) => r.seq), rows.map((_, i) => i + 1));
+      assert.deepEqual(
+        rows.map((r) => r.seq),
+        rows.map((_, i) => i + 1),
+      );
       assert.ok(rows.every((r) => typeof r.hash === 'string' && typeof r.event === 'string' && r.params));
-      const since = (await cli('audit', 'export', '--since', '2')).out.trimEnd().split('\n').map((l) => JSON.parse(l));
+      const since = (await cli('audit', 'export', '--since', '2')).out
+        .trimEnd()
+        .split('\n')
+        .map((l) => JSON.parse(l));
       assert.equal(since[0].seq, 3);
       assert.equal(since.length, rows.length - 2);
       assertOneLineError(await cli('audit', 'export', '--format', 'csv'), /jsonl/);
@@ -309,7 +340,9 @@ describe('cordon CLI', function () {
         assert.equal((await cli('audit', 'verify')).code, 0, 'a cut tail still verifies on its own');
         assertOneLineError(await cli('audit', 'verify', '--head', exported), /no longer holds the exported head/);
         assertOneLineError(await cli('audit', 'verify', '--head', 'abc'), /64 hex digits/);
-        await db('audit').where({ seq: 2 }).update({ params: JSON.stringify({ name: 'mallory', policy: 'research-planner' }) });
+        await db('audit')
+          .where({ seq: 2 })
+          .update({ params: JSON.stringify({ name: 'mallory', policy: 'research-planner' }) });
       } finally {
         await db.destroy();
       }
@@ -367,7 +400,11 @@ describe('cordon CLI', function () {
     let child: string;
 
     const rootToken = async (): Promise<string> => {
-      const r = await postForm(`${tb.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read docs:write web:search', task: 'cli-test' }, { authorization: basic(planner.id, planner.secret) });
+      const r = await postForm(
+        `${tb.url}/token`,
+        { grant_type: 'client_credentials', scope: 'docs:read docs:write web:search', task: 'cli-test' },
+        { authorization: basic(planner.id, planner.secret) },
+      );
       assert.equal(r.status, 200, JSON.stringify(r.body));
       return r.body.access_token;
     };
@@ -486,7 +523,17 @@ describe('cordon CLI', function () {
 
     it('exec opens a session for the agent in CORDON_CLIENT_ID and returns the command exit code', async function () {
       setEnv({ CORDON_CLIENT_ID: reader.id, CORDON_CLIENT_SECRET: reader.secret });
-      const r = await cli('exec', '--scope', 'docs:read', '--task', 'cli-exec', '--', process.execPath, '-e', 'process.exit(process.env.CORDON_TOKEN && !process.env.CORDON_CLIENT_SECRET ? 3 : 4)');
+      const r = await cli(
+        'exec',
+        '--scope',
+        'docs:read',
+        '--task',
+        'cli-exec',
+        '--',
+        process.execPath,
+        '-e',
+        'process.exit(process.env.CORDON_TOKEN && !process.env.CORDON_CLIENT_SECRET ? 3 : 4)',
+      );
       assert.equal(r.code, 3, r.err);
       const sessions = json(await cli('session', 'list', '--agent', 'doc-reader', '--json'));
       assert.equal(sessions.length, 1);
@@ -497,12 +544,64 @@ describe('cordon CLI', function () {
       const sid = claims(root).sid;
       const now = Date.now();
       await tb.b.db('credentials').insert([
-        { id: 'crd_1', sid, jti: claims(root).jti, agent_id: planner.id, name: 'docs-vault', provider: 'vault', handle: null, state: 'issued', created_at: now, expires_at: now + 600_000, revoked_at: null, note: null },
+        {
+          id: 'crd_1',
+          sid,
+          jti: claims(root).jti,
+          agent_id: planner.id,
+          name: 'docs-vault',
+          provider: 'vault',
+          handle: null,
+          state: 'issued',
+          created_at: now,
+          expires_at: now + 600_000,
+          revoked_at: null,
+          note: null,
+        },
         // Revocation recorded, but STS cannot kill it (no revoke_via_iam): still valid until expiry.
-        { id: 'crd_2', sid, jti: claims(root).jti, agent_id: planner.id, name: 'reports-s3', provider: 'aws-sts', handle: null, state: 'issued', created_at: now, expires_at: now + 900_000, revoked_at: now, note: 'revocation recorded; valid at AWS until expiry' },
+        {
+          id: 'crd_2',
+          sid,
+          jti: claims(root).jti,
+          agent_id: planner.id,
+          name: 'reports-s3',
+          provider: 'aws-sts',
+          handle: null,
+          state: 'issued',
+          created_at: now,
+          expires_at: now + 900_000,
+          revoked_at: now,
+          note: 'revocation recorded; valid at AWS until expiry',
+        },
         // Really dead (denied by an IAM policy): in neither list.
-        { id: 'crd_4', sid, jti: claims(root).jti, agent_id: planner.id, name: 'denied-s3', provider: 'aws-sts', handle: null, state: 'revoked', created_at: now, expires_at: now + 900_000, revoked_at: now, note: 'denied by policy' },
-        { id: 'crd_3', sid, jti: claims(root).jti, agent_id: planner.id, name: 'old', provider: 'vault', handle: null, state: 'issued', created_at: now - 9e5, expires_at: now - 1000, revoked_at: null, note: null },
+        {
+          id: 'crd_4',
+          sid,
+          jti: claims(root).jti,
+          agent_id: planner.id,
+          name: 'denied-s3',
+          provider: 'aws-sts',
+          handle: null,
+          state: 'revoked',
+          created_at: now,
+          expires_at: now + 900_000,
+          revoked_at: now,
+          note: 'denied by policy',
+        },
+        {
+          id: 'crd_3',
+          sid,
+          jti: claims(root).jti,
+          agent_id: planner.id,
+          name: 'old',
+          provider: 'vault',
+          handle: null,
+          state: 'issued',
+          created_at: now - 9e5,
+          expires_at: now - 1000,
+          revoked_at: null,
+          note: null,
+        },
       ]);
       const r = await cli('status');
       assert.equal(r.code, 0, r.err);
@@ -518,15 +617,27 @@ describe('cordon CLI', function () {
       const p = j.agents.find((a: any) => a.name === 'research-planner');
       assert.equal(p.live_sessions, 1);
       assert.equal(p.live_tokens, 1);
-      assert.deepEqual(j.live_credentials.map((g: any) => [g.sid, g.credentials.map((c: any) => c.name)]), [[sid, ['docs-vault']]]);
-      assert.deepEqual(j.revoked_sts_still_valid.map((c: any) => c.name), ['reports-s3']);
+      assert.deepEqual(
+        j.live_credentials.map((g: any) => [g.sid, g.credentials.map((c: any) => c.name)]),
+        [[sid, ['docs-vault']]],
+      );
+      assert.deepEqual(
+        j.revoked_sts_still_valid.map((c: any) => c.name),
+        ['reports-s3'],
+      );
       assert.deepEqual(j.over_cap, []);
 
       // A record past its cap is reported (and the exit code says so).
-      await tb.b.db('tokens').where({ jti: claims(child).jti }).update({ expires_at: Date.now() + 3_600_000 });
+      await tb.b
+        .db('tokens')
+        .where({ jti: claims(child).jti })
+        .update({ expires_at: Date.now() + 3_600_000 });
       const bad = await cli('status', '--json');
       assert.equal(bad.code, 1);
-      assert.deepEqual(JSON.parse(bad.out).over_cap.map((o: any) => [o.kind, o.id]), [['token', claims(child).jti]]);
+      assert.deepEqual(
+        JSON.parse(bad.out).over_cap.map((o: any) => [o.kind, o.id]),
+        [['token', claims(child).jti]],
+      );
     });
   });
 
@@ -544,8 +655,20 @@ describe('cordon CLI', function () {
           credentials: { AccessKeyId: 'ASIAEXAMPLE', SecretAccessKey: 'se/cr+et=', SessionToken: 'tok en', Expiration: '2026-01-01T00:15:00Z' },
         },
       },
-      'docs-vault': { status: 200, body: { name: 'docs-vault', provider: 'vault', expires_at: '2026-01-01T00:15:00Z', credentials: { client_token: 'hvs.CAES', accessor: 'acc' } } },
-      'tickets-db': { status: 200, body: { name: 'tickets-db', provider: 'vault', expires_at: '2026-01-01T00:10:00Z', lease_id: 'database/creds/x/1', credentials: { username: 'v-agent-ro', password: "p'w" } } },
+      'docs-vault': {
+        status: 200,
+        body: { name: 'docs-vault', provider: 'vault', expires_at: '2026-01-01T00:15:00Z', credentials: { client_token: 'hvs.CAES', accessor: 'acc' } },
+      },
+      'tickets-db': {
+        status: 200,
+        body: {
+          name: 'tickets-db',
+          provider: 'vault',
+          expires_at: '2026-01-01T00:10:00Z',
+          lease_id: 'database/creds/x/1',
+          credentials: { username: 'v-agent-ro', password: "p'w" },
+        },
+      },
       nope: { status: 403, body: { error: 'insufficient_scope', error_description: 'the token does not hold cred:nope' } },
     };
     let seen: Array<{ path: string; auth?: string }> = [];
@@ -580,7 +703,10 @@ describe('cordon CLI', function () {
       assert.equal(seen.at(-1)!.auth, 'Bearer T2');
 
       const cp = await cli('creds', 'reports-s3', '--format', 'credential_process');
-      assert.equal(cp.out, '{"Version":1,"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"se/cr+et=","SessionToken":"tok en","Expiration":"2026-01-01T00:15:00Z"}\n');
+      assert.equal(
+        cp.out,
+        '{"Version":1,"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"se/cr+et=","SessionToken":"tok en","Expiration":"2026-01-01T00:15:00Z"}\n',
+      );
 
       assert.equal((await cli('creds', 'docs-vault', '--format', 'env')).out, 'export VAULT_TOKEN=hvs.CAES\n');
       assert.equal((await cli('creds', 'tickets-db', '--format', 'env')).out, "export TICKETS_DB_USERNAME=v-agent-ro\nexport TICKETS_DB_PASSWORD='p'\\''w'\n");
@@ -614,7 +740,16 @@ describe('cordon CLI', function () {
     this.timeout(60_000);
     const r = spawnSync(process.execPath, ['bin/cordon.js', 'demo'], { encoding: 'utf8', timeout: 50_000, env: { ...process.env, NO_COLOR: '1' } });
     assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
-    for (const heading of ['Register two agents', 'opens a session', 'outside the policy is refused', 'delegates a narrower scope', 'Escalation is refused', 'everything below it goes too', 'Revoke the whole session', 'audit chain intact']) {
+    for (const heading of [
+      'Register two agents',
+      'opens a session',
+      'outside the policy is refused',
+      'delegates a narrower scope',
+      'Escalation is refused',
+      'everything below it goes too',
+      'Revoke the whole session',
+      'audit chain intact',
+    ]) {
       assert.ok(r.stdout.includes(heading), `missing "${heading}" in:\n${r.stdout}`);
     }
     assert.match(r.stdout, /"error": "invalid_scope"/);
@@ -627,7 +762,13 @@ describe('cordon CLI', function () {
 describe('cordon CLI output', () => {
   it('tables and error lines escape control characters from agents and the database, keeping only its own colour codes', () => {
     const forged = 'x\x1b[2J\n99  2026-01-01  session.open  allow';
-    const out = table(['SEQ', 'REASON'], [[1, forged], [2, '\x1b[32mgreen\x1b[39m']]);
+    const out = table(
+      ['SEQ', 'REASON'],
+      [
+        [1, forged],
+        [2, '\x1b[32mgreen\x1b[39m'],
+      ],
+    );
     assert.equal(out.trimEnd().split('\n').length, 3, 'one line per row, whatever a cell holds');
     assert.ok(!out.includes('\x1b[2J'), 'no terminal control sequence from data');
     assert.match(out, /x\\u001b\[2J\\u000a99/);
@@ -637,7 +778,9 @@ describe('cordon CLI output', () => {
   });
 
   it('a database error shows the driver’s message, never the SQL or its values', () => {
-    const e = Object.assign(new Error("insert into `agents` (`secret_hash`) values ('deadbeefcafe') - SQLITE_BUSY: database is locked"), { code: 'SQLITE_BUSY' });
+    const e = Object.assign(new Error("insert into `agents` (`secret_hash`) values ('deadbeefcafe') - SQLITE_BUSY: database is locked"), {
+      code: 'SQLITE_BUSY',
+    });
     const line = errorLine(e);
     assert.equal(line, 'database error: SQLITE_BUSY: database is locked (DATABASE_URL)');
   });

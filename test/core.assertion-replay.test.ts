@@ -16,7 +16,15 @@ describe('core: client assertion replay', () => {
     const id = (await registerAgent(t.b, { name: 'pkjwt', policy: 'research-planner', auth: 'private_key_jwt', jwks: { keys: [jwk] } })).agent.id;
     sign = (jti, at = Date.now(), lifeSec = 60) => {
       const now = Math.floor(at / 1000);
-      return new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(id).setSubject(id).setAudience(`${t.url}/token`).setJti(jti).setIssuedAt(now).setExpirationTime(now + lifeSec).sign(privateKey);
+      return new SignJWT({})
+        .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+        .setIssuer(id)
+        .setSubject(id)
+        .setAudience(`${t.url}/token`)
+        .setJti(jti)
+        .setIssuedAt(now)
+        .setExpirationTime(now + lifeSec)
+        .sign(privateKey);
     };
   });
   after(async () => t?.close());
@@ -30,7 +38,12 @@ describe('core: client assertion replay', () => {
 
   it('used at /token, it is refused at /introspect and /revoke', async () => {
     const a = await sign('cross-1');
-    const first = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: ASSERTION_TYPE, client_assertion: a });
+    const first = await postForm(`${t.url}/token`, {
+      grant_type: 'client_credentials',
+      scope: 'docs:read',
+      client_assertion_type: ASSERTION_TYPE,
+      client_assertion: a,
+    });
     assert.equal(first.status, 200);
     for (const path of ['/introspect', '/revoke']) {
       const r = await postForm(`${t.url}${path}`, { token: first.body.access_token, client_assertion_type: ASSERTION_TYPE, client_assertion: a });
@@ -40,7 +53,12 @@ describe('core: client assertion replay', () => {
   });
 
   it('within the tolerated skew after its exp, an assertion is still good once at /introspect, not twice', async () => {
-    const tok = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: ASSERTION_TYPE, client_assertion: await sign('skew-setup') });
+    const tok = await postForm(`${t.url}/token`, {
+      grant_type: 'client_credentials',
+      scope: 'docs:read',
+      client_assertion_type: ASSERTION_TYPE,
+      client_assertion: await sign('skew-setup'),
+    });
     assert.equal(tok.status, 200);
     const start = t.clock.now();
     try {
@@ -58,7 +76,8 @@ describe('core: client assertion replay', () => {
 
   describe('times are judged on the broker clock at every endpoint, /token included', () => {
     afterEach(() => t.clock.set(Date.now())); // back to real time (the wall clock moves on while the suite runs)
-    const tokenWith = (a: string) => postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: ASSERTION_TYPE, client_assertion: a });
+    const tokenWith = (a: string) =>
+      postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: ASSERTION_TYPE, client_assertion: a });
 
     it('an assertion still valid on the wall clock but expired on the broker clock is refused (and audited)', async () => {
       const a = await sign('clock-exp', Date.now(), 60);
@@ -69,9 +88,16 @@ describe('core: client assertion replay', () => {
       assert.equal(r.body.error, 'invalid_client');
       assert.match(r.body.error_description, /expired/);
       const rows = await t.b.db('audit').where('seq', '>', seqBefore ?? 0);
-      assert.ok(rows.some((x: { decision: string; reason: string }) => x.decision === 'deny' && /client_assertion has expired/.test(x.reason)), 'the refusal is audited');
+      assert.ok(
+        rows.some((x: { decision: string; reason: string }) => x.decision === 'deny' && /client_assertion has expired/.test(x.reason)),
+        'the refusal is audited',
+      );
       for (const path of ['/introspect', '/revoke']) {
-        const other = await postForm(`${t.url}${path}`, { token: 'x', client_assertion_type: ASSERTION_TYPE, client_assertion: await sign(`clock-exp-${path}`, Date.now(), 60) });
+        const other = await postForm(`${t.url}${path}`, {
+          token: 'x',
+          client_assertion_type: ASSERTION_TYPE,
+          client_assertion: await sign(`clock-exp-${path}`, Date.now(), 60),
+        });
         assert.equal(other.status, 401, path);
         assert.match(other.body.error_description, /expired|could not be verified/, path);
       }

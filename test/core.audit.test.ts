@@ -37,7 +37,10 @@ describe('core: audit chain', () => {
     // Wrong secrets: a near miss of a real secret must not be written either.
     const nearMiss = `${a.secret}Z`;
     secrets.push(nearMiss);
-    assert.equal((await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', client_id: a.id, client_secret: nearMiss })).status, 401);
+    assert.equal(
+      (await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', client_id: a.id, client_secret: nearMiss })).status,
+      401,
+    );
     assert.equal((await token({ id: a.id, secret: nearMiss }, { scope: 'tickets:read' })).status, 401);
     // Token values sent where they could be logged: introspection, revocation, renewal parameters.
     const i = await postForm(`${t.url}/introspect`, { token: s2.body.access_token }, { authorization: basic(a.id, a.secret) });
@@ -46,7 +49,12 @@ describe('core: audit chain', () => {
     assert.equal(r.status, 200);
     await revokeSession(t.b, s3.body.sid, { actor: 'test', via: 'test' });
     // A private_key_jwt registration (public keys only in the audit).
-    await registerAgent(t.b, { name: 'pk', policy: 'doc-reader', auth: 'private_key_jwt', jwks: { keys: [{ kty: 'OKP', crv: 'Ed25519', x: '11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo' }] } });
+    await registerAgent(t.b, {
+      name: 'pk',
+      policy: 'doc-reader',
+      auth: 'private_key_jwt',
+      jwks: { keys: [{ kty: 'OKP', crv: 'Ed25519', x: '11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo' }] },
+    });
   });
   after(async () => {
     await t?.close();
@@ -79,11 +87,19 @@ describe('core: audit chain', () => {
       needles.push(['token', jwt], ['token signature', sig], ['token payload', p], ['token header+payload', `${h}.${p}`]);
     }
     for (const row of rows) {
-      const text = Object.values(row).map((v) => String(v)).join('\u0000');
+      const text = Object.values(row)
+        .map((v) => String(v))
+        .join('\u0000');
       for (const [what, n] of needles) assert.ok(!text.includes(n), `audit row ${row.seq} (${row.event}) contains a ${what}`);
     }
     // Positive control: the search does find what is meant to be there (each token's jti).
-    const all = rows.map((row) => Object.values(row).map((v) => String(v)).join('\u0000')).join('\n');
+    const all = rows
+      .map((row) =>
+        Object.values(row)
+          .map((v) => String(v))
+          .join('\u0000'),
+      )
+      .join('\n');
     for (const jwt of issued) {
       const jti = JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString()).jti as string;
       assert.ok(all.includes(jti), `jti ${jti} is not in the audit log`);

@@ -39,9 +39,17 @@ describe('core: bad input', () => {
     await t?.close();
   });
 
-  async function send(what: string, path: string, opts: { method?: string; body?: string | Buffer; type?: string; headers?: Record<string, string> } = {}): Promise<Reply> {
+  async function send(
+    what: string,
+    path: string,
+    opts: { method?: string; body?: string | Buffer; type?: string; headers?: Record<string, string> } = {},
+  ): Promise<Reply> {
     const headers: Record<string, string> = { ...(opts.type ? { 'content-type': opts.type } : {}), ...opts.headers };
-    const res = await fetch(`${t.url}${path}`, { method: opts.method ?? 'POST', headers, body: typeof opts.body === 'string' || opts.body === undefined ? opts.body : new Uint8Array(opts.body) });
+    const res = await fetch(`${t.url}${path}`, {
+      method: opts.method ?? 'POST',
+      headers,
+      body: typeof opts.body === 'string' || opts.body === undefined ? opts.body : new Uint8Array(opts.body),
+    });
     const text = await res.text();
     let body: any = text;
     try {
@@ -65,7 +73,8 @@ describe('core: bad input', () => {
   };
   const counts = async (): Promise<Record<string, number>> => {
     const out: Record<string, number> = {};
-    for (const table of ['sessions', 'tokens', 'revocations', 'agents', 'signing_keys']) out[table] = Number((await t.b.db(table).count({ n: '*' }).first())?.n);
+    for (const table of ['sessions', 'tokens', 'revocations', 'agents', 'signing_keys'])
+      out[table] = Number((await t.b.db(table).count({ n: '*' }).first())?.n);
     return out;
   };
 
@@ -73,10 +82,20 @@ describe('core: bad input', () => {
   function chunked(path: string, size: number, headers: Record<string, string>, agent?: HttpAgent): Promise<number> {
     return new Promise((resolve, reject) => {
       const u = new URL(`${t.url}${path}`);
-      const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent, headers: { 'content-type': FORM, 'transfer-encoding': 'chunked', ...headers } }, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      });
+      const req = httpRequest(
+        {
+          host: u.hostname,
+          port: u.port,
+          path: u.pathname,
+          method: 'POST',
+          agent,
+          headers: { 'content-type': FORM, 'transfer-encoding': 'chunked', ...headers },
+        },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        },
+      );
       req.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNRESET' || e.code === 'EPIPE' ? resolve(-1) : reject(e)));
       const chunk = Buffer.from(`scope=${'a'.repeat(1024)}&`);
       let sent = 0;
@@ -120,10 +139,20 @@ describe('core: bad input', () => {
       new Promise((resolve, reject) => {
         const u = new URL(`${t.url}/token`);
         const body = 'grant_type=client_credentials&scope=tickets:read';
-        const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', agent, headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: auth } }, (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode ?? 0));
-        });
+        const req = httpRequest(
+          {
+            host: u.hostname,
+            port: u.port,
+            path: u.pathname,
+            method: 'POST',
+            agent,
+            headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: auth },
+          },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode ?? 0));
+          },
+        );
         req.setTimeout(5000, () => req.destroy(new Error('the next request on the connection hung')));
         req.on('error', reject);
         req.end(body);
@@ -143,13 +172,29 @@ describe('core: bad input', () => {
   describe('content types and malformed bodies', () => {
     for (const path of ['/token', '/introspect', '/revoke']) {
       it(`${path}: JSON body → 400 invalid_request`, async () => {
-        rfcError(await send(`json ${path}`, path, { body: JSON.stringify({ grant_type: 'client_credentials', token: 'x' }), type: 'application/json', headers: { authorization: auth } }), `json ${path}`, 'invalid_request');
+        rfcError(
+          await send(`json ${path}`, path, {
+            body: JSON.stringify({ grant_type: 'client_credentials', token: 'x' }),
+            type: 'application/json',
+            headers: { authorization: auth },
+          }),
+          `json ${path}`,
+          'invalid_request',
+        );
       });
       it(`${path}: malformed JSON → 400 invalid_request`, async () => {
-        rfcError(await send(`bad json ${path}`, path, { body: '{"token": ', type: 'application/json', headers: { authorization: auth } }), `bad json ${path}`, 'invalid_request');
+        rfcError(
+          await send(`bad json ${path}`, path, { body: '{"token": ', type: 'application/json', headers: { authorization: auth } }),
+          `bad json ${path}`,
+          'invalid_request',
+        );
       });
       it(`${path}: text/plain and no content type → 400`, async () => {
-        rfcError(await send(`text ${path}`, path, { body: 'token=x', type: 'text/plain', headers: { authorization: auth } }), `text ${path}`, 'invalid_request');
+        rfcError(
+          await send(`text ${path}`, path, { body: 'token=x', type: 'text/plain', headers: { authorization: auth } }),
+          `text ${path}`,
+          'invalid_request',
+        );
         rfcError(await send(`no type ${path}`, path, { body: Buffer.from('token=x'), headers: { authorization: auth } }), `no type ${path}`);
       });
       it(`${path}: broken percent-encoding → 400`, async () => {
@@ -172,7 +217,11 @@ describe('core: bad input', () => {
 
     it('duplicate parameters → invalid_request (scope twice, grant_type twice, token twice)', async () => {
       rfcError(await form('dup scope', '/token', 'grant_type=client_credentials&scope=tickets:read&scope=crm.contacts:read'), 'dup scope', 'invalid_request');
-      rfcError(await form('dup grant', '/token', 'grant_type=client_credentials&grant_type=client_credentials&scope=tickets:read'), 'dup grant', 'invalid_request');
+      rfcError(
+        await form('dup grant', '/token', 'grant_type=client_credentials&grant_type=client_credentials&scope=tickets:read'),
+        'dup grant',
+        'invalid_request',
+      );
       rfcError(await form('dup task', '/token', 'grant_type=client_credentials&scope=tickets:read&task=a&task=b'), 'dup task', 'invalid_request');
       rfcError(await form('dup token', '/introspect', 'token=a.b.c&token=d.e.f'), 'dup token', 'invalid_request');
       rfcError(await form('dup revoke', '/revoke', 'token=a.b.c&token=d.e.f'), 'dup revoke', 'invalid_request');
@@ -181,7 +230,11 @@ describe('core: bad input', () => {
     it('two client authentication methods at once → 4xx', async () => {
       const r = await form('two auths', '/introspect', `token=a.b.c&client_id=${agent.id}&client_secret=${agent.secret}`);
       rfcError(r, 'two auths', 'invalid_request');
-      const r2 = await form('two auths token', '/token', `grant_type=client_credentials&scope=tickets:read&client_id=${agent.id}&client_secret=${agent.secret}`);
+      const r2 = await form(
+        'two auths token',
+        '/token',
+        `grant_type=client_credentials&scope=tickets:read&client_id=${agent.id}&client_secret=${agent.secret}`,
+      );
       rfcError(r2, 'two auths token');
     });
 
@@ -210,7 +263,18 @@ describe('core: bad input', () => {
   describe('hostile tokens at /introspect are simply inactive (RFC 7662 §2.2)', () => {
     const payload = () => {
       const now = Math.floor(t.clock.now() / 1000);
-      return { iss: t.url, sub: agent.id, client_id: agent.id, scope: 'tickets:read', sid: 'ses_x', jti: 'jti_forged_0001', iat: now, nbf: now, exp: now + 300, cordon_depth: 0 };
+      return {
+        iss: t.url,
+        sub: agent.id,
+        client_id: agent.id,
+        scope: 'tickets:read',
+        sid: 'ses_x',
+        jti: 'jti_forged_0001',
+        iat: now,
+        nbf: now,
+        exp: now + 300,
+        cordon_depth: 0,
+      };
     };
     const introspect = (what: string, token: string) => form(what, '/introspect', `token=${encodeURIComponent(token)}`);
 
@@ -247,7 +311,16 @@ describe('core: bad input', () => {
       assert.equal(good.status, 200);
       goodSessions++;
       const jwt = good.body.access_token as string;
-      for (const tok of ['not-a-jwt', 'a.b.c', '...', jwt.slice(0, -5), `${jwt}x`, jwt.split('.').slice(0, 2).join('.'), 'x'.repeat(20000), `${jwt.split('.')[0]}.e30.${jwt.split('.')[2]}`]) {
+      for (const tok of [
+        'not-a-jwt',
+        'a.b.c',
+        '...',
+        jwt.slice(0, -5),
+        `${jwt}x`,
+        jwt.split('.').slice(0, 2).join('.'),
+        'x'.repeat(20000),
+        `${jwt.split('.')[0]}.e30.${jwt.split('.')[2]}`,
+      ]) {
         const r = await introspect('garbage', tok);
         assert.equal(r.status, 200, tok.slice(0, 40));
         assert.deepEqual(r.body, { active: false }, tok.slice(0, 40));
@@ -286,22 +359,46 @@ describe('core: bad input', () => {
       for (const id of hostile.slice(0, 5)) {
         const r = await send(`client ${id}`, '/introspect', { body: 'token=a.b.c', type: FORM, headers: { authorization: basic(id, 'x') } });
         rfcError(r, `client_id ${id}`, 'invalid_client');
-        const r2 = await send(`client ${id}`, '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: basic(id, 'x') } });
+        const r2 = await send(`client ${id}`, '/token', {
+          body: 'grant_type=client_credentials&scope=tickets:read',
+          type: FORM,
+          headers: { authorization: basic(id, 'x') },
+        });
         rfcError(r2, `client_id ${id} at /token`, 'invalid_client');
       }
     });
 
     it('a malformed Authorization header → 4xx', async () => {
-      for (const h of ['Basic !!!', 'Basic', 'Bearer abc', `Basic ${Buffer.from('no-colon').toString('base64')}`, `Basic ${Buffer.from('%zz:%zz').toString('base64')}`]) {
+      for (const h of [
+        'Basic !!!',
+        'Basic',
+        'Bearer abc',
+        `Basic ${Buffer.from('no-colon').toString('base64')}`,
+        `Basic ${Buffer.from('%zz:%zz').toString('base64')}`,
+      ]) {
         rfcError(await send(`authz ${h}`, '/introspect', { body: 'token=a.b.c', type: FORM, headers: { authorization: h } }), `authz ${h}`);
-        rfcError(await send(`authz ${h}`, '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: h } }), `authz ${h} /token`);
+        rfcError(
+          await send(`authz ${h}`, '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: h } }),
+          `authz ${h} /token`,
+        );
       }
     });
   });
 
   describe('revocation feed', () => {
     it('GET /revocations?since=abc (and other bad cursors) → 400 invalid_request', async () => {
-      for (const q of ['since=abc', 'since=-1', 'since=1.5', 'since=1e3', 'since=1&since=2', 'since=99999999999999999999', 'limit=0', 'limit=abc', 'foo=bar', 'since=%27']) {
+      for (const q of [
+        'since=abc',
+        'since=-1',
+        'since=1.5',
+        'since=1e3',
+        'since=1&since=2',
+        'since=99999999999999999999',
+        'limit=0',
+        'limit=abc',
+        'foo=bar',
+        'since=%27',
+      ]) {
         rfcError(await send(`feed ${q}`, `/revocations?${q}`, { method: 'GET' }), `feed ${q}`, 'invalid_request');
       }
     });
@@ -326,7 +423,7 @@ describe('core: bad input', () => {
       rfcError(await form('101 params', '/introspect', many), '101 params', 'invalid_request');
     });
 
-    it('what Node\'s HTTP parser refuses (oversized headers, malformed HTTP) is JSON too, and the broker keeps serving', async () => {
+    it("what Node's HTTP parser refuses (oversized headers, malformed HTTP) is JSON too, and the broker keeps serving", async () => {
       const raw = (text: string): Promise<string> =>
         new Promise((resolve, reject) => {
           const u = new URL(t.url);
@@ -366,11 +463,20 @@ describe('core: bad input', () => {
         const status = await new Promise<{ status: number; body: string }>((resolve, reject) => {
           const u = new URL(`${t.url}${path}`);
           const body = 'grant_type=client_credentials&scope=tickets:read&token=x';
-          const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: two } as unknown as Record<string, string> }, (res) => {
-            let text = '';
-            res.on('data', (c) => (text += c));
-            res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-          });
+          const req = httpRequest(
+            {
+              host: u.hostname,
+              port: u.port,
+              path: u.pathname,
+              method: 'POST',
+              headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: two } as unknown as Record<string, string>,
+            },
+            (res) => {
+              let text = '';
+              res.on('data', (c) => (text += c));
+              res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+            },
+          );
           req.on('error', reject);
           req.end(body);
         });
@@ -381,10 +487,19 @@ describe('core: bad input', () => {
       const dpop = await new Promise<number>((resolve, reject) => {
         const u = new URL(`${t.url}/token`);
         const body = 'grant_type=client_credentials&scope=tickets:read';
-        const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: auth, dpop: ['a.b.c', 'd.e.f'] } }, (res) => {
-          res.resume();
-          resolve(res.statusCode ?? 0);
-        });
+        const req = httpRequest(
+          {
+            host: u.hostname,
+            port: u.port,
+            path: u.pathname,
+            method: 'POST',
+            headers: { 'content-type': FORM, 'content-length': String(body.length), authorization: auth, dpop: ['a.b.c', 'd.e.f'] },
+          },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        );
         req.on('error', reject);
         req.end(body);
       });
@@ -392,13 +507,28 @@ describe('core: bad input', () => {
     });
 
     it('wrong methods get 405 JSON with Allow; unserved paths (oidc-provider’s own included) get 404 JSON and no cookie', async () => {
-      for (const [method, path, allow] of [['GET', '/token', 'POST'], ['PUT', '/revoke', 'POST'], ['GET', '/introspect', 'POST'], ['OPTIONS', '/token', 'POST'], ['DELETE', '/jwks', 'GET, HEAD'], ['POST', '/revocations', 'GET, HEAD']]) {
+      for (const [method, path, allow] of [
+        ['GET', '/token', 'POST'],
+        ['PUT', '/revoke', 'POST'],
+        ['GET', '/introspect', 'POST'],
+        ['OPTIONS', '/token', 'POST'],
+        ['DELETE', '/jwks', 'GET, HEAD'],
+        ['POST', '/revocations', 'GET, HEAD'],
+      ]) {
         const r = await send(`${method} ${path}`, path, { method });
         assert.equal(r.status, 405, `${method} ${path}: ${r.text}`);
         assert.equal(r.headers.get('allow'), allow, `${method} ${path}`);
         rfcError(r, `${method} ${path}`, 'invalid_request');
       }
-      for (const [method, path] of [['GET', '/session/end'], ['GET', '/auth?client_id=x&response_type=code'], ['POST', '/request'], ['POST', '/reg'], ['GET', '/me'], ['GET', '/nope'], ['GET', '/token/../jwks/x']]) {
+      for (const [method, path] of [
+        ['GET', '/session/end'],
+        ['GET', '/auth?client_id=x&response_type=code'],
+        ['POST', '/request'],
+        ['POST', '/reg'],
+        ['GET', '/me'],
+        ['GET', '/nope'],
+        ['GET', '/token/../jwks/x'],
+      ]) {
         const r = await send(`${method} ${path}`, path, { method });
         assert.equal(r.status, 404, `${method} ${path}: ${r.text.slice(0, 200)}`);
         rfcError(r, `${method} ${path}`, 'not_found');
@@ -412,10 +542,19 @@ describe('core: bad input', () => {
         const seq = Number((await t.b.db('audit').max({ m: 'seq' }).first())?.m ?? 0);
         const status = await new Promise<number>((resolve, reject) => {
           const u = new URL(`${t.url}${path}`);
-          const req = httpRequest({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { 'content-type': FORM, 'content-length': String(10 * 1024 * 1024), authorization: auth } }, (res) => {
-            res.resume();
-            resolve(res.statusCode ?? 0);
-          });
+          const req = httpRequest(
+            {
+              host: u.hostname,
+              port: u.port,
+              path: u.pathname,
+              method: 'POST',
+              headers: { 'content-type': FORM, 'content-length': String(10 * 1024 * 1024), authorization: auth },
+            },
+            (res) => {
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            },
+          );
           req.on('error', (e: NodeJS.ErrnoException) => (e.code === 'ECONNRESET' || e.code === 'EPIPE' ? resolve(-1) : reject(e)));
           req.write('token=abc'); // and nothing more: the rest of the 10 MiB never comes
         });
@@ -427,13 +566,20 @@ describe('core: bad input', () => {
       }
       // And what the parser itself refuses (an encoding it does not know) is audited too.
       const seq = Number((await t.b.db('audit').max({ m: 'seq' }).first())?.m ?? 0);
-      const enc = await send('bogus encoding introspect', '/introspect', { body: 'token=abc', type: FORM, headers: { authorization: auth, 'content-encoding': 'bogus' } });
+      const enc = await send('bogus encoding introspect', '/introspect', {
+        body: 'token=abc',
+        type: FORM,
+        headers: { authorization: auth, 'content-encoding': 'bogus' },
+      });
       rfcError(enc, 'bogus encoding introspect');
       assert.equal((await t.b.db('audit').where('seq', '>', seq).andWhere({ decision: 'deny' })).length, 1);
     });
 
     it('a 404 or 405 keeps the connection alive (only a reply that leaves a body unread closes it)', async () => {
-      for (const [method, path] of [['GET', '/nope'], ['GET', '/token']]) {
+      for (const [method, path] of [
+        ['GET', '/nope'],
+        ['GET', '/token'],
+      ]) {
         const r = await send(`${method} ${path} keep-alive`, path, { method });
         assert.ok(r.status === 404 || r.status === 405, `${method} ${path}`);
         assert.notEqual(r.headers.get('connection'), 'close', `${method} ${path}`);
@@ -441,7 +587,11 @@ describe('core: bad input', () => {
     });
 
     it('/token refuses encoded bodies (415) and bodies over the provider’s own 56 KiB limit (413), with JSON', async () => {
-      const enc = await send('gzip token', '/token', { body: 'grant_type=client_credentials&scope=tickets:read', type: FORM, headers: { authorization: auth, 'content-encoding': 'gzip' } });
+      const enc = await send('gzip token', '/token', {
+        body: 'grant_type=client_credentials&scope=tickets:read',
+        type: FORM,
+        headers: { authorization: auth, 'content-encoding': 'gzip' },
+      });
       assert.equal(enc.status, 415, enc.text);
       rfcError(enc, 'gzip token', 'invalid_request');
       const big = await form('60 KiB token', '/token', `grant_type=client_credentials&scope=tickets:read&task=${'x'.repeat(60 * 1024)}`);

@@ -21,7 +21,11 @@ describe('core: the root of a session', () => {
     const p = await t.register('root-planner', 'research-planner');
     const r = await t.register('root-reader', 'doc-reader');
     const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
-    const child = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
+    const child = await delegate(
+      t.b,
+      { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] },
+      new Attempt('cli.test'),
+    );
     assert.equal((await introspect(t.b, child.jwt)).active, true);
     await setAgentEnabled(t.b, p.id, false);
     assert.equal((await introspect(t.b, root.jwt)).active, false);
@@ -35,9 +39,21 @@ describe('core: the root of a session', () => {
     const h = await t.register('mid-helper', 'research-planner');
     const r = await t.register('mid-reader', 'doc-reader');
     const root = await startSession(t.b, { clientId: p.id, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
-    const mid = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: h.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
-    const leaf = await delegate(t.b, { callerClientId: h.id, subjectToken: mid.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
-    const side = await delegate(t.b, { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
+    const mid = await delegate(
+      t.b,
+      { callerClientId: p.id, subjectToken: root.jwt, requestedActor: h.id, scope: 'docs:read', audience: [] },
+      new Attempt('cli.test'),
+    );
+    const leaf = await delegate(
+      t.b,
+      { callerClientId: h.id, subjectToken: mid.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] },
+      new Attempt('cli.test'),
+    );
+    const side = await delegate(
+      t.b,
+      { callerClientId: p.id, subjectToken: root.jwt, requestedActor: r.id, scope: 'docs:read', audience: [] },
+      new Attempt('cli.test'),
+    );
     assert.equal(leaf.claims.cordon_depth, 2);
     await setAgentEnabled(t.b, h.id, false);
     assert.equal((await introspect(t.b, leaf.jwt)).active, false, 'delegated through the disabled helper');
@@ -62,12 +78,19 @@ describe('core: the root of a session', () => {
       await revoking;
       assert.equal((await agents.get(t.b.db, a.id))!.status, 'revoked');
     }
-    await assert.rejects(startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test')), (e: CordonError) => e.code === 'invalid_client');
+    await assert.rejects(
+      startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
+      (e: CordonError) => e.code === 'invalid_client',
+    );
   });
 
   it('a renewal keeps the subject the session was opened for (on-behalf-of survives renewal)', async () => {
     const a = await t.register('fed-agent', 'research-planner');
-    const first = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], origin: 'federation', subject: 'https://idp.example#alice' }, new Attempt('cli.test'));
+    const first = await startSession(
+      t.b,
+      { clientId: a.id, scope: 'docs:read', audience: [], origin: 'federation', subject: 'https://idp.example#alice' },
+      new Attempt('cli.test'),
+    );
     const again = await startSession(t.b, { clientId: a.id, scope: 'docs:read', audience: [], session: first.sid }, new Attempt('cli.test'));
     assert.equal(first.claims.sub, 'https://idp.example#alice');
     assert.equal(again.claims.sub, 'https://idp.example#alice');
@@ -91,7 +114,15 @@ describe('core: client authentication at /introspect and /revoke', () => {
     assert.equal(i.body.error, 'invalid_client');
     const r = await postForm(`${t.url}/revoke`, { token: tok.body.access_token }, { authorization: basic(a.id, a.secret) });
     assert.equal(r.status, 200);
-    assert.notEqual((await t.b.db('tokens').where({ jti: (await import('jose')).decodeJwt(tok.body.access_token).jti }).first()).revoked_at, null);
+    assert.notEqual(
+      (
+        await t.b
+          .db('tokens')
+          .where({ jti: (await import('jose')).decodeJwt(tok.body.access_token).jti })
+          .first()
+      ).revoked_at,
+      null,
+    );
   });
 
   it('a form client_id that differs from the Basic header is refused', async () => {

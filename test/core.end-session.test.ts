@@ -28,12 +28,24 @@ describe('core: ending a session through /revoke', () => {
     const plain = await postForm(`${t.url}/revoke`, { token: s.access_token }, { authorization: basic(planner.id, planner.secret) });
     assert.equal(plain.status, 200);
     assert.equal((await sessions.get(t.b.db, s.sid))!.revokedAt, null, 'a plain revoke leaves the session renewable');
-    const renewed = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', session: s.sid }, { authorization: basic(planner.id, planner.secret) });
+    const renewed = await postForm(
+      `${t.url}/token`,
+      { grant_type: 'client_credentials', scope: 'docs:read', session: s.sid },
+      { authorization: basic(planner.id, planner.secret) },
+    );
     assert.equal(renewed.status, 200);
-    const end = await postForm(`${t.url}/revoke`, { token: renewed.body.access_token, end_session: 'true' }, { authorization: basic(planner.id, planner.secret) });
+    const end = await postForm(
+      `${t.url}/revoke`,
+      { token: renewed.body.access_token, end_session: 'true' },
+      { authorization: basic(planner.id, planner.secret) },
+    );
     assert.equal(end.status, 200);
     assert.notEqual((await sessions.get(t.b.db, s.sid))!.revokedAt, null);
-    const again = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', session: s.sid }, { authorization: basic(planner.id, planner.secret) });
+    const again = await postForm(
+      `${t.url}/token`,
+      { grant_type: 'client_credentials', scope: 'docs:read', session: s.sid },
+      { authorization: basic(planner.id, planner.secret) },
+    );
     assert.equal(again.status, 400);
     assert.equal(again.body.error, 'invalid_grant');
   });
@@ -42,7 +54,13 @@ describe('core: ending a session through /revoke', () => {
     const s = await open();
     const d = await postForm(
       `${t.url}/token`,
-      { grant_type: TE, subject_token: s.access_token, subject_token_type: 'urn:ietf:params:oauth:token-type:access_token', requested_actor: reader.id, scope: 'docs:read' },
+      {
+        grant_type: TE,
+        subject_token: s.access_token,
+        subject_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        requested_actor: reader.id,
+        scope: 'docs:read',
+      },
       { authorization: basic(planner.id, planner.secret) },
     );
     assert.equal(d.status, 200, JSON.stringify(d.body));
@@ -61,7 +79,13 @@ describe('core: ending a session through /revoke', () => {
 
   it('a secretless (bootstrap) agent ends its session as the public workload client; a client_credentials session cannot be revoked that way', async () => {
     const { token } = await issueBootstrapToken(t.b, 'reader', { ttlSec: 300 });
-    const s = await postForm(`${t.url}/token`, { grant_type: TE, client_id: 'cordon-workload', subject_token: token, subject_token_type: 'urn:cordon:token-type:bootstrap', scope: 'docs:read' });
+    const s = await postForm(`${t.url}/token`, {
+      grant_type: TE,
+      client_id: 'cordon-workload',
+      subject_token: token,
+      subject_token_type: 'urn:cordon:token-type:bootstrap',
+      scope: 'docs:read',
+    });
     assert.equal(s.status, 200, JSON.stringify(s.body));
     const end = await postForm(`${t.url}/revoke`, { client_id: 'cordon-workload', token: s.body.access_token, end_session: 'true' });
     assert.equal(end.status, 200, JSON.stringify(end.body));

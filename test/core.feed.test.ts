@@ -15,7 +15,10 @@ describe('core: the revocation feed', function () {
       const now = b.clock.now();
       await b.db.transaction((tx) => revocations.add(tx, [{ kind: 'jti', value: 'short-lived', expiresAt: now + 1000, revokedAt: now }]));
       tb.clock.advance(1000 + 3000); // 3 s past exp: a verifier with 10 s tolerance would still accept it
-      assert.deepEqual((await revocationFeed(b, 0, 100)).revoked.map((r) => r.value), ['short-lived']);
+      assert.deepEqual(
+        (await revocationFeed(b, 0, 100)).revoked.map((r) => r.value),
+        ['short-lived'],
+      );
       tb.clock.advance(FEED_GRACE_MS);
       const page = await revocationFeed(b, 0, 100);
       assert.deepEqual(page.revoked, []);

@@ -48,7 +48,10 @@ describe('core: signing keys and rotation', () => {
 
   it('private key files are mode 0600 and the key directory is private', () => {
     const files = readdirSync(keyDir());
-    assert.ok(files.some((f) => f.endsWith('.jwk.json')), `key files: ${files}`);
+    assert.ok(
+      files.some((f) => f.endsWith('.jwk.json')),
+      `key files: ${files}`,
+    );
     for (const f of files) {
       const mode = statSync(join(keyDir(), f)).mode & 0o777;
       assert.equal(mode, 0o600, `${f} has mode ${mode.toString(8)}`);
@@ -59,7 +62,11 @@ describe('core: signing keys and rotation', () => {
   it('rotation: old tokens keep verifying, new tokens carry the new kid, /jwks publishes both until the old key retires', async () => {
     const before = await session();
     const jwks0 = await jwks();
-    assert.deepEqual(jwks0.keys.map((k) => k.kid), [before.kid], 'one key before rotation, the one that signed');
+    assert.deepEqual(
+      jwks0.keys.map((k) => k.kid),
+      [before.kid],
+      'one key before rotation, the one that signed',
+    );
 
     const longest = 15 * 60_000;
     const created = await rotateSigningKey(t.b.db, keyDir(), t.b.config.keyAlg, t.clock, longest);
@@ -74,7 +81,10 @@ describe('core: signing keys and rotation', () => {
     assert.equal(old.status, 'retired');
     assert.equal(rows.find((r) => r.kid === created.kid)!.status, 'active');
     assert.ok(old.publishUntil! >= before.exp * 1000, 'the old key stays published at least until its last token expires');
-    assert.ok(old.publishUntil! >= t.clock.now() + KEY_ACTIVATION_MS + KEYRING_RELOAD_MS + longest, 'and for as long as a token it may still sign, on any replica, could live');
+    assert.ok(
+      old.publishUntil! >= t.clock.now() + KEY_ACTIVATION_MS + KEYRING_RELOAD_MS + longest,
+      'and for as long as a token it may still sign, on any replica, could live',
+    );
 
     const jwks1 = await jwks();
     assert.deepEqual(new Set(jwks1.keys.map((k) => k.kid)), new Set([before.kid, created.kid]));
@@ -96,7 +106,16 @@ describe('core: signing keys and rotation', () => {
     const after = await session();
     assert.equal(after.kid, created.kid);
     await verifyOffline(after.jwt, jwks1);
-    assert.equal((await t.b.db('tokens').where({ jti: decodeJwt(after.jwt).jti }).first()).kid, created.kid, 'the record names the signing kid');
+    assert.equal(
+      (
+        await t.b
+          .db('tokens')
+          .where({ jti: decodeJwt(after.jwt).jti })
+          .first()
+      ).kid,
+      created.kid,
+      'the record names the signing kid',
+    );
 
     // Just before publish_until the old key is still out; at publish_until it is gone.
     t.clock.set(old.publishUntil! - 1000);
@@ -105,7 +124,10 @@ describe('core: signing keys and rotation', () => {
     t.clock.set(old.publishUntil!);
     await t.b.keys.reload();
     const jwks2 = await jwks();
-    assert.deepEqual(jwks2.keys.map((k) => k.kid), [created.kid]);
+    assert.deepEqual(
+      jwks2.keys.map((k) => k.kid),
+      [created.kid],
+    );
     // A token from the retired key is no longer vouched for, offline or online.
     await assert.rejects(verifyOffline(before.jwt, jwks2));
     assert.deepEqual(await introspect(before.jwt), { active: false });
@@ -119,12 +141,18 @@ describe('core: signing keys and rotation', () => {
     const kidBefore = t.b.keys.active().kid;
     const created = await rotateSigningKey(t.b.db, keyDir(), t.b.config.keyAlg, t.clock, 15 * 60_000);
     t.clock.advance(KEYRING_RELOAD_MS + 1); // past the keyring's reload interval: published, not yet signing
-    assert.ok((await jwks()).keys.some((k) => k.kid === created.kid), 'the new key is published before it signs');
+    assert.ok(
+      (await jwks()).keys.some((k) => k.kid === created.kid),
+      'the new key is published before it signs',
+    );
     assert.equal((await session()).kid, kidBefore);
     t.clock.advance(KEY_ACTIVATION_MS - KEYRING_RELOAD_MS);
     const s = await session();
     assert.equal(s.kid, created.kid);
-    assert.ok((await jwks()).keys.some((k) => k.kid === kidBefore), 'the previous key is still published');
+    assert.ok(
+      (await jwks()).keys.some((k) => k.kid === kidBefore),
+      'the previous key is still published',
+    );
   });
 
   it('a replica whose keys are older than a rotation still accepts a token signed with the new key (it re-reads on an unknown kid)', async () => {
@@ -159,8 +187,14 @@ describe('core: signing keys and rotation', () => {
       await Promise.all(dbs.map((db) => ensureSigningKey(db, join(dir, 'keys'), 'EdDSA', t.clock)));
       const active = (await listKeys(first)).filter((k) => k.status === 'active');
       assert.equal(active.length, 1);
-      assert.deepEqual(readdirSync(join(dir, 'keys')).filter((f) => f.endsWith('.jwk.json')), [`${active[0].kid}.jwk.json`], 'the losers removed their private files');
-      await assert.rejects(first('signing_keys').insert({ kid: 'dup', alg: 'EdDSA', public_jwk: '{}', status: 'active', created_at: 1, retired_at: null, publish_until: null }));
+      assert.deepEqual(
+        readdirSync(join(dir, 'keys')).filter((f) => f.endsWith('.jwk.json')),
+        [`${active[0].kid}.jwk.json`],
+        'the losers removed their private files',
+      );
+      await assert.rejects(
+        first('signing_keys').insert({ kid: 'dup', alg: 'EdDSA', public_jwk: '{}', status: 'active', created_at: 1, retired_at: null, publish_until: null }),
+      );
     } finally {
       for (const db of dbs) await db.destroy();
       rmSync(dir, { recursive: true, force: true });
@@ -169,7 +203,10 @@ describe('core: signing keys and rotation', () => {
 
   it('each key creation and rotation is in the audit chain', async () => {
     const rows = await t.b.db('audit').whereIn('event', ['key.create', 'key.rotate']).orderBy('seq');
-    assert.deepEqual(rows.map((r) => r.event), ['key.create', 'key.rotate', 'key.rotate', 'key.rotate']);
+    assert.deepEqual(
+      rows.map((r) => r.event),
+      ['key.create', 'key.rotate', 'key.rotate', 'key.rotate'],
+    );
     const v = await verifyAudit(t.b.db);
     assert.equal(v.ok, true, JSON.stringify(v));
   });

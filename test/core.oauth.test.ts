@@ -49,11 +49,13 @@ describe('core: OAuth surface through openid-client', () => {
         assert.ok(grants.includes('client_credentials'), `grant_types_supported: ${grants}`);
         assert.ok(grants.includes('urn:ietf:params:oauth:grant-type:token-exchange'), `grant_types_supported: ${grants}`);
         const methods = m.token_endpoint_auth_methods_supported as string[];
-        for (const am of ['client_secret_basic', 'client_secret_post', 'private_key_jwt']) assert.ok(methods.includes(am), `token_endpoint_auth_methods_supported lacks ${am}: ${methods}`);
+        for (const am of ['client_secret_basic', 'client_secret_post', 'private_key_jwt'])
+          assert.ok(methods.includes(am), `token_endpoint_auth_methods_supported lacks ${am}: ${methods}`);
         const dpop = m.dpop_signing_alg_values_supported as string[];
         assert.ok(Array.isArray(dpop) && dpop.length > 0, 'dpop_signing_alg_values_supported is a non-empty list');
         // Nothing this broker does not serve is advertised.
-        for (const k of ['authorization_endpoint', 'end_session_endpoint', 'pushed_authorization_request_endpoint', 'id_token_signing_alg_values_supported']) assert.equal(m[k], undefined, k);
+        for (const k of ['authorization_endpoint', 'end_session_endpoint', 'pushed_authorization_request_endpoint', 'id_token_signing_alg_values_supported'])
+          assert.equal(m[k], undefined, k);
       });
     }
 
@@ -194,7 +196,12 @@ describe('core: OAuth surface through openid-client', () => {
       assert.deepEqual(oauthError(e), { status: 401, error: 'invalid_client' });
       return true;
     });
-    const post = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', client_id: agent.id, client_secret: `${agent.secret}x` });
+    const post = await postForm(`${t.url}/token`, {
+      grant_type: 'client_credentials',
+      scope: 'tickets:read',
+      client_id: agent.id,
+      client_secret: `${agent.secret}x`,
+    });
     assert.equal(post.status, 401);
     assert.equal(post.body.error, 'invalid_client');
     // The same wrong secret at the broker's own endpoints.

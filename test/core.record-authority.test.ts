@@ -85,7 +85,10 @@ describe('decisions come from the record, not from the presented claims', functi
     const root = await mustSession(f.tb, owner, 'work:read cred:vault-token', { task: 'T-1' });
     const sub = await mustDelegate(f.tb, owner, root, worker, 'work:read');
     const i = await introspect(f.tb, rs, sub);
-    const rec = await f.tb.b.db('tokens').where({ jti: claimsOf(sub).jti }).first();
+    const rec = await f.tb.b
+      .db('tokens')
+      .where({ jti: claimsOf(sub).jti })
+      .first();
     assert.equal(i.scope, rec.scope);
     assert.equal(i.exp, Math.floor(Number(rec.expires_at) / 1000));
     assert.equal(i.cordon_depth, Number(rec.depth));

@@ -27,11 +27,21 @@ interface Raw {
 function raw(url: string, opts: { method?: string; headers?: Record<string, string | string[]>; body?: string; agent?: HttpAgent } = {}): Promise<Raw> {
   return new Promise((resolve, reject) => {
     const u = new URL(url);
-    const req = httpRequest({ host: u.hostname, port: u.port, path: `${u.pathname}${u.search}`, method: opts.method ?? 'POST', agent: opts.agent, headers: { ...(opts.body !== undefined ? { 'content-length': String(Buffer.byteLength(opts.body)) } : {}), ...opts.headers } }, (res) => {
-      let text = '';
-      res.on('data', (c) => (text += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
-    });
+    const req = httpRequest(
+      {
+        host: u.hostname,
+        port: u.port,
+        path: `${u.pathname}${u.search}`,
+        method: opts.method ?? 'POST',
+        agent: opts.agent,
+        headers: { ...(opts.body !== undefined ? { 'content-length': String(Buffer.byteLength(opts.body)) } : {}), ...opts.headers },
+      },
+      (res) => {
+        let text = '';
+        res.on('data', (c) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+      },
+    );
     req.on('error', reject);
     req.end(opts.body);
   });
@@ -59,7 +69,10 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
   let agent: { id: string; secret: string };
 
   before(async () => {
-    t = await startTestBroker({ env: { CORDON_METRICS_TOKEN: METRICS_TOKEN }, ext: { routes: [credentialsRoute], before: [(app, b) => mountMetrics(app, b)] } });
+    t = await startTestBroker({
+      env: { CORDON_METRICS_TOKEN: METRICS_TOKEN },
+      ext: { routes: [credentialsRoute], before: [(app, b) => mountMetrics(app, b)] },
+    });
     agent = await t.register('summarizer', 'support-summarizer');
   });
   after(async () => {
@@ -87,11 +100,19 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
 
     const cases: Array<[string, () => Promise<Raw>, { reason: RegExp; name?: string }]> = [
       ['no Authorization', () => cred('tickets-db', {}), { reason: /^invalid_token: an access token is required/, name: 'tickets-db' }],
-      ['a malformed Authorization', () => cred('tickets-db', { authorization: `Bearer ${TOKEN_TEXT} extra` }), { reason: /^invalid_token: Authorization must be/, name: 'tickets-db' }],
+      [
+        'a malformed Authorization',
+        () => cred('tickets-db', { authorization: `Bearer ${TOKEN_TEXT} extra` }),
+        { reason: /^invalid_token: Authorization must be/, name: 'tickets-db' },
+      ],
       ['a Basic Authorization', () => cred('tickets-db', { authorization: basic('agt_x', TOKEN_TEXT) }), { reason: /^invalid_token/, name: 'tickets-db' }],
       ['a bad credential name', () => cred('Bad$Name', { authorization: `Bearer ${TOKEN_TEXT}` }), { reason: /^invalid_request: credential name must match/ }],
       ['a name that is a token', () => cred(TOKEN_TEXT, { authorization: `Bearer ${TOKEN_TEXT}` }), { reason: /^invalid_request: credential name must match/ }],
-      ['two DPoP headers', () => cred('tickets-db', { authorization: `DPoP ${TOKEN_TEXT}`, dpop: ['a.b.c', 'd.e.f'] }), { reason: /^invalid_request: the dpop header must appear once/, name: 'tickets-db' }],
+      [
+        'two DPoP headers',
+        () => cred('tickets-db', { authorization: `DPoP ${TOKEN_TEXT}`, dpop: ['a.b.c', 'd.e.f'] }),
+        { reason: /^invalid_request: the dpop header must appear once/, name: 'tickets-db' },
+      ],
     ];
     for (const [what, send, expect] of cases) {
       it(`${what}: one deny row, attempted credential.issue, no token text`, async () => {
@@ -113,14 +134,42 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
     const form = 'application/x-www-form-urlencoded';
     const cases: Array<[string, () => Promise<{ status: number }>, string]> = [
       ['/token wrong content type', () => raw(`${t.url}/token`, { headers: { 'content-type': 'text/plain' }, body: 'x' }), 'token'],
-      ['/token unknown client', () => postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read' }, { authorization: basic('agt_nosuchagent', 'x') }), 'token'],
-      ['/token a known agent asks too much', () => postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:write' }, { authorization: basic(agent.id, agent.secret) }), 'session.open'],
+      [
+        '/token unknown client',
+        () => postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read' }, { authorization: basic('agt_nosuchagent', 'x') }),
+        'token',
+      ],
+      [
+        '/token a known agent asks too much',
+        () => postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:write' }, { authorization: basic(agent.id, agent.secret) }),
+        'session.open',
+      ],
       ['/token unknown grant type', () => postForm(`${t.url}/token`, { grant_type: 'password' }, { authorization: basic(agent.id, agent.secret) }), 'token'],
       ['/introspect no client authentication', () => postForm(`${t.url}/introspect`, { token: TOKEN_TEXT }), 'introspect'],
-      ['/introspect a JSON body', () => raw(`${t.url}/introspect`, { headers: { 'content-type': 'application/json', authorization: basic(agent.id, agent.secret) }, body: '{}' }), 'introspect'],
-      ['/introspect an unknown content encoding', () => raw(`${t.url}/introspect`, { headers: { 'content-type': form, 'content-encoding': 'x-nope', authorization: basic(agent.id, agent.secret) }, body: 'token=x' }), 'introspect'],
+      [
+        '/introspect a JSON body',
+        () => raw(`${t.url}/introspect`, { headers: { 'content-type': 'application/json', authorization: basic(agent.id, agent.secret) }, body: '{}' }),
+        'introspect',
+      ],
+      [
+        '/introspect an unknown content encoding',
+        () =>
+          raw(`${t.url}/introspect`, {
+            headers: { 'content-type': form, 'content-encoding': 'x-nope', authorization: basic(agent.id, agent.secret) },
+            body: 'token=x',
+          }),
+        'introspect',
+      ],
       ['/revoke a wrong secret', () => postForm(`${t.url}/revoke`, { token: TOKEN_TEXT }, { authorization: basic(agent.id, 'wrong') }), 'revoke'],
-      ['/revoke two Authorization headers', () => raw(`${t.url}/revoke`, { headers: { 'content-type': form, authorization: [basic(agent.id, agent.secret), basic('agt_other', 'x')] }, body: 'token=x' }), 'revoke'],
+      [
+        '/revoke two Authorization headers',
+        () =>
+          raw(`${t.url}/revoke`, {
+            headers: { 'content-type': form, authorization: [basic(agent.id, agent.secret), basic('agt_other', 'x')] },
+            body: 'token=x',
+          }),
+        'revoke',
+      ],
       ['/revocations a bad since', () => raw(`${t.url}/revocations?since=abc`, { method: 'GET' }), 'revocations'],
       ['/revocations a bad limit', () => raw(`${t.url}/revocations?limit=0`, { method: 'GET' }), 'revocations'],
       ['/revocations an unknown parameter', () => raw(`${t.url}/revocations?cursor=1`, { method: 'GET' }), 'revocations'],
@@ -130,7 +179,11 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
       ['a wrong method (405)', () => raw(`${t.url}/token`, { method: 'GET' }), 'token'],
       ['a wrong method at /credentials', () => raw(`${t.url}/credentials/tickets-db`, { method: 'GET' }), 'credential.issue'],
       ['a path that does not decode', () => raw(`${t.url}/credentials/%E0%A4%A`, { headers: { authorization: `Bearer ${TOKEN_TEXT}` } }), 'credential.issue'],
-      ['/credentials a garbage token (audited by tokens/credentials.ts)', () => raw(`${t.url}/credentials/tickets-db`, { headers: { authorization: `Bearer ${TOKEN_TEXT}` } }), 'credential.issue'],
+      [
+        '/credentials a garbage token (audited by tokens/credentials.ts)',
+        () => raw(`${t.url}/credentials/tickets-db`, { headers: { authorization: `Bearer ${TOKEN_TEXT}` } }),
+        'credential.issue',
+      ],
       ['malformed HTTP', async () => ({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(await rawSocket(t.url, 'NOT HTTP AT ALL\r\n\r\n'))?.[1]) }), 'request'],
     ];
     for (const [what, send, attempted] of cases) {
@@ -157,7 +210,11 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
       const pool = new HttpAgent({ keepAlive: true, maxSockets: 8 });
       const junk: Array<{ path: string; method?: string; headers?: Record<string, string>; body?: string }> = [
         { path: '/credentials/tickets-db', headers: { authorization: 'Bearer garbage' } },
-        { path: '/introspect', headers: { authorization: basic('agt_nosuchagent', 'x'), 'content-type': 'application/x-www-form-urlencoded' }, body: 'token=x' },
+        {
+          path: '/introspect',
+          headers: { authorization: basic('agt_nosuchagent', 'x'), 'content-type': 'application/x-www-form-urlencoded' },
+          body: 'token=x',
+        },
         { path: '/nope', method: 'GET' },
       ];
       let next = 0;
@@ -171,9 +228,17 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
       };
       await Promise.all(Array.from({ length: 8 }, worker));
       pool.destroy();
-      assert.equal([...statuses.entries()].filter(([s]) => s >= 400 && s < 500).reduce((n, [, c]) => n + c, 0), OVER_HTTP, JSON.stringify([...statuses]));
+      assert.equal(
+        [...statuses.entries()].filter(([s]) => s >= 400 && s < 500).reduce((n, [, c]) => n + c, 0),
+        OVER_HTTP,
+        JSON.stringify([...statuses]),
+      );
       for (let i = OVER_HTTP; i < TOTAL; i++) {
-        await recordRefusal(t.b, new Attempt('credential.issue', '127.0.0.1').note({ name: 'tickets-db' }), new CordonError('invalid_token', 'token is malformed', { reason: 'token_invalid' }));
+        await recordRefusal(
+          t.b,
+          new Attempt('credential.issue', '127.0.0.1').note({ name: 'tickets-db' }),
+          new CordonError('invalid_token', 'token is malformed', { reason: 'token_invalid' }),
+        );
       }
 
       let rows = await rowsAfter(seq);
@@ -189,22 +254,38 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
         assert.equal(s.decision, 'deny');
         assert.equal(s.params.client_address, '127.0.0.1');
         assert.ok(Date.parse(s.params.window_end) > Date.parse(s.params.window_start));
-        assert.equal(s.params.reasons.reduce((n: number, r: { count: number }) => n + r.count, 0), s.params.count, 'few kinds of junk: the top reasons cover them all');
+        assert.equal(
+          s.params.reasons.reduce((n: number, r: { count: number }) => n + r.count, 0),
+          s.params.count,
+          'few kinds of junk: the top reasons cover them all',
+        );
       }
-      assert.equal(summaries.reduce((n, s) => n + s.params.count, 0), TOTAL - N, 'the summaries count every refusal not written one by one');
+      assert.equal(
+        summaries.reduce((n, s) => n + s.params.count, 0),
+        TOTAL - N,
+        'the summaries count every refusal not written one by one',
+      );
       const written = rows.filter((r) => r.event === 'deny');
       assert.equal(written.length, N + 1);
       for (const r of written) assert.equal(r.params.client_address, '127.0.0.1');
 
       const v = await verifyAudit(t.b.db);
       assert.equal(v.ok, true, JSON.stringify(v));
-      const good = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read' }, { authorization: basic(agent.id, agent.secret) });
+      const good = await postForm(
+        `${t.url}/token`,
+        { grant_type: 'client_credentials', scope: 'tickets:read' },
+        { authorization: basic(agent.id, agent.secret) },
+      );
       assert.equal(good.status, 200, JSON.stringify(good.body));
     });
 
     it(`a known agent’s refusals beyond ${N} are each still written, naming the agent`, async () => {
       freshWindow();
-      const tok = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read' }, { authorization: basic(agent.id, agent.secret) });
+      const tok = await postForm(
+        `${t.url}/token`,
+        { grant_type: 'client_credentials', scope: 'tickets:read' },
+        { authorization: basic(agent.id, agent.secret) },
+      );
       assert.equal(tok.status, 200, JSON.stringify(tok.body));
       const seq = await maxSeq();
       const K = N + 15;
@@ -213,7 +294,12 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
         assert.equal(r.status, 403, r.body);
       }
       // And at /token: a wrong scope, asked by a known agent.
-      for (let i = 0; i < K; i++) assert.equal((await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:write' }, { authorization: basic(agent.id, agent.secret) })).status, 400);
+      for (let i = 0; i < K; i++)
+        assert.equal(
+          (await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:write' }, { authorization: basic(agent.id, agent.secret) }))
+            .status,
+          400,
+        );
       let rows = await rowsAfter(seq);
       for (let i = 0; i < 50 && rows.length < 2 * K; i++) rows = await rowsAfter(seq);
       assert.equal(rows.length, 2 * K);
@@ -227,12 +313,17 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
 
     it(`a revoked token replayed at /credentials beyond ${N} times: every refusal written, naming its agent and jti`, async () => {
       freshWindow();
-      const tok = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read cred:tickets-db' }, { authorization: basic(agent.id, agent.secret) });
+      const tok = await postForm(
+        `${t.url}/token`,
+        { grant_type: 'client_credentials', scope: 'tickets:read cred:tickets-db' },
+        { authorization: basic(agent.id, agent.secret) },
+      );
       assert.equal(tok.status, 200, JSON.stringify(tok.body));
       await revokeSession(t.b, tok.body.sid, { actor: 'test', via: 'test' });
       const seq = await maxSeq();
       const K = N + 5;
-      for (let i = 0; i < K; i++) assert.equal((await raw(`${t.url}/credentials/tickets-db`, { headers: { authorization: `Bearer ${tok.body.access_token}` } })).status, 401);
+      for (let i = 0; i < K; i++)
+        assert.equal((await raw(`${t.url}/credentials/tickets-db`, { headers: { authorization: `Bearer ${tok.body.access_token}` } })).status, 401);
       const rows = await rowsAfter(seq);
       assert.equal(rows.length, K);
       for (const r of rows) {
@@ -245,8 +336,10 @@ describe('core: every refusal is audited, once; junk is summarised', () => {
     it('a refusal claiming an agent id that exists is written one by one; one that does not is junk', async () => {
       freshWindow();
       const seq = await maxSeq();
-      for (let i = 0; i < N + 5; i++) assert.equal((await postForm(`${t.url}/introspect`, { token: 'x' }, { authorization: basic(agent.id, 'wrong') })).status, 401);
-      for (let i = 0; i < N + 5; i++) assert.equal((await postForm(`${t.url}/introspect`, { token: 'x' }, { authorization: basic('agt_nosuchagent', 'wrong') })).status, 401);
+      for (let i = 0; i < N + 5; i++)
+        assert.equal((await postForm(`${t.url}/introspect`, { token: 'x' }, { authorization: basic(agent.id, 'wrong') })).status, 401);
+      for (let i = 0; i < N + 5; i++)
+        assert.equal((await postForm(`${t.url}/introspect`, { token: 'x' }, { authorization: basic('agt_nosuchagent', 'wrong') })).status, 401);
       const rows = await rowsAfter(seq);
       assert.equal(rows.filter((r) => r.agent_id === agent.id).length, N + 5, 'every guess at a real agent’s secret is on record');
       assert.equal(rows.filter((r) => r.agent_id === 'agt_nosuchagent').length, N, 'the unknown id is junk: its budget, then counted');

@@ -25,14 +25,19 @@ describe('core: refusals, renewal, TTL and expiry', () => {
     await t?.close();
   });
 
-  const token = (a: Agent, form: Record<string, string | string[]>) => postForm(`${t.url}/token`, { grant_type: 'client_credentials', ...form }, { authorization: basic(a.id, a.secret) });
+  const token = (a: Agent, form: Record<string, string | string[]>) =>
+    postForm(`${t.url}/token`, { grant_type: 'client_credentials', ...form }, { authorization: basic(a.id, a.secret) });
   const introspect = (tok: string, as: Agent = summarizer) => postForm(`${t.url}/introspect`, { token: tok }, { authorization: basic(as.id, as.secret) });
   const maxSeq = async (): Promise<number> => Number((await t.b.db('audit').max({ m: 'seq' }).first())?.m ?? 0);
   /** Deny rows written after `seq`. */
   const denialsAfter = async (seq: number) => t.b.db('audit').where('seq', '>', seq).andWhere({ decision: 'deny' }).orderBy('seq');
 
   /** Asks, expects the refusal, and checks the audit row it left names the agent and the reason. */
-  async function refused(a: Agent, form: Record<string, string | string[]>, expect: { status: number; error: string; reason?: RegExp }): Promise<Record<string, unknown>> {
+  async function refused(
+    a: Agent,
+    form: Record<string, string | string[]>,
+    expect: { status: number; error: string; reason?: RegExp },
+  ): Promise<Record<string, unknown>> {
     const before = await maxSeq();
     const tokensBefore = Number((await t.b.db('tokens').count({ n: '*' }).first())?.n);
     const r = await token(a, form);
@@ -72,7 +77,11 @@ describe('core: refusals, renewal, TTL and expiry', () => {
     it('audience not allowed by the policy → invalid_target (resource and audience alike)', async () => {
       await refused(summarizer, { scope: 'tickets:read', resource: 'https://evil.example' }, { status: 400, error: 'invalid_target', reason: /evil\.example/ });
       await refused(summarizer, { scope: 'tickets:read', audience: 'https://evil.example' }, { status: 400, error: 'invalid_target' });
-      await refused(summarizer, { scope: 'tickets:read', resource: ['https://tickets.internal', 'https://evil.example'] }, { status: 400, error: 'invalid_target' });
+      await refused(
+        summarizer,
+        { scope: 'tickets:read', resource: ['https://tickets.internal', 'https://evil.example'] },
+        { status: 400, error: 'invalid_target' },
+      );
       // A policy with no audiences allows none.
       await refused(reader, { scope: 'docs:read', resource: 'https://tickets.internal' }, { status: 400, error: 'invalid_target' });
     });
@@ -94,7 +103,7 @@ describe('core: refusals, renewal, TTL and expiry', () => {
       assert.equal((await token(a, { scope: 'docs:read' })).status, 200);
     });
 
-    it('a disabled agent\'s live token introspects inactive', async () => {
+    it("a disabled agent's live token introspects inactive", async () => {
       const a = await t.register('to-disable-2', 'doc-reader');
       const r = await token(a, { scope: 'docs:read' });
       assert.equal((await introspect(r.body.access_token)).body.active, true);
@@ -135,13 +144,17 @@ describe('core: refusals, renewal, TTL and expiry', () => {
       await refused(summarizer, { scope: 'cred:tickets-db', session: first.body.sid }, { status: 400, error: 'invalid_scope' });
     });
 
-    it('keeps the session\'s audience and refuses one the session was not opened for', async () => {
+    it("keeps the session's audience and refuses one the session was not opened for", async () => {
       const first = await token(summarizer, { scope: 'tickets:read', audience: 'https://tickets.internal' });
       assert.equal(first.status, 200, JSON.stringify(first.body));
       const again = await token(summarizer, { scope: 'tickets:read', session: first.body.sid });
       assert.equal(decodeJwt(again.body.access_token).aud, 'https://tickets.internal', 'a renewal inherits the audience');
       const plain = await token(summarizer, { scope: 'tickets:read' });
-      await refused(summarizer, { scope: 'tickets:read', session: plain.body.sid, audience: 'https://tickets.internal' }, { status: 400, error: 'invalid_target', reason: /outside the session/ });
+      await refused(
+        summarizer,
+        { scope: 'tickets:read', session: plain.body.sid, audience: 'https://tickets.internal' },
+        { status: 400, error: 'invalid_target', reason: /outside the session/ },
+      );
     });
 
     it('is refused with invalid_grant after the session is revoked, and the old tokens go inactive', async () => {
@@ -158,7 +171,7 @@ describe('core: refusals, renewal, TTL and expiry', () => {
       await refused(summarizer, { scope: 'tickets:read', session: first.body.sid }, { status: 400, error: 'invalid_grant', reason: /ended|expired/ });
     });
 
-    it('is refused with invalid_grant for another agent\'s session', async () => {
+    it("is refused with invalid_grant for another agent's session", async () => {
       const mine = await token(summarizer, { scope: 'tickets:read' });
       await refused(reader, { scope: 'tickets:read', session: mine.body.sid }, { status: 400, error: 'invalid_grant' });
     });
@@ -264,7 +277,11 @@ describe('core: refusals, renewal, TTL and expiry', () => {
       const v = await verifyAudit(t.b.db);
       assert.equal(v.ok, true, JSON.stringify(v));
       const reasons = (await t.b.db('audit').where({ decision: 'deny' }).select('reason')).map((r) => String(r.reason));
-      for (const code of ['invalid_scope', 'invalid_target', 'invalid_client', 'invalid_grant']) assert.ok(reasons.some((r) => r.startsWith(code)), `no ${code} deny row`);
+      for (const code of ['invalid_scope', 'invalid_target', 'invalid_client', 'invalid_grant'])
+        assert.ok(
+          reasons.some((r) => r.startsWith(code)),
+          `no ${code} deny row`,
+        );
     });
   });
 });

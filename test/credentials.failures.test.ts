@@ -64,7 +64,10 @@ describe('backend credentials: failures', () => {
       const r = await f.cred('vault-admin', tok);
       assert.equal(r.status, 502);
       assert.equal(r.body.error, 'bad_gateway');
-      assert.match(r.body.error_description, /Vault rejected auth\/token\/create\/cordon-agents \(400: token policies \(\["tickets-admin"\]\) must be subset of the role's allowed policies \(\["tickets-read"\]\)/);
+      assert.match(
+        r.body.error_description,
+        /Vault rejected auth\/token\/create\/cordon-agents \(400: token policies \(\["tickets-admin"\]\) must be subset of the role's allowed policies \(\["tickets-read"\]\)/,
+      );
       await assertNothingIssued(claimsOf(tok).sid);
       assert.deepEqual(agentFacingVault(since), { tokens: [], leases: [] });
     });
@@ -132,7 +135,12 @@ describe('backend credentials: failures', () => {
     it('refusing (AccessDenied) → 502 naming the role and what its trust policy must allow; no deny is put', async () => {
       const { tok, sid } = await fresh();
       const before = f.sts.issued.size;
-      f.sts.failNext(403, 'AccessDenied', `User: arn:aws:iam::123456789012:user/cordon-broker is not authorized to perform: sts:AssumeRole on resource: ${ROLE_ARN}`, 'AssumeRole');
+      f.sts.failNext(
+        403,
+        'AccessDenied',
+        `User: arn:aws:iam::123456789012:user/cordon-broker is not authorized to perform: sts:AssumeRole on resource: ${ROLE_ARN}`,
+        'AssumeRole',
+      );
       const r = await f.cred('s3-iam', tok);
       assert.equal(r.status, 502);
       assert.equal(r.body.error, 'bad_gateway');

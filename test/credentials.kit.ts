@@ -90,7 +90,10 @@ export async function credFixture(opts: { timeoutMs?: number; providers?: boolea
     { path: 'database/creds/tickets-ro', capabilities: ['read'] },
     { path: 'secret/data/tickets/*', capabilities: ['read'] },
   ]);
-  vault.setPolicyPaths('tickets-read', [{ path: 'database/creds/tickets-ro', capabilities: ['read'] }, { path: 'secret/data/tickets/*', capabilities: ['read'] }]);
+  vault.setPolicyPaths('tickets-read', [
+    { path: 'database/creds/tickets-ro', capabilities: ['read'] },
+    { path: 'secret/data/tickets/*', capabilities: ['read'] },
+  ]);
   vault.addTokenRole(VAULT_TOKEN_ROLE, { allowedPolicies: ['tickets-read'], orphan: false, renewable: false, tokenExplicitMaxTtlSec: 3600 });
   vault.addDatabaseRole('tickets-ro', 3600);
   vault.putKv('tickets/api', { api_key: 'k-123', endpoint: 'https://tickets.internal' });

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { credentialsRoute } from '../src/http/credentials.ts';
 import { revokeSession } from '../src/revocation/revoke.ts';
 import { setAgentEnabled } from '../src/agents/registry.ts';
-import { iamDenies } from '../src/store/credentials.ts';
+import { iamDenies } from '../src/store/iam-denies.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import type { IssuanceWriter } from '../src/store/issuance-writer.ts';
 import { timeBoundSessionPolicy } from '../src/policy/session-policy.ts';
@@ -164,8 +164,15 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.equal(r.body.provider, 'aws-sts');
       const [sent] = f.sts.assumeRoleRequests();
       assert.equal(sent.RoleArn, ROLE_ARN_RO);
-      assert.equal(sent.Policy, JSON.stringify(timeBoundSessionPolicy(SESSION_POLICY, c.exp * 1000)), 'the inline session policy downscopes the role, until the token’s exp');
-      assert.ok(sent.DurationSeconds === 1799 || sent.DurationSeconds === 1800, `policy ttl 30m, the token has 30m left (whole seconds): ${sent.DurationSeconds}`);
+      assert.equal(
+        sent.Policy,
+        JSON.stringify(timeBoundSessionPolicy(SESSION_POLICY, c.exp * 1000)),
+        'the inline session policy downscopes the role, until the token’s exp',
+      );
+      assert.ok(
+        sent.DurationSeconds === 1799 || sent.DurationSeconds === 1800,
+        `policy ttl 30m, the token has 30m left (whole seconds): ${sent.DurationSeconds}`,
+      );
       assert.match(sent.SourceIdentity!, NAME_RE);
       assert.equal(sent.SourceIdentity, `${a.id}.${c.sid.replace(/^ses_/, '')}`, 'agent and session');
       assert.match(sent.RoleSessionName!, NAME_RE);
@@ -202,7 +209,11 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.ok(sent.DurationSeconds === 1199 || sent.DurationSeconds === 1200, `the token's remaining life in whole seconds: ${sent.DurationSeconds}`);
       assert.equal(JSON.parse(sent.Policy!).Statement[0].Condition.DateLessThan['aws:CurrentTime'], isoSec(c.exp * 1000));
       assert.ok(Date.parse(r.body.expires_at) <= c.exp * 1000, 'never past the token');
-      assert.deepEqual(f.sts.requests.map((x) => x.action), ['AssumeRole'], 'no IAM call');
+      assert.deepEqual(
+        f.sts.requests.map((x) => x.action),
+        ['AssumeRole'],
+        'no IAM call',
+      );
       assert.deepEqual(await iamDenies.bySession(f.tb.b.db, c.sid), []);
     });
 
@@ -220,8 +231,15 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const sent = f.sts.assumeRoleRequests();
       assert.equal(sent.length, 1);
       assert.equal(sent[0].DurationSeconds, 900);
-      assert.deepEqual(JSON.parse(sent[0].Policy!), { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': isoSec(exp) } } }] });
-      assert.deepEqual(f.sts.requests.map((x) => x.action), ['AssumeRole'], 'no IAM call');
+      assert.deepEqual(JSON.parse(sent[0].Policy!), {
+        Version: '2012-10-17',
+        Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': isoSec(exp) } } }],
+      });
+      assert.deepEqual(
+        f.sts.requests.map((x) => x.action),
+        ['AssumeRole'],
+        'no IAM call',
+      );
       assert.deepEqual(await iamDenies.bySession(f.tb.b.db, c.sid), [], 'nothing recorded to clean up');
 
       // The answer ends with the token, and says so (SDKs refresh by Expiration).
@@ -259,14 +277,24 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const [sent] = f.sts.assumeRoleRequests();
       assert.equal(sent.RoleArn, ROLE_ARN_RO);
       assert.equal(sent.DurationSeconds, 900);
-      assert.deepEqual(JSON.parse(sent.Policy!).Statement, [{ ...SESSION_POLICY.Statement[0], Condition: { DateLessThan: { 'aws:CurrentTime': isoSec(exp) } } }]);
-      assert.deepEqual(f.sts.requests.map((x) => x.action), ['AssumeRole'], 'no IAM call');
+      assert.deepEqual(JSON.parse(sent.Policy!).Statement, [
+        { ...SESSION_POLICY.Statement[0], Condition: { DateLessThan: { 'aws:CurrentTime': isoSec(exp) } } },
+      ]);
+      assert.deepEqual(
+        f.sts.requests.map((x) => x.action),
+        ['AssumeRole'],
+        'no IAM call',
+      );
       assert.equal(r.body.expires_at, new Date(exp).toISOString());
       const key = r.body.credentials.AccessKeyId;
       const get = { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' };
       assert.equal(f.sts.isCredentialUsable(key, { ...get, atMs: exp - 1000 }), true);
       assert.equal(f.sts.isCredentialUsable(key, { ...get, atMs: exp + 1000 }), false);
-      assert.equal(f.sts.isCredentialUsable(key, { action: 's3:PutObject', resource: 'arn:aws:s3:::reports/x', atMs: exp - 1000 }), false, 'and only what the session policy allows');
+      assert.equal(
+        f.sts.isCredentialUsable(key, { action: 's3:PutObject', resource: 'arn:aws:s3:::reports/x', atMs: exp - 1000 }),
+        false,
+        'and only what the session policy allows',
+      );
       assert.equal((await f.rows(c.sid))[0].state, 'issued');
     });
 
@@ -345,7 +373,10 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       // Vault saw the calls and the objects are gone.
       const accessors = f.vault.requestsTo('auth/token/revoke-accessor').map((x) => x.body.accessor);
       assert.ok(accessors.includes(vt.credentials.accessor), 'revoke-accessor on the child token');
-      assert.deepEqual(f.vault.requestsTo('sys/leases/revoke').map((x) => x.body.lease_id), [db.lease_id]);
+      assert.deepEqual(
+        f.vault.requestsTo('sys/leases/revoke').map((x) => x.body.lease_id),
+        [db.lease_id],
+      );
       assert.equal(f.vault.isTokenActive(vt.credentials.client_token), false);
       assert.equal(f.vault.isLeaseActive(db.lease_id), false);
       // STS with revoke_via_iam: the role's one revocation policy, listing this session's source identity.
@@ -462,7 +493,11 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       const put = f.sts.requests.filter((x) => x.action === 'PutRolePolicy').at(-1)!;
       assert.equal(put.params.PolicyName, 'cordon-revocations');
       const stmts = JSON.parse(put.params.PolicyDocument).Statement;
-      assert.deepEqual(stmts.map((x: any) => x.Sid), ['CordonRevokedCredentials'], 'a token-level revocation names credentials, not the session');
+      assert.deepEqual(
+        stmts.map((x: any) => x.Sid),
+        ['CordonRevokedCredentials'],
+        'a token-level revocation names credentials, not the session',
+      );
       assert.deepEqual(Object.keys(stmts[0].Condition), ['StringLike']);
       const userids: string[] = stmts[0].Condition.StringLike['aws:userid'];
       assert.ok(userids.includes(`AROA*:${f.sts.getCredential(subS.credentials.AccessKeyId)!.sessionName}`));
@@ -524,18 +559,35 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       await revokeSession(f.tb.b, claimsOf(doomed).sid, { actor: 'admin', via: 'test' });
       const answers = await Promise.all(pending);
       f.vault.delayMs = 0;
-      assert.deepEqual(answers.slice(0, 28).map((r) => r.status), Array(28).fill(200));
-      assert.deepEqual(answers.slice(28).map((r) => r.body.error), ['invalid_token', 'invalid_token']);
+      assert.deepEqual(
+        answers.slice(0, 28).map((r) => r.status),
+        Array(28).fill(200),
+      );
+      assert.deepEqual(
+        answers.slice(28).map((r) => r.body.error),
+        ['invalid_token', 'invalid_token'],
+      );
       const liveRows = await f.rows(claimsOf(live).sid);
       assert.equal(liveRows.length, 28);
       assert.ok(liveRows.every((r) => r.state === 'issued'));
-      assert.deepEqual(new Set(answers.slice(0, 28).map((r) => f.vault.getToken(r.body.credentials.client_token)?.accessor)), new Set(liveRows.map((r) => r.handle!.accessor)), 'every answer is the credential its row names');
+      assert.deepEqual(
+        new Set(answers.slice(0, 28).map((r) => f.vault.getToken(r.body.credentials.client_token)?.accessor)),
+        new Set(liveRows.map((r) => r.handle!.accessor)),
+        'every answer is the credential its row names',
+      );
       const doomedRows = await f.rows(claimsOf(doomed).sid);
-      assert.deepEqual(doomedRows.map((r) => r.state), ['revoked', 'revoked']);
+      assert.deepEqual(
+        doomedRows.map((r) => r.state),
+        ['revoked', 'revoked'],
+      );
       for (const r of doomedRows) assert.equal(f.vault.getToken(r.handle!.accessor)?.state, 'revoked');
       const rows = (await auditSince(f.tb.b, head)).filter((r) => r.event === 'credential.issue');
       assert.equal(rows.filter((r) => r.decision === 'allow').length, 28, 'one allow row per live credential');
-      assert.equal(rows.filter((r) => r.decision === 'info' && r.sid === claimsOf(doomed).sid).length, 2, 'recorded (they existed at the backend), not returned');
+      assert.equal(
+        rows.filter((r) => r.decision === 'info' && r.sid === claimsOf(doomed).sid).length,
+        2,
+        'recorded (they existed at the backend), not returned',
+      );
       assert.equal((await verifyAudit(f.tb.b.db)).ok, true);
     });
 
@@ -550,7 +602,11 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       let claimed = 0;
       for (let i = 0; i < 200 && !claimed; i++) {
         await new Promise((r) => setTimeout(r, 5));
-        claimed = await f.tb.b.db('credentials').where({ sid, state: 'pending' }).whereNotNull('handle').update({ state: 'failed', note: 'claimed by the test' });
+        claimed = await f.tb.b
+          .db('credentials')
+          .where({ sid, state: 'pending' })
+          .whereNotNull('handle')
+          .update({ state: 'failed', note: 'claimed by the test' });
       }
       assert.equal(claimed, 1);
       const r = await pending;
@@ -561,13 +617,22 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       assert.equal(row.state, 'failed');
       const issued = f.vault.listTokens().filter((t) => t.meta?.session === sid);
       assert.ok(issued.length >= 1, 'Vault did issue');
-      assert.ok(issued.every((t) => t.state === 'revoked'), 'what Vault issued for the session is revoked');
+      assert.ok(
+        issued.every((t) => t.state === 'revoked'),
+        'what Vault issued for the session is revoked',
+      );
     });
   });
 
   describe('the database failing at the record', () => {
     /** One credential request while the writer's record step behaves as `record` says; the session's row and audit rows after it. */
-    async function issueWith(name: string, record: (original: IssuanceWriter['recordCredential'], r: Parameters<IssuanceWriter['recordCredential']>[0]) => ReturnType<IssuanceWriter['recordCredential']>) {
+    async function issueWith(
+      name: string,
+      record: (
+        original: IssuanceWriter['recordCredential'],
+        r: Parameters<IssuanceWriter['recordCredential']>[0],
+      ) => ReturnType<IssuanceWriter['recordCredential']>,
+    ) {
       const a = await f.agent(name, 'creds-owner');
       const tok = await mustSession(f.tb, a, 'cred:vault-token');
       const sid = claimsOf(tok).sid;
@@ -611,7 +676,10 @@ describe('backend credentials: POST /credentials/:name through node-vault and th
       });
       assert.equal(res.status, 503, JSON.stringify(res.body));
       assert.equal(row.state, 'revoked');
-      assert.deepEqual(audit.filter((x) => x.params.credential_id === row.id || (x.params.credentials ?? []).includes?.(row.id)).map((x) => x.event), ['credential.issue', 'credential.revoke']);
+      assert.deepEqual(
+        audit.filter((x) => x.params.credential_id === row.id || (x.params.credentials ?? []).includes?.(row.id)).map((x) => x.event),
+        ['credential.issue', 'credential.revoke'],
+      );
     });
   });
 
@@ -707,7 +775,10 @@ describe('backend credentials: a provider that is not configured', () => {
     try {
       const a = await register(tb, 'off-owner', 'creds-owner');
       const tok = await mustSession(tb, a, 'cred:vault-token cred:s3');
-      for (const [name, variable] of [['vault-token', 'VAULT_ADDR'], ['s3', 'AWS_REGION']]) {
+      for (const [name, variable] of [
+        ['vault-token', 'VAULT_ADDR'],
+        ['s3', 'AWS_REGION'],
+      ]) {
         const r = await fetch(`${tb.url}/credentials/${name}`, { method: 'POST', headers: { authorization: `Bearer ${tok}` } });
         const body = (await r.json()) as { error: string; error_description: string };
         assert.equal(r.status, 503);

@@ -142,21 +142,33 @@ describe('delegation over HTTP (RFC 8693)', function () {
 
     it('refuses widening: a scope the parent token lacks', async () => {
       const narrowParent = await mustSession(tb, planner, 'docs:read');
-      await refused(() => delegateReq(tb, planner, narrowParent, reader.id, 'docs:read tickets:read'), 'invalid_scope', /tickets:read is not within the parent token scope/, [planner.id]);
+      await refused(
+        () => delegateReq(tb, planner, narrowParent, reader.id, 'docs:read tickets:read'),
+        'invalid_scope',
+        /tickets:read is not within the parent token scope/,
+        [planner.id],
+      );
     });
 
     it('refuses widening: a scope the planner may not hand down (delegation.scopes)', async () => {
-      await refused(() => delegateReq(tb, planner, parent, wide.id, 'docs:write'), 'invalid_scope', /docs:write is not within delegation.scopes of policy research-planner/, [planner.id]);
+      await refused(
+        () => delegateReq(tb, planner, parent, wide.id, 'docs:write'),
+        'invalid_scope',
+        /docs:write is not within delegation.scopes of policy research-planner/,
+        [planner.id],
+      );
     });
 
-    it('refuses widening: a scope outside the reader\'s own policy, and a wildcard reaching past the parent', async () => {
+    it("refuses widening: a scope outside the reader's own policy, and a wildcard reaching past the parent", async () => {
       await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:write'), 'invalid_scope', /not within policy doc-reader/, [planner.id]);
       await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:*'), 'invalid_scope', /docs:\* is not within the parent token scope/);
     });
 
-    it('refuses lengthening: expires_in beyond the parent or the reader\'s token_ttl', async () => {
+    it("refuses lengthening: expires_in beyond the parent or the reader's token_ttl", async () => {
       const short = await mustSession(tb, planner, 'docs:read', { expires_in: '120' });
-      await refused(() => delegateReq(tb, planner, short, reader.id, 'docs:read', { expires_in: '200' }), 'invalid_grant', /expires_in 200s exceeds/, [planner.id]);
+      await refused(() => delegateReq(tb, planner, short, reader.id, 'docs:read', { expires_in: '200' }), 'invalid_grant', /expires_in 200s exceeds/, [
+        planner.id,
+      ]);
       await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:read', { expires_in: '600' }), 'invalid_grant', /policy doc-reader/);
       const ok = await delegateReq(tb, planner, short, reader.id, 'docs:read', { expires_in: '60' });
       assert.equal(ok.status, 200);
@@ -167,10 +179,13 @@ describe('delegation over HTTP (RFC 8693)', function () {
     });
 
     it('refuses deepening: a reader (max_depth 0) delegating onward', async () => {
-      await refused(() => delegateReq(tb, reader, child, reader2.id, 'docs:read'), 'invalid_grant', /policy doc-reader does not allow delegation/, [planner.id, reader.id]);
+      await refused(() => delegateReq(tb, reader, child, reader2.id, 'docs:read'), 'invalid_grant', /policy doc-reader does not allow delegation/, [
+        planner.id,
+        reader.id,
+      ]);
     });
 
-    it('refuses a foreign token: the reader exchanging the planner\'s token, the planner exchanging the reader\'s', async () => {
+    it("refuses a foreign token: the reader exchanging the planner's token, the planner exchanging the reader's", async () => {
       await refused(() => delegateReq(tb, reader, parent, reader2.id, 'docs:read'), 'invalid_grant', /held by another agent/, [planner.id]);
       await refused(() => delegateReq(tb, planner, child, reader2.id, 'docs:read'), 'invalid_grant', /held by another agent/, [planner.id, reader.id]);
     });
@@ -181,12 +196,21 @@ describe('delegation over HTTP (RFC 8693)', function () {
       assert.equal(r.status, 200, JSON.stringify(r.body));
       assert.equal(r.body.scope, 'docs:read');
       assert.ok(r.body.expires_in <= 300, 'lifetime trimmed too');
-      await refused(() => delegateReq(tb, planner, p2, reader.id, 'docs:write tickets:read', { scope_policy: 'intersect' }), 'invalid_scope', /intersection .* is empty/);
+      await refused(
+        () => delegateReq(tb, planner, p2, reader.id, 'docs:write tickets:read', { scope_policy: 'intersect' }),
+        'invalid_scope',
+        /intersection .* is empty/,
+      );
       await refused(() => delegateReq(tb, planner, p2, reader.id, 'docs:read', { scope_policy: 'union' }), 'invalid_request', /scope_policy/);
     });
 
     it('needs requested_actor and a scope', async () => {
-      await refused(() => token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, subject_token_type: TT_ACCESS, scope: 'docs:read' }), 'invalid_request', /requested_actor/, [planner.id]);
+      await refused(
+        () => token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, subject_token_type: TT_ACCESS, scope: 'docs:read' }),
+        'invalid_request',
+        /requested_actor/,
+        [planner.id],
+      );
       await refused(() => delegateReq(tb, planner, parent, reader.id, undefined), 'invalid_scope', /scope is required/);
     });
   });
@@ -198,7 +222,11 @@ describe('delegation over HTTP (RFC 8693)', function () {
       const d2 = await mustDelegate(tb, relayA, d1, relayB, 'docs:read');
       assert.equal(claimsOf(d2).cordon_depth, 2);
       assert.deepEqual(claimsOf(d2).act, { sub: relayB.id, act: { sub: relayA.id, act: { sub: planner.id } } });
-      await refused(() => delegateReq(tb, relayB, d2, relayC.id, 'docs:read'), 'invalid_grant', /depth 3 exceeds max_depth 2 of root policy research-planner/, [planner.id, relayA.id, relayB.id]);
+      await refused(() => delegateReq(tb, relayB, d2, relayC.id, 'docs:read'), 'invalid_grant', /depth 3 exceeds max_depth 2 of root policy research-planner/, [
+        planner.id,
+        relayA.id,
+        relayB.id,
+      ]);
     });
 
     it('a support-summarizer root (max_depth 1) allows one level only', async () => {
@@ -207,12 +235,16 @@ describe('delegation over HTTP (RFC 8693)', function () {
       await refused(() => delegateReq(tb, relayA, d1, reader.id, 'tickets:read'), 'invalid_grant', /max_depth 1 of root policy support-summarizer/);
     });
 
-    it('an intermediate holder\'s max_depth bounds everything delegated under it', async () => {
+    it("an intermediate holder's max_depth bounds everything delegated under it", async () => {
       const root = await mustSession(tb, relayA, 'docs:read');
       const d1 = await mustDelegate(tb, relayA, root, narrow, 'docs:read');
       const d2 = await mustDelegate(tb, narrow, d1, relayB, 'docs:read');
       assert.equal(claimsOf(d2).cordon_depth, 2);
-      await refused(() => delegateReq(tb, relayB, d2, relayC.id, 'docs:read'), 'invalid_grant', /policy narrow-relay \(at depth 1 of the chain\)/, [relayA.id, narrow.id, relayB.id]);
+      await refused(() => delegateReq(tb, relayB, d2, relayC.id, 'docs:read'), 'invalid_grant', /policy narrow-relay \(at depth 1 of the chain\)/, [
+        relayA.id,
+        narrow.id,
+        relayB.id,
+      ]);
     });
 
     it('refuses a delegation loop (A→B→A) and delegating to oneself', async () => {
@@ -228,15 +260,27 @@ describe('delegation over HTTP (RFC 8693)', function () {
       const root = await mustSession(tb, summarizer, 'tickets:read', { audience: 'https://tickets.internal' });
       assert.equal(claimsOf(root).aud, 'https://tickets.internal');
       // doc-reader allows no audiences: the child would have none in common with the parent.
-      await refused(() => delegateReq(tb, summarizer, root, reader.id, 'tickets:read'), 'invalid_target', /none of the parent token's audiences is allowed by policy doc-reader/);
-      await refused(() => delegateReq(tb, summarizer, root, reader.id, 'tickets:read', { audience: tb.url }), 'invalid_target', /not within the parent token's audience/);
+      await refused(
+        () => delegateReq(tb, summarizer, root, reader.id, 'tickets:read'),
+        'invalid_target',
+        /none of the parent token's audiences is allowed by policy doc-reader/,
+      );
+      await refused(
+        () => delegateReq(tb, summarizer, root, reader.id, 'tickets:read', { audience: tb.url }),
+        'invalid_target',
+        /not within the parent token's audience/,
+      );
       const p = await mustSession(tb, planner, 'docs:read');
-      await refused(() => delegateReq(tb, planner, p, reader.id, 'docs:read', { resource: 'https://tickets.internal' }), 'invalid_target', /not within the parent/);
+      await refused(
+        () => delegateReq(tb, planner, p, reader.id, 'docs:read', { resource: 'https://tickets.internal' }),
+        'invalid_target',
+        /not within the parent/,
+      );
     });
   });
 
   describe('cascading revocation', () => {
-    it('revoking the planner\'s token (POST /revoke) turns the reader\'s token inactive at once, and the feed lists both', async () => {
+    it("revoking the planner's token (POST /revoke) turns the reader's token inactive at once, and the feed lists both", async () => {
       const cursor = (await (await fetch(`${tb.url}/revocations`)).json()).cursor as number;
       const root = await mustSession(tb, planner, 'docs:read web:search');
       const child = await mustDelegate(tb, planner, root, relayA, 'docs:read');
@@ -289,7 +333,9 @@ describe('delegation over HTTP (RFC 8693)', function () {
     it('a token from another issuer', async () => {
       const { privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519' });
       const p = claimsOf(parent);
-      const foreign = await new SignJWT({ ...p, iss: 'https://evil.example' }).setProtectedHeader({ alg: 'EdDSA', kid: 'evil', typ: 'at+jwt' }).sign(privateKey);
+      const foreign = await new SignJWT({ ...p, iss: 'https://evil.example' })
+        .setProtectedHeader({ alg: 'EdDSA', kid: 'evil', typ: 'at+jwt' })
+        .sign(privateKey);
       await refused(() => delegateReq(tb, planner, foreign, reader.id, 'docs:read'), 'invalid_grant', /not signed by a key of this broker/, [planner.id]);
       // Our kid, our issuer, someone else's key.
       const kid = tb.b.keys.active().kid;
@@ -311,19 +357,66 @@ describe('delegation over HTTP (RFC 8693)', function () {
     });
 
     it('a wrong or missing subject_token_type, and an access token sent as a bootstrap token or an external JWT', async () => {
-      await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:read', { subject_token_type: 'urn:ietf:params:oauth:token-type:id_token' }), 'invalid_request', /unsupported subject_token_type/, [planner.id]);
-      await refused(() => token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, requested_actor: reader.id, scope: 'docs:read' }), 'invalid_request', /subject_token_type is required/, [planner.id]);
-      await refused(() => token(tb, planner, { grant_type: GRANT_TE, subject_token_type: TT_ACCESS, requested_actor: reader.id, scope: 'docs:read' }), 'invalid_request', /subject_token is required/, [planner.id]);
-      await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:read', { subject_token_type: 'urn:cordon:token-type:bootstrap' }), 'invalid_request', /requested_actor is not used with a bootstrap token/);
-      await refused(() => token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, subject_token_type: 'urn:cordon:token-type:bootstrap', scope: 'docs:read' }), 'invalid_grant', /not a bootstrap token/, [planner.id]);
-      await refused(() => token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', scope: 'docs:read' }), 'invalid_grant', /own tokens/, [planner.id]);
+      await refused(
+        () => delegateReq(tb, planner, parent, reader.id, 'docs:read', { subject_token_type: 'urn:ietf:params:oauth:token-type:id_token' }),
+        'invalid_request',
+        /unsupported subject_token_type/,
+        [planner.id],
+      );
+      await refused(
+        () => token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, requested_actor: reader.id, scope: 'docs:read' }),
+        'invalid_request',
+        /subject_token_type is required/,
+        [planner.id],
+      );
+      await refused(
+        () => token(tb, planner, { grant_type: GRANT_TE, subject_token_type: TT_ACCESS, requested_actor: reader.id, scope: 'docs:read' }),
+        'invalid_request',
+        /subject_token is required/,
+        [planner.id],
+      );
+      await refused(
+        () => delegateReq(tb, planner, parent, reader.id, 'docs:read', { subject_token_type: 'urn:cordon:token-type:bootstrap' }),
+        'invalid_request',
+        /requested_actor is not used with a bootstrap token/,
+      );
+      await refused(
+        () => token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, subject_token_type: 'urn:cordon:token-type:bootstrap', scope: 'docs:read' }),
+        'invalid_grant',
+        /not a bootstrap token/,
+        [planner.id],
+      );
+      await refused(
+        () =>
+          token(tb, planner, { grant_type: GRANT_TE, subject_token: parent, subject_token_type: 'urn:ietf:params:oauth:token-type:jwt', scope: 'docs:read' }),
+        'invalid_grant',
+        /own tokens/,
+        [planner.id],
+      );
     });
 
     it('actor_token without actor_token_type (and actor tokens at all)', async () => {
-      await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:read', { actor_token: parent }), 'invalid_request', /actor_token_type is required/, [planner.id]);
-      await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:read', { actor_token: parent, actor_token_type: TT_ACCESS }), 'invalid_request', /actor_token is not used/);
-      await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:read', { actor_token_type: TT_ACCESS }), 'invalid_request', /only valid with actor_token/);
-      await refused(() => delegateReq(tb, planner, parent, reader.id, 'docs:read', { requested_token_type: 'urn:ietf:params:oauth:token-type:refresh_token' }), 'invalid_request', /requested_token_type/);
+      await refused(
+        () => delegateReq(tb, planner, parent, reader.id, 'docs:read', { actor_token: parent }),
+        'invalid_request',
+        /actor_token_type is required/,
+        [planner.id],
+      );
+      await refused(
+        () => delegateReq(tb, planner, parent, reader.id, 'docs:read', { actor_token: parent, actor_token_type: TT_ACCESS }),
+        'invalid_request',
+        /actor_token is not used/,
+      );
+      await refused(
+        () => delegateReq(tb, planner, parent, reader.id, 'docs:read', { actor_token_type: TT_ACCESS }),
+        'invalid_request',
+        /only valid with actor_token/,
+      );
+      await refused(
+        () => delegateReq(tb, planner, parent, reader.id, 'docs:read', { requested_token_type: 'urn:ietf:params:oauth:token-type:refresh_token' }),
+        'invalid_request',
+        /requested_token_type/,
+      );
     });
 
     it('requested_actor that does not exist, is malformed, or is disabled', async () => {

@@ -37,9 +37,17 @@ export async function register(tb: TestBroker, name: string, policy: string): Pr
 }
 
 export const token = (tb: TestBroker, a: Agent | null, form: Record<string, string | string[]>, headers: Record<string, string> = {}): Promise<Res> =>
-  a ? postForm(`${tb.url}/token`, form, { authorization: basic(a.id, a.secret), ...headers }) : postForm(`${tb.url}/token`, { client_id: 'cordon-workload', ...form }, headers);
+  a
+    ? postForm(`${tb.url}/token`, form, { authorization: basic(a.id, a.secret), ...headers })
+    : postForm(`${tb.url}/token`, { client_id: 'cordon-workload', ...form }, headers);
 
-export async function session(tb: TestBroker, a: Agent, scope: string, extra: Record<string, string | string[]> = {}, headers: Record<string, string> = {}): Promise<Res> {
+export async function session(
+  tb: TestBroker,
+  a: Agent,
+  scope: string,
+  extra: Record<string, string | string[]> = {},
+  headers: Record<string, string> = {},
+): Promise<Res> {
   return token(tb, a, { grant_type: 'client_credentials', scope, ...extra }, headers);
 }
 
@@ -49,16 +57,38 @@ export async function mustSession(tb: TestBroker, a: Agent, scope: string, extra
   return r.body.access_token as string;
 }
 
-export function delegateReq(tb: TestBroker, caller: Agent, subjectToken: string, actor: string, scope: string | undefined, extra: Record<string, string | string[]> = {}, headers: Record<string, string> = {}): Promise<Res> {
+export function delegateReq(
+  tb: TestBroker,
+  caller: Agent,
+  subjectToken: string,
+  actor: string,
+  scope: string | undefined,
+  extra: Record<string, string | string[]> = {},
+  headers: Record<string, string> = {},
+): Promise<Res> {
   return token(
     tb,
     caller,
-    { grant_type: GRANT_TE, subject_token: subjectToken, subject_token_type: TT_ACCESS, requested_actor: actor, ...(scope !== undefined ? { scope } : {}), ...extra },
+    {
+      grant_type: GRANT_TE,
+      subject_token: subjectToken,
+      subject_token_type: TT_ACCESS,
+      requested_actor: actor,
+      ...(scope !== undefined ? { scope } : {}),
+      ...extra,
+    },
     headers,
   );
 }
 
-export async function mustDelegate(tb: TestBroker, caller: Agent, subjectToken: string, actor: Agent, scope: string, extra: Record<string, string | string[]> = {}): Promise<string> {
+export async function mustDelegate(
+  tb: TestBroker,
+  caller: Agent,
+  subjectToken: string,
+  actor: Agent,
+  scope: string,
+  extra: Record<string, string | string[]> = {},
+): Promise<string> {
   const r = await delegateReq(tb, caller, subjectToken, actor.id, scope, extra);
   if (r.status !== 200) throw new Error(`delegation failed: ${r.status} ${JSON.stringify(r.body)}`);
   return r.body.access_token as string;

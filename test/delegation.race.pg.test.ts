@@ -36,7 +36,11 @@ describe('delegation racing revocation on PostgreSQL', function () {
     for (let round = 0; round < 40; round++) {
       const root = await startSession(b, { clientId: planner, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
       // A middle link, so the race also hits a node below the revoked root.
-      const mid = await delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: helper, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
+      const mid = await delegate(
+        b,
+        { callerClientId: planner, subjectToken: root.jwt, requestedActor: helper, scope: 'docs:read', audience: [] },
+        new Attempt('cli.test'),
+      );
       const results = await Promise.allSettled([
         delegate(b, { callerClientId: helper, subjectToken: mid.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
         delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
@@ -47,7 +51,11 @@ describe('delegation racing revocation on PostgreSQL', function () {
       issuedAndKilled += results.slice(0, 2).filter((r) => r.status === 'fulfilled').length;
       refused += results.slice(0, 2).filter((r) => r.status === 'rejected').length;
       const live = await b.db('tokens').where({ sid: root.sid }).whereNull('revoked_at');
-      assert.deepEqual(live.map((t) => t.jti), [], `round ${round}: tokens survived the cascade`);
+      assert.deepEqual(
+        live.map((t) => t.jti),
+        [],
+        `round ${round}: tokens survived the cascade`,
+      );
     }
     // Both orders happened at least sometimes: children issued before the cascade were swept up by it.
     assert.ok(issuedAndKilled > 0, 'some delegations won the race and were then revoked');

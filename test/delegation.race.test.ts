@@ -34,7 +34,10 @@ describe('delegation racing revocation', function () {
       let refusedInside = 0;
       for (let round = 0; round < 24; round++) {
         const root = await startSession(b, { clientId: planner, scope: 'docs:read', audience: [] }, new Attempt('cli.test'));
-        const revoke = () => (target === 'token' ? revokeTokenChain(b, root.claims.jti, { actor: 'test', via: 'test' }) : revokeSession(b, root.sid, { actor: 'test', via: 'test' }));
+        const revoke = () =>
+          target === 'token'
+            ? revokeTokenChain(b, root.claims.jti, { actor: 'test', via: 'test' })
+            : revokeSession(b, root.sid, { actor: 'test', via: 'test' });
         const fireAt = round % 12;
         let seen = 0;
         let revoking: Promise<unknown> | undefined;
@@ -46,7 +49,13 @@ describe('delegation racing revocation', function () {
         let child: string | null = null;
         let reason: string | undefined;
         try {
-          child = (await delegate(b, { callerClientId: planner, subjectToken: root.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))).jwt;
+          child = (
+            await delegate(
+              b,
+              { callerClientId: planner, subjectToken: root.jwt, requestedActor: reader, scope: 'docs:read', audience: [] },
+              new Attempt('cli.test'),
+            )
+          ).jwt;
         } catch (e) {
           reason = (e as { reason?: string }).reason;
         } finally {

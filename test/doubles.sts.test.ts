@@ -1,12 +1,6 @@
 import assert from 'node:assert/strict';
 import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient, type AssumeRoleCommandInput } from '@aws-sdk/client-sts';
-import {
-  DeleteRolePolicyCommand,
-  GetRolePolicyCommand,
-  IAMClient,
-  ListRolePoliciesCommand,
-  PutRolePolicyCommand,
-} from '@aws-sdk/client-iam';
+import { DeleteRolePolicyCommand, GetRolePolicyCommand, IAMClient, ListRolePoliciesCommand, PutRolePolicyCommand } from '@aws-sdk/client-iam';
 import http from 'node:http';
 import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -111,7 +105,10 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
     const [sent] = s.assumeRoleRequests();
     assert.equal(sent?.DurationSeconds, 900);
     assert.equal(sent?.SourceIdentity, 'agent-summarizer');
-    assert.deepEqual(sent?.Tags.map((x) => x.Key), ['agent', 'session', 'task', 'depth']);
+    assert.deepEqual(
+      sent?.Tags.map((x) => x.Key),
+      ['agent', 'session', 'task', 'depth'],
+    );
     assert.deepEqual(sent?.TransitiveTagKeys, ['session']);
     assert.deepEqual(sent?.PolicyArns, ['arn:aws:iam::aws:policy/ReadOnlyAccess']);
     assert.deepEqual(JSON.parse(sent.Policy!), JSON.parse(SESSION_POLICY));
@@ -167,7 +164,19 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
     assert.equal((await rejects(assume({ Tags: [{ Key: 'k'.repeat(129), Value: 'v' }] }))).name, 'ValidationError');
     assert.equal((await rejects(assume({ Tags: [{ Key: 'k', Value: 'v'.repeat(257) }] }))).name, 'ValidationError');
     assert.equal((await rejects(assume({ Tags: [{ Key: 'k', Value: 'semi;colon' }] }))).name, 'ValidationError');
-    assert.equal((await rejects(assume({ Tags: [{ Key: 'A', Value: '1' }, { Key: 'a', Value: '2' }] }))).name, 'ValidationError');
+    assert.equal(
+      (
+        await rejects(
+          assume({
+            Tags: [
+              { Key: 'A', Value: '1' },
+              { Key: 'a', Value: '2' },
+            ],
+          }),
+        )
+      ).name,
+      'ValidationError',
+    );
     assert.equal((await rejects(assume({ Tags: [{ Key: 'a', Value: '1' }], TransitiveTagKeys: ['b'] }))).name, 'ValidationError');
     const arns = Array.from({ length: 11 }, (_, i) => ({ arn: `arn:aws:iam::123456789012:policy/p${i}` }));
     assert.equal((await rejects(assume({ PolicyArns: arns }))).name, 'ValidationError');
@@ -210,18 +219,14 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
   });
 
   it('verifies SigV4: a wrong secret is SignatureDoesNotMatch, an unknown key InvalidClientTokenId', async () => {
-    const bad = await rejects(
-      sts({ accessKeyId: 'AKIDTEST', secretAccessKey: 'wrong' }).send(new AssumeRoleCommand({ RoleArn: ROLE, RoleSessionName: 'x1' })),
-    );
+    const bad = await rejects(sts({ accessKeyId: 'AKIDTEST', secretAccessKey: 'wrong' }).send(new AssumeRoleCommand({ RoleArn: ROLE, RoleSessionName: 'x1' })));
     assert.equal(bad.name, 'SignatureDoesNotMatch');
     assert.equal(bad.$metadata?.httpStatusCode, 403);
     const unknown = await rejects(
       sts({ accessKeyId: 'AKIDOTHER', secretAccessKey: 'x' }).send(new AssumeRoleCommand({ RoleArn: ROLE, RoleSessionName: 'x1' })),
     );
     assert.equal(unknown.name, 'InvalidClientTokenId');
-    const wrongRegion = await rejects(
-      new STSClient({ region: 'eu-west-1', endpoint, credentials, maxAttempts: 1 }).send(new GetCallerIdentityCommand({})),
-    );
+    const wrongRegion = await rejects(new STSClient({ region: 'eu-west-1', endpoint, credentials, maxAttempts: 1 }).send(new GetCallerIdentityCommand({})));
     assert.equal(wrongRegion.name, 'SignatureDoesNotMatch');
     assert.equal(s.issued.size, 0);
     const me = await sts().send(new GetCallerIdentityCommand({}));
@@ -338,10 +343,8 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
   });
 
   it('denies by source identity or session tag (StringEquals / StringLike), leaving other agents alone', async () => {
-    const a = (await assume({ RoleSessionName: 'a-s1', SourceIdentity: 'agent-a', Tags: [{ Key: 'session', Value: 's-1' }] })).Credentials!
-      .AccessKeyId!;
-    const b = (await assume({ RoleSessionName: 'b-s2', SourceIdentity: 'agent-b', Tags: [{ Key: 'session', Value: 's-2' }] })).Credentials!
-      .AccessKeyId!;
+    const a = (await assume({ RoleSessionName: 'a-s1', SourceIdentity: 'agent-a', Tags: [{ Key: 'session', Value: 's-1' }] })).Credentials!.AccessKeyId!;
+    const b = (await assume({ RoleSessionName: 'b-s2', SourceIdentity: 'agent-b', Tags: [{ Key: 'session', Value: 's-2' }] })).Credentials!.AccessKeyId!;
     const deny = (Condition: object): PutRolePolicyCommand =>
       new PutRolePolicyCommand({
         RoleName: 'agent-reports',
@@ -369,7 +372,12 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
     const Policy = JSON.stringify({
       Version: '2012-10-17',
       Statement: [
-        { Effect: 'Allow', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/*', Condition: { DateLessThan: { 'aws:CurrentTime': new Date(until).toISOString() } } },
+        {
+          Effect: 'Allow',
+          Action: 's3:GetObject',
+          Resource: 'arn:aws:s3:::reports/*',
+          Condition: { DateLessThan: { 'aws:CurrentTime': new Date(until).toISOString() } },
+        },
         { Effect: 'Deny', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/secret' },
       ],
     });
@@ -377,7 +385,11 @@ describe('test double: STS + IAM (through the AWS SDK v3)', () => {
     const get = { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/x' };
     assert.equal(s.isCredentialUsable(c, { ...get, atMs: until - 1000 }), true);
     assert.equal(s.isCredentialUsable(c, { atMs: until - 1000 }), true, 'with nothing asked: can it do anything at all');
-    assert.equal(s.isCredentialDenied(c, { action: 's3:PutObject', resource: 'arn:aws:s3:::reports/x', atMs: until - 1000 }), true, 'not allowed by the session policy');
+    assert.equal(
+      s.isCredentialDenied(c, { action: 's3:PutObject', resource: 'arn:aws:s3:::reports/x', atMs: until - 1000 }),
+      true,
+      'not allowed by the session policy',
+    );
     assert.equal(s.isCredentialDenied(c, { action: 's3:GetObject', resource: 'arn:aws:s3:::reports/secret', atMs: until - 1000 }), true, 'denied by it');
     assert.equal(s.isCredentialExpired(c, until + 1000), false, 'STS would let the keys live on');
     assert.equal(s.isCredentialDenied(c, { ...get, atMs: until }), true, 'DateLessThan: not at the bound');

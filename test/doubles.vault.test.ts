@@ -114,9 +114,18 @@ describe('test double: Vault (through node-vault)', () => {
   });
 
   it('token roles: auth/token/create/:role_name mints children within allowed_policies, not the caller’s policies (Vault’s checks and messages)', async () => {
-    v.setPolicyPaths('minter', [{ path: 'auth/token/create', capabilities: ['update'] }, { path: 'auth/token/create/cordon-agents', capabilities: ['update'] }]);
+    v.setPolicyPaths('minter', [
+      { path: 'auth/token/create', capabilities: ['update'] },
+      { path: 'auth/token/create/cordon-agents', capabilities: ['update'] },
+    ]);
     // Roles are written over HTTP (204, as Vault answers) or with addTokenRole, and read back.
-    const written = await root().write('auth/token/roles/cordon-agents', { allowed_policies: 'tickets-read,Reports', disallowed_policies: ['reports'], orphan: false, renewable: false, token_explicit_max_ttl: '10m' });
+    const written = await root().write('auth/token/roles/cordon-agents', {
+      allowed_policies: 'tickets-read,Reports',
+      disallowed_policies: ['reports'],
+      orphan: false,
+      renewable: false,
+      token_explicit_max_ttl: '10m',
+    });
     assert.ok(!written, '204 No Content');
     const role = await root().read('auth/token/roles/cordon-agents');
     assert.deepEqual(role.data.allowed_policies, ['reports', 'tickets-read']);
@@ -146,7 +155,10 @@ describe('test double: Vault (through node-vault)', () => {
 
     const outside = await rejects(as(minter).write('auth/token/create/cordon-agents', { policies: ['admin'], no_default_policy: true }));
     assert.equal(outside.response?.statusCode, 400);
-    assert.equal(outside.message, 'token policies (["admin"]) must be subset of the role\'s allowed policies (["reports" "tickets-read"]) or glob policies ([])');
+    assert.equal(
+      outside.message,
+      'token policies (["admin"]) must be subset of the role\'s allowed policies (["reports" "tickets-read"]) or glob policies ([])',
+    );
     const disallowed = await rejects(as(minter).write('auth/token/create/cordon-agents', { policies: ['reports'], no_default_policy: true }));
     assert.equal(disallowed.response?.statusCode, 400);
     assert.equal(disallowed.message, 'token policy "reports" is disallowed by this role');
@@ -304,7 +316,10 @@ describe('test double: Vault (through node-vault)', () => {
     assert.equal(err.response?.statusCode, 400);
     assert.match(err.message, /token had one use left, so leased credentials were immediately revoked/);
     assert.equal(v.isTokenActive(once.client_token), false);
-    assert.equal(v.listLeases(once.client_token).every((l) => l.state === 'revoked'), true);
+    assert.equal(
+      v.listLeases(once.client_token).every((l) => l.state === 'revoked'),
+      true,
+    );
 
     const twice = (await as(broker).write('auth/token/create', { policies: ['broker', 'tickets-read'], ttl: '5m', num_uses: 2 })).auth;
     const kept = await as(twice.client_token).read('database/creds/tickets-ro');

@@ -5,7 +5,23 @@ import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { requireDpopForToken, verifyDpopProof } from '../src/tokens/dpop.ts';
 import { verifySignature } from '../src/tokens/verify.ts';
 import { CordonError } from '../src/errors.ts';
-import { auditHead, claimsOf, countTokens, delegateReq, denialsSince, dpopKey, dpopProof, introspect, mustSession, policyDir, register, session, type Agent, type DpopKey, type Res } from './delegation.kit.ts';
+import {
+  auditHead,
+  claimsOf,
+  countTokens,
+  delegateReq,
+  denialsSince,
+  dpopKey,
+  dpopProof,
+  introspect,
+  mustSession,
+  policyDir,
+  register,
+  session,
+  type Agent,
+  type DpopKey,
+  type Res,
+} from './delegation.kit.ts';
 
 describe('DPoP (RFC 9449)', function () {
   let tb: TestBroker;
@@ -78,17 +94,38 @@ delegation: { max_depth: 1, scopes: [docs:read] }
   });
 
   it('refuses malformed proofs: wrong htu/htm, stale or future iat, wrong typ, symmetric alg, private key in the header', async () => {
-    await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: await dpopProof(k, 'POST', `${tb.url}/other`, { iat: iat() }) }), 'invalid_dpop_proof', /htu/);
+    await refused(
+      async () => session(tb, planner, 'docs:read', {}, { dpop: await dpopProof(k, 'POST', `${tb.url}/other`, { iat: iat() }) }),
+      'invalid_dpop_proof',
+      /htu/,
+    );
     await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: await dpopProof(k, 'GET', htu, { iat: iat() }) }), 'invalid_dpop_proof', /htm/);
-    await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: await proof(k, { iat: iat() - 600 }) }), 'invalid_dpop_proof', /too old|could not be verified/);
-    await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: await proof(k, { iat: iat() + 600 }) }), 'invalid_dpop_proof', /future|could not be verified/);
-    const wrongTyp = await new SignJWT({ htm: 'POST', htu, jti: 'abcdefghijkl' }).setProtectedHeader({ alg: 'ES256', typ: 'JWT', jwk: k.publicJwk }).setIssuedAt(iat()).sign(k.privateKey);
+    await refused(
+      async () => session(tb, planner, 'docs:read', {}, { dpop: await proof(k, { iat: iat() - 600 }) }),
+      'invalid_dpop_proof',
+      /too old|could not be verified/,
+    );
+    await refused(
+      async () => session(tb, planner, 'docs:read', {}, { dpop: await proof(k, { iat: iat() + 600 }) }),
+      'invalid_dpop_proof',
+      /future|could not be verified/,
+    );
+    const wrongTyp = await new SignJWT({ htm: 'POST', htu, jti: 'abcdefghijkl' })
+      .setProtectedHeader({ alg: 'ES256', typ: 'JWT', jwk: k.publicJwk })
+      .setIssuedAt(iat())
+      .sign(k.privateKey);
     await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: wrongTyp }), 'invalid_dpop_proof', /typ/);
-    const hs = await new SignJWT({ htm: 'POST', htu, jti: 'abcdefghijkl' }).setProtectedHeader({ alg: 'HS256', typ: 'dpop+jwt' }).setIssuedAt(iat()).sign(new Uint8Array(32));
+    const hs = await new SignJWT({ htm: 'POST', htu, jti: 'abcdefghijkl' })
+      .setProtectedHeader({ alg: 'HS256', typ: 'dpop+jwt' })
+      .setIssuedAt(iat())
+      .sign(new Uint8Array(32));
     await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: hs }), 'invalid_dpop_proof', /algorithm/);
     const { privateKey } = await generateKeyPair('ES256', { extractable: true });
     const priv = await exportJWK(privateKey);
-    const leaky = await new SignJWT({ htm: 'POST', htu, jti: 'abcdefghijkl' }).setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: priv }).setIssuedAt(iat()).sign(privateKey);
+    const leaky = await new SignJWT({ htm: 'POST', htu, jti: 'abcdefghijkl' })
+      .setProtectedHeader({ alg: 'ES256', typ: 'dpop+jwt', jwk: priv })
+      .setIssuedAt(iat())
+      .sign(privateKey);
     await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: leaky }), 'invalid_dpop_proof', /public/);
     await refused(async () => session(tb, planner, 'docs:read', {}, { dpop: 'garbage' }), 'invalid_dpop_proof', /compact JWS/);
   });
@@ -101,7 +138,7 @@ delegation: { max_depth: 1, scopes: [docs:read] }
   });
 
   describe('delegation', () => {
-    it('binds the sub-agent\'s token to the key the orchestrator names (dpop_jkt)', async () => {
+    it("binds the sub-agent's token to the key the orchestrator names (dpop_jkt)", async () => {
       const sub = await dpopKey();
       const parent = await mustSession(tb, planner, 'docs:read');
       const r = await delegateReq(tb, planner, parent, reader.id, 'docs:read', { dpop_jkt: sub.jkt });
@@ -129,7 +166,11 @@ delegation: { max_depth: 1, scopes: [docs:read] }
       const parent = s.body.access_token as string;
       await refused(() => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read'), 'invalid_grant', /DPoP-bound/);
       const thief = await dpopKey();
-      await refused(async () => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', {}, { dpop: await proof(thief) }), 'invalid_grant', /DPoP-bound/);
+      await refused(
+        async () => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', {}, { dpop: await proof(thief) }),
+        'invalid_grant',
+        /DPoP-bound/,
+      );
       const sub = await dpopKey();
       const ok = await delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', { dpop_jkt: sub.jkt }, { dpop: await proof() });
       assert.equal(ok.status, 200, JSON.stringify(ok.body));
@@ -140,11 +181,19 @@ delegation: { max_depth: 1, scopes: [docs:read] }
       const s = await session(tb, strictOrchestrator, 'docs:read', {}, { dpop: await proof() });
       assert.equal(s.status, 200, JSON.stringify(s.body));
       const parent = s.body.access_token as string;
-      await refused(async () => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', {}, { dpop: await proof() }), 'invalid_request', /DPoP-bound.*dpop_jkt/);
+      await refused(
+        async () => delegateReq(tb, strictOrchestrator, parent, reader.id, 'docs:read', {}, { dpop: await proof() }),
+        'invalid_request',
+        /DPoP-bound.*dpop_jkt/,
+      );
       // A bound parent of a policy that does not itself require DPoP (a planner that chose DPoP) too.
       const p2 = await session(tb, planner, 'docs:read', {}, { dpop: await proof() });
       assert.equal(p2.body.token_type, 'DPoP');
-      await refused(async () => delegateReq(tb, planner, p2.body.access_token, reader.id, 'docs:read', {}, { dpop: await proof() }), 'invalid_request', /DPoP-bound.*dpop_jkt/);
+      await refused(
+        async () => delegateReq(tb, planner, p2.body.access_token, reader.id, 'docs:read', {}, { dpop: await proof() }),
+        'invalid_request',
+        /DPoP-bound.*dpop_jkt/,
+      );
       const sub = await dpopKey();
       const ok = await delegateReq(tb, planner, p2.body.access_token, reader.id, 'docs:read', { dpop_jkt: sub.jkt }, { dpop: await proof() });
       assert.equal(ok.status, 200, JSON.stringify(ok.body));
@@ -176,34 +225,63 @@ delegation: { max_depth: 1, scopes: [docs:read] }
 
     it('a DPoP-bound token is refused without a proof (invalid_token)', async () => {
       for (const p of [undefined, null, '']) {
-        await assert.rejects(requireDpopForToken(tb.b, { claims, proof: p, method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_token' && /DPoP-bound/.test(e.description));
+        await assert.rejects(
+          requireDpopForToken(tb.b, { claims, proof: p, method: 'POST', url, accessToken: bound }),
+          (e: CordonError) => e.code === 'invalid_token' && /DPoP-bound/.test(e.description),
+        );
       }
     });
 
     it('refuses a proof made with another key (invalid_token: the token was stolen)', async () => {
       const thief = await dpopKey();
-      await assert.rejects(requireDpopForToken(tb.b, { claims, proof: await rsProof(thief), method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_token' && e.reason === 'dpop_key_mismatch');
+      await assert.rejects(
+        requireDpopForToken(tb.b, { claims, proof: await rsProof(thief), method: 'POST', url, accessToken: bound }),
+        (e: CordonError) => e.code === 'invalid_token' && e.reason === 'dpop_key_mismatch',
+      );
     });
 
     it('refuses a replayed proof, a proof for another token (ath), another URL or method (invalid_dpop_proof)', async () => {
       const p = await rsProof(k);
       await requireDpopForToken(tb.b, { claims, proof: p, method: 'POST', url, accessToken: bound });
-      await assert.rejects(requireDpopForToken(tb.b, { claims, proof: p, method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_dpop_proof' && e.reason === 'dpop_replay');
-      await assert.rejects(requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { ath: ath(unbound) }), method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_dpop_proof' && /ath/.test(e.description));
-      await assert.rejects(requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { htu: 'http://127.0.0.1/other' }), method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_dpop_proof');
-      await assert.rejects(requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { htm: 'GET' }), method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_dpop_proof');
-      await assert.rejects(requireDpopForToken(tb.b, { claims, proof: [await rsProof(k), await rsProof(k)], method: 'POST', url, accessToken: bound }), (e: CordonError) => e.code === 'invalid_dpop_proof');
+      await assert.rejects(
+        requireDpopForToken(tb.b, { claims, proof: p, method: 'POST', url, accessToken: bound }),
+        (e: CordonError) => e.code === 'invalid_dpop_proof' && e.reason === 'dpop_replay',
+      );
+      await assert.rejects(
+        requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { ath: ath(unbound) }), method: 'POST', url, accessToken: bound }),
+        (e: CordonError) => e.code === 'invalid_dpop_proof' && /ath/.test(e.description),
+      );
+      await assert.rejects(
+        requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { htu: 'http://127.0.0.1/other' }), method: 'POST', url, accessToken: bound }),
+        (e: CordonError) => e.code === 'invalid_dpop_proof',
+      );
+      await assert.rejects(
+        requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { htm: 'GET' }), method: 'POST', url, accessToken: bound }),
+        (e: CordonError) => e.code === 'invalid_dpop_proof',
+      );
+      await assert.rejects(
+        requireDpopForToken(tb.b, { claims, proof: [await rsProof(k), await rsProof(k)], method: 'POST', url, accessToken: bound }),
+        (e: CordonError) => e.code === 'invalid_dpop_proof',
+      );
     });
 
     it('compares htu after normalising both sides (RFC 9449 §4.3): host case and default port do not matter, the path does', async () => {
       const at = 'https://broker.example/credentials/docs-vault';
-      const use = async (htu: string, url = at) => requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { htu }), method: 'POST', url, accessToken: bound });
+      const use = async (htu: string, url = at) =>
+        requireDpopForToken(tb.b, { claims, proof: await rsProof(k, { htu }), method: 'POST', url, accessToken: bound });
       assert.equal(await use('HTTPS://Broker.EXAMPLE:443/credentials/docs-vault'), k.jkt);
       assert.equal(await use('https://broker.example/credentials/docs-vault', 'https://BROKER.example:443/credentials/docs-vault?x=1'), k.jkt);
       assert.equal(await use('http://127.0.0.1:80/credentials/docs-vault', 'http://127.0.0.1/credentials/docs-vault'), k.jkt);
       await assert.rejects(use('https://broker.example/credentials/other'), (e: CordonError) => e.code === 'invalid_dpop_proof' && /htu/.test(e.description));
-      await assert.rejects(use('https://broker.example:8443/credentials/docs-vault'), (e: CordonError) => e.code === 'invalid_dpop_proof' && /htu/.test(e.description));
-      await assert.rejects(use('https://broker.example/Credentials/docs-vault'), (e: CordonError) => e.code === 'invalid_dpop_proof', 'the path is case-sensitive');
+      await assert.rejects(
+        use('https://broker.example:8443/credentials/docs-vault'),
+        (e: CordonError) => e.code === 'invalid_dpop_proof' && /htu/.test(e.description),
+      );
+      await assert.rejects(
+        use('https://broker.example/Credentials/docs-vault'),
+        (e: CordonError) => e.code === 'invalid_dpop_proof',
+        'the path is case-sensitive',
+      );
     });
 
     it('a token that is not DPoP-bound needs no proof', async () => {

@@ -118,7 +118,13 @@ describe('examples (run as the README runs them)', function () {
     };
     // The broker's own AWS identity: the double's test key, as the SDK's usual env chain reads it. No IAM endpoint:
     // issuing never writes IAM (the example's 10-minute tokens bound their keys through the session policy).
-    const brokerEnv = { ...env, AWS_REGION: 'us-east-1', AWS_ENDPOINT_URL_STS: stsUrl, AWS_ACCESS_KEY_ID: sts.accessKeyId, AWS_SECRET_ACCESS_KEY: sts.secretAccessKey };
+    const brokerEnv = {
+      ...env,
+      AWS_REGION: 'us-east-1',
+      AWS_ENDPOINT_URL_STS: stsUrl,
+      AWS_ACCESS_KEY_ID: sts.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: sts.secretAccessKey,
+    };
     for (const [name, policy] of [
       ['orchestrator', 'example-orchestrator'],
       ['worker', 'example-worker'],
@@ -133,14 +139,23 @@ describe('examples (run as the README runs them)', function () {
     let brokerExit: number | null | undefined;
     broker.once('exit', (c) => (brokerExit = c));
     for (let i = 0; ; i++) {
-      const ok = await fetch(`${issuer}/readyz`).then((r) => r.ok, () => false);
+      const ok = await fetch(`${issuer}/readyz`).then(
+        (r) => r.ok,
+        () => false,
+      );
       if (ok) break;
       if (brokerExit !== undefined) assert.fail(`cordon serve exited with ${brokerExit}`);
       if (i > 400) assert.fail('broker not ready');
       await new Promise((r) => setTimeout(r, 50));
     }
     const rsPort = await freePort();
-    rs = (await startProcess(['--import', 'tsx', 'examples/resource-server.ts'], { ...env, PORT: String(rsPort), POLL_MS: '200' }, /resource server listening on (\S+)/)).p;
+    rs = (
+      await startProcess(
+        ['--import', 'tsx', 'examples/resource-server.ts'],
+        { ...env, PORT: String(rsPort), POLL_MS: '200' },
+        /resource server listening on (\S+)/,
+      )
+    ).p;
     resourceUrl = `http://127.0.0.1:${rsPort}`;
   });
 
@@ -163,7 +178,10 @@ describe('examples (run as the README runs them)', function () {
     assert.match(r.out, /orchestrator: session ses_\S+ open until/);
     assert.match(r.out, /orchestrator: close ticket 41 -> 200 .*closed_by/);
     assert.match(r.out, /orchestrator: delegated tickets:read to agt_\S+ for \d+s/);
-    assert.match(r.out, new RegExp(`sub-agent: read ticket 42 -> 200 "Ticket 42: printer on fire" \\(chain ${agents.orchestrator.client_id} > ${agents.worker.client_id}\\)`));
+    assert.match(
+      r.out,
+      new RegExp(`sub-agent: read ticket 42 -> 200 "Ticket 42: printer on fire" \\(chain ${agents.orchestrator.client_id} > ${agents.worker.client_id}\\)`),
+    );
     assert.match(r.out, /sub-agent: close ticket 42 -> 403 Bearer .*error="insufficient_scope"/);
     assert.match(r.out, /orchestrator: sub-agent exited with 0/);
     assert.match(r.out, /orchestrator: session revoked/);
@@ -200,8 +218,15 @@ describe('examples (run as the README runs them)', function () {
     assert.ok(assume, 'the broker called AssumeRole');
     assert.equal(assume.get('RoleArn'), ROLE);
     assert.ok(assume.get('SourceIdentity'), 'with the session identity as SourceIdentity');
-    assert.match(assume.get('Policy') ?? '', /"DateLessThan":\{"aws:CurrentTime":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"\}/, 'keys bounded by the token’s exp in the session policy');
+    assert.match(
+      assume.get('Policy') ?? '',
+      /"DateLessThan":\{"aws:CurrentTime":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"\}/,
+      'keys bounded by the token’s exp in the session policy',
+    );
     assert.ok(!asked.some((p) => ['PutRolePolicy', 'DeleteRolePolicy'].includes(p.get('Action') ?? '')), 'no IAM write to issue them');
-    assert.ok(asked.some((p) => p.get('Action') === 'GetCallerIdentity'), 'the child called STS with the issued credentials');
+    assert.ok(
+      asked.some((p) => p.get('Action') === 'GetCallerIdentity'),
+      'the child called STS with the issued credentials',
+    );
   });
 });

@@ -155,7 +155,14 @@ describe('cordon exec (runExec)', () => {
     const opts = { ...base(), command: [NODE, '-e', child] };
     const wrapper = spawn(
       NODE,
-      ['--import', 'tsx', '--no-warnings', '--input-type=module', '-e', "import { runExec } from './src/cli/exec.ts'; process.exitCode = await runExec(JSON.parse(process.env.EXEC_OPTS));"],
+      [
+        '--import',
+        'tsx',
+        '--no-warnings',
+        '--input-type=module',
+        '-e',
+        "import { runExec } from './src/cli/exec.ts'; process.exitCode = await runExec(JSON.parse(process.env.EXEC_OPTS));",
+      ],
       { env: { ...process.env, EXEC_OPTS: JSON.stringify(opts), OUT: out }, stdio: ['ignore', 'inherit', 'inherit'] },
     );
     const exited = new Promise<number | null>((r) => wrapper.on('exit', (code) => r(code)));
@@ -169,7 +176,11 @@ describe('cordon exec (runExec)', () => {
   it('through the real CLI (node bin/cordon.js exec): exit code passthrough, and SIGHUP forwarded then the session revoked', async function () {
     this.timeout(30_000);
     const env = { ...process.env, CORDON_ISSUER: t.url, CORDON_CLIENT_ID: orch.id, CORDON_CLIENT_SECRET: orch.secret };
-    const cli = (args: string[], extra: Record<string, string> = {}) => spawn(NODE, ['bin/cordon.js', 'exec', '--scope', 'tickets:read', '--task', 'cli-test', '--', ...args], { env: { ...env, ...extra }, stdio: ['ignore', 'inherit', 'inherit'] });
+    const cli = (args: string[], extra: Record<string, string> = {}) =>
+      spawn(NODE, ['bin/cordon.js', 'exec', '--scope', 'tickets:read', '--task', 'cli-test', '--', ...args], {
+        env: { ...env, ...extra },
+        stdio: ['ignore', 'inherit', 'inherit'],
+      });
     const exitOf = (p: ReturnType<typeof spawn>) => new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
     assert.equal(await exitOf(cli([NODE, '-e', 'process.exit(42)'])), 42);
 
@@ -230,13 +241,21 @@ describe('cordon exec (runExec)', () => {
             return;
           }
           if (!String(active.scope).split(' ').includes('cred:reports-s3')) {
-            res.writeHead(403, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'insufficient_scope', error_description: 'cred:reports-s3 not granted' }));
+            res
+              .writeHead(403, { 'content-type': 'application/json' })
+              .end(JSON.stringify({ error: 'insufficient_scope', error_description: 'cred:reports-s3 not granted' }));
             return;
           }
           issued++;
           const exp = new Date(Date.now() + 15 * 60_000).toISOString();
           res.writeHead(200, { 'content-type': 'application/json' }).end(
-            JSON.stringify({ name: 'reports-s3', provider: 'aws-sts', expires_at: exp, lease_id: 'l1', credentials: { AccessKeyId: `ASIAEXEC${issued}`, SecretAccessKey: 'sk', SessionToken: 'st', Expiration: exp } }),
+            JSON.stringify({
+              name: 'reports-s3',
+              provider: 'aws-sts',
+              expires_at: exp,
+              lease_id: 'l1',
+              credentials: { AccessKeyId: `ASIAEXEC${issued}`, SecretAccessKey: 'sk', SessionToken: 'st', Expiration: exp },
+            }),
           );
           return;
         }
@@ -263,7 +282,14 @@ describe('cordon exec (runExec)', () => {
         const r = await fetch(process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI, { headers: { authorization: 'wrong' } });
         writeFileSync(process.env.OUT, JSON.stringify({ id: c.accessKeyId, secret: c.secretAccessKey, token: c.sessionToken, exp: c.expiration, uri: process.env.AWS_CONTAINER_CREDENTIALS_FULL_URI, standing: process.env.AWS_ACCESS_KEY_ID ?? null, wrong: r.status }));`;
       process.env.OUT = out;
-      const code = await runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read cred:reports-s3', creds: ['reports-s3'], command: [NODE, '--input-type=module', '-e', script] });
+      const code = await runExec({
+        issuer: frontUrl,
+        clientId: orch.id,
+        clientSecret: orch.secret,
+        scope: 'tickets:read cred:reports-s3',
+        creds: ['reports-s3'],
+        command: [NODE, '--input-type=module', '-e', script],
+      });
       delete process.env.OUT;
       assert.equal(code, 0);
       const seen = readJson(out);
@@ -282,7 +308,12 @@ describe('cordon exec (runExec)', () => {
       const standing = join(dir, 'standing.sh');
       writeFileSync(standing, `#!/bin/sh\necho '{"Version":1,"AccessKeyId":"AKIASTANDINGPROCESS","SecretAccessKey":"standing"}'\n`, { mode: 0o755 });
       writeFileSync(config, `[default]\nregion = eu-north-1\ncredential_process = ${standing}\n\n[profile other]\nregion = ap-south-1\n`);
-      const saved = { AWS_CONFIG_FILE: process.env.AWS_CONFIG_FILE, AWS_REGION: process.env.AWS_REGION, AWS_DEFAULT_REGION: process.env.AWS_DEFAULT_REGION, AWS_PROFILE: process.env.AWS_PROFILE };
+      const saved = {
+        AWS_CONFIG_FILE: process.env.AWS_CONFIG_FILE,
+        AWS_REGION: process.env.AWS_REGION,
+        AWS_DEFAULT_REGION: process.env.AWS_DEFAULT_REGION,
+        AWS_PROFILE: process.env.AWS_PROFILE,
+      };
       process.env.AWS_CONFIG_FILE = config;
       delete process.env.AWS_REGION;
       delete process.env.AWS_DEFAULT_REGION;
@@ -294,7 +325,14 @@ describe('cordon exec (runExec)', () => {
         writeFileSync(process.env.OUT, JSON.stringify({ id: c.accessKeyId, region: process.env.AWS_REGION ?? null, config: process.env.AWS_CONFIG_FILE }));`;
       process.env.OUT = out;
       try {
-        const code = await runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read cred:reports-s3', creds: ['reports-s3'], command: [NODE, '--input-type=module', '-e', script] });
+        const code = await runExec({
+          issuer: frontUrl,
+          clientId: orch.id,
+          clientSecret: orch.secret,
+          scope: 'tickets:read cred:reports-s3',
+          creds: ['reports-s3'],
+          command: [NODE, '--input-type=module', '-e', script],
+        });
         assert.equal(code, 0);
       } finally {
         delete process.env.OUT;
@@ -313,7 +351,10 @@ describe('cordon exec (runExec)', () => {
       const before = issued;
       const live = async () => (await tokens.countLive(t.b.db, t.clock.now())).find((r) => r.clientId === orch.id)?.count ?? 0;
       const liveBefore = await live();
-      await assert.rejects(runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read', creds: ['reports-s3'], command: [NODE, '-e', ''] }), (e: CordonSdkError) => e.code === 'oauth' && e.error === 'insufficient_scope');
+      await assert.rejects(
+        runExec({ issuer: frontUrl, clientId: orch.id, clientSecret: orch.secret, scope: 'tickets:read', creds: ['reports-s3'], command: [NODE, '-e', ''] }),
+        (e: CordonSdkError) => e.code === 'oauth' && e.error === 'insufficient_scope',
+      );
       assert.equal(issued, before);
       assert.equal(await live(), liveBefore, 'the session opened for the command was revoked');
     });
@@ -332,7 +373,15 @@ describe('cordon exec (runExec)', () => {
       const out = join(dir, 'vault.json');
       const script = `require('fs').writeFileSync(process.env.OUT, JSON.stringify({ vault: process.env.VAULT_TOKEN, db: process.env.CORDON_CRED_VAULT_DB, uri: process.env.CORDON_CREDENTIALS_URI }))`;
       process.env.OUT = out;
-      const code = await runExec({ issuer: f.tb.url, clientId: a.id, clientSecret: a.secret, scope: 'work:read cred:vault-token cred:vault-db', task: 'exec-vault', creds: ['vault-token', 'vault-db'], command: [NODE, '-e', script] });
+      const code = await runExec({
+        issuer: f.tb.url,
+        clientId: a.id,
+        clientSecret: a.secret,
+        scope: 'work:read cred:vault-token cred:vault-db',
+        task: 'exec-vault',
+        creds: ['vault-token', 'vault-db'],
+        command: [NODE, '-e', script],
+      });
       delete process.env.OUT;
       assert.equal(code, 0);
       const seen = readJson(out);

@@ -7,7 +7,23 @@ import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JWK, type JWTPayload } from 'jose';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { setAgentEnabled } from '../src/agents/registry.ts';
-import { GRANT_TE, TT_ACCESS, TT_JWT, auditHead, auditSince, claimsOf, countTokens, delegateReq, denialsSince, introspect, policyDir, register, token, type Agent, type Res } from './delegation.kit.ts';
+import {
+  GRANT_TE,
+  TT_ACCESS,
+  TT_JWT,
+  auditHead,
+  auditSince,
+  claimsOf,
+  countTokens,
+  delegateReq,
+  denialsSince,
+  introspect,
+  policyDir,
+  register,
+  token,
+  type Agent,
+  type Res,
+} from './delegation.kit.ts';
 
 interface IssuerKey {
   kid: string;
@@ -236,7 +252,7 @@ federation:
     await refused(exchange('x'.repeat(20_000)), 'invalid_grant', /JWT/);
   });
 
-  it('refuses one of the broker\'s own access tokens sent as a federated JWT', async () => {
+  it("refuses one of the broker's own access tokens sent as a federated JWT", async () => {
     const r = await exchange(await jwt());
     await refused(exchange(r.body.access_token), 'invalid_grant', /own tokens/);
   });
@@ -301,7 +317,7 @@ federation:
     await refused(async () => exchange(await jwt(), { audience: 'https://elsewhere' }), 'invalid_target', /audience/);
   });
 
-  it('answers 503 when the issuer\'s JWKS cannot be fetched', async () => {
+  it("answers 503 when the issuer's JWKS cannot be fetched", async () => {
     const k = await issuerKey('kx');
     const t = await jwt({ sub: 'x', aud: 'cordon' }, { iss: unreachableIss, key: k });
     const seq = await auditHead(tb.b);

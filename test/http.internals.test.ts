@@ -4,7 +4,18 @@ import type { AddressInfo } from 'node:net';
 import express from 'express';
 import Provider, { type Adapter, type AdapterPayload, type KoaContextWithOIDC } from 'oidc-provider';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
-import { PROVIDER_BODY_LIMIT, assertionReplayId, beforeHeadWritten, methodsRoutedAt, providerBody, providerClient, providerParams, providerRequestState, replaceClientSecretCheck, responseStarted } from '../src/http/internals.ts';
+import {
+  PROVIDER_BODY_LIMIT,
+  assertionReplayId,
+  beforeHeadWritten,
+  methodsRoutedAt,
+  providerBody,
+  providerClient,
+  providerParams,
+  providerRequestState,
+  replaceClientSecretCheck,
+  responseStarted,
+} from '../src/http/internals.ts';
 import { assertionReplayKey } from '../src/agents/client-assertion.ts';
 import { registerAgent } from '../src/agents/registry.ts';
 import { replayGuard } from '../src/store/replay.ts';
@@ -54,7 +65,10 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
           await r.arrayBuffer();
           assert.equal(r.headers.get('x-hooked'), 'yes', path);
         }
-        assert.deepEqual(seen, ['/json', '/send', '/end', '/missing'].map((path) => ({ path, headersSent: false })));
+        assert.deepEqual(
+          seen,
+          ['/json', '/send', '/end', '/missing'].map((path) => ({ path, headersSent: false })),
+        );
       } finally {
         await s.close();
       }
@@ -99,8 +113,22 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
     const GRANT = 'urn:cordon:test:grant';
     const stateSeen: Array<Record<string, unknown> | undefined> = [];
     const clients: Record<string, AdapterPayload> = {
-      basic: { client_id: 'basic', client_secret: 'stored-basic', token_endpoint_auth_method: 'client_secret_basic', grant_types: [GRANT], response_types: [], redirect_uris: [] },
-      post: { client_id: 'post', client_secret: 'stored-post', token_endpoint_auth_method: 'client_secret_post', grant_types: [GRANT], response_types: [], redirect_uris: [] },
+      basic: {
+        client_id: 'basic',
+        client_secret: 'stored-basic',
+        token_endpoint_auth_method: 'client_secret_basic',
+        grant_types: [GRANT],
+        response_types: [],
+        redirect_uris: [],
+      },
+      post: {
+        client_id: 'post',
+        client_secret: 'stored-post',
+        token_endpoint_auth_method: 'client_secret_post',
+        grant_types: [GRANT],
+        response_types: [],
+        redirect_uris: [],
+      },
     };
     class TestAdapter implements Adapter {
       constructor(readonly model: string) {}
@@ -149,7 +177,12 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
       provider.registerGrantType(
         GRANT,
         (ctx: KoaContextWithOIDC) => {
-          ctx.body = { params: providerParams(ctx), body: providerBody(ctx), client: { clientId: providerClient(ctx)?.clientId, clientAuthMethod: providerClient(ctx)?.clientAuthMethod }, state: ctx.state.foundClient };
+          ctx.body = {
+            params: providerParams(ctx),
+            body: providerBody(ctx),
+            client: { clientId: providerClient(ctx)?.clientId, clientAuthMethod: providerClient(ctx)?.clientAuthMethod },
+            state: ctx.state.foundClient,
+          };
         },
         ['one', 'many'],
         ['many'],
@@ -187,7 +220,11 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
     });
 
     it('providerParams, providerBody and providerClient: the shapes grants read', async () => {
-      const r = await postForm(`${s.url}/token`, { grant_type: GRANT, one: 'x', many: ['a', 'b'], unknown: 'u' }, { authorization: basic('basic', 'right-stored-basic') });
+      const r = await postForm(
+        `${s.url}/token`,
+        { grant_type: GRANT, one: 'x', many: ['a', 'b'], unknown: 'u' },
+        { authorization: basic('basic', 'right-stored-basic') },
+      );
       assert.equal(r.status, 200, JSON.stringify(r.body));
       assert.equal(r.body.params.grant_type, GRANT);
       assert.equal(r.body.params.one, 'x');
@@ -201,9 +238,17 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
 
     it('PROVIDER_BODY_LIMIT: the provider refuses a form body over 56 KiB and reads one at the limit', async () => {
       const padded = (n: number) => `grant_type=${encodeURIComponent(GRANT)}&pad=`.padEnd(n, 'p');
-      const at = await fetch(`${s.url}/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic('basic', 'right-stored-basic') }, body: padded(PROVIDER_BODY_LIMIT) });
+      const at = await fetch(`${s.url}/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic('basic', 'right-stored-basic') },
+        body: padded(PROVIDER_BODY_LIMIT),
+      });
       assert.equal(at.status, 200, await at.text());
-      const over = await fetch(`${s.url}/token`, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic('basic', 'right-stored-basic') }, body: padded(PROVIDER_BODY_LIMIT + 1) });
+      const over = await fetch(`${s.url}/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basic('basic', 'right-stored-basic') },
+        body: padded(PROVIDER_BODY_LIMIT + 1),
+      });
       assert.equal(over.status, 400);
       assert.match(((await over.json()) as { error_description: string }).error_description, /failed to parse the request body/);
     });
@@ -224,8 +269,21 @@ describe('library internals (src/http/internals.ts) still behave as relied on', 
         const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256' };
         const id = (await registerAgent(t.b, { name: 'pkjwt', policy: 'research-planner', auth: 'private_key_jwt', jwks: { keys: [jwk] } })).agent.id;
         const now = Math.floor(Date.now() / 1000);
-        const assertion = await new SignJWT({}).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuer(id).setSubject(id).setAudience(`${t.url}/token`).setJti('contract-jti').setIssuedAt(now).setExpirationTime(now + 60).sign(privateKey);
-        const r = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'docs:read', client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer', client_assertion: assertion });
+        const assertion = await new SignJWT({})
+          .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+          .setIssuer(id)
+          .setSubject(id)
+          .setAudience(`${t.url}/token`)
+          .setJti('contract-jti')
+          .setIssuedAt(now)
+          .setExpirationTime(now + 60)
+          .sign(privateKey);
+        const r = await postForm(`${t.url}/token`, {
+          grant_type: 'client_credentials',
+          scope: 'docs:read',
+          client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+          client_assertion: assertion,
+        });
         assert.equal(r.status, 200, JSON.stringify(r.body));
         assert.deepEqual(
           claimed.filter((k) => k.startsWith('assert:')),

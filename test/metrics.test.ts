@@ -169,7 +169,11 @@ describe('metrics: /metrics in the Prometheus text format', () => {
     const a = new CordonAgent({ issuer: t.url, clientId: orch.id, clientSecret: orch.secret, clock: t.clock });
     await a.startSession({ scope: 'tickets:read', audience: 'https://tickets.example' });
     await a.delegate({ to: worker.id, scope: 'tickets:read' });
-    const refused = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'admin:everything' }, { authorization: basic(orch.id, orch.secret) });
+    const refused = await postForm(
+      `${t.url}/token`,
+      { grant_type: 'client_credentials', scope: 'admin:everything' },
+      { authorization: basic(orch.id, orch.secret) },
+    );
     assert.equal(refused.status, 400);
     const badClient = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read' }, { authorization: basic(orch.id, 'wrong') });
     assert.equal(badClient.status, 401);
@@ -216,7 +220,13 @@ describe('metrics: /metrics in the Prometheus text format', () => {
     const token = 'f'.repeat(16) + '0123456789abcdef0123456789abcdef';
     const guarded = await startTestBroker({ policyDir: resolve('examples/policies'), env: { CORDON_METRICS_TOKEN: token }, ext: { before: [mountMetrics] } });
     try {
-      for (const authorization of [undefined, 'Bearer wrong', `Basic ${Buffer.from(`x:${token}`).toString('base64')}`, `Bearer ${token}x`, `Bearer ${token} extra`]) {
+      for (const authorization of [
+        undefined,
+        'Bearer wrong',
+        `Basic ${Buffer.from(`x:${token}`).toString('base64')}`,
+        `Bearer ${token}x`,
+        `Bearer ${token} extra`,
+      ]) {
         const r = await fetch(`${guarded.url}/metrics`, { headers: authorization ? { authorization } : {} });
         assert.equal(r.status, 401, String(authorization));
         assert.match(r.headers.get('www-authenticate') ?? '', /^Bearer /);
@@ -253,14 +263,21 @@ describe('metrics: /metrics in the Prometheus text format', () => {
     try {
       const reg = await registerAgent(rb.b, { name: 'logged', policy: 'example-worker', auth: 'secret' });
       const secret = reg.clientSecret!;
-      const tok = await postForm(`${rb.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', client_secret: secret, client_id: reg.agent.id }, { 'x-request-id': 'req-abc.123' });
+      const tok = await postForm(
+        `${rb.url}/token`,
+        { grant_type: 'client_credentials', scope: 'tickets:read', client_secret: secret, client_id: reg.agent.id },
+        { 'x-request-id': 'req-abc.123' },
+      );
       // The issuer in config does not match the port, but the token endpoint answers all the same.
       assert.equal(tok.headers.get('x-request-id'), 'req-abc.123');
       const m = await fetch(`${rb.url}/metrics`, { headers: { authorization: 'Bearer secret-looking-value', 'x-request-id': 'bad id with spaces' } });
       assert.match(m.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/, 'a malformed request id is replaced');
       const text = await m.text();
       const { samples } = parsePrometheus(text);
-      assert.ok(samples.some((s) => s.name.startsWith('cordon_process_')), 'process metrics are on');
+      assert.ok(
+        samples.some((s) => s.name.startsWith('cordon_process_')),
+        'process metrics are on',
+      );
       assert.ok(value(samples, 'cordon_http_request_duration_seconds_count', { route: '/token' })! >= 1);
       await new Promise((r) => setTimeout(r, 20));
       const reqLines = lines.filter((l) => l.msg === 'request completed');
@@ -282,7 +299,15 @@ describe('metrics: /metrics in the Prometheus text format', () => {
 
   it('request logging never records headers, bodies or query strings', async () => {
     const lines: Array<Record<string, unknown>> = [];
-    const log = pino({ level: 'info' }, new Writable({ write(c, _e, cb) { lines.push(JSON.parse(String(c))); cb(); } }));
+    const log = pino(
+      { level: 'info' },
+      new Writable({
+        write(c, _e, cb) {
+          lines.push(JSON.parse(String(c)));
+          cb();
+        },
+      }),
+    );
     const app = express();
     app.use(requestLogger(log));
     app.post('/x', express.text({ type: '*/*' }), (req, res) => {
@@ -293,11 +318,16 @@ describe('metrics: /metrics in the Prometheus text format', () => {
     await new Promise((r) => server.once('listening', r));
     const port = (server.address() as { port: number }).port;
     try {
-      const r = await fetch(`http://127.0.0.1:${port}/x?token=qs-secret`, { method: 'POST', headers: { authorization: 'DPoP hdr-secret', dpop: 'proof-secret', cookie: 'c=cookie-secret' }, body: 'client_secret=body-secret' });
+      const r = await fetch(`http://127.0.0.1:${port}/x?token=qs-secret`, {
+        method: 'POST',
+        headers: { authorization: 'DPoP hdr-secret', dpop: 'proof-secret', cookie: 'c=cookie-secret' },
+        body: 'client_secret=body-secret',
+      });
       assert.equal(r.status, 500);
       await new Promise((res) => setTimeout(res, 20));
       const s = JSON.stringify(lines);
-      for (const secret of ['qs-secret', 'hdr-secret', 'proof-secret', 'cookie-secret', 'body-secret']) assert.ok(!s.includes(secret), `${secret} leaked: ${s}`);
+      for (const secret of ['qs-secret', 'hdr-secret', 'proof-secret', 'cookie-secret', 'body-secret'])
+        assert.ok(!s.includes(secret), `${secret} leaked: ${s}`);
       assert.equal(lines.length, 1);
       assert.equal(lines[0].msg, 'request failed');
       assert.equal(lines[0].level, 50);

@@ -215,9 +215,17 @@ describe('middleware: requireAgentToken in front of an express resource server',
         .setIssuedAt(Math.floor(t.clock.now() / 1000))
         .setJti(randomBytes(16).toString('base64url'))
         .sign(pair.privateKey);
-    await assert.rejects(rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof('not a url'), method: 'GET', url: 'not a url either' }), (e: AgentTokenError) => e.reason === 'dpop_mismatch');
+    await assert.rejects(
+      rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof('not a url'), method: 'GET', url: 'not a url either' }),
+      (e: AgentTokenError) => e.reason === 'dpop_mismatch',
+    );
     // The same hand-made proof for a real URL passes: only the URL is at fault above.
-    const ok = await rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof('https://rs.example/tickets/1'), method: 'GET', url: 'https://rs.example/tickets/1?x=1' });
+    const ok = await rs.mw.verify({
+      authorization: `DPoP ${tok}`,
+      dpop: await proof('https://rs.example/tickets/1'),
+      method: 'GET',
+      url: 'https://rs.example/tickets/1?x=1',
+    });
     assert.equal(ok.jkt, key.jkt);
     await a.close();
   });
@@ -233,7 +241,8 @@ describe('middleware: requireAgentToken in front of an express resource server',
         .setIssuedAt(Math.floor(t.clock.now() / 1000))
         .setJti(randomBytes(16).toString('base64url'))
         .sign(pair.privateKey);
-    const use = async (htu: string, url = 'https://rs.example/tickets/1') => rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof(htu), method: 'GET', url });
+    const use = async (htu: string, url = 'https://rs.example/tickets/1') =>
+      rs.mw.verify({ authorization: `DPoP ${tok}`, dpop: await proof(htu), method: 'GET', url });
     assert.equal((await use('HTTPS://RS.Example:443/tickets/1')).jkt, key.jkt);
     assert.equal((await use('https://rs.example/tickets/1', 'https://RS.EXAMPLE:443/tickets/1?page=2')).jkt, key.jkt);
     assert.equal((await use('http://rs.example:80/tickets/1', 'http://rs.example/tickets/1')).jkt, key.jkt);
@@ -309,7 +318,11 @@ describe('middleware: requireAgentToken in front of an express resource server',
     assert.equal(r5.status, 401);
     assert.match(r5.body.error_description, /typ/);
     const rightTyp = await new SignJWT(payload).setProtectedHeader({ alg: k.alg, typ: 'at+jwt', kid: k.kid }).sign(k.privateKey);
-    assert.equal((await get(`${rs.url}/tickets/1`, { authorization: `Bearer ${rightTyp}` })).status, 200, 'the same claims with the right typ pass (the test forges nothing else)');
+    assert.equal(
+      (await get(`${rs.url}/tickets/1`, { authorization: `Bearer ${rightTyp}` })).status,
+      200,
+      'the same claims with the right typ pass (the test forges nothing else)',
+    );
   });
 
   describe('garbage from the network: the middleware fails closed', () => {
@@ -343,7 +356,16 @@ describe('middleware: requireAgentToken in front of an express resource server',
 
     const withFake = async (fn: (rs2: Rs) => Promise<void>, opts: Partial<RequireAgentTokenOptions> = {}) => {
       jwksHits = 0;
-      const rs2 = await resourceServer({ issuer: t.url, audience: AUD, jwksUri: `${fakeUrl}/jwks`, revocationsUri: `${fakeUrl}/revocations`, pollIntervalMs: 50, clock: t.clock, timeoutMs: 500, ...opts });
+      const rs2 = await resourceServer({
+        issuer: t.url,
+        audience: AUD,
+        jwksUri: `${fakeUrl}/jwks`,
+        revocationsUri: `${fakeUrl}/revocations`,
+        pollIntervalMs: 50,
+        clock: t.clock,
+        timeoutMs: 500,
+        ...opts,
+      });
       try {
         await fn(rs2);
       } finally {
@@ -407,21 +429,24 @@ describe('middleware: requireAgentToken in front of an express resource server',
       const other = { ...(await exportJWK(publicKey)), kid: 'someone-else', alg: 'ES256' };
       jwks = (res) => json(res, { keys: [other] });
       feed = goodFeed;
-      await withFake(async (rs2) => {
-        for (let i = 0; i < 5; i++) {
-          const r = await call(rs2);
-          assert.equal(r.status, 401);
-          assert.match(r.body.error_description, /not signed by a key the broker publishes/);
-        }
-        assert.ok(jwksHits <= 2, `JWKS fetched ${jwksHits} times for 5 unknown-kid requests`);
-        // The cooldown runs on the injected clock: once it has passed, one more unknown kid re-reads the set once.
-        const before = jwksHits;
-        t.clock.advance(60_000);
-        await rs2.mw.pollNow(); // the feed's freshness is measured on the same clock
-        assert.equal((await call(rs2)).status, 401);
-        assert.equal((await call(rs2)).status, 401);
-        assert.equal(jwksHits, before + 1);
-      }, { jwksCooldownMs: 60_000 });
+      await withFake(
+        async (rs2) => {
+          for (let i = 0; i < 5; i++) {
+            const r = await call(rs2);
+            assert.equal(r.status, 401);
+            assert.match(r.body.error_description, /not signed by a key the broker publishes/);
+          }
+          assert.ok(jwksHits <= 2, `JWKS fetched ${jwksHits} times for 5 unknown-kid requests`);
+          // The cooldown runs on the injected clock: once it has passed, one more unknown kid re-reads the set once.
+          const before = jwksHits;
+          t.clock.advance(60_000);
+          await rs2.mw.pollNow(); // the feed's freshness is measured on the same clock
+          assert.equal((await call(rs2)).status, 401);
+          assert.equal((await call(rs2)).status, 401);
+          assert.equal(jwksHits, before + 1);
+        },
+        { jwksCooldownMs: 60_000 },
+      );
     });
 
     it('a revocation feed that cannot be read: nothing is let through', async () => {
@@ -446,16 +471,19 @@ describe('middleware: requireAgentToken in front of an express resource server',
       const good = await realJwks();
       jwks = (res) => json(res, good);
       feed = goodFeed;
-      await withFake(async (rs2) => {
-        assert.equal((await call(rs2)).status, 200);
-        feed = (res) => res.socket?.destroy();
-        await rs2.mw.nextPoll(); // a read that fails
-        assert.equal((await call(rs2)).status, 200, 'one failed read within feedStaleAfterMs changes nothing');
-        t.clock.advance(201); // the last good read is now older than feedStaleAfterMs
-        const r = await call(rs2);
-        assert.equal(r.status, 401);
-        assert.match(r.body.error_description, /revocation feed/);
-      }, { feedStaleAfterMs: 200 });
+      await withFake(
+        async (rs2) => {
+          assert.equal((await call(rs2)).status, 200);
+          feed = (res) => res.socket?.destroy();
+          await rs2.mw.nextPoll(); // a read that fails
+          assert.equal((await call(rs2)).status, 200, 'one failed read within feedStaleAfterMs changes nothing');
+          t.clock.advance(201); // the last good read is now older than feedStaleAfterMs
+          const r = await call(rs2);
+          assert.equal(r.status, 401);
+          assert.match(r.body.error_description, /revocation feed/);
+        },
+        { feedStaleAfterMs: 200 },
+      );
     });
 
     it('a key the broker stops publishing: tokens it signed are refused even though they were verified (and cached) before', async () => {
@@ -465,24 +493,30 @@ describe('middleware: requireAgentToken in front of an express resource server',
       const other = { ...(await exportJWK(publicKey)), kid: 'rotated-in', alg: 'ES256' };
       jwks = (res) => json(res, good);
       feed = goodFeed;
-      await withFake(async (rs2) => {
-        assert.equal((await call(rs2)).status, 200);
-        assert.equal((await call(rs2)).status, 200, 'served from the verified-token cache');
-        await rs2.mw.jwks.settled(); // background reloads of the old set are over
-        jwks = (res) => json(res, { keys: [other] });
-        await call(rs2); // triggers the background reload (max age 0)
-        await rs2.mw.jwks.settled();
-        const r = await call(rs2);
-        assert.equal(r.status, 401);
-        assert.match(r.body.error_description, /not signed by a key the broker publishes/);
-      }, { jwksMaxAgeMs: 0, jwksCooldownMs: 0 });
+      await withFake(
+        async (rs2) => {
+          assert.equal((await call(rs2)).status, 200);
+          assert.equal((await call(rs2)).status, 200, 'served from the verified-token cache');
+          await rs2.mw.jwks.settled(); // background reloads of the old set are over
+          jwks = (res) => json(res, { keys: [other] });
+          await call(rs2); // triggers the background reload (max age 0)
+          await rs2.mw.jwks.settled();
+          const r = await call(rs2);
+          assert.equal(r.status, 401);
+          assert.match(r.body.error_description, /not signed by a key the broker publishes/);
+        },
+        { jwksMaxAgeMs: 0, jwksCooldownMs: 0 },
+      );
     });
 
     it('an unreachable broker at start', async () => {
-      await withFake(async (rs2) => {
-        const r = await call(rs2);
-        assert.equal(r.status, 401);
-      }, { jwksUri: 'http://127.0.0.1:9/jwks', revocationsUri: 'http://127.0.0.1:9/revocations' });
+      await withFake(
+        async (rs2) => {
+          const r = await call(rs2);
+          assert.equal(r.status, 401);
+        },
+        { jwksUri: 'http://127.0.0.1:9/jwks', revocationsUri: 'http://127.0.0.1:9/revocations' },
+      );
     });
   });
 

@@ -20,11 +20,13 @@ describe('policy/duration', () => {
 
   for (const bad of ['', '10x', '-5m', '0s', '0', '1.5h', '1.5', ' 10m', '10m ', '1h 30m', '30m1h', '1h1h', 'h', '10M', 'm10', '1e3'])
     it(`rejects ${JSON.stringify(bad)}`, () => {
-      assert.throws(() => parseDuration(bad), (e: unknown) => e instanceof DurationError && e.message.includes(JSON.stringify(bad)));
+      assert.throws(
+        () => parseDuration(bad),
+        (e: unknown) => e instanceof DurationError && e.message.includes(JSON.stringify(bad)),
+      );
     });
 
-  for (const bad of [0, -1, 1.5, NaN, Infinity, 2 ** 60])
-    it(`rejects the number ${bad}`, () => assert.throws(() => parseDuration(bad), DurationError));
+  for (const bad of [0, -1, 1.5, NaN, Infinity, 2 ** 60]) it(`rejects the number ${bad}`, () => assert.throws(() => parseDuration(bad), DurationError));
 
   it('rejects non-strings and non-numbers with a typed error', () => {
     assert.throws(() => parseDuration(null as unknown as string), DurationError);

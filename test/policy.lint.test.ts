@@ -54,7 +54,10 @@ describe('policy/lint', () => {
     it('lint clean', async () => {
       const { policies, problems } = await lintPolicyDir(SHIPPED);
       assert.deepEqual(problems.map(formatProblem), []);
-      assert.deepEqual(policies.map((p) => p.name), ['doc-reader', 'research-planner', 'support-summarizer']);
+      assert.deepEqual(
+        policies.map((p) => p.name),
+        ['doc-reader', 'research-planner', 'support-summarizer'],
+      );
     });
 
     it('load with the values DESIGN.md describes', async () => {
@@ -89,8 +92,17 @@ describe('policy/lint', () => {
       assert.deepEqual(
         { ...p, file: undefined },
         {
-          name: 'tiny', description: '', file: undefined, tokenTtl: 600, sessionTtl: 3600, scopes: ['a', 'b:*'], audiences: [],
-          delegation: { maxDepth: 0, scopes: [] }, credentials: {}, requireDpop: false, federation: [],
+          name: 'tiny',
+          description: '',
+          file: undefined,
+          tokenTtl: 600,
+          sessionTtl: 3600,
+          scopes: ['a', 'b:*'],
+          audiences: [],
+          delegation: { maxDepth: 0, scopes: [] },
+          credentials: {},
+          requireDpop: false,
+          federation: [],
         },
       );
     });
@@ -183,12 +195,16 @@ describe('policy/lint', () => {
     });
 
     it('invalid scope tokens, the lone * and wildcards over cred:', async () => {
-      const { file, problems } = await lintOne(
-        'name: base\nscopes:\n  - ok:*\n  - "*"\n  - "a b"\n  - cred:*\n  - c*\n  - \'say"hi\'\n',
-      );
+      const { file, problems } = await lintOne('name: base\nscopes:\n  - ok:*\n  - "*"\n  - "a b"\n  - cred:*\n  - c*\n  - \'say"hi\'\n');
       assert.deepEqual(
         problems.map((p) => [p.file, p.line, p.column]),
-        [[file, 4, 5], [file, 5, 5], [file, 6, 5], [file, 7, 5], [file, 8, 5]],
+        [
+          [file, 4, 5],
+          [file, 5, 5],
+          [file, 6, 5],
+          [file, 7, 5],
+          [file, 8, 5],
+        ],
       );
       assert.match(problems[0].message, /scopes\[1\]: scope "\*" is too broad/);
       assert.match(problems[1].message, /invalid scope token "a b"/);
@@ -238,13 +254,14 @@ describe('policy/lint', () => {
     it('vault: default_policy is for child tokens (vault_policies), not for a secret read', async () => {
       const ok = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v: { provider: vault, vault_policies: [p], default_policy: true, ttl: 1m }\n');
       assert.deepEqual(ok.problems, []);
-      const onPath = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v:\n    provider: vault\n    path: database/creds/ro\n    default_policy: true\n    ttl: 1m\n');
+      const onPath = await lintOne(
+        'name: base\nscopes: [cred:v]\ncredentials:\n  v:\n    provider: vault\n    path: database/creds/ro\n    default_policy: true\n    ttl: 1m\n',
+      );
       one(onPath.problems, onPath.file, 7, /credentials\.v\.default_policy: .*only with vault_policies/);
     });
 
     it('aws-sts: role_arn shape, session_policy size, policy_arns count, ttl cap', async () => {
-      const cred = (extra: string) =>
-        `name: base\nscopes: [cred:s3]\nsession_ttl: 12h\ncredentials:\n  s3:\n    provider: aws-sts\n    ttl: 15m\n${extra}`;
+      const cred = (extra: string) => `name: base\nscopes: [cred:s3]\nsession_ttl: 12h\ncredentials:\n  s3:\n    provider: aws-sts\n    ttl: 15m\n${extra}`;
       const arn = await lintOne(cred('    role_arn: arn:aws:iam::1234:role/x\n'));
       one(arn.problems, arn.file, 8, /role_arn: must look like arn:aws:iam::123456789012:role\/NAME/, 15);
       const ok = '    role_arn: arn:aws:iam::123456789012:role/path/agent\n';
@@ -255,14 +272,22 @@ describe('policy/lint', () => {
       assert.deepEqual(edge.problems, []);
       // Measured as sent: with the time bound Cordon adds to each Allow statement.
       const cond = ',"Condition":{"DateLessThan":{"aws:CurrentTime":"2026-12-01T22:10:05Z"}}'.length;
-      const allow = (n: number) => JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: `arn:aws:s3:::${'r'.repeat(n)}` }] });
+      const allow = (n: number) =>
+        JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: `arn:aws:s3:::${'r'.repeat(n)}` }] });
       const pad = 2048 - allow(0).length;
       assert.equal(allow(pad).length, 2048);
       const bare = await lintOne(`${cred(ok)}    session_policy: ${allow(pad - cond + 1)}\n`);
-      const p = one(bare.problems, bare.file, 9, /session_policy: is longer than 2048 characters \(the STS limit\) as sent: 2049 as compact JSON once Cordon adds its time bound \(a DateLessThan aws:CurrentTime condition, the token's expiry\) to each Allow statement \(\d+ characters here\)/);
+      const p = one(
+        bare.problems,
+        bare.file,
+        9,
+        /session_policy: is longer than 2048 characters \(the STS limit\) as sent: 2049 as compact JSON once Cordon adds its time bound \(a DateLessThan aws:CurrentTime condition, the token's expiry\) to each Allow statement \(\d+ characters here\)/,
+      );
       assert.ok(p.message.endsWith(`(${cond} characters here)`));
       assert.deepEqual((await lintOne(`${cred(ok)}    session_policy: ${allow(pad - cond)}\n`)).problems, [], 'exactly 2048 as sent');
-      const noDate = await lintOne(`${cred(ok)}    session_policy: { Version: "2012-10-17", Statement: [{ Effect: Allow, Action: "*", Resource: "*", Condition: { DateLessThan: { "aws:CurrentTime": "\${aws:TokenIssueTime}" } } }] }\n`);
+      const noDate = await lintOne(
+        `${cred(ok)}    session_policy: { Version: "2012-10-17", Statement: [{ Effect: Allow, Action: "*", Resource: "*", Condition: { DateLessThan: { "aws:CurrentTime": "\${aws:TokenIssueTime}" } } }] }\n`,
+      );
       one(noDate.problems, noDate.file, 9, /session_policy: Statement\[0\]: DateLessThan aws:CurrentTime must be an ISO 8601 date or epoch seconds/);
       const arns = Array.from({ length: 11 }, (_, i) => `arn:aws:iam::aws:policy/P${i}`).join(', ');
       const many = await lintOne(`${cred(ok)}    policy_arns: [${arns}]\n`);
@@ -276,7 +301,12 @@ describe('policy/lint', () => {
         `name: base\nscopes: [cred:s3]\ncredentials:\n  s3:\n    provider: aws-sts\n    role_arn: arn:aws:iam::123456789012:role/agent\n    ttl: 15m\n${extra}`;
       for (const v of ['true', 'false']) {
         const r = await lintOne(cred(`    allow_overhang: ${v}\n`));
-        const p = one(r.problems, r.file, 8, /credentials\.s3\.allow_overhang: allow_overhang was removed: a credential may no longer outlive the token that asked for it\. Its session policy ends it at the token's expiry/);
+        const p = one(
+          r.problems,
+          r.file,
+          8,
+          /credentials\.s3\.allow_overhang: allow_overhang was removed: a credential may no longer outlive the token that asked for it\. Its session policy ends it at the token's expiry/,
+        );
         assert.notEqual(p.severity, 'warning', 'an error: the policy is refused');
         assert.deepEqual(r.policies, []);
       }
@@ -287,9 +317,18 @@ describe('policy/lint', () => {
         `name: base\nscopes: [cred:s3]\ncredentials:\n  s3:\n    provider: aws-sts\n    role_arn: arn:aws:iam::123456789012:role/agent\n    ttl: 15m\n${extra}`;
       const off = await lintOne(text('    revoke_via_iam: false\n'));
       assert.deepEqual(off.problems, [], 'a warning is not an error');
-      const p = one(off.warnings, off.file, 8, /revoke_via_iam is off: revoking a session or token cannot end these STS credentials before they expire \(they still end with their token, by their session policy\)/);
+      const p = one(
+        off.warnings,
+        off.file,
+        8,
+        /revoke_via_iam is off: revoking a session or token cannot end these STS credentials before they expire \(they still end with their token, by their session policy\)/,
+      );
       assert.equal(p.severity, 'warning');
-      assert.deepEqual(off.policies.map((x) => x.name), ['base'], 'a warning does not drop the policy');
+      assert.deepEqual(
+        off.policies.map((x) => x.name),
+        ['base'],
+        'a warning does not drop the policy',
+      );
       const dir = await dirWith({ 'p.yaml': text('    revoke_via_iam: false\n') });
       assert.deepEqual((await loadPolicies(dir)).names(), ['base'], 'the broker loads it');
       for (const extra of ['', '    revoke_via_iam: true\n']) {
@@ -314,9 +353,7 @@ describe('policy/lint', () => {
     });
 
     it('delegation.scopes not covered by scopes', async () => {
-      const { file, problems } = await lintOne(
-        `${BASE}delegation:\n  max_depth: 1\n  scopes:\n    - tickets:read\n    - tickets:write\n`,
-      );
+      const { file, problems } = await lintOne(`${BASE}delegation:\n  max_depth: 1\n  scopes:\n    - tickets:read\n    - tickets:write\n`);
       one(problems, file, 9, /delegation\.scopes\[1\]: tickets:write is handed down but not held/, 7);
     });
 
@@ -355,7 +392,8 @@ describe('policy/lint', () => {
     });
 
     it('federation rules need exactly one of jwks_uri / jwks_file', async () => {
-      const rule = (keys: string) => `${BASE}federation:\n  - issuer: https://k8s.example\n    audience: cordon\n    match: system:serviceaccount:ns:sa\n${keys}`;
+      const rule = (keys: string) =>
+        `${BASE}federation:\n  - issuer: https://k8s.example\n    audience: cordon\n    match: system:serviceaccount:ns:sa\n${keys}`;
       const neither = await lintOne(rule(''));
       one(neither.problems, neither.file, 6, /federation\[0\]: needs jwks_uri or jwks_file/, 5);
       const both = await lintOne(rule('    jwks_uri: https://k8s.example/jwks\n    jwks_file: /etc/jwks.json\n'));
@@ -372,15 +410,23 @@ describe('policy/lint', () => {
       const dir = await dirWith({ 'a.yaml': BASE, 'b.yml': `# same name\n${BASE}` });
       const { policies, problems } = await lintPolicyDir(dir);
       one(problems, join(dir, 'b.yml'), 2, new RegExp(`policy base is already defined in ${join(dir, 'a.yaml').replace(/[.\\]/g, '\\$&')}`), 7);
-      assert.deepEqual(policies.map((p) => p.file), [join(dir, 'a.yaml')]);
+      assert.deepEqual(
+        policies.map((p) => p.file),
+        [join(dir, 'a.yaml')],
+      );
     });
 
     it('an identity single_use in one policy must be single_use wherever it is trusted (else a replay opens sessions through the other rule)', async () => {
-      const fed = (name: string, once: boolean) => `name: ${name}\nscopes: [a]\nfederation:\n  - { issuer: https://idp.example, jwks_uri: https://idp.example/jwks, audience: cordon, match: user:alice${once ? ', single_use: true' : ''} }\n`;
+      const fed = (name: string, once: boolean) =>
+        `name: ${name}\nscopes: [a]\nfederation:\n  - { issuer: https://idp.example, jwks_uri: https://idp.example/jwks, audience: cordon, match: user:alice${once ? ', single_use: true' : ''} }\n`;
       const dir = await dirWith({ 'a.yaml': fed('strict', true), 'b.yaml': fed('lax', false) });
       const { problems } = await lintPolicyDir(dir);
       one(problems, join(dir, 'b.yaml'), 4, /federation\[0\]: https:\/\/idp\.example sub=user:alice is single_use in policy strict, so it must be here too/, 5);
-      const agreed = await dirWith({ 'a.yaml': fed('strict', true), 'b.yaml': fed('also', true), 'c.yaml': fed('other', false).replace('user:alice', 'user:bob') });
+      const agreed = await dirWith({
+        'a.yaml': fed('strict', true),
+        'b.yaml': fed('also', true),
+        'c.yaml': fed('other', false).replace('user:alice', 'user:bob'),
+      });
       assert.deepEqual((await lintPolicyDir(agreed)).problems, []);
     });
 
@@ -400,11 +446,17 @@ credentials:
         const { policies, problems, warnings } = await lintPolicyDir(dir);
         assert.deepEqual(problems.map(formatProblem), []);
         assert.deepEqual(warnings.map(formatProblem), []);
-        assert.deepEqual(policies.map((p) => p.name), ['orchestrator', 'sub-agent']);
+        assert.deepEqual(
+          policies.map((p) => p.name),
+          ['orchestrator', 'sub-agent'],
+        );
       });
 
       it('a cred: scope that no policy defines is an error at that scope', async () => {
-        const dir = await dirWith({ 'orchestrator.yaml': ORCHESTRATOR, 'sub.yaml': 'name: sub-agent\nscopes:\n  - tickets:read\n  - cred:tickets-vault\n  - cred:ghost\n' });
+        const dir = await dirWith({
+          'orchestrator.yaml': ORCHESTRATOR,
+          'sub.yaml': 'name: sub-agent\nscopes:\n  - tickets:read\n  - cred:tickets-vault\n  - cred:ghost\n',
+        });
         const { problems, warnings } = await lintPolicyDir(dir);
         const p = one(problems, join(dir, 'sub.yaml'), 5, /^scopes\[2\]: cred:ghost grants a credential that no policy in this directory defines/, 5);
         assert.notEqual(p.severity, 'warning');
@@ -416,11 +468,20 @@ credentials:
         const dir = await dirWith({ 'orchestrator.yaml': ORCHESTRATOR, 'sub.yaml': own });
         const { problems, warnings } = await lintPolicyDir(dir);
         assert.deepEqual(problems.map(formatProblem), []);
-        const w = one(warnings, join(dir, 'sub.yaml'), 4, /^credentials\.tickets-vault: policy orchestrator also defines tickets-vault and hands cred:tickets-vault down/, 3);
+        const w = one(
+          warnings,
+          join(dir, 'sub.yaml'),
+          4,
+          /^credentials\.tickets-vault: policy orchestrator also defines tickets-vault and hands cred:tickets-vault down/,
+          3,
+        );
         assert.equal(w.severity, 'warning');
         assert.match(formatProblem(w), /^[^:]+:4:3: warning: credentials\.tickets-vault: /);
         // Nothing to warn about when the other definer does not hand cred:tickets-vault down.
-        const keeps = await dirWith({ 'orchestrator.yaml': ORCHESTRATOR.replace('  scopes: [tickets:read, cred:tickets-vault]', '  scopes: [tickets:read]'), 'sub.yaml': own });
+        const keeps = await dirWith({
+          'orchestrator.yaml': ORCHESTRATOR.replace('  scopes: [tickets:read, cred:tickets-vault]', '  scopes: [tickets:read]'),
+          'sub.yaml': own,
+        });
         assert.deepEqual((await lintPolicyDir(keeps)).warnings, []);
         const set = await loadPolicies(dir);
         assert.deepEqual(set.names(), ['orchestrator', 'sub-agent']);
@@ -441,13 +502,19 @@ credentials:
       await symlink(join(dir, 'a.yaml'), join(dir, 'c.yaml'));
       const { policies, problems } = await lintPolicyDir(dir);
       one(problems, join(dir, 'c.yaml'), 1, /already defined/);
-      assert.deepEqual(policies.map((p) => p.name), ['a', 'b']);
+      assert.deepEqual(
+        policies.map((p) => p.name),
+        ['a', 'b'],
+      );
     });
 
     it('keeps going after a bad file and reports every file', async () => {
       const dir = await dirWith({ 'a.yaml': 'name: [', 'b.yaml': BASE, 'c.yaml': `${BASE}bogus: 1\n` });
       const { policies, problems } = await lintPolicyDir(dir);
-      assert.deepEqual(policies.map((p) => p.name), ['base']);
+      assert.deepEqual(
+        policies.map((p) => p.name),
+        ['base'],
+      );
       assert.deepEqual([...new Set(problems.map((p) => p.file))], [join(dir, 'a.yaml'), join(dir, 'c.yaml')]);
     });
 
@@ -458,7 +525,10 @@ credentials:
 
     it('a missing directory is a clear error naming it', async () => {
       const missing = join(tmpdir(), 'cordon-no-such-policy-dir');
-      await assert.rejects(loadPolicies(missing), (e: unknown) => e instanceof PolicyDirError && e.message.includes(missing) && /does not exist/.test(e.message));
+      await assert.rejects(
+        loadPolicies(missing),
+        (e: unknown) => e instanceof PolicyDirError && e.message.includes(missing) && /does not exist/.test(e.message),
+      );
       const dir = await dirWith({ 'f.yaml': BASE });
       await assert.rejects(lintPolicyDir(join(dir, 'f.yaml')), /is not a directory/);
     });
@@ -478,7 +548,8 @@ credentials:
 
     it('the broker starts with warnings and logs each one', async () => {
       const dir = await dirWith({
-        'a.yaml': 'name: orchestrator\nscopes: [cred:db]\ndelegation: { max_depth: 1, scopes: [cred:db] }\ncredentials:\n  db: { provider: vault, path: database/creds/ro, ttl: 10m }\n',
+        'a.yaml':
+          'name: orchestrator\nscopes: [cred:db]\ndelegation: { max_depth: 1, scopes: [cred:db] }\ncredentials:\n  db: { provider: vault, path: database/creds/ro, ttl: 10m }\n',
         'b.yaml': BASE,
       });
       const data = await mkdtemp(join(tmpdir(), 'cordon-broker-'));

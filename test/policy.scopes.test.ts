@@ -1,23 +1,10 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { CordonError } from '../src/errors.ts';
-import {
-  covers,
-  coversAll,
-  credNames,
-  formatScope,
-  intersect,
-  intersectAll,
-  isScopeToken,
-  isWildcard,
-  parseScope,
-  uncovered,
-} from '../src/policy/scopes.ts';
+import { covers, coversAll, credNames, formatScope, intersect, intersectAll, isScopeToken, isWildcard, parseScope, uncovered } from '../src/policy/scopes.ts';
 
 // A tiny alphabet so generated tokens collide, share prefixes and cover each other often.
-const token = fc
-  .tuple(fc.stringMatching(/^[ab:*]{1,4}$/), fc.boolean())
-  .map(([base, wild]) => (wild ? `${base}*` : base));
+const token = fc.tuple(fc.stringMatching(/^[ab:*]{1,4}$/), fc.boolean()).map(([base, wild]) => (wild ? `${base}*` : base));
 const anyToken = fc.oneof(token, fc.constant('*'));
 const list = fc.array(anyToken, { maxLength: 6 });
 const sameSet = (x: readonly string[], y: readonly string[]) => assert.deepEqual([...x].sort(), [...y].sort());
@@ -32,7 +19,10 @@ describe('policy/scopes', () => {
 
     for (const bad of ['a  b', ' a', 'a ', 'a\tb', 'a"b', 'a\\b', 'é', 'a\nb', ' '])
       it(`rejects ${JSON.stringify(bad)} as invalid_scope`, () => {
-        assert.throws(() => parseScope(bad), (e: unknown) => e instanceof CordonError && e.code === 'invalid_scope');
+        assert.throws(
+          () => parseScope(bad),
+          (e: unknown) => e instanceof CordonError && e.code === 'invalid_scope',
+        );
       });
 
     it('accepts the full RFC 6749 scope-token alphabet', () => {
@@ -132,11 +122,7 @@ describe('policy/scopes', () => {
       assert.deepEqual(intersectAll(), []);
       assert.deepEqual(intersectAll(['a', 'a', 'b']), ['a', 'b']);
       sameSet(intersectAll(['t:*', 'd:read'], ['t:read', 'd:*'], ['t:read', 'd:read', 'z']), ['t:read', 'd:read']);
-      fc.assert(
-        fc.property(list, list, list, anyToken, (a, b, c, s) =>
-          covers(intersectAll(a, b, c), s) === (covers(a, s) && covers(b, s) && covers(c, s)),
-        ),
-      );
+      fc.assert(fc.property(list, list, list, anyToken, (a, b, c, s) => covers(intersectAll(a, b, c), s) === (covers(a, s) && covers(b, s) && covers(c, s))));
     });
   });
 

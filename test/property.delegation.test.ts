@@ -89,7 +89,8 @@ function toPolicy(name: string, d: PolicyDraw): Policy {
 }
 
 /** `arb` one time in `n`, null otherwise. */
-const rarely = <T>(arb: fc.Arbitrary<T>, n: number): fc.Arbitrary<T | null> => fc.oneof({ weight: n - 1, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: arb });
+const rarely = <T>(arb: fc.Arbitrary<T>, n: number): fc.Arbitrary<T | null> =>
+  fc.oneof({ weight: n - 1, arbitrary: fc.constant(null) }, { weight: 1, arbitrary: arb });
 
 type Step =
   | { kind: 'delegate'; from: number; to: number; pick: number[]; widen: string | null; intersect: boolean; ttl: number | null; foreignCaller: number | null }
@@ -176,16 +177,31 @@ async function runScenario(shard: Shard, sc: Scenario): Promise<void> {
 
   const rootPolicy = pol(sc.root);
   const rootScope = sc.rootScope.filter((s) => covers(rootPolicy.scopes, s));
-  const opened = await startSession(b, {
-    clientId: agentIds[sc.root],
-    scope: (rootScope.length ? rootScope : rootPolicy.scopes.slice(0, 1)).join(' '),
-    audience: [],
-    requestedTtl: sc.rootTtl === null ? undefined : String(sc.rootTtl),
-  }, new Attempt('cli.test'));
+  const opened = await startSession(
+    b,
+    {
+      clientId: agentIds[sc.root],
+      scope: (rootScope.length ? rootScope : rootPolicy.scopes.slice(0, 1)).join(' '),
+      audience: [],
+      requestedTtl: sc.rootTtl === null ? undefined : String(sc.rootTtl),
+    },
+    new Attempt('cli.test'),
+  );
   const sid = opened.sid;
   const sessionEnd = opened.sessionExpiresAt;
   const model: MTok[] = [
-    { jwt: opened.jwt, jti: opened.claims.jti, holder: sc.root, parent: null, depth: 0, scope: parseScope(opened.claims.scope), exp: opened.claims.exp, iat: opened.claims.iat, revoked: false, chain: [sc.root] },
+    {
+      jwt: opened.jwt,
+      jti: opened.claims.jti,
+      holder: sc.root,
+      parent: null,
+      depth: 0,
+      scope: parseScope(opened.claims.scope),
+      exp: opened.claims.exp,
+      iat: opened.claims.iat,
+      revoked: false,
+      chain: [sc.root],
+    },
   ];
   let sessionRevoked = false;
 
@@ -253,12 +269,36 @@ async function runScenario(shard: Shard, sc: Scenario): Promise<void> {
         assert.ok(!p.chain.includes(t.holder), `${label}: no holder twice in a chain`);
       }
       // Depth: within the root's max_depth and the reach of every holder above it.
-      for (let d = 0; d < t.depth; d++) assert.ok(t.depth <= d + pol(t.chain[d]).delegation.maxDepth, `${label}: depth ${t.depth} beyond the reach of the holder at depth ${d}`);
+      for (let d = 0; d < t.depth; d++)
+        assert.ok(t.depth <= d + pol(t.chain[d]).delegation.maxDepth, `${label}: depth ${t.depth} beyond the reach of the holder at depth ${d}`);
       // No active token under a revoked ancestor or in a revoked session.
       let revokedAncestor = false;
       for (let a = t.parent; a !== null; a = model[a].parent) revokedAncestor ||= model[a].revoked;
       const state = stateOf(
-        { jti: r.jti, sid, clientId: r.clientId, parentJti: r.parentJti, scope: r.scope, audience: r.audience, depth: r.depth, act: null, issuedAt: r.issuedAt, expiresAt: r.expiresAt, revokedAt: r.revokedAt, cnfJkt: null, sessionSubject: ses.agentId, sessionAgentId: ses.agentId, sessionExpiresAt: ses.expiresAt, sessionRevokedAt: ses.revokedAt, sessionTask: null, holderName: String(t.holder), holderStatus: 'active', rootStatus: 'active', rootName: ses.agentId, rootPolicy: pol(t.chain[0]).name },
+        {
+          jti: r.jti,
+          sid,
+          clientId: r.clientId,
+          parentJti: r.parentJti,
+          scope: r.scope,
+          audience: r.audience,
+          depth: r.depth,
+          act: null,
+          issuedAt: r.issuedAt,
+          expiresAt: r.expiresAt,
+          revokedAt: r.revokedAt,
+          cnfJkt: null,
+          sessionSubject: ses.agentId,
+          sessionAgentId: ses.agentId,
+          sessionExpiresAt: ses.expiresAt,
+          sessionRevokedAt: ses.revokedAt,
+          sessionTask: null,
+          holderName: String(t.holder),
+          holderStatus: 'active',
+          rootStatus: 'active',
+          rootName: ses.agentId,
+          rootPolicy: pol(t.chain[0]).name,
+        },
         now,
       );
       if (revokedAncestor || ses.revokedAt !== null) {
@@ -293,15 +333,19 @@ async function runScenario(shard: Shard, sc: Scenario): Promise<void> {
       let got: Awaited<ReturnType<typeof delegate>> | undefined;
       let err: unknown;
       try {
-        got = await delegate(b, {
-          callerClientId: agentIds[caller],
-          subjectToken: p.jwt,
-          requestedActor: agentIds[step.to],
-          scope: requested.join(' '),
-          audience: [],
-          scopePolicy: step.intersect ? 'intersect' : undefined,
-          requestedTtl: step.ttl === null ? undefined : String(step.ttl),
-        }, new Attempt('cli.test'));
+        got = await delegate(
+          b,
+          {
+            callerClientId: agentIds[caller],
+            subjectToken: p.jwt,
+            requestedActor: agentIds[step.to],
+            scope: requested.join(' '),
+            audience: [],
+            scopePolicy: step.intersect ? 'intersect' : undefined,
+            requestedTtl: step.ttl === null ? undefined : String(step.ttl),
+          },
+          new Attempt('cli.test'),
+        );
       } catch (e) {
         err = e;
       }
@@ -324,8 +368,23 @@ async function runScenario(shard: Shard, sc: Scenario): Promise<void> {
         // act: outermost is the new holder, nested back to the root.
         const actChain: string[] = [];
         for (let a = c.act; a; a = a.act) actChain.unshift(a.sub);
-        assert.deepEqual(actChain, [...p.chain, step.to].map((i) => agentIds[i]), `${label}: act chain`);
-        model.push({ jwt: got!.jwt, jti: c.jti, holder: step.to, parent: pIdx, depth: c.cordon_depth, scope: parseScope(c.scope), exp: c.exp, iat: c.iat, revoked: false, chain: [...p.chain, step.to] });
+        assert.deepEqual(
+          actChain,
+          [...p.chain, step.to].map((i) => agentIds[i]),
+          `${label}: act chain`,
+        );
+        model.push({
+          jwt: got!.jwt,
+          jti: c.jti,
+          holder: step.to,
+          parent: pIdx,
+          depth: c.cordon_depth,
+          scope: parseScope(c.scope),
+          exp: c.exp,
+          iat: c.iat,
+          revoked: false,
+          chain: [...p.chain, step.to],
+        });
         stats.granted++;
       }
     }
@@ -347,15 +406,32 @@ describe('property: delegation chains keep their invariants', function () {
   it(`holds over ${RUNS} random sequences of delegate / revoke / advance-clock`, async () => {
     const started = Date.now();
     const perShard = Math.ceil(RUNS / SHARDS);
-    console.log(`      seeds ${shards.map((s) => s.seed).join(', ')}${PATH ? `, path ${PATH}` : ''}: ${SHARDS} shard(s) × ${perShard} runs (replay one with CORDON_PROPERTY_SEED=<seed>)`);
-    const results = await Promise.allSettled(
-      shards.map((shard) => fc.assert(fc.asyncProperty(scenarioArb, (sc) => runScenario(shard, sc)), { numRuns: perShard, seed: shard.seed, ...(PATH ? { path: PATH } : {}) })),
+    console.log(
+      `      seeds ${shards.map((s) => s.seed).join(', ')}${PATH ? `, path ${PATH}` : ''}: ${SHARDS} shard(s) × ${perShard} runs (replay one with CORDON_PROPERTY_SEED=<seed>)`,
     );
-    const total = shards.reduce((a, s) => ({ runs: a.runs + s.stats.runs, steps: a.steps + s.stats.steps, granted: a.granted + s.stats.granted, refused: a.refused + s.stats.refused }), { runs: 0, steps: 0, granted: 0, refused: 0 });
-    console.log(`      ${total.runs} sequences run (with shrinking), ${total.steps} steps, ${total.granted} delegations granted, ${total.refused} refused, in ${((Date.now() - started) / 1000).toFixed(1)}s`);
+    const results = await Promise.allSettled(
+      shards.map((shard) =>
+        fc.assert(
+          fc.asyncProperty(scenarioArb, (sc) => runScenario(shard, sc)),
+          { numRuns: perShard, seed: shard.seed, ...(PATH ? { path: PATH } : {}) },
+        ),
+      ),
+    );
+    const total = shards.reduce(
+      (a, s) => ({ runs: a.runs + s.stats.runs, steps: a.steps + s.stats.steps, granted: a.granted + s.stats.granted, refused: a.refused + s.stats.refused }),
+      { runs: 0, steps: 0, granted: 0, refused: 0 },
+    );
+    console.log(
+      `      ${total.runs} sequences run (with shrinking), ${total.steps} steps, ${total.granted} delegations granted, ${total.refused} refused, in ${((Date.now() - started) / 1000).toFixed(1)}s`,
+    );
     const why: Record<string, number> = {};
     for (const sh of shards) for (const [k, v] of Object.entries(sh.why)) why[k] = (why[k] ?? 0) + v;
-    console.log(`      refusals by rule: ${Object.entries(why).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    console.log(
+      `      refusals by rule: ${Object.entries(why)
+        .sort((a, b) => b[1] - a[1])
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
+    );
     results.forEach((r, k) => {
       if (r.status === 'rejected') {
         const e = r.reason as Error;

@@ -39,7 +39,12 @@ describe('protocol: the one DPoP proof verifier (pure; the broker and the middle
   it('names what is wrong with a bad proof', async () => {
     await refused('garbage', 'malformed');
     await refused(await sign({}, { typ: 'JWT' }), 'typ');
-    await refused(await new SignJWT({ htm: 'POST', htu: check.url, jti: 'abcdefghijkl', iat }).setProtectedHeader({ alg: 'HS256', typ: 'dpop+jwt' }).sign(new Uint8Array(32)), 'alg');
+    await refused(
+      await new SignJWT({ htm: 'POST', htu: check.url, jti: 'abcdefghijkl', iat })
+        .setProtectedHeader({ alg: 'HS256', typ: 'dpop+jwt' })
+        .sign(new Uint8Array(32)),
+      'alg',
+    );
     await refused(await sign({}, { jwk: await exportJWK((await generateKeyPair('ES256', { extractable: true })).privateKey) }), 'jwk');
     await refused(await sign({}, { jwk: (await DpopKey.generate()).publicJwk }), 'signature');
     await refused(await sign({ htm: 'GET' }), 'htm');

@@ -23,8 +23,26 @@ function request(clock: ManualClock, spec: CredentialSpec, o: { tokenLeft?: numb
   const now = clock.now();
   return {
     credentialId: 'crd_AAAAAAAAAAAAAAAAAAAAAA',
-    session: { sid: 'ses_BBBBBBBBBBBBBBBBBBBBBB', agentId: 'agt_CCCCCCCCCCCCCCCCCCCCCC', agentName: 'owner', task: o.task ?? null, expiresAt: now + (o.sessionLeft ?? 3600) * 1000 },
-    claims: { iss: 'x', sub: 'agt_C', aud: 'x', iat: 0, nbf: 0, exp: Math.floor((now + (o.tokenLeft ?? 600) * 1000) / 1000), jti: 'jti-1', client_id: 'agt_CCCCCCCCCCCCCCCCCCCCCC', scope: '', sid: 'ses_B', cordon_depth: 0 },
+    session: {
+      sid: 'ses_BBBBBBBBBBBBBBBBBBBBBB',
+      agentId: 'agt_CCCCCCCCCCCCCCCCCCCCCC',
+      agentName: 'owner',
+      task: o.task ?? null,
+      expiresAt: now + (o.sessionLeft ?? 3600) * 1000,
+    },
+    claims: {
+      iss: 'x',
+      sub: 'agt_C',
+      aud: 'x',
+      iat: 0,
+      nbf: 0,
+      exp: Math.floor((now + (o.tokenLeft ?? 600) * 1000) / 1000),
+      jti: 'jti-1',
+      client_id: 'agt_CCCCCCCCCCCCCCCCCCCCCC',
+      scope: '',
+      sid: 'ses_B',
+      cordon_depth: 0,
+    },
     holderName: 'owner',
     name: 'x',
     spec,
@@ -69,7 +87,12 @@ describe('providers: names AWS accepts', () => {
 describe('providers: STS lifetime rules (plan)', () => {
   const clock = new ManualClock();
   const sts = new StsProvider({ region: 'us-east-1', endpoint: 'http://127.0.0.1:9', timeoutMs: 200 }, { clock, log, clockSkewSec: 30 });
-  const spec = (o: Partial<Extract<CredentialSpec, { provider: 'aws-sts' }>> = {}): CredentialSpec => ({ provider: 'aws-sts', ttl: 1800, role_arn: 'arn:aws:iam::123456789012:role/r', ...o });
+  const spec = (o: Partial<Extract<CredentialSpec, { provider: 'aws-sts' }>> = {}): CredentialSpec => ({
+    provider: 'aws-sts',
+    ttl: 1800,
+    role_arn: 'arn:aws:iam::123456789012:role/r',
+    ...o,
+  });
   after(() => sts.close());
 
   it('the TOKEN’s remaining life capped by the policy ttl (not the session’s)', () => {
@@ -105,7 +128,10 @@ describe('providers: the STS session policy’s time bound (policy/session-polic
   const bound = (policy: Record<string, unknown> | undefined, at = exp) => timeBoundSessionPolicy(policy, at) as { Version?: string; Statement: any };
 
   it('without a session_policy: Allow-all until the token’s exp (the role’s own policies still decide what)', () => {
-    assert.deepEqual(bound(undefined), { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': EXP } } }] });
+    assert.deepEqual(bound(undefined), {
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': EXP } } }],
+    });
     assert.equal(bound(undefined, exp + 999).Statement[0].Condition.DateLessThan['aws:CurrentTime'], EXP, 'to the second, rounded down');
   });
 
@@ -115,37 +141,73 @@ describe('providers: the STS session policy’s time bound (policy/session-polic
       Version: '2012-10-17',
       Statement: [
         { Sid: 'read', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'] },
-        { Effect: 'Allow', NotAction: 'iam:*', NotResource: 'arn:aws:s3:::secret/*', Condition: { StringEquals: { 'aws:RequestedRegion': 'eu-west-1' }, DateLessThan: { 'aws:TokenIssueTime': '2030-01-01T00:00:00Z' } } },
+        {
+          Effect: 'Allow',
+          NotAction: 'iam:*',
+          NotResource: 'arn:aws:s3:::secret/*',
+          Condition: { StringEquals: { 'aws:RequestedRegion': 'eu-west-1' }, DateLessThan: { 'aws:TokenIssueTime': '2030-01-01T00:00:00Z' } },
+        },
         deny,
       ],
     });
-    assert.deepEqual(out.Statement[0], { Sid: 'read', Effect: 'Allow', Action: ['s3:GetObject'], Resource: ['arn:aws:s3:::reports/*'], Condition: { DateLessThan: { 'aws:CurrentTime': EXP } } });
+    assert.deepEqual(out.Statement[0], {
+      Sid: 'read',
+      Effect: 'Allow',
+      Action: ['s3:GetObject'],
+      Resource: ['arn:aws:s3:::reports/*'],
+      Condition: { DateLessThan: { 'aws:CurrentTime': EXP } },
+    });
     assert.deepEqual(out.Statement[1], {
       Effect: 'Allow',
       NotAction: 'iam:*',
       NotResource: 'arn:aws:s3:::secret/*',
-      Condition: { StringEquals: { 'aws:RequestedRegion': 'eu-west-1' }, DateLessThan: { 'aws:TokenIssueTime': '2030-01-01T00:00:00Z', 'aws:CurrentTime': EXP } },
+      Condition: {
+        StringEquals: { 'aws:RequestedRegion': 'eu-west-1' },
+        DateLessThan: { 'aws:TokenIssueTime': '2030-01-01T00:00:00Z', 'aws:CurrentTime': EXP },
+      },
     });
     assert.deepEqual(out.Statement[2], deny);
     // A single statement object stays one.
-    assert.deepEqual(bound({ Version: '2012-10-17', Statement: { Effect: 'Allow', Action: '*', Resource: '*' } }).Statement, { Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': EXP } } });
+    assert.deepEqual(bound({ Version: '2012-10-17', Statement: { Effect: 'Allow', Action: '*', Resource: '*' } }).Statement, {
+      Effect: 'Allow',
+      Action: '*',
+      Resource: '*',
+      Condition: { DateLessThan: { 'aws:CurrentTime': EXP } },
+    });
   });
 
   it('a DateLessThan aws:CurrentTime of the policy’s own: the earlier time wins (any spelling of the key, several values OR-ed)', () => {
-    const st = (v: unknown, key = 'aws:CurrentTime') => ({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { [key]: v } } }] });
+    const st = (v: unknown, key = 'aws:CurrentTime') => ({
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { [key]: v } } }],
+    });
     const at = (p: Record<string, unknown>) => bound(p).Statement[0].Condition.DateLessThan;
     assert.deepEqual(at(st('2026-12-01T22:00:00Z')), { 'aws:CurrentTime': '2026-12-01T22:00:00Z' }, 'earlier: kept');
     assert.deepEqual(at(st('2027-01-01T00:00:00Z')), { 'aws:CurrentTime': EXP }, 'later: the token’s exp');
     assert.deepEqual(at(st(String(exp / 1000 - 60))), { 'aws:CurrentTime': '2026-12-01T22:09:05Z' }, 'epoch seconds');
-    assert.deepEqual(at(st('2026-12-01T22:00:00.900Z', 'aws:currenttime')), { 'aws:CurrentTime': '2026-12-01T22:00:00Z' }, 'one key, to the second, never later');
+    assert.deepEqual(
+      at(st('2026-12-01T22:00:00.900Z', 'aws:currenttime')),
+      { 'aws:CurrentTime': '2026-12-01T22:00:00Z' },
+      'one key, to the second, never later',
+    );
     assert.deepEqual(at(st(['2026-12-01T21:00:00Z', '2027-01-01T00:00:00Z'])), { 'aws:CurrentTime': EXP }, 'OR-ed values end at the latest');
     for (const bad of ['${aws:TokenIssueTime}', 'next tuesday', [], null])
-      assert.throws(() => bound(st(bad)), (e: unknown) => e instanceof SessionPolicyError && /Statement\[0\]: DateLessThan aws:CurrentTime/.test(e.message), JSON.stringify(bad));
+      assert.throws(
+        () => bound(st(bad)),
+        (e: unknown) => e instanceof SessionPolicyError && /Statement\[0\]: DateLessThan aws:CurrentTime/.test(e.message),
+        JSON.stringify(bad),
+      );
     assert.throws(() => bound({ Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: 'x' }] }), SessionPolicyError);
   });
 
   it('the policy as sent has the same length whatever the date (lint measures it with any)', () => {
-    const p = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': '2026-12-01T22:00:00Z' } } }, { Effect: 'Allow', Action: 's3:*', Resource: '*' }] };
+    const p = {
+      Version: '2012-10-17',
+      Statement: [
+        { Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': '2026-12-01T22:00:00Z' } } },
+        { Effect: 'Allow', Action: 's3:*', Resource: '*' },
+      ],
+    };
     const lengths = new Set([0, exp, Date.UTC(2026, 0, 1), Date.UTC(9999, 0, 1)].map((t) => JSON.stringify(timeBoundSessionPolicy(p, t)).length));
     assert.equal(lengths.size, 1);
   });
@@ -193,9 +255,21 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
     const fresh = new StsProvider({ region: 'us-east-1', endpoint: double.url, iamEndpoint: double.url, timeoutMs: 2000 }, { clock, log, clockSkewSec: 30 });
     try {
       double.failNext(400, 'ValidationError', CHAINING, 'AssumeRole');
-      double.failNext(403, 'AccessDenied', `User: arn:aws:iam::123456789012:user/cordon-broker is not authorized to perform: sts:AssumeRole on resource: ${ROLE}`, 'AssumeRole');
+      double.failNext(
+        403,
+        'AccessDenied',
+        `User: arn:aws:iam::123456789012:user/cordon-broker is not authorized to perform: sts:AssumeRole on resource: ${ROLE}`,
+        'AssumeRole',
+      );
       const req = request(clock, spec, { sessionLeft: 7200, tokenLeft: 7200 });
-      await assert.rejects(fresh.issue(req, fresh.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && e.code === 'bad_gateway' && /AWS refused AssumeRole on arn:aws:iam::123456789012:role\/agent-reports \(AccessDenied\)/.test(e.description));
+      await assert.rejects(
+        fresh.issue(req, fresh.plan(req), cp),
+        (e: unknown) =>
+          e instanceof ProviderError &&
+          e.kind === 'refused' &&
+          e.code === 'bad_gateway' &&
+          /AWS refused AssumeRole on arn:aws:iam::123456789012:role\/agent-reports \(AccessDenied\)/.test(e.description),
+      );
     } finally {
       await fresh.close();
     }
@@ -206,7 +280,13 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
       const fresh = new StsProvider({ region: 'us-east-1', endpoint: double.url, iamEndpoint: double.url, timeoutMs: 2000 }, { clock, log, clockSkewSec: 30 });
       try {
         double.reset();
-        const own = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/*' }, { Effect: 'Deny', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/secret' }] };
+        const own = {
+          Version: '2012-10-17',
+          Statement: [
+            { Effect: 'Allow', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/*' },
+            { Effect: 'Deny', Action: 's3:GetObject', Resource: 'arn:aws:s3:::reports/secret' },
+          ],
+        };
         const req = request(clock, { provider: 'aws-sts', ttl: 1800, role_arn: ROLE, session_policy: own, revoke_via_iam }, { tokenLeft: 60 });
         const exp = req.tokenExpiresAt;
         const out = await fresh.issue(req, fresh.plan(req), cp);
@@ -216,7 +296,11 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
         const until = new Date(Math.floor(exp / 1000) * 1000).toISOString().replace('.000Z', 'Z');
         assert.deepEqual(policy.Statement[0].Condition, { DateLessThan: { 'aws:CurrentTime': until } });
         assert.deepEqual(policy.Statement[1], own.Statement[1], 'the Deny as it was');
-        assert.deepEqual(double.requests.map((r) => r.action), ['AssumeRole'], 'nothing but AssumeRole: no IAM write');
+        assert.deepEqual(
+          double.requests.map((r) => r.action),
+          ['AssumeRole'],
+          'nothing but AssumeRole: no IAM write',
+        );
         assert.equal(out.expiresAt, Math.floor(exp / 1000) * 1000);
         assert.equal(out.credentials.Expiration, new Date(out.expiresAt).toISOString());
         assert.equal(out.details.time_bound, until);
@@ -233,9 +317,16 @@ describe('providers: STS role chaining (the broker itself runs on role credentia
 
   it('a session_policy that cannot carry the bound (a DateLessThan aws:CurrentTime that is no date): refused before AssumeRole', async () => {
     double.reset();
-    const bad = { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': '${aws:TokenIssueTime}' } } }] };
+    const bad = {
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': '${aws:TokenIssueTime}' } } }],
+    };
     const req = request(clock, { provider: 'aws-sts', ttl: 1800, role_arn: ROLE, session_policy: bad }, { tokenLeft: 600 });
-    await assert.rejects(sts.issue(req, sts.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.kind === 'misconfigured' && /session_policy of credential x cannot carry the time bound/.test(e.description));
+    await assert.rejects(
+      sts.issue(req, sts.plan(req), cp),
+      (e: unknown) =>
+        e instanceof ProviderError && e.kind === 'misconfigured' && /session_policy of credential x cannot carry the time bound/.test(e.description),
+    );
     assert.equal(double.requests.length, 0);
   });
 });
@@ -286,7 +377,11 @@ describe('providers: Vault broker login (AppRole, JWT) through node-vault', () =
   it('AppRole with a bad secret: a clear, secret-free error naming the variables', async () => {
     const p = new VaultProvider({ addr, timeoutMs: 1000, auth: { method: 'approle', roleId: 'role-1', secretId: 'wrong', mount: 'approle' } }, deps);
     const req = request(clock, spec);
-    await assert.rejects(p.issue(req, p.plan(req), cp), (e: unknown) => e instanceof ProviderError && e.code === 'bad_gateway' && /VAULT_ROLE_ID\/VAULT_SECRET_ID/.test(e.description) && !e.description.includes('wrong'));
+    await assert.rejects(
+      p.issue(req, p.plan(req), cp),
+      (e: unknown) =>
+        e instanceof ProviderError && e.code === 'bad_gateway' && /VAULT_ROLE_ID\/VAULT_SECRET_ID/.test(e.description) && !e.description.includes('wrong'),
+    );
   });
 
   it('JWT auth: reads the JWT file (re-read on each login) and logs in with the role', async () => {
@@ -352,7 +447,10 @@ describe('providers: Vault least privilege (children hold only vault_policies, t
   it('a broker token without the child’s policies: refused by Vault’s subset rule, issued through VAULT_TOKEN_ROLE under the per-credential parent', async () => {
     const token = brokerToken();
     const plain = new VaultProvider(cfg(token), deps);
-    await assert.rejects(issue(plain), (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && /child policies must be subset of parent/.test(e.description));
+    await assert.rejects(
+      issue(plain),
+      (e: unknown) => e instanceof ProviderError && e.kind === 'refused' && /child policies must be subset of parent/.test(e.description),
+    );
     const withRole = new VaultProvider(cfg(token, { tokenRole: 'cordon-agents' }), deps);
     const out = await issue(withRole);
     const child = v.getToken(String(out.credentials.client_token))!;
@@ -370,13 +468,21 @@ describe('providers: Vault least privilege (children hold only vault_policies, t
     const p = new VaultProvider(cfg(brokerToken(), { tokenRole: 'cordon-agents' }), deps);
     await assert.rejects(
       issue(p, { ...spec, vault_policies: ['tickets-admin'] }),
-      (e: unknown) => e instanceof ProviderError && e.code === 'bad_gateway' && e.status === 502 && /auth\/token\/create\/cordon-agents.*must be subset of the role's allowed policies/.test(e.description),
+      (e: unknown) =>
+        e instanceof ProviderError &&
+        e.code === 'bad_gateway' &&
+        e.status === 502 &&
+        /auth\/token\/create\/cordon-agents.*must be subset of the role's allowed policies/.test(e.description),
     );
   });
 
   it('a token role that makes orphans is refused (misconfigured) and the orphan it made is revoked', async () => {
     v.addTokenRole('detached', { allowedPolicies: ['tickets-read'], orphan: true });
-    v.setPolicyPaths('broker-detached', [{ path: 'auth/token/create', capabilities: ['update'] }, { path: 'auth/token/create/detached', capabilities: ['update'] }, { path: 'auth/token/revoke-accessor', capabilities: ['update'] }]);
+    v.setPolicyPaths('broker-detached', [
+      { path: 'auth/token/create', capabilities: ['update'] },
+      { path: 'auth/token/create/detached', capabilities: ['update'] },
+      { path: 'auth/token/revoke-accessor', capabilities: ['update'] },
+    ]);
     const token = v.mintToken({ policies: ['broker-detached'] }).token;
     const p = new VaultProvider(cfg(token, { tokenRole: 'detached' }), deps);
     await assert.rejects(issue(p), (e: unknown) => e instanceof ProviderError && e.kind === 'misconfigured' && /orphan=false/.test(e.description));
@@ -389,7 +495,12 @@ describe('providers: Vault least privilege (children hold only vault_policies, t
   it('start-up refuses a root VAULT_TOKEN (one line naming VAULT_TOKEN and CORDON_VAULT_ALLOW_ROOT) unless allowed', async () => {
     await assert.rejects(
       new VaultProvider(cfg('root-token'), deps).start(),
-      (e: unknown) => e instanceof ConfigError && e.variable === 'VAULT_TOKEN' && /CORDON_VAULT_ALLOW_ROOT=1/.test(e.message) && !e.message.includes('\n') && !e.message.includes('root-token'),
+      (e: unknown) =>
+        e instanceof ConfigError &&
+        e.variable === 'VAULT_TOKEN' &&
+        /CORDON_VAULT_ALLOW_ROOT=1/.test(e.message) &&
+        !e.message.includes('\n') &&
+        !e.message.includes('root-token'),
     );
     const allowed = new VaultProvider(cfg('root-token', { allowRoot: true }), deps);
     await allowed.start();
@@ -405,7 +516,11 @@ describe('providers: Vault least privilege (children hold only vault_policies, t
     v.failNext(503, ['Vault is unavailable'], 'auth/token/lookup-self');
     await p.start();
     for (let i = 0; i < 2; i++)
-      await assert.rejects(issue(p), (e: unknown) => e instanceof ProviderError && e.kind === 'misconfigured' && /VAULT_TOKEN/.test(e.description) && /CORDON_VAULT_ALLOW_ROOT/.test(e.description));
+      await assert.rejects(
+        issue(p),
+        (e: unknown) =>
+          e instanceof ProviderError && e.kind === 'misconfigured' && /VAULT_TOKEN/.test(e.description) && /CORDON_VAULT_ALLOW_ROOT/.test(e.description),
+      );
     assert.equal(v.requestsTo(/^auth\/token\/create/).length, 0, 'nothing was created with the root token');
     assert.equal(lines.filter((l) => /CORDON_VAULT_ALLOW_ROOT/.test(l)).length, 1, lines.join(''));
     assert.equal((await p.health()).ok, false);
@@ -414,7 +529,10 @@ describe('providers: Vault least privilege (children hold only vault_policies, t
   it('startBackendCredentials: a root VAULT_TOKEN stops start-up with the config error; CORDON_VAULT_ALLOW_ROOT=1 lets it start', async () => {
     const refused = await startTestBroker({ http: false, env: { VAULT_ADDR: addr, VAULT_TOKEN: 'root-token' } });
     try {
-      await assert.rejects(startBackendCredentials(refused.b, { sweep: false }), (e: unknown) => e instanceof ConfigError && /CORDON_VAULT_ALLOW_ROOT/.test(e.message));
+      await assert.rejects(
+        startBackendCredentials(refused.b, { sweep: false }),
+        (e: unknown) => e instanceof ConfigError && /CORDON_VAULT_ALLOW_ROOT/.test(e.message),
+      );
       assert.equal(refused.b.providers.size, 0, 'no provider left attached');
     } finally {
       await refused.close();

@@ -84,7 +84,11 @@ describe('refusal limiter', () => {
     for (let i = 0; i < 100; i++) l.admit(`10.0.${i}.1`, 'x');
     assert.ok(l.tracked <= 4, `tracked ${l.tracked}`);
     await l.close();
-    assert.deepEqual(written.map((s) => [s.address, s.count]), [[SHARED_BUCKET, 96]], 'the first 3 addresses and the shared bucket each wrote one row');
+    assert.deepEqual(
+      written.map((s) => [s.address, s.count]),
+      [[SHARED_BUCKET, 96]],
+      'the first 3 addresses and the shared bucket each wrote one row',
+    );
   });
 
   it('counts at most maxReasons distinct reasons per bucket', async () => {

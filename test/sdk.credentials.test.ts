@@ -68,7 +68,10 @@ describe('sdk: credentials(), awsCredentials() and DPoP against the real credent
     const jtis = new Set(rows.map((r: { jti: string }) => r.jti));
     assert.equal(jtis.size, 1, 'one broker token served both credentials');
     assert.ok(!jtis.has(String(decodeJwt(forRs).jti)), 'not the resource-server token');
-    const broker = await f.tb.b.db('tokens').where({ jti: [...jtis][0] }).first();
+    const broker = await f.tb.b
+      .db('tokens')
+      .where({ jti: [...jtis][0] })
+      .first();
     assert.equal(broker.sid, s.sid, 'the same session');
     assert.deepEqual(JSON.parse(broker.audience), [f.tb.url]);
     assert.ok(broker.cnf_jkt, 'bound to the agent’s DPoP key like the session token');
@@ -95,7 +98,10 @@ describe('sdk: credentials(), awsCredentials() and DPoP against the real credent
     try {
       // The ~/.aws/config profile the README shows, with the token given inline for the test.
       const config = join(dir, 'config');
-      writeFileSync(config, `[profile cordon]\ncredential_process = ${process.execPath} ${resolve('bin/cordon.js')} creds s3 --format credential_process --issuer ${f.tb.url} --token ${await agent.token()}\nregion = us-east-1\n`);
+      writeFileSync(
+        config,
+        `[profile cordon]\ncredential_process = ${process.execPath} ${resolve('bin/cordon.js')} creds s3 --format credential_process --issuer ${f.tb.url} --token ${await agent.token()}\nregion = us-east-1\n`,
+      );
       const provider = fromProcess({ profile: 'cordon', configFilepath: config, filepath: join(dir, 'credentials') });
       const c = await provider();
       assert.match(c.accessKeyId, /^ASIA/);

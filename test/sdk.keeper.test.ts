@@ -19,12 +19,21 @@ function scripted(answer: (n: number, s: Session | null) => Promise<TokenAnswer>
   };
   return { source, calls: () => calls };
 }
-const tokenFor = (n: number, expiresIn: number, more: Partial<TokenAnswer> = {}): TokenAnswer => ({ accessToken: `tok-${n}`, tokenType: 'Bearer', expiresIn, sid: 'ses_1', ...more });
+const tokenFor = (n: number, expiresIn: number, more: Partial<TokenAnswer> = {}): TokenAnswer => ({
+  accessToken: `tok-${n}`,
+  tokenType: 'Bearer',
+  expiresIn,
+  sid: 'ses_1',
+  ...more,
+});
 const req = { scope: ['a'], audience: [] };
 
 describe('sdk: the token keeper on its own (a scripted token source, a manual clock)', () => {
   it('renews a fifth of the life before expiry plus jitter, and serves the same token until then', async () => {
-    for (const [random, marginMs] of [[0, 2 * MIN], [0.8, 2.4 * MIN]] as const) {
+    for (const [random, marginMs] of [
+      [0, 2 * MIN],
+      [0.8, 2.4 * MIN],
+    ] as const) {
       const clock = new ManualClock();
       const src = scripted(async (n) => tokenFor(n + 1, 600));
       const k = new TokenKeeper(src.source, clock, () => random);

@@ -174,7 +174,11 @@ describe('sdk: CordonAgent against a real broker', () => {
     assert.match(renew, /expires_in=60/, 'a short-lived token, only for ending the session');
     assert.ok(calls.at(-1)!.startsWith('/revoke ') && calls.at(-1)!.includes('end_session=true'));
     // Nothing of it can be renewed any more.
-    const r = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', session: s.sid }, { authorization: basic(orch.id, orch.secret) });
+    const r = await postForm(
+      `${t.url}/token`,
+      { grant_type: 'client_credentials', scope: 'tickets:read', session: s.sid },
+      { authorization: basic(orch.id, orch.secret) },
+    );
     assert.equal(r.body.error, 'invalid_grant', JSON.stringify(r.body));
     assert.equal((await introspect(t.b, t1)).active, false);
   });
@@ -200,7 +204,12 @@ describe('sdk: CordonAgent against a real broker', () => {
     const f: FetchLike = async (u, init) => {
       if (u.includes('/credentials/')) {
         const exp = new Date(t.clock.now() + 10 * MIN).toISOString();
-        return Response.json({ name: 'reports-s3', provider: 'aws-sts', expires_at: exp, credentials: { AccessKeyId: 'ASIACACHED', SecretAccessKey: 's', SessionToken: 'st', Expiration: exp } });
+        return Response.json({
+          name: 'reports-s3',
+          provider: 'aws-sts',
+          expires_at: exp,
+          credentials: { AccessKeyId: 'ASIACACHED', SecretAccessKey: 's', SessionToken: 'st', Expiration: exp },
+        });
       }
       return fetch(u, init);
     };
@@ -236,7 +245,10 @@ describe('sdk: CordonAgent against a real broker', () => {
 
   it('binds tokens to a DPoP key when it has one, refreshes with proofs, and signs proofs for resource servers', async () => {
     const a = agentFor(bound, { dpop: true });
-    await assert.rejects(agentFor(bound).startSession({ scope: 'tickets:read' }), (e: CordonSdkError) => e.code === 'oauth' && e.error === 'invalid_request' && /DPoP/.test(e.message));
+    await assert.rejects(
+      agentFor(bound).startSession({ scope: 'tickets:read' }),
+      (e: CordonSdkError) => e.code === 'oauth' && e.error === 'invalid_request' && /DPoP/.test(e.message),
+    );
     const s = await a.startSession({ scope: 'tickets:read', audience: AUD });
     assert.equal(s.tokenType, 'DPoP');
     const jkt = await a.dpopJkt();
@@ -261,7 +273,10 @@ describe('sdk: CordonAgent against a real broker', () => {
     const s = await a.startSession({ scope: 'tickets:read', audience: AUD });
     assert.equal(s.tokenType, 'DPoP');
     // A bound parent never yields a bearer child.
-    await assert.rejects(a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD }), (e: CordonSdkError) => e.code === 'oauth' && e.error === 'invalid_request' && /DPoP-bound/.test(e.message));
+    await assert.rejects(
+      a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD }),
+      (e: CordonSdkError) => e.code === 'oauth' && e.error === 'invalid_request' && /DPoP-bound/.test(e.message),
+    );
     // Bound to the worker's key, and then it must come back DPoP-bound.
     const workerKey = await DpopKey.generate();
     const bound2 = await a.delegate({ to: worker.id, scope: 'tickets:read', audience: AUD, dpopJkt: workerKey.jkt });
@@ -328,7 +343,12 @@ describe('sdk: CordonAgent against a real broker', () => {
         calls++;
         assert.match(new Headers(init?.headers).get('authorization') ?? '', /^Bearer ey/);
         const exp = new Date(t.clock.now() + 10 * MIN).toISOString();
-        return Response.json({ name: 'reports-s3', provider: 'aws-sts', expires_at: exp, credentials: { AccessKeyId: `ASIA${calls}`, SecretAccessKey: 's', SessionToken: 'st', Expiration: exp } });
+        return Response.json({
+          name: 'reports-s3',
+          provider: 'aws-sts',
+          expires_at: exp,
+          credentials: { AccessKeyId: `ASIA${calls}`, SecretAccessKey: 's', SessionToken: 'st', Expiration: exp },
+        });
       }
       return fetch(u, init);
     };
@@ -345,7 +365,10 @@ describe('sdk: CordonAgent against a real broker', () => {
     t.clock.advance(MIN + 30_000);
     assert.equal((await provider()).accessKeyId, 'ASIA2', 're-fetched within the last minute');
     await rejectsWith(a.credentials('../etc'), 'config', /malformed/);
-    assert.throws(() => toAwsIdentity({ name: 'v', provider: 'vault', expiresAt: new Date(), credentials: {} }), (e: CordonSdkError) => e.code === 'unsupported');
+    assert.throws(
+      () => toAwsIdentity({ name: 'v', provider: 'vault', expiresAt: new Date(), credentials: {} }),
+      (e: CordonSdkError) => e.code === 'unsupported',
+    );
     await a.close();
   });
 
@@ -411,11 +434,31 @@ describe('sdk: CordonAgent against a real broker', () => {
   });
 
   it('fromEnv reports missing configuration by variable', () => {
-    assert.throws(() => CordonAgent.fromEnv({}), (e: CordonSdkError) => e.code === 'config' && /CORDON_ISSUER/.test(e.message));
-    assert.throws(() => CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x' }), (e: CordonSdkError) => e.code === 'config' && /CORDON_CLIENT_SECRET/.test(e.message));
-    assert.throws(() => CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x', CORDON_CLIENT_SECRET: 's' }), (e: CordonSdkError) => e.code === 'config' && /CORDON_CLIENT_ID/.test(e.message));
-    assert.throws(() => CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x', CORDON_CLIENT_ID: 'a', CORDON_PRIVATE_KEY_FILE: '/nonexistent/key' }), (e: CordonSdkError) => e.code === 'config' && /ENOENT/.test(e.message));
+    assert.throws(
+      () => CordonAgent.fromEnv({}),
+      (e: CordonSdkError) => e.code === 'config' && /CORDON_ISSUER/.test(e.message),
+    );
+    assert.throws(
+      () => CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x' }),
+      (e: CordonSdkError) => e.code === 'config' && /CORDON_CLIENT_SECRET/.test(e.message),
+    );
+    assert.throws(
+      () => CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x', CORDON_CLIENT_SECRET: 's' }),
+      (e: CordonSdkError) => e.code === 'config' && /CORDON_CLIENT_ID/.test(e.message),
+    );
+    assert.throws(
+      () => CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x', CORDON_CLIENT_ID: 'a', CORDON_PRIVATE_KEY_FILE: '/nonexistent/key' }),
+      (e: CordonSdkError) => e.code === 'config' && /ENOENT/.test(e.message),
+    );
     assert.equal(CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x', CORDON_BOOTSTRAP_TOKEN: 'cbt_x' }).mode, 'bootstrap');
-    assert.equal(CordonAgent.fromEnv({ CORDON_ISSUER: 'http://x', CORDON_TOKEN_URI: 'http://127.0.0.1:1/token', CORDON_TOKEN_AUTHORIZATION: 'x', CORDON_CLIENT_SECRET: 's' }).mode, 'local');
+    assert.equal(
+      CordonAgent.fromEnv({
+        CORDON_ISSUER: 'http://x',
+        CORDON_TOKEN_URI: 'http://127.0.0.1:1/token',
+        CORDON_TOKEN_AUTHORIZATION: 'x',
+        CORDON_CLIENT_SECRET: 's',
+      }).mode,
+      'local',
+    );
   });
 });

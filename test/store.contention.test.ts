@@ -24,7 +24,12 @@ describe('store: writers in contention', function () {
       let stop = false;
       let issued = 0;
       const load = (async () => {
-        while (!stop) issued += (await Promise.all(Array.from({ length: 16 }, () => startSession(tb.b, { clientId: a.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))))).length;
+        while (!stop)
+          issued += (
+            await Promise.all(
+              Array.from({ length: 16 }, () => startSession(tb.b, { clientId: a.id, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
+            )
+          ).length;
       })();
       const errors: string[] = [];
       for (const sid of sids) await revokeSession(cli, sid, { actor: 'cli', via: 'cli' }).catch((e: Error) => errors.push(e.message));
@@ -55,20 +60,34 @@ describe('store: writers in contention', function () {
       const reader = (await registerAgent(b, { name: 'dl-reader', policy: 'doc-reader', auth: 'secret' })).agent.id;
       const failures: string[] = [];
       for (let round = 0; round < 30; round++) {
-        const roots = await Promise.all([0, 1].map(() => startSession(b, { clientId: planner, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'))));
-        const mids = await Promise.all(roots.map((r) => delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: helper, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))));
+        const roots = await Promise.all(
+          [0, 1].map(() => startSession(b, { clientId: planner, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'))),
+        );
+        const mids = await Promise.all(
+          roots.map((r) =>
+            delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: helper, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
+          ),
+        );
         const out = await Promise.allSettled([
-          ...mids.map((m) => delegate(b, { callerClientId: helper, subjectToken: m.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
-          ...roots.map((r) => delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
+          ...mids.map((m) =>
+            delegate(b, { callerClientId: helper, subjectToken: m.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
+          ),
+          ...roots.map((r) =>
+            delegate(b, { callerClientId: planner, subjectToken: r.jwt, requestedActor: reader, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
+          ),
           ...roots.map((r) => revokeTokenChain(b, r.claims.jti, { actor: 'test', via: 'test' })),
         ]);
         // Delegations may lose to the revocation (refused with invalid_grant); nothing may fail with a database error.
-        for (const r of out) if (r.status === 'rejected' && (r.reason as { code?: string }).code !== 'invalid_grant') failures.push(String((r.reason as Error).message));
+        for (const r of out)
+          if (r.status === 'rejected' && (r.reason as { code?: string }).code !== 'invalid_grant') failures.push(String((r.reason as Error).message));
         for (const r of roots) assert.deepEqual(await b.db('tokens').where({ sid: r.sid }).whereNull('revoked_at').select('jti'), [], `round ${round}`);
       }
       assert.deepEqual(failures, []);
       assert.equal((await verifyAudit(b.db)).ok, true);
-      await revokeSession(b, (await startSession(b, { clientId: planner, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))).sid, { actor: 'test', via: 'test' });
+      await revokeSession(b, (await startSession(b, { clientId: planner, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))).sid, {
+        actor: 'test',
+        via: 'test',
+      });
     });
   });
 });

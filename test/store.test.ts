@@ -10,7 +10,8 @@ import { tokens, type TokenRecord } from '../src/store/tokens.ts';
 import { revocations } from '../src/store/revocations.ts';
 import { replayGuard } from '../src/store/replay.ts';
 import { auditRows } from '../src/store/audit.ts';
-import { credentials, iamDenies } from '../src/store/credentials.ts';
+import { credentials } from '../src/store/credentials.ts';
+import { iamDenies } from '../src/store/iam-denies.ts';
 import { IssuanceWriter } from '../src/store/issuance-writer.ts';
 import { CordonError } from '../src/errors.ts';
 import { appendAudit, GENESIS_HASH } from '../src/store/audit-chain.ts';
@@ -172,7 +173,16 @@ for (const backend of [sqlite, postgres]) {
     });
 
     describe('issuance writer (group commit)', () => {
-      const pendingRow = (id: string, sid: string, jti: string) => ({ id, sid, jti, agentId: 'agt_gc', name: 'vault-token', provider: 'vault', createdAt: T0, expiresAt: T0 + 600_000 });
+      const pendingRow = (id: string, sid: string, jti: string) => ({
+        id,
+        sid,
+        jti,
+        agentId: 'agt_gc',
+        name: 'vault-token',
+        provider: 'vault',
+        createdAt: T0,
+        expiresAt: T0 + 600_000,
+      });
       // Its own database: the other suites here count what they wrote.
       let db: Db;
       let dropOwn: () => Promise<void>;
@@ -201,7 +211,12 @@ for (const backend of [sqlite, postgres]) {
         d.on('query', on);
         return { count: () => n, stop: () => void d.off('query', on) };
       };
-      const audit = (n: string) => (live: boolean) => ({ at: T0 + 1000, event: 'credential.issue' as const, decision: live ? ('allow' as const) : ('info' as const), params: { n } });
+      const audit = (n: string) => (live: boolean) => ({
+        at: T0 + 1000,
+        event: 'credential.issue' as const,
+        decision: live ? ('allow' as const) : ('info' as const),
+        params: { n },
+      });
 
       it('commits concurrent intents, tokens and credential records in one shared transaction, each with its own outcome and audit row', async () => {
         const w = new IssuanceWriter(db, () => T0 + 1000);
@@ -213,8 +228,18 @@ for (const backend of [sqlite, postgres]) {
         try {
           const intents = [1, 2].map((i) => w.insertCredentialIntent(pendingRow(`crd_gc_${i}`, 'ses_gc', 'jti_gc')));
           const dead = w.insertCredentialIntent(pendingRow('crd_gc_dead', 'ses_gc_dead', 'jti_gc_dead'));
-          const token = w.write({ session: sessionRow('ses_gc_new', 'agt_gc'), token: tokenRow('jti_gc_new', 'ses_gc_new', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' } });
-          const refused = w.write({ token: tokenRow('jti_gc_refused', 'ses_gc', 'agt_gc'), audit: { at: T0, event: 'token.issue', decision: 'allow' }, precheck: async () => { throw new CordonError('invalid_grant', 'refused by its precheck'); } });
+          const token = w.write({
+            session: sessionRow('ses_gc_new', 'agt_gc'),
+            token: tokenRow('jti_gc_new', 'ses_gc_new', 'agt_gc'),
+            audit: { at: T0, event: 'token.issue', decision: 'allow' },
+          });
+          const refused = w.write({
+            token: tokenRow('jti_gc_refused', 'ses_gc', 'agt_gc'),
+            audit: { at: T0, event: 'token.issue', decision: 'allow' },
+            precheck: async () => {
+              throw new CordonError('invalid_grant', 'refused by its precheck');
+            },
+          });
           const records = [
             w.recordCredential({ credentialId: 'crd_gc_1', jti: 'jti_gc', handle: { accessor: 'a1' }, expiresAt: T0 + 300_000, audit: audit('1') }),
             w.recordCredential({ credentialId: 'crd_gc_claimed', jti: 'jti_gc', handle: { accessor: 'a2' }, expiresAt: T0 + 300_000, audit: audit('claimed') }),
@@ -236,13 +261,18 @@ for (const backend of [sqlite, postgres]) {
         assert.equal((await credentials.get(db, 'crd_gc_dead'))!.state, 'issued', 'recorded: it exists at the backend (the caller revokes it)');
         assert.ok(await tokens.get(db, 'jti_gc_new'));
         assert.equal(await tokens.get(db, 'jti_gc_refused'), undefined);
-        const rows = await db('audit').where('seq', '>', before?.seq ?? 0).orderBy('seq');
-        assert.deepEqual(rows.map((r) => [r.event, r.decision, JSON.parse(r.params).n ?? null]), [
-          ['token.issue', 'allow', null],
-          ['token.issue', 'allow', null],
-          ['credential.issue', 'allow', '1'],
-          ['credential.issue', 'info', 'dead'],
-        ]);
+        const rows = await db('audit')
+          .where('seq', '>', before?.seq ?? 0)
+          .orderBy('seq');
+        assert.deepEqual(
+          rows.map((r) => [r.event, r.decision, JSON.parse(r.params).n ?? null]),
+          [
+            ['token.issue', 'allow', null],
+            ['token.issue', 'allow', null],
+            ['credential.issue', 'allow', '1'],
+            ['credential.issue', 'info', 'dead'],
+          ],
+        );
         assert.equal((await verifyAudit(db)).ok, true);
       });
 
@@ -251,12 +281,29 @@ for (const backend of [sqlite, postgres]) {
         await credentials.insertPending(db, pendingRow('crd_gc_landed', 'ses_gc', 'jti_gc'));
         await credentials.markIssued(db, 'crd_gc_landed', { handle: { accessor: 'a9' }, expiresAt: T0 + 300_000 });
         const before = await auditRows.head(db);
-        assert.equal(await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'a9' }, expiresAt: T0 + 300_000, audit: audit('again') }), 'issued');
+        assert.equal(
+          await w.recordCredential({
+            credentialId: 'crd_gc_landed',
+            jti: 'jti_gc',
+            handle: { accessor: 'a9' },
+            expiresAt: T0 + 300_000,
+            audit: audit('again'),
+          }),
+          'issued',
+        );
         assert.deepEqual(await auditRows.head(db), before);
         // Not ours after all: another handle, or issued and since revoked (a retried revocation ends that way).
-        assert.equal(await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'other' }, expiresAt: T0 + 300_000, audit: audit('x') }), 'claimed');
-        await db('credentials').where({ id: 'crd_gc_landed' }).update({ revoked_at: T0 + 2000 });
-        assert.equal(await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'a9' }, expiresAt: T0 + 300_000, audit: audit('y') }), 'claimed');
+        assert.equal(
+          await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'other' }, expiresAt: T0 + 300_000, audit: audit('x') }),
+          'claimed',
+        );
+        await db('credentials')
+          .where({ id: 'crd_gc_landed' })
+          .update({ revoked_at: T0 + 2000 });
+        assert.equal(
+          await w.recordCredential({ credentialId: 'crd_gc_landed', jti: 'jti_gc', handle: { accessor: 'a9' }, expiresAt: T0 + 300_000, audit: audit('y') }),
+          'claimed',
+        );
         assert.deepEqual(await auditRows.head(db), before);
       });
 
@@ -291,7 +338,18 @@ for (const backend of [sqlite, postgres]) {
           const spans: Array<[string, number, number, number]> = [];
           const rebuild = (q: Db, name: string, insertFirst: boolean) =>
             (async () => {
-              if (insertFirst) await iamDenies.insert(q, { id: `iamd_${name}`, roleArn: role, policyName: 'cordon-revocations', sid: 'ses_x', kind: 'session', subject: name, revokedAt: T0, createdAt: T0, removeAfter: T0 + 1 });
+              if (insertFirst)
+                await iamDenies.insert(q, {
+                  id: `iamd_${name}`,
+                  roleArn: role,
+                  policyName: 'cordon-revocations',
+                  sid: 'ses_x',
+                  kind: 'session',
+                  subject: name,
+                  revokedAt: T0,
+                  createdAt: T0,
+                  removeAfter: T0 + 1,
+                });
               return iamDenies.withRole(q, role, async (_tx, entries) => {
                 const start = Date.now();
                 await new Promise((r) => setTimeout(r, 80)); // the IAM call
@@ -314,7 +372,17 @@ for (const backend of [sqlite, postgres]) {
     describe('agents', () => {
       it('insert, get, byName, list, listByPolicy', async () => {
         await agents.insert(db, agentRow('agt_a1', { name: 'alpha', policy: 'doc-reader' }));
-        await agents.insert(db, agentRow('agt_a2', { name: 'beta', policy: 'research-planner', authMethod: 'private_key_jwt', secretHash: null, jwks: { keys: [{ kty: 'OKP', crv: 'Ed25519', x: 'abc' }] }, createdAt: T0 + 1 }));
+        await agents.insert(
+          db,
+          agentRow('agt_a2', {
+            name: 'beta',
+            policy: 'research-planner',
+            authMethod: 'private_key_jwt',
+            secretHash: null,
+            jwks: { keys: [{ kty: 'OKP', crv: 'Ed25519', x: 'abc' }] },
+            createdAt: T0 + 1,
+          }),
+        );
         const a1 = await agents.get(db, 'agt_a1');
         assert.deepEqual(a1, agentRow('agt_a1', { name: 'alpha', policy: 'doc-reader' }));
         const a2 = await agents.byName(db, 'beta');
@@ -323,8 +391,14 @@ for (const backend of [sqlite, postgres]) {
         assert.equal(a2!.secretHash, null);
         assert.equal(await agents.get(db, 'agt_none'), undefined);
         assert.equal(await agents.byName(db, 'nobody'), undefined);
-        assert.deepEqual((await agents.list(db)).map((a) => a.id), ['agt_a1', 'agt_a2']);
-        assert.deepEqual((await agents.listByPolicy(db, 'research-planner')).map((a) => a.id), ['agt_a2']);
+        assert.deepEqual(
+          (await agents.list(db)).map((a) => a.id),
+          ['agt_a1', 'agt_a2'],
+        );
+        assert.deepEqual(
+          (await agents.listByPolicy(db, 'research-planner')).map((a) => a.id),
+          ['agt_a2'],
+        );
       });
 
       it('names are unique', async () => {
@@ -361,7 +435,11 @@ for (const backend of [sqlite, postgres]) {
         await sessions.insert(db, sessionRow('ses_3', 'agt_s2', { createdAt: T0 + 20 }));
         assert.deepEqual((await sessions.list(db, { agentId: 'agt_s1' })).map((s) => s.sid).sort(), ['ses_1', 'ses_2']);
         assert.deepEqual((await sessions.list(db, { liveAt: T0 + 200 })).map((s) => s.sid).sort(), ['ses_1', 'ses_3']);
-        assert.deepEqual((await sessions.list(db, { limit: 1 })).map((s) => s.sid), ['ses_3'], 'newest first');
+        assert.deepEqual(
+          (await sessions.list(db, { limit: 1 })).map((s) => s.sid),
+          ['ses_3'],
+          'newest first',
+        );
       });
 
       it('revoke is once only and shows in liveness queries', async () => {
@@ -376,17 +454,29 @@ for (const backend of [sqlite, postgres]) {
       });
 
       it('countLive, endedUnswept, markSwept, overCap', async () => {
-        assert.deepEqual(await sessions.countLive(db, T0 + 60), [
-          { agentId: 'agt_s1', count: 1 },
-          { agentId: 'agt_s2', count: 1 },
-        ].sort((a, b) => a.agentId.localeCompare(b.agentId)));
+        assert.deepEqual(
+          await sessions.countLive(db, T0 + 60),
+          [
+            { agentId: 'agt_s1', count: 1 },
+            { agentId: 'agt_s2', count: 1 },
+          ].sort((a, b) => a.agentId.localeCompare(b.agentId)),
+        );
         const ended = (await sessions.endedUnswept(db, T0 + 200)).map((s) => s.sid).sort();
         assert.deepEqual(ended, ['ses_1', 'ses_2']);
         assert.equal(await sessions.markSwept(db, 'ses_1', T0 + 300), true);
         assert.equal(await sessions.markSwept(db, 'ses_1', T0 + 301), false);
-        assert.deepEqual((await sessions.endedUnswept(db, T0 + 200)).map((s) => s.sid), ['ses_2']);
-        assert.deepEqual((await sessions.overCap(db, () => 3600_000)).map((s) => s.sid), []);
-        assert.deepEqual((await sessions.overCap(db, (id) => (id === 'agt_s2' ? 60_000 : undefined))).map((s) => s.sid), ['ses_3']);
+        assert.deepEqual(
+          (await sessions.endedUnswept(db, T0 + 200)).map((s) => s.sid),
+          ['ses_2'],
+        );
+        assert.deepEqual(
+          (await sessions.overCap(db, () => 3600_000)).map((s) => s.sid),
+          [],
+        );
+        assert.deepEqual(
+          (await sessions.overCap(db, (id) => (id === 'agt_s2' ? 60_000 : undefined))).map((s) => s.sid),
+          ['ses_3'],
+        );
       });
     });
 
@@ -418,16 +508,34 @@ for (const backend of [sqlite, postgres]) {
         assert.equal(tree[0], 'jti_root', 'root first');
         assert.deepEqual([...tree].sort(), ['jti_c1', 'jti_c2', 'jti_g1', 'jti_gg1', 'jti_root']);
         assert.ok(tree.indexOf('jti_c1') < tree.indexOf('jti_g1') && tree.indexOf('jti_g1') < tree.indexOf('jti_gg1'), 'breadth first');
-        assert.deepEqual((await tokens.subtree(db, 'jti_g1')).map((t) => t.jti), ['jti_g1', 'jti_gg1']);
+        assert.deepEqual(
+          (await tokens.subtree(db, 'jti_g1')).map((t) => t.jti),
+          ['jti_g1', 'jti_gg1'],
+        );
         assert.deepEqual(await tokens.subtree(db, 'jti_none'), []);
-        assert.deepEqual((await tokens.bySession(db, 'ses_t2')).map((t) => t.jti), ['jti_elsewhere']);
+        assert.deepEqual(
+          (await tokens.bySession(db, 'ses_t2')).map((t) => t.jti),
+          ['jti_elsewhere'],
+        );
       });
 
       it('subtree crosses the IN-list chunk size (more than 500 tokens on one level)', async () => {
         await db.transaction(async (tx) => {
           await tokens.insert(tx, tokenRow('jti_wide', 'ses_t2', 'agt_t1'));
           const rows = Array.from({ length: 620 }, (_, i) => ({
-            jti: `jti_w${i}`, sid: 'ses_t2', client_id: 'agt_t1', parent_jti: 'jti_wide', scope: 's', audience: '[]', depth: 1, act: null, cnf_jkt: null, kid: 'k', issued_at: T0, expires_at: T0 + 1000, revoked_at: null,
+            jti: `jti_w${i}`,
+            sid: 'ses_t2',
+            client_id: 'agt_t1',
+            parent_jti: 'jti_wide',
+            scope: 's',
+            audience: '[]',
+            depth: 1,
+            act: null,
+            cnf_jkt: null,
+            kid: 'k',
+            issued_at: T0,
+            expires_at: T0 + 1000,
+            revoked_at: null,
           }));
           for (let i = 0; i < rows.length; i += 50) await tx('tokens').insert(rows.slice(i, i + 50));
           // A grandchild under the last child: found only if the second chunk of the frontier is queried.
@@ -436,7 +544,11 @@ for (const backend of [sqlite, postgres]) {
         const tree = await tokens.subtree(db, 'jti_wide');
         assert.equal(tree.length, 1 + 620 + 1);
         assert.equal(tree[tree.length - 1].jti, 'jti_deep');
-        const revoked = await tokens.revokeMany(db, tree.map((t) => t.jti), T0 + 1);
+        const revoked = await tokens.revokeMany(
+          db,
+          tree.map((t) => t.jti),
+          T0 + 1,
+        );
         assert.equal(revoked.length, 622);
       });
 
@@ -466,15 +578,24 @@ for (const backend of [sqlite, postgres]) {
       it('add (batched), since with cursor and limit, lastSeq', async () => {
         assert.equal(await revocations.lastSeq(db), 0);
         assert.deepEqual(await revocations.since(db, 0), []);
-        // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion -- needed: without it the literal widens to string
-        const entries = Array.from({ length: 450 }, (_, i) => ({ kind: (i % 3 === 0 ? 'sid' : 'jti') as 'sid' | 'jti', value: `v${i}`, expiresAt: T0 + i, revokedAt: T0 }));
+        const entries = Array.from({ length: 450 }, (_, i) => ({
+          // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion -- needed: without it the literal widens to string
+          kind: (i % 3 === 0 ? 'sid' : 'jti') as 'sid' | 'jti',
+          value: `v${i}`,
+          expiresAt: T0 + i,
+          revokedAt: T0,
+        }));
         await revocations.add(db, entries);
         await revocations.add(db, []);
         const last = await revocations.lastSeq(db);
         const all = await revocations.since(db, 0, 10_000);
         assert.equal(all.length, 450);
         assert.equal(all[all.length - 1].seq, last);
-        assert.deepEqual(all.map((r) => r.value), entries.map((e) => e.value), 'in insertion order');
+        assert.deepEqual(
+          all.map((r) => r.value),
+          entries.map((e) => e.value),
+          'in insertion order',
+        );
         for (let i = 1; i < all.length; i++) assert.ok(all[i].seq > all[i - 1].seq);
         assert.equal(typeof all[0].expiresAt, 'number');
         const page = await revocations.since(db, all[99].seq, 50);
@@ -505,7 +626,11 @@ for (const backend of [sqlite, postgres]) {
         assert.equal(await replayGuard.claim(db, 'late', T0, T0), false);
         assert.equal(await replayGuard.claim(db, 'late', T0, T0 + 5), false);
         assert.equal(await replayGuard.seen(db, 'late', T0 - 1), false, 'nothing was written');
-        const inTx = await db.transaction(async (tx) => [await replayGuard.claim(tx, 'tx-k', T0 + 1000, T0), await replayGuard.claim(tx, 'tx-k', T0 + 1000, T0), await tx('replay_guard').where({ key: 'tx-k' }).count({ n: '*' })]);
+        const inTx = await db.transaction(async (tx) => [
+          await replayGuard.claim(tx, 'tx-k', T0 + 1000, T0),
+          await replayGuard.claim(tx, 'tx-k', T0 + 1000, T0),
+          await tx('replay_guard').where({ key: 'tx-k' }).count({ n: '*' }),
+        ]);
         assert.deepEqual(inTx.slice(0, 2), [true, false], 'a conflict inside a transaction is a refusal, not an aborted transaction');
       });
     });
@@ -514,7 +639,17 @@ for (const backend of [sqlite, postgres]) {
       it('appends a hash chain that verifies, across pages', async () => {
         for (let i = 0; i < 12; i++) {
           await db.transaction((tx) =>
-            appendAudit(tx, { at: T0 + i, event: i % 2 ? 'deny' : 'token.issue', decision: i % 2 ? 'deny' : 'allow', agentId: 'agt_x', sid: i < 3 ? 'ses_audit' : null, jti: `j${i}`, chain: ['agt_x'], reason: i % 2 ? 'invalid_scope: no' : null, params: { i, nested: { b: 1, a: [1, 'x'] }, client_secret: 'must-not-appear' } }),
+            appendAudit(tx, {
+              at: T0 + i,
+              event: i % 2 ? 'deny' : 'token.issue',
+              decision: i % 2 ? 'deny' : 'allow',
+              agentId: 'agt_x',
+              sid: i < 3 ? 'ses_audit' : null,
+              jti: `j${i}`,
+              chain: ['agt_x'],
+              reason: i % 2 ? 'invalid_scope: no' : null,
+              params: { i, nested: { b: 1, a: [1, 'x'] }, client_secret: 'must-not-appear' },
+            }),
           );
         }
         const first = (await auditRows.page(db, 0, 1))[0];
@@ -526,8 +661,14 @@ for (const backend of [sqlite, postgres]) {
           const v = await verifyAudit(db, size);
           assert.deepEqual(v.ok && v.rows, 12, `page size ${size}: ${JSON.stringify(v)}`);
         }
-        assert.deepEqual((await auditRows.tail(db, 3)).map((r) => r.seq), [10, 11, 12]);
-        assert.deepEqual((await auditRows.bySession(db, 'ses_audit')).map((r) => r.seq), [1, 2, 3]);
+        assert.deepEqual(
+          (await auditRows.tail(db, 3)).map((r) => r.seq),
+          [10, 11, 12],
+        );
+        assert.deepEqual(
+          (await auditRows.bySession(db, 'ses_audit')).map((r) => r.seq),
+          [1, 2, 3],
+        );
         assert.equal((await auditRows.head(db))!.seq, 12);
         const raw = JSON.stringify(await db('audit').select('*'));
         assert.ok(!raw.includes('must-not-appear'), 'secret-named params are redacted');
@@ -535,7 +676,9 @@ for (const backend of [sqlite, postgres]) {
 
       it('names a changed row, on page boundaries too', async () => {
         const row = await db('audit').where({ seq: 6 }).first();
-        await db('audit').where({ seq: 6 }).update({ params: row.params.replace('"i":5', '"i":50') });
+        await db('audit')
+          .where({ seq: 6 })
+          .update({ params: row.params.replace('"i":5', '"i":50') });
         for (const size of [1, 5, 2000]) {
           const v = await verifyAudit(db, size);
           assert.equal(!v.ok && v.brokenSeq, 6, `page size ${size}: ${JSON.stringify(v)}`);
@@ -558,7 +701,14 @@ for (const backend of [sqlite, postgres]) {
 
       it('keeps a refusal whose reason or params quote NUL and control characters (PostgreSQL text cannot hold NUL)', async () => {
         const row = await db.transaction((tx) =>
-          appendAudit(tx, { at: T0, event: 'deny', decision: 'deny', agentId: 'agt_x', reason: 'invalid_request: unsupported subject_token_type \u0000\n\u001b[31m', params: { subject_token_type: '\u0000', task: 'a\u0000b' } }),
+          appendAudit(tx, {
+            at: T0,
+            event: 'deny',
+            decision: 'deny',
+            agentId: 'agt_x',
+            reason: 'invalid_request: unsupported subject_token_type \u0000\n\u001b[31m',
+            params: { subject_token_type: '\u0000', task: 'a\u0000b' },
+          }),
         );
         const stored = (await auditRows.tail(db, 1))[0];
         assert.equal(stored.seq, row.seq);
@@ -582,7 +732,11 @@ for (const backend of [sqlite, postgres]) {
         );
         const rows = await db('audit').where('seq', '>', start).orderBy('seq');
         assert.equal(rows.length, 20);
-        assert.deepEqual(rows.map((r) => num(r.seq)), Array.from({ length: 20 }, (_, i) => start + 1 + i), 'seqs are contiguous');
+        assert.deepEqual(
+          rows.map((r) => num(r.seq)),
+          Array.from({ length: 20 }, (_, i) => start + 1 + i),
+          'seqs are contiguous',
+        );
         assert.deepEqual(new Set(rows.map((r) => r.sid)).size, 20, 'every transaction wrote its row');
         const v = await verifyAudit(db);
         assert.equal(v.ok, true, JSON.stringify(v));
@@ -638,7 +792,11 @@ describe('a whole broker on PostgreSQL', function () {
   it('opens a session, introspects it, revokes it, and keeps an intact audit chain', async () => {
     assert.equal(isPostgres(t.b.db), true);
     const a = await t.register('pg-agent', 'support-summarizer');
-    const r = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', task: 'on-postgres' }, { authorization: basic(a.id, a.secret) });
+    const r = await postForm(
+      `${t.url}/token`,
+      { grant_type: 'client_credentials', scope: 'tickets:read', task: 'on-postgres' },
+      { authorization: basic(a.id, a.secret) },
+    );
     assert.equal(r.status, 200, JSON.stringify(r.body));
     const i = await postForm(`${t.url}/introspect`, { token: r.body.access_token }, { authorization: basic(a.id, a.secret) });
     assert.equal(i.body.active, true);
@@ -653,7 +811,11 @@ describe('a whole broker on PostgreSQL', function () {
     assert.ok(feed.revoked.some((e: { kind: string }) => e.kind === 'jti'));
     // Renewal past the reload interval on the injected clock (the keyring re-reads keys inside the issuing transaction).
     t.clock.advance(11_000);
-    const again = await postForm(`${t.url}/token`, { grant_type: 'client_credentials', scope: 'tickets:read', session: r.body.sid }, { authorization: basic(a.id, a.secret) });
+    const again = await postForm(
+      `${t.url}/token`,
+      { grant_type: 'client_credentials', scope: 'tickets:read', session: r.body.sid },
+      { authorization: basic(a.id, a.secret) },
+    );
     assert.equal(again.status, 200, JSON.stringify(again.body));
     const v = await verifyAudit(t.b.db);
     assert.equal(v.ok, true, JSON.stringify(v));

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { orphanGraceMs, startSweeper, sweepOnce } from '../src/credentials/sweep.ts';
 import { revokeSession, revokeTokenChain } from '../src/revocation/revoke.ts';
-import { iamDenies } from '../src/store/credentials.ts';
+import { iamDenies } from '../src/store/iam-denies.ts';
 import type { CredentialProvider } from '../src/providers/provider.ts';
 import { auditHead, auditSince, claimsOf, mustDelegate, mustSession } from './delegation.kit.ts';
 import { credFixture, ROLE_ARN, type CredFixture } from './credentials.kit.ts';
@@ -31,8 +31,15 @@ describe('sweeper: everything dies with the session', () => {
     const rep = await sweepOnce(f.tb.b);
     assert.equal(rep.sessionsSwept, 1);
     assert.equal(rep.revoked, 2);
-    assert.deepEqual(f.vault.requestsTo('sys/leases/revoke').map((x) => x.body.lease_id), [db.lease_id], 'the lease was revoked by id');
-    assert.ok(f.vault.requestsTo('auth/token/revoke-accessor').some((x) => x.body.accessor === vt.credentials.accessor), 'the token by accessor');
+    assert.deepEqual(
+      f.vault.requestsTo('sys/leases/revoke').map((x) => x.body.lease_id),
+      [db.lease_id],
+      'the lease was revoked by id',
+    );
+    assert.ok(
+      f.vault.requestsTo('auth/token/revoke-accessor').some((x) => x.body.accessor === vt.credentials.accessor),
+      'the token by accessor',
+    );
     assert.equal(f.vault.isLeaseActive(db.lease_id), false);
     assert.equal(f.vault.isTokenActive(vt.credentials.client_token), false);
     for (const r of await f.rows(sid)) assert.equal(r.state, 'revoked', `${r.name}: ${r.note}`);
@@ -96,7 +103,10 @@ describe('sweeper: everything dies with the session', () => {
     await sweepOnce(f.tb.b);
     assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
     const entries = await iamDenies.bySession(f.tb.b.db, sid);
-    assert.deepEqual(entries.map((x) => x.kind), ['session']);
+    assert.deepEqual(
+      entries.map((x) => x.kind),
+      ['session'],
+    );
     const [deny] = entries;
     assert.ok(deny.removedAt === null);
     assert.ok(Object.keys(f.sts.rolePolicies('agent-reports')).includes(deny.policyName));
@@ -119,7 +129,16 @@ describe('sweeper: everything dies with the session', () => {
   it('legacy `expiry` entries (an earlier build’s deny at a token’s exp) are left out of the rebuilt policy and dropped once due', async () => {
     const { sid } = await shortLived('sw-legacy');
     const now = f.tb.clock.now();
-    const legacy = { roleArn: ROLE_ARN, policyName: 'cordon-revocations', sid: 'ses_legacy', kind: 'expiry' as const, subject: 'AROA*:cordon.old.xxxxxxxxxx.yyyyyyyyyyyy', revokedAt: now + 60_000, createdAt: now, removeAfter: now + 960_000 };
+    const legacy = {
+      roleArn: ROLE_ARN,
+      policyName: 'cordon-revocations',
+      sid: 'ses_legacy',
+      kind: 'expiry' as const,
+      subject: 'AROA*:cordon.old.xxxxxxxxxx.yyyyyyyyyyyy',
+      revokedAt: now + 60_000,
+      createdAt: now,
+      removeAfter: now + 960_000,
+    };
     await iamDenies.insert(f.tb.b.db, { id: 'iamd_000000000000_legacy', ...legacy });
     // A revocation beside it: the policy is rebuilt from the role's entries.
     await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
@@ -157,7 +176,13 @@ describe('sweeper: everything dies with the session', () => {
     assert.equal(f.vault.isTokenActive(theirs.credentials.client_token), false, "the revoked sub-agent's Vault token is dead");
     assert.equal(f.vault.isTokenActive(mine.credentials.client_token), true, "the orchestrator's own credential is untouched");
     const rows = await f.rows(claimsOf(tok).sid);
-    assert.deepEqual(rows.map((r) => [r.jti, r.state]).sort(), [[claimsOf(sub).jti, 'revoked'], [claimsOf(tok).jti, 'issued']].sort());
+    assert.deepEqual(
+      rows.map((r) => [r.jti, r.state]).sort(),
+      [
+        [claimsOf(sub).jti, 'revoked'],
+        [claimsOf(tok).jti, 'issued'],
+      ].sort(),
+    );
     const again = await sweepOnce(f.tb.b);
     assert.equal(again.revoked + again.failed, 0, 'and only once');
   });
@@ -217,9 +242,15 @@ describe('sweeper: everything dies with the session', () => {
       crash.restore();
       const [token] = crash.answers;
       assert.ok(token?.client_token && f.vault.isTokenActive(token.client_token), 'Vault issued a token the broker never recorded');
-      assert.ok(f.vault.listLeases().some((l) => l.state === 'active'), 'and a lease');
+      assert.ok(
+        f.vault.listLeases().some((l) => l.state === 'active'),
+        'and a lease',
+      );
       let rows = await f.rows(sid);
-      assert.ok(rows.every((r) => r.state === 'pending' && r.handle?.parent_accessor), 'intents with their checkpointed parent');
+      assert.ok(
+        rows.every((r) => r.state === 'pending' && r.handle?.parent_accessor),
+        'intents with their checkpointed parent',
+      );
 
       // Within the grace period an intent may still be in flight: left alone.
       assert.equal((await sweepOnce(f.tb.b)).orphans, 0);
@@ -231,7 +262,10 @@ describe('sweeper: everything dies with the session', () => {
       rows = await f.rows(sid);
       for (const r of rows) assert.equal(r.state, 'revoked', `${r.name}: ${r.note}`);
       assert.equal(f.vault.isTokenActive(token.client_token), false, 'the lost child token is revoked (its parent was)');
-      assert.ok(f.vault.listLeases().every((l) => l.state !== 'active'), 'and the lost lease');
+      assert.ok(
+        f.vault.listLeases().every((l) => l.state !== 'active'),
+        'and the lost lease',
+      );
       const orphanRows = (await auditSince(f.tb.b, head)).filter((x) => x.event === 'credential.orphan');
       assert.equal(orphanRows.length, 2);
     });
@@ -294,7 +328,10 @@ describe('IAM revocations: one consolidated policy per role', () => {
     }
     const puts = f.sts.requests.filter((x) => x.action === 'PutRolePolicy');
     assert.equal(puts.length, 60, 'one rebuild per revocation');
-    assert.ok(puts.every((x) => x.params.PolicyName === 'cordon-revocations' && !x.errorCode), 'never refused by IAM (one policy per revocation would have hit LimitExceeded after ~30)');
+    assert.ok(
+      puts.every((x) => x.params.PolicyName === 'cordon-revocations' && !x.errorCode),
+      'never refused by IAM (one policy per revocation would have hit LimitExceeded after ~30)',
+    );
     assert.deepEqual(Object.keys(policies()), ['cordon-revocations'], 'a single inline policy');
     assert.ok(inlineChars() < 10_240, `${inlineChars()} characters`);
     const doc = JSON.parse(policies()['cordon-revocations']);
@@ -308,7 +345,11 @@ describe('IAM revocations: one consolidated policy per role', () => {
     const later = (await f.cred('s3-iam', laterTok)).body;
     assert.equal(f.sts.isCredentialDenied(later.credentials.AccessKeyId), false, 'a later session’s credential');
     const bystanderTok2 = await mustSession(f.tb, a, 'cred:s3-iam', { session: claimsOf(bystanderTok).sid });
-    assert.equal(f.sts.isCredentialDenied((await f.cred('s3-iam', bystanderTok2)).body.credentials.AccessKeyId), false, 'a later credential of the live session');
+    assert.equal(
+      f.sts.isCredentialDenied((await f.cred('s3-iam', bystanderTok2)).body.credentials.AccessKeyId),
+      false,
+      'a later credential of the live session',
+    );
 
     // Sweeping before anything expired changes nothing (the rebuild is idempotent).
     const first = await sweepOnce(f.tb.b);
@@ -401,12 +442,19 @@ describe('IAM revocations: one consolidated policy per role', () => {
     await revokeSession(f.tb.b, sid, { actor: 'admin', via: 'test' });
     const [row] = await f.rows(sid);
     assert.equal(row.state, 'revoke_failed', row.note!);
-    assert.match(row.note!, /does not fit on role agent-reports: inline policy cordon-revocations is full \(\d+ active revocations; IAM allows 10240 characters/);
+    assert.match(
+      row.note!,
+      /does not fit on role agent-reports: inline policy cordon-revocations is full \(\d+ active revocations; IAM allows 10240 characters/,
+    );
     assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), false, 'truthfully: not denied');
     assert.ok(inlineChars() <= 10_240, `${inlineChars()} characters`);
     const sis: string[] = JSON.parse(policies()['cordon-revocations']).Statement[0].Condition.StringEquals['aws:SourceIdentity'];
     assert.ok(sis.length > 100 && sis.every((s) => s.startsWith('agt_old')), 'the oldest revocations keep their place');
-    assert.equal((await iamDenies.bySession(f.tb.b.db, sid)).filter((d) => d.kind !== null && d.removedAt === null && !d.id.endsWith('_old')).length, 0, 'the entry that did not fit was withdrawn');
+    assert.equal(
+      (await iamDenies.bySession(f.tb.b.db, sid)).filter((d) => d.kind !== null && d.removedAt === null && !d.id.endsWith('_old')).length,
+      0,
+      'the entry that did not fit was withdrawn',
+    );
 
     // Once room is made (the old ones expired), the sweeper's retry denies it.
     f.tb.clock.advance(60_000 + 1);
@@ -416,6 +464,10 @@ describe('IAM revocations: one consolidated policy per role', () => {
     const [after] = await f.rows(sid);
     assert.equal(after.state, 'revoked', after.note!);
     assert.equal(f.sts.isCredentialDenied(c.credentials.AccessKeyId), true);
-    assert.deepEqual(JSON.parse(policies()['cordon-revocations']).Statement.map((s: any) => s.Sid), ['CordonRevokedCredentials'], 'retried as that credential alone');
+    assert.deepEqual(
+      JSON.parse(policies()['cordon-revocations']).Statement.map((s: any) => s.Sid),
+      ['CordonRevokedCredentials'],
+      'retried as that credential alone',
+    );
   });
 });

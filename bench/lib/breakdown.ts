@@ -46,10 +46,14 @@ export async function sessionStartBreakdown(b: Broker, plannerId: string, second
     steps.push(await rate(`${name} (20 in flight)`, op, seconds, 20));
   };
   // The driver alone: statements on the raw node-sqlite3 connection knex holds (no knex, no pool).
-  type Raw = { run(sql: string, params: unknown[], cb: (e: Error | null) => void): void; get(sql: string, params: unknown[], cb: (e: Error | null, row?: Record<string, unknown>) => void): void };
+  type Raw = {
+    run(sql: string, params: unknown[], cb: (e: Error | null) => void): void;
+    get(sql: string, params: unknown[], cb: (e: Error | null, row?: Record<string, unknown>) => void): void;
+  };
   const conn = (await b.db.client.acquireConnection()) as Raw;
   const run = (sql: string, params: unknown[] = []) => new Promise<void>((res, rej) => conn.run(sql, params, (e) => (e ? rej(e) : res())));
-  const get = (sql: string, params: unknown[] = []) => new Promise<Record<string, unknown> | undefined>((res, rej) => conn.get(sql, params, (e, row) => (e ? rej(e) : res(row))));
+  const get = (sql: string, params: unknown[] = []) =>
+    new Promise<Record<string, unknown> | undefined>((res, rej) => conn.get(sql, params, (e, row) => (e ? rej(e) : res(row))));
   try {
     await both('raw sqlite3 SELECT 1 (driver round trip only)', () => get('SELECT 1'));
     // The same writes startSession makes, as plain SQL in one transaction on the raw connection:
@@ -60,17 +64,50 @@ export async function sessionStartBreakdown(b: Broker, plannerId: string, second
       const sid = `ses_${randomBytes(16).toString('base64url')}`;
       const jti = randomBytes(16).toString('base64url');
       await run('BEGIN');
-      await run('INSERT INTO sessions (sid, agent_id, task, scope, audience, origin, subject, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)', [sid, plannerId, null, 'docs:read web:search', '["x"]', 'client_credentials', plannerId, now, now + 3600_000]);
-      await run('INSERT INTO tokens (jti, sid, client_id, parent_jti, scope, audience, depth, act, cnf_jkt, kid, issued_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)', [jti, sid, plannerId, null, 'docs:read web:search', '["x"]', 0, null, null, kid, now, now + 900_000]);
+      await run('INSERT INTO sessions (sid, agent_id, task, scope, audience, origin, subject, created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)', [
+        sid,
+        plannerId,
+        null,
+        'docs:read web:search',
+        '["x"]',
+        'client_credentials',
+        plannerId,
+        now,
+        now + 3600_000,
+      ]);
+      await run(
+        'INSERT INTO tokens (jti, sid, client_id, parent_jti, scope, audience, depth, act, cnf_jkt, kid, issued_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)',
+        [jti, sid, plannerId, null, 'docs:read web:search', '["x"]', 0, null, null, kid, now, now + 900_000],
+      );
       const head = await get('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1');
-      await run('INSERT INTO audit (seq, at, event, decision, agent_id, sid, jti, chain, reason, params, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)', [Number(head?.seq ?? 0) + 1, now, 'bench.raw', 'info', plannerId, sid, jti, null, null, '{}', String(head?.hash ?? ''), 'f'.repeat(64)]);
+      await run('INSERT INTO audit (seq, at, event, decision, agent_id, sid, jti, chain, reason, params, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)', [
+        Number(head?.seq ?? 0) + 1,
+        now,
+        'bench.raw',
+        'info',
+        plannerId,
+        sid,
+        jti,
+        null,
+        null,
+        '{}',
+        String(head?.hash ?? ''),
+        'f'.repeat(64),
+      ]);
       await run('COMMIT');
     };
     steps.push(await rate('raw sqlite3: BEGIN + the 4 session-start statements + COMMIT (1 in flight)', rawTx, seconds, 1));
-    steps.push(await rate('raw sqlite3: BEGIN; COMMIT (1 in flight)', async () => {
-      await run('BEGIN');
-      await run('COMMIT');
-    }, seconds, 1));
+    steps.push(
+      await rate(
+        'raw sqlite3: BEGIN; COMMIT (1 in flight)',
+        async () => {
+          await run('BEGIN');
+          await run('COMMIT');
+        },
+        seconds,
+        1,
+      ),
+    );
   } finally {
     await b.db.client.releaseConnection(conn);
   }
@@ -81,10 +118,46 @@ export async function sessionStartBreakdown(b: Broker, plannerId: string, second
         const now = Date.now();
         const sid = `ses_${randomBytes(16).toString('base64url')}`;
         const jti = randomBytes(16).toString('base64url');
-        await tx('sessions').insert({ sid, agent_id: plannerId, task: null, scope: 'docs:read web:search', audience: '["x"]', origin: 'client_credentials', subject: plannerId, created_at: now, expires_at: now + 3600_000 });
-        await tx('tokens').insert({ jti, sid, client_id: plannerId, parent_jti: null, scope: 'docs:read web:search', audience: '["x"]', depth: 0, act: null, cnf_jkt: null, kid, issued_at: now, expires_at: now + 900_000 });
+        await tx('sessions').insert({
+          sid,
+          agent_id: plannerId,
+          task: null,
+          scope: 'docs:read web:search',
+          audience: '["x"]',
+          origin: 'client_credentials',
+          subject: plannerId,
+          created_at: now,
+          expires_at: now + 3600_000,
+        });
+        await tx('tokens').insert({
+          jti,
+          sid,
+          client_id: plannerId,
+          parent_jti: null,
+          scope: 'docs:read web:search',
+          audience: '["x"]',
+          depth: 0,
+          act: null,
+          cnf_jkt: null,
+          kid,
+          issued_at: now,
+          expires_at: now + 900_000,
+        });
         const head = await tx('audit').select('seq', 'hash').orderBy('seq', 'desc').first();
-        await tx('audit').insert({ seq: Number(head?.seq ?? 0) + 1, at: now, event: 'bench.knex', decision: 'info', agent_id: plannerId, sid, jti, chain: null, reason: null, params: '{}', prev_hash: String(head?.hash ?? ''), hash: 'f'.repeat(64) });
+        await tx('audit').insert({
+          seq: Number(head?.seq ?? 0) + 1,
+          at: now,
+          event: 'bench.knex',
+          decision: 'info',
+          agent_id: plannerId,
+          sid,
+          jti,
+          chain: null,
+          reason: null,
+          params: '{}',
+          prev_hash: String(head?.hash ?? ''),
+          hash: 'f'.repeat(64),
+        });
       }),
     );
   }
@@ -93,14 +166,21 @@ export async function sessionStartBreakdown(b: Broker, plannerId: string, second
   await both('signAccessToken (jose EdDSA)', () => signAccessToken(b.keys, claims));
   await both('agents.get (one SELECT)', () => agents.get(b.db, plannerId));
   await both('empty transaction (BEGIN/COMMIT)', () => b.db.transaction(async () => {}));
-  await both('appendAudit in its own transaction', () => b.db.transaction((tx) => appendAudit(tx, { at: Date.now(), event: 'policy.load', decision: 'info', params: { scope: 'docs:read web:search', exp: 1, depth: 0 } })));
-  await both('startSession (whole decision, no HTTP)', () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test')));
+  await both('appendAudit in its own transaction', () =>
+    b.db.transaction((tx) =>
+      appendAudit(tx, { at: Date.now(), event: 'policy.load', decision: 'info', params: { scope: 'docs:read web:search', exp: 1, depth: 0 } }),
+    ),
+  );
+  await both('startSession (whole decision, no HTTP)', () =>
+    startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test')),
+  );
   return { queriesPerSessionStart: queries, steps };
 }
 
 export function printBreakdown(d: Breakdown): void {
   console.log(`\nsession start in-process, step by step (${d.queriesPerSessionStart} SQL statements per startSession on the single SQLite connection):`);
-  for (const s of d.steps) console.log(`  ${s.name.padEnd(56)} ${Math.round(s.opsPerSec).toString().padStart(7)}/s  ${s.usPerOp.toFixed(0).padStart(6)} µs/op wall`);
+  for (const s of d.steps)
+    console.log(`  ${s.name.padEnd(56)} ${Math.round(s.opsPerSec).toString().padStart(7)}/s  ${s.usPerOp.toFixed(0).padStart(6)} µs/op wall`);
 }
 
 /** SQL statements one call issues on the broker's connection (knex 'query' events, BEGIN and COMMIT included). */
@@ -121,7 +201,9 @@ export async function sqlPerDecision(b: Broker, plannerId: string, readerId: str
   const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
   return {
     startSession: await countQueries(b, () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'))),
-    delegate: await countQueries(b, () => delegate(b, { callerClientId: plannerId, subjectToken: s.jwt, requestedActor: readerId, scope: 'docs:read', audience: [] }, new Attempt('cli.test'))),
+    delegate: await countQueries(b, () =>
+      delegate(b, { callerClientId: plannerId, subjectToken: s.jwt, requestedActor: readerId, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
+    ),
     introspect: await countQueries(b, () => introspect(b, s.jwt)),
   };
 }

@@ -97,9 +97,17 @@ export interface BrokerProcess {
  * `node bin/cordon.js serve` in its own process, so the load generator does not share its event
  * loop. `nodeArgs` lets the profiler add --cpu-prof; `extraEnv` adds provider configuration.
  */
-export async function startBrokerProcess(be: BenchEnv, opts: { nodeArgs?: string[]; extraEnv?: Record<string, string>; core?: boolean } = {}): Promise<BrokerProcess> {
+export async function startBrokerProcess(
+  be: BenchEnv,
+  opts: { nodeArgs?: string[]; extraEnv?: Record<string, string>; core?: boolean } = {},
+): Promise<BrokerProcess> {
   if (opts.core) {
-    return spawnBroker(be, ['--import', TSX, join(ROOT, 'bench', 'serve.ts')], 'BENCH_SERVER=core node --import tsx bench/serve.ts (core app, no runtime extensions)', { ...opts, extraEnv: { ...opts.extraEnv, BENCH_SERVER: 'core' } });
+    return spawnBroker(
+      be,
+      ['--import', TSX, join(ROOT, 'bench', 'serve.ts')],
+      'BENCH_SERVER=core node --import tsx bench/serve.ts (core app, no runtime extensions)',
+      { ...opts, extraEnv: { ...opts.extraEnv, BENCH_SERVER: 'core' } },
+    );
   }
   try {
     return await spawnBroker(be, [join(ROOT, 'bin', 'cordon.js'), 'serve'], 'node bin/cordon.js serve', opts);
@@ -109,7 +117,12 @@ export async function startBrokerProcess(be: BenchEnv, opts: { nodeArgs?: string
   }
 }
 
-async function spawnBroker(be: BenchEnv, args: string[], how: string, opts: { nodeArgs?: string[]; extraEnv?: Record<string, string> }): Promise<BrokerProcess> {
+async function spawnBroker(
+  be: BenchEnv,
+  args: string[],
+  how: string,
+  opts: { nodeArgs?: string[]; extraEnv?: Record<string, string> },
+): Promise<BrokerProcess> {
   const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), ...args], {
     cwd: be.dir, // no stray .env from the repository is read
     env: { ...process.env, ...be.env, ...opts.extraEnv, NODE_ENV: 'production' },
@@ -123,7 +136,15 @@ async function spawnBroker(be: BenchEnv, args: string[], how: string, opts: { no
   const url = be.issuer;
   const deadline = Date.now() + 20_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`exited with ${child.exitCode} before listening: ${stderr.trim().split('\n').find((l) => /Error|cordon:/.test(l)) ?? stderr.trim().slice(-300)}`);
+    if (child.exitCode !== null)
+      throw new Error(
+        `exited with ${child.exitCode} before listening: ${
+          stderr
+            .trim()
+            .split('\n')
+            .find((l) => /Error|cordon:/.test(l)) ?? stderr.trim().slice(-300)
+        }`,
+      );
     try {
       const r = await fetch(`${url}/healthz`);
       if (r.ok) break;
@@ -150,10 +171,15 @@ async function spawnBroker(be: BenchEnv, args: string[], how: string, opts: { no
   };
 }
 
-export const basic = (id: string, secret: string): string => `Basic ${Buffer.from(`${encodeURIComponent(id)}:${encodeURIComponent(secret)}`).toString('base64')}`;
+export const basic = (id: string, secret: string): string =>
+  `Basic ${Buffer.from(`${encodeURIComponent(id)}:${encodeURIComponent(secret)}`).toString('base64')}`;
 
 export async function postForm(url: string, form: Record<string, string>, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> {
-  const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers }, body: new URLSearchParams(form).toString() });
+  const r = await fetch(url, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+    body: new URLSearchParams(form).toString(),
+  });
   const text = await r.text();
   try {
     return { status: r.status, body: JSON.parse(text) };

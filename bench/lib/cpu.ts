@@ -43,7 +43,14 @@ export function threadCpuSec(pid: number): Record<string, number> {
       const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       const sec = (Number(f[11]) + Number(f[12])) / 100;
-      const kind = tid === String(pid) ? 'main JS thread' : /libuv-worker/.test(comm) ? 'libuv pool (sqlite3, crypto jobs)' : /^V8/.test(comm) ? 'V8 helpers (GC, compiler)' : comm;
+      const kind =
+        tid === String(pid)
+          ? 'main JS thread'
+          : /libuv-worker/.test(comm)
+            ? 'libuv pool (sqlite3, crypto jobs)'
+            : /^V8/.test(comm)
+              ? 'V8 helpers (GC, compiler)'
+              : comm;
       out[kind] = (out[kind] ?? 0) + sec;
     } catch {
       /* thread gone */

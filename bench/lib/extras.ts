@@ -140,7 +140,11 @@ interface MwLike {
   verify?: (input: { authorization?: string; method: string; url: string }) => Promise<unknown>;
   ready?: () => Promise<void>;
   close?: () => void;
-  revocations?: { isRevoked(jti: string, sid: string, agents: readonly string[]): boolean; add?(e: { kind: 'jti' | 'sid' | 'agent'; value: string; exp: number }): void; size?: number };
+  revocations?: {
+    isRevoked(jti: string, sid: string, agents: readonly string[]): boolean;
+    add?(e: { kind: 'jti' | 'sid' | 'agent'; value: string; exp: number }): void;
+    size?: number;
+  };
 }
 
 /**
@@ -149,16 +153,25 @@ interface MwLike {
  */
 export async function middlewareBench(issuer: string, token: string, revokedInFeed: number, seconds = 3): Promise<MiddlewareBench> {
   const jwks = createLocalJWKSet(await (await fetch(`${issuer}/jwks`)).json());
-  const jose = await rate('jose jwtVerify (EdDSA)', () => jwtVerify(token, jwks, { issuer, audience: issuer, typ: 'at+jwt', algorithms: ['EdDSA', 'ES256'] }), seconds);
+  const jose = await rate(
+    'jose jwtVerify (EdDSA)',
+    () => jwtVerify(token, jwks, { issuer, audience: issuer, typ: 'at+jwt', algorithms: ['EdDSA', 'ES256'] }),
+    seconds,
+  );
   // The floor: node:crypto's synchronous Ed25519 verify of the same JWS, no JWT parsing or claim checks.
   const jwk = ((await (await fetch(`${issuer}/jwks`)).json()) as { keys: Array<Record<string, unknown>> }).keys[0];
   const pub = createPublicKey({ key: jwk as never, format: 'jwk' });
   const [h, p, sig] = token.split('.');
   const input = Buffer.from(`${h}.${p}`);
   const sigBuf = Buffer.from(sig, 'base64url');
-  const raw = await rate('node:crypto verify (Ed25519, same JWS)', async () => {
-    if (!cryptoVerify(null, input, pub, sigBuf)) throw new Error('bad signature');
-  }, Math.min(seconds, 2), 1);
+  const raw = await rate(
+    'node:crypto verify (Ed25519, same JWS)',
+    async () => {
+      if (!cryptoVerify(null, input, pub, sigBuf)) throw new Error('bad signature');
+    },
+    Math.min(seconds, 2),
+    1,
+  );
   const out: MiddlewareBench = { jose, rawVerify: raw, revokedInFeed };
   let factory: (o: Record<string, unknown>) => MwLike | Promise<MwLike>;
   try {
@@ -190,12 +203,20 @@ export async function middlewareBench(issuer: string, token: string, revokedInFe
       if (first !== 'ok') return { ...out, skipped: `the middleware refused a live token: ${first}` };
       if (typeof mw.verify === 'function' && variant === 'cold') {
         const v = mw.verify.bind(mw);
-        out.verify = await rate('middleware verify(), cold', () => v({ authorization: `Bearer ${token}`, method: 'GET', url: 'http://rs.bench.local/resource' }), seconds);
+        out.verify = await rate(
+          'middleware verify(), cold',
+          () => v({ authorization: `Bearer ${token}`, method: 'GET', url: 'http://rs.bench.local/resource' }),
+          seconds,
+        );
       }
       let bad = 0;
-      const m = await rate(`requireAgentToken (express middleware), ${variant}`, async () => {
-        if ((await callMiddleware(mw, token)) !== 'ok') bad++;
-      }, seconds);
+      const m = await rate(
+        `requireAgentToken (express middleware), ${variant}`,
+        async () => {
+          if ((await callMiddleware(mw, token)) !== 'ok') bad++;
+        },
+        seconds,
+      );
       if (bad) return { ...out, skipped: `${bad} middleware calls did not pass the token` };
       if (variant === 'cold') {
         out.middleware = m;
@@ -277,7 +298,11 @@ export interface AuxServer {
 /** A bench server script in its own process that prints `LISTENING=<url> [KEY=value…]` once listening. */
 export async function startAuxServer(script: string, args: string[] = []): Promise<AuxServer> {
   // stderr is kept for a failure only: oidc-provider warns about its runtime and dev defaults on every start.
-  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, 'bench', script), ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: ROOT, env: { ...process.env, NODE_ENV: 'production' } });
+  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, 'bench', script), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: ROOT,
+    env: { ...process.env, NODE_ENV: 'production' },
+  });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-2000);

@@ -26,9 +26,18 @@ const CATEGORIES: Array<[string, RegExp]> = [
   ['jose (JWT sign/verify)', /node_modules\/jose\//],
   ['knex (query building, pool, tx)', /node_modules\/(knex|tarn)\//],
   ['sqlite3 driver (JS side)', /node_modules\/sqlite3\//],
-  ['oidc-provider + koa', /node_modules\/(oidc-provider|koa|@koa|koa-compose|koa-router|@koa\/router|jsesc|oidc-token-hash|quick-lru|eta|raw-body|co-body|inflation|content-type|cookies|keygrip|http-errors|statuses|on-finished|media-typer|type-is|accepts|negotiator|mime-types|mime-db|destroy|vary|delegates|http-assert|depd|fresh|encodeurl|escape-html|only|parseurl|content-disposition|cache-content-type|ylru|deep-equal|is-generator-function|koa-convert)\//],
-  ['express', /node_modules\/(express|router|body-parser|finalhandler|send|serve-static|path-to-regexp|qs|proxy-addr|forwarded|ipaddr\.js|etag|merge-descriptors|utils-merge|cookie|cookie-signature|range-parser|setprototypeof|iconv-lite|safer-buffer|bytes|unpipe|side-channel[\w-]*|call-bound|get-intrinsic|es-errors|object-inspect|math-intrinsics|function-bind|has-symbols|gopd|es-object-atoms|dunder-proto|get-proto|call-bind-apply-helpers|es-define-property|hasown)\//],
-  ['logging (pino)', /node_modules\/(pino|sonic-boom|thread-stream|fast-redact|quick-format-unescaped|atomic-sleep|on-exit-leak-free|safe-stable-stringify|pino-std-serializers|real-require)\//],
+  [
+    'oidc-provider + koa',
+    /node_modules\/(oidc-provider|koa|@koa|koa-compose|koa-router|@koa\/router|jsesc|oidc-token-hash|quick-lru|eta|raw-body|co-body|inflation|content-type|cookies|keygrip|http-errors|statuses|on-finished|media-typer|type-is|accepts|negotiator|mime-types|mime-db|destroy|vary|delegates|http-assert|depd|fresh|encodeurl|escape-html|only|parseurl|content-disposition|cache-content-type|ylru|deep-equal|is-generator-function|koa-convert)\//,
+  ],
+  [
+    'express',
+    /node_modules\/(express|router|body-parser|finalhandler|send|serve-static|path-to-regexp|qs|proxy-addr|forwarded|ipaddr\.js|etag|merge-descriptors|utils-merge|cookie|cookie-signature|range-parser|setprototypeof|iconv-lite|safer-buffer|bytes|unpipe|side-channel[\w-]*|call-bound|get-intrinsic|es-errors|object-inspect|math-intrinsics|function-bind|has-symbols|gopd|es-object-atoms|dunder-proto|get-proto|call-bind-apply-helpers|es-define-property|hasown)\//,
+  ],
+  [
+    'logging (pino)',
+    /node_modules\/(pino|sonic-boom|thread-stream|fast-redact|quick-format-unescaped|atomic-sleep|on-exit-leak-free|safe-stable-stringify|pino-std-serializers|real-require)\//,
+  ],
   ['tsx loader', /node_modules\/(tsx|esbuild|get-tsconfig)\//],
   ['other node_modules', /node_modules\//],
   ['cordon: audit chain', /\/src\/(audit\/|store\/audit\.ts)/],
@@ -36,7 +45,10 @@ const CATEGORIES: Array<[string, RegExp]> = [
   ['cordon: tokens + policy', /\/src\/(tokens|policy|keys)\//],
   ['cordon: http glue', /\/src\/http\//],
   ['cordon: other', /\/src\//],
-  ['node: http/net/streams', /^node:(_http|http|net|stream|internal\/(http|streams|stream_base|net|js_stream|dns)|_stream)|node:internal\/(http|streams|net|stream_base_commons|timers|js_stream_socket)/],
+  [
+    'node: http/net/streams',
+    /^node:(_http|http|net|stream|internal\/(http|streams|stream_base|net|js_stream|dns)|_stream)|node:internal\/(http|streams|net|stream_base_commons|timers|js_stream_socket)/,
+  ],
   ['node: crypto', /^node:(crypto|internal\/crypto)/],
   ['node: other internals', /^node:/],
 ];
@@ -53,7 +65,30 @@ function categoryOf(url: string, fn: string): string {
 const short = (url: string): string => url.replace(/^file:\/\/.*?\/node_modules\//, '~/').replace(/^file:\/\/.*?\/(src|bench|bin|migrations)\//, '$1/');
 
 /** Cordon functions whose inclusive time is worth a line. */
-const STEPS = ['startSession', 'issueToken', 'signAccessToken', 'appendAudit', 'rowHash', 'canonical', 'scrub', 'activeAgentAndPolicy', 'recordDenial', 'compareClientSecret', 'secretMatches', 'runGrant', 'handler', 'find', 'newId', 'newJti', 'loadTokenView', 'verifySignature', 'introspect', 'authenticateClient', 'delegate', 'requireActiveToken'];
+const STEPS = [
+  'startSession',
+  'issueToken',
+  'signAccessToken',
+  'appendAudit',
+  'rowHash',
+  'canonical',
+  'scrub',
+  'activeAgentAndPolicy',
+  'recordDenial',
+  'compareClientSecret',
+  'secretMatches',
+  'runGrant',
+  'handler',
+  'find',
+  'newId',
+  'newJti',
+  'loadTokenView',
+  'verifySignature',
+  'introspect',
+  'authenticateClient',
+  'delegate',
+  'requireActiveToken',
+];
 
 /**
  * Self and inclusive time from a .cpuprofile. `window` (µs on the monotonic clock, which V8's
@@ -111,13 +146,18 @@ export function summarise(file: string, window?: { fromUs: number; toUs: number 
     idleMs: idle / 1000,
     busyMs: busy / 1000,
     categories: [...cat].sort((a, b) => b[1] - a[1]).map(([category, us]) => ({ category, ms: Math.round(us / 100) / 10, pct: pct(us) })),
-    top: [...fnSelf.values()].sort((a, b) => b.us - a.us).slice(0, topN).map((e) => ({ fn: e.fn, where: e.where, category: e.category, ms: Math.round(e.us / 100) / 10, pct: pct(e.us) })),
+    top: [...fnSelf.values()]
+      .sort((a, b) => b.us - a.us)
+      .slice(0, topN)
+      .map((e) => ({ fn: e.fn, where: e.where, category: e.category, ms: Math.round(e.us / 100) / 10, pct: pct(e.us) })),
     inclusive: [...incl].sort((a, b) => b[1] - a[1]).map(([fn, us]) => ({ fn, ms: Math.round(us / 100) / 10, pct: pct(us) })),
   };
 }
 
 export function printSummary(s: ProfileSummary): void {
-  console.log(`\nbroker main thread: ${(s.totalMs / 1000).toFixed(1)} s sampled, ${(s.busyMs / 1000).toFixed(1)} s busy (${Math.round((s.busyMs / s.totalMs) * 100)}%), ${(s.idleMs / 1000).toFixed(1)} s idle`);
+  console.log(
+    `\nbroker main thread: ${(s.totalMs / 1000).toFixed(1)} s sampled, ${(s.busyMs / 1000).toFixed(1)} s busy (${Math.round((s.busyMs / s.totalMs) * 100)}%), ${(s.idleMs / 1000).toFixed(1)} s idle`,
+  );
   console.log('\nself time by layer (share of busy main-thread time):');
   for (const c of s.categories) console.log(`  ${c.pct.toFixed(1).padStart(5)}%  ${c.ms.toFixed(0).padStart(6)} ms  ${c.category}`);
   console.log('\ntop functions by self time:');

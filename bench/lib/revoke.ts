@@ -22,7 +22,16 @@ async function sessionWithTokens(b: Broker, plannerId: string, readerId: string,
   const t0 = performance.now();
   const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
   const now = Date.now();
-  const base = { sid: s.sid, scope: 'docs:read', audience: JSON.stringify([b.config.issuer]), kid: b.keys.active().kid, issued_at: now, expires_at: now + 10 * 60_000, revoked_at: null, cnf_jkt: null };
+  const base = {
+    sid: s.sid,
+    scope: 'docs:read',
+    audience: JSON.stringify([b.config.issuer]),
+    kid: b.keys.active().kid,
+    issued_at: now,
+    expires_at: now + 10 * 60_000,
+    revoked_at: null,
+    cnf_jkt: null,
+  };
   const rows: Record<string, unknown>[] = [];
   const level1: string[] = [];
   for (let i = 0; i < Math.min(100, n - 1); i++) {
@@ -31,7 +40,14 @@ async function sessionWithTokens(b: Broker, plannerId: string, readerId: string,
     rows.push({ ...base, jti, client_id: readerId, parent_jti: s.claims.jti, depth: 1, act: JSON.stringify({ sub: readerId, act: { sub: plannerId } }) });
   }
   for (let i = 0; rows.length < n - 1; i++) {
-    rows.push({ ...base, jti: randomBytes(16).toString('base64url'), client_id: readerId, parent_jti: level1[i % level1.length], depth: 2, act: JSON.stringify({ sub: readerId, act: { sub: readerId, act: { sub: plannerId } } }) });
+    rows.push({
+      ...base,
+      jti: randomBytes(16).toString('base64url'),
+      client_id: readerId,
+      parent_jti: level1[i % level1.length],
+      depth: 2,
+      act: JSON.stringify({ sub: readerId, act: { sub: readerId, act: { sub: plannerId } } }),
+    });
   }
   await b.db.transaction(async (tx) => {
     // 13 columns a row; 60 rows stay under SQLite's default 999 bound variables.

@@ -12,4 +12,13 @@ try {
 } catch (e) {
   closedError = isCordonSdkError(e) ? e.code : 'not a CordonSdkError';
 }
-console.log(JSON.stringify({ sid: session.sid, scope: session.scope, tokenParts: token.split('.').length, closedError, middleware: typeof requireAgentToken, revocationSet: typeof new RevocationSet().isRevoked }));
+console.log(
+  JSON.stringify({
+    sid: session.sid,
+    scope: session.scope,
+    tokenParts: token.split('.').length,
+    closedError,
+    middleware: typeof requireAgentToken,
+    revocationSet: typeof new RevocationSet().isRevoked,
+  }),
+);

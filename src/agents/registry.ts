@@ -18,10 +18,12 @@ export interface RegisterRequest {
 /** A client's public keys for private_key_jwt: asymmetric, public halves only. */
 export function checkPublicJwks(jwks: unknown): { keys: Record<string, unknown>[] } {
   const keys = (jwks as { keys?: unknown })?.keys;
-  if (!Array.isArray(keys) || keys.length === 0 || keys.length > 10) throw new CordonError('invalid_request', 'jwks must be {"keys":[…]} with 1 to 10 keys', { reason: 'jwks_malformed' });
+  if (!Array.isArray(keys) || keys.length === 0 || keys.length > 10)
+    throw new CordonError('invalid_request', 'jwks must be {"keys":[…]} with 1 to 10 keys', { reason: 'jwks_malformed' });
   for (const k of keys as Record<string, unknown>[]) {
     if (typeof k !== 'object' || k === null) throw new CordonError('invalid_request', 'jwks holds a key that is not an object', { reason: 'jwks_malformed' });
-    if (k.kty !== 'EC' && k.kty !== 'OKP' && k.kty !== 'RSA') throw new CordonError('invalid_request', `jwks key type ${String(k.kty)} is not allowed (EC, OKP or RSA only)`, { reason: 'jwks_symmetric' });
+    if (k.kty !== 'EC' && k.kty !== 'OKP' && k.kty !== 'RSA')
+      throw new CordonError('invalid_request', `jwks key type ${String(k.kty)} is not allowed (EC, OKP or RSA only)`, { reason: 'jwks_symmetric' });
     if ('d' in k || 'p' in k || 'k' in k) throw new CordonError('invalid_request', 'jwks must hold public keys only', { reason: 'jwks_private' });
   }
   return { keys: keys as Record<string, unknown>[] };
@@ -29,7 +31,10 @@ export function checkPublicJwks(jwks: unknown): { keys: Record<string, unknown>[
 
 export async function registerAgent(b: Broker, req: RegisterRequest): Promise<{ agent: Agent; clientSecret?: string }> {
   if (!NAME_PATTERN.test(req.name)) throw new CordonError('invalid_request', `agent name must match ${NAME_PATTERN}`, { reason: 'name_malformed' });
-  if (!b.policies.get(req.policy)) throw new CordonError('invalid_request', `no policy named "${req.policy}" (known: ${b.policies.names().join(', ') || 'none'})`, { reason: 'policy_unknown' });
+  if (!b.policies.get(req.policy))
+    throw new CordonError('invalid_request', `no policy named "${req.policy}" (known: ${b.policies.names().join(', ') || 'none'})`, {
+      reason: 'policy_unknown',
+    });
   const at = b.clock.now();
   let clientSecret: string | undefined;
   let authMethod: AuthMethod;
@@ -55,14 +60,21 @@ export async function registerAgent(b: Broker, req: RegisterRequest): Promise<{ 
   await transact(b.db, async (tx) => {
     if (await agents.byName(tx, req.name)) throw new CordonError('invalid_request', `an agent named "${req.name}" already exists`, { reason: 'name_taken' });
     await agents.insert(tx, agent);
-    await appendAudit(tx, { at, event: 'agent.register', decision: 'info', agentId: agent.id, params: { name: agent.name, policy: agent.policy, auth_method: authMethod, by: req.actor ?? 'cli' } });
+    await appendAudit(tx, {
+      at,
+      event: 'agent.register',
+      decision: 'info',
+      agentId: agent.id,
+      params: { name: agent.name, policy: agent.policy, auth_method: authMethod, by: req.actor ?? 'cli' },
+    });
   });
   return { agent, clientSecret };
 }
 
 /** Accepts an agent id or a unique name, and refuses anything shaped like a path or a query. */
 export async function findAgent(b: Broker, idOrName: string): Promise<Agent> {
-  if (!isWellFormedId(idOrName) && !NAME_PATTERN.test(idOrName)) throw new CordonError('invalid_request', 'agent id or name is malformed', { reason: 'agent_malformed' });
+  if (!isWellFormedId(idOrName) && !NAME_PATTERN.test(idOrName))
+    throw new CordonError('invalid_request', 'agent id or name is malformed', { reason: 'agent_malformed' });
   const a = (await agents.get(b.db, idOrName)) ?? (await agents.byName(b.db, idOrName));
   if (!a) throw new CordonError('not_found', `no agent "${idOrName}"`, { reason: 'agent_unknown' });
   return a;
@@ -87,7 +99,8 @@ export async function rotateAgentCredential(b: Broker, idOrName: string, jwks?: 
   const a = await findAgent(b, idOrName);
   const at = b.clock.now();
   if (a.authMethod === 'private_key_jwt') {
-    if (jwks === undefined) throw new CordonError('invalid_request', 'this agent uses private_key_jwt: give the new public keys with --jwks FILE', { reason: 'jwks_missing' });
+    if (jwks === undefined)
+      throw new CordonError('invalid_request', 'this agent uses private_key_jwt: give the new public keys with --jwks FILE', { reason: 'jwks_missing' });
     const checked = checkPublicJwks(jwks);
     await transact(b.db, async (tx) => {
       if (!(await agents.setJwks(tx, a.id, checked, at))) throw revokedAgent();
@@ -95,7 +108,12 @@ export async function rotateAgentCredential(b: Broker, idOrName: string, jwks?: 
     });
     return { agent: { ...a, jwks: checked, updatedAt: at } };
   }
-  if (jwks !== undefined) throw new CordonError('invalid_request', 'this agent authenticates with a client secret: rotate gives it a new secret, and --jwks goes with private_key_jwt agents only', { reason: 'jwks_unexpected' });
+  if (jwks !== undefined)
+    throw new CordonError(
+      'invalid_request',
+      'this agent authenticates with a client secret: rotate gives it a new secret, and --jwks goes with private_key_jwt agents only',
+      { reason: 'jwks_unexpected' },
+    );
   const clientSecret = newSecret();
   await transact(b.db, async (tx) => {
     if (!(await agents.setSecret(tx, a.id, hashSecret(b.secretHashKey, clientSecret), at))) throw revokedAgent();

@@ -103,7 +103,12 @@ export function startCheckpoints(b: Broker, opts: { intervalMs?: number; every?:
       if (cp) last = { seq: cp.seq, hash: cp.hash };
       return cp;
     },
-    { intervalMs: opts.intervalMs ?? CHECKPOINT_INTERVAL_MS, every: opts.every, finalRun: true, onError: (e) => b.log.error({ err: (e as Error).message }, 'audit checkpoint failed; retrying at the next interval') },
+    {
+      intervalMs: opts.intervalMs ?? CHECKPOINT_INTERVAL_MS,
+      every: opts.every,
+      finalRun: true,
+      onError: (e) => b.log.error({ err: (e as Error).message }, 'audit checkpoint failed; retrying at the next interval'),
+    },
   );
 }
 
@@ -115,7 +120,8 @@ function decodeCheckpoint(jws: string): Checkpoint | undefined {
   try {
     const h = decodeProtectedHeader(jws);
     const p = JSON.parse(Buffer.from(jws.split('.')[1], 'base64url').toString('utf8'));
-    if (typeof h.kid !== 'string' || !Number.isSafeInteger(p.seq) || p.seq < 1 || typeof p.hash !== 'string' || !/^[0-9a-f]{64}$/.test(p.hash)) return undefined;
+    if (typeof h.kid !== 'string' || !Number.isSafeInteger(p.seq) || p.seq < 1 || typeof p.hash !== 'string' || !/^[0-9a-f]{64}$/.test(p.hash))
+      return undefined;
     return { seq: p.seq, hash: p.hash, iat: p.iat, kid: h.kid, jws };
   } catch {
     return undefined;
@@ -169,7 +175,12 @@ export async function verifySink(lines: readonly SinkLine[], keyDir: string): Pr
   const keys = new Map<string, ReturnType<typeof checkpointKey>>();
   const out: Checkpoint[] = [];
   for (const { line, jws, checkpoint: cp } of lines) {
-    const fail = (problem: string): CheckpointsResult => ({ ok: false, line, seq: cp?.seq ?? null, problem: `checkpoint on line ${line} of ${CHECKPOINT_FILE}${cp ? ` (row ${cp.seq})` : ''} ${problem}` });
+    const fail = (problem: string): CheckpointsResult => ({
+      ok: false,
+      line,
+      seq: cp?.seq ?? null,
+      problem: `checkpoint on line ${line} of ${CHECKPOINT_FILE}${cp ? ` (row ${cp.seq})` : ''} ${problem}`,
+    });
     if (!cp) return fail('is not a checkpoint (no kid, seq or hash)');
     if (!keys.has(cp.kid)) {
       try {
@@ -194,7 +205,8 @@ export async function verifySink(lines: readonly SinkLine[], keyDir: string): Pr
   return { ok: true, checkpoints: out };
 }
 
-export type CheckedResult = (VerifyResult & { ok: true; checkpoints: number; checkpointSeq: number | null }) | (VerifyResult & { ok: false; checkpointLine?: number });
+export type CheckedResult =
+  (VerifyResult & { ok: true; checkpoints: number; checkpointSeq: number | null }) | (VerifyResult & { ok: false; checkpointLine?: number });
 
 /** The whole check: the sink's checkpoints, then the chain against them (and `head`, when given). */
 export async function verifyWithCheckpoints(q: Q, dirs: { keyDir: string; auditDir: string }, head?: string): Promise<CheckedResult> {

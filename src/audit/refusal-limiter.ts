@@ -63,7 +63,13 @@ export class RefusalLimiter {
   #cancelTimer: (() => void) | undefined;
   #closed = false;
 
-  constructor(opts: { clock: Clock; write: (s: RefusalSummary) => Promise<void>; onError?: (e: unknown) => void; limits?: Partial<RefusalLimits>; schedule?: Schedule }) {
+  constructor(opts: {
+    clock: Clock;
+    write: (s: RefusalSummary) => Promise<void>;
+    onError?: (e: unknown) => void;
+    limits?: Partial<RefusalLimits>;
+    schedule?: Schedule;
+  }) {
     this.#clock = opts.clock;
     this.#schedule = opts.schedule ?? unrefTimer;
     this.#write = opts.write;
@@ -130,7 +136,10 @@ export class RefusalLimiter {
       }
       this.#buckets.delete(address);
       if (bucket.suppressed === 0) continue;
-      const topReasons = [...bucket.reasons].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, 5).map(([reason, count]) => ({ reason, count }));
+      const topReasons = [...bucket.reasons]
+        .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+        .slice(0, 5)
+        .map(([reason, count]) => ({ reason, count }));
       const p = this.#write({ address, count: bucket.suppressed, windowStart: bucket.windowStart, windowEnd: Math.min(end, now), topReasons })
         .catch(this.#onError)
         .finally(() => this.#pending.delete(p));
@@ -167,5 +176,8 @@ export function clientAddressOf(raw: string | undefined): string {
   const left = head ? head.split(':') : [];
   const right = raw.includes('::') ? (tail ? tail.split(':') : []) : [];
   const groups = [...left, ...Array(Math.max(8 - left.length - right.length, 0)).fill('0'), ...right];
-  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.replace(/^0+(?=.)/, ''))
+    .join(':')}::/64`;
 }

@@ -22,9 +22,25 @@ export async function recordRefusal(b: Broker, attempt: Attempt, e: CordonError)
   const reason = `${e.code}: ${e.description}`;
   for (const f of b.hooks.onDecision) f(attempt.event, 'deny', e.reason);
   if (attempt.clientAddress !== undefined && !(await isKnownAgent(b, attempt.agentId)) && !b.refusals.admit(attempt.clientAddress, e.reason)) return;
-  const params = { ...attempt.params, ...e.auditParams, attempted: attempt.event, reason_tag: e.reason, ...(attempt.clientAddress !== undefined ? { client_address: attempt.clientAddress } : {}) };
+  const params = {
+    ...attempt.params,
+    ...e.auditParams,
+    attempted: attempt.event,
+    reason_tag: e.reason,
+    ...(attempt.clientAddress !== undefined ? { client_address: attempt.clientAddress } : {}),
+  };
   await transact(b.db, (tx) =>
-    appendAudit(tx, { at: b.clock.now(), event: 'deny', decision: 'deny', agentId: attempt.agentId, sid: attempt.sid, jti: attempt.jti, chain: attempt.chain, reason, params }),
+    appendAudit(tx, {
+      at: b.clock.now(),
+      event: 'deny',
+      decision: 'deny',
+      agentId: attempt.agentId,
+      sid: attempt.sid,
+      jti: attempt.jti,
+      chain: attempt.chain,
+      reason,
+      params,
+    }),
   );
 }
 

@@ -2,9 +2,7 @@ import type { Q } from '../store/db.ts';
 import { auditRows } from '../store/audit.ts';
 import { GENESIS_HASH, rowHash } from '../store/audit-chain.ts';
 
-export type VerifyResult =
-  | { ok: true; rows: number; head: string }
-  | { ok: false; rows: number; brokenSeq: number; problem: string };
+export type VerifyResult = { ok: true; rows: number; head: string } | { ok: false; rows: number; brokenSeq: number; problem: string };
 
 /**
  * Walks the whole chain in pages; names the first row whose hash, link or sequence is wrong. With
@@ -24,8 +22,20 @@ export async function verifyAudit(q: Q, pageSize = 2000, head?: string, checkpoi
   for (;;) {
     const page = await auditRows.page(q, expectSeq - 1, pageSize);
     if (!page.length) {
-      if (count < latestSigned) return { ok: false, rows: count, brokenSeq: count + 1, problem: `the chain ends at row ${count} but a signed checkpoint covers row ${latestSigned}: rows ${count + 1} to ${latestSigned} were removed` };
-      if (!headSeen) return { ok: false, rows: count, brokenSeq: count + 1, problem: `the chain no longer holds the exported head ${head}: rows after it were removed, or the log was rewritten` };
+      if (count < latestSigned)
+        return {
+          ok: false,
+          rows: count,
+          brokenSeq: count + 1,
+          problem: `the chain ends at row ${count} but a signed checkpoint covers row ${latestSigned}: rows ${count + 1} to ${latestSigned} were removed`,
+        };
+      if (!headSeen)
+        return {
+          ok: false,
+          rows: count,
+          brokenSeq: count + 1,
+          problem: `the chain no longer holds the exported head ${head}: rows after it were removed, or the log was rewritten`,
+        };
       return { ok: true, rows: count, head: prev };
     }
     for (const row of page) {
@@ -37,7 +47,13 @@ export async function verifyAudit(q: Q, pageSize = 2000, head?: string, checkpoi
       if (signedHash !== undefined) {
         // The chain verifies by itself, so it was rewritten from some row on and re-hashed: the
         // signature pins the head, not which row, so name the range since the last matching checkpoint.
-        if (signedHash !== hash) return { ok: false, rows: count, brokenSeq: row.seq, problem: `row ${row.seq} does not match the signed checkpoint for it: ${lastMatched + 1 === row.seq ? `row ${row.seq} was` : `a row from ${lastMatched + 1} to ${row.seq} was`} changed, removed or reordered, and the chain re-hashed` };
+        if (signedHash !== hash)
+          return {
+            ok: false,
+            rows: count,
+            brokenSeq: row.seq,
+            problem: `row ${row.seq} does not match the signed checkpoint for it: ${lastMatched + 1 === row.seq ? `row ${row.seq} was` : `a row from ${lastMatched + 1} to ${row.seq} was`} changed, removed or reordered, and the chain re-hashed`,
+          };
         lastMatched = row.seq;
       }
       prev = hash;

@@ -41,7 +41,15 @@ function paramsDigest(p: Record<string, unknown>): string {
 export function auditTable(rows: AuditRow[], names: Map<string, string> = new Map()): string {
   return table(
     ['SEQ', 'TIME', 'EVENT', 'DECISION', 'AGENT', 'SID', 'DETAIL'],
-    rows.map((r) => [r.seq, fmtTime(r.at), r.event, r.decision, r.agentId ? (names.get(r.agentId) ?? r.agentId) : null, r.sid, clip([r.reason, paramsDigest(r.params)].filter(Boolean).join(' | '), 90)]),
+    rows.map((r) => [
+      r.seq,
+      fmtTime(r.at),
+      r.event,
+      r.decision,
+      r.agentId ? (names.get(r.agentId) ?? r.agentId) : null,
+      r.sid,
+      clip([r.reason, paramsDigest(r.params)].filter(Boolean).join(' | '), 90),
+    ]),
   );
 }
 
@@ -71,21 +79,37 @@ export function registerAudit(program: Command, ctx: Ctx): void {
     .option('--head <hash>', 'a head hash exported earlier (verify --json): the chain must still hold it')
     .action(
       action(ctx, async ({ opts, json }) => {
-        if (opts.head !== undefined && !/^[0-9a-f]{64}$/.test(opts.head)) throw usage('--head must be a head hash as audit verify --json prints it (64 hex digits)');
-        const { r, sink } = await withBroker(ctx, async (b) => ({ r: await verifyWithCheckpoints(b.db, b.config, opts.head), sink: checkpointPath(b.config.auditDir) }));
-        const where = r.ok ? '' : r.checkpointLine !== undefined ? `audit checkpoint broken: ${r.problem}` : `audit chain broken at row ${r.brokenSeq}: ${r.problem}`;
+        if (opts.head !== undefined && !/^[0-9a-f]{64}$/.test(opts.head))
+          throw usage('--head must be a head hash as audit verify --json prints it (64 hex digits)');
+        const { r, sink } = await withBroker(ctx, async (b) => ({
+          r: await verifyWithCheckpoints(b.db, b.config, opts.head),
+          sink: checkpointPath(b.config.auditDir),
+        }));
+        const where = r.ok
+          ? ''
+          : r.checkpointLine !== undefined
+            ? `audit checkpoint broken: ${r.problem}`
+            : `audit chain broken at row ${r.brokenSeq}: ${r.problem}`;
         if (json) {
           await printJson(
             ctx.io,
             r.ok
               ? { ok: true, rows: r.rows, head: r.head, checkpoints: r.checkpoints, checkpoint_seq: r.checkpointSeq }
-              : { ok: false, rows_verified: r.rows, broken_seq: r.brokenSeq, problem: r.problem, ...(r.checkpointLine !== undefined ? { checkpoint_line: r.checkpointLine } : {}) },
+              : {
+                  ok: false,
+                  rows_verified: r.rows,
+                  broken_seq: r.brokenSeq,
+                  problem: r.problem,
+                  ...(r.checkpointLine !== undefined ? { checkpoint_line: r.checkpointLine } : {}),
+                },
           );
           if (!r.ok) ctx.io.err(`cordon: ${where}\n`);
           return r.ok ? 0 : 1;
         }
         if (r.ok) {
-          const cps = r.checkpoints ? `${r.checkpoints} signed checkpoint${r.checkpoints === 1 ? '' : 's'} verified, the latest at row ${r.checkpointSeq}` : `no checkpoints found (${sink})`;
+          const cps = r.checkpoints
+            ? `${r.checkpoints} signed checkpoint${r.checkpoints === 1 ? '' : 's'} verified, the latest at row ${r.checkpointSeq}`
+            : `no checkpoints found (${sink})`;
           return void ctx.io.out(`audit chain intact: ${r.rows} row${r.rows === 1 ? '' : 's'}, head ${r.head}; ${cps}\n`);
         }
         if (r.checkpointLine !== undefined) throw new CliError(where);
@@ -130,4 +154,6 @@ const exportRow = (r: AuditRow): Record<string, unknown> => ({ type: 'row', ...a
 
 /** A checkpoint for export, as decoded from the sink; the consumer verifies `jws` with the exported keys. */
 const exportCheckpoint = (l: SinkLine): Record<string, unknown> =>
-  l.checkpoint ? { type: 'checkpoint', seq: l.checkpoint.seq, hash: l.checkpoint.hash, kid: l.checkpoint.kid, iat: l.checkpoint.iat, jws: l.jws } : { type: 'checkpoint', seq: null, hash: null, line: l.line, jws: l.jws };
+  l.checkpoint
+    ? { type: 'checkpoint', seq: l.checkpoint.seq, hash: l.checkpoint.hash, kid: l.checkpoint.kid, iat: l.checkpoint.iat, jws: l.jws }
+    : { type: 'checkpoint', seq: null, hash: null, line: l.line, jws: l.jws };

@@ -43,7 +43,9 @@ export async function withBroker<T>(ctx: Ctx, fn: (b: Broker) => Promise<T>, opt
   } catch (e) {
     // The command is this request's entry point: a refusal is written once, here, as `cli.<command>`.
     if (e instanceof CordonError && e.code !== 'server_error') {
-      await recordRefusal(b, new Attempt(`cli.${ctx.command ?? 'command'}`).note({ by: 'cli' }), e).catch((err: Error) => ctx.io.err(`cordon: warning: could not audit the refusal (${err.message})\n`));
+      await recordRefusal(b, new Attempt(`cli.${ctx.command ?? 'command'}`).note({ by: 'cli' }), e).catch((err: Error) =>
+        ctx.io.err(`cordon: warning: could not audit the refusal (${err.message})\n`),
+      );
     }
     throw e;
   } finally {
@@ -70,7 +72,8 @@ export function issuerUrl(override?: string): string {
   } catch {
     throw new ConfigError(override ? '--issuer' : 'CORDON_ISSUER', `is not a valid URL: "${v}"`);
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new ConfigError(override ? '--issuer' : 'CORDON_ISSUER', `must use http: or https:, got ${u.protocol}`);
+  if (u.protocol !== 'http:' && u.protocol !== 'https:')
+    throw new ConfigError(override ? '--issuer' : 'CORDON_ISSUER', `must use http: or https:, got ${u.protocol}`);
   return v.replace(/\/+$/, '');
 }
 

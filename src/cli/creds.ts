@@ -24,7 +24,12 @@ function awsKeys(c: Record<string, unknown>): { id: string; secret: string; toke
 }
 
 /** `tickets-db` → `TICKETS_DB`: a prefix fit for a shell variable name. */
-const envName = (s: string): string => s.toUpperCase().replace(/[^A-Z0-9]+/g, '_').replace(/^_+|_+$/g, '').replace(/^(\d)/, '_$1');
+const envName = (s: string): string =>
+  s
+    .toUpperCase()
+    .replace(/[^A-Z0-9]+/g, '_')
+    .replace(/^_+|_+$/g, '')
+    .replace(/^(\d)/, '_$1');
 
 /** Shell `export` lines for a credential: AWS variables, VAULT_TOKEN, or NAME_KEY=value for a secret's fields. */
 export function envLines(r: CredentialResponse): string[] {
@@ -103,7 +108,11 @@ export function registerCreds(program: Command, ctx: Ctx): void {
 }
 
 export function registerExec(program: Command, ctx: Ctx): void {
-  leaf(program, 'exec', 'open a session, fetch credentials into the environment and run a command: cordon exec --scope S --task T [--cred NAME…] -- command args…')
+  leaf(
+    program,
+    'exec',
+    'open a session, fetch credentials into the environment and run a command: cordon exec --scope S --task T [--cred NAME…] -- command args…',
+  )
     .requiredOption('--scope <scope>', 'the task scope to open the session for (space-separated)')
     .requiredOption('--task <task>', 'the task id the session is opened for')
     .option('--cred <name>', 'a credential to fetch into the environment (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
@@ -120,7 +129,11 @@ export function registerExec(program: Command, ctx: Ctx): void {
         // exec.ts (through the SDK) also accepts a private key, a bootstrap token or a federated token instead of a secret.
         const other = ['CORDON_PRIVATE_KEY_FILE', 'CORDON_BOOTSTRAP_TOKEN', 'CORDON_FEDERATED_TOKEN_FILE'].some(set);
         if (!clientId && (clientSecret || set('CORDON_PRIVATE_KEY_FILE'))) throw new ConfigError('CORDON_CLIENT_ID', "must be set to the agent's client_id");
-        if (!clientSecret && !other) throw new ConfigError('CORDON_CLIENT_ID', 'no agent credentials: set CORDON_CLIENT_ID and CORDON_CLIENT_SECRET (or CORDON_PRIVATE_KEY_FILE, CORDON_BOOTSTRAP_TOKEN, CORDON_FEDERATED_TOKEN_FILE)');
+        if (!clientSecret && !other)
+          throw new ConfigError(
+            'CORDON_CLIENT_ID',
+            'no agent credentials: set CORDON_CLIENT_ID and CORDON_CLIENT_SECRET (or CORDON_PRIVATE_KEY_FILE, CORDON_BOOTSTRAP_TOKEN, CORDON_FEDERATED_TOKEN_FILE)',
+          );
         const issuer = issuerUrl();
         // Loaded on use: the SDK and the child-process plumbing are exec's alone.
         const mod = await import('./exec.ts');

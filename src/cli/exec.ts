@@ -23,7 +23,15 @@ export interface ExecOptions {
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 /** Secrets of the agent itself never reach the child: it gets session-bound tokens only. */
-const AGENT_SECRETS = ['CORDON_CLIENT_SECRET', 'CORDON_PRIVATE_KEY_FILE', 'CORDON_BOOTSTRAP_TOKEN', 'CORDON_FEDERATED_TOKEN_FILE', 'CORDON_TOKEN', 'CORDON_TOKEN_URI', 'CORDON_TOKEN_AUTHORIZATION'];
+const AGENT_SECRETS = [
+  'CORDON_CLIENT_SECRET',
+  'CORDON_PRIVATE_KEY_FILE',
+  'CORDON_BOOTSTRAP_TOKEN',
+  'CORDON_FEDERATED_TOKEN_FILE',
+  'CORDON_TOKEN',
+  'CORDON_TOKEN_URI',
+  'CORDON_TOKEN_AUTHORIZATION',
+];
 /** Standing AWS credentials would win over the container endpoint in the SDK's chain; the child must use the broker's. */
 const AWS_STANDING = [
   'AWS_ACCESS_KEY_ID',
@@ -68,7 +76,10 @@ export async function runExec(opts: ExecOptions): Promise<number> {
   const agent =
     opts.clientSecret !== undefined
       ? new CordonAgent({ issuer: opts.issuer, clientId, clientSecret: opts.clientSecret })
-      : CordonAgent.fromEnv({ ...process.env, CORDON_TOKEN: undefined, CORDON_TOKEN_URI: undefined }, { issuer: opts.issuer, ...(clientId ? { clientId } : {}) });
+      : CordonAgent.fromEnv(
+          { ...process.env, CORDON_TOKEN: undefined, CORDON_TOKEN_URI: undefined },
+          { issuer: opts.issuer, ...(clientId ? { clientId } : {}) },
+        );
   const relay = new SignalRelay();
   let local: LocalEndpoint | null = null;
   let code: number;
@@ -77,7 +88,11 @@ export async function runExec(opts: ExecOptions): Promise<number> {
     const first = new Map<string, BackendCredential>();
     for (const name of new Set(opts.creds)) first.set(name, await agent.credentials(name));
     const aws = [...first.values()].filter((c) => c.provider === 'aws-sts');
-    if (aws.length > 1) throw new CordonSdkError('unsupported', `only one aws-sts credential per command (got ${aws.map((c) => c.name).join(', ')}): the AWS SDK reads one container endpoint`);
+    if (aws.length > 1)
+      throw new CordonSdkError(
+        'unsupported',
+        `only one aws-sts credential per command (got ${aws.map((c) => c.name).join(', ')}): the AWS SDK reads one container endpoint`,
+      );
     local = await startLocalEndpoint(agent, [...first.keys()]);
     const env: NodeJS.ProcessEnv = { ...process.env };
     for (const k of AGENT_SECRETS) delete env[k];
@@ -122,7 +137,9 @@ export async function runExec(opts: ExecOptions): Promise<number> {
     try {
       await agent.close();
     } catch (e) {
-      process.stderr.write(`cordon exec: could not revoke session ${agent.session?.sid ?? ''}: ${(e as Error).message}; its tokens stay valid until they expire\n`);
+      process.stderr.write(
+        `cordon exec: could not revoke session ${agent.session?.sid ?? ''}: ${(e as Error).message}; its tokens stay valid until they expire\n`,
+      );
     }
     // Kept until the revocation is done, so a second Ctrl-C does not cut it short (each request has a timeout).
     relay.dispose();
@@ -257,14 +274,16 @@ async function startLocalEndpoint(agent: CordonAgent, credNames: string[]): Prom
   };
   const fail = (res: ServerResponse, e: unknown) => {
     if (e instanceof CordonSdkError && e.code === 'session_ended') return send(res, 401, { error: 'invalid_grant', error_description: e.message });
-    if (e instanceof CordonSdkError && e.code === 'oauth') return send(res, e.status && e.status < 500 ? 403 : 502, { error: e.error, error_description: e.error_description ?? e.message });
+    if (e instanceof CordonSdkError && e.code === 'oauth')
+      return send(res, e.status && e.status < 500 ? 403 : 502, { error: e.error, error_description: e.error_description ?? e.message });
     return send(res, 502, { error: 'bad_gateway', error_description: e instanceof Error ? e.message : 'broker unavailable' });
   };
   const handler = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     // DNS rebinding: a browser page cannot name 127.0.0.1:port as its Host.
     if (req.headers.host !== `127.0.0.1:${port}`) return send(res, 403, { error: 'access_denied', error_description: 'bad Host' });
     const given = Buffer.from(String(req.headers.authorization ?? ''));
-    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return send(res, 401, { error: 'invalid_token', error_description: 'authorization is required' });
+    if (given.length !== expected.length || !timingSafeEqual(given, expected))
+      return send(res, 401, { error: 'invalid_token', error_description: 'authorization is required' });
     if (req.method !== 'GET') return send(res, 405, { error: 'invalid_request', error_description: 'GET only' });
     const path = (req.url ?? '/').split('?')[0];
     try {
@@ -287,9 +306,21 @@ async function startLocalEndpoint(agent: CordonAgent, credNames: string[]): Prom
       if (m[1] === 'aws') {
         const id = toAwsIdentity(c);
         // The container-credentials shape the AWS SDKs read (as ECS and aws-vault serve it).
-        return send(res, 200, { AccessKeyId: id.accessKeyId, SecretAccessKey: id.secretAccessKey, Token: id.sessionToken, Expiration: (id.expiration ?? c.expiresAt).toISOString() });
+        return send(res, 200, {
+          AccessKeyId: id.accessKeyId,
+          SecretAccessKey: id.secretAccessKey,
+          Token: id.sessionToken,
+          Expiration: (id.expiration ?? c.expiresAt).toISOString(),
+        });
       }
-      return send(res, 200, { name: c.name, provider: c.provider, expires_at: c.expiresAt.toISOString(), ...(c.leaseId ? { lease_id: c.leaseId } : {}), ...(c.static ? { static: true } : {}), credentials: c.credentials });
+      return send(res, 200, {
+        name: c.name,
+        provider: c.provider,
+        expires_at: c.expiresAt.toISOString(),
+        ...(c.leaseId ? { lease_id: c.leaseId } : {}),
+        ...(c.static ? { static: true } : {}),
+        credentials: c.credentials,
+      });
     } catch (e) {
       return fail(res, e);
     }

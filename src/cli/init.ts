@@ -20,65 +20,76 @@ interface Made {
 const safeUrl = (u: string): string => u.replace(/\/\/([^:@/]+):[^@/]*@/, '//$1:***@');
 
 export function registerInit(program: Command, ctx: Ctx): void {
-  leaf(program, 'init', 'create the data directory, database schema, signing key and secret-hash key')
-    .action(
-      action(ctx, async ({ json }) => {
-        const cfg = config();
-        const made: Made[] = [];
-        const sqlite = cfg.databaseUrl.startsWith('sqlite:') ? sqlitePath(cfg.databaseUrl) : null;
-        if (sqlite && sqlite !== ':memory:') {
-          const dataDir = dirname(sqlite);
-          made.push({ item: 'data directory', where: dataDir, status: existsSync(dataDir) ? 'exists' : 'created' });
-          made.push({ item: 'database', where: sqlite, status: existsSync(sqlite) ? 'exists' : 'created', detail: 'SQLite (WAL)' });
-        } else {
-          made.push({ item: 'database', where: safeUrl(cfg.databaseUrl), status: 'ok', detail: sqlite ? 'in memory' : 'PostgreSQL' });
-        }
-        const keyDir = resolve(cfg.keyDir);
-        const keyDirExisted = existsSync(keyDir);
-        const hmacExisted = existsSync(join(keyDir, 'client-secret-hmac.key'));
+  leaf(program, 'init', 'create the data directory, database schema, signing key and secret-hash key').action(
+    action(ctx, async ({ json }) => {
+      const cfg = config();
+      const made: Made[] = [];
+      const sqlite = cfg.databaseUrl.startsWith('sqlite:') ? sqlitePath(cfg.databaseUrl) : null;
+      if (sqlite && sqlite !== ':memory:') {
+        const dataDir = dirname(sqlite);
+        made.push({ item: 'data directory', where: dataDir, status: existsSync(dataDir) ? 'exists' : 'created' });
+        made.push({ item: 'database', where: sqlite, status: existsSync(sqlite) ? 'exists' : 'created', detail: 'SQLite (WAL)' });
+      } else {
+        made.push({ item: 'database', where: safeUrl(cfg.databaseUrl), status: 'ok', detail: sqlite ? 'in memory' : 'PostgreSQL' });
+      }
+      const keyDir = resolve(cfg.keyDir);
+      const keyDirExisted = existsSync(keyDir);
+      const hmacExisted = existsSync(join(keyDir, 'client-secret-hmac.key'));
 
-        const db = openDb(cfg.databaseUrl);
-        try {
-          const applied = await migrate(db);
-          made.push({ item: 'migrations', where: applied.length ? applied.join(', ') : 'schema', status: applied.length ? 'applied' : 'up to date' });
-          const before = (await listKeys(db)).filter((k) => k.status === 'active');
-          made.push({ item: 'key directory', where: keyDir, status: keyDirExisted ? 'exists' : 'created', detail: 'mode 0700' });
-          await ensureSigningKey(db, cfg.keyDir, cfg.keyAlg, systemClock);
-          const active = (await listKeys(db)).find((k) => k.status === 'active')!;
-          made.push({
-            item: 'signing key',
-            where: join(keyDir, `${active.kid}.jwk.json`),
-            status: before.length ? 'exists' : 'created',
-            detail: `kid ${active.kid}, ${active.alg}`,
-          });
-          loadSecretHashKey(cfg.keyDir);
-          made.push({ item: 'secret-hash key', where: join(keyDir, 'client-secret-hmac.key'), status: hmacExisted ? 'exists' : 'created', detail: 'HMAC-SHA256, mode 0600' });
-        } finally {
-          await db.destroy();
-        }
+      const db = openDb(cfg.databaseUrl);
+      try {
+        const applied = await migrate(db);
+        made.push({ item: 'migrations', where: applied.length ? applied.join(', ') : 'schema', status: applied.length ? 'applied' : 'up to date' });
+        const before = (await listKeys(db)).filter((k) => k.status === 'active');
+        made.push({ item: 'key directory', where: keyDir, status: keyDirExisted ? 'exists' : 'created', detail: 'mode 0700' });
+        await ensureSigningKey(db, cfg.keyDir, cfg.keyAlg, systemClock);
+        const active = (await listKeys(db)).find((k) => k.status === 'active')!;
+        made.push({
+          item: 'signing key',
+          where: join(keyDir, `${active.kid}.jwk.json`),
+          status: before.length ? 'exists' : 'created',
+          detail: `kid ${active.kid}, ${active.alg}`,
+        });
+        loadSecretHashKey(cfg.keyDir);
+        made.push({
+          item: 'secret-hash key',
+          where: join(keyDir, 'client-secret-hmac.key'),
+          status: hmacExisted ? 'exists' : 'created',
+          detail: 'HMAC-SHA256, mode 0600',
+        });
+      } finally {
+        await db.destroy();
+      }
 
-        // Policies are not created here, only checked: the broker will refuse to start on a bad set.
-        const policyDir = resolve(cfg.policyDir);
-        if (!existsSync(policyDir)) {
-          made.push({ item: 'policies', where: policyDir, status: 'missing', detail: 'create it and add policy files before `cordon serve`' });
-        } else {
-          const { policies, problems } = await lintPolicyDir(cfg.policyDir);
-          made.push({
-            item: 'policies',
-            where: policyDir,
-            status: problems.length ? 'problems' : 'ok',
-            detail: problems.length ? `${problems.length} problem(s): run \`cordon policy lint\`` : `${policies.length} loaded (${policies.map((p) => p.name).join(', ') || 'none'})`,
-          });
-        }
+      // Policies are not created here, only checked: the broker will refuse to start on a bad set.
+      const policyDir = resolve(cfg.policyDir);
+      if (!existsSync(policyDir)) {
+        made.push({ item: 'policies', where: policyDir, status: 'missing', detail: 'create it and add policy files before `cordon serve`' });
+      } else {
+        const { policies, problems } = await lintPolicyDir(cfg.policyDir);
+        made.push({
+          item: 'policies',
+          where: policyDir,
+          status: problems.length ? 'problems' : 'ok',
+          detail: problems.length
+            ? `${problems.length} problem(s): run \`cordon policy lint\``
+            : `${policies.length} loaded (${policies.map((p) => p.name).join(', ') || 'none'})`,
+        });
+      }
 
-        if (json) {
-          await printJson(ctx.io, { ok: true, made });
-        } else {
-          await ctx.io.out(table(['ITEM', 'STATUS', 'WHERE', 'DETAIL'], made.map((m) => [m.item, m.status, m.where, m.detail])));
-          await ctx.io.out(`\nReady. Register an agent with: cordon agent register NAME --policy POLICY\n`);
-        }
-      }),
-    );
+      if (json) {
+        await printJson(ctx.io, { ok: true, made });
+      } else {
+        await ctx.io.out(
+          table(
+            ['ITEM', 'STATUS', 'WHERE', 'DETAIL'],
+            made.map((m) => [m.item, m.status, m.where, m.detail]),
+          ),
+        );
+        await ctx.io.out(`\nReady. Register an agent with: cordon agent register NAME --policy POLICY\n`);
+      }
+    }),
+  );
 }
 
 export function registerServe(program: Command, ctx: Ctx): void {

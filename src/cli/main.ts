@@ -25,7 +25,13 @@ export function buildProgram(ctx: Ctx): Command {
       writeOut: (s) => void ctx.io.out(s),
       writeErr: (s) => ctx.io.err(s),
       // Commander's own parse errors ("error: unknown option …") become our one line.
-      outputError: (s, write) => write(`cordon: ${s.replace(/^error:\s*/, '').replace(/\s*\n\s*/g, ' ').trim()}\n`),
+      outputError: (s, write) =>
+        write(
+          `cordon: ${s
+            .replace(/^error:\s*/, '')
+            .replace(/\s*\n\s*/g, ' ')
+            .trim()}\n`,
+        ),
     });
   program.configureHelp({ sortSubcommands: false, showGlobalOptions: true });
   registerInit(program, ctx);

@@ -53,8 +53,10 @@ function isDatabaseError(e: unknown): boolean {
 export function errorLine(e: unknown): string {
   let msg: string;
   if (e instanceof CordonError) msg = e.description;
-  else if (e instanceof ConfigError || e instanceof PolicyLintError || e instanceof PolicyDirError || e instanceof DurationError || e instanceof CliError) msg = e.message;
-  else if (isDatabaseError(e)) msg = `database error: ${driverMessage(e)} (DATABASE_URL)`; else if (e instanceof Error) {
+  else if (e instanceof ConfigError || e instanceof PolicyLintError || e instanceof PolicyDirError || e instanceof DurationError || e instanceof CliError)
+    msg = e.message;
+  else if (isDatabaseError(e)) msg = `database error: ${driverMessage(e)} (DATABASE_URL)`;
+  else if (e instanceof Error) {
     // Node system errors (ENOENT, EACCES…) name their code; other errors' messages stand alone.
     const code = (e as NodeJS.ErrnoException).code;
     msg = typeof code === 'string' && /^E[A-Z0-9_]+$/.test(code) && !e.message.includes(code) ? `${e.message} (${code})` : e.message;
@@ -69,7 +71,10 @@ export function errorLine(e: unknown): string {
  * only escapes kept are the colour and weight codes `style()` itself writes.
  */
 export const printable = (s: string): string =>
-  s.replace(/(\x1b\[(?:1|2|22|31|32|33|39)m)|[\u0000-\u001f\u007f-\u009f]/g, (m, sgr: string | undefined) => sgr ?? `\\u${m.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  s.replace(
+    /(\x1b\[(?:1|2|22|31|32|33|39)m)|[\u0000-\u001f\u007f-\u009f]/g,
+    (m, sgr: string | undefined) => sgr ?? `\\u${m.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
 
 export function printJson(io: Io, value: unknown): void | Promise<void> {
   return io.out(`${JSON.stringify(value, null, 2)}\n`);
@@ -93,7 +98,10 @@ export function table(headers: string[], rows: Array<Array<string | number | nul
 /** `key  value` lines with the keys aligned. */
 export function kv(pairs: Array<[string, string | number | null | undefined]>, indent = ''): string {
   const w = Math.max(...pairs.map(([k]) => k.length));
-  return pairs.map(([k, v]) => `${indent}${k.padEnd(w)}  ${v === null || v === undefined || v === '' ? '-' : v}`).join('\n').concat('\n');
+  return pairs
+    .map(([k, v]) => `${indent}${k.padEnd(w)}  ${v === null || v === undefined || v === '' ? '-' : v}`)
+    .join('\n')
+    .concat('\n');
 }
 
 // Box-drawing characters and ANSI sequences do not count towards alignment width.
@@ -106,7 +114,12 @@ export const fmtTime = (ms: number | null | undefined): string => {
   if (ms === null || ms === undefined) return '-';
   const d = new Date(ms);
   // A time a token claims can be anything (exp: 1e308): say so rather than fail on it.
-  return Number.isNaN(d.getTime()) ? `(out of range: ${String(ms).slice(0, 30)})` : d.toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
+  return Number.isNaN(d.getTime())
+    ? `(out of range: ${String(ms).slice(0, 30)})`
+    : d
+        .toISOString()
+        .replace('T', ' ')
+        .replace(/\.\d{3}Z$/, 'Z');
 };
 
 /** A compact duration: 45s, 14m, 1h59m, 3d4h. */

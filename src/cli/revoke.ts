@@ -40,7 +40,9 @@ export function registerRevoke(program: Command, ctx: Ctx): void {
           // A provider that refuses to start (a root VAULT_TOKEN without CORDON_VAULT_ALLOW_ROOT) must not
           // stop the revocation itself: it is recorded, and the backends are left to a broker's sweeper.
           const backends = await startBackendCredentials(b, { sweep: false }).catch((e: unknown) => {
-            ctx.io.err(`cordon: warning: backend providers are off for this command (${errorLine(e)}); the revocation is recorded and a running broker's sweeper revokes backend credentials\n`);
+            ctx.io.err(
+              `cordon: warning: backend providers are off for this command (${errorLine(e)}); the revocation is recorded and a running broker's sweeper revokes backend credentials\n`,
+            );
             return undefined;
           });
           try {
@@ -61,13 +63,25 @@ export function registerRevoke(program: Command, ctx: Ctx): void {
         }
         // Revoking a root token leaves its session open: the agent may still renew in it (session=SID).
         const openSession = r.token?.depth === 0 ? r.token.sid : undefined;
-        if (json) return void (await printJson(ctx.io, { revoked: { [r.target]: r.id }, sessions: r.sessions, tokens: r.tokens, ...(openSession ? { session_still_open: openSession } : {}) }));
+        if (json)
+          return void (await printJson(ctx.io, {
+            revoked: { [r.target]: r.id },
+            sessions: r.sessions,
+            tokens: r.tokens,
+            ...(openSession ? { session_still_open: openSession } : {}),
+          }));
         const n = (k: number, w: string) => `${k} ${w}${k === 1 ? '' : 's'}`;
         const nothing = r.tokens.length === 0 && r.sessions.length === 0 ? ' (already revoked)' : '';
-        if (r.target === 'agent') await ctx.io.out(`revoked agent ${r.id}: ${n(r.sessions.length, 'live session')} (with every token in them), ${n(r.tokens.length, 'token')} delegated to it in other sessions (with their subtrees)\n`);
+        if (r.target === 'agent')
+          await ctx.io.out(
+            `revoked agent ${r.id}: ${n(r.sessions.length, 'live session')} (with every token in them), ${n(r.tokens.length, 'token')} delegated to it in other sessions (with their subtrees)\n`,
+          );
         else if (r.target === 'session') await ctx.io.out(`revoked session ${r.id} and every token in it${nothing}\n`);
         else await ctx.io.out(`revoked token ${r.id} and its delegation subtree: ${n(r.tokens.length, 'token')}${nothing}\n`);
-        if (openSession) await ctx.io.out(`This is a root token: session ${openSession} itself stays open, and its agent can still ask for new tokens in it until the session ends. \`cordon revoke --session ${openSession}\` ends it.\n`);
+        if (openSession)
+          await ctx.io.out(
+            `This is a root token: session ${openSession} itself stays open, and its agent can still ask for new tokens in it until the session ends. \`cordon revoke --session ${openSession}\` ends it.\n`,
+          );
         if (r.sessions.length || r.tokens.length) {
           await ctx.io.out(
             r.backend

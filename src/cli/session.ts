@@ -74,7 +74,9 @@ function renderTree(roots: TreeNode[], now: number, io: Ctx['io']): string {
     const branch = top ? '' : last ? '└─ ' : '├─ ';
     const exp = Date.parse(n.expires_at!);
     const when = n.state === 'revoked' && n.revoked_at ? `revoked ${fmtTime(Date.parse(n.revoked_at))}` : `expires ${fmtTime(exp)} (${fmtRel(exp, now)})`;
-    lines.push(`${prefix}${branch}${st.bold(n.holder.name ?? n.holder.client_id)}  [${n.scope}]  depth ${n.depth}  ${paint(n.state)}  ${when}${n.dpop_bound ? '  dpop' : ''}  ${st.dim(`jti ${n.jti}`)}`);
+    lines.push(
+      `${prefix}${branch}${st.bold(n.holder.name ?? n.holder.client_id)}  [${n.scope}]  depth ${n.depth}  ${paint(n.state)}  ${when}${n.dpop_bound ? '  dpop' : ''}  ${st.dim(`jti ${n.jti}`)}`,
+    );
     const childPrefix = top ? prefix : prefix + (last ? '   ' : '│  ');
     n.children.forEach((c, i) => walk(c, childPrefix, i === n.children.length - 1, false));
   };
@@ -120,65 +122,91 @@ export function registerSession(program: Command, ctx: Ctx): void {
           const now = b.clock.now();
           const agentId = opts.agent ? (await findAgent(b, opts.agent)).id : undefined;
           const list = await sessions.list(b.db, { agentId, liveAt: opts.live ? now : undefined, limit: Number(opts.limit) });
-          const counts = await tokens.countBySids(b.db, list.map((s) => s.sid));
+          const counts = await tokens.countBySids(
+            b.db,
+            list.map((s) => s.sid),
+          );
           return { list, byId: await agentMap(b), now, counts };
         });
-        if (json) return void (await printJson(ctx.io, r.list.map((s) => ({ ...sessionJson(s, r.byId, r.now), tokens: r.counts.get(s.sid) ?? 0 }))));
+        if (json)
+          return void (await printJson(
+            ctx.io,
+            r.list.map((s) => ({ ...sessionJson(s, r.byId, r.now), tokens: r.counts.get(s.sid) ?? 0 })),
+          ));
         if (!r.list.length) return void ctx.io.out(opts.live ? 'No live sessions.\n' : 'No sessions.\n');
         await ctx.io.out(
           table(
             ['SID', 'AGENT', 'TASK', 'STATE', 'TOKENS', 'SCOPE', 'CREATED', 'EXPIRES'],
-            r.list.map((s) => [s.sid, r.byId.get(s.agentId)?.name ?? s.agentId, clip(s.task, 30), sessionState(s, r.now), r.counts.get(s.sid) ?? 0, clip(s.scope, 50), fmtTime(s.createdAt), fmtRel(s.expiresAt, r.now)]),
+            r.list.map((s) => [
+              s.sid,
+              r.byId.get(s.agentId)?.name ?? s.agentId,
+              clip(s.task, 30),
+              sessionState(s, r.now),
+              r.counts.get(s.sid) ?? 0,
+              clip(s.scope, 50),
+              fmtTime(s.createdAt),
+              fmtRel(s.expiresAt, r.now),
+            ]),
           ),
         );
       }),
     );
 
-  leaf(session, 'show <sid>', 'show a session and its delegation tree')
-    .action(
-      action(ctx, async ({ args: [sid], json }) => {
-        if (!isWellFormedId(sid)) throw new CordonError('invalid_request', 'session id is malformed (letters, digits, _ and - only)', { reason: 'sid_malformed' });
-        const r = await withBroker(ctx, async (b) => {
-          const s = await sessions.get(b.db, sid);
-          if (!s) throw new CordonError('not_found', `no session ${sid}`, { reason: 'session_unknown' });
-          const now = b.clock.now();
-          const byId = await agentMap(b);
-          const list = await tokens.bySession(b.db, sid);
-          const creds = await credentials.bySession(b.db, sid);
-          return { s, byId, now, tree: buildTree(list, s, byId, now), count: list.length, creds };
-        });
-        const credJson = r.creds.map((c) => ({
-          id: c.id,
-          name: c.name,
-          provider: c.provider,
-          holder: c.agentId,
-          jti: c.jti,
-          state: c.state,
-          created_at: iso(c.createdAt),
-          expires_at: iso(c.expiresAt),
-          revoked_at: iso(c.revokedAt),
-        }));
-        if (json) return void (await printJson(ctx.io, { session: sessionJson(r.s, r.byId, r.now), tokens: r.count, tree: r.tree, credentials: credJson }));
-        const st = style(ctx.io);
-        const state = sessionState(r.s, r.now);
-        await ctx.io.out(`${st.bold(`Session ${r.s.sid}`)}\n`);
-        await ctx.io.out(kv([
-          ['agent', `${r.byId.get(r.s.agentId)?.name ?? '?'} (${r.s.agentId})`],
-          ['task', r.s.task],
-          ['scope', r.s.scope],
-          ['audience', r.s.audience.join(' ')],
-          ['origin', r.s.origin],
-          ['subject', r.s.subject],
-          ['state', state === 'revoked' ? `revoked ${fmtTime(r.s.revokedAt)}${r.s.revokeReason ? ` (${r.s.revokeReason})` : ''}` : state],
-          ['created', fmtTime(r.s.createdAt)],
-          ['expires', fmtWhen(r.s.expiresAt, r.now)],
-        ], '  '));
-        await ctx.io.out(`\n${st.bold(`Delegation tree (${r.count} token${r.count === 1 ? '' : 's'})`)}\n`);
-        await ctx.io.out(renderTree(r.tree, r.now, ctx.io));
-        if (credJson.length) {
-          await ctx.io.out(`\n${st.bold('Backend credentials')}\n`);
-          await ctx.io.out(table(['NAME', 'PROVIDER', 'HOLDER', 'STATE', 'EXPIRES'], credJson.map((c) => [c.name, c.provider, r.byId.get(c.holder)?.name ?? (c.holder), c.state as string, fmtWhen(Date.parse(c.expires_at!), r.now)])));
-        }
-      }),
-    );
+  leaf(session, 'show <sid>', 'show a session and its delegation tree').action(
+    action(ctx, async ({ args: [sid], json }) => {
+      if (!isWellFormedId(sid))
+        throw new CordonError('invalid_request', 'session id is malformed (letters, digits, _ and - only)', { reason: 'sid_malformed' });
+      const r = await withBroker(ctx, async (b) => {
+        const s = await sessions.get(b.db, sid);
+        if (!s) throw new CordonError('not_found', `no session ${sid}`, { reason: 'session_unknown' });
+        const now = b.clock.now();
+        const byId = await agentMap(b);
+        const list = await tokens.bySession(b.db, sid);
+        const creds = await credentials.bySession(b.db, sid);
+        return { s, byId, now, tree: buildTree(list, s, byId, now), count: list.length, creds };
+      });
+      const credJson = r.creds.map((c) => ({
+        id: c.id,
+        name: c.name,
+        provider: c.provider,
+        holder: c.agentId,
+        jti: c.jti,
+        state: c.state,
+        created_at: iso(c.createdAt),
+        expires_at: iso(c.expiresAt),
+        revoked_at: iso(c.revokedAt),
+      }));
+      if (json) return void (await printJson(ctx.io, { session: sessionJson(r.s, r.byId, r.now), tokens: r.count, tree: r.tree, credentials: credJson }));
+      const st = style(ctx.io);
+      const state = sessionState(r.s, r.now);
+      await ctx.io.out(`${st.bold(`Session ${r.s.sid}`)}\n`);
+      await ctx.io.out(
+        kv(
+          [
+            ['agent', `${r.byId.get(r.s.agentId)?.name ?? '?'} (${r.s.agentId})`],
+            ['task', r.s.task],
+            ['scope', r.s.scope],
+            ['audience', r.s.audience.join(' ')],
+            ['origin', r.s.origin],
+            ['subject', r.s.subject],
+            ['state', state === 'revoked' ? `revoked ${fmtTime(r.s.revokedAt)}${r.s.revokeReason ? ` (${r.s.revokeReason})` : ''}` : state],
+            ['created', fmtTime(r.s.createdAt)],
+            ['expires', fmtWhen(r.s.expiresAt, r.now)],
+          ],
+          '  ',
+        ),
+      );
+      await ctx.io.out(`\n${st.bold(`Delegation tree (${r.count} token${r.count === 1 ? '' : 's'})`)}\n`);
+      await ctx.io.out(renderTree(r.tree, r.now, ctx.io));
+      if (credJson.length) {
+        await ctx.io.out(`\n${st.bold('Backend credentials')}\n`);
+        await ctx.io.out(
+          table(
+            ['NAME', 'PROVIDER', 'HOLDER', 'STATE', 'EXPIRES'],
+            credJson.map((c) => [c.name, c.provider, r.byId.get(c.holder)?.name ?? c.holder, c.state as string, fmtWhen(Date.parse(c.expires_at!), r.now)]),
+          ),
+        );
+      }
+    }),
+  );
 }

@@ -69,99 +69,156 @@ async function overCap(b: Broker): Promise<{ found: OverCap[]; unchecked: string
     const ids = all.filter((a) => a.policy === name).map((a) => a.id);
     for (let i = 0; i < ids.length; i += 500) {
       const part = ids.slice(i, i + 500);
-      for (const s of await sessions.overCapOf(b.db, part, p.sessionTtl * 1000)) found.push({ kind: 'session', id: s.sid, agentId: s.agentId, policy: name, lifetimeSec: (s.expiresAt - s.createdAt) / 1000, capSec: p.sessionTtl });
-      for (const t of await tokens.overCap(b.db, part, p.tokenTtl * 1000)) found.push({ kind: 'token', id: t.jti, agentId: t.clientId, policy: name, lifetimeSec: (t.expiresAt - t.issuedAt) / 1000, capSec: p.tokenTtl });
+      for (const s of await sessions.overCapOf(b.db, part, p.sessionTtl * 1000))
+        found.push({ kind: 'session', id: s.sid, agentId: s.agentId, policy: name, lifetimeSec: (s.expiresAt - s.createdAt) / 1000, capSec: p.sessionTtl });
+      for (const t of await tokens.overCap(b.db, part, p.tokenTtl * 1000))
+        found.push({ kind: 'token', id: t.jti, agentId: t.clientId, policy: name, lifetimeSec: (t.expiresAt - t.issuedAt) / 1000, capSec: p.tokenTtl });
     }
   }
   return { found, unchecked };
 }
 
 export function registerStatus(program: Command, ctx: Ctx): void {
-  leaf(program, 'status', 'live sessions, tokens and backend credentials, and the lifetime invariant check')
-    .action(
-      action(ctx, async ({ json }) => {
-        const r = await withBroker(ctx, async (b) => {
-          const now = b.clock.now();
-          const [all, liveS, liveT, keys, head] = await Promise.all([agents.list(b.db), sessions.countLive(b.db, now), tokens.countLive(b.db, now), listKeys(b.db), auditRows.head(b.db)]);
-          const alive = await credentials.unexpired(b.db, now, 'live');
-          const revokedAlive = await credentials.unexpired(b.db, now, 'revocation_unenforced');
-          const failedAlive = await credentials.unexpired(b.db, now, 'revoke_failed');
-          const caps = await overCap(b);
-          const loose = looseFiles([...sqliteFiles(b.config.databaseUrl), ...keyFiles(resolve(b.config.keyDir))]);
-          return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, loose, issuer: b.config.issuer };
+  leaf(program, 'status', 'live sessions, tokens and backend credentials, and the lifetime invariant check').action(
+    action(ctx, async ({ json }) => {
+      const r = await withBroker(ctx, async (b) => {
+        const now = b.clock.now();
+        const [all, liveS, liveT, keys, head] = await Promise.all([
+          agents.list(b.db),
+          sessions.countLive(b.db, now),
+          tokens.countLive(b.db, now),
+          listKeys(b.db),
+          auditRows.head(b.db),
+        ]);
+        const alive = await credentials.unexpired(b.db, now, 'live');
+        const revokedAlive = await credentials.unexpired(b.db, now, 'revocation_unenforced');
+        const failedAlive = await credentials.unexpired(b.db, now, 'revoke_failed');
+        const caps = await overCap(b);
+        const loose = looseFiles([...sqliteFiles(b.config.databaseUrl), ...keyFiles(resolve(b.config.keyDir))]);
+        return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, loose, issuer: b.config.issuer };
+      });
+      const names = new Map(r.all.map((a) => [a.id, a.name]));
+      const nameOf = (id: string) => names.get(id) ?? id;
+      const s = new Map(r.liveS.map((x) => [x.agentId, x.count]));
+      const t = new Map(r.liveT.map((x) => [x.clientId, x.count]));
+      const perAgent = r.all
+        .map((a) => ({ client_id: a.id, name: a.name, policy: a.policy, status: a.status, live_sessions: s.get(a.id) ?? 0, live_tokens: t.get(a.id) ?? 0 }))
+        .filter((a) => a.status !== 'revoked' || a.live_sessions || a.live_tokens);
+      const bySid = new Map<string, CredRow[]>();
+      for (const c of r.alive) bySid.set(c.sid, [...(bySid.get(c.sid) ?? []), c]);
+      const credJson = (c: CredRow) => ({
+        id: c.id,
+        name: c.name,
+        provider: c.provider,
+        holder: { client_id: c.agentId, name: names.get(c.agentId) ?? null },
+        state: c.state,
+        expires_at: iso(c.expiresAt),
+        revoked_at: iso(c.revokedAt),
+        note: c.note,
+      });
+      const active = r.keys.find((k) => k.status === 'active');
+
+      if (json) {
+        await printJson(ctx.io, {
+          now: iso(r.now),
+          issuer: r.issuer,
+          signing_key: active ? { kid: active.kid, alg: active.alg } : null,
+          audit_rows: r.head?.seq ?? 0,
+          agents: perAgent,
+          live_credentials: [...bySid].map(([sid, cs]) => ({ sid, credentials: cs.map(credJson) })),
+          revoked_sts_still_valid: r.revokedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
+          revoke_failed_still_valid: r.failedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
+          over_cap: r.caps.found.map((o) => ({
+            kind: o.kind,
+            id: o.id,
+            agent: { client_id: o.agentId, name: names.get(o.agentId) ?? null },
+            policy: o.policy,
+            lifetime_sec: o.lifetimeSec,
+            cap_sec: o.capSec,
+          })),
+          unchecked_policies: r.caps.unchecked,
+          file_modes: r.loose,
         });
-        const names = new Map(r.all.map((a) => [a.id, a.name]));
-        const nameOf = (id: string) => names.get(id) ?? id;
-        const s = new Map(r.liveS.map((x) => [x.agentId, x.count]));
-        const t = new Map(r.liveT.map((x) => [x.clientId, x.count]));
-        const perAgent = r.all
-          .map((a) => ({ client_id: a.id, name: a.name, policy: a.policy, status: a.status, live_sessions: s.get(a.id) ?? 0, live_tokens: t.get(a.id) ?? 0 }))
-          .filter((a) => a.status !== 'revoked' || a.live_sessions || a.live_tokens);
-        const bySid = new Map<string, CredRow[]>();
-        for (const c of r.alive) bySid.set(c.sid, [...(bySid.get(c.sid) ?? []), c]);
-        const credJson = (c: CredRow) => ({ id: c.id, name: c.name, provider: c.provider, holder: { client_id: c.agentId, name: names.get(c.agentId) ?? null }, state: c.state, expires_at: iso(c.expiresAt), revoked_at: iso(c.revokedAt), note: c.note });
-        const active = r.keys.find((k) => k.status === 'active');
+        return r.caps.found.length ? 1 : 0;
+      }
 
-        if (json) {
-          await printJson(ctx.io, {
-            now: iso(r.now),
-            issuer: r.issuer,
-            signing_key: active ? { kid: active.kid, alg: active.alg } : null,
-            audit_rows: r.head?.seq ?? 0,
-            agents: perAgent,
-            live_credentials: [...bySid].map(([sid, cs]) => ({ sid, credentials: cs.map(credJson) })),
-            revoked_sts_still_valid: r.revokedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
-            revoke_failed_still_valid: r.failedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
-            over_cap: r.caps.found.map((o) => ({ kind: o.kind, id: o.id, agent: { client_id: o.agentId, name: names.get(o.agentId) ?? null }, policy: o.policy, lifetime_sec: o.lifetimeSec, cap_sec: o.capSec })),
-            unchecked_policies: r.caps.unchecked,
-            file_modes: r.loose,
-          });
-          return r.caps.found.length ? 1 : 0;
-        }
-
-        const st = style(ctx.io);
-        const io = ctx.io;
-        await io.out(kv([
+      const st = style(ctx.io);
+      const io = ctx.io;
+      await io.out(
+        kv([
           ['now', fmtTime(r.now)],
           ['issuer', r.issuer],
           ['signing key', active ? `${active.kid} (${active.alg})` : 'none: run `cordon init`'],
           ['audit rows', r.head?.seq ?? 0],
-        ]));
+        ]),
+      );
 
-        await io.out(`\n${st.bold('Agents')}\n`);
-        if (!perAgent.length) await io.out('  (none)\n');
-        else await io.out(table(['AGENT', 'POLICY', 'STATUS', 'LIVE SESSIONS', 'LIVE TOKENS'], perAgent.map((a) => [a.name, a.policy, a.status, a.live_sessions, a.live_tokens])));
+      await io.out(`\n${st.bold('Agents')}\n`);
+      if (!perAgent.length) await io.out('  (none)\n');
+      else
+        await io.out(
+          table(
+            ['AGENT', 'POLICY', 'STATUS', 'LIVE SESSIONS', 'LIVE TOKENS'],
+            perAgent.map((a) => [a.name, a.policy, a.status, a.live_sessions, a.live_tokens]),
+          ),
+        );
 
-        await io.out(`\n${st.bold('Backend credentials alive')}\n`);
-        if (!r.alive.length) await io.out('  (none)\n');
-        else await io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'EXPIRES'], r.alive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now)])));
+      await io.out(`\n${st.bold('Backend credentials alive')}\n`);
+      if (!r.alive.length) await io.out('  (none)\n');
+      else
+        await io.out(
+          table(
+            ['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'EXPIRES'],
+            r.alive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now)]),
+          ),
+        );
 
-        await io.out(`\n${st.bold('Revoked STS credentials still valid at AWS until expiry')}\n`);
-        if (!r.revokedAlive.length) await io.out('  (none)\n');
-        else {
-          await io.out(table(['SESSION', 'NAME', 'HOLDER', 'REVOKED', 'VALID UNTIL', 'NOTE'], r.revokedAlive.map((c) => [c.sid, c.name, nameOf(c.agentId), fmtTime(c.revokedAt), fmtWhen(c.expiresAt, r.now), c.note])));
-          await io.out(st.yellow('  AWS cannot revoke one STS session; these are denied by an IAM policy where the broker may add one, and die at expiry.\n'));
-        }
-        if (r.failedAlive.length) {
-          await io.out(`\n${st.bold(st.red('Backend revocations that failed (still valid until expiry)'))}\n`);
-          await io.out(table(['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'VALID UNTIL', 'NOTE'], r.failedAlive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now), c.note])));
-        }
+      await io.out(`\n${st.bold('Revoked STS credentials still valid at AWS until expiry')}\n`);
+      if (!r.revokedAlive.length) await io.out('  (none)\n');
+      else {
+        await io.out(
+          table(
+            ['SESSION', 'NAME', 'HOLDER', 'REVOKED', 'VALID UNTIL', 'NOTE'],
+            r.revokedAlive.map((c) => [c.sid, c.name, nameOf(c.agentId), fmtTime(c.revokedAt), fmtWhen(c.expiresAt, r.now), c.note]),
+          ),
+        );
+        await io.out(st.yellow('  AWS cannot revoke one STS session; these are denied by an IAM policy where the broker may add one, and die at expiry.\n'));
+      }
+      if (r.failedAlive.length) {
+        await io.out(`\n${st.bold(st.red('Backend revocations that failed (still valid until expiry)'))}\n`);
+        await io.out(
+          table(
+            ['SESSION', 'NAME', 'PROVIDER', 'HOLDER', 'VALID UNTIL', 'NOTE'],
+            r.failedAlive.map((c) => [c.sid, c.name, c.provider, nameOf(c.agentId), fmtWhen(c.expiresAt, r.now), c.note]),
+          ),
+        );
+      }
 
-        await io.out(`\n${st.bold('Lifetime caps')}\n`);
-        if (!r.caps.found.length) await io.out(`  ${st.green('ok')}: no session outlives its policy's session_ttl, no token its holder's token_ttl\n`);
-        else {
-          await io.out(st.red(`  ${r.caps.found.length} record(s) outlive their cap: this must never happen\n`));
-          await io.out(table(['KIND', 'ID', 'AGENT', 'POLICY', 'LIFETIME', 'CAP'], r.caps.found.map((o) => [o.kind, o.id, nameOf(o.agentId), o.policy, fmtDuration(o.lifetimeSec), fmtDuration(o.capSec)])));
-        }
-        if (r.caps.unchecked.length) await io.out(`  not checked (policy not loaded): ${r.caps.unchecked.join(', ')}\n`);
+      await io.out(`\n${st.bold('Lifetime caps')}\n`);
+      if (!r.caps.found.length) await io.out(`  ${st.green('ok')}: no session outlives its policy's session_ttl, no token its holder's token_ttl\n`);
+      else {
+        await io.out(st.red(`  ${r.caps.found.length} record(s) outlive their cap: this must never happen\n`));
+        await io.out(
+          table(
+            ['KIND', 'ID', 'AGENT', 'POLICY', 'LIFETIME', 'CAP'],
+            r.caps.found.map((o) => [o.kind, o.id, nameOf(o.agentId), o.policy, fmtDuration(o.lifetimeSec), fmtDuration(o.capSec)]),
+          ),
+        );
+      }
+      if (r.caps.unchecked.length) await io.out(`  not checked (policy not loaded): ${r.caps.unchecked.join(', ')}\n`);
 
-        await io.out(`\n${st.bold('File permissions')}\n`);
-        if (!r.loose.length) await io.out(`  ${st.green('ok')}: data and key directories 0700, database and key files 0600 (or tighter)\n`);
-        else {
-          await io.out(st.yellow(`  ${r.loose.length} private file(s) more open than they should be: chmod them to the expected mode\n`));
-          await io.out(table(['PATH', 'MODE', 'EXPECTED'], r.loose.map((f) => [f.path, f.mode, f.expected])));
-        }
-        return r.caps.found.length ? 1 : 0;
-      }),
-    );
+      await io.out(`\n${st.bold('File permissions')}\n`);
+      if (!r.loose.length) await io.out(`  ${st.green('ok')}: data and key directories 0700, database and key files 0600 (or tighter)\n`);
+      else {
+        await io.out(st.yellow(`  ${r.loose.length} private file(s) more open than they should be: chmod them to the expected mode\n`));
+        await io.out(
+          table(
+            ['PATH', 'MODE', 'EXPECTED'],
+            r.loose.map((f) => [f.path, f.mode, f.expected]),
+          ),
+        );
+      }
+      return r.caps.found.length ? 1 : 0;
+    }),
+  );
 }

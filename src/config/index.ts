@@ -162,7 +162,8 @@ function metricsToken(env: Env): string | undefined {
   const v = env.CORDON_METRICS_TOKEN;
   if (v === undefined || v === '') return undefined;
   // RFC 6750 token68 characters only, and long enough not to be guessed.
-  if (!/^[A-Za-z0-9\-._~+/]{32,512}=*$/.test(v)) throw new ConfigError('CORDON_METRICS_TOKEN', 'must be 32 to 512 characters of A-Z a-z 0-9 - . _ ~ + / (e.g. openssl rand -hex 32)');
+  if (!/^[A-Za-z0-9\-._~+/]{32,512}=*$/.test(v))
+    throw new ConfigError('CORDON_METRICS_TOKEN', 'must be 32 to 512 characters of A-Z a-z 0-9 - . _ ~ + / (e.g. openssl rand -hex 32)');
   return v;
 }
 
@@ -173,9 +174,11 @@ function vaultConfig(env: Env): VaultConfig | undefined {
   const namespace = env.VAULT_NAMESPACE || undefined;
   const tokenRole = env.VAULT_TOKEN_ROLE || undefined;
   // Vault's role-name pattern (framework.GenericNameRegex); the name is spliced into auth/token/create/<role>.
-  if (tokenRole !== undefined && !/^\w(?:[\w.-]*\w)?$/.test(tokenRole)) throw new ConfigError('VAULT_TOKEN_ROLE', `must be a Vault token role name (letters, digits, _ . -), got "${tokenRole}"`);
+  if (tokenRole !== undefined && !/^\w(?:[\w.-]*\w)?$/.test(tokenRole))
+    throw new ConfigError('VAULT_TOKEN_ROLE', `must be a Vault token role name (letters, digits, _ . -), got "${tokenRole}"`);
   const allowRootRaw = (env.CORDON_VAULT_ALLOW_ROOT ?? '').trim();
-  if (!['', '0', '1'].includes(allowRootRaw)) throw new ConfigError('CORDON_VAULT_ALLOW_ROOT', `must be 1 (accept a root VAULT_TOKEN) or 0, got "${allowRootRaw}"`);
+  if (!['', '0', '1'].includes(allowRootRaw))
+    throw new ConfigError('CORDON_VAULT_ALLOW_ROOT', `must be 1 (accept a root VAULT_TOKEN) or 0, got "${allowRootRaw}"`);
   const base = { addr, namespace, timeoutMs, tokenRole, allowRoot: allowRootRaw === '1' };
   if (env.VAULT_TOKEN) return { ...base, auth: { method: 'token', token: env.VAULT_TOKEN } };
   if (env.VAULT_ROLE_ID || env.VAULT_SECRET_ID) {
@@ -188,7 +191,10 @@ function vaultConfig(env: Env): VaultConfig | undefined {
     if (!env.VAULT_JWT_FILE || !existsSync(env.VAULT_JWT_FILE)) throw new ConfigError('VAULT_JWT_FILE', 'must name a readable file');
     return { ...base, auth: { method: 'jwt', role: env.VAULT_JWT_ROLE, jwtFile: env.VAULT_JWT_FILE, mount: env.VAULT_JWT_MOUNT || 'jwt' } };
   }
-  throw new ConfigError('VAULT_TOKEN', 'VAULT_ADDR is set but no Vault login is configured (VAULT_TOKEN, VAULT_ROLE_ID/VAULT_SECRET_ID or VAULT_JWT_ROLE/VAULT_JWT_FILE)');
+  throw new ConfigError(
+    'VAULT_TOKEN',
+    'VAULT_ADDR is set but no Vault login is configured (VAULT_TOKEN, VAULT_ROLE_ID/VAULT_SECRET_ID or VAULT_JWT_ROLE/VAULT_JWT_FILE)',
+  );
 }
 
 function stsConfig(env: Env): StsConfig | undefined {

@@ -74,7 +74,11 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
   // A token made for a resource server is not for the broker: that server (or whoever read the
   // token there) must not be able to trade it for backend credentials (RFC 8707 audience restriction).
   if (!audiencesOf(claims).includes(b.config.issuer)) {
-    throw new CordonError('invalid_token', `the token's audience does not include this broker (${b.config.issuer}); ask for a token with the broker among its audiences`, { reason: 'audience_not_broker' });
+    throw new CordonError(
+      'invalid_token',
+      `the token's audience does not include this broker (${b.config.issuer}); ask for a token with the broker among its audiences`,
+      { reason: 'audience_not_broker' },
+    );
   }
 
   await checkDpop(b, req, view);
@@ -97,7 +101,8 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
   let checkpointed: Handle | null = null;
   const checkpoint = async (h: Handle): Promise<void> => {
     checkpointed = h; // known to this process even if the write below fails: failIssue cleans it up
-    if (!(await b.issuance.checkpointCredential(ireq.credentialId, h))) throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
+    if (!(await b.issuance.checkpointCredential(ireq.credentialId, h)))
+      throw new CordonError('temporarily_unavailable', 'the credential request took too long and was rolled back; try again', { reason: 'intent_claimed' });
   };
 
   let result;
@@ -125,7 +130,9 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
         sid: claims.sid,
         jti: claims.jti,
         chain,
-        ...(live ? {} : { reason: 'issued at the backend while the token was being revoked (or an agent of its chain disabled): revoked at once, not returned' }),
+        ...(live
+          ? {}
+          : { reason: 'issued at the backend while the token was being revoked (or an agent of its chain disabled): revoked at once, not returned' }),
         params: {
           name: req.name,
           provider: spec.provider,
@@ -140,10 +147,18 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
     // The backend issued but the broker could not record it: take it back now, and record that (or
     // leave it to the sweeper as revoke_failed, or to orphan recovery if the database stays away).
     b.log.error({ err: driverMessage(e), credential: ireq.credentialId }, 'could not record an issued credential; revoking it at the backend');
-    const failure = new CordonError('temporarily_unavailable', 'the broker could not record the credential, so it was revoked at the backend; try again', { reason: 'record_failed', cause: e });
+    const failure = new CordonError('temporarily_unavailable', 'the broker could not record the credential, so it was revoked at the backend; try again', {
+      reason: 'record_failed',
+      cause: e,
+    });
     // The record may have committed after all (a lost reply): then it is revoked like any issued credential, with its audit row.
     const row = await credentials.get(b.db, ireq.credentialId).catch(() => undefined);
-    if (row?.state === 'issued') await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the broker could not confirm its record, so the credential was not handed out' }).catch(() => undefined);
+    if (row?.state === 'issued')
+      await revokeRows(b, [row], {
+        scope: 'token',
+        claim: 'issued',
+        why: 'the broker could not confirm its record, so the credential was not handed out',
+      }).catch(() => undefined);
     else await failIssue(b, provider, ireq, result.expiresAt, result.handle, failure, chain, attempt);
     throw failure;
   }
@@ -154,9 +169,18 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
   }
   if (outcome === 'token_revoked') {
     const row = await credentials.get(b.db, ireq.credentialId);
-    if (row) await revokeRows(b, [row], { scope: 'token', claim: 'issued', why: 'the token was revoked (or an agent of its chain disabled) while the credential was being issued' });
+    if (row)
+      await revokeRows(b, [row], {
+        scope: 'token',
+        claim: 'issued',
+        why: 'the token was revoked (or an agent of its chain disabled) while the credential was being issued',
+      });
     attempt.note({ credential_id: ireq.credentialId });
-    throw new CordonError('invalid_token', 'the token was revoked (or an agent of its chain disabled) while the credential was being issued; the credential has been revoked', { reason: 'token_revoked_during_issue' });
+    throw new CordonError(
+      'invalid_token',
+      'the token was revoked (or an agent of its chain disabled) while the credential was being issued; the credential has been revoked',
+      { reason: 'token_revoked_during_issue' },
+    );
   }
   for (const f of b.hooks.onDecision) f(EVENT, 'allow', null);
   return {
@@ -177,7 +201,8 @@ interface Decided {
 
 /** Every bound, checked in order, each refusal naming what failed. No writes. */
 function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenView): Decided {
-  if (typeof name !== 'string' || !NAME_PATTERN.test(name)) throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
+  if (typeof name !== 'string' || !NAME_PATTERN.test(name))
+    throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
   const held = parseScope(view.scope);
   if (!covers(held, `cred:${name}`)) throw new CordonError('insufficient_scope', `token scope does not grant cred:${name}`, { reason: 'cred_not_in_scope' });
   // The session's root agent and its policy define what credentials exist in this session (the
@@ -185,9 +210,17 @@ function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenV
   const policy = b.policies.get(view.rootPolicy);
   if (!policy) throw new CordonError('insufficient_scope', `the session's root policy "${view.rootPolicy}" is not loaded`, { reason: 'policy_missing' });
   const spec = Object.hasOwn(policy.credentials, name) ? policy.credentials[name] : undefined;
-  if (!spec) throw new CordonError('insufficient_scope', `policy ${policy.name} (the session's root policy) defines no credential ${name}`, { reason: 'cred_not_defined' });
+  if (!spec)
+    throw new CordonError('insufficient_scope', `policy ${policy.name} (the session's root policy) defines no credential ${name}`, {
+      reason: 'cred_not_defined',
+    });
   const provider = b.providers.get(spec.provider);
-  if (!provider) throw new CordonError('temporarily_unavailable', `the ${spec.provider} provider is not configured on this broker (${ENABLING_VARIABLE[spec.provider]} is unset), so credential ${name} cannot be issued`, { reason: `${spec.provider}_off` });
+  if (!provider)
+    throw new CordonError(
+      'temporarily_unavailable',
+      `the ${spec.provider} provider is not configured on this broker (${ENABLING_VARIABLE[spec.provider]} is unset), so credential ${name} cannot be issued`,
+      { reason: `${spec.provider}_off` },
+    );
   const now = b.clock.now();
   const tokenExp = Math.min(view.expiresAt, claims.exp * 1000);
   const sessionExp = view.sessionExpiresAt;
@@ -212,16 +245,19 @@ function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenV
  */
 async function checkDpop(b: Broker, req: CredentialRequest, view: TokenView): Promise<void> {
   if (!view.cnfJkt) {
-    if (req.scheme === 'DPoP') throw new CordonError('invalid_token', 'token is not DPoP-bound: present it as Authorization: Bearer', { reason: 'dpop_unbound' });
+    if (req.scheme === 'DPoP')
+      throw new CordonError('invalid_token', 'token is not DPoP-bound: present it as Authorization: Bearer', { reason: 'dpop_unbound' });
     return;
   }
   // RFC 9449 §7.1: a bound token presented as a bearer token is refused outright (scheme unknown: the proof decides).
-  if (req.scheme === 'Bearer') throw new CordonError('invalid_token', 'token is DPoP-bound: present it as Authorization: DPoP with a DPoP proof', { reason: 'dpop_scheme' });
+  if (req.scheme === 'Bearer')
+    throw new CordonError('invalid_token', 'token is DPoP-bound: present it as Authorization: DPoP with a DPoP proof', { reason: 'dpop_scheme' });
   try {
     // The record is the truth for the binding (it matched the claims when minted).
     await requireDpopForToken(b, { claims: { cnf: { jkt: view.cnfJkt } }, proof: req.dpopProof, method: req.method, url: req.url, accessToken: req.jwt });
   } catch (e) {
-    if (e instanceof CordonError && e.code === 'invalid_dpop_proof') throw new CordonError('invalid_dpop_proof', e.description, { reason: e.reason, status: 401 });
+    if (e instanceof CordonError && e.code === 'invalid_dpop_proof')
+      throw new CordonError('invalid_dpop_proof', e.description, { reason: e.reason, status: 401 });
     throw e;
   }
 }
@@ -231,7 +267,16 @@ async function checkDpop(b: Broker, req: CredentialRequest, view: TokenView): Pr
  * names it. The row ends 'failed' (nothing issued, or everything cleaned) or 'revoke_failed'
  * (cleanup pending: the sweeper retries until it succeeds or the credential has expired).
  */
-async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueRequest, expiresAtMax: number, handle: Handle | null, err: unknown, chain: string[], attempt: Attempt): Promise<void> {
+async function failIssue(
+  b: Broker,
+  provider: CredentialProvider,
+  ireq: IssueRequest,
+  expiresAtMax: number,
+  handle: Handle | null,
+  err: unknown,
+  chain: string[],
+  attempt: Attempt,
+): Promise<void> {
   const desc = err instanceof CordonError ? err.description : 'unexpected provider failure';
   const reason = err instanceof CordonError ? err.reason : `${provider.name}_error`;
   if (isProviderError(err)) recordBackendError(b, err.provider, err.kind);
@@ -239,11 +284,15 @@ async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueReq
   let state: CredentialState = 'failed';
   let note = `not issued: ${desc}`;
   // STS checkpoints names before the call (nothing exists yet unless the answer was lost); Vault checkpoints a parent that exists.
-  const maybeExists = handle !== null && (handle.kind !== 'sts' || !isProviderError(err) || err.kind === 'timeout' || err.kind === 'bad_answer' || err.kind === 'down');
+  const maybeExists =
+    handle !== null && (handle.kind !== 'sts' || !isProviderError(err) || err.kind === 'timeout' || err.kind === 'bad_answer' || err.kind === 'down');
   if (maybeExists) {
     let r: RevokeResult | undefined;
     try {
-      [r] = await provider.revoke([{ id: ireq.credentialId, sid: ireq.session.sid, jti: ireq.claims.jti, handle, expiresAt: expiresAtMax }], revokeCtx(b, 'orphan'));
+      [r] = await provider.revoke(
+        [{ id: ireq.credentialId, sid: ireq.session.sid, jti: ireq.claims.jti, handle, expiresAt: expiresAtMax }],
+        revokeCtx(b, 'orphan'),
+      );
     } catch (e) {
       r = { id: ireq.credentialId, outcome: 'failed', note: (e as Error).message, ...(isProviderError(e) ? { kind: e.kind } : {}) };
     }
@@ -274,7 +323,10 @@ async function failIssue(b: Broker, provider: CredentialProvider, ireq: IssueReq
       });
     });
   } catch (e) {
-    b.log.error({ err: (e as Error).message, credential: ireq.credentialId }, 'could not record a failed credential issue; orphan recovery will resolve the intent');
+    b.log.error(
+      { err: (e as Error).message, credential: ireq.credentialId },
+      'could not record a failed credential issue; orphan recovery will resolve the intent',
+    );
   }
   attempt.note({ credential_id: ireq.credentialId, state });
 }

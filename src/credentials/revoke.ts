@@ -6,7 +6,8 @@
 import type { Broker } from '../broker.ts';
 import { appendAudit } from '../store/audit-chain.ts';
 import { transact } from '../store/db.ts';
-import { type CredentialRow, type CredentialState, credentials, denyEntriesOf, iamDenies } from '../store/credentials.ts';
+import { type CredentialRow, type CredentialState, credentials } from '../store/credentials.ts';
+import { denyEntriesOf, iamDenies } from '../store/iam-denies.ts';
 import type { Providers } from '../providers/index.ts';
 import type { DenyHooks, DenyRecord, Handle, ReconcileContext, RevokeContext, RevokeResult, RevokeTarget } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
@@ -27,7 +28,13 @@ export function attachProviders(b: Broker, providers: Providers): () => void {
   };
 }
 
-export const target = (id: string, v: { sid: string; jti: string }, handle: Handle | null, expiresAt: number): RevokeTarget => ({ id, sid: v.sid, jti: v.jti, handle, expiresAt });
+export const target = (id: string, v: { sid: string; jti: string }, handle: Handle | null, expiresAt: number): RevokeTarget => ({
+  id,
+  sid: v.sid,
+  jti: v.jti,
+  handle,
+  expiresAt,
+});
 
 export function revokeCtx(b: Broker, scope: RevokeContext['scope']): RevokeContext {
   return { now: b.clock.now(), scope, ...denyHooks(b, scope) };
@@ -41,7 +48,17 @@ function denyHooks(b: Broker, scope: RevokeContext['scope']): DenyHooks {
         const at = b.clock.now();
         const bySid = new Map<string, DenyRecord[]>();
         for (const d of entries) {
-          await iamDenies.insert(tx, { id: d.id, roleArn: d.roleArn, policyName: d.policyName, sid: d.sid, kind: d.kind, subject: d.subject, revokedAt: d.revokedAt, createdAt: at, removeAfter: d.removeAfter });
+          await iamDenies.insert(tx, {
+            id: d.id,
+            roleArn: d.roleArn,
+            policyName: d.policyName,
+            sid: d.sid,
+            kind: d.kind,
+            subject: d.subject,
+            revokedAt: d.revokedAt,
+            createdAt: at,
+            removeAfter: d.removeAfter,
+          });
           const k = `${d.sid}\n${d.roleArn}`;
           bySid.set(k, [...(bySid.get(k) ?? []), d]);
         }
@@ -76,7 +93,11 @@ function denyHooks(b: Broker, scope: RevokeContext['scope']): DenyHooks {
         if (withdraw.length) {
           const at = b.clock.now();
           await q.transaction(async (tx) => {
-            await iamDenies.markRemovedMany(tx, withdraw.map((r) => r.id), at);
+            await iamDenies.markRemovedMany(
+              tx,
+              withdraw.map((r) => r.id),
+              at,
+            );
             for (const sid of new Set(withdraw.map((r) => r.sid)))
               await appendAudit(tx, {
                 at,
@@ -167,17 +188,30 @@ export async function revokeRows(
 }
 
 /** Where a revocation attempt leaves the row. */
-function settle(r: CredentialRow, res: RevokeResult, orphan: boolean, now: number, scope: RevokeContext['scope']): { state: CredentialState; at: number | null; decision: 'allow' | 'info'; text: string } {
+function settle(
+  r: CredentialRow,
+  res: RevokeResult,
+  orphan: boolean,
+  now: number,
+  scope: RevokeContext['scope'],
+): { state: CredentialState; at: number | null; decision: 'allow' | 'info'; text: string } {
   const until = new Date(r.expiresAt).toISOString();
   switch (res.outcome) {
     case 'revoked':
       return { state: 'revoked', at: now, decision: 'allow', text: orphan ? `orphan (backend answer lost) revoked: ${res.note}` : res.note };
     case 'expired':
-      return orphan ? { state: 'failed', at: null, decision: 'info', text: `orphan: anything issued expired at ${until}` } : { state: 'revoked', at: now, decision: 'info', text: res.note };
+      return orphan
+        ? { state: 'failed', at: null, decision: 'info', text: `orphan: anything issued expired at ${until}` }
+        : { state: 'revoked', at: now, decision: 'info', text: res.note };
     case 'not_revocable':
       // Alive until expiry, and listed so: an issued row with revoked_at set.
       return orphan
-        ? { state: 'failed', at: null, decision: 'info', text: `orphan: the broker lost the backend's answer; if it issued, the credential is valid until ${until} (${res.note})` }
+        ? {
+            state: 'failed',
+            at: null,
+            decision: 'info',
+            text: `orphan: the broker lost the backend's answer; if it issued, the credential is valid until ${until} (${res.note})`,
+          }
         : { state: 'issued', at: now, decision: 'info', text: `${scope === 'expired' ? 'session ended' : 'revocation recorded'}; ${res.note}` };
     case 'unknown':
       return { state: 'failed', at: null, decision: 'info', text: `orphan: ${res.note}; anything created expires by ${until}` };
@@ -231,17 +265,27 @@ export function reconcileCtx(b: Broker): ReconcileContext {
         const due = rows.filter((r) => r.removeAfter <= at);
         const keep = rows.filter((r) => r.removeAfter > at);
         const res = await apply(denyEntriesOf(keep));
-        if (res.omitted.length) b.log.warn({ role: roleArn, omitted: res.omitted.length }, 'IAM revocation entries do not fit in the role policy; their revocations stay failed and are retried');
+        if (res.omitted.length)
+          b.log.warn(
+            { role: roleArn, omitted: res.omitted.length },
+            'IAM revocation entries do not fit in the role policy; their revocations stay failed and are retried',
+          );
         if (!due.length) return 0;
         // Only after the backend took the smaller policy: if the call failed, the entries stay and the next sweep tries again.
         return q.transaction(async (tx) => {
-          const n = await iamDenies.markRemovedMany(tx, due.map((r) => r.id), at);
+          const n = await iamDenies.markRemovedMany(
+            tx,
+            due.map((r) => r.id),
+            at,
+          );
           for (const sid of new Set(due.map((r) => r.sid))) {
-            await appendAudit(tx, removedRow(at, sid, { role_arn: roleArn, policy_name: due[0].policyName, entries: due.filter((r) => r.sid === sid).map((r) => r.id) }));
+            await appendAudit(
+              tx,
+              removedRow(at, sid, { role_arn: roleArn, policy_name: due[0].policyName, entries: due.filter((r) => r.sid === sid).map((r) => r.id) }),
+            );
           }
           return n;
         });
       }),
   };
 }
-

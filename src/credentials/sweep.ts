@@ -73,7 +73,14 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
     const rows = await credentials.revocableBySids(b.db, [s.sid]);
     // A session that simply ended is not a revocation: its credentials end with it (Vault ones are
     // still revoked, tidily); STS ones get no IAM deny (they ended with their tokens).
-    if (rows.length) add(await revokeRows(b, rows, s.revokedAt !== null ? { scope: 'session', claim: 'issued', why: 'session revoked' } : { scope: 'expired', claim: 'issued', why: 'session ended' }));
+    if (rows.length)
+      add(
+        await revokeRows(
+          b,
+          rows,
+          s.revokedAt !== null ? { scope: 'session', claim: 'issued', why: 'session revoked' } : { scope: 'expired', claim: 'issued', why: 'session ended' },
+        ),
+      );
     // In-flight issues of this session (pending rows) finish by themselves: their commit sees the session
     // ended and revokes, or orphan recovery does. Swept = nothing issued is left to revoke.
     if (await sessions.markSwept(b.db, s.sid, now)) rep.sessionsSwept++;
@@ -122,7 +129,11 @@ export function startSweeper(b: Broker, intervalSec = b.config.sweepIntervalSec)
       if (rep.orphans || rep.sessionsSwept || rep.revoked || rep.failed || rep.deniesRemoved) b.log.info({ sweep: rep }, 'sweeper');
       return rep;
     },
-    { intervalMs: intervalSec * 1000, runAtStart: true, onError: (e) => b.log.error({ err: (e as Error).message }, 'sweep failed; retrying at the next interval') },
+    {
+      intervalMs: intervalSec * 1000,
+      runAtStart: true,
+      onError: (e) => b.log.error({ err: (e as Error).message }, 'sweep failed; retrying at the next interval'),
+    },
   );
 }
 

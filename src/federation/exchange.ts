@@ -1,7 +1,16 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { createLocalJWKSet, createRemoteJWKSet, decodeJwt, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  decodeJwt,
+  decodeProtectedHeader,
+  errors as joseErrors,
+  jwtVerify,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+} from 'jose';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { agents, type Agent } from '../store/agents.ts';
@@ -78,7 +87,9 @@ function resolverFor(b: Broker, t: Trust): JWTVerifyGetKey {
   try {
     getKey = createLocalJWKSet(checkPublicJwks(JSON.parse(readFileSync(t.source, 'utf8'))));
   } catch {
-    throw new CordonError('temporarily_unavailable', `the key set of issuer ${t.rule.issuer} is not a valid public JWKS`, { reason: 'federation_jwks_invalid' });
+    throw new CordonError('temporarily_unavailable', `the key set of issuer ${t.rule.issuer} is not a valid public JWKS`, {
+      reason: 'federation_jwks_invalid',
+    });
   }
   byBroker.set(t.source, { getKey, mtimeMs });
   return getKey;
@@ -121,17 +132,22 @@ async function verifyWith(b: Broker, jwt: string, t: Trust): Promise<JWTPayload>
 function mapVerifyError(e: unknown, t: Trust): CordonError {
   const iss = clip(t.rule.issuer);
   if (e instanceof CordonError) return e;
-  if (e instanceof joseErrors.JWTExpired && e.claim === 'iat') return refuse(`subject_token from ${iss} is too old (iat; at most ${FEDERATION_MAX_AGE_SEC}s old)`, 'federation_too_old');
+  if (e instanceof joseErrors.JWTExpired && e.claim === 'iat')
+    return refuse(`subject_token from ${iss} is too old (iat; at most ${FEDERATION_MAX_AGE_SEC}s old)`, 'federation_too_old');
   if (e instanceof joseErrors.JWTExpired) return refuse(`subject_token from ${iss} has expired`, 'federation_expired');
   if (e instanceof joseErrors.JWTClaimValidationFailed) {
     if (e.claim === 'nbf') return refuse(`subject_token from ${iss} is not yet valid (nbf)`, 'federation_not_yet_valid');
     if (e.claim === 'iat') return refuse(`subject_token from ${iss} is issued in the future (iat)`, 'federation_iat_future');
     return refuse(`subject_token from ${iss} failed the ${e.claim} check: ${e.reason}`, `federation_claim_${e.reason}`);
   }
-  if (e instanceof joseErrors.JWSSignatureVerificationFailed) return refuse(`subject_token signature does not verify with the keys of ${iss}`, 'federation_bad_signature');
-  if (e instanceof joseErrors.JWKSNoMatchingKey || e instanceof joseErrors.JWKSMultipleMatchingKeys) return refuse(`no key of ${iss} matches the subject_token (kid/alg)`, 'federation_unknown_key');
-  if (e instanceof joseErrors.JOSEAlgNotAllowed || e instanceof joseErrors.JOSENotSupported) return refuse('subject_token algorithm is not allowed', 'federation_bad_alg');
-  if (e instanceof joseErrors.JWSInvalid || e instanceof joseErrors.JWTInvalid) return refuse('subject_token is not a valid signed JWT', 'federation_malformed');
+  if (e instanceof joseErrors.JWSSignatureVerificationFailed)
+    return refuse(`subject_token signature does not verify with the keys of ${iss}`, 'federation_bad_signature');
+  if (e instanceof joseErrors.JWKSNoMatchingKey || e instanceof joseErrors.JWKSMultipleMatchingKeys)
+    return refuse(`no key of ${iss} matches the subject_token (kid/alg)`, 'federation_unknown_key');
+  if (e instanceof joseErrors.JOSEAlgNotAllowed || e instanceof joseErrors.JOSENotSupported)
+    return refuse('subject_token algorithm is not allowed', 'federation_bad_alg');
+  if (e instanceof joseErrors.JWSInvalid || e instanceof joseErrors.JWTInvalid)
+    return refuse('subject_token is not a valid signed JWT', 'federation_malformed');
   // Fetch failures, timeouts, a JWKS endpoint answering garbage: the broker's problem, not the caller's.
   return new CordonError('temporarily_unavailable', `the key set of ${iss} could not be fetched; try again later`, { reason: 'federation_jwks_unavailable' });
 }
@@ -153,7 +169,9 @@ function mapVerifyError(e: unknown, t: Trust): CordonError {
  * and `sub` also go to the audit row.
  */
 export async function redeemFederatedJwt(b: Broker, req: FederationRequest, attempt: Attempt): Promise<SessionStartResult> {
-  attempt.by(req.callerClientId, req.callerClientId ? [req.callerClientId] : null).note({ origin: 'federation', requested_actor: req.requestedActor?.slice(0, 64), scope: req.scope, task: req.task, audience: req.audience });
+  attempt
+    .by(req.callerClientId, req.callerClientId ? [req.callerClientId] : null)
+    .note({ origin: 'federation', requested_actor: req.requestedActor?.slice(0, 64), scope: req.scope, task: req.task, audience: req.audience });
   const jwt = req.subjectToken;
   if (jwt.length > MAX_JWT_LENGTH || !/^[\w-]+\.[\w-]+\.[\w-]+$/.test(jwt)) throw refuse('subject_token is not a compact signed JWT', 'federation_malformed');
   let header: ReturnType<typeof decodeProtectedHeader>;
@@ -164,12 +182,18 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest, atte
   } catch {
     throw refuse('subject_token is not a valid JWT', 'federation_malformed');
   }
-  if (typeof header.alg !== 'string' || !FEDERATION_ALGS.includes(header.alg)) throw refuse(`subject_token algorithm ${JSON.stringify(header.alg)} is not allowed (asymmetric signatures only)`, 'federation_bad_alg');
-  if (header.typ !== undefined && !ACCEPTED_TYP.has(String(header.typ).toLowerCase())) throw refuse(`subject_token typ ${JSON.stringify(clip(String(header.typ), 40))} is not an identity token`, 'federation_bad_typ');
+  if (typeof header.alg !== 'string' || !FEDERATION_ALGS.includes(header.alg))
+    throw refuse(`subject_token algorithm ${JSON.stringify(header.alg)} is not allowed (asymmetric signatures only)`, 'federation_bad_alg');
+  if (header.typ !== undefined && !ACCEPTED_TYP.has(String(header.typ).toLowerCase()))
+    throw refuse(`subject_token typ ${JSON.stringify(clip(String(header.typ), 40))} is not an identity token`, 'federation_bad_typ');
   if (typeof unverified.iss !== 'string' || unverified.iss === '') throw refuse('subject_token has no issuer', 'federation_malformed');
   const iss = unverified.iss;
   attempt.note({ external_issuer: iss });
-  if (iss === b.config.issuer) throw refuse('subject_token is one of this broker\'s own tokens: use subject_token_type urn:ietf:params:oauth:token-type:access_token to delegate it', 'federation_own_token');
+  if (iss === b.config.issuer)
+    throw refuse(
+      "subject_token is one of this broker's own tokens: use subject_token_type urn:ietf:params:oauth:token-type:access_token to delegate it",
+      'federation_own_token',
+    );
 
   const trusts: Trust[] = [];
   for (const policy of b.policies.list()) {
@@ -183,7 +207,11 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest, atte
   let firstError: unknown;
   for (const s of [...new Set(trusts.map((t) => t.source))]) {
     try {
-      payload = await verifyWith(b, jwt, trusts.find((t) => t.source === s)!);
+      payload = await verifyWith(
+        b,
+        jwt,
+        trusts.find((t) => t.source === s)!,
+      );
       source = s;
       break;
     } catch (e) {
@@ -201,23 +229,33 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest, atte
   if (!mapped.length) throw refuse(`subject ${clip(externalSub)} of ${clip(iss)} is not mapped to any agent`, 'federation_unmapped');
 
   const subject = `${iss}#${externalSub}`;
-  if (subject.length > MAX_SUBJECT_LENGTH) throw refuse(`subject_token issuer and sub together exceed ${MAX_SUBJECT_LENGTH} characters`, 'federation_subject_too_long');
+  if (subject.length > MAX_SUBJECT_LENGTH)
+    throw refuse(`subject_token issuer and sub together exceed ${MAX_SUBJECT_LENGTH} characters`, 'federation_subject_too_long');
 
   const agent = await pickAgent(b, req, [...new Set(mapped.map((t) => t.policy.name))]);
   attempt.by(agent.id, [agent.id]);
   const claim = mapped.some((t) => t.policy.name === agent.policy && t.rule.single_use) ? singleUseClaim(b, iss, payload) : undefined;
-  return await startSession(b, {
-    clientId: agent.id,
-    scope: req.scope,
-    task: req.task,
-    audience: req.audience,
-    requestedTtl: req.requestedTtl,
-    dpopJkt: req.dpopJkt,
-    origin: 'federation',
-    subject,
-    auditParams: { origin: 'federation', external_issuer: iss, external_sub: externalSub, ...(typeof payload.jti === 'string' ? { external_jti: payload.jti.slice(0, 128) } : {}) },
-    claim,
-  }, attempt);
+  return await startSession(
+    b,
+    {
+      clientId: agent.id,
+      scope: req.scope,
+      task: req.task,
+      audience: req.audience,
+      requestedTtl: req.requestedTtl,
+      dpopJkt: req.dpopJkt,
+      origin: 'federation',
+      subject,
+      auditParams: {
+        origin: 'federation',
+        external_issuer: iss,
+        external_sub: externalSub,
+        ...(typeof payload.jti === 'string' ? { external_jti: payload.jti.slice(0, 128) } : {}),
+      },
+      claim,
+    },
+    attempt,
+  );
 }
 
 /**
@@ -227,13 +265,15 @@ export async function redeemFederatedJwt(b: Broker, req: FederationRequest, atte
  */
 function singleUseClaim(b: Broker, iss: string, payload: JWTPayload): (tx: Q) => Promise<void> {
   const jti = payload.jti;
-  if (typeof jti !== 'string' || jti === '' || jti.length > 256) throw refuse(`subject_token from ${clip(iss)} has no usable jti, which a single_use rule needs`, 'federation_jti_missing');
+  if (typeof jti !== 'string' || jti === '' || jti.length > 256)
+    throw refuse(`subject_token from ${clip(iss)} has no usable jti, which a single_use rule needs`, 'federation_jti_missing');
   const key = `fedjwt:${createHash('sha256').update(`${iss}\n${jti}`).digest('base64url')}`;
   const until = (payload.exp as number) * 1000 + b.config.clockSkewSec * 1000;
   return async (tx) => {
     // Checked again at commit time: a JWT that expired while its request waited claims nothing.
     if (until <= b.clock.now()) throw refuse(`subject_token from ${clip(iss)} has expired`, 'federation_expired');
-    if (!(await replayGuard.claim(tx, key, until, b.clock.now()))) throw refuse(`subject_token from ${clip(iss)} has been used before (its rule is single_use)`, 'federation_replay');
+    if (!(await replayGuard.claim(tx, key, until, b.clock.now())))
+      throw refuse(`subject_token from ${clip(iss)} has been used before (its rule is single_use)`, 'federation_replay');
   };
 }
 
@@ -251,12 +291,15 @@ async function pickAgent(b: Broker, req: FederationRequest, policyNames: string[
   }
   if (req.requestedActor !== undefined) {
     const named = req.requestedActor;
-    if (!isWellFormedId(named) && !NAME_PATTERN.test(named)) throw new CordonError('invalid_request', 'requested_actor is malformed', { reason: 'actor_malformed' });
+    if (!isWellFormedId(named) && !NAME_PATTERN.test(named))
+      throw new CordonError('invalid_request', 'requested_actor is malformed', { reason: 'actor_malformed' });
     const a = candidates.find((c) => c.id === named || c.name === named);
     if (!a) throw refuse(`requested_actor ${named} is not an active agent this identity maps to (policy ${policies})`, 'federation_actor_not_mapped');
     return a;
   }
   if (candidates.length === 1) return candidates[0];
   if (!candidates.length) throw refuse(`no active agent is bound to policy ${policies}, which this identity maps to`, 'federation_no_agent');
-  throw new CordonError('invalid_request', `${candidates.length} agents share policy ${policies}: name one with requested_actor`, { reason: 'federation_actor_ambiguous' });
+  throw new CordonError('invalid_request', `${candidates.length} agents share policy ${policies}: name one with requested_actor`, {
+    reason: 'federation_actor_ambiguous',
+  });
 }

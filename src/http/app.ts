@@ -51,19 +51,22 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
   });
-  app.get('/readyz', handle(async (_req, res) => {
-    // Backends are reported, not required: tokens are still issued while Vault or STS is down.
-    const providers = Object.fromEntries(
-      await Promise.all([...b.providers].map(async ([name, p]) => [name, await p.health().catch((e: Error) => ({ ok: false, detail: e.message }))] as const)),
-    );
-    const degraded = Object.values(providers).some((h) => !h.ok);
-    try {
-      await ping(b.db);
-      res.json({ status: degraded ? 'degraded' : 'ready', database: 'ok', providers });
-    } catch {
-      res.status(503).json({ status: 'unavailable', database: 'down', providers });
-    }
-  }));
+  app.get(
+    '/readyz',
+    handle(async (_req, res) => {
+      // Backends are reported, not required: tokens are still issued while Vault or STS is down.
+      const providers = Object.fromEntries(
+        await Promise.all([...b.providers].map(async ([name, p]) => [name, await p.health().catch((e: Error) => ({ ok: false, detail: e.message }))] as const)),
+      );
+      const degraded = Object.values(providers).some((h) => !h.ok);
+      try {
+        await ping(b.db);
+        res.json({ status: degraded ? 'degraded' : 'ready', database: 'ok', providers });
+      } catch {
+        res.status(503).json({ status: 'unavailable', database: 'down', providers });
+      }
+    }),
+  );
   for (const add of ext.routes ?? []) add(app, b);
 
   // oidc-provider serves exactly these; its other routes (authorization, end-session, PAR…) are
@@ -80,17 +83,29 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
   // The token endpoint takes forms only, unencoded and within the provider's own size limit;
   // anything else is refused before the provider sees it.
   const tokenBodyLimit = Math.min(b.config.bodyLimitBytes, PROVIDER_BODY_LIMIT);
-  app.post('/token', (req: Request, res: Response, next: NextFunction) => {
-    const refusal = tokenRequestRefusal(req, tokenBodyLimit);
-    if (refusal) return void refuse(b, req, res, refusal, 'token');
-    next();
-  }, toProvider);
+  app.post(
+    '/token',
+    (req: Request, res: Response, next: NextFunction) => {
+      const refusal = tokenRequestRefusal(req, tokenBodyLimit);
+      if (refusal) return void refuse(b, req, res, refusal, 'token');
+      next();
+    },
+    toProvider,
+  );
   // Anything else: 405 with Allow on a path the broker serves, 404 elsewhere; JSON either way.
   app.use((req: Request, res: Response) => {
     const allowed = methodsRoutedAt(app, req.path);
     if (allowed.length) {
       res.setHeader('Allow', allowed.join(', '));
-      return void refuse(b, req, res, new CordonError('invalid_request', `${req.method} is not served on ${req.path}; use ${allowed.join(' or ')}`, { status: 405, reason: 'method_not_allowed' }));
+      return void refuse(
+        b,
+        req,
+        res,
+        new CordonError('invalid_request', `${req.method} is not served on ${req.path}; use ${allowed.join(' or ')}`, {
+          status: 405,
+          reason: 'method_not_allowed',
+        }),
+      );
     }
     void refuse(b, req, res, new CordonError('not_found', 'no such endpoint', { reason: 'no_route' }));
   });
@@ -101,7 +116,8 @@ export async function createApp(b: Broker, ext: AppExtensions = {}): Promise<Exp
 }
 
 /** Is part of the request body still to come? (A request without one is complete as soon as it is handled.) */
-const bodyPending = (req: Request): boolean => !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+const bodyPending = (req: Request): boolean =>
+  !req.complete && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
 
 /**
  * The raw form body for Cordon's own endpoints. A declared length over the limit is refused at
@@ -110,7 +126,8 @@ const bodyPending = (req: Request): boolean => !req.complete && (req.headers['tr
  */
 function formBody(b: Broker, attempted: Attempted): Array<RequestHandler | ErrorRequestHandler> {
   const tooLarge = (req: Request, res: Response, next: NextFunction): void => {
-    if (Number(req.headers['content-length'] ?? 0) > b.config.bodyLimitBytes) return void refuse(b, req, res, new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' }), attempted);
+    if (Number(req.headers['content-length'] ?? 0) > b.config.bodyLimitBytes)
+      return void refuse(b, req, res, new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' }), attempted);
     next();
   };
   const parse = express.raw({ type: 'application/x-www-form-urlencoded', limit: b.config.bodyLimitBytes });
@@ -119,10 +136,13 @@ function formBody(b: Broker, attempted: Attempted): Array<RequestHandler | Error
 
 /** What the token endpoint refuses on the headers alone, before the provider reads the body. */
 function tokenRequestRefusal(req: Request, limit: number): CordonError | undefined {
-  if (!req.is('application/x-www-form-urlencoded')) return new CordonError('invalid_request', 'content type must be application/x-www-form-urlencoded', { reason: 'content_type' });
+  if (!req.is('application/x-www-form-urlencoded'))
+    return new CordonError('invalid_request', 'content type must be application/x-www-form-urlencoded', { reason: 'content_type' });
   const encoding = (req.headers['content-encoding'] ?? 'identity').trim().toLowerCase();
-  if (encoding !== 'identity') return new CordonError('invalid_request', 'the token endpoint takes unencoded bodies only', { status: 415, reason: 'content_encoding' });
-  if (Number(req.headers['content-length'] ?? 0) > limit) return new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' });
+  if (encoding !== 'identity')
+    return new CordonError('invalid_request', 'the token endpoint takes unencoded bodies only', { status: 415, reason: 'content_encoding' });
+  if (Number(req.headers['content-length'] ?? 0) > limit)
+    return new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' });
   return undefined;
 }
 
@@ -131,13 +151,16 @@ function tokenRequestRefusal(req: Request, limit: number): CordonError | undefin
  * (DPoP) with a comma: either way the request is ambiguous about who is calling, so it is refused.
  */
 const SINGLE_HEADERS = new Set(['authorization', 'dpop', 'content-type', 'content-encoding']);
-const refuseRepeatedHeaders = (b: Broker) => (req: Request, res: Response, next: NextFunction): void => {
-  const seen = new Set<string>();
-  for (let i = 0; i < req.rawHeaders.length; i += 2) {
-    const name = req.rawHeaders[i].toLowerCase();
-    if (!SINGLE_HEADERS.has(name)) continue;
-    if (seen.has(name)) return void refuse(b, req, res, new CordonError('invalid_request', `the ${name} header must appear once`, { reason: 'duplicate_header' }));
-    seen.add(name);
-  }
-  next();
-};
+const refuseRepeatedHeaders =
+  (b: Broker) =>
+  (req: Request, res: Response, next: NextFunction): void => {
+    const seen = new Set<string>();
+    for (let i = 0; i < req.rawHeaders.length; i += 2) {
+      const name = req.rawHeaders[i].toLowerCase();
+      if (!SINGLE_HEADERS.has(name)) continue;
+      if (seen.has(name))
+        return void refuse(b, req, res, new CordonError('invalid_request', `the ${name} header must appear once`, { reason: 'duplicate_header' }));
+      seen.add(name);
+    }
+    next();
+  };

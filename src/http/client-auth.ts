@@ -80,7 +80,8 @@ async function assertionAuth(b: Broker, req: Request, assertion: string, claimed
     if (typeof payload.jti !== 'string' || payload.jti === '' || payload.jti.length > 256) throw fail('client_assertion jti must be a non-empty string');
     // Kept as long as the assertion is accepted: until exp plus the tolerated skew (checkAssertionTimes).
     const exp = (payload.exp as number) * 1000 + b.config.clockSkewSec * 1000;
-    if (!(await replayGuard.claim(b.db, assertionReplayKey(assertionReplayId(agent.id, payload.jti)), exp, b.clock.now()))) throw fail('client_assertion has been used before');
+    if (!(await replayGuard.claim(b.db, assertionReplayKey(assertionReplayId(agent.id, payload.jti)), exp, b.clock.now())))
+      throw fail('client_assertion has been used before');
   } catch (e) {
     if (e instanceof CordonError) throw e;
     throw fail('client_assertion could not be verified');

@@ -20,21 +20,25 @@ export function toCordonError(err: unknown): CordonError {
   if (err instanceof CordonError) return err;
   const e = err as { type?: string; status?: number };
   if (e?.type === 'entity.too.large') return new CordonError('invalid_request', 'request body is too large', { status: 413, reason: 'body_too_large' });
-  if (e?.type === 'entity.parse.failed' || e?.type === 'encoding.unsupported' || e?.type === 'charset.unsupported') return new CordonError('invalid_request', 'request body could not be parsed', { reason: 'body_malformed' });
+  if (e?.type === 'entity.parse.failed' || e?.type === 'encoding.unsupported' || e?.type === 'charset.unsupported')
+    return new CordonError('invalid_request', 'request body could not be parsed', { reason: 'body_malformed' });
   if (e?.status === 400) return new CordonError('invalid_request', 'request could not be parsed', { reason: 'body_malformed' });
   return new CordonError('server_error', 'the broker could not complete the request', { reason: 'internal' });
 }
 
 /** Express error middleware: last in the chain. Whatever happens, the answer is RFC 6749 JSON. */
-export const errorMiddleware = (log: Logger) => (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
-  if (res.headersSent) return;
-  try {
-    sendError(res, err, log);
-  } catch (e) {
-    log.error({ err: (e as Error).message }, 'could not send an error response');
-    if (!res.headersSent) res.status(500).type('application/json').send('{"error":"server_error","error_description":"the broker could not complete the request"}');
-  }
-};
+export const errorMiddleware =
+  (log: Logger) =>
+  (err: unknown, _req: Request, res: Response, _next: NextFunction): void => {
+    if (res.headersSent) return;
+    try {
+      sendError(res, err, log);
+    } catch (e) {
+      log.error({ err: (e as Error).message }, 'could not send an error response');
+      if (!res.headersSent)
+        res.status(500).type('application/json').send('{"error":"server_error","error_description":"the broker could not complete the request"}');
+    }
+  };
 
 /** Wraps an async handler so thrown errors reach the error middleware. */
 export const handle =

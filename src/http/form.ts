@@ -21,7 +21,8 @@ export const MAX_FORM_PARAMS = 100;
  */
 export function parseForm(req: Request): Form {
   // req.is answers null when there is no body at all, false when the body has another type.
-  if (req.is('application/x-www-form-urlencoded') === false) throw new CordonError('invalid_request', 'content type must be application/x-www-form-urlencoded', { reason: 'content_type' });
+  if (req.is('application/x-www-form-urlencoded') === false)
+    throw new CordonError('invalid_request', 'content type must be application/x-www-form-urlencoded', { reason: 'content_type' });
   const raw = req.body;
   if (!Buffer.isBuffer(raw)) return new Map();
   let text: string;
@@ -34,7 +35,8 @@ export function parseForm(req: Request): Form {
   let count = 0;
   for (const pair of text.split('&')) {
     if (!pair) continue;
-    if (++count > MAX_FORM_PARAMS) throw new CordonError('invalid_request', `request has more than ${MAX_FORM_PARAMS} parameters`, { reason: 'too_many_params' });
+    if (++count > MAX_FORM_PARAMS)
+      throw new CordonError('invalid_request', `request has more than ${MAX_FORM_PARAMS} parameters`, { reason: 'too_many_params' });
     const i = pair.indexOf('=');
     const k = decode(i === -1 ? pair : pair.slice(0, i));
     const v = decode(i === -1 ? '' : pair.slice(i + 1));

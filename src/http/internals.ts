@@ -88,13 +88,14 @@ type OidcContext = { oidc?: KoaContextWithOIDC['oidc'] };
  * registered, plus the client authentication ones): a string, undefined, or an array for a
  * parameter registered as allowing duplicates.
  */
-export const providerParams = (ctx: object): Record<string, unknown> => ((ctx as OidcContext).oidc?.params ?? {});
+export const providerParams = (ctx: object): Record<string, unknown> => (ctx as OidcContext).oidc?.params ?? {};
 
 /** oidc-provider 9.13 (checked against 9.13.3): `ctx.oidc.body` is the whole decoded form, parameters it does not know included. */
-export const providerBody = (ctx: object): Record<string, unknown> => ((ctx as OidcContext).oidc?.body ?? {});
+export const providerBody = (ctx: object): Record<string, unknown> => (ctx as OidcContext).oidc?.body ?? {};
 
 /** oidc-provider 9.13 (checked against 9.13.3): once authenticated, `ctx.oidc.client` has `clientId` and `clientAuthMethod`. */
-export const providerClient = (ctx: object): { clientId: string; clientAuthMethod: string } | undefined => (ctx as OidcContext).oidc?.client as { clientId: string; clientAuthMethod: string } | undefined;
+export const providerClient = (ctx: object): { clientId: string; clientAuthMethod: string } | undefined =>
+  (ctx as OidcContext).oidc?.client as { clientId: string; clientAuthMethod: string } | undefined;
 
 /** oidc-provider 9.13 (checked against 9.13.3) reads bodies of at most 56 KiB itself (lib/shared/selective_body.js `LIMIT`). */
 export const PROVIDER_BODY_LIMIT = 56 * 1024;

@@ -16,14 +16,26 @@ export function mountMetrics(app: Express, b: Broker, opts: { defaultMetrics?: b
     res.on('finish', () => {
       const routePath = (req.route as { path?: unknown } | undefined)?.path;
       const route = typeof routePath === 'string' ? routePath : PROVIDER_ROUTES.has(req.path) ? req.path : 'unmatched';
-      m.httpDuration.observe({ method: label(req.method.toLowerCase(), /^[a-z]{1,10}$/), route, status: String(res.statusCode) }, Number(process.hrtime.bigint() - start) / 1e9);
+      m.httpDuration.observe(
+        { method: label(req.method.toLowerCase(), /^[a-z]{1,10}$/), route, status: String(res.statusCode) },
+        Number(process.hrtime.bigint() - start) / 1e9,
+      );
     });
     next();
   });
   const wanted = b.config.metricsToken === undefined ? undefined : digest(b.config.metricsToken);
   app.get('/metrics', (req, res, next) => {
     if (wanted && !bearerMatches(req.headers.authorization, wanted)) {
-      return void refuse(b, req, res, new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', { status: 401, reason: 'metrics_token' }), 'metrics');
+      return void refuse(
+        b,
+        req,
+        res,
+        new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', {
+          status: 401,
+          reason: 'metrics_token',
+        }),
+        'metrics',
+      );
     }
     m.registry
       .metrics()

@@ -34,7 +34,13 @@ function adapterFor(b: Broker) {
       if (this.model === 'Client') {
         // The public workload client: no secret, token exchange only; the subject token names the agent (grants/token-exchange.ts).
         if (id === WORKLOAD_CLIENT_ID) {
-          return { client_id: WORKLOAD_CLIENT_ID, token_endpoint_auth_method: 'none', grant_types: [GRANT_TOKEN_EXCHANGE], response_types: [], redirect_uris: [] };
+          return {
+            client_id: WORKLOAD_CLIENT_ID,
+            token_endpoint_auth_method: 'none',
+            grant_types: [GRANT_TOKEN_EXCHANGE],
+            response_types: [],
+            redirect_uris: [],
+          };
         }
         if (!isWellFormedId(id)) return undefined;
         const a = await agents.get(b.read, id);
@@ -98,7 +104,6 @@ const UNSERVED_METADATA = [
 
 /** Long enough for any client assertion (they live minutes); upsert then sets the real expiry. */
 const PROVISIONAL_REPLAY_MS = 15 * 60_000;
-
 
 /** Typed broker errors thrown in a grant become oidc-provider errors, which it renders as RFC 6749 JSON. */
 export function toProviderError(e: CordonError): Error {
@@ -168,9 +173,14 @@ export async function createProvider(b: Broker): Promise<Provider> {
     if (!err || ctx.state.cordonRefusalRecorded) return;
     const params = providerParams(ctx);
     const clientId = providerClient(ctx)?.clientId ?? claimedClientId(ctx.headers?.authorization, params.client_id);
-    const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(clientId).note({ grant_type: String(params.grant_type ?? '').slice(0, 100) });
+    const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress))
+      .by(clientId)
+      .note({ grant_type: String(params.grant_type ?? '').slice(0, 100) });
     const code = (err.error ?? 'invalid_request') as OAuthErrorCode;
-    const refusal = new CordonError(code, (err.error_description ?? err.message).slice(0, 300), { reason: code, ...(err.status ? { status: err.status } : {}) });
+    const refusal = new CordonError(code, (err.error_description ?? err.message).slice(0, 300), {
+      reason: code,
+      ...(err.status ? { status: err.status } : {}),
+    });
     await recordRefusal(b, attempt, refusal).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
   });
   provider.on('server_error', (_ctx: unknown, err: Error) => b.log.error({ err: err.message }, 'token endpoint error'));
@@ -195,7 +205,8 @@ export async function createProvider(b: Broker): Promise<Provider> {
 function refuseReplacementChars(ctx: KoaContextWithOIDC): void {
   for (const [k, v] of Object.entries(providerBody(ctx))) {
     for (const s of [k, ...(Array.isArray(v) ? v : [v])]) {
-      if (typeof s === 'string' && s.includes('\uFFFD')) throw new CordonError('invalid_request', 'request body is not valid UTF-8', { reason: 'body_not_utf8' });
+      if (typeof s === 'string' && s.includes('\uFFFD'))
+        throw new CordonError('invalid_request', 'request body is not valid UTF-8', { reason: 'body_not_utf8' });
     }
   }
 }
@@ -211,7 +222,9 @@ function assertionTimesOnBrokerClock(b: Broker, ctx: KoaContextWithOIDC): void {
 
 async function runGrant(b: Broker, handler: GrantHandler, ctx: KoaContextWithOIDC): Promise<void> {
   // The grant is this request's entry point: it writes the refusal's one row, from what the handler learned.
-  const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress)).by(providerClient(ctx)?.clientId ?? null).note({ grant_type: String(providerParams(ctx).grant_type ?? '').slice(0, 100) });
+  const attempt = new Attempt('token', clientAddressOf(ctx.req?.socket?.remoteAddress))
+    .by(providerClient(ctx)?.clientId ?? null)
+    .note({ grant_type: String(providerParams(ctx).grant_type ?? '').slice(0, 100) });
   try {
     refuseReplacementChars(ctx);
     assertionTimesOnBrokerClock(b, ctx);

@@ -46,7 +46,14 @@ export async function auditRefusal(b: Broker, req: Request, res: Response, err: 
 /** The audit event a request to `path` attempts, for refusals made before (or without) a route. */
 export function attemptedAt(path: string): Attempted {
   if (path.startsWith('/credentials/')) return 'credential.issue';
-  const known: Record<string, Attempted> = { '/token': 'token', '/introspect': 'introspect', '/revoke': 'revoke', '/revocations': 'revocations', '/metrics': 'metrics', '/jwks': 'jwks' };
+  const known: Record<string, Attempted> = {
+    '/token': 'token',
+    '/introspect': 'introspect',
+    '/revoke': 'revoke',
+    '/revocations': 'revocations',
+    '/metrics': 'metrics',
+    '/jwks': 'jwks',
+  };
   return known[path] ?? 'request';
 }
 

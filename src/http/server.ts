@@ -22,7 +22,11 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
   await new Promise<void>((resolve, reject) => {
     const onError = (e: NodeJS.ErrnoException): void => {
       server.off('listening', onListening);
-      reject(new Error(`cannot listen on ${host}:${port}: ${e.code === 'EADDRINUSE' ? 'the port is in use' : e.code === 'EADDRNOTAVAIL' ? 'the address is not on this machine' : e.message} (PORT, HOST)`));
+      reject(
+        new Error(
+          `cannot listen on ${host}:${port}: ${e.code === 'EADDRINUSE' ? 'the port is in use' : e.code === 'EADDRNOTAVAIL' ? 'the address is not on this machine' : e.message} (PORT, HOST)`,
+        ),
+      );
     };
     const onListening = (): void => {
       server.off('error', onError);
@@ -73,8 +77,15 @@ async function answerClientError(b: Broker, err: NodeJS.ErrnoException, socket: 
   const [status, phrase, description] = clientErrorReply(err.code);
   const clientAddress = clientAddressOf((socket as Duplex & { remoteAddress?: string }).remoteAddress);
   const body = JSON.stringify({ error: 'invalid_request', error_description: description });
-  socket.end(`HTTP/1.1 ${status} ${phrase}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${status} ${phrase}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
+  );
   // Answered first: the client may already have half-closed the connection, which would not wait for the row.
-  const refusal = new CordonError('invalid_request', description, { status, reason: err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'http_malformed' });
-  await recordRefusal(b, new Attempt('request', clientAddress).note({ status }), refusal).catch((e: Error) => b.log.error({ err: e.message }, 'could not audit a refusal'));
+  const refusal = new CordonError('invalid_request', description, {
+    status,
+    reason: err.code === 'HPE_HEADER_OVERFLOW' ? 'headers_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'http_malformed',
+  });
+  await recordRefusal(b, new Attempt('request', clientAddress).note({ status }), refusal).catch((e: Error) =>
+    b.log.error({ err: e.message }, 'could not audit a refusal'),
+  );
 }

@@ -28,7 +28,14 @@ function writePrivate(path: string, data: string | Buffer): void {
  * Creates a key pair: the private JWK goes to disk first (mode 0600), then the public half and
  * its audit row commit together. A crash in between leaves only an unused file.
  */
-async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, event: 'key.create' | 'key.rotate', retire?: { publishUntil: number }): Promise<KeyInfo> {
+async function createKey(
+  db: Db,
+  keyDir: string,
+  alg: SigningAlg,
+  clock: Clock,
+  event: 'key.create' | 'key.rotate',
+  retire?: { publishUntil: number },
+): Promise<KeyInfo> {
   ensureDir(keyDir);
   const { privateKey, publicKey } = await generateKeyPair(alg, { extractable: true, crv: alg === 'EdDSA' ? 'Ed25519' : undefined });
   const pub = await exportJWK(publicKey);
@@ -43,7 +50,12 @@ async function createKey(db: Db, keyDir: string, alg: SigningAlg, clock: Clock, 
       await signingKeys.retireActive(tx, at, retire.publishUntil);
     }
     await signingKeys.insertActive(tx, { kid, alg, publicJwk, createdAt: at });
-    await appendAudit(tx, { at, event, decision: 'info', params: { kid, alg, ...(retire ? { retired_publish_until: new Date(retire.publishUntil).toISOString() } : {}) } });
+    await appendAudit(tx, {
+      at,
+      event,
+      decision: 'info',
+      params: { kid, alg, ...(retire ? { retired_publish_until: new Date(retire.publishUntil).toISOString() } : {}) },
+    });
   }).catch((e: unknown) => {
     rmSync(file, { force: true }); // the key never became known: its private half goes
     throw e;
@@ -132,7 +144,8 @@ export class Keyring {
     if (!active) throw new Error('no active signing key: run `cordon init`');
     const activatesAt = active.createdAt + KEY_ACTIVATION_MS;
     // Until the new key activates, the key it replaced signs (when this broker holds its private half).
-    const replaced = now < activatesAt ? rows.find((r) => r.status === 'retired' && r.retiredAt === active.createdAt && existsSync(this.#privateFile(r.kid))) : undefined;
+    const replaced =
+      now < activatesAt ? rows.find((r) => r.status === 'retired' && r.retiredAt === active.createdAt && existsSync(this.#privateFile(r.kid))) : undefined;
     const signer = replaced ?? active;
     const file = this.#privateFile(signer.kid);
     if (!existsSync(file)) throw new Error(`private key for kid ${signer.kid} is missing from ${this.#keyDir}`);
@@ -192,7 +205,9 @@ const SECRET_HASH_KEY_FILE = 'client-secret-hmac.key';
  */
 export function keyFiles(keyDir: string): Array<{ path: string; expected: number }> {
   if (!existsSync(keyDir)) return [];
-  const names = readdirSync(keyDir).filter((n) => n.endsWith('.jwk.json') || n === SECRET_HASH_KEY_FILE).sort();
+  const names = readdirSync(keyDir)
+    .filter((n) => n.endsWith('.jwk.json') || n === SECRET_HASH_KEY_FILE)
+    .sort();
   return [{ path: keyDir, expected: 0o700 }, ...names.map((n) => ({ path: join(keyDir, n), expected: 0o600 }))];
 }
 

@@ -27,8 +27,18 @@ export function metricsFor(b: Broker, opts: { defaultMetrics?: boolean } = {}): 
   if (b.metrics) return b.metrics;
   const registry = new Registry();
   if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix: 'cordon_process_' });
-  const issued = new Counter({ name: 'cordon_issued_total', help: 'Grants issued (sessions opened, tokens, delegations, backend credentials), by audit event.', labelNames: ['event'] as const, registers: [registry] });
-  const refused = new Counter({ name: 'cordon_refused_total', help: 'Requests refused, by audit event attempted and stable reason tag.', labelNames: ['event', 'reason'] as const, registers: [registry] });
+  const issued = new Counter({
+    name: 'cordon_issued_total',
+    help: 'Grants issued (sessions opened, tokens, delegations, backend credentials), by audit event.',
+    labelNames: ['event'] as const,
+    registers: [registry],
+  });
+  const refused = new Counter({
+    name: 'cordon_refused_total',
+    help: 'Requests refused, by audit event attempted and stable reason tag.',
+    labelNames: ['event', 'reason'] as const,
+    registers: [registry],
+  });
   const httpDuration = new Histogram({
     name: 'cordon_http_request_duration_seconds',
     help: 'HTTP request latency by route.',
@@ -36,7 +46,12 @@ export function metricsFor(b: Broker, opts: { defaultMetrics?: boolean } = {}): 
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     registers: [registry],
   });
-  const backendErrors = new Counter({ name: 'cordon_backend_errors_total', help: 'Errors from credential backends (Vault, AWS STS), by provider and kind.', labelNames: ['provider', 'reason'] as const, registers: [registry] });
+  const backendErrors = new Counter({
+    name: 'cordon_backend_errors_total',
+    help: 'Errors from credential backends (Vault, AWS STS), by provider and kind.',
+    labelNames: ['provider', 'reason'] as const,
+    registers: [registry],
+  });
   const countOr = async (what: string, f: () => Promise<Array<{ count: number }>>): Promise<number | null> => {
     try {
       return (await f()).reduce((n, r) => n + r.count, 0);
@@ -80,4 +95,3 @@ export function metricsFor(b: Broker, opts: { defaultMetrics?: boolean } = {}): 
 export function recordBackendError(b: Broker, provider: string, reason: string): void {
   b.metrics?.backendErrors.inc({ provider: label(provider), reason: label(reason) });
 }
-

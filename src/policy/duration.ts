@@ -30,9 +30,7 @@ export function parseDuration(text: string | number): number {
   const m = digits || text === '' ? null : DURATION.exec(text);
   if (!digits && !m) throw new DurationError(text, HINT);
   const [, d, h, min, s] = m ?? [];
-  const total = digits
-    ? Number(text)
-    : Number(d ?? 0) * UNIT_SECONDS.d + Number(h ?? 0) * UNIT_SECONDS.h + Number(min ?? 0) * UNIT_SECONDS.m + Number(s ?? 0);
+  const total = digits ? Number(text) : Number(d ?? 0) * UNIT_SECONDS.d + Number(h ?? 0) * UNIT_SECONDS.h + Number(min ?? 0) * UNIT_SECONDS.m + Number(s ?? 0);
   if (!Number.isSafeInteger(total)) throw new DurationError(text, 'too large');
   if (total <= 0) throw new DurationError(text, 'must be greater than zero');
   return total;

@@ -76,7 +76,12 @@ export function grantChecks(files: FileGrants[]): { problems: LintProblem[]; war
   for (const g of files) {
     for (const u of g.uses) {
       if (definers.has(u.kind.prefix + u.name)) continue;
-      problems.push({ file: g.file, line: u.line, column: u.column, message: `scopes[${u.index}]: ${u.scope} grants a ${u.kind.noun} that no policy in this directory defines (under ${u.kind.block}:)` });
+      problems.push({
+        file: g.file,
+        line: u.line,
+        column: u.column,
+        message: `scopes[${u.index}]: ${u.scope} grants a ${u.kind.noun} that no policy in this directory defines (under ${u.kind.block}:)`,
+      });
     }
     for (const d of g.defines) {
       const scope = d.kind.prefix + d.name;

@@ -94,7 +94,14 @@ export function lintPolicySource(file: string, text: string): FileLint {
   const grants = fileGrants(f, file, (path, part) => at(locate(doc, path, part)));
   // Only errors refuse the policy; warnings travel with it.
   if (problems.some(isError)) return { problems: sortProblems(problems), name, nameAt, grants };
-  return { policy: toPolicy(f, file), problems: sortProblems(problems), name, nameAt, federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))), grants };
+  return {
+    policy: toPolicy(f, file),
+    problems: sortProblems(problems),
+    name,
+    nameAt,
+    federationAt: f.federation.map((_, i) => at(locate(doc, ['federation', i], 'value'))),
+    grants,
+  };
 }
 
 /** Cross-field rules the schema cannot express. */
@@ -177,8 +184,7 @@ function valueAt(input: unknown, path: Path): unknown {
   return v;
 }
 
-const formatPath = (path: Path): string =>
-  path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
+const formatPath = (path: Path): string => path.map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? p : `.${p}`)).join('');
 
 /**
  * Source offset for `path`: the key or value node when it exists, else the nearest enclosing
@@ -208,8 +214,7 @@ function locate(doc: Document, path: Path, part: 'key' | 'value'): number {
   return offset;
 }
 
-const rangeStart = (node: unknown): number | undefined =>
-  (node as { range?: [number, number, number] } | null | undefined)?.range?.[0];
+const rangeStart = (node: unknown): number | undefined => (node as { range?: [number, number, number] } | null | undefined)?.range?.[0];
 
 function sortProblems(ps: LintProblem[]): LintProblem[] {
   return ps.sort((a, b) => a.line - b.line || a.column - b.column);
@@ -314,7 +319,11 @@ function singleUseConflicts(policies: Policy[], at: Map<Policy, Array<{ line: nu
       const owner = strict.get(identity(r));
       if (r.single_use || !owner) return;
       const pos = at.get(p)?.[i] ?? { line: 1, column: 1 };
-      out.push({ file: p.file, ...pos, message: `federation[${i}]: ${r.issuer} ${r.claim}=${r.match} is single_use in policy ${owner.name}, so it must be here too (a replayed token would open sessions through this rule): add single_use: true` });
+      out.push({
+        file: p.file,
+        ...pos,
+        message: `federation[${i}]: ${r.issuer} ${r.claim}=${r.match} is single_use in policy ${owner.name}, so it must be here too (a replayed token would open sessions through this rule): add single_use: true`,
+      });
     });
   }
   return out;

@@ -17,7 +17,7 @@ export const MAX_SESSION_POLICY_CHARS = 2048;
 export const MAX_POLICY_ARNS = 10;
 export const MAX_STS_TTL = 43_200;
 export const ALLOW_OVERHANG_REMOVED =
-  'allow_overhang was removed: a credential may no longer outlive the token that asked for it. Its session policy ends it at the token\'s expiry, even where STS issues it for longer (900 s at least); delete this key';
+  "allow_overhang was removed: a credential may no longer outlive the token that asked for it. Its session policy ends it at the token's expiry, even where STS issues it for longer (900 s at least); delete this key";
 
 const ROLE_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,64}$/;
 const POLICY_ARN = /^arn:aws(?:-cn|-us-gov)?:iam::(?:\d{12}|aws):policy\/(?:[\w+=,.@-]+\/)*[\w+=,.@-]{1,128}$/;

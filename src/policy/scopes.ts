@@ -56,8 +56,7 @@ export const covers = (held: readonly string[], wanted: string): boolean => held
 export const coversAll = (held: readonly string[], wanted: readonly string[]): boolean => wanted.every((w) => covers(held, w));
 
 /** The wanted scopes `held` does not grant, in request order (for error descriptions). */
-export const uncovered = (held: readonly string[], wanted: readonly string[]): string[] =>
-  dedupe(wanted.filter((w) => !covers(held, w)));
+export const uncovered = (held: readonly string[], wanted: readonly string[]): string[] => dedupe(wanted.filter((w) => !covers(held, w)));
 
 /**
  * What both sides grant: `{x ∈ a | covers(b, x)} ∪ {y ∈ b | covers(a, y)}`, deduped, `a`'s
@@ -80,11 +79,7 @@ export const CRED_PREFIX = 'cred:';
 
 /** Credential names granted by exact `cred:NAME` scopes (wildcards name no credential). */
 export function credNames(scopes: readonly string[]): string[] {
-  return dedupe(
-    scopes
-      .filter((s) => s.startsWith(CRED_PREFIX) && s.length > CRED_PREFIX.length && !isWildcard(s))
-      .map((s) => s.slice(CRED_PREFIX.length)),
-  );
+  return dedupe(scopes.filter((s) => s.startsWith(CRED_PREFIX) && s.length > CRED_PREFIX.length && !isWildcard(s)).map((s) => s.slice(CRED_PREFIX.length)));
 }
 
 function dedupe(list: readonly string[]): string[] {

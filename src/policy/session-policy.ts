@@ -31,7 +31,8 @@ function latestOf(raw: unknown, where: string): number {
     ...values.map((v) => {
       const s = typeof v === 'number' && Number.isInteger(v) ? String(v) : v;
       const ms = typeof s !== 'string' ? NaN : EPOCH.test(s) ? Number(s) * 1000 : ISO_DATE.test(s) ? Date.parse(s) : NaN;
-      if (!Number.isFinite(ms) || ms < 0 || ms >= Date.UTC(10000, 0)) throw new SessionPolicyError(`${where}: DateLessThan aws:CurrentTime must be an ISO 8601 date or epoch seconds, not ${JSON.stringify(v)}`);
+      if (!Number.isFinite(ms) || ms < 0 || ms >= Date.UTC(10000, 0))
+        throw new SessionPolicyError(`${where}: DateLessThan aws:CurrentTime must be an ISO 8601 date or epoch seconds, not ${JSON.stringify(v)}`);
       return ms;
     }),
   );
@@ -56,8 +57,15 @@ function boundStatement(s: unknown, untilMs: number, where: string): unknown {
 
 /** The session policy as sent: `policy` (or Allow-all) whose every Allow statement ends before `untilMs`. */
 export function timeBoundSessionPolicy(policy: Json | undefined, untilMs: number): Json {
-  if (!policy) return { Version: '2012-10-17', Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': isoSecond(untilMs) } } }] };
+  if (!policy)
+    return {
+      Version: '2012-10-17',
+      Statement: [{ Effect: 'Allow', Action: '*', Resource: '*', Condition: { DateLessThan: { 'aws:CurrentTime': isoSecond(untilMs) } } }],
+    };
   const st = policy.Statement;
   if (st === undefined) return policy;
-  return { ...policy, Statement: Array.isArray(st) ? st.map((s, i) => boundStatement(s, untilMs, `Statement[${i}]`)) : boundStatement(st, untilMs, 'Statement') };
+  return {
+    ...policy,
+    Statement: Array.isArray(st) ? st.map((s, i) => boundStatement(s, untilMs, `Statement[${i}]`)) : boundStatement(st, untilMs, 'Statement'),
+  };
 }

@@ -89,7 +89,13 @@ export async function verifyDpopProof(proof: unknown, check: DpopProofCheck): Pr
   }
   let payload: JWTPayload;
   try {
-    ({ payload } = await jwtVerify(proof, EmbeddedJWK, { algorithms: DPOP_ALGS, typ: DPOP_TYP, currentDate: new Date(check.nowMs), clockTolerance: check.skewSec, requiredClaims: ['iat', 'jti'] }));
+    ({ payload } = await jwtVerify(proof, EmbeddedJWK, {
+      algorithms: DPOP_ALGS,
+      typ: DPOP_TYP,
+      currentDate: new Date(check.nowMs),
+      clockTolerance: check.skewSec,
+      requiredClaims: ['iat', 'jti'],
+    }));
   } catch (e) {
     if (e instanceof joseErrors.JWSSignatureVerificationFailed) throw bad('signature', 'DPoP proof signature is invalid');
     throw bad('malformed', 'DPoP proof could not be verified');

@@ -8,7 +8,10 @@ export const NAME_RE = /^[\w+=,.@-]{2,64}$/;
 /** Characters AWS allows in RoleSessionName / SourceIdentity: `[\w+=,.@-]`. */
 const nameSafe = (s: string): string => s.replace(/[^\w+=,.@-]/g, '-');
 /** Characters AWS allows in tag values: letters, spaces, numbers and `_.:/=+-@`; at most 256. */
-export const tagSafe = (s: string): string => Array.from(s.replace(/[^\p{L}\p{Z}\p{N}_.:/=+\-@]/gu, '_')).slice(0, 256).join('');
+export const tagSafe = (s: string): string =>
+  Array.from(s.replace(/[^\p{L}\p{Z}\p{N}_.:/=+\-@]/gu, '_'))
+    .slice(0, 256)
+    .join('');
 const tail = (id: string, n: number): string => nameSafe(id.replace(/^[a-z]+_/, '')).slice(-n);
 
 /** `<agent id>.<session id>`, within `[\w+=,.@-]{2,64}` and never starting with `aws:`. */

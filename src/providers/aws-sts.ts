@@ -35,7 +35,7 @@ import type { StsConfig } from '../config/index.ts';
 import { CordonError } from '../errors.ts';
 import { stsError } from './aws-sts-errors.ts';
 import { NAME_RE, roleSessionNameFor, sourceIdentityFor, tagSafe } from './aws-sts-names.ts';
-import { INLINE_POLICY_LIMIT, REVOCATION_POLICY, buildRevocationPolicy, denyId } from './aws-iam-denies.ts';
+import { INLINE_POLICY_LIMIT, REVOCATION_POLICY, buildRevocationPolicy, denyGroups, roleNameOf } from './aws-iam-denies.ts';
 import { SessionPolicyError, timeBoundSessionPolicy } from '../policy/session-policy.ts';
 import {
   type CredentialProvider,
@@ -60,7 +60,6 @@ export { INLINE_POLICY_LIMIT, REVOCATION_POLICY, buildRevocationPolicy } from '.
 export { roleSessionNameFor, sourceIdentityFor, tagSafe } from './aws-sts-names.ts';
 /** AWS's cap when the caller is itself an assumed role (role chaining). */
 export const ROLE_CHAINING_MAX = 3600;
-const roleNameOf = (roleArn: string): string => roleArn.slice(roleArn.lastIndexOf('/') + 1);
 const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
 /** Where the session policy ends the keys: the token's exp, whole seconds (IAM compares seconds; never later). */
@@ -116,7 +115,12 @@ export class StsProvider implements CredentialProvider {
       Policy = JSON.stringify(timeBoundSessionPolicy(spec.session_policy, bound));
     } catch (e) {
       if (!(e instanceof SessionPolicyError)) throw e;
-      throw new ProviderError('aws-sts', 'misconfigured', `the session_policy of credential ${req.name} cannot carry the time bound (${e.message}); fix the policy (policy lint says so too)`, e);
+      throw new ProviderError(
+        'aws-sts',
+        'misconfigured',
+        `the session_policy of credential ${req.name} cannot carry the time bound (${e.message}); fix the policy (policy lint says so too)`,
+        e,
+      );
     }
     // Everything needed to deny this credential is known before the call.
     await checkpoint(h);
@@ -152,12 +156,18 @@ export class StsProvider implements CredentialProvider {
       } else throw this.#mapError('AssumeRole', e, spec.role_arn);
     }
     const c = out.Credentials;
-    if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !(c.Expiration instanceof Date)) throw new ProviderError('aws-sts', 'bad_answer', 'AWS STS answered AssumeRole without complete credentials');
+    if (!c?.AccessKeyId || !c.SecretAccessKey || !c.SessionToken || !(c.Expiration instanceof Date))
+      throw new ProviderError('aws-sts', 'bad_answer', 'AWS STS answered AssumeRole without complete credentials');
     const stsExpiresAt = c.Expiration.getTime();
     // The keys can do nothing after the token's exp: said so, so SDKs refresh in time.
     const expiresAt = Math.min(stsExpiresAt, bound);
     return {
-      credentials: { AccessKeyId: c.AccessKeyId, SecretAccessKey: c.SecretAccessKey, SessionToken: c.SessionToken, Expiration: new Date(expiresAt).toISOString() },
+      credentials: {
+        AccessKeyId: c.AccessKeyId,
+        SecretAccessKey: c.SecretAccessKey,
+        SessionToken: c.SessionToken,
+        Expiration: new Date(expiresAt).toISOString(),
+      },
       expiresAt,
       handle: { ...h, access_key_id: c.AccessKeyId, assumed_role_id: out.AssumedRoleUser?.AssumedRoleId ?? null },
       details: {
@@ -193,7 +203,11 @@ export class StsProvider implements CredentialProvider {
       } else if (ctx.scope === 'expired') {
         // The session simply ended: what was issued inside it ends with its tokens (by expiry or by
         // its session policy's time bound). Something still alive was issued before credentials were bound to their token. No deny.
-        results.push({ id: t.id, outcome: 'not_revocable', note: `the session ended (not revoked); this credential was issued to outlive it, until ${iso(t.expiresAt)}, and is not denied` });
+        results.push({
+          id: t.id,
+          outcome: 'not_revocable',
+          note: `the session ended (not revoked); this credential was issued to outlive it, until ${iso(t.expiresAt)}, and is not denied`,
+        });
       } else {
         const key = `${h.role_arn}\n${h.source_identity}`;
         groups.set(key, [...(groups.get(key) ?? []), t]);
@@ -212,90 +226,7 @@ export class StsProvider implements CredentialProvider {
             note: `AWS cannot revoke STS credentials one by one and revoke_via_iam is off for this credential: it stays valid until ${iso(t.expiresAt)}`,
           });
     }
-    if (viaIam.length) results.push(...(await this.#deny(viaIam, ctx)));
-    return results;
-  }
-
-  /**
-   * Deny entries for these groups (a revoked session: its source identity; otherwise each named
-   * credential: its aws:userid), recorded first, then each role's one policy rebuilt from every
-   * active entry in the database and put in full.
-   */
-  async #deny(groups: RevokeTarget[][], ctx: RevokeContext): Promise<RevokeResult[]> {
-    const results: RevokeResult[] = [];
-    const skew = this.#deps.clockSkewSec * 1000;
-    const entries: DenyRecord[] = [];
-    const planned: Array<{ t: RevokeTarget; entry: DenyRecord }> = [];
-    const entry = (t: RevokeTarget, kind: DenyRecord['kind'], subject: string, removeAfter: number): DenyRecord => ({
-      id: denyId(),
-      roleArn: String(t.handle!.role_arn),
-      policyName: REVOCATION_POLICY,
-      sid: t.sid,
-      kind,
-      subject,
-      revokedAt: ctx.now,
-      removeAfter,
-    });
-    for (const group of groups) {
-      if (ctx.scope === 'session') {
-        // The whole session: its source identity, issued before now (the broker issues nothing in a session after revoking it).
-        const e = entry(group[0], 'session', String(group[0].handle!.source_identity), Math.max(...group.map((t) => t.expiresAt)) + skew);
-        entries.push(e);
-        for (const t of group) planned.push({ t, entry: e });
-      } else {
-        // Only some credentials of a live session: name each (aws:userid = <role id>:<role session name>).
-        for (const t of group) {
-          const rsn = t.handle!.role_session_name;
-          if (typeof rsn !== 'string' || !NAME_RE.test(rsn)) {
-            results.push({ id: t.id, outcome: 'failed', kind: 'bad_answer', note: 'no role session name was recorded for this STS credential, so IAM cannot deny it alone' });
-            continue;
-          }
-          const e = entry(t, 'credential', `AROA*:${rsn}`, t.expiresAt + skew);
-          entries.push(e);
-          planned.push({ t, entry: e });
-        }
-      }
-    }
-    if (!entries.length) return results;
-    try {
-      await ctx.recordDeny(entries);
-    } catch (e) {
-      const note = `the IAM deny could not be recorded, so none was put: ${(e as Error).message}`;
-      return [...results, ...planned.map(({ t }) => ({ id: t.id, outcome: 'failed' as const, note }))];
-    }
-    for (const roleArn of new Set(entries.map((e) => e.roleArn))) {
-      const roleName = roleNameOf(roleArn);
-      const mine = planned.filter((p) => p.entry.roleArn === roleArn);
-      let res: DenyApplyResult;
-      try {
-        res = await ctx.syncDenies(
-          roleArn,
-          [...new Set(mine.map((p) => p.entry.id))],
-          (all) => this.applyDenies(roleArn, all),
-        );
-      } catch (e) {
-        const err = this.#mapError('PutRolePolicy', e, roleArn);
-        results.push(...mine.map(({ t }) => ({ id: t.id, outcome: 'failed' as const, kind: err.kind, note: `IAM deny could not be put on role ${roleName}: ${err.description}` })));
-        continue;
-      }
-      const applied = new Set(res.applied);
-      const omitted = new Set(res.omitted);
-      for (const { t, entry: e } of mine) {
-        const what = e.kind === 'session' ? `aws:SourceIdentity ${e.subject}` : `aws:userid ${e.subject}`;
-        if (applied.has(e.id)) {
-          results.push({ id: t.id, outcome: 'revoked', note: `denied by inline policy ${REVOCATION_POLICY} on role ${roleName} (${what}); removed after ${iso(e.removeAfter)}`, deny: e });
-        } else if (omitted.has(e.id)) {
-          results.push({
-            id: t.id,
-            outcome: 'failed',
-            kind: 'refused',
-            note: `IAM deny does not fit on role ${roleName}: inline policy ${REVOCATION_POLICY} is full (${res.applied.length} active revocations; IAM allows ${INLINE_POLICY_LIMIT} characters of inline policy per role), so ${what} is not denied; retried until it fits or the credential expires at ${iso(t.expiresAt)}`,
-          });
-        } else {
-          results.push({ id: t.id, outcome: 'failed', kind: 'bad_answer', note: `IAM deny for ${what} was not in the policy rebuilt for role ${roleName}; retrying` });
-        }
-      }
-    }
+    if (viaIam.length) results.push(...(await this.#denyGroups(viaIam, ctx)));
     return results;
   }
 
@@ -304,6 +235,14 @@ export class StsProvider implements CredentialProvider {
    * first): PutRolePolicy of the whole document, or DeleteRolePolicy when nothing is left. Entries
    * beyond IAM's inline budget are left out and reported as omitted, never dropped silently.
    */
+  #denyGroups(groups: RevokeTarget[][], ctx: RevokeContext): Promise<RevokeResult[]> {
+    return denyGroups(groups, ctx, {
+      skewMs: this.#deps.clockSkewSec * 1000,
+      apply: (roleArn, all) => this.applyDenies(roleArn, all),
+      mapError: (op, e, roleArn) => this.#mapError(op, e, roleArn),
+    });
+  }
+
   async applyDenies(roleArn: string, entries: DenyRecord[]): Promise<DenyApplyResult> {
     const built = buildRevocationPolicy(entries, this.#deps.clockSkewSec * 1000);
     const RoleName = roleNameOf(roleArn);
@@ -323,14 +262,19 @@ export class StsProvider implements CredentialProvider {
       }
     }
     if (built.omitted.length)
-      this.#deps.log.warn({ role: roleArn, omitted: built.omitted.length, applied: built.applied.length }, `aws-sts: revocations do not fit in the ${INLINE_POLICY_LIMIT}-character inline policy budget of the role; the newest are not denied`);
+      this.#deps.log.warn(
+        { role: roleArn, omitted: built.omitted.length, applied: built.applied.length },
+        `aws-sts: revocations do not fit in the ${INLINE_POLICY_LIMIT}-character inline policy budget of the role; the newest are not denied`,
+      );
     return { applied: built.applied, omitted: built.omitted };
   }
 
   /** Removes a legacy per-revocation inline policy (`cordon-revoke-<id>`, written before migration 002). */
   async removeDeny(d: { roleArn: string; policyName: string }): Promise<void> {
     try {
-      await this.#iam.send(new DeleteRolePolicyCommand({ RoleName: roleNameOf(d.roleArn), PolicyName: d.policyName }), { abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2) });
+      await this.#iam.send(new DeleteRolePolicyCommand({ RoleName: roleNameOf(d.roleArn), PolicyName: d.policyName }), {
+        abortSignal: AbortSignal.timeout(this.#cfg.timeoutMs * 2),
+      });
     } catch (e) {
       if ((e as { name?: string }).name === 'NoSuchEntity' || (e as { name?: string }).name === 'NoSuchEntityException') return; // already gone
       throw this.#mapError('DeleteRolePolicy', e, d.roleArn);

@@ -86,8 +86,8 @@ export interface RevokeTarget {
   expiresAt: number; // ms
 }
 
-export type { DenyRecord } from '../store/credentials.ts';
-import type { DenyRecord } from '../store/credentials.ts';
+export type { DenyRecord } from '../store/iam-denies.ts';
+import type { DenyRecord } from '../store/iam-denies.ts';
 
 /** What a rebuild of a role's deny policy achieved. */
 export interface DenyApplyResult {
@@ -228,8 +228,10 @@ export function backendText(s: unknown, max = 200): string {
 export function networkErrorKind(e: unknown): 'down' | 'timeout' | undefined {
   const err = e as { code?: string; name?: string; message?: string; cause?: { code?: string } };
   const code = err?.code ?? err?.cause?.code;
-  if (code === 'ECONNABORTED' || code === 'ETIMEDOUT' || code === 'ESOCKETTIMEDOUT' || err?.name === 'TimeoutError' || err?.name === 'AbortError') return 'timeout';
+  if (code === 'ECONNABORTED' || code === 'ETIMEDOUT' || code === 'ESOCKETTIMEDOUT' || err?.name === 'TimeoutError' || err?.name === 'AbortError')
+    return 'timeout';
   if (/timeout/i.test(err?.message ?? '') && !/status/i.test(err?.message ?? '')) return 'timeout';
-  if (code && ['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ERR_SOCKET_CONNECTION_TIMEOUT'].includes(code)) return 'down';
+  if (code && ['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ERR_SOCKET_CONNECTION_TIMEOUT'].includes(code))
+    return 'down';
   return undefined;
 }

@@ -46,7 +46,14 @@ export async function logIn(cfg: VaultConfig, io: LoginIo): Promise<Login> {
     const d = r?.data;
     if (!d || !Array.isArray(d.policies)) throw new ProviderError('vault', 'bad_answer', 'Vault answered auth/token/lookup-self without policies');
     const ttl = Number(d.ttl ?? 0);
-    return { token: auth.token, policies: d.policies, root: false, ttlSec: ttl, expiresAt: ttl > 0 ? io.now() + ttl * 1000 : null, renewable: Boolean(d.renewable) };
+    return {
+      token: auth.token,
+      policies: d.policies,
+      root: false,
+      ttlSec: ttl,
+      expiresAt: ttl > 0 ? io.now() + ttl * 1000 : null,
+      renewable: Boolean(d.renewable),
+    };
   }
   const path = `auth/${auth.mount}/login`;
   let body: Record<string, string>;
@@ -63,5 +70,12 @@ export async function logIn(cfg: VaultConfig, io: LoginIo): Promise<Login> {
   const r = await io.call(path, () => io.write(path, body), auth.method === 'approle' ? 'VAULT_ROLE_ID/VAULT_SECRET_ID' : 'VAULT_JWT_ROLE/VAULT_JWT_FILE');
   const a = io.authOf(r, path);
   const ttl = a.lease_duration;
-  return { token: a.client_token, policies: a.token_policies ?? a.policies ?? [], root: false, ttlSec: ttl, expiresAt: ttl > 0 ? io.now() + ttl * 1000 : null, renewable: a.renewable ?? false };
+  return {
+    token: a.client_token,
+    policies: a.token_policies ?? a.policies ?? [],
+    root: false,
+    ttlSec: ttl,
+    expiresAt: ttl > 0 ? io.now() + ttl * 1000 : null,
+    renewable: a.renewable ?? false,
+  };
 }

@@ -79,7 +79,10 @@ export class VaultProvider implements CredentialProvider {
     }
     // A root token is a configuration error, not an outage: stop start-up.
     if (this.#rootRefused(l)) throw new ConfigError(this.#loginVariable(), ROOT_REFUSAL);
-    this.#deps.log.info({ method: this.#cfg.auth.method, policies: l.policies, expires_at: l.expiresAt, token_role: this.#cfg.tokenRole ?? null }, 'vault provider logged in');
+    this.#deps.log.info(
+      { method: this.#cfg.auth.method, policies: l.policies, expires_at: l.expiresAt, token_role: this.#cfg.tokenRole ?? null },
+      'vault provider logged in',
+    );
   }
 
   #rootRefused(l: Login): boolean {
@@ -123,7 +126,15 @@ export class VaultProvider implements CredentialProvider {
     const brokerLeft = login.expiresAt === null ? Infinity : Math.floor((login.expiresAt - this.#deps.clock.now()) / 1000) - 1;
     const ttl = Math.min(plan.ttlSec, brokerLeft);
     if (ttl < 1) throw new ProviderError('vault', 'misconfigured', "the broker's own Vault token has expired and could not be renewed");
-    const meta = { agent: req.session.agentId, session: req.session.sid, task: req.session.task ?? '', jti: req.claims.jti, holder: req.claims.client_id, credential: req.name, credential_id: req.credentialId };
+    const meta = {
+      agent: req.session.agentId,
+      session: req.session.sid,
+      task: req.session.task ?? '',
+      jti: req.claims.jti,
+      holder: req.claims.client_id,
+      credential: req.name,
+      credential_id: req.credentialId,
+    };
 
     // 1. The parent: never handed out; its accessor makes everything below it revocable.
     const sentParent = this.#deps.clock.now();
@@ -169,10 +180,14 @@ export class VaultProvider implements CredentialProvider {
       const child = this.#auth(res, createPath);
       if (child.orphan === true) {
         // A role with orphan=true detaches the child from its parent: revoking the parent would not reach it.
-        await this.#call('auth/token/revoke-accessor', () => this.#client.write('auth/token/revoke-accessor', { accessor: child.accessor }, this.#as(login.token))).catch((e: unknown) =>
-          this.#deps.log.error({ err: (e as Error).message }, 'vault: could not revoke an orphan child token (it dies at its ttl)'),
+        await this.#call('auth/token/revoke-accessor', () =>
+          this.#client.write('auth/token/revoke-accessor', { accessor: child.accessor }, this.#as(login.token)),
+        ).catch((e: unknown) => this.#deps.log.error({ err: (e as Error).message }, 'vault: could not revoke an orphan child token (it dies at its ttl)'));
+        throw new ProviderError(
+          'vault',
+          'misconfigured',
+          `the token role VAULT_TOKEN_ROLE=${this.#cfg.tokenRole} makes orphan tokens, which the broker could not revoke through their parent: set orphan=false on the role`,
         );
-        throw new ProviderError('vault', 'misconfigured', `the token role VAULT_TOKEN_ROLE=${this.#cfg.tokenRole} makes orphan tokens, which the broker could not revoke through their parent: set orphan=false on the role`);
       }
       const expiresAt = Math.min(sent + (child.lease_duration || ttl) * 1000, parentExpires);
       return {
@@ -195,7 +210,8 @@ export class VaultProvider implements CredentialProvider {
     const path = spec.path!;
     const sent = this.#deps.clock.now();
     const res = await this.#call(path, () => this.#client.read(path, this.#as(parent.client_token)));
-    if (!res || typeof res !== 'object' || res.data === null || typeof res.data !== 'object') throw new ProviderError('vault', 'bad_answer', `Vault answered ${path} without data`);
+    if (!res || typeof res !== 'object' || res.data === null || typeof res.data !== 'object')
+      throw new ProviderError('vault', 'bad_answer', `Vault answered ${path} without data`);
     const leaseId = typeof res.lease_id === 'string' && res.lease_id !== '' ? (res.lease_id as string) : undefined;
     const isKv2 = !leaseId && res.data.data && typeof res.data.data === 'object' && res.data.metadata && typeof res.data.metadata === 'object';
     const credentials: Record<string, unknown> = isKv2 ? { ...res.data.data } : { ...res.data };
@@ -233,7 +249,8 @@ export class VaultProvider implements CredentialProvider {
 
   async #revokeOne(t: RevokeTarget): Promise<RevokeResult> {
     const h = t.handle;
-    if (!h || (!h.parent_accessor && !h.accessor && !h.lease_id)) return { id: t.id, outcome: 'unknown', note: 'nothing was recorded to revoke (Vault answered before anything revocable existed, or not at all)' };
+    if (!h || (!h.parent_accessor && !h.accessor && !h.lease_id))
+      return { id: t.id, outcome: 'unknown', note: 'nothing was recorded to revoke (Vault answered before anything revocable existed, or not at all)' };
     let login: Login;
     try {
       login = await this.#ensureLogin(0);
@@ -259,7 +276,8 @@ export class VaultProvider implements CredentialProvider {
     if (typeof h.parent_accessor === 'string') await step('parent', 'auth/token/revoke-accessor', { accessor: h.parent_accessor });
     // The per-credential parent owns the child token and the lease: once it is gone, Vault revokes them with it.
     const parentGone = typeof h.parent_accessor === 'string' && (done.includes('parent') || gone.includes('parent'));
-    if (errors.length && !parentGone) return { id: t.id, outcome: 'failed', kind: errors[0].kind, note: `Vault revocation failed: ${errors.map((e) => e.description).join('; ')}` };
+    if (errors.length && !parentGone)
+      return { id: t.id, outcome: 'failed', kind: errors[0].kind, note: `Vault revocation failed: ${errors.map((e) => e.description).join('; ')}` };
     const note = [
       done.length ? `revoked ${done.join(', ')}` : '',
       gone.length ? `${gone.join(', ')} already gone at Vault` : '',
@@ -268,7 +286,11 @@ export class VaultProvider implements CredentialProvider {
       .filter(Boolean)
       .join('; ');
     if (h.kind === 'static') {
-      return { id: t.id, outcome: 'not_revocable', note: `a static (KV) secret cannot be revoked: the token that read it is ${done.includes('parent') ? 'revoked' : 'gone'}, but the value stays valid until it is rotated in Vault (${note})` };
+      return {
+        id: t.id,
+        outcome: 'not_revocable',
+        note: `a static (KV) secret cannot be revoked: the token that read it is ${done.includes('parent') ? 'revoked' : 'gone'}, but the value stays valid until it is rotated in Vault (${note})`,
+      };
     }
     return { id: t.id, outcome: 'revoked', note };
   }
@@ -343,7 +365,8 @@ export class VaultProvider implements CredentialProvider {
 
   #auth(res: unknown, op: string): VaultAuth {
     const a = (res as { auth?: VaultAuth } | undefined)?.auth;
-    if (!a || typeof a.client_token !== 'string' || typeof a.accessor !== 'string' || !a.client_token || !a.accessor) throw new ProviderError('vault', 'bad_answer', `Vault answered ${op} without a token and accessor`);
+    if (!a || typeof a.client_token !== 'string' || typeof a.accessor !== 'string' || !a.client_token || !a.accessor)
+      throw new ProviderError('vault', 'bad_answer', `Vault answered ${op} without a token and accessor`);
     return a;
   }
 

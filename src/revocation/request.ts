@@ -17,7 +17,9 @@ export function revokesAsWorkload(request: { clientId: string | undefined; prese
  */
 export function revocationOptions(request: { tokenTypeHint: string | undefined; endSession: string | undefined }): { endSession: boolean } {
   const { tokenTypeHint, endSession } = request;
-  if (tokenTypeHint !== undefined && tokenTypeHint !== 'access_token') throw new CordonError('unsupported_token_type', 'only access tokens are issued by this broker');
-  if (endSession !== undefined && endSession !== 'true' && endSession !== 'false') throw new CordonError('invalid_request', 'end_session must be true or false');
+  if (tokenTypeHint !== undefined && tokenTypeHint !== 'access_token')
+    throw new CordonError('unsupported_token_type', 'only access tokens are issued by this broker');
+  if (endSession !== undefined && endSession !== 'true' && endSession !== 'false')
+    throw new CordonError('invalid_request', 'end_session must be true or false');
   return { endSession: endSession === 'true' };
 }

@@ -48,7 +48,11 @@ async function finish(tx: Q, feed: FeedEntry[], audit: Parameters<typeof appendA
 /** Revokes a token and every token delegated from it; returns the jtis it changed and their feed rows. */
 async function revokeSubtreeTx(tx: Q, jti: string, at: number, feed: FeedEntry[]): Promise<string[]> {
   const tree = await tokens.subtree(tx, jti, { lock: true });
-  const changed = await tokens.revokeMany(tx, tree.map((t) => t.jti), at);
+  const changed = await tokens.revokeMany(
+    tx,
+    tree.map((t) => t.jti),
+    at,
+  );
   const byJti = new Map(tree.map((t) => [t.jti, t]));
   feed.push(...changed.map((j) => ({ kind: 'jti' as const, value: j, expiresAt: byJti.get(j)!.expiresAt, revokedAt: at })));
   return changed;
@@ -98,7 +102,15 @@ export async function revokeSession(b: Broker, sid: string, by: { actor: string;
     if (!s) throw new CordonError('not_found', `no session ${sid}`, { reason: 'session_unknown' });
     const feed: FeedEntry[] = [];
     const done = await revokeSessionsTx(tx, [{ sid, expiresAt: s.expiresAt }], at, `revoked by ${by.actor}`, feed);
-    await finish(tx, feed, { at, event: 'revoke', decision: 'allow', agentId: s.agentId, sid, reason: `session revoked by ${by.actor}`, params: { via: by.via, target: 'session', already_revoked: done.length === 0 } });
+    await finish(tx, feed, {
+      at,
+      event: 'revoke',
+      decision: 'allow',
+      agentId: s.agentId,
+      sid,
+      reason: `session revoked by ${by.actor}`,
+      params: { via: by.via, target: 'session', already_revoked: done.length === 0 },
+    });
     return { tokens: [], sessions: done };
   });
   await notify(b, { sids: result.sessions, jtis: [] });
@@ -119,7 +131,14 @@ export async function revokeAgent(b: Broker, agentId: string, by: { actor: strin
     const jtis: string[] = [];
     for (const jti of await tokens.liveHeldBy(tx, agentId, at)) jtis.push(...(await revokeSubtreeTx(tx, jti, at, feed)));
     feed.push({ kind: 'agent', value: agentId, expiresAt: at + 365 * 86400_000, revokedAt: at });
-    await finish(tx, feed, { at, event: 'revoke', decision: 'allow', agentId, reason: `agent revoked by ${by.actor}`, params: { via: by.via, target: 'agent', sessions: sids.length, tokens: jtis.length } });
+    await finish(tx, feed, {
+      at,
+      event: 'revoke',
+      decision: 'allow',
+      agentId,
+      reason: `agent revoked by ${by.actor}`,
+      params: { via: by.via, target: 'agent', sessions: sids.length, tokens: jtis.length },
+    });
     return { tokens: jtis, sessions: sids };
   });
   await notify(b, { sids: result.sessions, jtis: result.tokens });
@@ -144,7 +163,8 @@ export async function revokeByHolder(b: Broker, callerClientId: string | null, t
   if (callerClientId === null) {
     // Without client authentication only a secretless session's own root token may be used, and only by possession.
     const s = await sessions.get(b.db, rec.sid);
-    if (!s || s.origin === 'client_credentials' || rec.depth !== 0) throw new CordonError('invalid_client', 'authenticate as the agent holding this token', { reason: 'client_auth_failed' });
+    if (!s || s.origin === 'client_credentials' || rec.depth !== 0)
+      throw new CordonError('invalid_client', 'authenticate as the agent holding this token', { reason: 'client_auth_failed' });
     callerClientId = rec.clientId;
   }
   if (opts.endSession) {
@@ -169,7 +189,8 @@ export async function revokeByHolder(b: Broker, callerClientId: string | null, t
       }
       p = parent.parentJti;
     }
-    if (!allowed) throw new CordonError('unauthorized_client', 'this token was not issued to the caller or to one of its delegates', { reason: 'revoke_not_holder' });
+    if (!allowed)
+      throw new CordonError('unauthorized_client', 'this token was not issued to the caller or to one of its delegates', { reason: 'revoke_not_holder' });
   }
   if (rec.revokedAt === null) await revokeTokenChain(b, rec.jti, { actor: callerClientId, via: 'oauth-revoke' });
 }

@@ -9,7 +9,17 @@ import { requestJson } from './http.ts';
 import { tokenSourceFor, type TokenSource } from './sources/index.ts';
 import { list, refusedWith, splitScope, type Form } from './token-answer.ts';
 import { TokenKeeper } from './token-keeper.ts';
-import type { AgentMode, AwsCredentialProvider, BackendCredential, CordonAgentOptions, DelegateRequest, DelegatedToken, SdkClock, SessionInfo, StartSessionRequest } from './types.ts';
+import type {
+  AgentMode,
+  AwsCredentialProvider,
+  BackendCredential,
+  CordonAgentOptions,
+  DelegateRequest,
+  DelegatedToken,
+  SdkClock,
+  SessionInfo,
+  StartSessionRequest,
+} from './types.ts';
 
 // The public surface as it was when all of it lived here.
 export { GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS, TOKEN_TYPE_BOOTSTRAP, TOKEN_TYPE_JWT, WORKLOAD_CLIENT_ID } from '../protocol/constants.ts';
@@ -186,7 +196,14 @@ export class CordonAgent {
     if (req.expiresIn !== undefined) form.push(['expires_in', String(req.expiresIn)]);
     // A DPoP-bound subject token needs a proof; the delegated token is bound only when dpopJkt asks for it.
     const a = await this.#broker.tokenRequest(form, 'delegation', { dpop: t.tokenType === 'DPoP', bound: req.dpopJkt !== undefined });
-    return { accessToken: a.accessToken, tokenType: a.tokenType, expiresIn: a.expiresIn, expiresAt: this.#clock.now() + a.expiresIn * 1000, scope: a.scope ?? scope, sid: a.sid };
+    return {
+      accessToken: a.accessToken,
+      tokenType: a.tokenType,
+      expiresIn: a.expiresIn,
+      expiresAt: this.#clock.now() + a.expiresIn * 1000,
+      scope: a.scope ?? scope,
+      sid: a.sid,
+    };
   }
 
   /** Backend credentials (`POST /credentials/:name`), cached until shortly before they expire. */
@@ -236,7 +253,10 @@ export class CordonAgent {
     const now = this.#clock.now();
     const live = s.issued.filter((t) => t.expiresAt > now);
     // Ending the whole session (not just our tokens) means nobody can renew it with `session=<sid>` later.
-    const usable = live.filter((t) => t.expiresAt > now + REVOKE_MARGIN_MS).sort((x, y) => x.expiresAt - y.expiresAt).at(-1);
+    const usable = live
+      .filter((t) => t.expiresAt > now + REVOKE_MARGIN_MS)
+      .sort((x, y) => x.expiresAt - y.expiresAt)
+      .at(-1);
     let token = usable?.token;
     if (!token && this.#source.renewFor) {
       if (s.expiresAt !== null && now >= s.expiresAt) {

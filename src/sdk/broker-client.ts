@@ -69,7 +69,18 @@ export class BrokerClient {
   async revokeToken(token: string, endSession = false): Promise<void> {
     const url = `${this.issuer}/revoke`;
     const auth = await this.auth.credentials();
-    const body = new URLSearchParams([['token', token], ['token_type_hint', 'access_token'], ...(endSession ? [['end_session', 'true']] : []), ...auth.form]).toString();
-    await requestJson(this.http, url, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...auth.headers }, body }, 'revocation', { allowEmpty: true });
+    const body = new URLSearchParams([
+      ['token', token],
+      ['token_type_hint', 'access_token'],
+      ...(endSession ? [['end_session', 'true']] : []),
+      ...auth.form,
+    ]).toString();
+    await requestJson(
+      this.http,
+      url,
+      { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...auth.headers }, body },
+      'revocation',
+      { allowEmpty: true },
+    );
   }
 }

@@ -21,7 +21,14 @@ export function secretAuth(clientId: string, secret: string): ClientAuth {
 }
 
 /** private_key_jwt: a short signed assertion per request, on the agent's clock. */
-export function privateKeyJwtAuth(clientId: string, issuer: string, clock: SdkClock, k: CryptoKey | JWK | string, alg?: ClientKeyAlg, kid?: string): ClientAuth {
+export function privateKeyJwtAuth(
+  clientId: string,
+  issuer: string,
+  clock: SdkClock,
+  k: CryptoKey | JWK | string,
+  alg?: ClientKeyAlg,
+  kid?: string,
+): ClientAuth {
   let loaded: ReturnType<typeof loadClientKey> | null = null;
   return {
     authenticates: true,
@@ -38,7 +45,14 @@ export function privateKeyJwtAuth(clientId: string, issuer: string, clock: SdkCl
         .setExpirationTime(iat + 60)
         .setJti(randomBytes(16).toString('base64url'))
         .sign(key);
-      return { headers: {}, form: [['client_id', clientId], ['client_assertion_type', CLIENT_ASSERTION_TYPE], ['client_assertion', assertion]] };
+      return {
+        headers: {},
+        form: [
+          ['client_id', clientId],
+          ['client_assertion_type', CLIENT_ASSERTION_TYPE],
+          ['client_assertion', assertion],
+        ],
+      };
     },
   };
 }
@@ -83,7 +97,11 @@ async function loadClientKey(k: CryptoKey | JWK | string, alg?: ClientKeyAlg, ki
   if (jwk.kty === 'oct') throw new CordonSdkError('config', 'private key: symmetric keys cannot sign client assertions');
   if (!jwk.d) throw new CordonSdkError('config', 'private key: the JWK has no private part (d)');
   const a = (alg ?? jwk.alg ?? inferAlg(jwk)) as ClientKeyAlg | undefined;
-  if (!a || !(CLIENT_ASSERTION_ALGS as readonly string[]).includes(a)) throw new CordonSdkError('config', `private key: cannot use algorithm ${JSON.stringify(a)} (${CLIENT_ASSERTION_ALGS.slice(0, -1).join(', ')} or ${CLIENT_ASSERTION_ALGS.at(-1)})`);
+  if (!a || !(CLIENT_ASSERTION_ALGS as readonly string[]).includes(a))
+    throw new CordonSdkError(
+      'config',
+      `private key: cannot use algorithm ${JSON.stringify(a)} (${CLIENT_ASSERTION_ALGS.slice(0, -1).join(', ')} or ${CLIENT_ASSERTION_ALGS.at(-1)})`,
+    );
   const key = (await importJWK(jwk, a)) as CryptoKey;
   return { key, alg: a, kid: kid ?? jwk.kid };
 }

@@ -50,7 +50,14 @@ export function parseCredential(json: unknown, name: string): BackendCredential 
   const exp = typeof expires_at === 'string' ? new Date(expires_at) : null;
   if (!exp || Number.isNaN(exp.getTime())) throw new CordonSdkError('bad_response', `${what}: expires_at is missing or not a date`);
   if (!isObject(credentials)) throw new CordonSdkError('bad_response', `${what}: credentials is not an object`);
-  return { name: typeof json.name === 'string' ? json.name : name, provider, expiresAt: exp, ...(typeof lease_id === 'string' ? { leaseId: lease_id } : {}), ...(json.static === true ? { static: true } : {}), credentials };
+  return {
+    name: typeof json.name === 'string' ? json.name : name,
+    provider,
+    expiresAt: exp,
+    ...(typeof lease_id === 'string' ? { leaseId: lease_id } : {}),
+    ...(json.static === true ? { static: true } : {}),
+    credentials,
+  };
 }
 
 /** An `aws-sts` credential in the shape AWS SDK v3 takes. */

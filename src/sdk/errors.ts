@@ -30,4 +30,5 @@ export class CordonSdkError extends Error {
   }
 }
 
-export const isCordonSdkError = (e: unknown, code?: CordonSdkErrorCode): e is CordonSdkError => e instanceof CordonSdkError && (code === undefined || e.code === code);
+export const isCordonSdkError = (e: unknown, code?: CordonSdkErrorCode): e is CordonSdkError =>
+  e instanceof CordonSdkError && (code === undefined || e.code === code);

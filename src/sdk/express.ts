@@ -53,7 +53,10 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
   const fail = (code: AgentTokenError['code'], reason: string, msg: string) => new AgentTokenError(code, reason, msg);
 
   const challenge = (err: AgentTokenError | null, scheme: 'bearer' | 'dpop' | null): string[] => {
-    const params = (e: AgentTokenError | null) => (e ? `, error="${e.code}", error_description="${quote(e.message)}"${e.code === 'insufficient_scope' ? `, scope="${quote(v.requiredScopes.join(' '))}"` : ''}` : '');
+    const params = (e: AgentTokenError | null) =>
+      e
+        ? `, error="${e.code}", error_description="${quote(e.message)}"${e.code === 'insufficient_scope' ? `, scope="${quote(v.requiredScopes.join(' '))}"` : ''}`
+        : '';
     const bearer = `Bearer realm="${quote(realm)}"`;
     const dpop = `DPoP algs="${DPOP_ALGS.join(' ')}"`;
     // RFC 6750 §3.1: no error code when the request carried no credentials at all.
@@ -69,7 +72,8 @@ export function requireAgentToken(opts: RequireAgentTokenOptions): AgentTokenMid
     const dpopHeader = req.headers.dpop;
     const scheme = /^dpop /i.test(authorization ?? '') ? 'dpop' : /^bearer /i.test(authorization ?? '') ? 'bearer' : null;
     const run = async (): Promise<AgentIdentity> => {
-      if (Array.isArray(dpopHeader) || (typeof dpopHeader === 'string' && dpopHeader.includes(','))) throw fail('invalid_dpop_proof', 'dpop_invalid', 'exactly one DPoP header is allowed');
+      if (Array.isArray(dpopHeader) || (typeof dpopHeader === 'string' && dpopHeader.includes(',')))
+        throw fail('invalid_dpop_proof', 'dpop_invalid', 'exactly one DPoP header is allowed');
       return v.verify({ authorization, dpop: dpopHeader, method: req.method, url: htuOf(req) });
     };
     run().then(

@@ -14,7 +14,10 @@ const MAX_BODY_BYTES = 1024 * 1024;
 
 /** A short, printable excerpt of what came back, for error messages. */
 export function snippet(text: string, max = 80): string {
-  const s = text.replace(/[\u0000-\u001f\u007f]+/g, ' ').replace(/\s+/g, ' ').trim();
+  const s = text
+    .replace(/[\u0000-\u001f\u007f]+/g, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
   return s.length > max ? `${s.slice(0, max)}…` : s;
 }
 
@@ -41,7 +44,8 @@ export async function requestJson(h: HttpOptions, url: string, init: RequestInit
     raw = await r.arrayBuffer();
   } catch (e) {
     const err = e as Error & { cause?: { code?: string; message?: string } };
-    const why = err.name === 'TimeoutError' || err.name === 'AbortError' ? `no answer within ${h.timeoutMs} ms` : (err.cause?.code ?? err.cause?.message ?? err.message);
+    const why =
+      err.name === 'TimeoutError' || err.name === 'AbortError' ? `no answer within ${h.timeoutMs} ms` : (err.cause?.code ?? err.cause?.message ?? err.message);
     throw new CordonSdkError('network', `${what}: could not reach ${originOf(url)} (${why})`, { cause: e });
   }
   if (raw.byteLength > MAX_BODY_BYTES) throw new CordonSdkError('bad_response', `${what}: answer is larger than ${MAX_BODY_BYTES} bytes`, { status: r.status });
@@ -66,13 +70,30 @@ export async function requestJson(h: HttpOptions, url: string, init: RequestInit
     const o = body as { error?: unknown; error_description?: unknown } | undefined;
     if (parsed && o && typeof o === 'object' && typeof o.error === 'string') {
       const desc = typeof o.error_description === 'string' ? o.error_description : undefined;
-      throw new CordonSdkError('oauth', `${what}: ${o.error}${desc ? `: ${desc}` : ''} (status ${r.status})`, { error: o.error, error_description: desc, status: r.status });
+      throw new CordonSdkError('oauth', `${what}: ${o.error}${desc ? `: ${desc}` : ''} (status ${r.status})`, {
+        error: o.error,
+        error_description: desc,
+        status: r.status,
+      });
     }
-    if (r.status >= 300 && r.status < 400) throw new CordonSdkError('bad_response', `${what}: unexpected redirect (status ${r.status}) to ${snippet(r.headers.get('location') ?? '?')}`, { status: r.status });
-    throw new CordonSdkError('bad_response', `${what}: status ${r.status} with ${ct ?? 'no content type'} instead of an OAuth error: ${snippet(text) || '(empty)'}`, { status: r.status });
+    if (r.status >= 300 && r.status < 400)
+      throw new CordonSdkError('bad_response', `${what}: unexpected redirect (status ${r.status}) to ${snippet(r.headers.get('location') ?? '?')}`, {
+        status: r.status,
+      });
+    throw new CordonSdkError(
+      'bad_response',
+      `${what}: status ${r.status} with ${ct ?? 'no content type'} instead of an OAuth error: ${snippet(text) || '(empty)'}`,
+      { status: r.status },
+    );
   }
-  if (!isJsonType(ct)) throw new CordonSdkError('bad_response', `${what}: expected JSON, got ${ct ?? 'no content type'} (status ${r.status}): ${snippet(text)}`, { status: r.status });
-  if (!parsed) throw new CordonSdkError('bad_response', `${what}: truncated or malformed JSON (status ${r.status}, ${text.length} bytes): ${snippet(text)}`, { status: r.status });
+  if (!isJsonType(ct))
+    throw new CordonSdkError('bad_response', `${what}: expected JSON, got ${ct ?? 'no content type'} (status ${r.status}): ${snippet(text)}`, {
+      status: r.status,
+    });
+  if (!parsed)
+    throw new CordonSdkError('bad_response', `${what}: truncated or malformed JSON (status ${r.status}, ${text.length} bytes): ${snippet(text)}`, {
+      status: r.status,
+    });
   return { status: r.status, headers: r.headers, body };
 }
 

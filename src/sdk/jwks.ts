@@ -140,7 +140,12 @@ export class JwksCache {
       k = await this.#lookup(kid);
       if (k) return k;
     }
-    if (!this.loaded) throw new AgentTokenError('invalid_token', 'jwks_unavailable', `the token cannot be verified: the broker's keys could not be read (${this.lastError?.message ?? 'unknown error'})`);
+    if (!this.loaded)
+      throw new AgentTokenError(
+        'invalid_token',
+        'jwks_unavailable',
+        `the token cannot be verified: the broker's keys could not be read (${this.lastError?.message ?? 'unknown error'})`,
+      );
     throw new AgentTokenError('invalid_token', 'unknown_kid', 'the token was not signed by a key the broker publishes');
   }
 

@@ -43,5 +43,12 @@ export function currentToken(a: TokenAnswer, now: number, sessionEnd: number | n
   const margin = Math.min(Math.max(life * 0.2, 10_000), 300_000, life / 2) * (1 + 0.25 * random());
   // A token that already reaches the session's end cannot be bettered: use it to the end.
   const lastOne = sessionEnd !== null && expiresAt >= sessionEnd - 1000;
-  return { accessToken: a.accessToken, tokenType: a.tokenType, issuedAt: now, expiresAt, refreshAt: lastOne ? Infinity : expiresAt - margin, scope: a.scope ?? [] };
+  return {
+    accessToken: a.accessToken,
+    tokenType: a.tokenType,
+    issuedAt: now,
+    expiresAt,
+    refreshAt: lastOne ? Infinity : expiresAt - margin,
+    scope: a.scope ?? [],
+  };
 }

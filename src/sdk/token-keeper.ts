@@ -124,7 +124,10 @@ export class TokenKeeper {
     if (s.audience.length === 0 || s.audience.includes(issuer)) return t;
     const renewFor = this.#source.renewFor?.bind(this.#source);
     if (!renewFor) {
-      throw new CordonSdkError('config', `this session's tokens are for ${s.audience.join(', ')}, not the broker: open the session with the broker (${issuer}) among its audiences to fetch credentials`);
+      throw new CordonSdkError(
+        'config',
+        `this session's tokens are for ${s.audience.join(', ')}, not the broker: open the session with the broker (${issuer}) among its audiences to fetch credentials`,
+      );
     }
     const now = this.#clock.now();
     const b = s.brokerToken;

@@ -99,8 +99,22 @@ export function createAgentTokenVerifier(opts: AgentTokenVerifierOptions): Agent
   const staleAfter = opts.feedStaleAfterMs ?? Math.max(30_000, 6 * pollIntervalMs);
   const window = opts.dpopProofWindowSec ?? 60;
   const http: HttpOptions = { fetch: opts.fetch ?? ((i, init) => fetch(i, init)), timeoutMs: opts.timeoutMs ?? 5000 };
-  const jwks = new JwksCache({ http, uri: opts.jwksUri ?? `${issuer}/jwks`, algorithms, cooldownMs: opts.jwksCooldownMs ?? 30_000, maxAgeMs: opts.jwksMaxAgeMs ?? 600_000, clock, onError: opts.onBackgroundError });
-  const feed = new RevocationFeed({ http, uri: opts.revocationsUri ?? `${issuer}/revocations`, clock, toleranceSec: tolerance, onError: opts.onBackgroundError });
+  const jwks = new JwksCache({
+    http,
+    uri: opts.jwksUri ?? `${issuer}/jwks`,
+    algorithms,
+    cooldownMs: opts.jwksCooldownMs ?? 30_000,
+    maxAgeMs: opts.jwksMaxAgeMs ?? 600_000,
+    clock,
+    onError: opts.onBackgroundError,
+  });
+  const feed = new RevocationFeed({
+    http,
+    uri: opts.revocationsUri ?? `${issuer}/revocations`,
+    clock,
+    toleranceSec: tolerance,
+    onError: opts.onBackgroundError,
+  });
   const seenProofs = new Map<string, number>();
   const cacheSize = opts.verifiedCacheSize ?? 1000;
   const verified = new Map<string, { payload: JWTPayload; kid: string; key: { key: CryptoKey; alg: string } }>();
@@ -153,7 +167,8 @@ export function createAgentTokenVerifier(opts: AgentTokenVerifierOptions): Agent
     } catch {
       throw fail('invalid_token', 'malformed', 'the token header is not valid JSON');
     }
-    if (typeof header.alg !== 'string' || !algorithms.includes(header.alg)) throw fail('invalid_token', 'bad_alg', `token algorithm ${JSON.stringify(header.alg)} is not allowed`);
+    if (typeof header.alg !== 'string' || !algorithms.includes(header.alg))
+      throw fail('invalid_token', 'bad_alg', `token algorithm ${JSON.stringify(header.alg)} is not allowed`);
     if (typeof header.kid !== 'string' || !header.kid) throw fail('invalid_token', 'no_kid', 'the token header has no kid');
     const k = await jwks.get(header.kid);
     if (k.alg !== header.alg) throw fail('invalid_token', 'bad_alg', 'the token algorithm does not match its key');
@@ -172,8 +187,24 @@ export function createAgentTokenVerifier(opts: AgentTokenVerifierOptions): Agent
       if (e instanceof joseErrors.JWTExpired) throw fail('invalid_token', 'expired', 'the token has expired');
       if (e instanceof joseErrors.JWSSignatureVerificationFailed) throw fail('invalid_token', 'bad_signature', 'the token signature is invalid');
       if (e instanceof joseErrors.JWTClaimValidationFailed) {
-        const reason = e.claim === 'aud' ? 'audience' : e.claim === 'iss' ? 'issuer' : e.claim === 'typ' ? 'bad_typ' : e.claim === 'nbf' || e.claim === 'iat' ? 'not_yet_valid' : 'claims';
-        const msg = reason === 'audience' ? 'the token is not meant for this resource server (aud)' : reason === 'issuer' ? 'the token was not issued by the expected broker (iss)' : reason === 'bad_typ' ? `the token is not an access token (typ must be ${ACCESS_TOKEN_TYP})` : `token claim check failed: ${e.claim} ${e.reason}`;
+        const reason =
+          e.claim === 'aud'
+            ? 'audience'
+            : e.claim === 'iss'
+              ? 'issuer'
+              : e.claim === 'typ'
+                ? 'bad_typ'
+                : e.claim === 'nbf' || e.claim === 'iat'
+                  ? 'not_yet_valid'
+                  : 'claims';
+        const msg =
+          reason === 'audience'
+            ? 'the token is not meant for this resource server (aud)'
+            : reason === 'issuer'
+              ? 'the token was not issued by the expected broker (iss)'
+              : reason === 'bad_typ'
+                ? `the token is not an access token (typ must be ${ACCESS_TOKEN_TYP})`
+                : `token claim check failed: ${e.claim} ${e.reason}`;
         throw fail('invalid_token', reason, msg);
       }
       throw fail('invalid_token', 'malformed', 'the token could not be verified');
@@ -194,18 +225,25 @@ export function createAgentTokenVerifier(opts: AgentTokenVerifierOptions): Agent
     const scheme = sp > 0 ? auth.slice(0, sp).toLowerCase() : '';
     const token = sp > 0 ? auth.slice(sp + 1).trim() : '';
     if (scheme !== 'bearer' && scheme !== 'dpop') throw fail('invalid_request', 'malformed', 'the Authorization scheme must be Bearer or DPoP');
-    if (!token || token.length > MAX_TOKEN || !TOKEN68.test(token) || !JWS.test(token)) throw fail('invalid_token', 'malformed', 'the access token is not a compact JWS');
+    if (!token || token.length > MAX_TOKEN || !TOKEN68.test(token) || !JWS.test(token))
+      throw fail('invalid_token', 'malformed', 'the access token is not a compact JWS');
     const payload = await verifyJwt(token);
     // Revocation status must be known before anything is let through.
     if (feed.lastOkAt === -Infinity) await feed.first();
     if (feed.isStale(staleAfter)) {
-      throw fail('invalid_token', 'feed_unavailable', `the token cannot be checked: the revocation feed could not be read${feed.lastError ? ` (${feed.lastError.message})` : ''}`);
+      throw fail(
+        'invalid_token',
+        'feed_unavailable',
+        `the token cannot be checked: the revocation feed could not be read${feed.lastError ? ` (${feed.lastError.message})` : ''}`,
+      );
     }
     const { jti, sid, client_id: clientId, scope, sub } = payload as Record<string, unknown>;
-    if (typeof jti !== 'string' || typeof sid !== 'string' || typeof clientId !== 'string' || typeof scope !== 'string' || typeof sub !== 'string') throw fail('invalid_token', 'claims', 'the token claims are malformed');
+    if (typeof jti !== 'string' || typeof sid !== 'string' || typeof clientId !== 'string' || typeof scope !== 'string' || typeof sub !== 'string')
+      throw fail('invalid_token', 'claims', 'the token claims are malformed');
     const act = isObject(payload.act) ? (payload.act as unknown as ActClaim) : undefined;
     const chain = chainOf({ client_id: clientId, act, sub });
-    if (feed.set.isRevoked(jti, sid, chain.includes(clientId) ? chain : [...chain, clientId])) throw fail('invalid_token', 'revoked', 'the token has been revoked');
+    if (feed.set.isRevoked(jti, sid, chain.includes(clientId) ? chain : [...chain, clientId]))
+      throw fail('invalid_token', 'revoked', 'the token has been revoked');
     const cnf = payload.cnf as { jkt?: unknown } | undefined;
     const jkt = isObject(cnf) && typeof cnf.jkt === 'string' ? cnf.jkt : undefined;
     if (jkt) {

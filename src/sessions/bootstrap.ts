@@ -34,9 +34,15 @@ export interface IssuedBootstrapToken {
  * AGENT through token exchange. Only its SHA-256 is stored; the row and its audit row commit together.
  * `scope` (optional) narrows what that session may ask for, within the agent's policy.
  */
-export async function issueBootstrapToken(b: Broker, agentIdOrName: string, opts: { ttlSec: number; actor?: string; scope?: string }): Promise<IssuedBootstrapToken> {
+export async function issueBootstrapToken(
+  b: Broker,
+  agentIdOrName: string,
+  opts: { ttlSec: number; actor?: string; scope?: string },
+): Promise<IssuedBootstrapToken> {
   if (!Number.isInteger(opts.ttlSec) || opts.ttlSec < BOOTSTRAP_MIN_TTL_SEC || opts.ttlSec > BOOTSTRAP_MAX_TTL_SEC) {
-    throw new CordonError('invalid_request', `bootstrap ttl must be a whole number of seconds from ${BOOTSTRAP_MIN_TTL_SEC}s to 24h`, { reason: 'ttl_out_of_range' });
+    throw new CordonError('invalid_request', `bootstrap ttl must be a whole number of seconds from ${BOOTSTRAP_MIN_TTL_SEC}s to 24h`, {
+      reason: 'ttl_out_of_range',
+    });
   }
   const agent = await findAgent(b, agentIdOrName);
   if (agent.status !== 'active') throw new CordonError('invalid_request', `agent ${agent.name} is ${agent.status}`, { reason: `agent_${agent.status}` });
@@ -51,7 +57,16 @@ export async function issueBootstrapToken(b: Broker, agentIdOrName: string, opts
   }
   const token = `${BOOTSTRAP_PREFIX}${randomBytes(32).toString('base64url')}`;
   const now = b.clock.now();
-  const rec: BootstrapRecord = { id: newId('bst'), agentId: agent.id, tokenHash: hashOf(token), scope, createdAt: now, expiresAt: now + opts.ttlSec * 1000, usedAt: null, usedSid: null };
+  const rec: BootstrapRecord = {
+    id: newId('bst'),
+    agentId: agent.id,
+    tokenHash: hashOf(token),
+    scope,
+    createdAt: now,
+    expiresAt: now + opts.ttlSec * 1000,
+    usedAt: null,
+    usedSid: null,
+  };
   await transact(b.db, async (tx) => {
     await bootstrapTokens.insert(tx, rec);
     await appendAudit(tx, {
@@ -87,7 +102,9 @@ export interface BootstrapRedeemRequest {
  * session is dead, and the session's audit row names it (`bootstrap_id`).
  */
 export async function redeemBootstrapToken(b: Broker, token: string, req: BootstrapRedeemRequest, attempt: Attempt): Promise<SessionStartResult> {
-  attempt.by(req.callerClientId, req.callerClientId ? [req.callerClientId] : null).note({ scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap' });
+  attempt
+    .by(req.callerClientId, req.callerClientId ? [req.callerClientId] : null)
+    .note({ scope: req.scope, task: req.task, audience: req.audience, origin: 'bootstrap' });
   if (!BOOTSTRAP_PATTERN.test(token)) throw new CordonError('invalid_grant', 'subject_token is not a bootstrap token', { reason: 'bootstrap_malformed' });
   const rec = await bootstrapTokens.byHash(b.db, hashOf(token));
   if (!rec) throw new CordonError('invalid_grant', 'bootstrap token is not known to this broker', { reason: 'bootstrap_unknown' });
@@ -103,7 +120,8 @@ export async function redeemBootstrapToken(b: Broker, token: string, req: Bootst
   });
   if (rec.scope !== null) {
     const out = uncovered(parseScope(rec.scope), parseRequestedScope(req.scope));
-    if (out.length) throw new CordonError('invalid_scope', `scope outside what this bootstrap token allows: ${out.join(' ')}`, { reason: 'scope_outside_bootstrap' });
+    if (out.length)
+      throw new CordonError('invalid_scope', `scope outside what this bootstrap token allows: ${out.join(' ')}`, { reason: 'scope_outside_bootstrap' });
   }
   const id = rec.id;
   return await startSession(

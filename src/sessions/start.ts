@@ -54,7 +54,8 @@ export async function activeAgentAndPolicy(b: Broker, clientId: string, preloade
 }
 
 export function parseRequestedScope(raw: string | undefined): string[] {
-  if (raw === undefined || raw.trim() === '') throw new CordonError('invalid_scope', 'scope is required: a session is opened for named scopes only', { reason: 'scope_missing' });
+  if (raw === undefined || raw.trim() === '')
+    throw new CordonError('invalid_scope', 'scope is required: a session is opened for named scopes only', { reason: 'scope_missing' });
   try {
     return parseScope(raw);
   } catch (e) {
@@ -68,20 +69,25 @@ export function parseRequestedScope(raw: string | undefined): string[] {
  */
 export function decideAudience(b: Broker, policy: Policy, requested: string[]): string[] {
   for (const a of requested) {
-    if (!policy.audiences.includes(a) && a !== b.config.issuer) throw new CordonError('invalid_target', `audience ${JSON.stringify(a.slice(0, 200))} is not allowed by policy ${policy.name}`, { reason: 'audience_not_allowed' });
+    if (!policy.audiences.includes(a) && a !== b.config.issuer)
+      throw new CordonError('invalid_target', `audience ${JSON.stringify(a.slice(0, 200))} is not allowed by policy ${policy.name}`, {
+        reason: 'audience_not_allowed',
+      });
   }
   return requested.length ? [...new Set(requested)] : [b.config.issuer];
 }
 
 export function parseRequestedTtl(raw: string | undefined): number | undefined {
   if (raw === undefined) return undefined;
-  if (!/^[1-9]\d{0,6}$/.test(raw)) throw new CordonError('invalid_request', 'expires_in must be a positive whole number of seconds', { reason: 'ttl_malformed' });
+  if (!/^[1-9]\d{0,6}$/.test(raw))
+    throw new CordonError('invalid_request', 'expires_in must be a positive whole number of seconds', { reason: 'ttl_malformed' });
   return Number(raw);
 }
 
 export function checkTask(task: string | undefined): string | null {
   if (task === undefined || task === '') return null;
-  if (task.length > MAX_TASK_LENGTH) throw new CordonError('invalid_request', `task must be at most ${MAX_TASK_LENGTH} characters`, { reason: 'task_too_long' });
+  if (task.length > MAX_TASK_LENGTH)
+    throw new CordonError('invalid_request', `task must be at most ${MAX_TASK_LENGTH} characters`, { reason: 'task_too_long' });
   // Printable text only: a task id shows up in tables, logs and tags.
   if (/[\u0000-\u001f\u007f]/.test(task)) throw new CordonError('invalid_request', 'task must not contain control characters', { reason: 'task_malformed' });
   return task;
@@ -98,7 +104,8 @@ export async function startSession(b: Broker, req: SessionStartRequest, attempt:
   const { agent, policy } = await activeAgentAndPolicy(b, req.clientId, req.caller);
   const scope = parseRequestedScope(req.scope);
   const notHeld = uncovered(policy.scopes, scope);
-  if (notHeld.length) throw new CordonError('invalid_scope', `scope not allowed by policy ${policy.name}: ${notHeld.join(' ')}`, { reason: 'scope_not_allowed' });
+  if (notHeld.length)
+    throw new CordonError('invalid_scope', `scope not allowed by policy ${policy.name}: ${notHeld.join(' ')}`, { reason: 'scope_not_allowed' });
   let audience = decideAudience(b, policy, req.audience);
   const ttl = parseRequestedTtl(req.requestedTtl);
   let task = checkTask(req.task);
@@ -116,12 +123,16 @@ export async function startSession(b: Broker, req: SessionStartRequest, attempt:
     if (s.revokedAt !== null) throw new CordonError('invalid_grant', 'session has been revoked', { reason: 'session_revoked' });
     if (s.expiresAt <= now) throw new CordonError('invalid_grant', 'session has ended; start a new one', { reason: 'session_expired' });
     const outside = uncovered(parseScope(s.scope), scope);
-    if (outside.length) throw new CordonError('invalid_scope', `scope outside the session's task scope: ${outside.join(' ')}`, { reason: 'scope_outside_session' });
-    if (task !== null && task !== s.task) throw new CordonError('invalid_request', 'task differs from the session\'s task', { reason: 'task_mismatch' });
+    if (outside.length)
+      throw new CordonError('invalid_scope', `scope outside the session's task scope: ${outside.join(' ')}`, { reason: 'scope_outside_session' });
+    if (task !== null && task !== s.task) throw new CordonError('invalid_request', "task differs from the session's task", { reason: 'task_mismatch' });
     // A renewal stays within the audiences the session was opened for (and the broker's own).
     if (req.audience.length) {
       const foreign = audience.filter((a) => !s.audience.includes(a) && a !== b.config.issuer);
-      if (foreign.length) throw new CordonError('invalid_target', `audience ${foreign[0].slice(0, 200)} is outside the session's audience`, { reason: 'audience_outside_session' });
+      if (foreign.length)
+        throw new CordonError('invalid_target', `audience ${foreign[0].slice(0, 200)} is outside the session's audience`, {
+          reason: 'audience_outside_session',
+        });
     } else {
       audience = s.audience;
     }
@@ -154,7 +165,11 @@ export async function startSession(b: Broker, req: SessionStartRequest, attempt:
   const issued = await issueToken(
     b,
     { sid, subject, clientId: agent.id, parentJti: null, scope, audience, task, depth: 0, act: null, cnfJkt: req.dpopJkt ?? null, expiresAt },
-    { event: opening ? 'session.open' : 'token.issue', chain: [agent.id], params: { task, audience, origin: req.origin ?? 'client_credentials', session_expires_at: sessionExpiresAt, ...req.auditParams } },
+    {
+      event: opening ? 'session.open' : 'token.issue',
+      chain: [agent.id],
+      params: { task, audience, origin: req.origin ?? 'client_credentials', session_expires_at: sessionExpiresAt, ...req.auditParams },
+    },
     // A renewal commits only while its session is still unrevoked; a claim commits with the token or not at all.
     {
       opens,
@@ -174,7 +189,8 @@ export async function startSession(b: Broker, req: SessionStartRequest, attempt:
 async function assertSessionLive(tx: Q, sid: string, now: number): Promise<void> {
   const st = await sessionStateAtCommit(tx, sid, now);
   if (st.active) return;
-  if (st.why === 'agent_inactive') throw new CordonError('invalid_grant', 'the agent of this session has been disabled or revoked', { reason: 'agent_inactive' });
+  if (st.why === 'agent_inactive')
+    throw new CordonError('invalid_grant', 'the agent of this session has been disabled or revoked', { reason: 'agent_inactive' });
   if (st.why === 'session_expired') throw new CordonError('invalid_grant', 'session has ended; start a new one', { reason: 'session_expired' });
   throw new CordonError('invalid_grant', 'session has been revoked', { reason: 'session_revoked' });
 }

@@ -7,6 +7,10 @@ export const SESSION_OPENING_TYPES: readonly string[] = [TOKEN_TYPE_BOOTSTRAP, T
 /** The public workload client proves nothing by itself: it may only redeem a bootstrap token or a federated JWT, whose subject names the agent. */
 export function assertWorkloadMayExchange(subjectType: string): void {
   if (!SESSION_OPENING_TYPES.includes(subjectType)) {
-    throw new CordonError('unauthorized_client', `${WORKLOAD_CLIENT_ID} may only redeem a bootstrap token or a federated JWT; delegation needs an authenticated agent`, { reason: 'workload_subject_type' });
+    throw new CordonError(
+      'unauthorized_client',
+      `${WORKLOAD_CLIENT_ID} may only redeem a bootstrap token or a federated JWT; delegation needs an authenticated agent`,
+      { reason: 'workload_subject_type' },
+    );
   }
 }

@@ -67,6 +67,11 @@ export const agents = {
     return (await q('agents').where({ id }).whereNot({ status: 'revoked' }).update({ secret_hash: secretHash, updated_at: at })) > 0;
   },
   async setJwks(q: Q, id: string, jwks: unknown, at: number): Promise<boolean> {
-    return (await q('agents').where({ id }).whereNot({ status: 'revoked' }).update({ jwks: JSON.stringify(jwks), updated_at: at })) > 0;
+    return (
+      (await q('agents')
+        .where({ id })
+        .whereNot({ status: 'revoked' })
+        .update({ jwks: JSON.stringify(jwks), updated_at: at })) > 0
+    );
   },
 };

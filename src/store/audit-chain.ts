@@ -19,7 +19,8 @@ export interface AuditEntry {
 }
 
 /** Keys whose values must never reach the log, wherever they appear in params. */
-const SECRET_KEYS = /^(client_secret|secret|password|token|subject_token|actor_token|access_token|assertion|client_assertion|dpop|authorization|secret_id|secretaccesskey|sessiontoken|security_token|jwt)$/i;
+const SECRET_KEYS =
+  /^(client_secret|secret|password|token|subject_token|actor_token|access_token|assertion|client_assertion|dpop|authorization|secret_id|secretaccesskey|sessiontoken|security_token|jwt)$/i;
 
 /** Drops secret-bearing keys and bounds sizes, so a caller cannot smuggle a secret or a megabyte into the log. */
 export function scrub(params: Record<string, unknown>): Record<string, unknown> {

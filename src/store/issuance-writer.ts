@@ -133,7 +133,8 @@ export class IssuanceWriter {
 
   /** Writes the batch in one transaction; records whose precheck fails are left out and reported. */
   async #commit(batch: Job[]): Promise<Outcome[]> {
-    if (batch.length === 1 && batch[0].kind === 'step') return [{ job: batch[0], value: await retryTransient(() => (batch[0] as Extract<Job, { kind: 'step' }>).step(this.#db)) }];
+    if (batch.length === 1 && batch[0].kind === 'step')
+      return [{ job: batch[0], value: await retryTransient(() => (batch[0] as Extract<Job, { kind: 'step' }>).step(this.#db)) }];
     const outcomes: Outcome[] = [];
     await transact(this.#db, async (tx) => {
       outcomes.length = 0;
@@ -155,12 +156,22 @@ export class IssuanceWriter {
         audit.push(job.record.audit);
         outcomes.push({ job, value: undefined });
       }
-      await sessions.insertMany(tx, issued.flatMap((r) => (r.session ? [r.session] : [])));
-      await tokens.insertMany(tx, issued.map((r) => r.token));
+      await sessions.insertMany(
+        tx,
+        issued.flatMap((r) => (r.session ? [r.session] : [])),
+      );
+      await tokens.insertMany(
+        tx,
+        issued.map((r) => r.token),
+      );
 
       const creds = batch.filter((j): j is Extract<Job, { kind: 'credential' }> => j.kind === 'credential');
       if (creds.length) {
-        const states = await statesAtCommit(tx, creds.map((j) => j.record.jti), this.#now());
+        const states = await statesAtCommit(
+          tx,
+          creds.map((j) => j.record.jti),
+          this.#now(),
+        );
         const live = new Set([...states].filter(([, st]) => st.active).map(([jti]) => jti));
         for (const job of creds) {
           const r = job.record;
@@ -182,4 +193,3 @@ export class IssuanceWriter {
     return outcomes;
   }
 }
-

@@ -39,13 +39,36 @@ export interface TokenView extends Omit<TokenRecord, 'kid' | 'act'> {
 }
 
 const VIEW_COLUMNS = [
-  't.jti', 't.sid', 't.client_id', 't.parent_jti', 't.scope', 't.audience', 't.depth', 't.act', 't.issued_at', 't.expires_at', 't.revoked_at', 't.cnf_jkt',
-  'a.name as a_name', 'a.status as a_status',
-  's.agent_id as s_agent', 's.subject as s_subject', 's.task as s_task', 's.expires_at as s_exp', 's.revoked_at as s_rev',
-  'r.status as r_status', 'r.name as r_name', 'r.policy as r_policy',
+  't.jti',
+  't.sid',
+  't.client_id',
+  't.parent_jti',
+  't.scope',
+  't.audience',
+  't.depth',
+  't.act',
+  't.issued_at',
+  't.expires_at',
+  't.revoked_at',
+  't.cnf_jkt',
+  'a.name as a_name',
+  'a.status as a_status',
+  's.agent_id as s_agent',
+  's.subject as s_subject',
+  's.task as s_task',
+  's.expires_at as s_exp',
+  's.revoked_at as s_rev',
+  'r.status as r_status',
+  'r.name as r_name',
+  'r.policy as r_policy',
 ];
 
-const viewQuery = (q: Q) => q('tokens as t').join('sessions as s', 's.sid', 't.sid').join('agents as a', 'a.id', 't.client_id').join('agents as r', 'r.id', 's.agent_id').select(VIEW_COLUMNS);
+const viewQuery = (q: Q) =>
+  q('tokens as t')
+    .join('sessions as s', 's.sid', 't.sid')
+    .join('agents as a', 'a.id', 't.client_id')
+    .join('agents as r', 'r.id', 's.agent_id')
+    .select(VIEW_COLUMNS);
 
 const fromRow = (r: Record<string, any>): TokenView => ({
   jti: r.jti,
@@ -121,7 +144,9 @@ export async function chainActive(q: Q, v: TokenView): Promise<boolean> {
  */
 export async function statesAtCommit(tx: Q, jtis: string[], now: number): Promise<Map<string, TokenState>> {
   const pg = isPostgres(tx);
-  let q = viewQuery(tx).whereIn('t.jti', [...new Set(jtis)]).orderBy('t.jti');
+  let q = viewQuery(tx)
+    .whereIn('t.jti', [...new Set(jtis)])
+    .orderBy('t.jti');
   if (pg) q = q.forShare('t');
   const views = (await q).map(fromRow);
   const ids = [...new Set(views.flatMap(chainAgents))].sort();

@@ -58,7 +58,9 @@ export const sessions = {
     return r ? fromRow(r) : undefined;
   },
   async list(q: Q, opts: { agentId?: string; liveAt?: number; limit?: number } = {}): Promise<Session[]> {
-    let b = q('sessions').orderBy('created_at', 'desc').limit(opts.limit ?? 100);
+    let b = q('sessions')
+      .orderBy('created_at', 'desc')
+      .limit(opts.limit ?? 100);
     if (opts.agentId) b = b.where({ agent_id: opts.agentId });
     if (opts.liveAt !== undefined) b = b.whereNull('revoked_at').andWhere('expires_at', '>', opts.liveAt);
     return (await b).map(fromRow);

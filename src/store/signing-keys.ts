@@ -37,6 +37,14 @@ export const signingKeys = {
     await q('signing_keys').where({ status: 'active' }).update({ status: 'retired', retired_at: at, publish_until: publishUntil });
   },
   async insertActive(q: Q, k: { kid: string; alg: SigningAlg; publicJwk: JWK; createdAt: number }): Promise<void> {
-    await q('signing_keys').insert({ kid: k.kid, alg: k.alg, public_jwk: JSON.stringify(k.publicJwk), status: 'active', created_at: k.createdAt, retired_at: null, publish_until: null });
+    await q('signing_keys').insert({
+      kid: k.kid,
+      alg: k.alg,
+      public_jwk: JSON.stringify(k.publicJwk),
+      status: 'active',
+      created_at: k.createdAt,
+      retired_at: null,
+      publish_until: null,
+    });
   },
 };

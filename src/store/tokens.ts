@@ -111,14 +111,22 @@ export const tokens = {
   async countBySids(q: Q, sids: string[]): Promise<Map<string, number>> {
     const out = new Map<string, number>();
     for (let i = 0; i < sids.length; i += CHUNK) {
-      const rows = await q('tokens').select('sid').count({ n: '*' }).whereIn('sid', sids.slice(i, i + CHUNK)).groupBy('sid');
+      const rows = await q('tokens')
+        .select('sid')
+        .count({ n: '*' })
+        .whereIn('sid', sids.slice(i, i + CHUNK))
+        .groupBy('sid');
       for (const r of rows as Array<Record<string, unknown>>) out.set(r.sid as string, num(r.n));
     }
     return out;
   },
   /** Tokens of these holders that live longer than `capMs` (the lifetime invariant; must be none). */
   async overCap(q: Q, clientIds: string[], capMs: number, limit = 100): Promise<Array<{ jti: string; clientId: string; issuedAt: number; expiresAt: number }>> {
-    const rows = await q('tokens').select('jti', 'client_id', 'issued_at', 'expires_at').whereIn('client_id', clientIds).whereRaw('expires_at - issued_at > ?', [capMs]).limit(limit);
+    const rows = await q('tokens')
+      .select('jti', 'client_id', 'issued_at', 'expires_at')
+      .whereIn('client_id', clientIds)
+      .whereRaw('expires_at - issued_at > ?', [capMs])
+      .limit(limit);
     return rows.map((r) => ({ jti: r.jti as string, clientId: r.client_id as string, issuedAt: num(r.issued_at), expiresAt: num(r.expires_at) }));
   },
   async countLive(q: Q, at: number): Promise<Array<{ clientId: string; count: number }>> {

@@ -26,7 +26,8 @@ export { ACCESS_TOKEN_TYP, TOKEN_TYPE_ACCESS, TOKEN_TYPE_JWT, TOKEN_TYPE_BOOTSTR
 
 /** The chain of holders from root to current, read from an act claim (bounded: a real chain is never deep). */
 /** The `aud` claim as a list (RFC 7519 allows a single string). */
-export const audiencesOf = (claims: { aud?: string | string[] }): string[] => (claims.aud === undefined ? [] : Array.isArray(claims.aud) ? claims.aud : [claims.aud]);
+export const audiencesOf = (claims: { aud?: string | string[] }): string[] =>
+  claims.aud === undefined ? [] : Array.isArray(claims.aud) ? claims.aud : [claims.aud];
 
 export function chainOf(claims: { client_id: string; act?: ActClaim; sub: string }, rootClientId?: string): string[] {
   const holders: string[] = [];

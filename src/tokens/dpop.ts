@@ -58,7 +58,8 @@ export interface DpopTokenUse {
 export async function requireDpopForToken(b: Broker, use: DpopTokenUse): Promise<string | null> {
   const bound = use.claims.cnf?.jkt;
   if (bound === undefined) return null;
-  if (use.proof === undefined || use.proof === null || use.proof === '') throw new CordonError('invalid_token', 'this token is DPoP-bound: present it with a DPoP proof made with its key', { reason: 'dpop_missing' });
+  if (use.proof === undefined || use.proof === null || use.proof === '')
+    throw new CordonError('invalid_token', 'this token is DPoP-bound: present it with a DPoP proof made with its key', { reason: 'dpop_missing' });
   if (Array.isArray(use.proof)) throw bad('exactly one DPoP header is allowed');
   const jkt = await verifyDpopProof(b, use.proof, { method: use.method, url: use.url, accessToken: use.accessToken });
   if (jkt !== bound) throw new CordonError('invalid_token', 'the DPoP proof is not made with the key this token is bound to', { reason: 'dpop_key_mismatch' });

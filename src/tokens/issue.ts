@@ -75,16 +75,21 @@ export async function issueToken(
     expiresAt: exp * 1000,
     revokedAt: null,
   };
-  await b.issuance.write({ session: opts.opens, token, precheck: opts.precheck, audit: {
-    at: now,
-    event: audit.event,
-    decision: 'allow',
-    agentId: g.clientId,
-    sid: g.sid,
-    jti: claims.jti,
-    chain: audit.chain,
-    params: { ...audit.params, scope: claims.scope, exp, depth: g.depth, ...(g.parentJti ? { parent_jti: g.parentJti } : {}) },
-  } });
+  await b.issuance.write({
+    session: opts.opens,
+    token,
+    precheck: opts.precheck,
+    audit: {
+      at: now,
+      event: audit.event,
+      decision: 'allow',
+      agentId: g.clientId,
+      sid: g.sid,
+      jti: claims.jti,
+      chain: audit.chain,
+      params: { ...audit.params, scope: claims.scope, exp, depth: g.depth, ...(g.parentJti ? { parent_jti: g.parentJti } : {}) },
+    },
+  });
   for (const f of b.hooks.onDecision) f(audit.event, 'allow', null);
   return { jwt, claims, expiresIn: exp - iat };
 }

@@ -4,7 +4,7 @@ import { CordonError, type OAuthErrorCode } from '../errors.ts';
 import { SIGNING_ALGS } from '../keys/keyring.ts';
 import canonicalize from 'canonicalize';
 import { type TokenState, type TokenView, chainActive, loadTokenView as loadView, stateOf } from '../store/liveness.ts';
-import { ACCESS_TOKEN_TYP, audiencesOf, chainOf, type AccessTokenClaims, } from './claims.ts';
+import { ACCESS_TOKEN_TYP, audiencesOf, chainOf, type AccessTokenClaims } from './claims.ts';
 import { isWellFormedId } from '../ids.ts';
 import { appendAudit } from '../store/audit-chain.ts';
 import { transact } from '../store/db.ts';
@@ -45,7 +45,8 @@ export async function verifySignature(b: Broker, jwt: unknown, code: OAuthErrorC
   } catch (e) {
     if (e instanceof CordonError) throw e;
     if (e instanceof joseErrors.JWTExpired) throw fail('token has expired', 'token_expired');
-    if (e instanceof joseErrors.JWTClaimValidationFailed) throw fail(`token claim check failed: ${e.claim} ${e.reason}`, e.claim === 'nbf' || e.claim === 'iat' ? 'token_not_yet_valid' : 'token_invalid');
+    if (e instanceof joseErrors.JWTClaimValidationFailed)
+      throw fail(`token claim check failed: ${e.claim} ${e.reason}`, e.claim === 'nbf' || e.claim === 'iat' ? 'token_not_yet_valid' : 'token_invalid');
     if (e instanceof joseErrors.JWSSignatureVerificationFailed) throw fail('token signature is invalid', 'bad_signature');
     throw fail('token could not be verified');
   }

@@ -168,13 +168,11 @@ interface Injected {
   action?: string;
 }
 
-const xmlEscape = (s: string): string =>
-  s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
+const xmlEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
 const awsTime = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 const sha256hex = (s: string | Buffer): string => createHash('sha256').update(s).digest('hex');
 const hmac = (key: Buffer | string, data: string): Buffer => createHmac('sha256', key).update(data).digest();
-const uriEscape = (s: string): string =>
-  encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+const uriEscape = (s: string): string => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 
 const NAME_RE = /^[\w+=,.@-]*$/;
 const POLICY_CHARS_RE = /^[\u0009\u000A\u000D\u0020-\u00FF]*$/;
@@ -265,7 +263,13 @@ function policyProblem(doc: string): string | undefined {
 
 const asList = (x: unknown): string[] => (x === undefined ? [] : Array.isArray(x) ? x.map(String) : [String(x)]);
 const wildcard = (pattern: string, ci: boolean): RegExp =>
-  new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, ci ? 'i' : '');
+  new RegExp(
+    `^${pattern
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+    ci ? 'i' : '',
+  );
 const toTime = (s: string): number => (/^\d+$/.test(s) ? Number(s) * 1000 : Date.parse(s));
 
 /** Does one IAM condition block hold for the request context? (Supports the String*, Date*, Numeric*, Bool, Null, Arn* operators.) */
@@ -546,7 +550,10 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
       if (injected) throw new AwsError(injected.status, injected.code, injected.message);
       const caller = this.#authenticate(rec, req, isIam ? 'iam' : 'sts');
       const result = this.#dispatch(rec, caller);
-      send(200, `<${rec.action}Response xmlns="${ns}">\n${result}<ResponseMetadata>\n<RequestId>${requestId}</RequestId>\n</ResponseMetadata>\n</${rec.action}Response>\n`);
+      send(
+        200,
+        `<${rec.action}Response xmlns="${ns}">\n${result}<ResponseMetadata>\n<RequestId>${requestId}</RequestId>\n</ResponseMetadata>\n</${rec.action}Response>\n`,
+      );
     } catch (err) {
       const e = err instanceof AwsError ? err : new AwsError(500, 'InternalFailure', err instanceof Error ? err.message : String(err));
       rec.errorCode = e.code;
@@ -574,7 +581,12 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
       /^AWS4-HMAC-SHA256 Credential=([^/,\s]+)\/(\d{8})\/([^/,\s]+)\/([^/,\s]+)\/aws4_request,\s*SignedHeaders=([a-z0-9;_.-]+),\s*Signature=([0-9a-f]{64})$/.exec(
         String(authz),
       );
-    if (!m) throw new AwsError(400, 'IncompleteSignature', `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters. Authorization=${authz}`);
+    if (!m)
+      throw new AwsError(
+        400,
+        'IncompleteSignature',
+        `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters. Authorization=${authz}`,
+      );
     const [, keyId, scopeDate, scopeRegion, scopeService, signedHeadersStr, signature] = m as unknown as string[];
 
     // Who is signing?
@@ -600,21 +612,38 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
     if (!/^\d{8}T\d{6}Z$/.test(amzDate) || !signedHeaders.includes('x-amz-date'))
       throw new AwsError(400, 'IncompleteSignature', "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.");
     if (amzDate.slice(0, 8) !== scopeDate)
-      throw new AwsError(403, 'SignatureDoesNotMatch', `Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '${scopeDate}' != '${amzDate.slice(0, 8)}', from '${amzDate}'.`);
+      throw new AwsError(
+        403,
+        'SignatureDoesNotMatch',
+        `Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '${scopeDate}' != '${amzDate.slice(0, 8)}', from '${amzDate}'.`,
+      );
     if (scopeRegion !== this.region && !(service === 'iam' && scopeRegion === 'us-east-1'))
       throw new AwsError(403, 'SignatureDoesNotMatch', `Credential should be scoped to a valid region. `);
-    if (scopeService !== service)
-      throw new AwsError(403, 'SignatureDoesNotMatch', `Credential should be scoped to correct service: '${service}'. `);
-    const signedAt = Date.UTC(+amzDate.slice(0, 4), +amzDate.slice(4, 6) - 1, +amzDate.slice(6, 8), +amzDate.slice(9, 11), +amzDate.slice(11, 13), +amzDate.slice(13, 15));
+    if (scopeService !== service) throw new AwsError(403, 'SignatureDoesNotMatch', `Credential should be scoped to correct service: '${service}'. `);
+    const signedAt = Date.UTC(
+      +amzDate.slice(0, 4),
+      +amzDate.slice(4, 6) - 1,
+      +amzDate.slice(6, 8),
+      +amzDate.slice(9, 11),
+      +amzDate.slice(11, 13),
+      +amzDate.slice(13, 15),
+    );
     if (Math.abs(Date.now() - signedAt) > this.maxClockSkewMs)
-      throw new AwsError(403, 'SignatureDoesNotMatch', `Signature expired: ${amzDate} is now earlier than ${awsTime(Date.now() - this.maxClockSkewMs).replace(/[-:]/g, '')}`);
+      throw new AwsError(
+        403,
+        'SignatureDoesNotMatch',
+        `Signature expired: ${amzDate} is now earlier than ${awsTime(Date.now() - this.maxClockSkewMs).replace(/[-:]/g, '')}`,
+      );
 
     // Canonical request, string to sign, signature.
     const canonicalHeaders = signedHeaders
       .map((h) => {
         const v = req.headers[h];
         const value = Array.isArray(v) ? v.join(',') : (v ?? '');
-        return `${h}:${String(value).replace(/[\r\n]/g, ' ').replace(/[ \t]+/g, ' ').trim()}\n`;
+        return `${h}:${String(value)
+          .replace(/[\r\n]/g, ' ')
+          .replace(/[ \t]+/g, ' ')
+          .trim()}\n`;
       })
       .join('');
     const segments: string[] = [];
@@ -685,9 +714,7 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
       c.check(POLICY_CHARS_RE.test(a.Policy), a.Policy, 'policy', 'satisfy regular expression pattern: [\\u0009\\u000A\\u000D\\u0020-\\u00FF]+');
     }
     c.check(a.PolicyArns.length <= 10, String(a.PolicyArns.length), 'policyArns', 'have length less than or equal to 10');
-    a.PolicyArns.forEach((arn, i) =>
-      c.check(arn.length >= 20 && arn.length <= 2048, arn, `policyArns.${i + 1}.member.arn`, 'have length between 20 and 2048'),
-    );
+    a.PolicyArns.forEach((arn, i) => c.check(arn.length >= 20 && arn.length <= 2048, arn, `policyArns.${i + 1}.member.arn`, 'have length between 20 and 2048'));
     c.check(a.Tags.length <= 50, String(a.Tags.length), 'tags', 'have length less than or equal to 50');
     a.Tags.forEach((t, i) => {
       const at = `tags.${i + 1}.member`;
@@ -709,11 +736,9 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
     c.throwIfAny();
 
     // Semantic checks after the constraint pass.
-    if (a.SourceIdentity?.toLowerCase().startsWith('aws:'))
-      throw validationError("The source identity cannot begin with the reserved prefix 'aws:'.");
+    if (a.SourceIdentity?.toLowerCase().startsWith('aws:')) throw validationError("The source identity cannot begin with the reserved prefix 'aws:'.");
     const lowerKeys = a.Tags.map((t) => t.Key.toLowerCase());
-    if (new Set(lowerKeys).size !== lowerKeys.length)
-      throw validationError('Duplicate tag keys found. Please note that Tag keys are case insensitive.');
+    if (new Set(lowerKeys).size !== lowerKeys.length) throw validationError('Duplicate tag keys found. Please note that Tag keys are case insensitive.');
     for (const k of a.TransitiveTagKeys)
       if (!lowerKeys.includes(k.toLowerCase())) throw validationError('The specified transitive tag key must be included in the requested tags.');
     if (a.Policy !== undefined) {

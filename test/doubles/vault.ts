@@ -379,9 +379,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
   setPolicyPaths(policy: string, paths: VaultPathRule[]): void {
     this.#policies.set(
       policy.toLowerCase(),
-      paths.map((r) =>
-        typeof r === 'string' ? { pattern: r, caps: new Set(ALL_BUT_SUDO) } : { pattern: r.path, caps: new Set(r.capabilities) },
-      ),
+      paths.map((r) => (typeof r === 'string' ? { pattern: r, caps: new Set(ALL_BUT_SUDO) } : { pattern: r.path, caps: new Set(r.capabilities) })),
     );
   }
 
@@ -526,9 +524,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
       }
     }
     const auth = req.headers.authorization;
-    const token =
-      (req.headers['x-vault-token'] as string | undefined) ??
-      (auth && /^Bearer\s+/i.test(auth) ? auth.replace(/^Bearer\s+/i, '') : undefined);
+    const token = (req.headers['x-vault-token'] as string | undefined) ?? (auth && /^Bearer\s+/i.test(auth) ? auth.replace(/^Bearer\s+/i, '') : undefined);
     return {
       ...base,
       vaultPath: base.path.startsWith('/v1/') ? base.path.slice(4) : base.path.replace(/^\//, ''),
@@ -567,9 +563,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
   }
 
   #takeFailure(vaultPath: string): Injected | undefined {
-    const i = this.#failures.findIndex(
-      (f) => f.path === undefined || (typeof f.path === 'string' ? vaultPath.startsWith(f.path) : f.path.test(vaultPath)),
-    );
+    const i = this.#failures.findIndex((f) => f.path === undefined || (typeof f.path === 'string' ? vaultPath.startsWith(f.path) : f.path.test(vaultPath)));
     return i < 0 ? undefined : this.#failures.splice(i, 1)[0];
   }
 
@@ -666,17 +660,10 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     return true;
   }
 
-  #route(
-    te: TokenEntry,
-    method: string,
-    path: string,
-    body: Record<string, unknown>,
-    query: Record<string, string>,
-  ): { status: number; body?: unknown } {
+  #route(te: TokenEntry, method: string, path: string, body: Record<string, unknown>, query: Record<string, string>): { status: number; body?: unknown } {
     const write = method === 'POST' || method === 'PUT';
     let m: RegExpMatchArray | null;
-    if (write && (path === 'auth/token/create' || path === 'auth/token/create-orphan'))
-      return this.#tokenCreate(te, body, path === 'auth/token/create-orphan');
+    if (write && (path === 'auth/token/create' || path === 'auth/token/create-orphan')) return this.#tokenCreate(te, body, path === 'auth/token/create-orphan');
     if (write && (m = path.match(/^auth\/token\/create\/([^/]+)$/))) {
       const role = ROLE_NAME.test(m[1]) ? this.#tokenRoles.get(m[1]) : undefined;
       if (!role) throw invalid(`unknown role ${m[1]}`);
@@ -929,8 +916,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     }
     policies = sanitizePolicies(policies, addDefault);
     if (noDefault) policies = policies.filter((p) => p !== 'default');
-    if (policies.includes('root') && !parent.policies.includes('root'))
-      throw invalid('root tokens may not be created without parent token being root');
+    if (policies.includes('root') && !parent.policies.includes('root')) throw invalid('root tokens may not be created without parent token being root');
 
     let parentId: string | null = parent.id;
     if (role) {
@@ -1158,8 +1144,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     const role = this.#jwtRoles.get(roleName);
     if (!role) throw invalid(`role "${roleName}" could not be found`);
     if (!jwt) throw invalid('missing token');
-    if (!role.verify(jwt))
-      throw invalid('error validating token: error verifying token signature: no known key successfully validated the token signature');
+    if (!role.verify(jwt)) throw invalid('error validating token: error verifying token signature: no known key successfully validated the token signature');
     const te = this.#loginToken(role.policies, role.opts, 'jwt', 'auth/jwt/login', { role: roleName });
     return { status: 200, body: this.#authResponse(te, 'jwt') };
   }
@@ -1229,7 +1214,9 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     let end = now + inc * 1000;
     if (end > maxEnd) {
       end = maxEnd;
-      warnings.push(`TTL of "${fmtDur(inc)}" exceeded the effective max_ttl of "${fmtDur(Math.floor((maxEnd - now) / 1000))}"; TTL value is capped accordingly`);
+      warnings.push(
+        `TTL of "${fmtDur(inc)}" exceeded the effective max_ttl of "${fmtDur(Math.floor((maxEnd - now) / 1000))}"; TTL value is capped accordingly`,
+      );
     }
     l.expiresAtMs = end;
     l.ttlSec = Math.max(0, Math.floor((end - now) / 1000));
@@ -1282,7 +1269,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
 
   #kvRead(path: string, versionParam: string | undefined): { status: number; body: unknown } {
     const versions = this.#kv.get(path);
-    const n = versionParam ? parseInt(versionParam, 10) : versions?.length ?? 0;
+    const n = versionParam ? parseInt(versionParam, 10) : (versions?.length ?? 0);
     const v = versions?.[n - 1];
     if (!v) throw new VaultHttpError(404, []);
     return {
@@ -1305,8 +1292,7 @@ export class VaultDouble extends HttpDouble<VaultRecordedRequest> {
     if (typeof body.data !== 'object' || body.data === null) throw invalid('no data provided');
     const cas = (body.options as { cas?: unknown } | undefined)?.cas;
     const current = this.#kv.get(path)?.length ?? 0;
-    if (cas !== undefined && Number(cas) !== current)
-      throw invalid('check-and-set parameter did not match the current version');
+    if (cas !== undefined && Number(cas) !== current) throw invalid('check-and-set parameter did not match the current version');
     const n = this.putKv(path, body.data as Record<string, unknown>);
     return {
       status: 200,

@@ -25,7 +25,9 @@ export const PG_URL = process.env.CORDON_TEST_PG ?? 'postgres://postgres@127.0.0
  * A broker on a throw-away SQLite file (or the given database), with a manual clock that starts at
  * real time (so tokens verify with tools that use the wall clock) and, unless `http: false`, listening on a free port.
  */
-export async function startTestBroker(opts: { http?: boolean; policyDir?: string; databaseUrl?: string; env?: Record<string, string>; ext?: AppExtensions } = {}): Promise<TestBroker> {
+export async function startTestBroker(
+  opts: { http?: boolean; policyDir?: string; databaseUrl?: string; env?: Record<string, string>; ext?: AppExtensions } = {},
+): Promise<TestBroker> {
   const dir = mkdtempSync(join(tmpdir(), 'cordon-test-'));
   const clock = new ManualClock(Date.now());
   const config: Config = loadConfig({
@@ -70,9 +72,14 @@ export async function startTestBroker(opts: { http?: boolean; policyDir?: string
   return tb;
 }
 
-export const basic = (id: string, secret: string): string => `Basic ${Buffer.from(`${encodeURIComponent(id)}:${encodeURIComponent(secret)}`).toString('base64')}`;
+export const basic = (id: string, secret: string): string =>
+  `Basic ${Buffer.from(`${encodeURIComponent(id)}:${encodeURIComponent(secret)}`).toString('base64')}`;
 
-export async function postForm(url: string, form: Record<string, string | string[]>, headers: Record<string, string> = {}): Promise<{ status: number; body: any; headers: Headers }> {
+export async function postForm(
+  url: string,
+  form: Record<string, string | string[]>,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: any; headers: Headers }> {
   const p = new URLSearchParams();
   for (const [k, v] of Object.entries(form)) for (const x of Array.isArray(v) ? v : [v]) p.append(k, x);
   const r = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers }, body: p.toString() });

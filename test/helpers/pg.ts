@@ -13,7 +13,10 @@ export async function freshPgDatabase(): Promise<{ url: string; drop: () => Prom
   try {
     await admin.raw(`CREATE DATABASE ${name}`);
   } catch (e) {
-    throw new Error(`PostgreSQL at ${PG_URL} does not answer or refuses CREATE DATABASE (${(e as Error).message}); the store suite needs it (CORDON_TEST_PG points elsewhere)`, { cause: e });
+    throw new Error(
+      `PostgreSQL at ${PG_URL} does not answer or refuses CREATE DATABASE (${(e as Error).message}); the store suite needs it (CORDON_TEST_PG points elsewhere)`,
+      { cause: e },
+    );
   } finally {
     await admin.destroy();
   }
@@ -31,7 +34,6 @@ export async function freshPgDatabase(): Promise<{ url: string; drop: () => Prom
     },
   };
 }
-
 
 /** A test broker (no HTTP) on a fresh PostgreSQL database with the shipped policies; `close` drops the database too. */
 export async function startPgTestBroker(): Promise<{ tb: import('./broker.ts').TestBroker; close(): Promise<void> }> {

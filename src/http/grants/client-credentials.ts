@@ -13,15 +13,19 @@ export const allowDuplicates = ['resource', 'audience'];
 export async function handler(b: Broker, ctx: KoaContextWithOIDC, attempt: Attempt): Promise<void> {
   attempt.event = param(ctx, 'session') !== undefined ? 'token.issue' : 'session.open';
   const dpopJkt = await dpopOf(b, ctx);
-  const r = await startSession(b, {
-    clientId: providerClient(ctx)!.clientId,
-    caller: callerRow(ctx),
-    scope: param(ctx, 'scope'),
-    task: param(ctx, 'task'),
-    audience: audiences(ctx),
-    requestedTtl: param(ctx, 'expires_in'),
-    session: param(ctx, 'session'),
-    dpopJkt,
-  }, attempt);
+  const r = await startSession(
+    b,
+    {
+      clientId: providerClient(ctx)!.clientId,
+      caller: callerRow(ctx),
+      scope: param(ctx, 'scope'),
+      task: param(ctx, 'task'),
+      audience: audiences(ctx),
+      requestedTtl: param(ctx, 'expires_in'),
+      session: param(ctx, 'session'),
+      dpopJkt,
+    },
+    attempt,
+  );
   ctx.body = tokenResponse(r, { session_expires_at: Math.floor(r.sessionExpiresAt / 1000) });
 }

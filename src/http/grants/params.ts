@@ -20,7 +20,8 @@ export const audiences = (ctx: KoaContextWithOIDC): string[] => {
     const v = providerParams(ctx)[name];
     if (v === undefined) continue;
     for (const s of Array.isArray(v) ? v : [v]) {
-      if (typeof s !== 'string' || s === '' || s.length > 512) throw new CordonError('invalid_target', `${name} must be a non-empty string of at most 512 characters`);
+      if (typeof s !== 'string' || s === '' || s.length > 512)
+        throw new CordonError('invalid_target', `${name} must be a non-empty string of at most 512 characters`);
       out.push(s);
     }
   }
@@ -35,7 +36,10 @@ export async function dpopOf(b: Broker, ctx: KoaContextWithOIDC): Promise<string
   return verifyDpopProof(b, header, { method: 'POST', url: `${b.config.issuer}/token` });
 }
 
-export const tokenResponse = (r: { jwt: string; expiresIn: number; claims: { scope: string; sid: string; cnf?: unknown } }, extra: Record<string, unknown> = {}) => ({
+export const tokenResponse = (
+  r: { jwt: string; expiresIn: number; claims: { scope: string; sid: string; cnf?: unknown } },
+  extra: Record<string, unknown> = {},
+) => ({
   access_token: r.jwt,
   token_type: r.claims.cnf ? 'DPoP' : 'Bearer',
   expires_in: r.expiresIn,
@@ -46,6 +50,6 @@ export const tokenResponse = (r: { jwt: string; expiresIn: number; claims: { sco
 
 /** The authenticated agent's row as the client lookup read it in this request (see provider.ts). */
 export const callerRow = (ctx: KoaContextWithOIDC): Agent | undefined => {
-  const a = (ctx.state)?.cordonAgent as Agent | undefined;
+  const a = ctx.state?.cordonAgent as Agent | undefined;
   return a && a.id === providerClient(ctx)?.clientId ? a : undefined;
 };

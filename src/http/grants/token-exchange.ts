@@ -19,9 +19,22 @@ import { providerClient, providerParams } from '../internals.ts';
  * it becomes is named by the subject token. Delegation needs an authenticated agent.
  */
 export const grantType = GRANT_TOKEN_EXCHANGE;
-export const parameters = ['scope', 'task', 'resource', 'audience', 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'requested_actor', 'scope_policy', 'expires_in', 'dpop_jkt'];
+export const parameters = [
+  'scope',
+  'task',
+  'resource',
+  'audience',
+  'subject_token',
+  'subject_token_type',
+  'actor_token',
+  'actor_token_type',
+  'requested_token_type',
+  'requested_actor',
+  'scope_policy',
+  'expires_in',
+  'dpop_jkt',
+];
 export const allowDuplicates = ['resource', 'audience'];
-
 
 /** A parameter for the audit row, whatever shape it arrived in (never throws). */
 const raw = (ctx: KoaContextWithOIDC, name: string, max: number): string | undefined => {
@@ -34,7 +47,9 @@ export async function handler(b: Broker, ctx: KoaContextWithOIDC, attempt: Attem
   const workload = clientId === WORKLOAD_CLIENT_ID;
   // Refused before a rule takes over (missing or wrong parameters): the caller is the chain.
   attempt.event = 'token_exchange';
-  attempt.by(clientId, workload ? null : [clientId]).note({ subject_token_type: raw(ctx, 'subject_token_type', 100), requested_actor: raw(ctx, 'requested_actor', 64), scope: raw(ctx, 'scope', 300) });
+  attempt
+    .by(clientId, workload ? null : [clientId])
+    .note({ subject_token_type: raw(ctx, 'subject_token_type', 100), requested_actor: raw(ctx, 'requested_actor', 64), scope: raw(ctx, 'scope', 300) });
   await exchange(b, ctx, clientId, workload, attempt);
 }
 
@@ -43,28 +58,38 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
   const subjectType = param(ctx, 'subject_token_type');
   if (!subjectToken) throw new CordonError('invalid_request', 'subject_token is required', { reason: 'subject_token_missing' });
   if (!subjectType) throw new CordonError('invalid_request', 'subject_token_type is required', { reason: 'subject_type_missing' });
-  if (param(ctx, 'actor_token') !== undefined && param(ctx, 'actor_token_type') === undefined) throw new CordonError('invalid_request', 'actor_token_type is required with actor_token', { reason: 'actor_type_missing' });
-  if (param(ctx, 'actor_token') !== undefined) throw new CordonError('invalid_request', 'actor_token is not used by this broker: name the sub-agent with requested_actor', { reason: 'actor_token_unsupported' });
-  if (param(ctx, 'actor_token_type') !== undefined) throw new CordonError('invalid_request', 'actor_token_type is only valid with actor_token', { reason: 'actor_type_without_token' });
+  if (param(ctx, 'actor_token') !== undefined && param(ctx, 'actor_token_type') === undefined)
+    throw new CordonError('invalid_request', 'actor_token_type is required with actor_token', { reason: 'actor_type_missing' });
+  if (param(ctx, 'actor_token') !== undefined)
+    throw new CordonError('invalid_request', 'actor_token is not used by this broker: name the sub-agent with requested_actor', {
+      reason: 'actor_token_unsupported',
+    });
+  if (param(ctx, 'actor_token_type') !== undefined)
+    throw new CordonError('invalid_request', 'actor_token_type is only valid with actor_token', { reason: 'actor_type_without_token' });
   const requestedType = param(ctx, 'requested_token_type');
-  if (requestedType !== undefined && requestedType !== TOKEN_TYPE_ACCESS) throw new CordonError('invalid_request', `requested_token_type must be ${TOKEN_TYPE_ACCESS}`, { reason: 'requested_type_unsupported' });
+  if (requestedType !== undefined && requestedType !== TOKEN_TYPE_ACCESS)
+    throw new CordonError('invalid_request', `requested_token_type must be ${TOKEN_TYPE_ACCESS}`, { reason: 'requested_type_unsupported' });
   if (workload) assertWorkloadMayExchange(subjectType);
 
   if (subjectType === TOKEN_TYPE_ACCESS) {
     const dpopJkt = await dpopOf(b, ctx);
     attempt.event = 'delegation.issue';
-    const r = await delegate(b, {
-      callerClientId: clientId,
-      caller: callerRow(ctx),
-      subjectToken,
-      requestedActor: param(ctx, 'requested_actor'),
-      scope: param(ctx, 'scope'),
-      audience: audiences(ctx),
-      scopePolicy: param(ctx, 'scope_policy'),
-      requestedTtl: param(ctx, 'expires_in'),
-      bindJkt: param(ctx, 'dpop_jkt'),
-      dpopJkt,
-    }, attempt);
+    const r = await delegate(
+      b,
+      {
+        callerClientId: clientId,
+        caller: callerRow(ctx),
+        subjectToken,
+        requestedActor: param(ctx, 'requested_actor'),
+        scope: param(ctx, 'scope'),
+        audience: audiences(ctx),
+        scopePolicy: param(ctx, 'scope_policy'),
+        requestedTtl: param(ctx, 'expires_in'),
+        bindJkt: param(ctx, 'dpop_jkt'),
+        dpopJkt,
+      },
+      attempt,
+    );
     ctx.body = tokenResponse(r, { issued_token_type: TOKEN_TYPE_ACCESS });
     return;
   }
@@ -72,7 +97,8 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
   if (SESSION_OPENING_TYPES.includes(subjectType)) {
     // These open a root session: delegation-only parameters would be silently meaningless, so they are refused.
     for (const p of ['scope_policy', 'dpop_jkt']) {
-      if (param(ctx, p) !== undefined) throw new CordonError('invalid_request', `${p} applies to delegation only, not to ${subjectType}`, { reason: 'param_not_applicable' });
+      if (param(ctx, p) !== undefined)
+        throw new CordonError('invalid_request', `${p} applies to delegation only, not to ${subjectType}`, { reason: 'param_not_applicable' });
     }
     const dpopJkt = await dpopOf(b, ctx);
     const common = {
@@ -86,7 +112,10 @@ async function exchange(b: Broker, ctx: KoaContextWithOIDC, clientId: string, wo
     };
     let r;
     if (subjectType === TOKEN_TYPE_BOOTSTRAP) {
-      if (param(ctx, 'requested_actor') !== undefined) throw new CordonError('invalid_request', 'requested_actor is not used with a bootstrap token: the token names its agent', { reason: 'param_not_applicable' });
+      if (param(ctx, 'requested_actor') !== undefined)
+        throw new CordonError('invalid_request', 'requested_actor is not used with a bootstrap token: the token names its agent', {
+          reason: 'param_not_applicable',
+        });
       attempt.event = 'bootstrap.redeem';
       r = await redeemBootstrapToken(b, subjectToken, common, attempt);
     } else {

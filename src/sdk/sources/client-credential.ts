@@ -30,7 +30,10 @@ export class ClientCredentialSource implements TokenSource {
 
   /** A new token of the open session (`session=<sid>`), refused with `invalid_grant` once the session has ended. */
   async renewFor(s: Session, what: string, opts: { expiresIn?: number; audience?: string[] }): Promise<TokenAnswer> {
-    const form: Form = [['scope', s.scope.join(' ')], ['session', s.sid]];
+    const form: Form = [
+      ['scope', s.scope.join(' ')],
+      ['session', s.sid],
+    ];
     for (const a of opts.audience ?? s.audience) form.push(['audience', a]);
     const expiresIn = opts.expiresIn !== undefined && s.expiresIn !== undefined ? Math.min(opts.expiresIn, s.expiresIn) : (opts.expiresIn ?? s.expiresIn);
     if (expiresIn !== undefined) form.push(['expires_in', String(expiresIn)]);
@@ -40,7 +43,12 @@ export class ClientCredentialSource implements TokenSource {
       a = await this.#broker.tokenRequest(form, what);
     } catch (e) {
       if (refusedWith(e, 'invalid_grant')) {
-        throw new CordonSdkError('session_ended', `session ${s.sid} cannot be renewed: ${e.error_description ?? e.error}`, { error: e.error, error_description: e.error_description, status: e.status, cause: e });
+        throw new CordonSdkError('session_ended', `session ${s.sid} cannot be renewed: ${e.error_description ?? e.error}`, {
+          error: e.error,
+          error_description: e.error_description,
+          status: e.status,
+          cause: e,
+        });
       }
       throw e;
     }

@@ -28,7 +28,12 @@ export class ExecEndpointSource implements TokenSource {
       ({ body } = await requestJson(this.#http, this.#uri, { method: 'GET', headers: { authorization: this.#authorization } }, 'local token endpoint'));
     } catch (e) {
       if (refusedWith(e, 'invalid_grant', 'session_ended')) {
-        throw new CordonSdkError('session_ended', `the session has ended: ${e.error_description ?? e.error}`, { error: e.error, error_description: e.error_description, status: e.status, cause: e });
+        throw new CordonSdkError('session_ended', `the session has ended: ${e.error_description ?? e.error}`, {
+          error: e.error,
+          error_description: e.error_description,
+          status: e.status,
+          cause: e,
+        });
       }
       throw e;
     }

@@ -23,7 +23,8 @@ export class HandedOverSource implements TokenSource {
     } catch {
       throw new CordonSdkError('config', 'the handed-over access token cannot be decoded');
     }
-    if (typeof this.#claims.exp !== 'number' || typeof this.#claims.sid !== 'string') throw new CordonSdkError('config', 'the handed-over access token has no exp or sid');
+    if (typeof this.#claims.exp !== 'number' || typeof this.#claims.sid !== 'string')
+      throw new CordonSdkError('config', 'the handed-over access token has no exp or sid');
     this.#jwt = jwt;
   }
 

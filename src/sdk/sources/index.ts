@@ -24,5 +24,8 @@ export function tokenSourceFor(opts: CordonAgentOptions, broker: BrokerClient): 
   if (opts.bootstrapToken !== undefined) return bootstrapSource(broker, opts.bootstrapToken);
   if (opts.federatedTokenFile !== undefined) return federatedSource(broker, opts.federatedTokenFile);
   if (opts.accessToken !== undefined) return new HandedOverSource(opts.accessToken);
-  throw new CordonSdkError('config', 'no credentials: give a client secret, a private key, a bootstrap token, a federated token file or an access token (CORDON_CLIENT_SECRET, CORDON_PRIVATE_KEY_FILE, CORDON_BOOTSTRAP_TOKEN, CORDON_FEDERATED_TOKEN_FILE, CORDON_TOKEN)');
+  throw new CordonSdkError(
+    'config',
+    'no credentials: give a client secret, a private key, a bootstrap token, a federated token file or an access token (CORDON_CLIENT_SECRET, CORDON_PRIVATE_KEY_FILE, CORDON_BOOTSTRAP_TOKEN, CORDON_FEDERATED_TOKEN_FILE, CORDON_TOKEN)',
+  );
 }

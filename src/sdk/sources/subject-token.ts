@@ -24,6 +24,10 @@ export class SubjectTokenSource implements TokenSource {
 
   open(form: Form): Promise<TokenAnswer> {
     const s = this.#subject();
-    return this.#broker.tokenRequest([...form, ['grant_type', GRANT_TOKEN_EXCHANGE], ['subject_token', s.token], ['subject_token_type', s.type]], 'session start', { endSession: true });
+    return this.#broker.tokenRequest(
+      [...form, ['grant_type', GRANT_TOKEN_EXCHANGE], ['subject_token', s.token], ['subject_token_type', s.type]],
+      'session start',
+      { endSession: true },
+    );
   }
 }
