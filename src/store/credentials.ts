@@ -51,6 +51,19 @@ export type PendingCredential = Pick<CredentialRow, 'id' | 'sid' | 'jti' | 'agen
   handle?: Record<string, unknown> | null;
 };
 
+/** Issued, not yet revoked credentials whose `column` is one of `values` (chunked IN lists). */
+async function revocableBy(q: Q, column: 'sid' | 'jti', values: string[]): Promise<CredentialRow[]> {
+  const out: CredentialRow[] = [];
+  for (let i = 0; i < values.length; i += CHUNK) {
+    const rows = await q('credentials')
+      .whereIn(column, values.slice(i, i + CHUNK))
+      .andWhere({ state: 'issued' })
+      .whereNull('revoked_at');
+    out.push(...rows.map(fromRow));
+  }
+  return out;
+}
+
 export const credentials = {
   /**
    * Credentials not yet expired, by what is known of them: `live` (issued, never revoked),
@@ -153,36 +166,10 @@ export const credentials = {
   },
 
   /** Issued, not yet revoked credentials of these sessions. */
-  async revocableBySids(q: Q, sids: string[]): Promise<CredentialRow[]> {
-    const out: CredentialRow[] = [];
-    for (let i = 0; i < sids.length; i += CHUNK) {
-      out.push(
-        ...(
-          await q('credentials')
-            .whereIn('sid', sids.slice(i, i + CHUNK))
-            .andWhere({ state: 'issued' })
-            .whereNull('revoked_at')
-        ).map(fromRow),
-      );
-    }
-    return out;
-  },
+  revocableBySids: (q: Q, sids: string[]): Promise<CredentialRow[]> => revocableBy(q, 'sid', sids),
 
   /** Issued, not yet revoked credentials issued to these tokens. */
-  async revocableByJtis(q: Q, jtis: string[]): Promise<CredentialRow[]> {
-    const out: CredentialRow[] = [];
-    for (let i = 0; i < jtis.length; i += CHUNK) {
-      out.push(
-        ...(
-          await q('credentials')
-            .whereIn('jti', jtis.slice(i, i + CHUNK))
-            .andWhere({ state: 'issued' })
-            .whereNull('revoked_at')
-        ).map(fromRow),
-      );
-    }
-    return out;
-  },
+  revocableByJtis: (q: Q, jtis: string[]): Promise<CredentialRow[]> => revocableBy(q, 'jti', jtis),
 
   /**
    * Issued, not yet revoked, unexpired credentials whose token has been revoked: what the
