@@ -35,24 +35,25 @@ function oldCanonical(value: unknown): string {
   return `{${keys.map((k) => `${JSON.stringify(k)}:${oldCanonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
 }
 
+/** The fields of a row the chain hashes, under their column names. */
+const hashedFields = (row: Omit<AuditRow, 'hash' | 'prevHash'>) => ({
+  seq: row.seq,
+  at: row.at,
+  event: row.event,
+  decision: row.decision,
+  agent_id: row.agentId,
+  sid: row.sid,
+  jti: row.jti,
+  chain: row.chain,
+  reason: row.reason,
+  params: row.params,
+});
+
 const oldRowHash = (row: Omit<AuditRow, 'hash'>): string =>
   createHash('sha256')
     .update(row.prevHash)
     .update('\n')
-    .update(
-      oldCanonical({
-        seq: row.seq,
-        at: row.at,
-        event: row.event,
-        decision: row.decision,
-        agent_id: row.agentId,
-        sid: row.sid,
-        jti: row.jti,
-        chain: row.chain,
-        reason: row.reason,
-        params: row.params,
-      }),
-    )
+    .update(oldCanonical(hashedFields(row)))
     .digest('hex');
 
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
@@ -96,18 +97,7 @@ describe('audit: RFC 8785 canonical form', () => {
   it('hashes rows (unicode, control characters, nested params, numbers) exactly as the old encoder did', () => {
     for (const v of variants) {
       const row = { ...base, ...v };
-      const body = {
-        seq: row.seq,
-        at: row.at,
-        event: row.event,
-        decision: row.decision,
-        agent_id: row.agentId,
-        sid: row.sid,
-        jti: row.jti,
-        chain: row.chain,
-        reason: row.reason,
-        params: row.params,
-      };
+      const body = hashedFields(row);
       assert.equal(canonical(body), oldCanonical(body));
       assert.equal(canonical(body), canonicalize(body), 'canonical() is RFC 8785');
       assert.equal(rowHash(row), oldRowHash(row), JSON.stringify(v));
