@@ -103,6 +103,9 @@ describe('policy/lint', () => {
           credentials: {},
           requireDpop: false,
           federation: [],
+          upstreams: {},
+          egress: [],
+          limits: {},
         },
       );
     });
@@ -237,11 +240,11 @@ describe('policy/lint', () => {
 
     it('vault needs exactly one of vault_policies / path', async () => {
       const neither = await lintOne('name: base\nscopes: [cred:v]\ncredentials:\n  v: { provider: vault, ttl: 1m }\n');
-      one(neither.problems, neither.file, 4, /credentials\.v: .*needs vault_policies .* or path/);
+      one(neither.problems, neither.file, 4, /credentials\.v: .*needs vault_policies .*, path .* or kv/);
       const both = await lintOne(
         'name: base\nscopes: [cred:v]\ncredentials:\n  v:\n    provider: vault\n    vault_policies: [p]\n    path: secret/data/x\n    ttl: 1m\n',
       );
-      one(both.problems, both.file, 7, /not both/, 11);
+      one(both.problems, both.file, 7, /one of vault_policies, path or kv/, 11);
     });
 
     it('vault: no root policy, no path tricks', async () => {

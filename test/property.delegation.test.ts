@@ -85,6 +85,9 @@ function toPolicy(name: string, d: PolicyDraw): Policy {
     credentials: {},
     requireDpop: false,
     federation: [],
+    upstreams: {},
+    egress: [],
+    limits: {},
   };
 }
 

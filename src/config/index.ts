@@ -19,6 +19,11 @@ export interface Config {
   sweepIntervalSec: number;
   /** When set, `GET /metrics` wants `Authorization: Bearer <this>` (Prometheus' bearer_token). */
   metricsToken?: string;
+  /** The gateway's listener (`CORDON_GATEWAY_PORT`; null when `off`) and its public base URL (a token's `aud` may name it). */
+  gatewayPort: number | null;
+  gatewayUrl: string;
+  /** Where alarms are POSTed as JSON (CORDON_ALERT_WEBHOOK), when set. */
+  alertWebhook?: string;
   vault?: VaultConfig;
   sts?: StsConfig;
 }
@@ -58,11 +63,14 @@ export const DEFAULTS: Record<string, string> = {
   CORDON_CLOCK_SKEW: '30',
   CORDON_LOG_LEVEL: 'info',
   CORDON_SWEEP_INTERVAL: '30',
+  CORDON_GATEWAY_PORT: '8081',
+  CORDON_GATEWAY_URL: 'http://127.0.0.1:8081',
 };
 
 /** Optional variables with no default: absent means the feature is off. */
 export const OPTIONAL = [
   'CORDON_METRICS_TOKEN',
+  'CORDON_ALERT_WEBHOOK',
   'VAULT_ADDR',
   'VAULT_TOKEN',
   'VAULT_ROLE_ID',
@@ -153,6 +161,9 @@ export function loadConfig(env: Env = readEnv()): Config {
     logLevel: logLevel as Config['logLevel'],
     sweepIntervalSec: int(env, 'CORDON_SWEEP_INTERVAL', 1, 86400),
     metricsToken: metricsToken(env),
+    gatewayPort: (env.CORDON_GATEWAY_PORT ?? DEFAULTS.CORDON_GATEWAY_PORT).trim() === 'off' ? null : int(env, 'CORDON_GATEWAY_PORT', 0, 65535),
+    gatewayUrl: url(env, 'CORDON_GATEWAY_URL', ['http:', 'https:']).replace(/\/+$/, ''),
+    ...(env.CORDON_ALERT_WEBHOOK ? { alertWebhook: url(env, 'CORDON_ALERT_WEBHOOK', ['http:', 'https:']) } : {}),
     vault: vaultConfig(env),
     sts: stsConfig(env),
   };

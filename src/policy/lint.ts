@@ -233,6 +233,32 @@ function toPolicy(f: PolicyFile, file: string): Policy {
     credentials: f.credentials,
     requireDpop: f.require_dpop,
     federation: f.federation,
+    upstreams: Object.fromEntries(
+      Object.entries(f.upstreams).map(([name, u]) => [
+        name,
+        {
+          kind: u.kind,
+          url: u.url,
+          ...(u.credential !== undefined ? { credential: u.credential } : {}),
+          ...(u.inject !== undefined ? { inject: u.inject } : {}),
+          rules: u.rules,
+          timeoutSec: u.timeout,
+          maxBodyBytes: u.max_body,
+          ...(u.tools ? { tools: u.tools } : {}),
+          ...(u.args ? { args: u.args } : {}),
+          ...(u.resources ? { resources: u.resources } : {}),
+          ...(u.prompts ? { prompts: u.prompts } : {}),
+          ...(u.audit_args ? { auditArgs: u.audit_args } : {}),
+        },
+      ]),
+    ),
+    egress: f.egress,
+    limits: {
+      ...(f.limits.calls_per_minute !== undefined ? { callsPerMinute: f.limits.calls_per_minute } : {}),
+      ...(f.limits.on_denials
+        ? { onDenials: { count: f.limits.on_denials.count, withinSec: f.limits.on_denials.within, ...(f.limits.on_denials.then ? { then: f.limits.on_denials.then } : {}) } }
+        : {}),
+    },
   };
 }
 

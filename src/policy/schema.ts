@@ -64,6 +64,9 @@ const vaultPolicyName = z
   // Vault lowercases policy names; a child token carrying root would be the whole Vault.
   .refine((p) => p.toLowerCase() !== 'root', 'the Vault root policy may not be handed to agents');
 
+/** `gateway`: only the gateway ever holds the credential (it injects it into calls); `/credentials` refuses it. */
+const deliverSchema = z.enum(['agent', 'gateway']);
+
 export const vaultCredentialSchema = z
   .strictObject({
     provider: z.literal('vault'),
@@ -74,17 +77,19 @@ export const vaultCredentialSchema = z
     num_uses: z.number().int('must be a whole number').min(1, 'must be at least 1').optional(),
     explicit_max_ttl: durationSchema.optional(),
     kv_path: vaultPathSchema.optional(),
+    kv: vaultPathSchema.optional(),
+    deliver: deliverSchema.optional(),
   })
   .superRefine((c, ctx) => {
-    const has = (c.vault_policies !== undefined ? 1 : 0) + (c.path !== undefined ? 1 : 0);
+    const has = (c.vault_policies !== undefined ? 1 : 0) + (c.path !== undefined ? 1 : 0) + (c.kv !== undefined ? 1 : 0);
     if (has !== 1) {
       ctx.addIssue({
         code: 'custom',
         message:
           has === 0
-            ? 'a vault credential needs vault_policies (child token) or path (secret read)'
-            : 'a vault credential takes vault_policies or path, not both',
-        path: has === 0 ? [] : ['path'],
+            ? 'a vault credential needs vault_policies (child token), path (secret read) or kv (a KV v2 secret for the gateway)'
+            : 'a vault credential takes one of vault_policies, path or kv',
+        path: has === 0 ? [] : [c.kv !== undefined ? 'kv' : 'path'],
       });
     }
     // A secret read hands out no token: there is no policy to add `default` to.
@@ -127,6 +132,7 @@ export const awsStsCredentialSchema = z.strictObject({
     .superRefine((_, ctx) => ctx.addIssue({ code: 'custom', message: ALLOW_OVERHANG_REMOVED }))
     .optional(),
   revoke_via_iam: z.boolean().optional(),
+  deliver: deliverSchema.optional(),
 });
 
 export const credentialSchema = z.discriminatedUnion('provider', [vaultCredentialSchema, awsStsCredentialSchema]);
@@ -152,6 +158,92 @@ export const federationRuleSchema = z.strictObject({
   single_use: z.boolean().default(false),
 });
 
+const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+/** A path glob: absolute, `*` one segment, `**` the rest (last only); no dot segments, no encoded characters. */
+const pathGlobSchema = z
+  .string()
+  .refine(
+    (p) =>
+      p.startsWith('/') &&
+      !/[%?#\s\\]/.test(p) &&
+      p
+        .split('/')
+        .slice(1)
+        .every((seg, i, all) => seg !== '.' && seg !== '..' && (seg !== '**' || i === all.length - 1)),
+    'must be an absolute path glob such as /tickets/* or /files/** (no ., .., %, ? or #; ** only last)',
+  );
+
+export const upstreamRuleSchema = z.strictObject({
+  methods: z.array(z.enum(HTTP_METHODS, { message: `must be one of ${HTTP_METHODS.join(', ')}` })).min(1, 'must list at least one method'),
+  paths: z.array(pathGlobSchema).min(1, 'must list at least one path'),
+});
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const TEMPLATE = /^(?:[^{}]|\{(?:token|secret\.[A-Za-z0-9_.-]+)\})*$/;
+const templateSchema = z.string().regex(TEMPLATE, 'must be text with {secret.FIELD} or {token} placeholders');
+
+export const injectionSchema = z.union([
+  z.strictObject({
+    header: z
+      .string()
+      .regex(HEADER_NAME, 'must be an HTTP header name')
+      .refine((h) => !/^(host|content-length|transfer-encoding|connection|upgrade|te|trailer|proxy-.*|x-amz-.*)$/i.test(h), 'may not be a framing, proxy or X-Amz header'),
+    value: templateSchema,
+  }),
+  z.strictObject({ query: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be a query parameter name'), value: templateSchema }),
+  z.strictObject({
+    aws_sigv4: z.strictObject({
+      service: z.string().regex(/^[a-z0-9-]{1,32}$/, 'must be an AWS service name such as s3'),
+      region: z.string().regex(/^[a-z]{2}(-[a-z]+)+-\d$/, 'must be an AWS region such as us-east-1'),
+    }),
+  }),
+]);
+
+const upstreamUrl = z.string().refine((u) => {
+  try {
+    const url = new URL(u);
+    return (url.protocol === 'https:' || url.protocol === 'http:') && !url.username && !url.password && !url.search && !url.hash;
+  } catch {
+    return false;
+  }
+}, 'must be an http(s) URL without credentials, query or fragment');
+
+const argGlobs = z.record(z.string(), z.record(z.string(), z.string()));
+
+export const upstreamSchema = z.strictObject({
+  kind: z.enum(['http', 'mcp']).default('http'),
+  url: upstreamUrl,
+  credential: z.string().optional(),
+  inject: injectionSchema.optional(),
+  rules: z.record(z.string().regex(NAME_PATTERN, 'rule names are lowercase letters, digits, . _ -'), upstreamRuleSchema).default({}),
+  timeout: durationSchema.default(30),
+  max_body: z.number().int('must be a whole number of bytes').min(0).max(1 << 30).default(1 << 20),
+  tools: z.array(z.string().min(1)).optional(),
+  args: argGlobs.optional(),
+  resources: z.array(z.string().min(1)).optional(),
+  prompts: z.array(z.string().min(1)).optional(),
+  audit_args: z.enum(['names', 'full']).optional(),
+});
+
+export const egressRuleSchema = z.strictObject({
+  host: z
+    .string()
+    .regex(/^(?:\*\.)?[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:.]+\]$|^[0-9a-fA-F:]+$/, 'must be a host name, *.domain, or an IP address')
+    .transform((h) => h.toLowerCase().replace(/^\[(.*)\]$/, '$1')),
+  ports: z.array(z.number().int().min(1).max(65535)).min(1, 'must list at least one port').default([443]),
+});
+
+export const limitsSchema = z.strictObject({
+  calls_per_minute: z.number().int('must be a whole number').min(1, 'must be at least 1').optional(),
+  on_denials: z
+    .strictObject({
+      count: z.number().int('must be a whole number').min(1, 'must be at least 1'),
+      within: durationSchema,
+      then: z.enum(['revoke_session']).optional(),
+    })
+    .optional(),
+});
+
 export const policyFileSchema = z.strictObject({
   name: z.string(),
   description: z.string().default(''),
@@ -173,6 +265,9 @@ export const policyFileSchema = z.strictObject({
   credentials: z.record(z.string(), credentialSchema).default({}),
   require_dpop: z.boolean().default(false),
   federation: z.array(federationRuleSchema).default([]),
+  upstreams: z.record(z.string().regex(NAME_PATTERN, 'upstream names are lowercase letters, digits, . _ -'), upstreamSchema).default({}),
+  egress: z.array(egressRuleSchema).default([]),
+  limits: limitsSchema.default({}),
 });
 
 export type PolicyFile = z.output<typeof policyFileSchema>;

@@ -16,6 +16,9 @@ export type CredentialSpec =
       num_uses?: number;
       explicit_max_ttl?: number;
       kv_path?: string;
+      /** KV v2 read (`secret/data/NAME`): a static third-party secret, only ever `deliver: gateway`. */
+      kv?: string;
+      deliver?: Deliver;
     }
   | {
       provider: 'aws-sts';
@@ -26,7 +29,57 @@ export type CredentialSpec =
       external_id?: string;
       /** Default true: a revocation ends the credential through an IAM deny (its token's expiry ends it through its session policy either way). */
       revoke_via_iam?: boolean;
+      /** `gateway`: the agent never receives the STS keys; `/credentials` answers gateway keys instead. */
+      deliver?: Deliver;
     };
+
+/** Who receives a credential: the agent (`/credentials`), or only the gateway, which injects it. */
+export type Deliver = 'agent' | 'gateway';
+
+/** One rule of an upstream: the methods and path globs it allows (`*` one segment, `**` any rest). */
+export interface UpstreamRule {
+  methods: string[];
+  paths: string[];
+}
+
+/** How the gateway puts the upstream's credential into a call. Templates: `{secret.FIELD}`, `{token}`. */
+export type Injection =
+  | { header: string; value: string }
+  | { query: string; value: string }
+  | { aws_sigv4: { service: string; region: string } };
+
+/** An upstream reached through the gateway (`/u/NAME/…`, scope `gw:NAME` or `gw:NAME/RULE`). */
+export interface Upstream {
+  kind: 'http' | 'mcp';
+  /** Base URL: the call's path is appended to its path. */
+  url: string;
+  /** A credential the same policy defines; absent: nothing is injected. */
+  credential?: string;
+  inject?: Injection;
+  rules: Record<string, UpstreamRule>;
+  /** Seconds to wait for the upstream's response headers (and between body chunks). Default 30. */
+  timeoutSec: number;
+  /** Request body cap, bytes. Default 1 MiB. */
+  maxBodyBytes: number;
+  /** MCP (kind: mcp): the tools the policy grants, and argument globs per tool. */
+  tools?: string[];
+  args?: Record<string, Record<string, string>>;
+  resources?: string[];
+  prompts?: string[];
+  auditArgs?: 'names' | 'full';
+}
+
+/** A forward-proxy destination: a host name (or `*.suffix`) or an IP literal, and its ports. */
+export interface EgressRule {
+  host: string;
+  ports: number[];
+}
+
+/** Per-session call limits at the gateway and what a burst of refusals sets off. */
+export interface Limits {
+  callsPerMinute?: number;
+  onDenials?: { count: number; withinSec: number; then?: 'revoke_session' };
+}
 
 /** Workload identity federation: an external JWT whose `claim` equals `match` opens a session. */
 export interface FederationRule {
@@ -56,6 +109,11 @@ export interface Policy {
   credentials: Record<string, CredentialSpec>;
   requireDpop: boolean;
   federation: FederationRule[];
+  /** Reached through the gateway: the session root's definitions govern, like credentials. */
+  upstreams: Record<string, Upstream>;
+  /** Forward-proxy allowlist; every policy along a token's chain must allow a destination. */
+  egress: EgressRule[];
+  limits: Limits;
   maxTaskLength?: never;
 }
 
