@@ -9,19 +9,30 @@ import { mountMetrics } from './http/metrics.ts';
 import { credentialsRoute } from './http/credentials.ts';
 import { startBackendCredentials } from './credentials/sweep.ts';
 import { startCheckpoints } from './audit/checkpoint.ts';
+import { startGateway, type RunningGateway } from './gateway/server.ts';
 
 export interface RunningBroker {
   b: Broker;
   server: RunningServer;
   url: string;
+  /** The gateway, unless CORDON_GATEWAY_PORT is off. */
+  gateway?: RunningGateway;
   stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  clock?: Clock;
+  log?: Logger;
+  port?: number;
+  /** Overrides CORDON_GATEWAY_PORT (null: no gateway). */
+  gatewayPort?: number | null;
 }
 
 /**
  * A whole running broker: database, keys, policies, optional subsystems (providers, sweeper,
  * metrics) and the HTTP server. `cordon serve`, `cordon demo` and end-to-end tests start it here.
  */
-export async function startBroker(config: Config, opts: { clock?: Clock; log?: Logger; port?: number } = {}): Promise<RunningBroker> {
+export async function startBroker(config: Config, opts: StartOptions = {}): Promise<RunningBroker> {
   const b = await openBroker(config, { clock: opts.clock, log: opts.log, auditPolicyLoad: true });
   const ext: Required<AppExtensions> = { routes: [], before: [mountRequestLogging, (app, b2) => mountMetrics(app, b2, { defaultMetrics: true })] };
   const stops: Array<() => Promise<void>> = [];
@@ -34,13 +45,50 @@ export async function startBroker(config: Config, opts: { clock?: Clock; log?: L
     stops.push(() => creds.stop());
     ext.routes.push(credentialsRoute);
     const server = await listen(b, ext, opts.port ?? config.port);
+    stops.push(() => server.close());
+    const gatewayPort = opts.gatewayPort === undefined ? config.gatewayPort : opts.gatewayPort;
+    const gateway = gatewayPort === null ? undefined : await startGateway(b, { port: gatewayPort });
+    if (gateway) stops.push(() => gateway.close());
     return {
       b,
       server,
       url: server.url,
+      gateway,
       async stop() {
-        await server.close();
         for (const s of stops.reverse()) await s();
+        // Rows of the last calls through the gateway are written before the database closes.
+        await b.issuance.idle();
+        await closeBroker(b);
+      },
+    };
+  } catch (e) {
+    for (const s of stops.reverse()) await s().catch(() => {});
+    await closeBroker(b);
+    throw e;
+  }
+}
+
+/**
+ * `cordon gateway`: the gateway alone, on the same database, policies and providers as the broker
+ * (it issues the backend credentials it injects, and revokes them with their sessions).
+ */
+export async function startGatewayAlone(
+  config: Config,
+  opts: { clock?: Clock; log?: Logger; port?: number } = {},
+): Promise<{ b: Broker; gateway: RunningGateway; stop(): Promise<void> }> {
+  const b = await openBroker(config, { clock: opts.clock, log: opts.log });
+  const stops: Array<() => Promise<void>> = [];
+  try {
+    const creds = await startBackendCredentials(b);
+    stops.push(() => creds.stop());
+    const gateway = await startGateway(b, { port: opts.port ?? config.gatewayPort ?? 8081 });
+    stops.push(() => gateway.close());
+    return {
+      b,
+      gateway,
+      async stop() {
+        for (const s of stops.reverse()) await s();
+        await b.issuance.idle();
         await closeBroker(b);
       },
     };

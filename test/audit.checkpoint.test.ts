@@ -457,7 +457,7 @@ describe('audit: checkpoints while the broker runs', function () {
         CORDON_AUDIT_DIR: join(dir, 'audit'),
         CORDON_LOG_LEVEL: 'silent',
       });
-      const rb = await startBroker(config, { port: 0, log: pino({ level: 'silent' }) });
+      const rb = await startBroker(config, { port: 0, gatewayPort: 0, log: pino({ level: 'silent' }) });
       await rb.b.db.transaction((tx) => appendAudit(tx, { at: rb.b.clock.now(), event: 'policy.load', decision: 'info' }));
       const head = (await auditRows.head(rb.b.db))!;
       assert.equal(existsSync(checkpointPath(config.auditDir)), false, 'no minute has passed yet');

@@ -259,7 +259,7 @@ describe('metrics: /metrics in the Prometheus text format', () => {
       CORDON_AUDIT_DIR: join(dir, 'audit'),
       CORDON_LOG_LEVEL: 'info',
     });
-    const rb = await startBroker(config, { port: 0, log: pino({ level: 'info' }, sink) });
+    const rb = await startBroker(config, { port: 0, gatewayPort: 0, log: pino({ level: 'info' }, sink) });
     try {
       const reg = await registerAgent(rb.b, { name: 'logged', policy: 'example-worker', auth: 'secret' });
       const secret = reg.clientSecret!;

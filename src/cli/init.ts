@@ -106,8 +106,38 @@ export function registerServe(program: Command, ctx: Ctx): void {
         // Loaded here so that other commands do not pay for (or hear from) the HTTP stack.
         const { startBroker } = await import('../runtime.ts');
         const r = await startBroker(cfg, { port });
-        r.b.log.info({ issuer: cfg.issuer, listen: r.url, policies: r.b.policies.names() }, 'cordon broker listening');
+        r.b.log.info({ issuer: cfg.issuer, listen: r.url, gateway: r.gateway?.url ?? 'off', policies: r.b.policies.names() }, 'cordon broker listening');
         // A shutdown that fails (the final audit checkpoint cannot be written, say) is one line and exit 1, not an unhandled rejection.
+        const stop = () => {
+          r.stop().then(
+            () => process.exit(0),
+            (e: unknown) => {
+              ctx.io.err(`cordon: ${errorLine(e)}\n`);
+              process.exit(1);
+            },
+          );
+        };
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
+        await new Promise(() => {});
+      }),
+    );
+}
+
+export function registerGateway(program: Command, ctx: Ctx): void {
+  leaf(program, 'gateway', "run the gateway alone (CORDON_GATEWAY_PORT) on the broker's database, policies and providers")
+    .option('--port <port>', 'listen on this port instead of CORDON_GATEWAY_PORT')
+    .action(
+      action(ctx, async ({ opts }) => {
+        const cfg = config();
+        let port: number | undefined;
+        if (opts.port !== undefined) {
+          if (!/^\d{1,5}$/.test(opts.port) || Number(opts.port) > 65535) throw new Error(`--port must be 0 to 65535, got "${opts.port}"`);
+          port = Number(opts.port);
+        } else if (cfg.gatewayPort === null) throw new Error('CORDON_GATEWAY_PORT is off: set a port (or pass --port) to run the gateway');
+        const { startGatewayAlone } = await import('../runtime.ts');
+        const r = await startGatewayAlone(cfg, { port });
+        r.b.log.info({ listen: r.gateway.url, policies: r.b.policies.names() }, 'cordon gateway listening');
         const stop = () => {
           r.stop().then(
             () => process.exit(0),

@@ -1,7 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { CliError, errorLine, processIo, type Io } from './output.ts';
 import type { Ctx } from './context.ts';
-import { registerInit, registerServe } from './init.ts';
+import { registerGateway, registerInit, registerServe } from './init.ts';
 import { registerAgent } from './agent.ts';
 import { registerPolicy } from './policy.ts';
 import { registerSession } from './session.ts';
@@ -36,6 +36,7 @@ export function buildProgram(ctx: Ctx): Command {
   program.configureHelp({ sortSubcommands: false, showGlobalOptions: true });
   registerInit(program, ctx);
   registerServe(program, ctx);
+  registerGateway(program, ctx);
   registerDemo(program, ctx);
   registerAgent(program, ctx);
   registerPolicy(program, ctx);

@@ -82,7 +82,25 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
   }
 
   await checkDpop(b, req, view);
-  const { provider, spec, ireq } = decide(b, req.name, claims, view);
+  return (await issueForRecord(b, req.name, claims, view, chain, attempt, 'agent')).response;
+}
+
+/**
+ * The issue itself, for a token whose record was checked (live, and presented as it must be):
+ * `/credentials` after its HTTP checks, and the gateway for the credential it injects. Returns the
+ * answer and the credential's id (audit rows name it; its value never).
+ */
+export async function issueForRecord(
+  b: Broker,
+  name: string,
+  claims: AccessTokenClaims,
+  view: TokenView,
+  chain: string[],
+  attempt: Attempt,
+  via: Via,
+): Promise<{ response: CredentialResponse; credentialId: string }> {
+  const req = { name };
+  const { provider, spec, ireq } = decide(b, req.name, claims, view, via);
   attempt.note({ provider: spec.provider });
   const plan = provider.plan(ireq);
 
@@ -183,7 +201,7 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
     );
   }
   for (const f of b.hooks.onDecision) f(EVENT, 'allow', null);
-  return {
+  const response: CredentialResponse = {
     name: req.name,
     provider: spec.provider,
     expires_at: new Date(result.expiresAt).toISOString(),
@@ -191,7 +209,11 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
     credentials: result.credentials,
     ...(result.static ? { static: true as const } : {}),
   };
+  return { response, credentialId: ireq.credentialId };
 }
+
+/** Who receives the credential: the agent (`/credentials`), or the gateway, which injects it into a call it authorised. */
+export type Via = 'agent' | 'gateway';
 
 interface Decided {
   provider: CredentialProvider;
@@ -200,11 +222,12 @@ interface Decided {
 }
 
 /** Every bound, checked in order, each refusal naming what failed. No writes. */
-function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenView): Decided {
+function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenView, via: Via): Decided {
   if (typeof name !== 'string' || !NAME_PATTERN.test(name))
     throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
   const held = parseScope(view.scope);
-  if (!covers(held, `cred:${name}`)) throw new CordonError('insufficient_scope', `token scope does not grant cred:${name}`, { reason: 'cred_not_in_scope' });
+  // At the gateway the call was authorised by a gw: scope on an upstream of the root policy, which names this credential.
+  if (via === 'agent' && !covers(held, `cred:${name}`)) throw new CordonError('insufficient_scope', `token scope does not grant cred:${name}`, { reason: 'cred_not_in_scope' });
   // The session's root agent and its policy define what credentials exist in this session (the
   // token view read them with the token: requireActiveToken has refused an inactive root already).
   const policy = b.policies.get(view.rootPolicy);

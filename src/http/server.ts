@@ -69,7 +69,7 @@ function clientErrorReply(code: string | undefined): [number, string, string] {
  * are audited like every other refusal (they name nobody, so they count against the address).
  * As Node itself does, nothing is written once a response on that connection has begun.
  */
-async function answerClientError(b: Broker, err: NodeJS.ErrnoException, socket: Duplex): Promise<void> {
+export async function answerClientError(b: Broker, err: NodeJS.ErrnoException, socket: Duplex): Promise<void> {
   if (err.code === 'ECONNRESET' || !socket.writable || responseStarted(socket)) {
     socket.destroy();
     return;

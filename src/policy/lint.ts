@@ -121,7 +121,8 @@ function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?
     if (!covers(f.scopes, s)) flag(['delegation', 'scopes', i], `${s} is handed down but not held in scopes`);
   });
 
-  const granted = new Set(credNames(f.scopes));
+  // A credential an upstream injects is granted through that upstream's gw: scope, never to the agent.
+  const granted = new Set([...credNames(f.scopes), ...Object.values(f.upstreams).flatMap((u) => (u.credential ? [u.credential] : []))]);
   for (const [name, spec] of Object.entries(f.credentials)) {
     if (!NAME_PATTERN.test(name)) {
       flag(['credentials', name], `credential name ${JSON.stringify(name)} must match ${NAME_PATTERN.source}`, 'key');
@@ -256,7 +257,13 @@ function toPolicy(f: PolicyFile, file: string): Policy {
     limits: {
       ...(f.limits.calls_per_minute !== undefined ? { callsPerMinute: f.limits.calls_per_minute } : {}),
       ...(f.limits.on_denials
-        ? { onDenials: { count: f.limits.on_denials.count, withinSec: f.limits.on_denials.within, ...(f.limits.on_denials.then ? { then: f.limits.on_denials.then } : {}) } }
+        ? {
+            onDenials: {
+              count: f.limits.on_denials.count,
+              withinSec: f.limits.on_denials.within,
+              ...(f.limits.on_denials.then ? { then: f.limits.on_denials.then } : {}),
+            },
+          }
         : {}),
     },
   };

@@ -160,18 +160,16 @@ export const federationRuleSchema = z.strictObject({
 
 const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 /** A path glob: absolute, `*` one segment, `**` the rest (last only); no dot segments, no encoded characters. */
-const pathGlobSchema = z
-  .string()
-  .refine(
-    (p) =>
-      p.startsWith('/') &&
-      !/[%?#\s\\]/.test(p) &&
-      p
-        .split('/')
-        .slice(1)
-        .every((seg, i, all) => seg !== '.' && seg !== '..' && (seg !== '**' || i === all.length - 1)),
-    'must be an absolute path glob such as /tickets/* or /files/** (no ., .., %, ? or #; ** only last)',
-  );
+const pathGlobSchema = z.string().refine(
+  (p) =>
+    p.startsWith('/') &&
+    !/[%?#\s\\]/.test(p) &&
+    p
+      .split('/')
+      .slice(1)
+      .every((seg, i, all) => seg !== '.' && seg !== '..' && (seg !== '**' || i === all.length - 1)),
+  'must be an absolute path glob such as /tickets/* or /files/** (no ., .., %, ? or #; ** only last)',
+);
 
 export const upstreamRuleSchema = z.strictObject({
   methods: z.array(z.enum(HTTP_METHODS, { message: `must be one of ${HTTP_METHODS.join(', ')}` })).min(1, 'must list at least one method'),
@@ -187,7 +185,10 @@ export const injectionSchema = z.union([
     header: z
       .string()
       .regex(HEADER_NAME, 'must be an HTTP header name')
-      .refine((h) => !/^(host|content-length|transfer-encoding|connection|upgrade|te|trailer|proxy-.*|x-amz-.*)$/i.test(h), 'may not be a framing, proxy or X-Amz header'),
+      .refine(
+        (h) => !/^(host|content-length|transfer-encoding|connection|upgrade|te|trailer|proxy-.*|x-amz-.*)$/i.test(h),
+        'may not be a framing, proxy or X-Amz header',
+      ),
     value: templateSchema,
   }),
   z.strictObject({ query: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be a query parameter name'), value: templateSchema }),
@@ -217,7 +218,12 @@ export const upstreamSchema = z.strictObject({
   inject: injectionSchema.optional(),
   rules: z.record(z.string().regex(NAME_PATTERN, 'rule names are lowercase letters, digits, . _ -'), upstreamRuleSchema).default({}),
   timeout: durationSchema.default(30),
-  max_body: z.number().int('must be a whole number of bytes').min(0).max(1 << 30).default(1 << 20),
+  max_body: z
+    .number()
+    .int('must be a whole number of bytes')
+    .min(0)
+    .max(1 << 30)
+    .default(1 << 20),
   tools: z.array(z.string().min(1)).optional(),
   args: argGlobs.optional(),
   resources: z.array(z.string().min(1)).optional(),

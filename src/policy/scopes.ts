@@ -46,6 +46,8 @@ export function formatScope(list: readonly string[]): string {
 /** Does the single held token `h` grant `w`? Wildcard vs wildcard compares prefixes, which keeps `covers` transitive. */
 function coversOne(h: string, w: string): boolean {
   if (h === w) return true;
+  // `gw:NAME` grants every rule (or tool) of the upstream: it covers `gw:NAME/…` as `gw:NAME/*` would.
+  if (h.startsWith(GW_PREFIX) && !h.includes('/') && !isWildcard(h) && w.startsWith(`${h}/`)) return true;
   if (!isWildcard(h)) return false;
   const prefix = h.slice(0, -1);
   return isWildcard(w) ? w.slice(0, -1).startsWith(prefix) : w.startsWith(prefix);
@@ -76,6 +78,8 @@ export function intersectAll(...lists: ReadonlyArray<readonly string[]>): string
 }
 
 export const CRED_PREFIX = 'cred:';
+/** Gateway grants: `gw:UPSTREAM` (every rule or tool) or `gw:UPSTREAM/RULE`. */
+export const GW_PREFIX = 'gw:';
 
 /** Credential names granted by exact `cred:NAME` scopes (wildcards name no credential). */
 export function credNames(scopes: readonly string[]): string[] {

@@ -43,10 +43,7 @@ export interface UpstreamRule {
 }
 
 /** How the gateway puts the upstream's credential into a call. Templates: `{secret.FIELD}`, `{token}`. */
-export type Injection =
-  | { header: string; value: string }
-  | { query: string; value: string }
-  | { aws_sigv4: { service: string; region: string } };
+export type Injection = { header: string; value: string } | { query: string; value: string } | { aws_sigv4: { service: string; region: string } };
 
 /** An upstream reached through the gateway (`/u/NAME/…`, scope `gw:NAME` or `gw:NAME/RULE`). */
 export interface Upstream {

@@ -23,7 +23,11 @@ export type AuditEvent =
   | 'policy.load'
   | 'alarm'
   | 'deny'
-  | 'deny.summary';
+  | 'deny.summary'
+  /** A call through the gateway (reverse mode), allowed or refused: upstream, method, path, rule, status, bytes, duration. */
+  | 'gateway.call'
+  /** A forward-proxy tunnel or request, allowed or refused: host, port, address, bytes, duration. */
+  | 'egress.connect';
 
 /** What a refused request was trying to do: its route, grant or command. */
 export type Attempted =
@@ -40,5 +44,7 @@ export type Attempted =
   | 'revocations'
   | 'metrics'
   | 'jwks'
+  | 'gateway.call'
+  | 'egress.connect'
   | 'request'
   | `cli.${string}`;

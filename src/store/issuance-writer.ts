@@ -41,7 +41,8 @@ export type CredentialOutcome = 'issued' | 'token_revoked' | 'claimed';
 type Job =
   | { kind: 'step'; step: (tx: Q) => Promise<unknown>; resolve: (v: unknown) => void; reject: (e: unknown) => void }
   | { kind: 'token'; record: IssuanceRecord; resolve: (v: void) => void; reject: (e: unknown) => void }
-  | { kind: 'credential'; record: CredentialRecord; resolve: (v: CredentialOutcome) => void; reject: (e: unknown) => void };
+  | { kind: 'credential'; record: CredentialRecord; resolve: (v: CredentialOutcome) => void; reject: (e: unknown) => void }
+  | { kind: 'audit'; entry: AuditEntry; resolve: (v: void) => void; reject: (e: unknown) => void };
 type Outcome = { job: Job; error: unknown } | { job: Job; value: unknown };
 
 /**
@@ -72,6 +73,24 @@ export class IssuanceWriter {
 
   recordCredential(record: CredentialRecord): Promise<CredentialOutcome> {
     return new Promise<CredentialOutcome>((resolve, reject) => this.#enqueue({ kind: 'credential', record, resolve, reject }));
+  }
+
+  /**
+   * An audit row that records something already done (a call through the gateway), appended with
+   * the next batch: many such rows share one transaction and one fsync instead of one each.
+   */
+  appendAudit(entry: AuditEntry): Promise<void> {
+    return new Promise<void>((resolve, reject) => this.#enqueue({ kind: 'audit', entry, resolve, reject }));
+  }
+
+  /** Resolves once every job queued so far has been committed or failed (before the database closes). */
+  async idle(): Promise<void> {
+    while (this.#draining || this.#queue.length) await new Promise((r) => setImmediate(r));
+  }
+
+  /** Jobs waiting for the next transaction (for back-pressure: the gateway refuses calls when it grows too long). */
+  get pending(): number {
+    return this.#queue.length;
   }
 
   /**
@@ -187,6 +206,11 @@ export class IssuanceWriter {
           audit.push(r.audit(live.has(r.jti)));
           outcomes.push({ job, value: live.has(r.jti) ? 'issued' : 'token_revoked' });
         }
+      }
+      for (const job of batch) {
+        if (job.kind !== 'audit') continue;
+        audit.push(job.entry);
+        outcomes.push({ job, value: undefined });
       }
       await appendAuditMany(tx, audit);
     });

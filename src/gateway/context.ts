@@ -1,0 +1,18 @@
+/** What every step of the gateway shares: the broker, the token cache, held secrets, open calls, the audit writer, the upstream pool. */
+import type { Dispatcher } from 'undici';
+import type { Broker } from '../broker.ts';
+import type { LiveTokenCache } from '../tokens/live-cache.ts';
+import type { CallAudit } from './call-audit.ts';
+import type { OpenCalls } from './open-calls.ts';
+import type { GatewaySecrets } from './secrets.ts';
+
+export interface GatewayContext {
+  b: Broker;
+  tokens: LiveTokenCache;
+  secrets: GatewaySecrets;
+  open: OpenCalls;
+  audit: CallAudit;
+  dispatcher: Dispatcher;
+  /** The gateway's public base URL (DPoP `htu`, metadata). */
+  url: string;
+}

@@ -1,0 +1,110 @@
+/**
+ * The gateway's front door: one node:http server (CONNECT and absolute-URI requests need a bare
+ * server, and the hot path needs no framework). It routes and maps errors; the steps decide.
+ *
+ *   /u/{upstream}/…   reverse mode (reverse.ts)
+ *   /healthz          liveness of the gateway itself
+ *   anything else     404 JSON; protocol upgrades are refused (nothing here speaks them)
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Broker } from '../broker.ts';
+import { CordonError } from '../errors.ts';
+import { answerClientError } from '../http/server.ts';
+import { LiveTokenCache } from '../tokens/live-cache.ts';
+import { CallAudit } from './call-audit.ts';
+import type { GatewayContext } from './context.ts';
+import { upstreamPool } from './forward.ts';
+import { OpenCalls } from './open-calls.ts';
+import { refusalReply, reply } from './replies.ts';
+import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
+import { GatewaySecrets } from './secrets.ts';
+
+export interface RunningGateway {
+  server: Server;
+  url: string;
+  context: GatewayContext;
+  close(): Promise<void>;
+}
+
+/** Starts the gateway on `port` (0 picks one) beside, or without, the broker's HTTP server. */
+export async function startGateway(b: Broker, opts: { port: number; host?: string; url?: string }): Promise<RunningGateway> {
+  const tokens = new LiveTokenCache(b);
+  await tokens.start();
+  const g: GatewayContext = {
+    b,
+    tokens,
+    secrets: new GatewaySecrets(b),
+    open: new OpenCalls(),
+    audit: new CallAudit(b),
+    dispatcher: upstreamPool(),
+    url: opts.url ?? b.config.gatewayUrl,
+  };
+  tokens.onRevoked((r) => {
+    g.secrets.drop(r);
+    g.open.close(r);
+  });
+  const server = createServer((req, res) => void route(g, req, res));
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex) =>
+    refuseOnSocket(socket, new CordonError('invalid_request', 'protocol upgrades are not allowed through the gateway', { reason: 'upgrade_refused' })),
+  );
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => void answerClientError(b, err, socket));
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 20_000;
+  // Long streams (SSE) are the upstream's business; the upstream timeout bounds silence instead.
+  server.requestTimeout = 0;
+  const host = opts.host ?? b.config.host;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) =>
+      reject(new Error(`cannot listen on ${host}:${opts.port}: ${e.code === 'EADDRINUSE' ? 'the port is in use' : e.message} (CORDON_GATEWAY_PORT, HOST)`)),
+    );
+    server.listen(opts.port, host, () => resolve());
+  });
+  const addr = server.address();
+  const url = typeof addr === 'object' && addr ? `http://${host}:${addr.port}` : `http://${host}:${opts.port}`;
+  if (!opts.url && opts.port === 0) g.url = url;
+  return {
+    server,
+    url,
+    context: g,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      });
+      await tokens.stop();
+      await g.dispatcher.close();
+    },
+  };
+}
+
+async function route(g: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  try {
+    const url = req.url ?? '';
+    if (url.startsWith(REVERSE_PREFIX)) return await handleReverse(g, req, res);
+    if (url === '/healthz') {
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify({ ok: true }));
+      return;
+    }
+    if (!url.startsWith('/'))
+      throw new CordonError('invalid_request', 'absolute-URI requests are the forward proxy; this gateway has no egress enabled', {
+        reason: 'egress_unavailable',
+      });
+    throw new CordonError('not_found', 'not found: call upstreams at /u/{upstream}/{path}', { reason: 'route_unknown' });
+  } catch (e) {
+    reply(res, e instanceof CordonError ? e : new CordonError('server_error', 'the gateway failed unexpectedly'), req.complete ? {} : { connection: 'close' });
+  }
+}
+
+/** A refusal on a raw socket (CONNECT, upgrade): a whole HTTP/1.1 response, then the end. */
+export function refuseOnSocket(socket: Duplex, e: CordonError, extra: Record<string, string> = {}): void {
+  const r = refusalReply(e);
+  const headers = { ...r.headers, ...extra, 'content-length': String(Buffer.byteLength(r.body)), connection: 'close' };
+  const head = Object.entries(headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
+  socket.end(
+    `HTTP/1.1 ${r.status} ${e.status === 401 ? 'Unauthorized' : e.status === 403 ? 'Forbidden' : e.status === 407 ? 'Proxy Authentication Required' : 'Error'}\r\n${head}\r\n${r.body}`,
+  );
+}
