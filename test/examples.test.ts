@@ -115,6 +115,7 @@ describe('examples (run as the README runs them)', function () {
       CORDON_AUDIT_DIR: join(dir, 'audit'),
       CORDON_LOG_LEVEL: 'warn',
       CORDON_SWEEP_INTERVAL: '3600',
+      CORDON_GATEWAY_PORT: 'off',
     };
     // The broker's own AWS identity: the double's test key, as the SDK's usual env chain reads it. No IAM endpoint:
     // issuing never writes IAM (the example's 10-minute tokens bound their keys through the session policy).
