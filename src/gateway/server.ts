@@ -3,6 +3,7 @@
  * server, and the hot path needs no framework). It routes and maps errors; the steps decide.
  *
  *   /u/{upstream}/…   reverse mode (reverse.ts)
+ *   CONNECT, absolute-URI requests   the forward proxy (egress.ts)
  *   /healthz          liveness of the gateway itself
  *   anything else     404 JSON; protocol upgrades are refused (nothing here speaks them)
  */
@@ -19,6 +20,8 @@ import { OpenCalls } from './open-calls.ts';
 import { refusalReply, reply } from './replies.ts';
 import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
 import { GatewaySecrets } from './secrets.ts';
+import { egressDeps } from './egress-audit.ts';
+import { handleAbsoluteUri, handleConnect } from './egress.ts';
 
 export interface RunningGateway {
   server: Server;
@@ -45,6 +48,7 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
     g.open.close(r);
   });
   const server = createServer((req, res) => void route(g, req, res));
+  server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleConnect(egressDeps(g, req), req, socket, head));
   server.on('upgrade', (req: IncomingMessage, socket: Duplex) =>
     refuseOnSocket(socket, new CordonError('invalid_request', 'protocol upgrades are not allowed through the gateway', { reason: 'upgrade_refused' })),
   );
