@@ -70,7 +70,8 @@ const deliverSchema = z.enum(['agent', 'gateway']);
 export const vaultCredentialSchema = z
   .strictObject({
     provider: z.literal('vault'),
-    ttl: durationSchema,
+    // Required but for kv, whose ttl is only how long the gateway may cache the secret (DEFAULT_KV_TTL when left out).
+    ttl: durationSchema.optional(),
     vault_policies: z.array(vaultPolicyName).min(1, 'must list at least one Vault policy').optional(),
     default_policy: z.boolean().optional(),
     path: vaultPathSchema.optional(),
@@ -92,6 +93,7 @@ export const vaultCredentialSchema = z
         path: has === 0 ? [] : [c.kv !== undefined ? 'kv' : 'path'],
       });
     }
+    if (c.ttl === undefined && c.kv === undefined) ctx.addIssue({ code: 'custom', message: 'is required', path: ['ttl'] });
     // A secret read hands out no token: there is no policy to add `default` to.
     if (c.default_policy !== undefined && c.vault_policies === undefined) {
       ctx.addIssue({ code: 'custom', message: 'applies only with vault_policies (a child token), not to a path read', path: ['default_policy'] });
@@ -160,18 +162,16 @@ export const federationRuleSchema = z.strictObject({
 
 const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 /** A path glob: absolute, `*` one segment, `**` the rest (last only); no dot segments, no encoded characters. */
-const pathGlobSchema = z
-  .string()
-  .refine(
-    (p) =>
-      p.startsWith('/') &&
-      !/[%?#\s\\]/.test(p) &&
-      p
-        .split('/')
-        .slice(1)
-        .every((seg, i, all) => seg !== '.' && seg !== '..' && (seg !== '**' || i === all.length - 1)),
-    'must be an absolute path glob such as /tickets/* or /files/** (no ., .., %, ? or #; ** only last)',
-  );
+const pathGlobSchema = z.string().refine(
+  (p) =>
+    p.startsWith('/') &&
+    !/[%?#\s\\]/.test(p) &&
+    p
+      .split('/')
+      .slice(1)
+      .every((seg, i, all) => seg !== '.' && seg !== '..' && (seg !== '**' || i === all.length - 1)),
+  'must be an absolute path glob such as /tickets/* or /files/** (no ., .., %, ? or #; ** only last)',
+);
 
 export const upstreamRuleSchema = z.strictObject({
   methods: z.array(z.enum(HTTP_METHODS, { message: `must be one of ${HTTP_METHODS.join(', ')}` })).min(1, 'must list at least one method'),
@@ -187,7 +187,10 @@ export const injectionSchema = z.union([
     header: z
       .string()
       .regex(HEADER_NAME, 'must be an HTTP header name')
-      .refine((h) => !/^(host|content-length|transfer-encoding|connection|upgrade|te|trailer|proxy-.*|x-amz-.*)$/i.test(h), 'may not be a framing, proxy or X-Amz header'),
+      .refine(
+        (h) => !/^(host|content-length|transfer-encoding|connection|upgrade|te|trailer|proxy-.*|x-amz-.*)$/i.test(h),
+        'may not be a framing, proxy or X-Amz header',
+      ),
     value: templateSchema,
   }),
   z.strictObject({ query: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, 'must be a query parameter name'), value: templateSchema }),
@@ -217,7 +220,12 @@ export const upstreamSchema = z.strictObject({
   inject: injectionSchema.optional(),
   rules: z.record(z.string().regex(NAME_PATTERN, 'rule names are lowercase letters, digits, . _ -'), upstreamRuleSchema).default({}),
   timeout: durationSchema.default(30),
-  max_body: z.number().int('must be a whole number of bytes').min(0).max(1 << 30).default(1 << 20),
+  max_body: z
+    .number()
+    .int('must be a whole number of bytes')
+    .min(0)
+    .max(1 << 30)
+    .default(1 << 20),
   tools: z.array(z.string().min(1)).optional(),
   args: argGlobs.optional(),
   resources: z.array(z.string().min(1)).optional(),
@@ -225,10 +233,16 @@ export const upstreamSchema = z.strictObject({
   audit_args: z.enum(['names', 'full']).optional(),
 });
 
+const EGRESS_HOST = /^(?:\*\.)?[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:.]+\]$|^[0-9a-fA-F:]+$/;
+
 export const egressRuleSchema = z.strictObject({
   host: z
     .string()
-    .regex(/^(?:\*\.)?[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:.]+\]$|^[0-9a-fA-F:]+$/, 'must be a host name, *.domain, or an IP address')
+    .superRefine((h, ctx) => {
+      if (h === '*' || h === '*.')
+        ctx.addIssue({ code: 'custom', message: `${JSON.stringify(h)} would let the agent reach any host; list the hosts (a *.domain suffix is fine)` });
+      else if (!EGRESS_HOST.test(h)) ctx.addIssue({ code: 'custom', message: 'must be a host name, *.domain, or an IP address' });
+    })
     .transform((h) => h.toLowerCase().replace(/^\[(.*)\]$/, '$1')),
   ports: z.array(z.number().int().min(1).max(65535)).min(1, 'must list at least one port').default([443]),
 });
@@ -274,3 +288,5 @@ export type PolicyFile = z.output<typeof policyFileSchema>;
 
 export const DEFAULT_TOKEN_TTL = 600;
 export const DEFAULT_SESSION_TTL = 3600;
+/** How long the gateway may cache a kv secret when its credential gives no ttl (capped by session_ttl). */
+export const DEFAULT_KV_TTL = 300;

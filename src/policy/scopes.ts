@@ -76,6 +76,8 @@ export function intersectAll(...lists: ReadonlyArray<readonly string[]>): string
 }
 
 export const CRED_PREFIX = 'cred:';
+/** `gw:NAME` grants every rule of upstream NAME at the gateway, `gw:NAME/RULE` one rule (or one MCP tool). */
+export const GW_PREFIX = 'gw:';
 
 /** Credential names granted by exact `cred:NAME` scopes (wildcards name no credential). */
 export function credNames(scopes: readonly string[]): string[] {
