@@ -16,7 +16,7 @@ export type CredentialSpec =
       num_uses?: number;
       explicit_max_ttl?: number;
       kv_path?: string;
-      /** KV v2 read (`secret/data/NAME`): a static third-party secret, only ever `deliver: gateway`. */
+      /** KV v2 read (`secret/data/NAME`): a static third-party secret, only ever `deliver: gateway`; `ttl` (default 5m) is how long the gateway may cache it. */
       kv?: string;
       deliver?: Deliver;
     }
@@ -43,17 +43,14 @@ export interface UpstreamRule {
 }
 
 /** How the gateway puts the upstream's credential into a call. Templates: `{secret.FIELD}`, `{token}`. */
-export type Injection =
-  | { header: string; value: string }
-  | { query: string; value: string }
-  | { aws_sigv4: { service: string; region: string } };
+export type Injection = { header: string; value: string } | { query: string; value: string } | { aws_sigv4: { service: string; region: string } };
 
 /** An upstream reached through the gateway (`/u/NAME/…`, scope `gw:NAME` or `gw:NAME/RULE`). */
 export interface Upstream {
   kind: 'http' | 'mcp';
   /** Base URL: the call's path is appended to its path. */
   url: string;
-  /** A credential the same policy defines; absent: nothing is injected. */
+  /** A credential the same policy defines. Lint requires it (with `inject`): optional here only as the schema reads it. */
   credential?: string;
   inject?: Injection;
   rules: Record<string, UpstreamRule>;
