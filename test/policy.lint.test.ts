@@ -408,6 +408,334 @@ describe('policy/lint', () => {
     });
   });
 
+  describe('the gateway (upstreams, deliver, egress, limits)', () => {
+    // A valid gateway policy; tests substitute one line and assert the line numbers that follow.
+    const GW = `name: gw
+scopes: [gw:tickets, gw:github/list_issues]
+credentials:
+  tickets-key: { provider: vault, kv: secret/data/tickets, deliver: gateway }
+  github-pat: { provider: vault, kv: secret/data/github, deliver: gateway }
+upstreams:
+  tickets:
+    url: https://tickets.internal/api
+    credential: tickets-key
+    inject: { header: Authorization, value: "Bearer {secret.api_key}" }
+    rules:
+      read: { methods: [GET], paths: ["/tickets/*"] }
+  github:
+    kind: mcp
+    url: https://mcp.github.internal/mcp
+    credential: github-pat
+    inject: { header: Authorization, value: "Bearer {secret.token}" }
+    tools: [list_issues, add_issue_comment]
+    args: { add_issue_comment: { owner: acme } }
+egress:
+  - { host: api.openai.com, ports: [443] }
+limits:
+  calls_per_minute: 600
+  on_denials: { count: 5, within: 1m, then: revoke_session }
+`;
+    /** GW with one line replaced (the line must exist exactly once). */
+    const gw = (line: string, by: string): string => {
+      assert.equal(GW.split(`${line}\n`).length, 2, line);
+      return GW.replace(`${line}\n`, by === '' ? '' : `${by}\n`);
+    };
+
+    it("DESIGN.md's example policy lints clean and loads as the gateway reads it (a kv credential's ttl defaults to 5m)", async () => {
+      const { policies, problems, warnings } = await lintOne(`name: support-summarizer
+description: Reads support tickets and summarizes them.
+token_ttl: 10m
+session_ttl: 1h
+scopes: [tickets:read, crm.contacts:read, cred:tickets-db, cred:tickets-vault, cred:reports-s3]
+audiences: [https://tickets.internal]
+delegation:
+  max_depth: 1
+  scopes: [tickets:read]
+credentials:
+  tickets-vault: { provider: vault, vault_policies: [tickets-read], ttl: 10m }
+  tickets-db: { provider: vault, path: database/creds/tickets-ro, ttl: 10m }
+  reports-s3:
+    provider: aws-sts
+    role_arn: arn:aws:iam::123456789012:role/agent-reports
+    session_policy: { Version: "2012-10-17", Statement: [{ Effect: Allow, Action: [s3:GetObject], Resource: ["arn:aws:s3:::reports/*"] }] }
+    ttl: 15m
+    deliver: gateway
+  tickets-api-key: { provider: vault, kv: secret/data/tickets, deliver: gateway }
+  github-pat: { provider: vault, kv: secret/data/github, deliver: gateway }
+upstreams:
+  tickets:
+    url: https://tickets.internal/api
+    credential: tickets-api-key
+    inject: { header: Authorization, value: "Bearer {secret.api_key}" }
+    rules:
+      read:    { methods: [GET], paths: ["/tickets/*"] }
+      comment: { methods: [POST], paths: ["/tickets/*/comments"] }
+  reports:
+    url: https://s3.us-east-1.amazonaws.com
+    credential: reports-s3
+    inject: { aws_sigv4: { service: s3, region: us-east-1 } }
+    rules: { read: { methods: [GET, HEAD], paths: ["/reports/*"] } }
+  github:
+    kind: mcp
+    url: https://mcp.github.internal/mcp
+    credential: github-pat
+    inject: { header: Authorization, value: "Bearer {secret.token}" }
+    tools: [list_issues, get_issue, add_issue_comment]
+    args: { add_issue_comment: { owner: acme, repo: "agents-*" } }
+egress:
+  - { host: api.openai.com, ports: [443] }
+limits:
+  calls_per_minute: 600
+  on_denials: { count: 5, within: 1m, then: revoke_session }
+`);
+      assert.deepEqual(problems.map(formatProblem), []);
+      assert.deepEqual(warnings.map(formatProblem), []);
+      const [p] = policies;
+      assert.deepEqual(p.credentials['tickets-api-key'], { provider: 'vault', kv: 'secret/data/tickets', deliver: 'gateway', ttl: 300 });
+      assert.deepEqual(p.upstreams.reports, {
+        kind: 'http',
+        url: 'https://s3.us-east-1.amazonaws.com',
+        credential: 'reports-s3',
+        inject: { aws_sigv4: { service: 's3', region: 'us-east-1' } },
+        rules: { read: { methods: ['GET', 'HEAD'], paths: ['/reports/*'] } },
+        timeoutSec: 30,
+        maxBodyBytes: 1 << 20,
+      });
+      assert.deepEqual(p.upstreams.github.tools, ['list_issues', 'get_issue', 'add_issue_comment']);
+      assert.deepEqual(p.egress, [{ host: 'api.openai.com', ports: [443] }]);
+      assert.deepEqual(p.limits, { callsPerMinute: 600, onDenials: { count: 5, withinSec: 60, then: 'revoke_session' } });
+    });
+
+    it('the base gateway policy of these tests lints clean; a kv ttl never defaults past session_ttl', async () => {
+      const { policies, problems, warnings } = await lintOne(`${GW}session_ttl: 2m\ntoken_ttl: 1m\n`);
+      assert.deepEqual([...problems, ...warnings].map(formatProblem), []);
+      assert.equal(policies[0].credentials['tickets-key'].ttl, 120);
+    });
+
+    it('a gw: scope naming no upstream, at the scope', async () => {
+      const { file, problems } = await lintOne(gw('scopes: [gw:tickets, gw:github/list_issues]', 'scopes:\n  - gw:tickets\n  - gw:ghost/read'));
+      one(problems, file, 4, /^scopes\[1\]: gw:ghost\/read grants an upstream that no policy in this directory defines \(under upstreams:\)$/, 5);
+    });
+
+    it('gw:NAME/RULE names a rule of the upstream (of kind mcp: a tool it lists); gw:NAME/* names none', async () => {
+      const rule = await lintOne(gw('scopes: [gw:tickets, gw:github/list_issues]', 'scopes: [gw:tickets/*, gw:github/list_issues, gw:tickets/delete]'));
+      one(rule.problems, rule.file, 2, /^scopes\[2\]: gw:tickets\/delete names rule delete, which upstream tickets does not define \(its rules: read\)$/, 47);
+      const tool = await lintOne(gw('scopes: [gw:tickets, gw:github/list_issues]', 'scopes: [gw:tickets, gw:github/delete_repo]'));
+      one(
+        tool.problems,
+        tool.file,
+        2,
+        /^scopes\[1\]: gw:github\/delete_repo names tool delete_repo, which upstream github does not list under tools \(tools: list_issues, add_issue_comment\)$/,
+        22,
+      );
+    });
+
+    describe("gw: scopes across policies (the session root's upstreams govern)", () => {
+      const ORCH = GW.replace('name: gw', 'name: orchestrator').replace(
+        'scopes: [gw:tickets, gw:github/list_issues]',
+        // gw:tickets does not cover gw:tickets/read (no scope covers a longer one but by a wildcard): gw:tickets/* does.
+        'scopes: [gw:tickets/*, gw:github/list_issues]\ndelegation: { max_depth: 1, scopes: [gw:tickets/read] }',
+      );
+
+      it('a sub-agent may list gw: scopes it only receives by delegation; a rule no definer has is an error', async () => {
+        const ok = await dirWith({ 'orch.yaml': ORCH, 'sub.yaml': 'name: sub\nscopes: [gw:tickets/read, gw:github]\n' });
+        const r = await lintPolicyDir(ok);
+        assert.deepEqual([...r.problems, ...r.warnings].map(formatProblem), []);
+        const bad = await dirWith({ 'orch.yaml': ORCH, 'sub.yaml': 'name: sub\nscopes:\n  - gw:tickets/read\n  - gw:tickets/comment\n' });
+        const { problems } = await lintPolicyDir(bad);
+        one(
+          problems,
+          join(bad, 'sub.yaml'),
+          4,
+          /^scopes\[1\]: gw:tickets\/comment names rule comment, which no policy in this directory defines for upstream tickets$/,
+          5,
+        );
+      });
+
+      it('gw:NAME covers its rules as a scope, so a policy holding gw:NAME may hand gw:NAME/RULE down', async () => {
+        const { problems } = await lintOne(ORCH.replace('scopes: [gw:tickets/*, ', 'scopes: [gw:tickets, '));
+        assert.deepEqual(problems.map(formatProblem), []);
+      });
+
+      it("warns on a sub-agent's upstream that a policy handing part of it down overrides", async () => {
+        const own = `name: sub\nscopes: [gw:tickets/read]\ncredentials:\n  k: { provider: vault, kv: secret/data/k, deliver: gateway }\nupstreams:\n  tickets:\n    url: https://elsewhere.example\n    credential: k\n    inject: { query: key, value: "{secret.key}" }\n    rules: { read: { methods: [GET], paths: ["/**"] } }\n`;
+        const dir = await dirWith({ 'orch.yaml': ORCH, 'sub.yaml': own });
+        const { problems, warnings } = await lintPolicyDir(dir);
+        assert.deepEqual(problems.map(formatProblem), []);
+        one(warnings, join(dir, 'sub.yaml'), 6, /^upstreams\.tickets: policy orchestrator also defines tickets and hands gw:tickets down/, 3);
+      });
+    });
+
+    it("an upstream's credential must be one its own policy defines", async () => {
+      const { file, problems } = await lintOne(gw('    credential: tickets-key', '    credential: ghost-key'));
+      // tickets-key, now injected by nothing and granted by no cred: scope, is an error of its own.
+      assert.deepEqual(
+        problems.map((p) => [p.file, p.line, p.column]),
+        [
+          [file, 4, 3],
+          [file, 9, 17],
+        ],
+      );
+      assert.match(problems[1].message, /^upstreams\.tickets\.credential: ghost-key is not defined under credentials: in this policy/);
+    });
+
+    it('an upstream naming no credential; inject without credential; credential without inject', async () => {
+      const neither = await lintOne(
+        gw('    credential: tickets-key', '').replace('    inject: { header: Authorization, value: "Bearer {secret.api_key}" }\n', ''),
+      );
+      // tickets-key is now neither granted nor injected: its own error, at its key.
+      assert.deepEqual(
+        neither.problems.map((p) => [p.line, p.column]),
+        [
+          [4, 3],
+          [8, 5],
+        ],
+        neither.problems.map(formatProblem).join('\n'),
+      );
+      assert.match(
+        neither.problems[0].message,
+        /^credentials: credential tickets-key is defined but no cred:tickets-key scope grants it and no upstream injects it$/,
+      );
+      assert.match(neither.problems[1].message, /^upstreams\.tickets: names no credential: add credential: NAME/);
+      const injectOnly = await lintOne(
+        gw('    credential: tickets-key', '').replace('  tickets-key: { provider: vault, kv: secret/data/tickets, deliver: gateway }\n', ''),
+      );
+      one(injectOnly.problems, injectOnly.file, 8, /^upstreams\.tickets\.inject: has no credential to inject: add credential: NAME/, 13);
+      const credOnly = await lintOne(gw('    inject: { header: Authorization, value: "Bearer {secret.api_key}" }', ''));
+      one(credOnly.problems, credOnly.file, 9, /^upstreams\.tickets\.credential: tickets-key is never injected: add inject:/, 17);
+    });
+
+    it('aws_sigv4 needs an aws-sts credential; header and query injection a vault one', async () => {
+      const sigv4 = await lintOne(
+        gw('    inject: { header: Authorization, value: "Bearer {secret.api_key}" }', '    inject: { aws_sigv4: { service: s3, region: us-east-1 } }'),
+      );
+      one(sigv4.problems, sigv4.file, 10, /^upstreams\.tickets\.inject\.aws_sigv4: signs with AWS STS keys, but tickets-key is a vault credential/, 26);
+      const sts = await lintOne(
+        gw(
+          '  tickets-key: { provider: vault, kv: secret/data/tickets, deliver: gateway }',
+          '  tickets-key: { provider: aws-sts, role_arn: "arn:aws:iam::123456789012:role/r", ttl: 15m, deliver: gateway }',
+        ),
+      );
+      one(
+        sts.problems,
+        sts.file,
+        10,
+        /^upstreams\.tickets\.inject: a header injection needs a vault credential, but tickets-key is aws-sts: sign the calls with inject: \{ aws_sigv4/,
+        13,
+      );
+    });
+
+    it('{token} only for a child token (vault_policies), {secret.FIELD} only for a secret read (kv or path), and some placeholder always', async () => {
+      const inject = '    inject: { header: Authorization, value: "Bearer {secret.api_key}" }';
+      const token = await lintOne(gw(inject, '    inject: { query: key, value: "{token}" }'));
+      one(
+        token.problems,
+        token.file,
+        10,
+        /^upstreams\.tickets\.inject\.value: \{token\} is a Vault child token, but tickets-key reads a secret \(kv\): use \{secret\.FIELD\}/,
+        34,
+      );
+      const child = gw(
+        '  tickets-key: { provider: vault, kv: secret/data/tickets, deliver: gateway }',
+        '  tickets-key: { provider: vault, vault_policies: [tickets-read], ttl: 5m }',
+      );
+      assert.deepEqual((await lintOne(child.replace('{secret.api_key}', '{token}'))).problems, []);
+      const field = await lintOne(child);
+      one(
+        field.problems,
+        field.file,
+        10,
+        /^upstreams\.tickets\.inject\.value: \{secret\.api_key\} is a field of a secret read, but tickets-key is a Vault child token \(vault_policies\): use \{token\}/,
+        45,
+      );
+      const none = await lintOne(GW.replace('Bearer {secret.api_key}', 'Bearer sk-live-123'));
+      one(none.problems, none.file, 10, /^upstreams\.tickets\.inject\.value: injects nothing of tickets-key: put \{secret\.FIELD\} in it/, 45);
+    });
+
+    it('an http upstream with no rules would allow nothing: an error, saying so', async () => {
+      const { file, problems } = await lintOne(gw('    rules:', '').replace('      read: { methods: [GET], paths: ["/tickets/*"] }\n', ''));
+      one(problems, file, 8, /^upstreams\.tickets: has no rules, so the gateway would allow no call to it: add rules:/, 5);
+    });
+
+    it('kind mcp needs tools, args only for listed tools, no rules; the MCP keys are errors on kind http', async () => {
+      const noTools = await lintOne(
+        gw('    tools: [list_issues, add_issue_comment]', '    tools: []').replace('    args: { add_issue_comment: { owner: acme } }\n', ''),
+      );
+      // gw:github/list_issues now names a tool the upstream does not list either.
+      assert.deepEqual(
+        noTools.problems.map((p) => [p.line, p.column]),
+        [
+          [18, 12],
+          [2, 22],
+        ],
+        noTools.problems.map(formatProblem).join('\n'),
+      );
+      assert.match(noTools.problems[0].message, /^upstreams\.github\.tools: is kind mcp but lists no tools, so the gateway would allow no call to it/);
+      const args = await lintOne(gw('    args: { add_issue_comment: { owner: acme } }', '    args: { add_comment: { owner: acme } }'));
+      one(args.problems, args.file, 19, /^upstreams\.github\.args: add_comment is not one of tools \(list_issues, add_issue_comment\)$/, 13);
+      const rules = await lintOne(
+        gw(
+          '    tools: [list_issues, add_issue_comment]',
+          '    tools: [list_issues, add_issue_comment]\n    rules: { read: { methods: [GET], paths: ["/**"] } }',
+        ),
+      );
+      one(rules.problems, rules.file, 19, /^upstreams\.github: rules are for kind http: an mcp upstream grants its tools/, 5);
+      const onHttp = await lintOne(gw('    rules:', '    tools: [x]\n    audit_args: full\n    rules:'));
+      assert.deepEqual(
+        onHttp.problems.map((p) => [p.line, p.column, p.message]),
+        [
+          [11, 5, 'upstreams.tickets: tools is for kind: mcp upstreams; this one is kind http'],
+          [12, 5, 'upstreams.tickets: audit_args is for kind: mcp upstreams; this one is kind http'],
+        ],
+      );
+    });
+
+    it('a kv credential must be deliver: gateway (left out or agent)', async () => {
+      const kv = '  tickets-key: { provider: vault, kv: secret/data/tickets, deliver: gateway }';
+      const absent = await lintOne(gw(kv, '  tickets-key: { provider: vault, kv: secret/data/tickets }'));
+      one(
+        absent.problems,
+        absent.file,
+        4,
+        /^credentials\.tickets-key\.kv: a kv credential \(a static secret, which no revocation can take back\) must be deliver: gateway/,
+        39,
+      );
+      const agent = await lintOne(gw(kv, '  tickets-key: { provider: vault, kv: secret/data/tickets, deliver: agent }'));
+      one(agent.problems, agent.file, 4, /^credentials\.tickets-key\.deliver: a kv credential .* must be deliver: gateway/, 69);
+    });
+
+    it('a deliver: gateway credential no upstream injects is a warning (nothing can use it)', async () => {
+      const github = '  github-pat: { provider: vault, kv: secret/data/github, deliver: gateway }';
+      const text = gw(github, `${github}\n  spare: { provider: vault, path: database/creds/ro, ttl: 5m, deliver: gateway }`).replace(
+        'scopes: [',
+        'scopes: [cred:spare, ',
+      );
+      const { file, problems, warnings } = await lintOne(text);
+      assert.deepEqual(problems.map(formatProblem), []);
+      const w = one(warnings, file, 6, /^credentials\.spare: is deliver: gateway but no upstream of this policy injects it/, 10);
+      assert.equal(w.severity, 'warning');
+    });
+
+    it('a vault credential needs a ttl unless it is kv', async () => {
+      const { file, problems } = await lintOne('name: base\nscopes: [cred:db]\ncredentials:\n  db: { provider: vault, path: database/creds/ro }\n');
+      one(problems, file, 4, /^credentials\.db\.ttl: is required$/, 7);
+    });
+
+    it('egress: host "*" alone is refused, saying why', async () => {
+      const { file, problems } = await lintOne(
+        gw('  - { host: api.openai.com, ports: [443] }', '  - { host: api.openai.com, ports: [443] }\n  - { host: "*", ports: [443] }'),
+      );
+      one(problems, file, 22, /^egress\[1\]\.host: "\*" would let the agent reach any host; list the hosts/, 13);
+    });
+
+    it('limits: on_denials.within must be longer than nothing', async () => {
+      const { file, problems } = await lintOne(
+        gw('  on_denials: { count: 5, within: 1m, then: revoke_session }', '  on_denials: { count: 5, within: 0, then: revoke_session }'),
+      );
+      one(problems, file, 24, /^limits\.on_denials\.within: invalid duration 0: must be greater than zero$/, 35);
+    });
+  });
+
   describe('the directory', () => {
     it('names the second file of a duplicate policy name and mentions the first', async () => {
       const dir = await dirWith({ 'a.yaml': BASE, 'b.yml': `# same name\n${BASE}` });

@@ -25,6 +25,7 @@ import { audiencesOf, chainOf, type AccessTokenClaims } from '../tokens/claims.t
 import { requireDpopForToken } from '../tokens/dpop.ts';
 import type { Attempt } from '../audit/attempt.ts';
 import { recordClaims, requireActiveRecord, verifySignature, type TokenView } from '../tokens/verify.ts';
+import { deliversToGateway, gatewayOnlyRefusal } from './deliver.ts';
 import { revokeCtx, revokeRows, target } from './revoke.ts';
 
 export interface CredentialRequest {
@@ -237,6 +238,8 @@ function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenV
     throw new CordonError('insufficient_scope', `policy ${policy.name} (the session's root policy) defines no credential ${name}`, {
       reason: 'cred_not_defined',
     });
+  // Gateway-only credentials never reach an agent (the aws-sts gateway-keys answer will branch off here).
+  if (deliversToGateway(spec)) throw gatewayOnlyRefusal(name, policy, b.config.gatewayUrl);
   const provider = b.providers.get(spec.provider);
   if (!provider)
     throw new CordonError(

@@ -8,9 +8,10 @@ import { join } from 'node:path';
 import { isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { credNames, covers } from './scopes.ts';
-import { DEFAULT_SESSION_TTL, DEFAULT_TOKEN_TTL, NAME_PATTERN, policyFileSchema, type PolicyFile } from './schema.ts';
-import type { LintProblem, Policy } from './types.ts';
+import { DEFAULT_KV_TTL, DEFAULT_SESSION_TTL, DEFAULT_TOKEN_TTL, NAME_PATTERN, policyFileSchema, type PolicyFile } from './schema.ts';
+import type { CredentialSpec, LintProblem, Policy } from './types.ts';
 import { type FileGrants, fileGrants, grantChecks } from './lint-grants.ts';
+import { checkGateway, type Flag, injectedCredentials } from './lint-gateway.ts';
 
 export type { LintProblem } from './types.ts';
 
@@ -105,7 +106,7 @@ export function lintPolicySource(file: string, text: string): FileLint {
 }
 
 /** Cross-field rules the schema cannot express. */
-function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?: 'key' | 'value', severity?: 'warning') => void): void {
+function checkSemantics(f: PolicyFile, flag: Flag): void {
   if (!NAME_PATTERN.test(f.name)) flag(['name'], `policy name ${JSON.stringify(f.name)} must match ${NAME_PATTERN.source}`);
 
   const tokenTtl = f.token_ttl ?? DEFAULT_TOKEN_TTL;
@@ -121,15 +122,15 @@ function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?
     if (!covers(f.scopes, s)) flag(['delegation', 'scopes', i], `${s} is handed down but not held in scopes`);
   });
 
-  // A credential an upstream injects is granted through that upstream's gw: scope, never to the agent.
-  const granted = new Set([...credNames(f.scopes), ...Object.values(f.upstreams).flatMap((u) => (u.credential ? [u.credential] : []))]);
+  const granted = new Set(credNames(f.scopes));
+  const injected = injectedCredentials(f);
   for (const [name, spec] of Object.entries(f.credentials)) {
     if (!NAME_PATTERN.test(name)) {
       flag(['credentials', name], `credential name ${JSON.stringify(name)} must match ${NAME_PATTERN.source}`, 'key');
-    } else if (!granted.has(name)) {
-      flag(['credentials', name], `credential ${name} is defined but no cred:${name} scope grants it`, 'key');
+    } else if (!granted.has(name) && !injected.has(name)) {
+      flag(['credentials', name], `credential ${name} is defined but no cred:${name} scope grants it and no upstream injects it`, 'key');
     }
-    if (spec.ttl > sessionTtl) {
+    if (spec.ttl !== undefined && spec.ttl > sessionTtl) {
       flag(['credentials', name, 'ttl'], `ttl (${spec.ttl}s) is longer than session_ttl (${sessionTtl}s)`);
     }
     if (spec.provider === 'aws-sts' && spec.revoke_via_iam === false) {
@@ -141,6 +142,8 @@ function checkSemantics(f: PolicyFile, flag: (path: Path, message: string, part?
       );
     }
   }
+
+  checkGateway(f, flag);
 
   f.federation.forEach((r, i) => {
     const n = (r.jwks_uri !== undefined ? 1 : 0) + (r.jwks_file !== undefined ? 1 : 0);
@@ -231,7 +234,7 @@ function toPolicy(f: PolicyFile, file: string): Policy {
     scopes: [...new Set(f.scopes)],
     audiences: [...new Set(f.audiences)],
     delegation: { maxDepth: f.delegation.max_depth, scopes: [...new Set(f.delegation.scopes)] },
-    credentials: f.credentials,
+    credentials: withTtls(f.credentials, f.session_ttl ?? DEFAULT_SESSION_TTL),
     requireDpop: f.require_dpop,
     federation: f.federation,
     upstreams: Object.fromEntries(
@@ -267,6 +270,11 @@ function toPolicy(f: PolicyFile, file: string): Policy {
         : {}),
     },
   };
+}
+
+/** A kv credential may leave out its ttl (how long the gateway caches the secret): the default, within the session. */
+function withTtls(credentials: PolicyFile['credentials'], sessionTtl: number): Record<string, CredentialSpec> {
+  return Object.fromEntries(Object.entries(credentials).map(([name, c]) => [name, { ...c, ttl: c.ttl ?? Math.min(DEFAULT_KV_TTL, sessionTtl) }]));
 }
 
 const isPolicyFileName = (n: string): boolean => !n.startsWith('.') && /\.ya?ml$/.test(n);

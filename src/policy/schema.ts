@@ -70,7 +70,8 @@ const deliverSchema = z.enum(['agent', 'gateway']);
 export const vaultCredentialSchema = z
   .strictObject({
     provider: z.literal('vault'),
-    ttl: durationSchema,
+    // Required but for kv, whose ttl is only how long the gateway may cache the secret (DEFAULT_KV_TTL when left out).
+    ttl: durationSchema.optional(),
     vault_policies: z.array(vaultPolicyName).min(1, 'must list at least one Vault policy').optional(),
     default_policy: z.boolean().optional(),
     path: vaultPathSchema.optional(),
@@ -92,6 +93,7 @@ export const vaultCredentialSchema = z
         path: has === 0 ? [] : [c.kv !== undefined ? 'kv' : 'path'],
       });
     }
+    if (c.ttl === undefined && c.kv === undefined) ctx.addIssue({ code: 'custom', message: 'is required', path: ['ttl'] });
     // A secret read hands out no token: there is no policy to add `default` to.
     if (c.default_policy !== undefined && c.vault_policies === undefined) {
       ctx.addIssue({ code: 'custom', message: 'applies only with vault_policies (a child token), not to a path read', path: ['default_policy'] });
@@ -231,10 +233,16 @@ export const upstreamSchema = z.strictObject({
   audit_args: z.enum(['names', 'full']).optional(),
 });
 
+const EGRESS_HOST = /^(?:\*\.)?[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:.]+\]$|^[0-9a-fA-F:]+$/;
+
 export const egressRuleSchema = z.strictObject({
   host: z
     .string()
-    .regex(/^(?:\*\.)?[A-Za-z0-9.-]+$|^\[[0-9a-fA-F:.]+\]$|^[0-9a-fA-F:]+$/, 'must be a host name, *.domain, or an IP address')
+    .superRefine((h, ctx) => {
+      if (h === '*' || h === '*.')
+        ctx.addIssue({ code: 'custom', message: `${JSON.stringify(h)} would let the agent reach any host; list the hosts (a *.domain suffix is fine)` });
+      else if (!EGRESS_HOST.test(h)) ctx.addIssue({ code: 'custom', message: 'must be a host name, *.domain, or an IP address' });
+    })
     .transform((h) => h.toLowerCase().replace(/^\[(.*)\]$/, '$1')),
   ports: z.array(z.number().int().min(1).max(65535)).min(1, 'must list at least one port').default([443]),
 });
@@ -280,3 +288,5 @@ export type PolicyFile = z.output<typeof policyFileSchema>;
 
 export const DEFAULT_TOKEN_TTL = 600;
 export const DEFAULT_SESSION_TTL = 3600;
+/** How long the gateway may cache a kv secret when its credential gives no ttl (capped by session_ttl). */
+export const DEFAULT_KV_TTL = 300;

@@ -16,7 +16,7 @@ export type CredentialSpec =
       num_uses?: number;
       explicit_max_ttl?: number;
       kv_path?: string;
-      /** KV v2 read (`secret/data/NAME`): a static third-party secret, only ever `deliver: gateway`. */
+      /** KV v2 read (`secret/data/NAME`): a static third-party secret, only ever `deliver: gateway`; `ttl` (default 5m) is how long the gateway may cache it. */
       kv?: string;
       deliver?: Deliver;
     }
@@ -50,7 +50,7 @@ export interface Upstream {
   kind: 'http' | 'mcp';
   /** Base URL: the call's path is appended to its path. */
   url: string;
-  /** A credential the same policy defines; absent: nothing is injected. */
+  /** A credential the same policy defines. Lint requires it (with `inject`): optional here only as the schema reads it. */
   credential?: string;
   inject?: Injection;
   rules: Record<string, UpstreamRule>;

@@ -41,6 +41,7 @@ import {
   ProviderError,
 } from './provider.ts';
 import { vaultError } from './vault-errors.ts';
+import { type KvIo, KV_NOT_REVOCABLE, readKv } from './vault-kv.ts';
 import { ROOT_REFUSAL, type Login, type VaultAuth, logIn } from './vault-login.ts';
 
 type VaultClient = ReturnType<typeof vaultFactory>;
@@ -122,6 +123,8 @@ export class VaultProvider implements CredentialProvider {
     if (spec.provider !== 'vault') throw new Error('vault provider given a non-vault credential');
     const login = await this.#ensureLogin(plan.ttlSec);
     this.#refuseRoot(login);
+    // A KV v2 secret is read, not made: with the broker's own token, and nothing below it to revoke.
+    if (spec.kv !== undefined) return readKv(this.#kvIo(), spec.kv, login.token, req, plan.ttlSec);
     // The broker's own token bounds everything created below it.
     const brokerLeft = login.expiresAt === null ? Infinity : Math.floor((login.expiresAt - this.#deps.clock.now()) / 1000) - 1;
     const ttl = Math.min(plan.ttlSec, brokerLeft);
@@ -249,6 +252,7 @@ export class VaultProvider implements CredentialProvider {
 
   async #revokeOne(t: RevokeTarget): Promise<RevokeResult> {
     const h = t.handle;
+    if (h?.kind === 'static' && !h.parent_accessor) return { id: t.id, outcome: 'not_revocable', note: KV_NOT_REVOCABLE };
     if (!h || (!h.parent_accessor && !h.accessor && !h.lease_id))
       return { id: t.id, outcome: 'unknown', note: 'nothing was recorded to revoke (Vault answered before anything revocable existed, or not at all)' };
     let login: Login;
@@ -361,6 +365,10 @@ export class VaultProvider implements CredentialProvider {
 
   #as(token: string): { headers: Record<string, string>; timeout: number } {
     return { headers: { 'X-Vault-Token': token }, timeout: this.#cfg.timeoutMs };
+  }
+
+  #kvIo(): KvIo {
+    return { call: (op, fn) => this.#call(op, fn), read: (path, token) => this.#client.read(path, this.#as(token)), now: () => this.#deps.clock.now() };
   }
 
   #auth(res: unknown, op: string): VaultAuth {
