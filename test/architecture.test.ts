@@ -11,7 +11,7 @@ const SRC = resolve('src');
 
 /** Layers, highest first. A module may import from its own layer (no cycles) or any layer below. */
 const LAYERS: Array<{ name: string; dirs: string[] }> = [
-  { name: 'entry', dirs: ['index.ts', 'runtime.ts', 'cli', 'http', 'sdk'] },
+  { name: 'entry', dirs: ['index.ts', 'runtime.ts', 'cli', 'http', 'sdk', 'gateway'] },
   { name: 'composition', dirs: ['broker.ts'] },
   {
     name: 'domain',
