@@ -26,6 +26,7 @@ import { requireDpopForToken } from '../tokens/dpop.ts';
 import type { Attempt } from '../audit/attempt.ts';
 import { recordClaims, requireActiveRecord, verifySignature, type TokenView } from '../tokens/verify.ts';
 import { revokeCtx, revokeRows, target } from './revoke.ts';
+import { issueGatewayKeys } from './gateway-keys.ts';
 
 export interface CredentialRequest {
   jwt: string;
@@ -82,6 +83,9 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
   }
 
   await checkDpop(b, req, view);
+  // An aws-sts credential the gateway injects: the agent gets gateway keys, never the STS keys.
+  const gatewayKeys = await issueGatewayKeys(b, req.name, claims, view, chain);
+  if (gatewayKeys) return gatewayKeys;
   const { provider, spec, ireq } = decide(b, req.name, claims, view);
   attempt.note({ provider: spec.provider });
   const plan = provider.plan(ireq);
