@@ -27,6 +27,7 @@ import type { Attempt } from '../audit/attempt.ts';
 import { recordClaims, requireActiveRecord, verifySignature, type TokenView } from '../tokens/verify.ts';
 import { deliversToGateway, gatewayOnlyRefusal } from './deliver.ts';
 import { revokeCtx, revokeRows, target } from './revoke.ts';
+import { issueGatewayKeys } from './gateway-keys.ts';
 
 export interface CredentialRequest {
   jwt: string;
@@ -83,6 +84,9 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
   }
 
   await checkDpop(b, req, view);
+  // An aws-sts credential the gateway injects: the agent gets gateway keys, never the STS keys.
+  const gatewayKeys = await issueGatewayKeys(b, req.name, claims, view, chain);
+  if (gatewayKeys) return gatewayKeys;
   return (await issueForRecord(b, req.name, claims, view, chain, attempt, 'agent')).response;
 }
 
@@ -238,8 +242,8 @@ function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenV
     throw new CordonError('insufficient_scope', `policy ${policy.name} (the session's root policy) defines no credential ${name}`, {
       reason: 'cred_not_defined',
     });
-  // Gateway-only credentials never reach an agent (the aws-sts gateway-keys answer will branch off here).
-  if (deliversToGateway(spec)) throw gatewayOnlyRefusal(name, policy, b.config.gatewayUrl);
+  // Gateway-only credentials never reach an agent (an aws-sts one answered gateway keys before this).
+  if (via === 'agent' && deliversToGateway(spec)) throw gatewayOnlyRefusal(name, policy, b.config.gatewayUrl);
   const provider = b.providers.get(spec.provider);
   if (!provider)
     throw new CordonError(

@@ -24,6 +24,8 @@ export interface RecordedRequestBase {
   /** All request headers as node parsed them (lower-case names). Secrets included: these are test doubles. */
   headers: http.IncomingHttpHeaders;
   rawBody: string;
+  /** The body's bytes (rawBody is their UTF-8 reading). */
+  bodyBytes: Buffer;
   /** The double's clock (`now()`) when the request arrived. */
   at: number;
   /** HTTP status the double answered with (set when the response is written). */
@@ -120,7 +122,8 @@ export abstract class HttpDouble<R extends RecordedRequestBase> {
       }
       chunks.push(chunk as Buffer);
     }
-    const rawBody = Buffer.concat(chunks).toString('utf8');
+    const bodyBytes = Buffer.concat(chunks);
+    const rawBody = bodyBytes.toString('utf8');
     const u = new URL(req.url ?? '/', 'http://double.invalid');
     const base: RecordedRequestBase = {
       seq: ++this.#seq,
@@ -129,6 +132,7 @@ export abstract class HttpDouble<R extends RecordedRequestBase> {
       query: Object.fromEntries(u.searchParams),
       headers: req.headers,
       rawBody,
+      bodyBytes,
       at: this.now(),
     };
     const record = this.record(base, req);

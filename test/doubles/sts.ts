@@ -36,9 +36,10 @@
  * real so the SDK's clock-skew correction never kicks in.
  */
 import type http from 'node:http';
-import { createHash, createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { deflateRawSync } from 'node:zlib';
 import { HttpDouble, type NowSource, type RecordedRequestBase, randUpper } from './http-double.ts';
+import { SigV4VerifyError, awsTime, parseAuthorization, uriEscape, verifySignature } from './sigv4-verify.ts';
 
 // ---------------------------------------------------------------- public types
 
@@ -169,10 +170,6 @@ interface Injected {
 }
 
 const xmlEscape = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
-const awsTime = (ms: number): string => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
-const sha256hex = (s: string | Buffer): string => createHash('sha256').update(s).digest('hex');
-const hmac = (key: Buffer | string, data: string): Buffer => createHmac('sha256', key).update(data).digest();
-const uriEscape = (s: string): string => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 
 const NAME_RE = /^[\w+=,.@-]*$/;
 const POLICY_CHARS_RE = /^[\u0009\u000A\u000D\u0020-\u00FF]*$/;
@@ -569,111 +566,42 @@ export class StsDouble extends HttpDouble<StsRecordedRequest> {
     return i < 0 ? undefined : this.#failures.splice(i, 1)[0];
   }
 
-  /** SigV4 verification. Returns the caller: a long-term key or an issued session. */
+  /** SigV4 verification (the shared independent verifier). Returns the caller: a long-term key or an issued session. */
   #authenticate(
     rec: StsRecordedRequest,
     req: http.IncomingMessage,
     service: 'sts' | 'iam',
   ): { accessKeyId: string; arn: string; userId: string; session?: IssuedCredential } {
-    const authz = req.headers.authorization;
-    if (!authz) throw new AwsError(403, 'MissingAuthenticationToken', 'Request is missing Authentication Token');
-    const m =
-      /^AWS4-HMAC-SHA256 Credential=([^/,\s]+)\/(\d{8})\/([^/,\s]+)\/([^/,\s]+)\/aws4_request,\s*SignedHeaders=([a-z0-9;_.-]+),\s*Signature=([0-9a-f]{64})$/.exec(
-        String(authz),
+    try {
+      const auth = parseAuthorization(req.headers.authorization);
+      const keyId = auth.accessKeyId;
+      // Who is signing?
+      let secret: string;
+      let caller: { accessKeyId: string; arn: string; userId: string; session?: IssuedCredential };
+      const lt = this.#keys.get(keyId);
+      const session = this.issued.get(keyId);
+      if (lt) {
+        secret = lt.secret;
+        caller = { accessKeyId: keyId, arn: lt.arn, userId: lt.userId };
+      } else if (session) {
+        if (req.headers['x-amz-security-token'] !== session.sessionToken)
+          throw new AwsError(403, 'InvalidClientTokenId', 'The security token included in the request is invalid.');
+        if (session.expiresAtMs <= this.now()) throw new AwsError(403, 'ExpiredToken', 'The security token included in the request is expired');
+        secret = session.secretAccessKey;
+        caller = { accessKeyId: keyId, arn: session.assumedRoleArn, userId: session.assumedRoleId, session };
+      } else throw new AwsError(403, 'InvalidClientTokenId', 'The security token included in the request is invalid.');
+      if (auth.region !== this.region && !(service === 'iam' && auth.region === 'us-east-1'))
+        throw new AwsError(403, 'SignatureDoesNotMatch', `Credential should be scoped to a valid region. `);
+      if (auth.service !== service) throw new AwsError(403, 'SignatureDoesNotMatch', `Credential should be scoped to correct service: '${service}'. `);
+      verifySignature(
+        auth,
+        { method: rec.method, url: req.url ?? '/', headers: req.headers, body: rec.bodyBytes },
+        { secret, now: Date.now(), maxClockSkewMs: this.maxClockSkewMs },
       );
-    if (!m)
-      throw new AwsError(
-        400,
-        'IncompleteSignature',
-        `Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters. Authorization=${authz}`,
-      );
-    const [, keyId, scopeDate, scopeRegion, scopeService, signedHeadersStr, signature] = m as unknown as string[];
-
-    // Who is signing?
-    let secret: string;
-    let caller: { accessKeyId: string; arn: string; userId: string; session?: IssuedCredential };
-    const lt = this.#keys.get(keyId);
-    const session = this.issued.get(keyId);
-    if (lt) {
-      secret = lt.secret;
-      caller = { accessKeyId: keyId, arn: lt.arn, userId: lt.userId };
-    } else if (session) {
-      if (req.headers['x-amz-security-token'] !== session.sessionToken)
-        throw new AwsError(403, 'InvalidClientTokenId', 'The security token included in the request is invalid.');
-      if (session.expiresAtMs <= this.now()) throw new AwsError(403, 'ExpiredToken', 'The security token included in the request is expired');
-      secret = session.secretAccessKey;
-      caller = { accessKeyId: keyId, arn: session.assumedRoleArn, userId: session.assumedRoleId, session };
-    } else throw new AwsError(403, 'InvalidClientTokenId', 'The security token included in the request is invalid.');
-
-    const signedHeaders = signedHeadersStr.split(';');
-    if (!signedHeaders.includes('host'))
-      throw new AwsError(400, 'IncompleteSignature', "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.");
-    const amzDate = String(req.headers['x-amz-date'] ?? '');
-    if (!/^\d{8}T\d{6}Z$/.test(amzDate) || !signedHeaders.includes('x-amz-date'))
-      throw new AwsError(400, 'IncompleteSignature', "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.");
-    if (amzDate.slice(0, 8) !== scopeDate)
-      throw new AwsError(
-        403,
-        'SignatureDoesNotMatch',
-        `Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '${scopeDate}' != '${amzDate.slice(0, 8)}', from '${amzDate}'.`,
-      );
-    if (scopeRegion !== this.region && !(service === 'iam' && scopeRegion === 'us-east-1'))
-      throw new AwsError(403, 'SignatureDoesNotMatch', `Credential should be scoped to a valid region. `);
-    if (scopeService !== service) throw new AwsError(403, 'SignatureDoesNotMatch', `Credential should be scoped to correct service: '${service}'. `);
-    const signedAt = Date.UTC(
-      +amzDate.slice(0, 4),
-      +amzDate.slice(4, 6) - 1,
-      +amzDate.slice(6, 8),
-      +amzDate.slice(9, 11),
-      +amzDate.slice(11, 13),
-      +amzDate.slice(13, 15),
-    );
-    if (Math.abs(Date.now() - signedAt) > this.maxClockSkewMs)
-      throw new AwsError(
-        403,
-        'SignatureDoesNotMatch',
-        `Signature expired: ${amzDate} is now earlier than ${awsTime(Date.now() - this.maxClockSkewMs).replace(/[-:]/g, '')}`,
-      );
-
-    // Canonical request, string to sign, signature.
-    const canonicalHeaders = signedHeaders
-      .map((h) => {
-        const v = req.headers[h];
-        const value = Array.isArray(v) ? v.join(',') : (v ?? '');
-        return `${h}:${String(value)
-          .replace(/[\r\n]/g, ' ')
-          .replace(/[ \t]+/g, ' ')
-          .trim()}\n`;
-      })
-      .join('');
-    const segments: string[] = [];
-    for (const seg of rec.path.split('/')) {
-      if (seg === '' || seg === '.') continue;
-      if (seg === '..') segments.pop();
-      else segments.push(seg);
+      return caller;
+    } catch (e) {
+      throw e instanceof SigV4VerifyError ? new AwsError(e.status, e.code, e.message) : e;
     }
-    const normPath = `/${segments.join('/')}${segments.length && rec.path.endsWith('/') ? '/' : ''}`;
-    const canonicalPath = uriEscape(normPath).replace(/%2F/g, '/');
-    const canonicalQuery = Object.entries(rec.query)
-      .map(([k, v]) => [uriEscape(k), uriEscape(v)] as const)
-      .sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0))
-      .map(([k, v]) => `${k}=${v}`)
-      .join('&');
-    const payloadHash = String(req.headers['x-amz-content-sha256'] ?? sha256hex(rec.rawBody));
-    const canonicalRequest = [rec.method, canonicalPath, canonicalQuery, canonicalHeaders, signedHeadersStr, payloadHash].join('\n');
-    const scope = `${scopeDate}/${scopeRegion}/${scopeService}/aws4_request`;
-    const stringToSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256hex(canonicalRequest)].join('\n');
-    const kDate = hmac(`AWS4${secret}`, scopeDate);
-    const kSigning = hmac(hmac(hmac(kDate, scopeRegion), scopeService), 'aws4_request');
-    const expected = hmac(kSigning, stringToSign);
-    const got = Buffer.from(signature, 'hex');
-    if (got.length !== expected.length || !timingSafeEqual(got, expected))
-      throw new AwsError(
-        403,
-        'SignatureDoesNotMatch',
-        'The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.',
-      );
-    return caller;
   }
 
   #dispatch(rec: StsRecordedRequest, caller: { accessKeyId: string; arn: string; userId: string; session?: IssuedCredential }): string {
