@@ -232,7 +232,8 @@ function decide(b: Broker, name: string, claims: AccessTokenClaims, view: TokenV
     throw new CordonError('invalid_request', `credential name must match ${NAME_PATTERN.source}`, { reason: 'credential_name_malformed' });
   const held = parseScope(view.scope);
   // At the gateway the call was authorised by a gw: scope on an upstream of the root policy, which names this credential.
-  if (via === 'agent' && !covers(held, `cred:${name}`)) throw new CordonError('insufficient_scope', `token scope does not grant cred:${name}`, { reason: 'cred_not_in_scope' });
+  if (via === 'agent' && !covers(held, `cred:${name}`))
+    throw new CordonError('insufficient_scope', `token scope does not grant cred:${name}`, { reason: 'cred_not_in_scope' });
   // The session's root agent and its policy define what credentials exist in this session (the
   // token view read them with the token: requireActiveToken has refused an inactive root already).
   const policy = b.policies.get(view.rootPolicy);

@@ -37,7 +37,11 @@ function recordEgress(g: GatewayContext, attempt: Attempt, row: EgressRecord): v
       duration_ms: row.durationMs,
     };
     const refusal =
-      row.decision === 'deny' ? new CordonError(row.status === 407 || row.status === 401 ? 'invalid_token' : 'access_denied', row.description ?? 'refused', { reason: row.reason ?? 'egress_refused' }) : undefined;
+      row.decision === 'deny'
+        ? new CordonError(row.status === 407 || row.status === 401 ? 'invalid_token' : 'access_denied', row.description ?? 'refused', {
+            reason: row.reason ?? 'egress_refused',
+          })
+        : undefined;
     g.audit.call('egress.connect', attempt, row.decision, facts, refusal);
   } catch (e) {
     g.b.log.error({ err: (e as Error).message }, 'could not record an egress exchange');

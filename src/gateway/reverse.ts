@@ -17,15 +17,18 @@ import { injectTemplate } from './inject.ts';
 import { parseCallPath, type CallPath } from './path.ts';
 import type { GatewayPrincipal } from './principal.ts';
 import { asCordonError, reply } from './replies.ts';
+import { authenticateGatewayKeys, readBody, signForUpstream, sigv4BodyCap } from './aws.ts';
+import { hasSigV4 } from './sigv4.ts';
 
 export const REVERSE_PREFIX = '/u/';
 const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
 /** The upstream's URL for this call: its base path, then the call's path as received, then the query. */
-export function upstreamUrl(base: string, path: CallPath, query: URLSearchParams): URL {
+export function upstreamUrl(base: string, path: CallPath): URL {
   const u = new URL(base);
   u.pathname = `${u.pathname.replace(/\/+$/, '')}${path.raw}`;
-  u.search = query.toString();
+  // As received: re-encoding a query can change what some APIs read from it.
+  u.search = path.query;
   return u;
 }
 
@@ -56,21 +59,31 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     if (!NAME.test(name))
       throw new CordonError('not_found', 'unknown upstream: /u/{upstream}/{path} names an upstream of your policy', { reason: 'upstream_unknown' });
     const path = parseCallPath(slash < 0 ? '' : rest.slice(slash));
-    const p = await authenticateCall(g, req, `${REVERSE_PREFIX}${name}${path.raw}`, attempt);
+    // An AWS SDK signs with gateway keys, and its signature covers the body: read it first.
+    const viaKeys = hasSigV4({ url: req.url ?? '', headers: req.headers });
+    let body = viaKeys && method !== 'GET' && method !== 'HEAD' ? await readBody(req, sigv4BodyCap(g)) : undefined;
+    const p = viaKeys
+      ? await authenticateGatewayKeys(g, req, body ?? Buffer.alloc(0), attempt)
+      : await authenticateCall(g, req, `${REVERSE_PREFIX}${name}${path.raw}`, attempt);
     if (!g.audit.healthy)
       throw new CordonError('temporarily_unavailable', 'the gateway cannot write its audit log right now; try again shortly', { reason: 'audit_unavailable' });
     const call = authoriseCall(p, name, method, path);
     facts.rule = call.rule;
-    const headers = forwardableHeaders(req.headers);
-    const query = new URLSearchParams(path.query);
-    await inject(g, p, call, headers, query, attempt, facts);
+    const sigv4 = call.upstream.inject !== undefined && 'aws_sigv4' in call.upstream.inject;
+    if (viaKeys && !sigv4)
+      throw new CordonError('invalid_token', `gateway keys are for AWS upstreams; ${name} takes a bearer token`, { reason: 'gateway_keys_misused' });
+    if (sigv4 && body === undefined && method !== 'GET' && method !== 'HEAD') body = await readBody(req, call.upstream.maxBodyBytes);
+    if (body && body.length > call.upstream.maxBodyBytes)
+      throw new CordonError('invalid_request', `request body is larger than ${call.upstream.maxBodyBytes} bytes`, { reason: 'body_too_large', status: 413 });
+    const url = upstreamUrl(call.upstream.url, path);
+    const headers = await inject(g, p, call, { method, url, headers: forwardableHeaders(req.headers), body }, attempt, facts);
     untrack = g.open.track(p, 'call', name, () => abort.abort());
     const r = await forward(
       {
-        url: upstreamUrl(call.upstream.url, path, query),
+        url,
         method,
         headers,
-        body: method === 'GET' || method === 'HEAD' ? null : req,
+        body: body ?? (method === 'GET' || method === 'HEAD' ? null : req),
         maxBodyBytes: call.upstream.maxBodyBytes,
         timeoutMs: call.upstream.timeoutSec * 1000,
         signal: abort.signal,
@@ -93,20 +106,23 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
   }
 }
 
-/** The upstream's credential into the call, as its policy says (nothing when it names none). */
+/** The upstream's credential into the call, as its policy says (nothing when it names none); returns the headers to send. */
 async function inject(
   g: GatewayContext,
   p: GatewayPrincipal,
   call: AuthorisedCall,
-  headers: Record<string, string>,
-  query: URLSearchParams,
+  out: { method: string; url: URL; headers: Record<string, string>; body: Buffer | undefined },
   attempt: Attempt,
   facts: CallFacts,
-): Promise<void> {
+): Promise<Record<string, string>> {
   const { upstream } = call;
-  if (!upstream.credential || !upstream.inject) return;
+  if (!upstream.credential || !upstream.inject) return out.headers;
   const held = await g.secrets.get(p, upstream.credential, attempt);
   facts.credential_id = held.credentialId;
-  if ('aws_sigv4' in upstream.inject) throw new CordonError('server_error', 'SigV4 signing is not wired into this gateway', { reason: 'sigv4_unwired' });
-  injectTemplate(upstream.inject, held.values, headers, query);
+  const inj = upstream.inject;
+  if ('aws_sigv4' in inj) return signForUpstream({ ...upstream, inject: inj }, held.values, out);
+  const query = new URLSearchParams(out.url.search);
+  injectTemplate(inj, held.values, out.headers, query);
+  out.url.search = query.toString();
+  return out.headers;
 }
