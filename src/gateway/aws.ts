@@ -68,7 +68,7 @@ export async function signForUpstream(
   values: Record<string, unknown>,
   call: { method: string; url: URL; headers: Record<string, string>; body: Buffer | undefined },
 ): Promise<Record<string, string>> {
-  const { AccessKeyId, SecretAccessKey, SessionToken } = values as Record<string, unknown>;
+  const { AccessKeyId, SecretAccessKey, SessionToken } = values;
   if (typeof AccessKeyId !== 'string' || typeof SecretAccessKey !== 'string')
     throw new CordonError('bad_gateway', "the upstream's credential holds no AWS keys to sign with", { reason: 'inject_field_missing' });
   return resign(

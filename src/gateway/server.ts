@@ -91,10 +91,7 @@ async function route(g: GatewayContext, req: IncomingMessage, res: ServerRespons
       res.end(JSON.stringify({ ok: true }));
       return;
     }
-    if (!url.startsWith('/'))
-      throw new CordonError('invalid_request', 'absolute-URI requests are the forward proxy; this gateway has no egress enabled', {
-        reason: 'egress_unavailable',
-      });
+    if (!url.startsWith('/')) return await handleAbsoluteUri(egressDeps(g, req), req, res);
     throw new CordonError('not_found', 'not found: call upstreams at /u/{upstream}/{path}', { reason: 'route_unknown' });
   } catch (e) {
     reply(res, e instanceof CordonError ? e : new CordonError('server_error', 'the gateway failed unexpectedly'), req.complete ? {} : { connection: 'close' });
