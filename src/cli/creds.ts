@@ -116,6 +116,7 @@ export function registerExec(program: Command, ctx: Ctx): void {
     .requiredOption('--scope <scope>', 'the task scope to open the session for (space-separated)')
     .requiredOption('--task <task>', 'the task id the session is opened for')
     .option('--cred <name>', 'a credential to fetch into the environment (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--gateway', 'call upstreams, AWS and egress through the gateway (CORDON_GATEWAY_URL): no backend secret enters the command')
     .argument('[command...]', 'the command to run, after --')
     .passThroughOptions()
     .action(
@@ -137,7 +138,8 @@ export function registerExec(program: Command, ctx: Ctx): void {
         const issuer = issuerUrl();
         // Loaded on use: the SDK and the child-process plumbing are exec's alone.
         const mod = await import('./exec.ts');
-        return await mod.runExec({ issuer, clientId, clientSecret, scope: opts.scope, task: opts.task, creds: opts.cred as string[], command: argv });
+        const gateway = opts.gateway ? (e.CORDON_GATEWAY_URL?.trim() || 'http://127.0.0.1:8081').replace(/\/+$/, '') : undefined;
+        return await mod.runExec({ issuer, clientId, clientSecret, scope: opts.scope, task: opts.task, creds: opts.cred as string[], command: argv, gateway });
       }),
     );
 }

@@ -7,6 +7,7 @@ import { constants as osConstants, homedir, platform } from 'node:os';
 import { join } from 'node:path';
 import { CordonAgent, toAwsIdentity, type BackendCredential } from '../sdk/agent.ts';
 import { CordonSdkError } from '../sdk/errors.ts';
+import { discoverUpstreams, gatewayEnv } from './exec-gateway.ts';
 
 export interface ExecOptions {
   issuer: string;
@@ -18,6 +19,8 @@ export interface ExecOptions {
   creds: string[];
   /** The command and its arguments. */
   command: string[];
+  /** `--gateway`: the gateway's URL; the child calls upstreams, AWS and egress through it (exec-gateway.ts). */
+  gateway?: string;
 }
 
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
@@ -85,8 +88,9 @@ export async function runExec(opts: ExecOptions): Promise<number> {
   let code: number;
   try {
     await agent.startSession({ scope: opts.scope, task: opts.task });
+    const gw = opts.gateway ? gatewayEnv(opts.gateway, agent.issuer, await agent.token(), await discoverUpstreams(opts.gateway, await agent.token())) : undefined;
     const first = new Map<string, BackendCredential>();
-    for (const name of new Set(opts.creds)) first.set(name, await agent.credentials(name));
+    for (const name of new Set([...opts.creds, ...(gw?.awsCredential ? [gw.awsCredential] : [])])) first.set(name, await agent.credentials(name));
     const aws = [...first.values()].filter((c) => c.provider === 'aws-sts');
     if (aws.length > 1)
       throw new CordonSdkError(
@@ -102,6 +106,11 @@ export async function runExec(opts: ExecOptions): Promise<number> {
     env.CORDON_TOKEN_URI = `${local.url}/token`;
     env.CORDON_TOKEN_AUTHORIZATION = local.authorization;
     if (first.size) env.CORDON_CREDENTIALS_URI = `${local.url}/credentials`;
+    if (gw) {
+      // Through the gateway the child needs no backend secret, so none of the parent's may leak in.
+      for (const k of [...AWS_STANDING, 'VAULT_TOKEN', 'VAULT_SECRET_ID', 'VAULT_ROLE_ID']) delete env[k];
+      Object.assign(env, gw.env);
+    }
     let vaultToken: string | null = null;
     for (const c of first.values()) {
       if (c.provider === 'aws-sts') {

@@ -41,3 +41,22 @@ export function authoriseCall(p: GatewayPrincipal, name: string, method: string,
     );
   return { name, upstream, rule };
 }
+
+/** An upstream as a caller may learn of it: enough to call it, nothing of its credential's value. */
+export interface ReachableUpstream {
+  name: string;
+  kind: Upstream['kind'];
+  /** The credential to ask gateway keys of, and what to sign for, when the upstream is AWS. */
+  aws?: { credential: string; service: string; region: string };
+}
+
+/** The upstreams of the session's root policy that the token's scope reaches (any of its rules, or all). */
+export function reachableUpstreams(p: GatewayPrincipal): ReachableUpstream[] {
+  return Object.entries(p.rootPolicy.upstreams)
+    .filter(([name, u]) => covers(p.scopes, `${GW_PREFIX}${name}`) || [...Object.keys(u.rules), ...(u.tools ?? [])].some((r) => covers(p.scopes, `${GW_PREFIX}${name}/${r}`)))
+    .map(([name, u]) => ({
+      name,
+      kind: u.kind,
+      ...(u.credential && u.inject && 'aws_sigv4' in u.inject ? { aws: { credential: u.credential, ...u.inject.aws_sigv4 } } : {}),
+    }));
+}

@@ -4,6 +4,7 @@
  *
  *   /u/{upstream}/…   reverse mode (reverse.ts)
  *   CONNECT, absolute-URI requests   the forward proxy (egress.ts)
+ *   /upstreams        what the caller's token may call (discovery.ts)
  *   /healthz          liveness of the gateway itself
  *   anything else     404 JSON; protocol upgrades are refused (nothing here speaks them)
  */
@@ -21,6 +22,7 @@ import { refusalReply, reply } from './replies.ts';
 import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
 import { GatewaySecrets } from './secrets.ts';
 import { egressDeps } from './egress-audit.ts';
+import { DISCOVERY_PATH, handleDiscovery } from './discovery.ts';
 import { handleAbsoluteUri, handleConnect } from './egress.ts';
 
 export interface RunningGateway {
@@ -86,6 +88,7 @@ async function route(g: GatewayContext, req: IncomingMessage, res: ServerRespons
   try {
     const url = req.url ?? '';
     if (url.startsWith(REVERSE_PREFIX)) return await handleReverse(g, req, res);
+    if (url === DISCOVERY_PATH && req.method === 'GET') return await handleDiscovery(g, req, res);
     if (url === '/healthz') {
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
       res.end(JSON.stringify({ ok: true }));
