@@ -77,6 +77,8 @@ upstreams:
       comment: { methods: [POST], paths: ["/tickets/*/comments"] }
   open:
     url: ${upstreamUrl}/open
+    credential: tickets-key
+    inject: { header: X-Api-Key, value: "{secret.api_key}" }
     rules:
       any: { methods: [GET], paths: ["/**"] }
 `,

@@ -61,9 +61,13 @@ description: Alarms on refusals but is never cut off.
 token_ttl: 10m
 session_ttl: 1h
 scopes: [gw:open]
+credentials:
+  tickets-key: { provider: vault, path: secret/data/tickets/api, ttl: 10m }
 upstreams:
   open:
     url: ${upstreamUrl}/open
+    credential: tickets-key
+    inject: { header: X-Api-Key, value: "{secret.api_key}" }
     rules:
       any: { methods: [GET], paths: ["/**"] }
 limits:
