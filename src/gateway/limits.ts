@@ -106,7 +106,7 @@ export class GatewayLimits {
   /**
    * After refusing a known caller: counts the refusal, and when the chain's on_denials count is
    * reached within its window raises the alarm. Returns a promise only then, which settles once the
-   * alarm row is queued and any revocation has committed (so the caller can answer after it: the
+   * alarm row and any revocation have committed (so the caller can answer after it: the
    * agent's next call is already refused); the webhook is never waited for.
    */
   denied(p: GatewayPrincipal, refusal: CordonError, target?: string): Promise<void> | undefined {
