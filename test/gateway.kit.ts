@@ -6,7 +6,8 @@
 import { createServer, type IncomingHttpHeaders, type Server, type ServerResponse, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { VaultDouble } from './doubles/vault.ts';
-import { startTestBroker, PG_URL, type TestBroker } from './helpers/broker.ts';
+import { startTestBroker, type TestBroker } from './helpers/broker.ts';
+import { freshPgDatabase } from './helpers/pg.ts';
 import { policyDir, register, type Agent } from './delegation.kit.ts';
 import { credentialsRoute } from '../src/http/credentials.ts';
 import { startBackendCredentials } from '../src/credentials/sweep.ts';
@@ -76,6 +77,8 @@ upstreams:
       comment: { methods: [POST], paths: ["/tickets/*/comments"] }
   open:
     url: ${upstreamUrl}/open
+    credential: tickets-key
+    inject: { header: X-Api-Key, value: "{secret.api_key}" }
     rules:
       any: { methods: [GET], paths: ["/**"] }
 `,
@@ -101,7 +104,10 @@ export interface GatewayFixture {
   stop(): Promise<void>;
 }
 
-export async function gatewayFixture(opts: { pg?: boolean } = {}): Promise<GatewayFixture> {
+/** `policies` adds policy files (given the recording upstream's URL); `env` adds broker configuration (e.g. CORDON_ALERT_WEBHOOK). */
+export async function gatewayFixture(
+  opts: { pg?: boolean; policies?: (upstreamUrl: string) => Record<string, string>; env?: Record<string, string> } = {},
+): Promise<GatewayFixture> {
   const upstream = new RecordingUpstream();
   await upstream.start();
   const vault = new VaultDouble('root-token');
@@ -116,10 +122,12 @@ export async function gatewayFixture(opts: { pg?: boolean } = {}): Promise<Gatew
   ]);
   vault.putKv('tickets/api', { api_key: TICKETS_KEY });
   const brokerVaultToken = vault.mintToken({ policies: ['broker'], addDefault: false, displayName: 'cordon-broker' }).token;
+  // A database of its own: the shared one holds other runs' signing keys, whose private halves this broker lacks.
+  const pg = opts.pg ? await freshPgDatabase() : undefined;
   const tb = await startTestBroker({
-    policyDir: policyDir(gatewayPolicies(upstream.url)),
-    ...(opts.pg ? { databaseUrl: PG_URL } : {}),
-    env: { VAULT_ADDR: vault.url, VAULT_TOKEN: brokerVaultToken, VAULT_TIMEOUT_MS: '2000' },
+    policyDir: policyDir({ ...gatewayPolicies(upstream.url), ...opts.policies?.(upstream.url) }),
+    ...(pg ? { databaseUrl: pg.url } : {}),
+    env: { VAULT_ADDR: vault.url, VAULT_TOKEN: brokerVaultToken, VAULT_TIMEOUT_MS: '2000', ...opts.env },
     ext: { routes: [credentialsRoute] },
   });
   vault.now = () => tb.clock.now();
@@ -154,6 +162,7 @@ export async function gatewayFixture(opts: { pg?: boolean } = {}): Promise<Gatew
       await creds.stop();
       await tb.b.issuance.idle();
       await tb.close();
+      await pg?.drop();
       await vault.stop();
       await upstream.stop();
     },

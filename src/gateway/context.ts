@@ -1,8 +1,9 @@
-/** What every step of the gateway shares: the broker, the token cache, held secrets, open calls, the audit writer, the upstream pool. */
+/** What every step of the gateway shares: the broker, the token cache, held secrets, open calls, the audit writer, the limits, the upstream pool. */
 import type { Dispatcher } from 'undici';
 import type { Broker } from '../broker.ts';
 import type { LiveTokenCache } from '../tokens/live-cache.ts';
 import type { CallAudit } from './call-audit.ts';
+import type { GatewayLimits } from './limits.ts';
 import type { OpenCalls } from './open-calls.ts';
 import type { GatewaySecrets } from './secrets.ts';
 
@@ -12,6 +13,8 @@ export interface GatewayContext {
   secrets: GatewaySecrets;
   open: OpenCalls;
   audit: CallAudit;
+  /** Per-session limits: every front door calls `limits.admit(p)` once a call is authorised and `limits.denied(p, e)` after refusing a known caller. */
+  limits: GatewayLimits;
   dispatcher: Dispatcher;
   /** The gateway's public base URL (DPoP `htu`, metadata). */
   url: string;

@@ -54,6 +54,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
   const method = (req.method ?? 'GET').toUpperCase();
   const facts: CallFacts = { upstream: name.slice(0, 64), method, path: (slash < 0 ? '/' : rest.slice(slash).split('?')[0]).slice(0, 512) };
   let untrack: (() => void) | undefined;
+  let p: GatewayPrincipal | undefined;
   const abort = new AbortController();
   try {
     if (!NAME.test(name))
@@ -62,7 +63,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     // An AWS SDK signs with gateway keys, and its signature covers the body: read it first.
     const viaKeys = hasSigV4({ url: req.url ?? '', headers: req.headers });
     let body = viaKeys && method !== 'GET' && method !== 'HEAD' ? await readBody(req, sigv4BodyCap(g)) : undefined;
-    const p = viaKeys
+    p = viaKeys
       ? await authenticateGatewayKeys(g, req, body ?? Buffer.alloc(0), attempt)
       : await authenticateCall(g, req, `${REVERSE_PREFIX}${name}${path.raw}`, attempt);
     if (!g.audit.healthy)
@@ -72,6 +73,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     const sigv4 = call.upstream.inject !== undefined && 'aws_sigv4' in call.upstream.inject;
     if (viaKeys && !sigv4)
       throw new CordonError('invalid_token', `gateway keys are for AWS upstreams; ${name} takes a bearer token`, { reason: 'gateway_keys_misused' });
+    g.limits.admit(p);
     if (sigv4 && body === undefined && method !== 'GET' && method !== 'HEAD') body = await readBody(req, call.upstream.maxBodyBytes);
     if (body && body.length > call.upstream.maxBodyBytes)
       throw new CordonError('invalid_request', `request body is larger than ${call.upstream.maxBodyBytes} bytes`, { reason: 'body_too_large', status: 413 });
@@ -96,11 +98,14 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
   } catch (err) {
     const e = asCordonError(err);
     if (e.code === 'server_error') g.b.log.error({ err: (err as Error)?.message, upstream: facts.upstream }, 'gateway call failed');
-    // An unread request body would be taken for the next request on this connection.
-    reply(res, e, req.complete ? {} : { connection: 'close' });
     Object.assign(facts, { status: e.status, duration_ms: Math.round(performance.now() - started) });
     // An upstream that failed an allowed call is not a refusal of the caller.
-    g.audit.call('gateway.call', attempt, e instanceof UpstreamError ? 'allow' : 'deny', { ...facts }, e);
+    const refused = !(e instanceof UpstreamError);
+    g.audit.call('gateway.call', attempt, refused ? 'deny' : 'allow', { ...facts }, e);
+    // A burst of refusals may revoke the session: done before answering, so the agent's next call already meets it.
+    if (refused && p) await g.limits.denied(p, e, facts.upstream);
+    // An unread request body would be taken for the next request on this connection.
+    reply(res, e, req.complete ? {} : { connection: 'close' });
   } finally {
     untrack?.();
   }

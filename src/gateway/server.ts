@@ -17,6 +17,7 @@ import { LiveTokenCache } from '../tokens/live-cache.ts';
 import { CallAudit } from './call-audit.ts';
 import type { GatewayContext } from './context.ts';
 import { upstreamPool } from './forward.ts';
+import { GatewayLimits } from './limits.ts';
 import { OpenCalls } from './open-calls.ts';
 import { refusalReply, reply } from './replies.ts';
 import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
@@ -42,12 +43,14 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
     secrets: new GatewaySecrets(b),
     open: new OpenCalls(),
     audit: new CallAudit(b),
+    limits: new GatewayLimits(b),
     dispatcher: upstreamPool(),
     url: opts.url ?? b.config.gatewayUrl,
   };
   tokens.onRevoked((r) => {
     g.secrets.drop(r);
     g.open.close(r);
+    g.limits.forget(r);
   });
   const server = createServer((req, res) => void route(g, req, res));
   server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleConnect(egressDeps(g, req), req, socket, head));
@@ -78,6 +81,7 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
         server.closeAllConnections();
         server.close(() => resolve());
       });
+      await g.limits.idle();
       await tokens.stop();
       await g.dispatcher.close();
     },
