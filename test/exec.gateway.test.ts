@@ -125,8 +125,8 @@ describe('cordon exec --gateway', function () {
     assert.match(child.env.HTTPS_PROXY, /^http:\/\/cordon:[\w.-]+@127\.0\.0\.1:\d+$/);
     // Every real secret the system holds: the KV value, the session's STS keys, the agent's secret, the broker's own keys.
     const secrets = ['k-123', agent.secret, f.brokerVaultToken, process.env.AWS_SECRET_ACCESS_KEY!, process.env.AWS_ACCESS_KEY_ID!];
-    for (const c of f.sts.issuedCredentials()) secrets.push(c.accessKeyId, c.secretAccessKey, c.sessionToken);
-    assert.ok(f.sts.issuedCredentials().length >= 1, 'the gateway assumed the role for the session');
+    for (const c of [...f.sts.issued.values()]) secrets.push(c.accessKeyId, c.secretAccessKey, c.sessionToken);
+    assert.ok([...f.sts.issued.values()].length >= 1, 'the gateway assumed the role for the session');
     const envText = JSON.stringify(child.env);
     for (const s of secrets) assert.ok(!envText.includes(s), `the child's environment holds a real secret (${s.slice(0, 4)}…)`);
   });

@@ -26,12 +26,20 @@ export async function discoverUpstreams(gatewayUrl: string, token: string): Prom
   }
   const body = (await r.json().catch(() => null)) as { upstreams?: GatewayUpstream[]; error?: string; error_description?: string } | null;
   if (!r.ok || !Array.isArray(body?.upstreams))
-    throw new CordonSdkError('bad_response', `the gateway refused to list upstreams (${r.status}${body?.error ? ` ${body.error}: ${body.error_description}` : ''})`);
+    throw new CordonSdkError(
+      'bad_response',
+      `the gateway refused to list upstreams (${r.status}${body?.error ? ` ${body.error}: ${body.error_description}` : ''})`,
+    );
   return body.upstreams;
 }
 
 /** The child's gateway environment, and the aws-sts credential (gateway keys) its container endpoint must serve. */
-export function gatewayEnv(gatewayUrl: string, brokerUrl: string, token: string, upstreams: GatewayUpstream[]): { env: Record<string, string>; awsCredential?: string } {
+export function gatewayEnv(
+  gatewayUrl: string,
+  brokerUrl: string,
+  token: string,
+  upstreams: GatewayUpstream[],
+): { env: Record<string, string>; awsCredential?: string } {
   const gw = new URL(gatewayUrl);
   const proxy = new URL(gatewayUrl);
   proxy.username = 'cordon';
@@ -51,7 +59,10 @@ export function gatewayEnv(gatewayUrl: string, brokerUrl: string, token: string,
   const aws = upstreams.filter((u) => u.aws);
   const creds = [...new Set(aws.map((u) => u.aws!.credential))];
   if (creds.length > 1)
-    throw new CordonSdkError('unsupported', `only one AWS credential per command (upstreams use ${creds.join(', ')}): the AWS SDK reads one container endpoint`);
+    throw new CordonSdkError(
+      'unsupported',
+      `only one AWS credential per command (upstreams use ${creds.join(', ')}): the AWS SDK reads one container endpoint`,
+    );
   for (const u of upstreams) {
     if (u.kind === 'mcp') env[`CORDON_MCP_${envKey(u.name)}_URL`] = u.url;
     else env[`CORDON_UPSTREAM_${envKey(u.name)}_URL`] = u.url;

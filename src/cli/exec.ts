@@ -88,7 +88,9 @@ export async function runExec(opts: ExecOptions): Promise<number> {
   let code: number;
   try {
     await agent.startSession({ scope: opts.scope, task: opts.task });
-    const gw = opts.gateway ? gatewayEnv(opts.gateway, agent.issuer, await agent.token(), await discoverUpstreams(opts.gateway, await agent.token())) : undefined;
+    const gw = opts.gateway
+      ? gatewayEnv(opts.gateway, agent.issuer, await agent.token(), await discoverUpstreams(opts.gateway, await agent.token()))
+      : undefined;
     const first = new Map<string, BackendCredential>();
     for (const name of new Set([...opts.creds, ...(gw?.awsCredential ? [gw.awsCredential] : [])])) first.set(name, await agent.credentials(name));
     const aws = [...first.values()].filter((c) => c.provider === 'aws-sts');
@@ -318,7 +320,8 @@ async function startLocalEndpoint(agent: CordonAgent, credNames: string[]): Prom
         return send(res, 200, {
           AccessKeyId: id.accessKeyId,
           SecretAccessKey: id.secretAccessKey,
-          Token: id.sessionToken,
+          // The SDKs want a string here; gateway keys have no session token, and an empty one is never sent.
+          Token: id.sessionToken ?? '',
           Expiration: (id.expiration ?? c.expiresAt).toISOString(),
         });
       }

@@ -53,7 +53,10 @@ export interface ReachableUpstream {
 /** The upstreams of the session's root policy that the token's scope reaches (any of its rules, or all). */
 export function reachableUpstreams(p: GatewayPrincipal): ReachableUpstream[] {
   return Object.entries(p.rootPolicy.upstreams)
-    .filter(([name, u]) => covers(p.scopes, `${GW_PREFIX}${name}`) || [...Object.keys(u.rules), ...(u.tools ?? [])].some((r) => covers(p.scopes, `${GW_PREFIX}${name}/${r}`)))
+    .filter(
+      ([name, u]) =>
+        covers(p.scopes, `${GW_PREFIX}${name}`) || [...Object.keys(u.rules), ...(u.tools ?? [])].some((r) => covers(p.scopes, `${GW_PREFIX}${name}/${r}`)),
+    )
     .map(([name, u]) => ({
       name,
       kind: u.kind,

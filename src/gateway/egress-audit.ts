@@ -18,6 +18,7 @@ export function egressDeps(g: GatewayContext, req: IncomingMessage): EgressDeps 
   return {
     authenticate: (token) => principalOfToken(g, token, attempt),
     record: (row) => recordEgress(g, attempt, row),
+    admit: (p) => g.limits.admit(p),
     track: (p, close) => g.open.track(p, 'tunnel', 'egress', close),
     now: () => g.b.clock.now(),
     connectTimeoutMs: CONNECT_TIMEOUT_MS,
@@ -43,6 +44,7 @@ function recordEgress(g: GatewayContext, attempt: Attempt, row: EgressRecord): v
           })
         : undefined;
     g.audit.call('egress.connect', attempt, row.decision, facts, refusal);
+    if (refusal && row.principal) void g.limits.denied(row.principal, refusal, row.host);
   } catch (e) {
     g.b.log.error({ err: (e as Error).message }, 'could not record an egress exchange');
   }

@@ -42,6 +42,8 @@ export interface EgressDeps {
   authenticate(token: string): Promise<GatewayPrincipal>;
   /** Called exactly once per exchange when it ends; must not throw. */
   record(row: EgressRecord): void;
+  /** The session's call budget (limits.ts); throws a 429 refusal past it. */
+  admit?(principal: GatewayPrincipal): void;
   /** Registers an open exchange; the caller invokes `close` when the session is revoked. Returns the unregister function. */
   track(principal: GatewayPrincipal, close: () => void): () => void;
   now(): number;
@@ -123,6 +125,7 @@ async function admit(deps: EgressDeps, x: Exchange, authorization: string | unde
   if (principal.expiresAt <= deps.now()) throw new CordonError('invalid_token', 'the token has expired', { reason: 'token_expired' });
   x.principal = principal;
   egressAllowed(principal, target.host, target.port);
+  deps.admit?.(principal);
   return principal;
 }
 
