@@ -51,6 +51,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
   const method = (req.method ?? 'GET').toUpperCase();
   const facts: CallFacts = { upstream: name.slice(0, 64), method, path: (slash < 0 ? '/' : rest.slice(slash).split('?')[0]).slice(0, 512) };
   let untrack: (() => void) | undefined;
+  let forwardedAt: number | undefined;
   const abort = new AbortController();
   try {
     if (!NAME.test(name))
@@ -65,6 +66,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     const query = new URLSearchParams(path.query);
     await inject(g, p, call, headers, query, attempt, facts);
     untrack = g.open.track(p, 'call', name, () => abort.abort());
+    forwardedAt = performance.now();
     const r = await forward(
       {
         url: upstreamUrl(call.upstream.url, path, query),
@@ -80,6 +82,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     );
     Object.assign(facts, { status: r.status, bytes_in: r.bytesIn, bytes_out: r.bytesOut, duration_ms: Math.round(performance.now() - started) });
     g.audit.call('gateway.call', attempt, 'allow', { ...facts });
+    g.observe({ upstream: name, decision: 'allow', status: r.status, upstreamSeconds: r.upstreamSeconds });
   } catch (err) {
     const e = asCordonError(err);
     if (e.code === 'server_error') g.b.log.error({ err: (err as Error)?.message, upstream: facts.upstream }, 'gateway call failed');
@@ -87,7 +90,10 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     reply(res, e, req.complete ? {} : { connection: 'close' });
     Object.assign(facts, { status: e.status, duration_ms: Math.round(performance.now() - started) });
     // An upstream that failed an allowed call is not a refusal of the caller.
-    g.audit.call('gateway.call', attempt, e instanceof UpstreamError ? 'allow' : 'deny', { ...facts }, e);
+    const decision = e instanceof UpstreamError ? 'allow' : 'deny';
+    g.audit.call('gateway.call', attempt, decision, { ...facts }, e);
+    const upstreamSeconds = decision === 'allow' && forwardedAt !== undefined ? (performance.now() - forwardedAt) / 1000 : undefined;
+    g.observe({ upstream: name, decision, status: e.status, reason: e.reason, upstreamSeconds });
   } finally {
     untrack?.();
   }

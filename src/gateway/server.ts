@@ -3,7 +3,8 @@
  * server, and the hot path needs no framework). It routes and maps errors; the steps decide.
  *
  *   /u/{upstream}/…   reverse mode (reverse.ts)
- *   /healthz          liveness of the gateway itself
+ *   /healthz          liveness of the gateway itself, and what it has open (ops.ts)
+ *   /metrics          only when serving alone (ops.ts); beside the broker, its /metrics has the gateway's too
  *   anything else     404 JSON; protocol upgrades are refused (nothing here speaks them)
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -12,10 +13,13 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { answerClientError } from '../http/server.ts';
 import { LiveTokenCache } from '../tokens/live-cache.ts';
+import { gatewayMetricsFor } from '../observability/gateway-metrics.ts';
+import { metricsFor } from '../observability/metrics.ts';
 import { CallAudit } from './call-audit.ts';
 import type { GatewayContext } from './context.ts';
 import { upstreamPool } from './forward.ts';
 import { OpenCalls } from './open-calls.ts';
+import { opsRoutes } from './ops.ts';
 import { refusalReply, reply } from './replies.ts';
 import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
 import { GatewaySecrets } from './secrets.ts';
@@ -27,8 +31,14 @@ export interface RunningGateway {
   close(): Promise<void>;
 }
 
-/** Starts the gateway on `port` (0 picks one) beside, or without, the broker's HTTP server. */
-export async function startGateway(b: Broker, opts: { port: number; host?: string; url?: string }): Promise<RunningGateway> {
+/**
+ * Starts the gateway on `port` (0 picks one) beside, or without, the broker's HTTP server. Its
+ * metrics go on the broker's registry when there is one; `serveMetrics` (the gateway alone) makes
+ * one and serves it at `/metrics`.
+ */
+export async function startGateway(b: Broker, opts: { port: number; host?: string; url?: string; serveMetrics?: boolean }): Promise<RunningGateway> {
+  if (opts.serveMetrics) metricsFor(b, { defaultMetrics: true });
+  const metrics = b.metrics ? gatewayMetricsFor(b, b.metrics) : undefined;
   const tokens = new LiveTokenCache(b);
   await tokens.start();
   const g: GatewayContext = {
@@ -39,12 +49,15 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
     audit: new CallAudit(b),
     dispatcher: upstreamPool(),
     url: opts.url ?? b.config.gatewayUrl,
+    observe: metrics ? (o) => metrics.record(o) : () => {},
   };
+  const stopCounting = metrics?.addSource(() => g.open.counts());
+  const ops = opsRoutes(g, { serveMetrics: opts.serveMetrics === true });
   tokens.onRevoked((r) => {
     g.secrets.drop(r);
     g.open.close(r);
   });
-  const server = createServer((req, res) => void route(g, req, res));
+  const server = createServer((req, res) => void route(g, ops, req, res));
   server.on('upgrade', (req: IncomingMessage, socket: Duplex) =>
     refuseOnSocket(socket, new CordonError('invalid_request', 'protocol upgrades are not allowed through the gateway', { reason: 'upgrade_refused' })),
   );
@@ -72,21 +85,18 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
         server.closeAllConnections();
         server.close(() => resolve());
       });
+      stopCounting?.();
       await tokens.stop();
       await g.dispatcher.close();
     },
   };
 }
 
-async function route(g: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function route(g: GatewayContext, ops: ReturnType<typeof opsRoutes>, req: IncomingMessage, res: ServerResponse): Promise<void> {
   try {
     const url = req.url ?? '';
     if (url.startsWith(REVERSE_PREFIX)) return await handleReverse(g, req, res);
-    if (url === '/healthz') {
-      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-      res.end(JSON.stringify({ ok: true }));
-      return;
-    }
+    if (await ops(req, res)) return;
     if (!url.startsWith('/'))
       throw new CordonError('invalid_request', 'absolute-URI requests are the forward proxy; this gateway has no egress enabled', {
         reason: 'egress_unavailable',
