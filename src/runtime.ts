@@ -81,7 +81,8 @@ export async function startGatewayAlone(
   try {
     const creds = await startBackendCredentials(b);
     stops.push(() => creds.stop());
-    const gateway = await startGateway(b, { port: opts.port ?? config.gatewayPort ?? 8081 });
+    // No broker HTTP server here: the gateway serves the metrics itself.
+    const gateway = await startGateway(b, { port: opts.port ?? config.gatewayPort ?? 8081, serveMetrics: true });
     stops.push(() => gateway.close());
     return {
       b,

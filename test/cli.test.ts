@@ -748,12 +748,24 @@ describe('cordon CLI', function () {
       'Escalation is refused',
       'everything below it goes too',
       'Revoke the whole session',
+      'Through the gateway: an agent calls an API with a key it never holds',
+      'The agent tries to read the key itself: refused',
       'audit chain intact',
     ]) {
       assert.ok(r.stdout.includes(heading), `missing "${heading}" in:\n${r.stdout}`);
     }
     assert.match(r.stdout, /"error": "invalid_scope"/);
     assert.match(r.stdout, /"active": false/);
+    // The gateway act: on a free port, the key injected upstream, a call outside the rules and the key itself refused, all audited.
+    const gatewayPort = /its gateway at http:\/\/127\.0\.0\.1:(\d+)/.exec(r.stdout)?.[1];
+    assert.ok(gatewayPort && gatewayPort !== '8081', 'the demo gateway runs on a free port');
+    assert.match(r.stdout, /The API received "Authorization: Bearer tk-live-…"/);
+    assert.match(r.stdout, /"error": "access_denied",\n\s+"error_description": "no rule of upstream tickets allows POST \/tickets\/42\/comments"/);
+    assert.match(r.stdout, /POST \/credentials\/tickets-key[^\n]*\n\s+HTTP 403\n/);
+    assert.match(r.stdout, /The agent never saw the key/);
+    assert.match(r.stdout, /gateway\.call\s+allow\s+ticket-bot\s+ses_\S+\s+upstream=tickets method=GET path=\/tickets\/42 rule=read status=200/);
+    assert.match(r.stdout, /gateway\.call\s+deny\s+ticket-bot/);
+    assert.doesNotMatch(r.stdout, /tk-live-[0-9a-f]{4}/, 'no part of the key beyond its prefix is printed');
     const tmp = /SQLite and keys in (\S+?),/.exec(r.stdout)?.[1];
     assert.ok(tmp && !existsSync(tmp), 'the demo removes its temp dir');
   });

@@ -27,7 +27,11 @@ export const auditJson = (r: AuditRow): Record<string, unknown> => ({
 
 /** A short, readable digest of a row's params for the table. */
 function paramsDigest(p: Record<string, unknown>): string {
-  const keep = ['scope', 'requested_scope', 'task', 'name', 'policy', 'target', 'kid', 'requested_actor', 'revoked_count', 'by'];
+  const keep = [
+    ...['scope', 'requested_scope', 'task', 'name', 'policy', 'target', 'kid', 'requested_actor', 'revoked_count', 'by'],
+    // Gateway calls and tunnels: where to, and what came back.
+    ...['upstream', 'method', 'path', 'rule', 'status', 'host', 'port'],
+  ];
   const parts: string[] = [];
   for (const k of keep) {
     const v = p[k];

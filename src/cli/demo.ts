@@ -1,8 +1,9 @@
 /**
- * `cordon demo`: the whole story against a throw-away broker (temp SQLite, temp keys, the
- * repository's example policies) over real HTTP, in a few seconds, cleaning up after itself.
+ * `cordon demo`: the whole story against a throw-away broker and gateway (temp SQLite, temp keys,
+ * the repository's example policies plus the demo's own for the gateway act) over real HTTP, in a
+ * few seconds, cleaning up after itself.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -20,6 +21,7 @@ import { GRANT_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS } from '../tokens/claims.ts';
 import { action, leaf, type Ctx } from './context.ts';
 import { agentNames, auditJson, auditTable } from './audit.ts';
 import { CliError, printJson, style } from './output.ts';
+import { attachDemoVault, DemoApi, gatewayAct, ticketBotPolicy, type DemoScript } from './demo-gateway.ts';
 
 const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
@@ -65,7 +67,7 @@ const pickClaims = (jwt: string): Record<string, unknown> => {
 };
 
 export function registerDemo(program: Command, ctx: Ctx): void {
-  leaf(program, 'demo', 'run the whole story against a throw-away broker: sessions, delegation, refusals, cascade revocation, audit').action(
+  leaf(program, 'demo', 'run the whole story against a throw-away broker: sessions, delegation, refusals, cascade revocation, the gateway, audit').action(
     action(ctx, async ({ json }) => {
       const started = Date.now();
       const io = ctx.io;
@@ -91,9 +93,16 @@ export function registerDemo(program: Command, ctx: Ctx): void {
 
       const dir = mkdtempSync(join(tmpdir(), 'cordon-demo-'));
       let r: RunningBroker | undefined;
+      const api = new DemoApi();
       try {
         const port = await freePort();
-        const policyDir = shippedPolicies();
+        const shipped = shippedPolicies();
+        // The shipped personas, plus the gateway act's policy naming the demo's own API as an upstream.
+        await api.start();
+        const policyDir = join(dir, 'policies');
+        mkdirSync(policyDir);
+        for (const f of readdirSync(shipped)) if (/\.ya?ml$/.test(f)) copyFileSync(join(shipped, f), join(policyDir, f));
+        writeFileSync(join(policyDir, 'ticket-bot.yaml'), ticketBotPolicy(api.url));
         const config = loadConfig({
           CORDON_ISSUER: `http://127.0.0.1:${port}`,
           HOST: '127.0.0.1',
@@ -105,11 +114,14 @@ export function registerDemo(program: Command, ctx: Ctx): void {
           CORDON_LOG_LEVEL: 'silent',
         });
         const { startBroker } = await import('../runtime.ts');
-        r = await startBroker(config, { port, log: pino({ level: 'silent' }) });
+        // The gateway on a free port: the demo must not collide with a broker already serving on 8081.
+        r = await startBroker(config, { port, gatewayPort: 0, log: pino({ level: 'silent' }) });
         const b = r.b;
         const url = config.issuer;
+        const gateway = r.gateway!.url;
+        const vault = attachDemoVault(b);
         say(st.bold('Cordon demo'));
-        say(`A throw-away broker at ${url}: SQLite and keys in ${dir}, policies from ${policyDir}.`);
+        say(`A throw-away broker at ${url} and its gateway at ${gateway}: SQLite and keys in ${dir}, policies from ${shipped} (and the demo's ticket-bot).`);
         say('Every call below is real HTTP against it (RFC 6749 client credentials, RFC 8693 token exchange, RFC 7662/7009).');
 
         // 1
@@ -226,8 +238,12 @@ export function registerDemo(program: Command, ctx: Ctx): void {
         expect(dead.body?.active === false && again.status >= 400, 'the session revocation did not hold');
         record('after', { introspection: dead.body, renewal: again.body });
 
-        // 9
-        step('The audit log: every grant and every refusal, hash-chained');
+        // 9, 10
+        const script: DemoScript = { step, say, cmd, show, expect, record, out: async (s) => void (json ? undefined : await io.out(s)) };
+        await gatewayAct(script, b, { issuer: url, gateway, api, key: vault.key });
+
+        // 11
+        step('The audit log: every grant, every call and every refusal, hash-chained');
         cmd('cordon audit verify');
         const v = await verifyAudit(b.db);
         expect(v.ok, v.ok ? '' : `audit chain broken at row ${v.brokenSeq}`);
@@ -245,9 +261,10 @@ export function registerDemo(program: Command, ctx: Ctx): void {
 
         const secs = ((Date.now() - started) / 1000).toFixed(1);
         say(`\nDone in ${secs}s. The temporary broker and its files are removed.`);
-        if (json) await printJson(io, { ok: true, issuer: url, steps });
+        if (json) await printJson(io, { ok: true, issuer: url, gateway, steps });
       } finally {
         await r?.stop().catch(() => {});
+        await api.stop().catch(() => {});
         rmSync(dir, { recursive: true, force: true });
       }
     }),

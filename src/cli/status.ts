@@ -1,7 +1,8 @@
 /**
  * `cordon status`: what is alive right now (sessions, tokens, backend credentials per session,
- * STS credentials revoked but still valid at AWS until they expire), the invariant check: no
- * session or token may live longer than its policy allows, and private files left too open.
+ * STS credentials revoked but still valid at AWS until they expire), gateway traffic and what the
+ * gateway has open, the invariant check: no session or token may live longer than its policy
+ * allows, and private files left too open.
  */
 import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -15,6 +16,7 @@ import { sqliteFiles } from '../store/db.ts';
 import { keyFiles, listKeys } from '../keys/keyring.ts';
 import { auditRows } from '../store/audit.ts';
 import { action, leaf, withBroker, type Ctx } from './context.ts';
+import { gatewayStatus, gatewayStatusJson, printGatewayStatus } from './status-gateway.ts';
 import { fmtDuration, fmtTime, fmtWhen, iso, kv, printJson, style, table } from './output.ts';
 
 type CredRow = CredentialRow;
@@ -79,23 +81,24 @@ async function overCap(b: Broker): Promise<{ found: OverCap[]; unchecked: string
 }
 
 export function registerStatus(program: Command, ctx: Ctx): void {
-  leaf(program, 'status', 'live sessions, tokens and backend credentials, and the lifetime invariant check').action(
+  leaf(program, 'status', 'live sessions, tokens and backend credentials, gateway traffic, and the lifetime invariant check').action(
     action(ctx, async ({ json }) => {
       const r = await withBroker(ctx, async (b) => {
         const now = b.clock.now();
-        const [all, liveS, liveT, keys, head] = await Promise.all([
+        const [all, liveS, liveT, keys, head, gateway] = await Promise.all([
           agents.list(b.db),
           sessions.countLive(b.db, now),
           tokens.countLive(b.db, now),
           listKeys(b.db),
           auditRows.head(b.db),
+          gatewayStatus(b, now),
         ]);
         const alive = await credentials.unexpired(b.db, now, 'live');
         const revokedAlive = await credentials.unexpired(b.db, now, 'revocation_unenforced');
         const failedAlive = await credentials.unexpired(b.db, now, 'revoke_failed');
         const caps = await overCap(b);
         const loose = looseFiles([...sqliteFiles(b.config.databaseUrl), ...keyFiles(resolve(b.config.keyDir))]);
-        return { now, all, liveS, liveT, keys, head, alive, revokedAlive, failedAlive, caps, loose, issuer: b.config.issuer };
+        return { now, all, liveS, liveT, keys, head, gateway, alive, revokedAlive, failedAlive, caps, loose, issuer: b.config.issuer };
       });
       const names = new Map(r.all.map((a) => [a.id, a.name]));
       const nameOf = (id: string) => names.get(id) ?? id;
@@ -128,6 +131,7 @@ export function registerStatus(program: Command, ctx: Ctx): void {
           live_credentials: [...bySid].map(([sid, cs]) => ({ sid, credentials: cs.map(credJson) })),
           revoked_sts_still_valid: r.revokedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
           revoke_failed_still_valid: r.failedAlive.map((c) => ({ sid: c.sid, ...credJson(c) })),
+          gateway: gatewayStatusJson(r.gateway),
           over_cap: r.caps.found.map((o) => ({
             kind: o.kind,
             id: o.id,
@@ -193,6 +197,8 @@ export function registerStatus(program: Command, ctx: Ctx): void {
           ),
         );
       }
+
+      await printGatewayStatus(io, st, r.gateway);
 
       await io.out(`\n${st.bold('Lifetime caps')}\n`);
       if (!r.caps.found.length) await io.out(`  ${st.green('ok')}: no session outlives its policy's session_ttl, no token its holder's token_ttl\n`);

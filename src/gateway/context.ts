@@ -1,6 +1,7 @@
-/** What every step of the gateway shares: the broker, the token cache, held secrets, open calls, the audit writer, the limits, the upstream pool. */
+/** What every step of the gateway shares: the broker, the token cache, held secrets, open calls, the audit writer, the limits, the upstream pool, the metrics hook. */
 import type { Dispatcher } from 'undici';
 import type { Broker } from '../broker.ts';
+import type { GatewayCallObservation } from '../observability/gateway-metrics.ts';
 import type { LiveTokenCache } from '../tokens/live-cache.ts';
 import type { CallAudit } from './call-audit.ts';
 import type { GatewayLimits } from './limits.ts';
@@ -18,4 +19,6 @@ export interface GatewayContext {
   dispatcher: Dispatcher;
   /** The gateway's public base URL (DPoP `htu`, metadata). */
   url: string;
+  /** Told once about every call, allowed or refused (metrics); a no-op when the broker has none. */
+  observe(o: GatewayCallObservation): void;
 }

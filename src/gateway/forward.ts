@@ -59,6 +59,8 @@ export interface ForwardResult {
   status: number;
   bytesIn: number;
   bytesOut: number;
+  /** From sending the call until the upstream's response headers. */
+  upstreamSeconds: number;
 }
 
 /** Thrown before anything was relayed: the front door answers it. After the reply has begun, the connection is cut instead. */
@@ -106,6 +108,7 @@ export async function forward(req: ForwardRequest, res: ServerResponse): Promise
     }
   }
   let answer: Awaited<ReturnType<typeof request>>;
+  const sent = performance.now();
   try {
     answer = await request(req.url, {
       method: req.method as 'GET',
@@ -120,6 +123,7 @@ export async function forward(req: ForwardRequest, res: ServerResponse): Promise
     const cause = (e as { cause?: unknown }).cause;
     throw upstreamFailure(cause instanceof CordonError ? cause : e, req.signal);
   }
+  const upstreamSeconds = (performance.now() - sent) / 1000;
   res.writeHead(answer.statusCode, relayHeaders(answer.headers));
   res.flushHeaders();
   const out = { n: 0 };
@@ -135,5 +139,5 @@ export async function forward(req: ForwardRequest, res: ServerResponse): Promise
     // The reply has begun: all that can be done is to cut it, so the caller sees a truncated body, not a complete-looking one.
     res.destroy();
   }
-  return { status: answer.statusCode, bytesIn: sentIn.n, bytesOut: out.n };
+  return { status: answer.statusCode, bytesIn: sentIn.n, bytesOut: out.n, upstreamSeconds };
 }

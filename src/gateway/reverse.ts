@@ -55,6 +55,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
   const facts: CallFacts = { upstream: name.slice(0, 64), method, path: (slash < 0 ? '/' : rest.slice(slash).split('?')[0]).slice(0, 512) };
   let untrack: (() => void) | undefined;
   let p: GatewayPrincipal | undefined;
+  let forwardedAt: number | undefined;
   const abort = new AbortController();
   try {
     if (!NAME.test(name))
@@ -80,6 +81,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     const url = upstreamUrl(call.upstream.url, path);
     const headers = await inject(g, p, call, { method, url, headers: forwardableHeaders(req.headers), body }, attempt, facts);
     untrack = g.open.track(p, 'call', name, () => abort.abort());
+    forwardedAt = performance.now();
     const r = await forward(
       {
         url,
@@ -95,6 +97,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     );
     Object.assign(facts, { status: r.status, bytes_in: r.bytesIn, bytes_out: r.bytesOut, duration_ms: Math.round(performance.now() - started) });
     g.audit.call('gateway.call', attempt, 'allow', { ...facts });
+    g.observe({ upstream: name, decision: 'allow', status: r.status, upstreamSeconds: r.upstreamSeconds });
   } catch (err) {
     const e = asCordonError(err);
     if (e.code === 'server_error') g.b.log.error({ err: (err as Error)?.message, upstream: facts.upstream }, 'gateway call failed');
@@ -102,6 +105,8 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
     // An upstream that failed an allowed call is not a refusal of the caller.
     const refused = !(e instanceof UpstreamError);
     g.audit.call('gateway.call', attempt, refused ? 'deny' : 'allow', { ...facts }, e);
+    const upstreamSeconds = !refused && forwardedAt !== undefined ? (performance.now() - forwardedAt) / 1000 : undefined;
+    g.observe({ upstream: name, decision: refused ? 'deny' : 'allow', status: e.status, reason: e.reason, upstreamSeconds });
     // A burst of refusals may revoke the session: done before answering, so the agent's next call already meets it.
     if (refused && p) await g.limits.denied(p, e, facts.upstream);
     // An unread request body would be taken for the next request on this connection.

@@ -5,7 +5,8 @@
  *   /u/{upstream}/…   reverse mode (reverse.ts)
  *   CONNECT, absolute-URI requests   the forward proxy (egress.ts)
  *   /upstreams        what the caller's token may call (discovery.ts)
- *   /healthz          liveness of the gateway itself
+ *   /healthz          liveness of the gateway itself, and what it has open (ops.ts)
+ *   /metrics          only when serving alone (ops.ts); beside the broker, its /metrics has the gateway's too
  *   anything else     404 JSON; protocol upgrades are refused (nothing here speaks them)
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -14,11 +15,14 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { answerClientError } from '../http/server.ts';
 import { LiveTokenCache } from '../tokens/live-cache.ts';
+import { gatewayMetricsFor } from '../observability/gateway-metrics.ts';
+import { metricsFor } from '../observability/metrics.ts';
 import { CallAudit } from './call-audit.ts';
 import type { GatewayContext } from './context.ts';
 import { upstreamPool } from './forward.ts';
 import { GatewayLimits } from './limits.ts';
 import { OpenCalls } from './open-calls.ts';
+import { opsRoutes } from './ops.ts';
 import { refusalReply, reply } from './replies.ts';
 import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
 import { GatewaySecrets } from './secrets.ts';
@@ -33,8 +37,14 @@ export interface RunningGateway {
   close(): Promise<void>;
 }
 
-/** Starts the gateway on `port` (0 picks one) beside, or without, the broker's HTTP server. */
-export async function startGateway(b: Broker, opts: { port: number; host?: string; url?: string }): Promise<RunningGateway> {
+/**
+ * Starts the gateway on `port` (0 picks one) beside, or without, the broker's HTTP server. Its
+ * metrics go on the broker's registry when there is one; `serveMetrics` (the gateway alone) makes
+ * one and serves it at `/metrics`.
+ */
+export async function startGateway(b: Broker, opts: { port: number; host?: string; url?: string; serveMetrics?: boolean }): Promise<RunningGateway> {
+  if (opts.serveMetrics) metricsFor(b, { defaultMetrics: true });
+  const metrics = b.metrics ? gatewayMetricsFor(b, b.metrics) : undefined;
   const tokens = new LiveTokenCache(b);
   await tokens.start();
   const g: GatewayContext = {
@@ -46,13 +56,16 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
     limits: new GatewayLimits(b),
     dispatcher: upstreamPool(),
     url: opts.url ?? b.config.gatewayUrl,
+    observe: metrics ? (o) => metrics.record(o) : () => {},
   };
+  const stopCounting = metrics?.addSource(() => g.open.counts());
+  const ops = opsRoutes(g, { serveMetrics: opts.serveMetrics === true });
   tokens.onRevoked((r) => {
     g.secrets.drop(r);
     g.open.close(r);
     g.limits.forget(r);
   });
-  const server = createServer((req, res) => void route(g, req, res));
+  const server = createServer((req, res) => void route(g, ops, req, res));
   server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleConnect(egressDeps(g, req), req, socket, head));
   server.on('upgrade', (req: IncomingMessage, socket: Duplex) =>
     refuseOnSocket(socket, new CordonError('invalid_request', 'protocol upgrades are not allowed through the gateway', { reason: 'upgrade_refused' })),
@@ -82,22 +95,19 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
         server.close(() => resolve());
       });
       await g.limits.idle();
+      stopCounting?.();
       await tokens.stop();
       await g.dispatcher.close();
     },
   };
 }
 
-async function route(g: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function route(g: GatewayContext, ops: ReturnType<typeof opsRoutes>, req: IncomingMessage, res: ServerResponse): Promise<void> {
   try {
     const url = req.url ?? '';
     if (url.startsWith(REVERSE_PREFIX)) return await handleReverse(g, req, res);
     if (url === DISCOVERY_PATH && req.method === 'GET') return await handleDiscovery(g, req, res);
-    if (url === '/healthz') {
-      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-      res.end(JSON.stringify({ ok: true }));
-      return;
-    }
+    if (await ops(req, res)) return;
     if (!url.startsWith('/')) return await handleAbsoluteUri(egressDeps(g, req), req, res);
     throw new CordonError('not_found', 'not found: call upstreams at /u/{upstream}/{path}', { reason: 'route_unknown' });
   } catch (e) {

@@ -23,20 +23,9 @@ export function mountMetrics(app: Express, b: Broker, opts: { defaultMetrics?: b
     });
     next();
   });
-  const wanted = b.config.metricsToken === undefined ? undefined : digest(b.config.metricsToken);
+  const allowed = metricsReader(b);
   app.get('/metrics', (req, res, next) => {
-    if (wanted && !bearerMatches(req.headers.authorization, wanted)) {
-      return void refuse(
-        b,
-        req,
-        res,
-        new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', {
-          status: 401,
-          reason: 'metrics_token',
-        }),
-        'metrics',
-      );
-    }
+    if (!allowed(req.headers.authorization)) return void refuse(b, req, res, metricsTokenRefusal(), 'metrics');
     m.registry
       .metrics()
       .then((text) => {
@@ -46,6 +35,18 @@ export function mountMetrics(app: Express, b: Broker, opts: { defaultMetrics?: b
       .catch(next);
   });
 }
+
+/**
+ * Who may read metrics (the broker's `/metrics`, and the gateway's when it serves alone): anyone
+ * when CORDON_METRICS_TOKEN is unset, otherwise only `Authorization: Bearer` with its value.
+ */
+export function metricsReader(b: Broker): (authorization: string | undefined) => boolean {
+  const wanted = b.config.metricsToken === undefined ? undefined : digest(b.config.metricsToken);
+  return (authorization) => !wanted || bearerMatches(authorization, wanted);
+}
+
+export const metricsTokenRefusal = (): CordonError =>
+  new CordonError('invalid_token', 'GET /metrics wants Authorization: Bearer with the CORDON_METRICS_TOKEN value', { status: 401, reason: 'metrics_token' });
 
 const digest = (v: string): Buffer => createHash('sha256').update(v).digest();
 

@@ -84,4 +84,53 @@ export const auditRows = {
   async bySession(q: Q, sid: string): Promise<AuditRow[]> {
     return (await q('audit').where({ sid }).orderBy('seq')).map(fromRow);
   },
+  /**
+   * Gateway traffic since `since` (ms), by decision: `gateway.call` rows counted per upstream,
+   * `egress.connect` rows per host, and `deny` rows (refusals naming no known agent: no token, a
+   * forged one) per what they attempted. Rows are appended in time order, so the window's first
+   * row is found by a binary search on `seq` (the primary key), not by scanning the log for `at`.
+   */
+  async gatewayTraffic(
+    q: Q,
+    since: number,
+  ): Promise<Array<{ event: 'gateway.call' | 'egress.connect' | 'deny'; name: string; decision: Decision; count: number }>> {
+    const from = await firstSeqAtOrAfter(q, since);
+    if (from === undefined) return [];
+    // A row edited into invalid JSON (audit verify names it) must not stop the count on SQLite; PostgreSQL's cast refuses it.
+    const field = (key: string): string =>
+      isPostgres(q) ? `(params::jsonb ->> '${key}')` : `(CASE WHEN json_valid(params) THEN json_extract(params, '$.${key}') END)`;
+    const name = `CASE event WHEN 'gateway.call' THEN ${field('upstream')} WHEN 'egress.connect' THEN ${field('host')} ELSE ${field('attempted')} END`;
+    const rows = await q('audit')
+      .select('event', 'decision', q.raw(`${name} AS name`), q.raw('COUNT(*) AS n'))
+      .where('seq', '>=', from)
+      .andWhere('at', '>=', since)
+      .whereIn('event', ['gateway.call', 'egress.connect', 'deny'])
+      .groupByRaw(`event, decision, ${name}`);
+    return rows.map((r: Record<string, unknown>) => ({
+      event: r.event as 'gateway.call' | 'egress.connect' | 'deny',
+      name: String(r.name ?? '?'),
+      decision: r.decision as Decision,
+      count: num(r.n),
+    }));
+  },
 };
+
+/** The lowest seq whose row is at or after `at` (rows are appended in time order), or undefined when none is. */
+async function firstSeqAtOrAfter(q: Q, at: number): Promise<number | undefined> {
+  const bounds = await q('audit').min('seq as lo').max('seq as hi').first();
+  let lo = num(bounds?.lo);
+  let hi = num(bounds?.hi);
+  if (!hi) return undefined;
+  const atOf = async (seq: number): Promise<{ seq: number; at: number }> => {
+    const r = await q('audit').select('seq', 'at').where('seq', '>=', seq).orderBy('seq').first();
+    return { seq: num(r.seq), at: num(r.at) };
+  };
+  if ((await atOf(hi)).at < at) return undefined;
+  while (lo < hi) {
+    const mid = Math.floor((lo + hi) / 2);
+    const r = await atOf(mid);
+    if (r.at >= at) hi = Math.min(mid, r.seq);
+    else lo = r.seq + 1;
+  }
+  return lo;
+}
