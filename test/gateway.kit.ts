@@ -92,6 +92,23 @@ scopes: [gw:tickets/read, gw:tickets/comment]
   };
 }
 
+/** The Vault double holding the tickets API key, and the broker settings that log in to it. */
+export async function ticketsVault(): Promise<{ vault: VaultDouble; env: Record<string, string> }> {
+  const vault = new VaultDouble('root-token');
+  await vault.start();
+  vault.setPolicyPaths('broker', [
+    { path: 'auth/token/create', capabilities: ['update'] },
+    { path: 'auth/token/revoke-accessor', capabilities: ['update'] },
+    { path: 'auth/token/lookup-self', capabilities: ['read'] },
+    { path: 'auth/token/renew-self', capabilities: ['update'] },
+    { path: 'sys/leases/revoke', capabilities: ['update'] },
+    { path: 'secret/data/tickets/*', capabilities: ['read'] },
+  ]);
+  vault.putKv('tickets/api', { api_key: TICKETS_KEY });
+  const token = vault.mintToken({ policies: ['broker'], addDefault: false, displayName: 'cordon-broker' }).token;
+  return { vault, env: { VAULT_ADDR: vault.url, VAULT_TOKEN: token, VAULT_TIMEOUT_MS: '2000' } };
+}
+
 export interface GatewayFixture {
   tb: TestBroker;
   vault: VaultDouble;
@@ -110,24 +127,13 @@ export async function gatewayFixture(
 ): Promise<GatewayFixture> {
   const upstream = new RecordingUpstream();
   await upstream.start();
-  const vault = new VaultDouble('root-token');
-  await vault.start();
-  vault.setPolicyPaths('broker', [
-    { path: 'auth/token/create', capabilities: ['update'] },
-    { path: 'auth/token/revoke-accessor', capabilities: ['update'] },
-    { path: 'auth/token/lookup-self', capabilities: ['read'] },
-    { path: 'auth/token/renew-self', capabilities: ['update'] },
-    { path: 'sys/leases/revoke', capabilities: ['update'] },
-    { path: 'secret/data/tickets/*', capabilities: ['read'] },
-  ]);
-  vault.putKv('tickets/api', { api_key: TICKETS_KEY });
-  const brokerVaultToken = vault.mintToken({ policies: ['broker'], addDefault: false, displayName: 'cordon-broker' }).token;
+  const { vault, env: vaultEnv } = await ticketsVault();
   // A database of its own: the shared one holds other runs' signing keys, whose private halves this broker lacks.
   const pg = opts.pg ? await freshPgDatabase() : undefined;
   const tb = await startTestBroker({
     policyDir: policyDir({ ...gatewayPolicies(upstream.url), ...opts.policies?.(upstream.url) }),
     ...(pg ? { databaseUrl: pg.url } : {}),
-    env: { VAULT_ADDR: vault.url, VAULT_TOKEN: brokerVaultToken, VAULT_TIMEOUT_MS: '2000', ...opts.env },
+    env: { ...vaultEnv, ...opts.env },
     ext: { routes: [credentialsRoute] },
   });
   vault.now = () => tb.clock.now();

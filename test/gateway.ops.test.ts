@@ -8,7 +8,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { gatewayFixture, gatewayPolicies, RecordingUpstream, type GatewayFixture } from './gateway.kit.ts';
+import { gatewayFixture, gatewayPolicies, RecordingUpstream, ticketsVault, type GatewayFixture } from './gateway.kit.ts';
+import type { VaultDouble } from './doubles/vault.ts';
 import { auditHead, auditSince, mustSession, policyDir } from './delegation.kit.ts';
 import { basic, postForm, startTestBroker } from './helpers/broker.ts';
 import { freshPgDatabase } from './helpers/pg.ts';
@@ -85,8 +86,11 @@ describe('gateway metrics', function () {
   const upstream = new RecordingUpstream();
   let dir: string;
   let config: Config;
+  let vault: VaultDouble;
   before(async () => {
     await upstream.start();
+    const tv = await ticketsVault();
+    vault = tv.vault;
     dir = mkdtempSync(join(tmpdir(), 'cordon-gwops-'));
     config = loadConfig({
       CORDON_ISSUER: 'http://127.0.0.1:9',
@@ -96,9 +100,11 @@ describe('gateway metrics', function () {
       CORDON_AUDIT_DIR: join(dir, 'audit'),
       CORDON_LOG_LEVEL: 'silent',
       CORDON_METRICS_TOKEN: METRICS_TOKEN,
+      ...tv.env,
     });
   });
   after(async () => {
+    await vault.stop();
     await upstream.stop();
     rmSync(dir, { recursive: true, force: true });
   });

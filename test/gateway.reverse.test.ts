@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
 import { gatewayFixture, TICKETS_KEY, type GatewayFixture } from './gateway.kit.ts';
-import { auditHead, auditSince, claimsOf, mustDelegate, mustSession } from './delegation.kit.ts';
+import { createHash } from 'node:crypto';
+import { auditHead, auditSince, claimsOf, dpopKey, dpopProof, mustDelegate, mustSession, session } from './delegation.kit.ts';
 import { verifyAudit } from '../src/audit/verify.ts';
 import { revokeSession } from '../src/revocation/revoke.ts';
 import { main } from '../src/cli/main.ts';
@@ -221,6 +222,25 @@ for (const db of ['sqlite', 'postgres'] as const) {
       } finally {
         f.upstream.answer = saved;
       }
+    });
+
+    it('a DPoP-bound token needs Authorization: DPoP and a proof over the gateway URL of the call (a bad proof is 401)', async () => {
+      const k = await dpopKey();
+      const iat = () => Math.floor(f.tb.clock.now() / 1000);
+      const t = await session(f.tb, f.owner, 'gw:tickets', {}, { dpop: await dpopProof(k, 'POST', `${f.tb.url}/token`, { iat: iat() }) });
+      assert.equal(t.status, 200, JSON.stringify(t.body));
+      const tok: string = t.body.access_token;
+      const htu = `${f.gw.url}/u/tickets/tickets/5`;
+      const ath = createHash('sha256').update(tok).digest('base64url');
+      assert.equal((await f.call('/u/tickets/tickets/5', { token: tok })).status, 401, 'a bound token presented as Bearer');
+      const ok = await f.call('/u/tickets/tickets/5', { headers: { authorization: `DPoP ${tok}`, dpop: await dpopProof(k, 'GET', htu, { iat: iat(), ath }) } });
+      assert.equal(ok.status, 200, ok.text);
+      const other = await f.call('/u/tickets/tickets/5', {
+        headers: { authorization: `DPoP ${tok}`, dpop: await dpopProof(k, 'GET', `${f.gw.url}/u/tickets/tickets/6`, { iat: iat(), ath }) },
+      });
+      assert.equal(other.status, 401);
+      assert.equal(other.body.error, 'invalid_dpop_proof');
+      assert.match(other.headers.get('www-authenticate') ?? '', /^DPoP .*error="invalid_dpop_proof"/);
     });
 
     it('leaves an audit chain that verifies', async () => {

@@ -51,12 +51,19 @@ export async function authenticateCall(g: GatewayContext, req: IncomingMessage, 
   }
   if (given.scheme !== 'DPoP')
     throw new CordonError('invalid_token', 'token is DPoP-bound: present it as Authorization: DPoP with a DPoP proof', { reason: 'dpop_scheme' });
-  await requireDpopForToken(g.b, {
-    claims: { cnf: { jkt: p.view.cnfJkt } },
-    proof: req.headers.dpop,
-    method: req.method ?? 'GET',
-    url: `${g.url}${path}`,
-    accessToken: given.token,
-  });
+  // A bad proof at a protected resource is a 401 (RFC 9449 §7.1), as at /credentials.
+  try {
+    await requireDpopForToken(g.b, {
+      claims: { cnf: { jkt: p.view.cnfJkt } },
+      proof: req.headers.dpop,
+      method: req.method ?? 'GET',
+      url: `${g.url}${path}`,
+      accessToken: given.token,
+    });
+  } catch (e) {
+    if (e instanceof CordonError && e.code === 'invalid_dpop_proof')
+      throw new CordonError('invalid_dpop_proof', e.description, { reason: e.reason, status: 401 });
+    throw e;
+  }
   return p;
 }

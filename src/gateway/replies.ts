@@ -16,7 +16,9 @@ export function refusalReply(e: CordonError): { status: number; headers: Record<
   const headers: Record<string, string> = { 'content-type': 'application/json', 'cache-control': 'no-store' };
   // DESIGN: a call no rule or scope allows is access_denied; the challenge still says which scope (RFC 6750 §3.1).
   const code = e.code === 'insufficient_scope' ? 'access_denied' : e.code;
-  if (e.status === 401) {
+  if (e.code === 'invalid_dpop_proof') {
+    headers['www-authenticate'] = `DPoP realm="cordon", error="invalid_dpop_proof", error_description=${quoted(e.description)}`;
+  } else if (e.status === 401) {
     headers['www-authenticate'] =
       e.reason === 'token_missing' ? 'Bearer realm="cordon"' : `Bearer realm="cordon", error="invalid_token", error_description=${quoted(e.description)}`;
   } else if (e.code === 'insufficient_scope') {
