@@ -6,7 +6,7 @@
  * (revocation, middleware) open the same database. Prints a table and writes bench/results.json.
  *
  *   npm run bench                              all scenarios
- *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials)
+ *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials, gateway)
  *   npm run bench -- --duration=5 --connections=20
  *   npm run bench -- --profile[=session]       CPU-profile the broker during one HTTP scenario and summarise where the time goes
  *   npm run bench -- --server=core               serve the broker core only (no request logging, metrics, credentials, sweeper)
@@ -33,6 +33,7 @@ import {
 } from './lib/extras.ts';
 import { summarise, printSummary } from './lib/profile.ts';
 import { sessionStartBreakdown, printBreakdown, sqlPerDecision } from './lib/breakdown.ts';
+import { gatewayScenarios, hasGateway, printGateway, type GatewayBench } from './lib/gateway.ts';
 
 // ------------------------------------------------------------------------- options
 
@@ -47,7 +48,7 @@ const CONNECTIONS = Number(arg('connections') || 20);
 const SERVER = arg('server') || 'cli';
 if (SERVER !== 'cli' && SERVER !== 'core') throw new Error('--server must be cli or core');
 const PROFILE = arg('profile') === undefined ? undefined : arg('profile') || 'session';
-const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials'];
+const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials', 'gateway'];
 const ONLY = new Set(PROFILE ? [PROFILE] : (arg('only')?.split(',') ?? ALL));
 for (const o of ONLY) if (!ALL.includes(o)) throw new Error(`unknown scenario ${o} (known: ${ALL.join(', ')})`);
 
@@ -76,6 +77,7 @@ const results: {
   revocation: Array<RevokeResult & { target: string; met: boolean }>;
   middleware?: MiddlewareBench & { target: string; met?: boolean };
   credentials?: Record<string, unknown>;
+  gateway?: GatewayBench;
   skipped: Array<{ id: string; why: string }>;
   sqlPerDecision?: Record<string, { count: number; statements: string[] }>;
   profile?: unknown;
@@ -518,6 +520,7 @@ function printTable(): void {
   for (const r of results.revocation)
     console.log(`  ${r.name}: ${r.revokeMs.toFixed(0)} ms wall (${r.revokedTokens} tokens revoked; setup ${r.setupMs.toFixed(0)} ms)`);
   for (const s of results.skipped) console.log(`  skipped ${s.id}: ${s.why}`);
+  if (results.gateway) printGateway(results.gateway);
 }
 
 // ------------------------------------------------------------------------- main
@@ -612,7 +615,18 @@ async function main(): Promise<void> {
       }
     }
 
-    if (PROFILE) {
+    // The gateway runs its own broker process (policies with an upstream, the Vault double behind it) and profiles itself.
+    if (ONLY.has('gateway')) {
+      if (!hasGateway()) skip('gateway', 'src/gateway/server.ts does not exist yet');
+      else
+        try {
+          results.gateway = await gatewayScenarios(be, { measure, connections: CONNECTIONS, durationSec: DURATION, profileDir: join(be.dir, 'gateway-prof') });
+        } catch (e) {
+          skip('gateway', `failed: ${(e as Error).message}`);
+        }
+    }
+
+    if (PROFILE && PROFILE !== 'gateway') {
       const files = readdirSync(profDir).filter((x) => x.endsWith('.cpuprofile'));
       if (!files.length) throw new Error('the broker wrote no CPU profile');
       const out = join(ROOT, 'bench', 'profiles');

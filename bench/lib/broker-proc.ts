@@ -58,6 +58,8 @@ export async function prepare(): Promise<BenchEnv> {
   const dir = mkdtempSync(join(tmpdir(), 'cordon-bench-'));
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}`;
+  // `cordon serve` starts the gateway too: on a free port, not the default 8081 another run may hold.
+  const gatewayPort = await freePort();
   const env: Record<string, string> = {
     CORDON_ISSUER: issuer,
     HOST: '127.0.0.1',
@@ -67,6 +69,8 @@ export async function prepare(): Promise<BenchEnv> {
     CORDON_KEY_DIR: join(dir, 'keys'),
     CORDON_AUDIT_DIR: join(dir, 'audit'),
     CORDON_LOG_LEVEL: 'silent',
+    CORDON_GATEWAY_PORT: String(gatewayPort),
+    CORDON_GATEWAY_URL: `http://127.0.0.1:${gatewayPort}`,
   };
   const b = await openLocal(env);
   try {

@@ -22,8 +22,12 @@ export interface LoadSpec {
   url: string;
   headers: Record<string, string>;
   body: string;
+  /** Default POST. */
+  method?: 'GET' | 'POST';
   connections?: number;
   durationSec?: number;
+  /** Fixed offered load (autocannon `overallRate`, requests/s over all connections); default as fast as answered. */
+  rate?: number;
 }
 
 const pct = (sorted: Float64Array, p: number): number => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] : NaN);
@@ -42,11 +46,12 @@ export async function load(spec: LoadSpec): Promise<LoadResult> {
     const inst = autocannon(
       {
         url: spec.url,
-        method: 'POST',
+        method: spec.method ?? 'POST',
         headers: spec.headers,
-        body: spec.body,
+        body: spec.method === 'GET' ? undefined : spec.body,
         connections,
         duration: durationSec,
+        ...(spec.rate ? { overallRate: spec.rate } : {}),
         timeout: 10,
         requests: [
           {
@@ -83,5 +88,13 @@ export async function load(spec: LoadSpec): Promise<LoadResult> {
 
 /** A short untimed run so the JIT, the SQLite page cache and keep-alive sockets are warm. */
 export async function warm(spec: LoadSpec, seconds = 1): Promise<void> {
-  await autocannon({ url: spec.url, method: 'POST', headers: spec.headers, body: spec.body, connections: spec.connections ?? 20, duration: seconds });
+  await autocannon({
+    url: spec.url,
+    method: spec.method ?? 'POST',
+    headers: spec.headers,
+    body: spec.method === 'GET' ? undefined : spec.body,
+    connections: spec.connections ?? 20,
+    duration: seconds,
+    ...(spec.rate ? { overallRate: spec.rate } : {}),
+  });
 }

@@ -39,11 +39,13 @@ const CATEGORIES: Array<[string, RegExp]> = [
     /node_modules\/(pino|sonic-boom|thread-stream|fast-redact|quick-format-unescaped|atomic-sleep|on-exit-leak-free|safe-stable-stringify|pino-std-serializers|real-require)\//,
   ],
   ['tsx loader', /node_modules\/(tsx|esbuild|get-tsconfig)\//],
+  ['undici (gateway upstream client)', /node_modules\/undici\//],
   ['other node_modules', /node_modules\//],
   ['cordon: audit chain', /\/src\/(audit\/|store\/audit\.ts)/],
   ['cordon: store', /\/src\/store\//],
   ['cordon: tokens + policy', /\/src\/(tokens|policy|keys)\//],
   ['cordon: http glue', /\/src\/http\//],
+  ['cordon: gateway', /\/src\/gateway\//],
   ['cordon: other', /\/src\//],
   [
     'node: http/net/streams',
@@ -88,6 +90,13 @@ const STEPS = [
   'authenticateClient',
   'delegate',
   'requireActiveToken',
+  'handleReverse',
+  'authenticateCall',
+  'principalOfToken',
+  'authoriseCall',
+  'injectTemplate',
+  'forward',
+  'forwardableHeaders',
 ];
 
 /**
