@@ -52,12 +52,17 @@ const WHY: Record<string, string> = {
   agent_inactive: 'an agent in the chain of this token is disabled or revoked',
 };
 
+const SWEEP_MS = 10_000;
+
 export class LiveTokenCache {
   readonly #b: Broker;
   readonly #pollMs: number;
   readonly #staleMs: number;
   readonly #entries = new Map<string, Entry>();
   readonly #bySid = new Map<string, Set<string>>();
+  /** Token strings already verified against their record, to their jti: the same string needs no second signature check. */
+  readonly #byJwt = new Map<string, string>();
+  #sweptAt = 0;
   readonly #listeners: Array<(r: Revoked) => void> = [];
   #cursor = -1;
   /** performance.now() of the last poll that succeeded (an operational timer, not the decision clock). */
@@ -121,6 +126,7 @@ export class LiveTokenCache {
           this.#cursor = rows[rows.length - 1].seq;
         }
         this.#polledAt = started;
+        if (started - this.#sweptAt > SWEEP_MS) this.#sweep(started);
         if (rows.length < 1000) return;
       }
     } catch (e) {
@@ -145,13 +151,34 @@ export class LiveTokenCache {
     }
   }
 
+  /** Drops tokens past their end, so memory holds live tokens only. */
+  #sweep(at: number): void {
+    this.#sweptAt = at;
+    const now = this.#b.clock.now();
+    for (const [jti, e] of this.#entries) if (!stateOf(e.live.view, now).active) this.#forget(jti);
+  }
+
   #forget(jti: string): void {
     const e = this.#entries.get(jti);
     if (!e) return;
     this.#entries.delete(jti);
+    if (e.jwt !== undefined) this.#byJwt.delete(e.jwt);
     const set = this.#bySid.get(e.live.view.sid);
     set?.delete(jti);
     if (set && !set.size) this.#bySid.delete(e.live.view.sid);
+  }
+
+  /**
+   * A token string this cache has verified before and still holds live: its record, with no
+   * second signature check (the string is byte for byte the one verified). Undefined otherwise,
+   * and the caller takes the full path, which names the reason for a refusal.
+   */
+  known(jwt: string): LiveToken | undefined {
+    if (!this.current) return undefined;
+    const jti = this.#byJwt.get(jwt);
+    const e = jti === undefined ? undefined : this.#entries.get(jti);
+    if (!e || e.jwt !== jwt) return undefined;
+    return stateOf(e.live.view, this.#b.clock.now()).active ? e.live : undefined;
   }
 
   /**
@@ -172,7 +199,10 @@ export class LiveTokenCache {
     const view = await requireActiveRecord(this.#b, presented ?? (await this.#recordOf(jti)), 'invalid_token');
     const live = await this.#build(view);
     if (this.current && stateOf(view, this.#b.clock.now()).active) {
+      const old = this.#entries.get(jti);
+      if (old?.jwt !== undefined) this.#byJwt.delete(old.jwt);
       this.#entries.set(jti, { live, jwt });
+      if (jwt !== undefined) this.#byJwt.set(jwt, jti);
       let set = this.#bySid.get(view.sid);
       if (!set) this.#bySid.set(view.sid, (set = new Set()));
       set.add(jti);
