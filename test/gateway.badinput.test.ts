@@ -117,14 +117,14 @@ describe('gateway: bad input', function () {
       const reader = r.body!.getReader();
       for (let c = await reader.read(); !c.done; c = await reader.read()) n += c.value.length;
       assert.equal(n, size);
-      await f.tb.b.issuance.idle();
+      await f.gw.context.audit.idle();
       const row = (await auditSince(f.tb.b, head)).find((x) => x.event === 'gateway.call')!;
       assert.equal(row.params.bytes_out, size);
     } finally {
       f.upstream.answer = saved;
     }
     assert.equal((await f.call('/u/tickets/tickets/1', { token: tok })).status, 200);
-    await f.tb.b.issuance.idle();
+    await f.gw.context.audit.idle();
     assert.equal((await verifyAudit(f.tb.b.db)).ok, true);
   });
 });

@@ -12,6 +12,7 @@ import { policyDir, register, type Agent } from './delegation.kit.ts';
 import { credentialsRoute } from '../src/http/credentials.ts';
 import { startBackendCredentials } from '../src/credentials/sweep.ts';
 import { startGateway, type RunningGateway } from '../src/gateway/server.ts';
+import type { Lookup } from '../src/gateway/egress-rules.ts';
 
 export const TICKETS_KEY = 'tk-LIVE-9f8e7d6c5b4a';
 
@@ -123,7 +124,7 @@ export interface GatewayFixture {
 
 /** `policies` adds policy files (given the recording upstream's URL); `env` adds broker configuration (e.g. CORDON_ALERT_WEBHOOK). */
 export async function gatewayFixture(
-  opts: { pg?: boolean; policies?: (upstreamUrl: string) => Record<string, string>; env?: Record<string, string> } = {},
+  opts: { pg?: boolean; policies?: (upstreamUrl: string) => Record<string, string>; env?: Record<string, string>; lookup?: Lookup } = {},
 ): Promise<GatewayFixture> {
   const upstream = new RecordingUpstream();
   await upstream.start();
@@ -138,7 +139,7 @@ export async function gatewayFixture(
   });
   vault.now = () => tb.clock.now();
   const creds = await startBackendCredentials(tb.b, { sweep: false });
-  const gw = await startGateway(tb.b, { port: 0, host: '127.0.0.1' });
+  const gw = await startGateway(tb.b, { port: 0, host: '127.0.0.1', ...(opts.lookup ? { lookup: opts.lookup } : {}) });
   const suffix = Math.random().toString(36).slice(2, 8);
   const owner = await register(tb, `gw-owner-${suffix}`, 'gw-owner');
   const helper = await register(tb, `gw-helper-${suffix}`, 'gw-helper');

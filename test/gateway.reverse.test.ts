@@ -72,7 +72,7 @@ for (const db of ['sqlite', 'postgres'] as const) {
       assert.equal(sent.headers['x-amz-security-token'], undefined);
       assert.equal(sent.headers['x-trace'], 't1');
       assert.ok(!JSON.stringify(sent.headers).includes(tok), 'the agent token never reaches the upstream');
-      await f.tb.b.issuance.idle();
+      await f.gw.context.audit.idle();
       const rows = (await auditSince(f.tb.b, head)).filter((x) => x.event === 'gateway.call');
       assert.equal(rows.length, 1);
       assert.equal(rows[0].decision, 'allow');
@@ -107,7 +107,7 @@ for (const db of ['sqlite', 'postgres'] as const) {
       assert.match(lacking.body.error_description, /gw:tickets\/comment/);
       assert.match(lacking.headers.get('www-authenticate') ?? '', /insufficient_scope.*scope="gw:tickets\/comment"/);
       assert.equal(f.upstream.received.length, 0);
-      await f.tb.b.issuance.idle();
+      await f.gw.context.audit.idle();
       const rows = (await auditSince(f.tb.b, head)).filter((x) => x.event === 'gateway.call');
       assert.deepEqual(
         rows.map((x) => [x.decision, x.params.reason_tag, x.agent_id]),
@@ -244,7 +244,7 @@ for (const db of ['sqlite', 'postgres'] as const) {
     });
 
     it('leaves an audit chain that verifies', async () => {
-      await f.tb.b.issuance.idle();
+      await f.gw.context.audit.idle();
       const v = await verifyAudit(f.tb.b.db);
       assert.ok(v.ok, JSON.stringify(v));
     });

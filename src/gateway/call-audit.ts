@@ -17,6 +17,7 @@ const MAX_PENDING = 20_000;
 export class CallAudit {
   readonly #b: Broker;
   #failing = false;
+  readonly #inflight = new Set<Promise<void>>();
 
   constructor(b: Broker) {
     this.#b = b;
@@ -67,6 +68,15 @@ export class CallAudit {
   }
 
   #refusal(attempt: Attempt, refusal: CordonError): void {
-    recordRefusal(this.#b, attempt, refusal).catch((e: Error) => this.#b.log.error({ err: e.message }, 'could not audit a refusal'));
+    const p = recordRefusal(this.#b, attempt, refusal)
+      .catch((e: Error) => this.#b.log.error({ err: e.message }, 'could not audit a refusal'))
+      .finally(() => this.#inflight.delete(p));
+    this.#inflight.add(p);
+  }
+
+  /** Resolves once every row of the calls so far is written (or failed): before shutdown, and for tests. */
+  async idle(): Promise<void> {
+    while (this.#inflight.size) await Promise.all([...this.#inflight]);
+    await this.#b.issuance.idle();
   }
 }

@@ -22,6 +22,7 @@ export function egressDeps(g: GatewayContext, req: IncomingMessage): EgressDeps 
     track: (p, close) => g.open.track(p, 'tunnel', 'egress', close),
     now: () => g.b.clock.now(),
     connectTimeoutMs: CONNECT_TIMEOUT_MS,
+    ...(g.lookup ? { lookup: g.lookup } : {}),
   };
 }
 

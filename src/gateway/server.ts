@@ -29,6 +29,7 @@ import { GatewaySecrets } from './secrets.ts';
 import { egressDeps } from './egress-audit.ts';
 import { DISCOVERY_PATH, handleDiscovery } from './discovery.ts';
 import { handleAbsoluteUri, handleConnect } from './egress.ts';
+import type { Lookup } from './egress-rules.ts';
 
 export interface RunningGateway {
   server: Server;
@@ -42,7 +43,16 @@ export interface RunningGateway {
  * metrics go on the broker's registry when there is one; `serveMetrics` (the gateway alone) makes
  * one and serves it at `/metrics`.
  */
-export async function startGateway(b: Broker, opts: { port: number; host?: string; url?: string; serveMetrics?: boolean }): Promise<RunningGateway> {
+export interface GatewayOptions {
+  port: number;
+  host?: string;
+  url?: string;
+  serveMetrics?: boolean;
+  /** Name resolution for egress (tests give names addresses; default: the system resolver). */
+  lookup?: Lookup;
+}
+
+export async function startGateway(b: Broker, opts: GatewayOptions): Promise<RunningGateway> {
   if (opts.serveMetrics) metricsFor(b, { defaultMetrics: true });
   const metrics = b.metrics ? gatewayMetricsFor(b, b.metrics) : undefined;
   const tokens = new LiveTokenCache(b);
@@ -56,6 +66,7 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
     limits: new GatewayLimits(b),
     dispatcher: upstreamPool(),
     url: opts.url ?? b.config.gatewayUrl,
+    ...(opts.lookup ? { lookup: opts.lookup } : {}),
     observe: metrics ? (o) => metrics.record(o) : () => {},
   };
   const stopCounting = metrics?.addSource(() => g.open.counts());
@@ -95,6 +106,7 @@ export async function startGateway(b: Broker, opts: { port: number; host?: strin
         server.close(() => resolve());
       });
       await g.limits.idle();
+      await g.audit.idle();
       stopCounting?.();
       await tokens.stop();
       await g.dispatcher.close();
