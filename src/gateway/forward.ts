@@ -62,13 +62,19 @@ export interface ForwardResult {
   upstreamSeconds: number;
 }
 
+/** Answers up to this size, of known length, are sent in one write. */
+const SMALL_ANSWER_BYTES = 64 * 1024;
+
 /**
  * Pipes the upstream's body to the caller with back-pressure, counting bytes. A plain pipe rather
  * than stream.pipeline: no abort machinery per call on the hot path. If either side fails the
  * other is cut, so the caller sees a truncated body, never a complete-looking one.
  */
-function relay(body: Readable, res: ServerResponse, out: { n: number }): Promise<void> {
+function relay(body: Readable, res: ServerResponse, out: { n: number }, small: boolean): Promise<void> {
   return new Promise<void>((resolve) => {
+    // A small answer of known length leaves in one write with its headers (end() uncorks): two packets cost a
+    // delayed-ACK round trip on every call. Streams and large bodies flow as they come.
+    if (small) res.cork();
     body.on('data', (c: Buffer) => (out.n += c.length));
     body.once('error', () => {
       res.destroy();
@@ -149,6 +155,7 @@ export async function forward(req: ForwardRequest, res: ServerResponse): Promise
   // An event stream's headers go at once (its first event may be long in coming); other replies send them with the body, in one write.
   if (/^text\/event-stream/i.test(String(headers['content-type'] ?? ''))) res.flushHeaders();
   const out = { n: 0 };
-  await relay(answer.body, res, out);
+  const length = Number(headers['content-length'] ?? NaN);
+  await relay(answer.body, res, out, length <= SMALL_ANSWER_BYTES);
   return { status: answer.statusCode, bytesIn: sentIn.n, bytesOut: out.n, upstreamSeconds };
 }
