@@ -29,31 +29,16 @@ export interface StartOptions {
 }
 
 /**
- * A whole running broker: database, keys, policies, optional subsystems (providers, sweeper,
- * metrics) and the HTTP server. `cordon serve`, `cordon demo` and end-to-end tests start it here.
+ * Starts parts of a running broker in order with `start`, each returning its stop; on success the
+ * stop of the whole undoes them in reverse, writes the last rows and closes the database; on a
+ * failure part-way the parts already started are stopped the same way and the error rethrown.
  */
-export async function startBroker(config: Config, opts: StartOptions = {}): Promise<RunningBroker> {
-  const b = await openBroker(config, { clock: opts.clock, log: opts.log, auditPolicyLoad: true });
-  const ext: Required<AppExtensions> = { routes: [], before: [mountRequestLogging, (app, b2) => mountMetrics(app, b2, { defaultMetrics: true })] };
+async function assemble<T>(b: Broker, start: (started: (stop: () => Promise<void>) => void) => Promise<T>): Promise<T & { stop(): Promise<void> }> {
   const stops: Array<() => Promise<void>> = [];
   try {
-    // Signed audit checkpoints every minute; stopped last, so the final one covers every row written.
-    const checkpoints = startCheckpoints(b);
-    stops.push(() => checkpoints.stop());
-    // Backend credentials: providers, revocation reaching them, the sweeper (first run recovers orphans).
-    const creds = await startBackendCredentials(b);
-    stops.push(() => creds.stop());
-    ext.routes.push(credentialsRoute);
-    const server = await listen(b, ext, opts.port ?? config.port);
-    stops.push(() => server.close());
-    const gatewayPort = opts.gatewayPort === undefined ? config.gatewayPort : opts.gatewayPort;
-    const gateway = gatewayPort === null ? undefined : await startGateway(b, { port: gatewayPort });
-    if (gateway) stops.push(() => gateway.close());
+    const parts = await start((stop) => stops.push(stop));
     return {
-      b,
-      server,
-      url: server.url,
-      gateway,
+      ...parts,
       async stop() {
         for (const s of stops.reverse()) await s();
         // Rows of the last calls through the gateway are written before the database closes.
@@ -69,6 +54,30 @@ export async function startBroker(config: Config, opts: StartOptions = {}): Prom
 }
 
 /**
+ * A whole running broker: database, keys, policies, optional subsystems (providers, sweeper,
+ * metrics) and the HTTP server. `cordon serve`, `cordon demo` and end-to-end tests start it here.
+ */
+export async function startBroker(config: Config, opts: StartOptions = {}): Promise<RunningBroker> {
+  const b = await openBroker(config, { clock: opts.clock, log: opts.log, auditPolicyLoad: true });
+  const ext: Required<AppExtensions> = { routes: [], before: [mountRequestLogging, (app, b2) => mountMetrics(app, b2, { defaultMetrics: true })] };
+  return assemble(b, async (started) => {
+    // Signed audit checkpoints every minute; stopped last, so the final one covers every row written.
+    const checkpoints = startCheckpoints(b);
+    started(() => checkpoints.stop());
+    // Backend credentials: providers, revocation reaching them, the sweeper (first run recovers orphans).
+    const creds = await startBackendCredentials(b);
+    started(() => creds.stop());
+    ext.routes.push(credentialsRoute);
+    const server = await listen(b, ext, opts.port ?? config.port);
+    started(() => server.close());
+    const gatewayPort = opts.gatewayPort === undefined ? config.gatewayPort : opts.gatewayPort;
+    const gateway = gatewayPort === null ? undefined : await startGateway(b, { port: gatewayPort });
+    if (gateway) started(() => gateway.close());
+    return { b, server, url: server.url, gateway };
+  });
+}
+
+/**
  * `cordon gateway`: the gateway alone, on the same database, policies and providers as the broker
  * (it issues the backend credentials it injects, and revokes them with their sessions).
  */
@@ -77,25 +86,12 @@ export async function startGatewayAlone(
   opts: { clock?: Clock; log?: Logger; port?: number } = {},
 ): Promise<{ b: Broker; gateway: RunningGateway; stop(): Promise<void> }> {
   const b = await openBroker(config, { clock: opts.clock, log: opts.log });
-  const stops: Array<() => Promise<void>> = [];
-  try {
+  return assemble(b, async (started) => {
     const creds = await startBackendCredentials(b);
-    stops.push(() => creds.stop());
+    started(() => creds.stop());
     // No broker HTTP server here: the gateway serves the metrics itself.
     const gateway = await startGateway(b, { port: opts.port ?? config.gatewayPort ?? 8081, serveMetrics: true });
-    stops.push(() => gateway.close());
-    return {
-      b,
-      gateway,
-      async stop() {
-        for (const s of stops.reverse()) await s();
-        await b.issuance.idle();
-        await closeBroker(b);
-      },
-    };
-  } catch (e) {
-    for (const s of stops.reverse()) await s().catch(() => {});
-    await closeBroker(b);
-    throw e;
-  }
+    started(() => gateway.close());
+    return { b, gateway };
+  });
 }

@@ -98,28 +98,12 @@ export function registerServe(program: Command, ctx: Ctx): void {
     .action(
       action(ctx, async ({ opts }) => {
         const cfg = config();
-        let port: number | undefined;
-        if (opts.port !== undefined) {
-          if (!/^\d{1,5}$/.test(opts.port) || Number(opts.port) > 65535) throw new Error(`--port must be 0 to 65535, got "${opts.port}"`);
-          port = Number(opts.port);
-        }
+        const port = portOption(opts.port);
         // Loaded here so that other commands do not pay for (or hear from) the HTTP stack.
         const { startBroker } = await import('../runtime.ts');
         const r = await startBroker(cfg, { port });
         r.b.log.info({ issuer: cfg.issuer, listen: r.url, gateway: r.gateway?.url ?? 'off', policies: r.b.policies.names() }, 'cordon broker listening');
-        // A shutdown that fails (the final audit checkpoint cannot be written, say) is one line and exit 1, not an unhandled rejection.
-        const stop = () => {
-          r.stop().then(
-            () => process.exit(0),
-            (e: unknown) => {
-              ctx.io.err(`cordon: ${errorLine(e)}\n`);
-              process.exit(1);
-            },
-          );
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-        await new Promise(() => {});
+        await serveUntilSignal(ctx, r);
       }),
     );
 }
@@ -130,26 +114,38 @@ export function registerGateway(program: Command, ctx: Ctx): void {
     .action(
       action(ctx, async ({ opts }) => {
         const cfg = config();
-        let port: number | undefined;
-        if (opts.port !== undefined) {
-          if (!/^\d{1,5}$/.test(opts.port) || Number(opts.port) > 65535) throw new Error(`--port must be 0 to 65535, got "${opts.port}"`);
-          port = Number(opts.port);
-        } else if (cfg.gatewayPort === null) throw new Error('CORDON_GATEWAY_PORT is off: set a port (or pass --port) to run the gateway');
+        const port = portOption(opts.port);
+        if (port === undefined && cfg.gatewayPort === null) throw new Error('CORDON_GATEWAY_PORT is off: set a port (or pass --port) to run the gateway');
         const { startGatewayAlone } = await import('../runtime.ts');
         const r = await startGatewayAlone(cfg, { port });
         r.b.log.info({ listen: r.gateway.url, policies: r.b.policies.names() }, 'cordon gateway listening');
-        const stop = () => {
-          r.stop().then(
-            () => process.exit(0),
-            (e: unknown) => {
-              ctx.io.err(`cordon: ${errorLine(e)}\n`);
-              process.exit(1);
-            },
-          );
-        };
-        process.on('SIGINT', stop);
-        process.on('SIGTERM', stop);
-        await new Promise(() => {});
+        await serveUntilSignal(ctx, r);
       }),
     );
+}
+
+/** `--port`: 0 to 65535, or undefined when not given. */
+function portOption(raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^\d{1,5}$/.test(raw) || Number(raw) > 65535) throw new Error(`--port must be 0 to 65535, got "${raw}"`);
+  return Number(raw);
+}
+
+/**
+ * Serves until SIGINT or SIGTERM, then stops. A shutdown that fails (the final audit checkpoint
+ * cannot be written, say) is one line and exit 1, not an unhandled rejection.
+ */
+async function serveUntilSignal(ctx: Ctx, r: { stop(): Promise<void> }): Promise<never> {
+  const stop = (): void => {
+    r.stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        ctx.io.err(`cordon: ${errorLine(e)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  return new Promise<never>(() => {});
 }
