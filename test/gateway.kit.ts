@@ -47,6 +47,22 @@ export class RecordingUpstream {
     this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
 
+  /**
+   * Until `restore()`, answers with an event stream that sends one event and stays open; `closed`
+   * resolves when the gateway hangs up on it (a revocation cutting the stream).
+   */
+  holdStreams(): { closed: Promise<void>; restore: () => void } {
+    let hungUp!: () => void;
+    const closed = new Promise<void>((r) => (hungUp = r));
+    const saved = this.answer;
+    this.answer = (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write('data: first\n\n');
+      res.on('close', () => hungUp());
+    };
+    return { closed, restore: () => (this.answer = saved) };
+  }
+
   async stop(): Promise<void> {
     this.server.closeAllConnections();
     await new Promise<void>((r) => this.server.close(() => r()));

@@ -173,14 +173,7 @@ for (const db of ['sqlite', 'postgres'] as const) {
       const tok = await mustSession(f.tb, limited, 'gw:tickets');
       const sid = claimsOf(tok).sid;
       const head = await auditHead(f.tb.b);
-      let upstreamClosed!: () => void;
-      const closed = new Promise<void>((r) => (upstreamClosed = r));
-      const saved = f.upstream.answer;
-      f.upstream.answer = (_req, res) => {
-        res.writeHead(200, { 'content-type': 'text/event-stream' });
-        res.write('data: first\n\n');
-        res.on('close', () => upstreamClosed());
-      };
+      const { closed, restore } = f.upstream.holdStreams();
       try {
         const stream = await fetch(`${f.gw.url}/u/tickets/stream`, { headers: { authorization: `Bearer ${tok}` } });
         assert.equal(stream.status, 200);
@@ -205,7 +198,7 @@ for (const db of ['sqlite', 'postgres'] as const) {
           })(),
         );
       } finally {
-        f.upstream.answer = saved;
+        restore();
       }
       assert.equal(f.upstream.received.length, 1, 'only the stream reached the upstream');
 

@@ -197,14 +197,7 @@ for (const db of ['sqlite', 'postgres'] as const) {
 
     it('streams SSE as it comes, and cuts the stream when the session is revoked', async () => {
       const tok = await mustSession(f.tb, f.owner, 'gw:tickets');
-      let upstreamClosed!: () => void;
-      const closed = new Promise<void>((r) => (upstreamClosed = r));
-      const saved = f.upstream.answer;
-      f.upstream.answer = (_req, res) => {
-        res.writeHead(200, { 'content-type': 'text/event-stream' });
-        res.write('data: first\n\n');
-        res.on('close', () => upstreamClosed());
-      };
+      const { closed, restore } = f.upstream.holdStreams();
       try {
         const r = await fetch(`${f.gw.url}/u/tickets/stream`, { headers: { authorization: `Bearer ${tok}` } });
         assert.equal(r.status, 200);
@@ -220,7 +213,7 @@ for (const db of ['sqlite', 'postgres'] as const) {
           })(),
         );
       } finally {
-        f.upstream.answer = saved;
+        restore();
       }
     });
 
