@@ -21,6 +21,7 @@ export type {
 export { CordonSdkError, isCordonSdkError, type CordonSdkErrorCode } from './sdk/errors.ts';
 export { DpopKey, athOf, htuOf, type DpopAlg } from './sdk/dpop.ts';
 export type { FetchLike } from './sdk/http.ts';
+export type { McpTransportOptions } from './sdk/mcp.ts';
 export {
   requireAgentToken,
   AgentTokenError,
