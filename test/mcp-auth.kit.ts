@@ -9,7 +9,7 @@ import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { policyDir, register, type Agent } from './delegation.kit.ts';
 import { startGateway, type RunningGateway } from '../src/gateway/server.ts';
 
-/** Policies: mcp-owner defines the MCP upstream `github` (and an http upstream), mcp-other defines `github` with another tool and `docs`. */
+/** Policies: mcp-owner defines the MCP upstreams `github` and `team-wiki` (and an http upstream), mcp-other defines `github` with another tool and `docs`. */
 export function mcpPolicies(mcpUrl = 'http://127.0.0.1:9/mcp'): Record<string, string> {
   const credential = `
 credentials:
@@ -22,7 +22,7 @@ name: mcp-owner
 description: Reaches the github MCP server through the gateway.
 token_ttl: 10m
 session_ttl: 1h
-scopes: [gw:github, gw:tickets]
+scopes: [gw:github, gw:tickets, gw:team-wiki]
 delegation:
   max_depth: 1
   scopes: [gw:github/list_issues]
@@ -33,6 +33,11 @@ upstreams:
     url: ${mcpUrl}
     ${inject}
     tools: [list_issues, get_issue]
+  team-wiki:
+    kind: mcp
+    url: ${mcpUrl}
+    ${inject}
+    tools: [search]
   tickets:
     url: http://127.0.0.1:9/api
     ${inject}
