@@ -22,6 +22,7 @@ export { CordonSdkError, isCordonSdkError, type CordonSdkErrorCode } from './sdk
 export { DpopKey, athOf, htuOf, type DpopAlg } from './sdk/dpop.ts';
 export type { FetchLike } from './sdk/http.ts';
 export type { McpTransportOptions } from './sdk/mcp.ts';
+export { cordonClientCredentialsProvider, type CordonClientCredentialsOptions } from './sdk/mcp-oauth.ts';
 export {
   requireAgentToken,
   AgentTokenError,

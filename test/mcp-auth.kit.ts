@@ -3,8 +3,10 @@
  * CORDON_GATEWAY_URL is the address the gateway really listens on, so a resource indicator the
  * broker accepts (`{gateway}/mcp/{upstream}`) is the one the gateway publishes and admits.
  */
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { createMcpHandler, McpServer } from '@modelcontextprotocol/server';
+import { z } from 'zod';
 import { startTestBroker, type TestBroker } from './helpers/broker.ts';
 import { policyDir, register, type Agent } from './delegation.kit.ts';
 import { startGateway, type RunningGateway } from '../src/gateway/server.ts';
@@ -92,11 +94,15 @@ export interface McpAuthFixture {
   stop(): Promise<void>;
 }
 
-export async function mcpAuthFixture(opts: { mcpUrl?: string } = {}): Promise<McpAuthFixture> {
-  const port = await freePort();
-  const gatewayUrl = `http://127.0.0.1:${port}`;
+/**
+ * `gatewayUrl`: the gateway's public URL is a front door of the test's own (it calls the gateway's
+ * handlers); the gateway itself then listens on a port of its own.
+ */
+export async function mcpAuthFixture(opts: { mcpUrl?: string; gatewayUrl?: string } = {}): Promise<McpAuthFixture> {
+  const port = opts.gatewayUrl ? 0 : await freePort();
+  const gatewayUrl = opts.gatewayUrl ?? `http://127.0.0.1:${port}`;
   const tb = await startTestBroker({ policyDir: policyDir(mcpPolicies(opts.mcpUrl)), env: { CORDON_GATEWAY_URL: gatewayUrl } });
-  const gw = await startGateway(tb.b, { port, host: '127.0.0.1' });
+  const gw = await startGateway(tb.b, { port, host: '127.0.0.1', url: gatewayUrl });
   const suffix = Math.random().toString(36).slice(2, 8);
   return {
     tb,
@@ -111,4 +117,30 @@ export async function mcpAuthFixture(opts: { mcpUrl?: string } = {}): Promise<Mc
       await tb.close();
     },
   };
+}
+
+/** A real MCP server (official SDK, a new instance per request as it advises) with one tool, `echo`, that records each call's text. */
+export function echoMcpHandler(calls: string[]): ReturnType<typeof createMcpHandler> {
+  return createMcpHandler(() => {
+    const s = new McpServer({ name: 'recording', version: '1.0.0' });
+    s.registerTool('echo', { description: 'Echoes its text.', inputSchema: z.object({ text: z.string() }) }, async ({ text }) => {
+      calls.push(text);
+      return { content: [{ type: 'text' as const, text }] };
+    });
+    return s;
+  });
+}
+
+/** Answers a node:http request with the MCP handler (its web-standard face). */
+export async function answerMcp(handler: ReturnType<typeof createMcpHandler>, req: IncomingMessage, res: ServerResponse, base: string): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const c of req) chunks.push(c as Buffer);
+  const headers = new Headers();
+  for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers.set(k, v);
+  const body = req.method === 'GET' || req.method === 'HEAD' ? undefined : Buffer.concat(chunks);
+  const response = await handler.fetch(new Request(`${base}${req.url}`, { method: req.method, headers, body }));
+  res.writeHead(response.status, Object.fromEntries(response.headers));
+  const reader = response.body?.getReader();
+  for (let r = await reader?.read(); r && !r.done; r = await reader!.read()) res.write(r.value);
+  res.end();
 }

@@ -6,17 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Client } from '@modelcontextprotocol/client';
-import { createMcpHandler, McpServer } from '@modelcontextprotocol/server';
-import { z } from 'zod';
 import { CordonAgent } from '../src/sdk/agent.ts';
 import { CordonSdkError } from '../src/sdk/errors.ts';
 import { mcpEndpoint } from '../src/sdk/mcp.ts';
 import { revokeSession } from '../src/revocation/revoke.ts';
 import { claimsOf } from './delegation.kit.ts';
-import { mcpAuthFixture, type McpAuthFixture } from './mcp-auth.kit.ts';
+import { answerMcp, echoMcpHandler, mcpAuthFixture, type McpAuthFixture } from './mcp-auth.kit.ts';
 
 interface Seen {
   method: string;
@@ -33,14 +31,7 @@ class RecordingMcpEndpoint {
   url = '';
 
   async start(): Promise<void> {
-    const handler = createMcpHandler(() => {
-      const s = new McpServer({ name: 'recording', version: '1.0.0' });
-      s.registerTool('echo', { description: 'Echoes its text.', inputSchema: z.object({ text: z.string() }) }, async ({ text }) => {
-        this.calls.push(text);
-        return { content: [{ type: 'text' as const, text }] };
-      });
-      return s;
-    });
+    const handler = echoMcpHandler(this.calls);
     this.server = createServer((req, res) => {
       void (async () => {
         const authorization = req.headers.authorization;
@@ -51,11 +42,7 @@ class RecordingMcpEndpoint {
           res.end('{"error":"invalid_token"}');
           return;
         }
-        const response = await handler.fetch(await toRequest(req, this.url));
-        res.writeHead(response.status, Object.fromEntries(response.headers));
-        const reader = response.body?.getReader();
-        for (let r = await reader?.read(); r && !r.done; r = await reader!.read()) res.write(r.value);
-        res.end();
+        await answerMcp(handler, req, res, this.url);
       })().catch((e: Error) => {
         res.writeHead(500);
         res.end(e.message);
@@ -73,15 +60,6 @@ class RecordingMcpEndpoint {
     this.server.closeAllConnections();
     await new Promise<void>((r) => this.server.close(() => r()));
   }
-}
-
-async function toRequest(req: IncomingMessage, base: string): Promise<Request> {
-  const chunks: Buffer[] = [];
-  for await (const c of req) chunks.push(c as Buffer);
-  const headers = new Headers();
-  for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers.set(k, v);
-  const body = req.method === 'GET' || req.method === 'HEAD' ? undefined : Buffer.concat(chunks);
-  return new Request(`${base}${req.url}`, { method: req.method, headers, body });
 }
 
 describe('SDK: CordonAgent.mcpTransport (official MCP client over Streamable HTTP)', () => {
