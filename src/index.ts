@@ -21,6 +21,8 @@ export type {
 export { CordonSdkError, isCordonSdkError, type CordonSdkErrorCode } from './sdk/errors.ts';
 export { DpopKey, athOf, htuOf, type DpopAlg } from './sdk/dpop.ts';
 export type { FetchLike } from './sdk/http.ts';
+export type { McpTransportOptions } from './sdk/mcp.ts';
+export { cordonClientCredentialsProvider, type CordonClientCredentialsOptions } from './sdk/mcp-oauth.ts';
 export {
   requireAgentToken,
   AgentTokenError,

@@ -1,7 +1,7 @@
 /**
  * `cordon exec --gateway`: the child calls everything through the gateway and holds no backend
- * secret. It gets the gateway's URL, one `CORDON_UPSTREAM_<NAME>_URL` per upstream its token
- * reaches, `HTTP(S)_PROXY` (the forward proxy, its token as the Basic password) for egress, and for
+ * secret. It gets the gateway's URL, one `CORDON_UPSTREAM_<NAME>_URL` per http upstream its token
+ * reaches (`CORDON_MCP_<NAME>_URL`, the gateway's `/mcp/{upstream}`, per MCP upstream), `HTTP(S)_PROXY` (the forward proxy, its token as the Basic password) for egress, and for
  * an AWS upstream gateway keys through the AWS SDK's container endpoint (refreshed like any
  * credential, valid only at the gateway) with `AWS_ENDPOINT_URL_<SERVICE>` pointing there.
  */

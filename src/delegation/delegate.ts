@@ -7,6 +7,7 @@ import { agents, type Agent } from '../store/agents.ts';
 import type { Q } from '../store/db.ts';
 import { statesAtCommit } from '../store/liveness.ts';
 import type { Policy } from '../policy/types.ts';
+import { isMcpResourceOf } from '../policy/mcp-resource.ts';
 import { audiencesOf, chainOf, type ActClaim } from '../tokens/claims.ts';
 import { issueToken, type IssuedToken } from '../tokens/issue.ts';
 import type { Attempt } from '../audit/attempt.ts';
@@ -124,21 +125,24 @@ export async function delegate(b: Broker, req: DelegationRequest, attempt: Attem
     scope = requested;
   }
 
-  // Audience: within the parent's audience and the sub-agent's allowed audiences.
+  // Audience: within the parent's audience and the sub-agent's allowed audiences. An MCP upstream's
+  // URL is the root policy's to grant, as the upstream is (a sub-agent's policy defines no upstreams).
   const parentAud = audiencesOf(claims);
+  const allowedForActor = (a: string): boolean =>
+    actorPolicy.audiences.includes(a) || a === b.config.issuer || isMcpResourceOf(rootPolicy, b.config.gatewayUrl, a);
   let audience: string[];
   if (req.audience.length) {
     for (const a of req.audience) {
       if (!parentAud.includes(a))
         throw new CordonError('invalid_target', `audience ${a.slice(0, 200)} is not within the parent token's audience`, { reason: 'audience_widening' });
-      if (!actorPolicy.audiences.includes(a) && a !== b.config.issuer)
+      if (!allowedForActor(a))
         throw new CordonError('invalid_target', `audience ${a.slice(0, 200)} is not allowed by policy ${actorPolicy.name}`, { reason: 'audience_not_allowed' });
     }
     audience = [...new Set(req.audience)];
   } else {
     // Never wider than the parent: with nothing in common the request is refused rather than given
     // the broker's own audience, which the parent may not hold (it would open /credentials).
-    audience = parentAud.filter((a) => a === b.config.issuer || actorPolicy.audiences.includes(a));
+    audience = parentAud.filter(allowedForActor);
     if (!audience.length)
       throw new CordonError('invalid_target', `none of the parent token's audiences is allowed by policy ${actorPolicy.name}`, {
         reason: 'audience_not_allowed',

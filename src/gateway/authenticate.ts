@@ -7,6 +7,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Attempt } from '../audit/attempt.ts';
 import { CordonError } from '../errors.ts';
+import { mcpResourceUrl } from '../policy/mcp-resource.ts';
 import { audiencesOf } from '../tokens/claims.ts';
 import { requireDpopForToken } from '../tokens/dpop.ts';
 import { verifySignature } from '../tokens/verify.ts';
@@ -23,8 +24,24 @@ export function bearerOf(header: string | undefined): { scheme: 'Bearer' | 'DPoP
 export const tokenMissing = (): CordonError =>
   new CordonError('invalid_token', 'a Cordon access token is required (Authorization: Bearer <token>)', { reason: 'token_missing' });
 
-/** A verified JWT's live record, with the checks every front door of the gateway shares (audience). */
-export async function principalOfToken(g: GatewayContext, jwt: string, attempt: Attempt): Promise<GatewayPrincipal> {
+/**
+ * Whether the token's audience admits it here: the gateway or the broker admit it on every route;
+ * `resource`, the URL of one MCP upstream (`mcpResourceOf`), admits it on that upstream's route
+ * only, so a token asked for one MCP server opens nothing else.
+ */
+export function audienceAllows(g: GatewayContext, p: GatewayPrincipal, resource?: string): boolean {
+  const aud = audiencesOf(p.claims);
+  return aud.includes(g.url) || aud.includes(g.b.config.issuer) || (resource !== undefined && aud.includes(resource));
+}
+
+/** The resource indicator of an MCP upstream at this gateway: `{gatewayUrl}/mcp/{upstream}`. */
+export const mcpResourceOf = (g: GatewayContext, upstream: string): string => mcpResourceUrl(g.url, upstream);
+
+/**
+ * A verified JWT's live record, with the checks every front door of the gateway shares (audience).
+ * `resource` is given on an MCP upstream's route only (see audienceAllows).
+ */
+export async function principalOfToken(g: GatewayContext, jwt: string, attempt: Attempt, resource?: string): Promise<GatewayPrincipal> {
   let p = g.tokens.known(jwt);
   if (!p) {
     const presented = await verifySignature(g.b, jwt, 'invalid_token');
@@ -32,21 +49,27 @@ export async function principalOfToken(g: GatewayContext, jwt: string, attempt: 
     p = await g.tokens.check(presented.jti, presented, jwt);
   }
   attempt.by(p.claims.client_id, p.chain).in(p.claims.sid, p.claims.jti);
-  const aud = audiencesOf(p.claims);
-  if (!aud.includes(g.url) && !aud.includes(g.b.config.issuer))
-    throw new CordonError('invalid_token', `the token's audience names neither the gateway (${g.url}) nor the broker`, { reason: 'audience_not_gateway' });
+  if (!audienceAllows(g, p, resource))
+    throw new CordonError(
+      'invalid_token',
+      `the token's audience names neither the gateway (${g.url}) nor the broker${resource === undefined ? '' : ` nor ${resource}`}`,
+      { reason: 'audience_not_gateway' },
+    );
   return p;
 }
 
-/** Reverse mode: the Authorization header, with DPoP where the token is bound (htu is the gateway URL of this path). */
-export async function authenticateCall(g: GatewayContext, req: IncomingMessage, path: string, attempt: Attempt): Promise<GatewayPrincipal> {
+/**
+ * The Authorization header, with DPoP where the token is bound (htu is the gateway URL of this
+ * path). `resource`: on an MCP upstream's route, its `mcpResourceOf` (a token for it is admitted).
+ */
+export async function authenticateCall(g: GatewayContext, req: IncomingMessage, path: string, attempt: Attempt, resource?: string): Promise<GatewayPrincipal> {
   const given = bearerOf(req.headers.authorization);
   if (!given) {
     if (req.headers.authorization)
       throw new CordonError('invalid_token', 'Authorization must be Bearer <token> or DPoP <token>', { reason: 'token_malformed' });
     throw tokenMissing();
   }
-  const p = await principalOfToken(g, given.token, attempt);
+  const p = await principalOfToken(g, given.token, attempt, resource);
   if (!p.view.cnfJkt) {
     if (given.scheme === 'DPoP')
       throw new CordonError('invalid_token', 'token is not DPoP-bound: present it as Authorization: Bearer', { reason: 'dpop_unbound' });

@@ -5,6 +5,7 @@
  *   /u/{upstream}/…   reverse mode (reverse.ts)
  *   CONNECT, absolute-URI requests   the forward proxy (egress.ts)
  *   /upstreams        what the caller's token may call (discovery.ts)
+ *   /.well-known/oauth-protected-resource/mcp/{upstream}   RFC 9728 metadata of an MCP upstream (mcp-metadata.ts)
  *   /healthz          liveness of the gateway itself, and what it has open (ops.ts)
  *   /metrics          only when serving alone (ops.ts); beside the broker, its /metrics has the gateway's too
  *   anything else     404 JSON; protocol upgrades are refused (nothing here speaks them)
@@ -28,6 +29,7 @@ import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
 import { GatewaySecrets } from './secrets.ts';
 import { egressDeps } from './egress-audit.ts';
 import { DISCOVERY_PATH, handleDiscovery } from './discovery.ts';
+import { handleMcpMetadata, MCP_METADATA_PREFIX } from './mcp-metadata.ts';
 import { handleAbsoluteUri, handleConnect } from './egress.ts';
 import type { Lookup } from './egress-rules.ts';
 
@@ -119,6 +121,7 @@ async function route(g: GatewayContext, ops: ReturnType<typeof opsRoutes>, req: 
     const url = req.url ?? '';
     if (url.startsWith(REVERSE_PREFIX)) return await handleReverse(g, req, res);
     if (url === DISCOVERY_PATH && req.method === 'GET') return await handleDiscovery(g, req, res);
+    if (url.startsWith(MCP_METADATA_PREFIX)) return await handleMcpMetadata(g, req, res);
     if (await ops(req, res)) return;
     if (!url.startsWith('/')) return await handleAbsoluteUri(egressDeps(g, req), req, res);
     throw new CordonError('not_found', 'not found: call upstreams at /u/{upstream}/{path}', { reason: 'route_unknown' });

@@ -8,6 +8,8 @@ import { CordonSdkError } from './errors.ts';
 import { requestJson } from './http.ts';
 import { tokenSourceFor, type TokenSource } from './sources/index.ts';
 import { list, refusedWith, splitScope, type Form } from './token-answer.ts';
+import { mcpEndpoint, mcpTransportFor, type McpTransportOptions } from './mcp.ts';
+import type { StreamableHTTPClientTransport } from '@modelcontextprotocol/client';
 import { TokenKeeper } from './token-keeper.ts';
 import type {
   AgentMode,
@@ -50,6 +52,8 @@ const REVOKE_MARGIN_MS = 5000;
 export class CordonAgent {
   readonly issuer: string;
   readonly clientId?: string;
+  /** The gateway's public URL, base of `mcpTransport()`. */
+  readonly gatewayUrl?: string;
   readonly #clock: SdkClock;
   readonly #broker: BrokerClient;
   readonly #source: TokenSource;
@@ -68,6 +72,7 @@ export class CordonAgent {
     if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new CordonSdkError('config', 'issuer must be an http(s) URL');
     this.issuer = opts.issuer.replace(/\/+$/, '');
     this.clientId = opts.clientId;
+    if (opts.gatewayUrl) this.gatewayUrl = opts.gatewayUrl.replace(/\/+$/, '');
     this.#clock = opts.clock ?? { now: () => Date.now() };
     const dpop = opts.dpop instanceof DpopKey ? opts.dpop : opts.dpop === true ? DpopKey.generate() : null;
     this.#broker = new BrokerClient({
@@ -92,7 +97,7 @@ export class CordonAgent {
    * From the environment: CORDON_ISSUER, CORDON_CLIENT_ID with CORDON_CLIENT_SECRET or
    * CORDON_PRIVATE_KEY_FILE, or CORDON_BOOTSTRAP_TOKEN, or CORDON_FEDERATED_TOKEN_FILE; under
    * `cordon exec`, CORDON_TOKEN_URI/CORDON_TOKEN_AUTHORIZATION; a handed-over CORDON_TOKEN.
-   * CORDON_DPOP=1 binds tokens to an ephemeral DPoP key. `overrides` win over the environment.
+   * CORDON_DPOP=1 binds tokens to an ephemeral DPoP key; CORDON_GATEWAY_URL is the gateway's. `overrides` win over the environment.
    */
   static fromEnv(env: Record<string, string | undefined> = process.env, overrides: Partial<CordonAgentOptions> = {}): CordonAgent {
     const e = (k: string): string | undefined => {
@@ -116,6 +121,7 @@ export class CordonAgent {
     else if (e('CORDON_FEDERATED_TOKEN_FILE')) opts.federatedTokenFile = e('CORDON_FEDERATED_TOKEN_FILE');
     if (e('CORDON_TOKEN') && !opts.tokenUri) opts.accessToken = e('CORDON_TOKEN');
     if (/^(1|true|yes)$/i.test(e('CORDON_DPOP') ?? '')) opts.dpop = true;
+    if (e('CORDON_GATEWAY_URL')) opts.gatewayUrl = e('CORDON_GATEWAY_URL');
     return new CordonAgent({ ...opts, ...overrides });
   }
 
@@ -175,6 +181,28 @@ export class CordonAgent {
     const headers = new Headers(init.headers);
     for (const [k, v] of Object.entries(await this.authorizationHeaders(method, url))) headers.set(k, v);
     return this.#broker.http.fetch(url, { ...init, method, headers });
+  }
+
+  /**
+   * An MCP client transport of the official SDK (Streamable HTTP) for `{gatewayUrl}/mcp/{upstream}`
+   * that presents this agent's current token on every request, so it lives as long as the session:
+   * `await new Client({ name: 'me', version: '1' }).connect(await agent.mcpTransport('github'))`.
+   * Needs `@modelcontextprotocol/client` 2.x, loaded only here.
+   */
+  async mcpTransport(upstream: string, opts: McpTransportOptions = {}): Promise<StreamableHTTPClientTransport> {
+    this.#ensureOpen();
+    const endpoint = mcpEndpoint(upstream, opts, this.gatewayUrl);
+    const presenter = {
+      authorizationHeaders: (method: string, url: string) => this.authorizationHeaders(method, url),
+      ...(this.#source.renew
+        ? {
+            invalidate: (refused: string) => {
+              if (this.#keeper.session?.current.accessToken === refused) this.#keeper.invalidate();
+            },
+          }
+        : {}),
+    };
+    return mcpTransportFor(presenter, this.#broker.http.fetch, endpoint, opts);
   }
 
   /** RFC 8693 delegation: an attenuated token for a sub-agent, in this session. */

@@ -32,6 +32,8 @@ export interface CordonAgentOptions {
   /** `cordon exec`'s local token endpoint and its authorization value: fresh tokens without any secret. */
   tokenUri?: string;
   tokenAuthorization?: string;
+  /** The gateway's public URL (CORDON_GATEWAY_URL): where `mcpTransport()` reaches MCP upstreams. */
+  gatewayUrl?: string;
   /** `true` generates an ephemeral key; tokens are then DPoP-bound (RFC 9449). */
   dpop?: boolean | DpopKey;
   fetch?: FetchLike;

@@ -7,6 +7,7 @@ import { sessionStateAtCommit } from '../store/liveness.ts';
 import { newId, isWellFormedId } from '../ids.ts';
 import { parseScope, uncovered } from '../policy/scopes.ts';
 import type { Policy } from '../policy/types.ts';
+import { isMcpResourceOf, mcpUpstreamOf } from '../policy/mcp-resource.ts';
 import { issueToken, type IssuedToken } from '../tokens/issue.ts';
 import type { Attempt } from '../audit/attempt.ts';
 
@@ -64,15 +65,20 @@ export function parseRequestedScope(raw: string | undefined): string[] {
 }
 
 /**
- * Requested audiences must each be allowed by the policy, or be the broker itself (always
- * allowed: a token the agent keeps for /credentials); none requested means the broker.
+ * Requested audiences must each be allowed by the policy, be the broker itself (always
+ * allowed: a token the agent keeps for /credentials), or be the gateway URL of an MCP upstream
+ * the policy defines (RFC 8707 `resource={gateway}/mcp/{upstream}`); none requested means the broker.
  */
 export function decideAudience(b: Broker, policy: Policy, requested: string[]): string[] {
   for (const a of requested) {
-    if (!policy.audiences.includes(a) && a !== b.config.issuer)
-      throw new CordonError('invalid_target', `audience ${JSON.stringify(a.slice(0, 200))} is not allowed by policy ${policy.name}`, {
-        reason: 'audience_not_allowed',
+    if (policy.audiences.includes(a) || a === b.config.issuer || isMcpResourceOf(policy, b.config.gatewayUrl, a)) continue;
+    if (mcpUpstreamOf(b.config.gatewayUrl, a) !== undefined)
+      throw new CordonError('invalid_target', `resource ${JSON.stringify(a.slice(0, 200))} is no MCP upstream of policy ${policy.name}`, {
+        reason: 'mcp_resource_unknown',
       });
+    throw new CordonError('invalid_target', `audience ${JSON.stringify(a.slice(0, 200))} is not allowed by policy ${policy.name}`, {
+      reason: 'audience_not_allowed',
+    });
   }
   return requested.length ? [...new Set(requested)] : [b.config.issuer];
 }
