@@ -23,8 +23,11 @@ export function bearerOf(header: string | undefined): { scheme: 'Bearer' | 'DPoP
 export const tokenMissing = (): CordonError =>
   new CordonError('invalid_token', 'a Cordon access token is required (Authorization: Bearer <token>)', { reason: 'token_missing' });
 
-/** A verified JWT's live record, with the checks every front door of the gateway shares (audience). */
-export async function principalOfToken(g: GatewayContext, jwt: string, attempt: Attempt): Promise<GatewayPrincipal> {
+/**
+ * A verified JWT's live record, with the checks every front door of the gateway shares (audience).
+ * `resource` is one more audience this front door accepts (an MCP upstream's own URL, RFC 8707).
+ */
+export async function principalOfToken(g: GatewayContext, jwt: string, attempt: Attempt, resource?: string): Promise<GatewayPrincipal> {
   let p = g.tokens.known(jwt);
   if (!p) {
     const presented = await verifySignature(g.b, jwt, 'invalid_token');
@@ -33,20 +36,22 @@ export async function principalOfToken(g: GatewayContext, jwt: string, attempt: 
   }
   attempt.by(p.claims.client_id, p.chain).in(p.claims.sid, p.claims.jti);
   const aud = audiencesOf(p.claims);
-  if (!aud.includes(g.url) && !aud.includes(g.b.config.issuer))
-    throw new CordonError('invalid_token', `the token's audience names neither the gateway (${g.url}) nor the broker`, { reason: 'audience_not_gateway' });
+  if (!aud.includes(g.url) && !aud.includes(g.b.config.issuer) && (resource === undefined || !aud.includes(resource)))
+    throw new CordonError('invalid_token', `the token's audience names neither the gateway (${g.url}${resource ? ` or ${resource}` : ''}) nor the broker`, {
+      reason: 'audience_not_gateway',
+    });
   return p;
 }
 
-/** Reverse mode: the Authorization header, with DPoP where the token is bound (htu is the gateway URL of this path). */
-export async function authenticateCall(g: GatewayContext, req: IncomingMessage, path: string, attempt: Attempt): Promise<GatewayPrincipal> {
+/** Reverse mode and MCP: the Authorization header, with DPoP where the token is bound (htu is the gateway URL of this path). */
+export async function authenticateCall(g: GatewayContext, req: IncomingMessage, path: string, attempt: Attempt, resource?: string): Promise<GatewayPrincipal> {
   const given = bearerOf(req.headers.authorization);
   if (!given) {
     if (req.headers.authorization)
       throw new CordonError('invalid_token', 'Authorization must be Bearer <token> or DPoP <token>', { reason: 'token_malformed' });
     throw tokenMissing();
   }
-  const p = await principalOfToken(g, given.token, attempt);
+  const p = await principalOfToken(g, given.token, attempt, resource);
   if (!p.view.cnfJkt) {
     if (given.scheme === 'DPoP')
       throw new CordonError('invalid_token', 'token is not DPoP-bound: present it as Authorization: Bearer', { reason: 'dpop_unbound' });
