@@ -7,6 +7,7 @@
 import type { GatewayPrincipal } from '../principal.ts';
 import type { Upstream } from '../../policy/types.ts';
 import { CordonError } from '../../errors.ts';
+import { UpstreamError } from '../forward.ts';
 import { judgeTool, promptRefusal, resourceRefusal, toolRefusal, type PinState } from './judge.ts';
 import { offeredTool, type McpPins, type Witness } from './pins.ts';
 import { RPC, RpcRefusal, type ClientMessage } from './wire.ts';
@@ -83,9 +84,9 @@ export async function judgeClientMessage(ctx: JudgeContext, m: ClientMessage): P
 }
 
 /**
- * The pin's state for a call. A tool the gateway has never seen (no pin) is looked up in the
- * upstream's own list first, in the caller's exchange, and pinned from there: a call never
- * reaches a tool whose definition nobody has seen.
+ * The pin's state for a call. A tool whose definition the gateway has never seen (no pin), or not
+ * seen lately (PIN_VERIFY_MS), is looked up in the upstream's own list first, in the caller's
+ * exchange: a call never reaches a tool whose current definition nobody has checked.
  */
 async function pinStateForCall(ctx: JudgeContext, tool: string): Promise<PinState> {
   const state = await ctx.pins.stateOf(ctx.name, tool);
@@ -95,6 +96,10 @@ async function pinStateForCall(ctx: JudgeContext, tool: string): Promise<PinStat
   for (let page = 0; page < MAX_PAGES; page++) {
     const answer = await ctx.listTools(cursor);
     const result = isObject(answer?.result) ? answer.result : undefined;
+    if (!result)
+      throw new UpstreamError('bad_gateway', `the gateway could not check the definition of tool ${tool} against its pin: the upstream did not answer tools/list`, {
+        reason: 'mcp_pin_check_failed',
+      });
     const tools = Array.isArray(result?.tools) ? result.tools : [];
     const offered = tools.map(offeredTool).filter((t) => t !== undefined && listed.has(t.name)) as NonNullable<ReturnType<typeof offeredTool>>[];
     const states = await ctx.pins.observe(ctx.name, offered, ctx.witness);

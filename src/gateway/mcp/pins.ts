@@ -4,7 +4,8 @@
  * definition that later differs is recorded as a change — hidden from `tools/list` and refused at
  * `tools/call` on every replica until an admin pins it again — with one audit row per change and
  * a metric. Pins are read through a short-lived memory cache, so a change recorded by another
- * replica is honoured here within PIN_REFRESH_MS.
+ * replica is honoured here within PIN_REFRESH_MS, and a definition not seen in a list for
+ * PIN_VERIFY_MS is looked at again before the next call.
  */
 import { createHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
@@ -17,6 +18,12 @@ import type { PinState } from './judge.ts';
 
 /** How long a pin read from the database is trusted before it is read again. */
 export const PIN_REFRESH_MS = 2000;
+/**
+ * A tool's definition seen in a list is trusted for calls this long (broker clock); after that the
+ * gateway lists the upstream's tools itself before a call, so a definition changed behind the
+ * gateway's back is caught within this window even if no client lists again.
+ */
+export const PIN_VERIFY_MS = 60_000;
 const CHANGES_METRIC = 'cordon_mcp_pin_changes_total';
 
 /** A tool definition as an upstream offers it, reduced to what is pinned. */
@@ -50,15 +57,29 @@ const stateOfPin = (pin: ToolPin): PinState => (pin.changedHash === null ? 'inta
 export class McpPins {
   readonly #b: Broker;
   readonly #cache = new Map<string, { pin: ToolPin | undefined; readAt: number }>();
+  /** When this gateway last saw each tool's definition in a list (broker clock). */
+  readonly #seenAt = new Map<string, number>();
 
   constructor(b: Broker) {
     this.#b = b;
   }
 
-  /** The recorded state of a tool's pin (`unknown` when it was never seen), for a call. */
+  /**
+   * The recorded state of a tool's pin for a call: `unknown` when it was never seen, or when this
+   * gateway has not seen its definition for PIN_VERIFY_MS (the caller then lists and observes).
+   */
   async stateOf(upstream: string, tool: string): Promise<PinState> {
     const pin = await this.#pin(upstream, tool);
-    return pin ? stateOfPin(pin) : 'unknown';
+    if (!pin) return 'unknown';
+    const state = stateOfPin(pin);
+    const seen = this.#seenAt.get(key(upstream, tool));
+    if (state === 'intact' && (seen === undefined || this.#b.clock.now() - seen > PIN_VERIFY_MS)) return 'unknown';
+    return state;
+  }
+
+  /** Drops what was read from the database (a pin changed elsewhere is then honoured at once). */
+  forget(): void {
+    this.#cache.clear();
   }
 
   /**
@@ -70,6 +91,8 @@ export class McpPins {
   async observe(upstream: string, offered: readonly OfferedTool[], who: Witness): Promise<Map<string, PinState>> {
     const out = new Map<string, PinState>();
     for (const t of offered) {
+      if (this.#seenAt.size > 10_000) this.#seenAt.clear();
+      this.#seenAt.set(key(upstream, t.name), this.#b.clock.now());
       let pin = await this.#pin(upstream, t.name);
       const seen: SeenDefinition = { upstream, tool: t.name, hash: t.hash, definition: t.canonical };
       if (!pin || (pin.pinnedHash !== t.hash && pin.changedHash !== t.hash)) {
