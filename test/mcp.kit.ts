@@ -267,13 +267,13 @@ export interface McpFixture extends GatewayFixture {
 
 /** The gateway fixture with three MCP upstreams (one per server generation), an owner granted them, and a sub-agent. */
 export async function mcpFixture(
-  opts: { pg?: boolean; extraPolicies?: (servers: Record<keyof typeof UPSTREAMS, RunningMcp>) => Record<string, string> } = {},
+  opts: { pg?: boolean; extraPolicies?: (servers: Record<keyof typeof UPSTREAMS, RunningMcp>, upstreamUrl: string) => Record<string, string> } = {},
 ): Promise<McpFixture> {
   const servers = { v1s: await startV1Stateful(), v1j: await startV1Stateless(), v2: await startV2() };
   const all = Object.values(UPSTREAMS);
   const f = await gatewayFixture({
     ...(opts.pg ? { pg: true } : {}),
-    policies: () => ({
+    policies: (upstreamUrl) => ({
       'mcp-owner.yaml': `
 name: mcp-owner
 description: Reaches GitHub-like MCP servers through the gateway.
@@ -294,7 +294,7 @@ token_ttl: 5m
 session_ttl: 1h
 scopes: [${all.map((n) => `gw:${n}/list_issues, gw:${n}/get_issue`).join(', ')}]
 `,
-      ...opts.extraPolicies?.(servers),
+      ...opts.extraPolicies?.(servers, upstreamUrl),
     }),
   });
   const suffix = Math.random().toString(36).slice(2, 8);

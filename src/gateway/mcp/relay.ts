@@ -11,7 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { relayHeaders, UpstreamError } from '../forward.ts';
 import { inspectServerMessage, type InspectContext } from './inspect.ts';
 import { SseInspector } from './sse.ts';
-import { MAX_JSON_ANSWER_BYTES, mediaType, readAnswer, type Sent } from './upstream.ts';
+import { discard, MAX_JSON_ANSWER_BYTES, mediaType, readAnswer, type Sent } from './upstream.ts';
 
 export interface Relayed {
   status: number;
@@ -40,7 +40,7 @@ export async function relayAnswer(sent: Sent, res: ServerResponse, ctx: InspectC
   for (const h of ['www-authenticate', 'set-cookie', 'content-length']) delete headers[h];
   const encoding = String(headers['content-encoding'] ?? 'identity').toLowerCase();
   if (encoding !== 'identity') {
-    answer.body.destroy();
+    discard(answer.body);
     throw new UpstreamError('bad_gateway', `the upstream answered with content-encoding ${encoding.slice(0, 40)}, which the gateway cannot inspect`, {
       reason: 'upstream_encoded',
     });
@@ -49,7 +49,7 @@ export async function relayAnswer(sent: Sent, res: ServerResponse, ctx: InspectC
   if (upstreamSession !== undefined) {
     const bound = typeof upstreamSession === 'string' ? bindSession(upstreamSession) : undefined;
     if (bound === undefined) {
-      answer.body.destroy();
+      discard(answer.body);
       throw new UpstreamError('bad_gateway', 'the upstream sent an invalid Mcp-Session-Id', { reason: 'upstream_bad_session_id' });
     }
     headers['mcp-session-id'] = bound;

@@ -96,6 +96,12 @@ export async function send(
 /** The largest JSON answer the gateway reads whole (it must, to look into it). */
 export const MAX_JSON_ANSWER_BYTES = 16 * 1024 * 1024;
 
+/** Drops an answer's body without reading it (an undici body destroyed without a listener would throw its AbortError). */
+export function discard(body: Dispatcher.ResponseData['body']): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
+
 /** Reads a body whole, up to `cap` bytes. */
 export async function readAnswer(body: Dispatcher.ResponseData['body'], cap: number): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -103,7 +109,7 @@ export async function readAnswer(body: Dispatcher.ResponseData['body'], cap: num
   for await (const c of body) {
     n += (c as Buffer).length;
     if (n > cap) {
-      body.destroy();
+      discard(body);
       throw new UpstreamError('bad_gateway', `the upstream's answer is larger than the gateway reads (${cap} bytes)`, { reason: 'upstream_answer_too_large' });
     }
     chunks.push(c as Buffer);
