@@ -40,7 +40,12 @@ const wellBehaved: Answer = (msg, _req, res) => {
   json(res, { jsonrpc: '2.0', id: msg.id, result: {} });
 };
 
-const call = (id: number | string, name: string, args: Record<string, unknown> = {}) => ({ jsonrpc: '2.0', id, method: 'tools/call', params: { name, arguments: args } });
+const call = (id: number | string, name: string, args: Record<string, unknown> = {}) => ({
+  jsonrpc: '2.0',
+  id,
+  method: 'tools/call',
+  params: { name, arguments: args },
+});
 
 describe('gateway: MCP bad input', function () {
   this.timeout(20_000);
@@ -224,7 +229,14 @@ upstreams:
       headers: { authorization: `Bearer ${shortLived}`, 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
       body: JSON.stringify(call(2, 'list_issues')),
     });
-    assert.equal(chatty.status, 200, await chatty.clone().text().catch(() => ''));
+    assert.equal(
+      chatty.status,
+      200,
+      await chatty
+        .clone()
+        .text()
+        .catch(() => ''),
+    );
     await assert.rejects(chatty.text(), 'the talking stream is cut when its token ends');
     await f.gw.context.audit.idle();
     const rows = (await auditSince(f.tb.b, head)).filter((r) => r.event === 'mcp.call');

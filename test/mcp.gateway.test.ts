@@ -19,7 +19,13 @@ describe('gateway: MCP with the official SDKs', function () {
 
   before(async () => {
     f = await mcpFixture();
-    ownerToken = await mustSession(f.tb, f.mcpOwner, Object.values(UPSTREAMS).map((u) => `gw:${u}`).join(' '));
+    ownerToken = await mustSession(
+      f.tb,
+      f.mcpOwner,
+      Object.values(UPSTREAMS)
+        .map((u) => `gw:${u}`)
+        .join(' '),
+    );
   });
   after(async () => f?.stopAll());
 
@@ -53,7 +59,10 @@ describe('gateway: MCP with the official SDKs', function () {
           assert.match(JSON.stringify(r.content), /issues of agents-web/);
           const ran = shop().calls.at(-1)!;
           assert.deepEqual(ran, { tool: 'list_issues', args: { repo: 'agents-web' }, authorization: `Bearer ${TICKETS_KEY}` });
-          assert.ok(shop().requests.every((q) => !JSON.stringify(q.headers).includes(ownerToken)), 'the client token never reached the server');
+          assert.ok(
+            shop().requests.every((q) => !JSON.stringify(q.headers).includes(ownerToken)),
+            'the client token never reached the server',
+          );
           const failed = await c.client.callTool({ name: 'fail', arguments: {} });
           assert.equal(failed.isError, true);
         } finally {
@@ -91,7 +100,12 @@ describe('gateway: MCP with the official SDKs', function () {
           await c.close();
         }
         assert.ok(!shop().toolsCalled().includes('delete_repo'));
-        assert.ok(shop().requests.slice(before).every((q) => !q.body.includes('delete_repo')), 'no request naming the tool reached the server');
+        assert.ok(
+          shop()
+            .requests.slice(before)
+            .every((q) => !q.body.includes('delete_repo')),
+          'no request naming the tool reached the server',
+        );
         await f.gw.context.audit.idle();
         const row = (await auditSince(f.tb.b, head)).find((r) => r.event === 'mcp.call')!;
         assert.equal(row.decision, 'deny');

@@ -138,12 +138,15 @@ export async function startV1Stateful(shop = new ToolShop()): Promise<RunningMcp
         res.end(JSON.stringify({ jsonrpc: '2.0', error: { code: -32001, message: 'Session not found' }, id: null }));
         return;
       }
-      const created = new StreamableHTTPServerTransport({ sessionIdGenerator: () => randomUUID(), onsessioninitialized: (id) => void transports.set(id, created) });
+      const created = new StreamableHTTPServerTransport({
+        sessionIdGenerator: () => randomUUID(),
+        onsessioninitialized: (id) => void transports.set(id, created),
+      });
       created.onclose = () => {
         if (created.sessionId) transports.delete(created.sessionId);
       };
       const s = new V1Server({ name: 'v1-stateful', version: '1.0.0' });
-      define(s as unknown as Registrar, shop);
+      define(s, shop);
       await s.connect(created);
       t = created;
     }
@@ -163,7 +166,7 @@ export async function startV1Stateless(shop = new ToolShop()): Promise<RunningMc
     }
     const t = new StreamableHTTPServerTransport({ sessionIdGenerator: undefined, enableJsonResponse: true });
     const s = new V1Server({ name: 'v1-stateless', version: '1.0.0' });
-    define(s as unknown as Registrar, shop);
+    define(s, shop);
     res.on('close', () => {
       void t.close();
       void s.close();
@@ -178,7 +181,7 @@ export async function startV1Stateless(shop = new ToolShop()): Promise<RunningMc
 export async function startV2(shop = new ToolShop()): Promise<RunningMcp> {
   const handler = createMcpHandler(() => {
     const s = new V2Server({ name: 'v2', version: '2.0.0' });
-    define(s as unknown as Registrar, shop);
+    define(s, shop);
     return s;
   });
   const { server, url } = await listen(async (req, res) => {

@@ -125,7 +125,13 @@ upstreams:
 `,
         }),
       });
-      token = await mustSession(f.tb, f.mcpOwner, Object.values(UPSTREAMS).map((u) => `gw:${u}`).join(' '));
+      token = await mustSession(
+        f.tb,
+        f.mcpOwner,
+        Object.values(UPSTREAMS)
+          .map((u) => `gw:${u}`)
+          .join(' '),
+      );
     });
     after(async () => f?.stopAll());
 
@@ -145,10 +151,7 @@ upstreams:
         const b = await connectClient('v1', f.mcpUrl(up), token);
         try {
           for (let i = 0; i < 2; i++)
-            assert.deepEqual(
-              (await b.client.listTools()).tools.map((t) => t.name).sort(),
-              ['add_issue_comment', 'fail', 'list_issues'],
-            );
+            assert.deepEqual((await b.client.listTools()).tools.map((t) => t.name).sort(), ['add_issue_comment', 'fail', 'list_issues']);
         } finally {
           await b.close();
         }
@@ -180,7 +183,7 @@ upstreams:
 
       const diff = await cli(f, ['mcp', 'diff', up]);
       assert.equal(diff.code, 0, diff.err);
-      assert.match(diff.out, /get_issue \(differs from its pin\)\n  description\n    - pinned: +"Read one issue."\n    \+ offered: .*id_rsa/);
+      assert.match(diff.out, /get_issue \(differs from its pin\)\n {2}description\n {4}- pinned: +"Read one issue."\n {4}\+ offered: .*id_rsa/);
 
       const mark = await auditHead(f.tb.b);
       const pin = await cli(f, ['mcp', 'pin', up, 'get_issue']);

@@ -54,7 +54,9 @@ export async function chooseDefinition(b: Broker, name: string, opts: { policy?:
     policy ??= all[0];
   }
   if (!policy)
-    throw new CliError(`${opts.policy ? `policy ${opts.policy}` : `the policy of agent ${opts.agent}`} does not define MCP upstream ${name} (defined by: ${all.map((p) => p.name).join(', ')})`);
+    throw new CliError(
+      `${opts.policy ? `policy ${opts.policy}` : `the policy of agent ${opts.agent}`} does not define MCP upstream ${name} (defined by: ${all.map((p) => p.name).join(', ')})`,
+    );
   const urls = new Set(all.map((p) => p.upstreams[name].url));
   const note =
     all.length > 1
@@ -72,12 +74,7 @@ export interface OfferedList {
  * Connects to the upstream with its injected credential and lists its tools. The session opened
  * for the credential is revoked before returning, whatever happens.
  */
-export async function listUpstreamTools(
-  b: Broker,
-  name: string,
-  choice: UpstreamChoice,
-  opts: { agent?: string; command: string },
-): Promise<OfferedList> {
+export async function listUpstreamTools(b: Broker, name: string, choice: UpstreamChoice, opts: { agent?: string; command: string }): Promise<OfferedList> {
   const { upstream, policy } = choice;
   const url = new URL(upstream.url);
   const headers: Record<string, string> = {};
@@ -89,8 +86,11 @@ export async function listUpstreamTools(
       backends = await startBackendCredentials(b, { sweep: false });
       const agent = opts.agent ? await findAgent(b, opts.agent) : (await agents.listByPolicy(b.read, policy.name)).find((a) => a.status === 'active');
       if (!agent)
-        throw new CliError(`no active agent is bound to policy ${policy.name}: the credential of ${name} is issued for an agent's session; register one or pass --agent`);
-      if (agent.policy !== policy.name) throw new CliError(`agent ${agent.name} is bound to policy ${agent.policy}, not ${policy.name} (which defines ${name})`);
+        throw new CliError(
+          `no active agent is bound to policy ${policy.name}: the credential of ${name} is issued for an agent's session; register one or pass --agent`,
+        );
+      if (agent.policy !== policy.name)
+        throw new CliError(`agent ${agent.name} is bound to policy ${agent.policy}, not ${policy.name} (which defines ${name})`);
       const scope = policy.scopes.filter((s) => s === `${GW_PREFIX}${name}` || s.startsWith(`${GW_PREFIX}${name}/`));
       if (!scope.length) throw new CliError(`policy ${policy.name} grants no gw:${name} scope, so no session of it may use ${name}`);
       const attempt = new Attempt('cli.mcp').note({ by: 'cli' });

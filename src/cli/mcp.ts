@@ -127,7 +127,9 @@ export function registerMcp(program: Command, ctx: Ctx): void {
       if (json) return void (await printJson(ctx.io, { upstream: name, pinned: r.done }));
       if (!r.done.length) return void (await ctx.io.out(`${name} offers no tools.\n`));
       await ctx.io.out(
-        r.done.map((d) => (d.changed ? `pinned ${d.tool} (${d.hash.slice(0, 12)})\n` : `${d.tool} was already pinned as offered (${d.hash.slice(0, 12)})\n`)).join(''),
+        r.done
+          .map((d) => (d.changed ? `pinned ${d.tool} (${d.hash.slice(0, 12)})\n` : `${d.tool} was already pinned as offered (${d.hash.slice(0, 12)})\n`))
+          .join(''),
       );
     }),
   );

@@ -71,7 +71,7 @@ export const mcpPins = {
     const n = await q('mcp_tool_pins')
       .where({ upstream: d.upstream, tool: d.tool })
       .whereNot('pinned_hash', d.hash)
-      .andWhere((w) => w.whereNull('changed_hash').orWhereNot('changed_hash', d.hash))
+      .andWhereRaw('(changed_hash IS NULL OR changed_hash <> ?)', [d.hash])
       .update({ changed_hash: d.hash, changed_definition: d.definition, changed_at: at });
     return n > 0;
   },

@@ -20,7 +20,12 @@ export function toolCallFacts(upstream: Upstream, params: Record<string, unknown
   } catch {
     canonical = undefined;
   }
-  const names = args !== null && typeof args === 'object' && !Array.isArray(args) ? Object.keys(args).slice(0, MAX_NAMES).map((k) => k.slice(0, 128)) : [];
+  const names =
+    args !== null && typeof args === 'object' && !Array.isArray(args)
+      ? Object.keys(args)
+          .slice(0, MAX_NAMES)
+          .map((k) => k.slice(0, 128))
+      : [];
   const facts: Record<string, unknown> = {
     tool,
     args_sha256: canonical === undefined ? null : createHash('sha256').update(canonical).digest('hex'),

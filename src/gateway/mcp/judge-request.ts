@@ -97,9 +97,13 @@ async function pinStateForCall(ctx: JudgeContext, tool: string): Promise<PinStat
     const answer = await ctx.listTools(cursor);
     const result = isObject(answer?.result) ? answer.result : undefined;
     if (!result)
-      throw new UpstreamError('bad_gateway', `the gateway could not check the definition of tool ${tool} against its pin: the upstream did not answer tools/list`, {
-        reason: 'mcp_pin_check_failed',
-      });
+      throw new UpstreamError(
+        'bad_gateway',
+        `the gateway could not check the definition of tool ${tool} against its pin: the upstream did not answer tools/list`,
+        {
+          reason: 'mcp_pin_check_failed',
+        },
+      );
     const tools = Array.isArray(result?.tools) ? result.tools : [];
     const offered = tools.map(offeredTool).filter((t) => t !== undefined && listed.has(t.name)) as NonNullable<ReturnType<typeof offeredTool>>[];
     const states = await ctx.pins.observe(ctx.name, offered, ctx.witness);

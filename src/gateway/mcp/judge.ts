@@ -27,7 +27,12 @@ const globCache = new Map<string, RegExp>();
 export function matchesStringGlob(glob: string, value: string): boolean {
   let re = globCache.get(glob);
   if (!re) {
-    re = new RegExp(`^${glob.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('[\\s\\S]*')}$`);
+    re = new RegExp(
+      `^${glob
+        .split('*')
+        .map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&'))
+        .join('[\\s\\S]*')}$`,
+    );
     if (globCache.size > 1000) globCache.clear();
     globCache.set(glob, re);
   }
@@ -56,9 +61,13 @@ export function toolRefusal(p: GatewayPrincipal, name: string, upstream: Upstrea
   const { tool } = q;
   const listed = upstream.tools ?? [];
   if (!listed.includes(tool))
-    return new CordonError('access_denied', `tool ${tool} of upstream ${name} is not granted by policy ${p.rootPolicy.name} (it grants: ${listed.join(', ')})`, {
-      reason: 'tool_not_in_policy',
-    });
+    return new CordonError(
+      'access_denied',
+      `tool ${tool} of upstream ${name} is not granted by policy ${p.rootPolicy.name} (it grants: ${listed.join(', ')})`,
+      {
+        reason: 'tool_not_in_policy',
+      },
+    );
   const scope = toolScope(name, tool);
   if (!covers(p.scopes, scope))
     return new CordonError('insufficient_scope', `token scope does not grant ${scope} (needed for tool ${tool})`, {
@@ -71,8 +80,7 @@ export function toolRefusal(p: GatewayPrincipal, name: string, upstream: Upstrea
       `tool ${tool} of upstream ${name} changed its definition since it was pinned; it is refused until an admin reviews it (cordon mcp diff ${name}) and pins it again (cordon mcp pin ${name} ${tool})`,
       { reason: 'tool_pin_changed' },
     );
-  if (q.pin === 'unknown')
-    return new CordonError('access_denied', `upstream ${name} does not offer tool ${tool}`, { reason: 'tool_not_offered' });
+  if (q.pin === 'unknown') return new CordonError('access_denied', `upstream ${name} does not offer tool ${tool}`, { reason: 'tool_not_offered' });
   if (q.args === undefined) return undefined;
   return argsRefusal(name, upstream, tool, q.args);
 }
@@ -112,14 +120,7 @@ export function promptRefusal(p: GatewayPrincipal, name: string, upstream: Upstr
   return partRefusal(p, name, upstream.prompts, PROMPTS_PART, 'prompt', prompt);
 }
 
-function partRefusal(
-  p: GatewayPrincipal,
-  name: string,
-  globs: string[] | undefined,
-  part: string,
-  noun: string,
-  value: unknown,
-): CordonError | undefined {
+function partRefusal(p: GatewayPrincipal, name: string, globs: string[] | undefined, part: string, noun: string, value: unknown): CordonError | undefined {
   if (!globs?.length)
     return new CordonError('access_denied', `policy ${p.rootPolicy.name} grants no ${noun}s of upstream ${name}`, { reason: `${noun}_not_in_policy` });
   const scope = `${GW_PREFIX}${name}/${part}`;

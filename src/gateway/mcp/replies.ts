@@ -49,7 +49,14 @@ function rpcCodeOf(e: CordonError): number {
 }
 
 /** Answers `e` on `res` (or cuts the connection if an answer had begun). */
-export function replyMcp(res: ServerResponse, gatewayUrl: string, upstream: string | undefined, e: CordonError, id: JsonRpcId | null, extra: Record<string, string> = {}): void {
+export function replyMcp(
+  res: ServerResponse,
+  gatewayUrl: string,
+  upstream: string | undefined,
+  e: CordonError,
+  id: JsonRpcId | null,
+  extra: Record<string, string> = {},
+): void {
   if (res.headersSent) {
     res.destroy();
     return;

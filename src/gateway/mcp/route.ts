@@ -39,10 +39,14 @@ function checkOrigin(g: GatewayContext, req: IncomingMessage): void {
   const origin = req.headers.origin;
   if (origin === undefined) return;
   if (origin === new URL(g.url).origin) return;
-  throw new CordonError('access_denied', `requests from origin ${JSON.stringify(origin.slice(0, 100))} are refused (only the gateway's own origin may call it)`, {
-    reason: 'mcp_origin_refused',
-    status: 403,
-  });
+  throw new CordonError(
+    'access_denied',
+    `requests from origin ${JSON.stringify(origin.slice(0, 100))} are refused (only the gateway's own origin may call it)`,
+    {
+      reason: 'mcp_origin_refused',
+      status: 403,
+    },
+  );
 }
 
 /** The 2026-07-28 envelope of the caller's request, for a request the gateway sends in its exchange. */
@@ -68,7 +72,8 @@ export async function handleMcp(g: GatewayContext, req: IncomingMessage, res: Se
   let forwardedAt: number | undefined;
   try {
     checkOrigin(g, req);
-    if (!NAME.test(name)) throw new CordonError('not_found', 'unknown MCP upstream: call /mcp/{upstream}, an MCP upstream of your policy', { reason: 'upstream_unknown' });
+    if (!NAME.test(name))
+      throw new CordonError('not_found', 'unknown MCP upstream: call /mcp/{upstream}, an MCP upstream of your policy', { reason: 'upstream_unknown' });
     if (!METHODS.has(httpMethod))
       throw new CordonError('invalid_request', `${httpMethod.slice(0, 16)} is not part of MCP Streamable HTTP (GET, POST, DELETE)`, {
         reason: 'mcp_http_method',
@@ -126,7 +131,9 @@ export async function handleMcp(g: GatewayContext, req: IncomingMessage, res: Se
               {
                 id: `cordon-pin-check-${randomUUID()}`,
                 method: 'tools/list',
-                ...(cursor !== undefined || envelope ? { params: { ...(cursor !== undefined ? { cursor } : {}), ...(envelope ? { _meta: envelope } : {}) } } : {}),
+                ...(cursor !== undefined || envelope
+                  ? { params: { ...(cursor !== undefined ? { cursor } : {}), ...(envelope ? { _meta: envelope } : {}) } }
+                  : {}),
               },
               timeoutMs,
               abort.signal,
@@ -160,7 +167,12 @@ export async function handleMcp(g: GatewayContext, req: IncomingMessage, res: Se
       },
       (upstreamId) => state.sessionIds.wrap(principal, name, upstreamId),
     );
-    Object.assign(facts, { status: relayed.status, bytes_in: body?.length ?? 0, bytes_out: relayed.bytesOut, duration_ms: Math.round(performance.now() - started) });
+    Object.assign(facts, {
+      status: relayed.status,
+      bytes_in: body?.length ?? 0,
+      bytes_out: relayed.bytesOut,
+      duration_ms: Math.round(performance.now() - started),
+    });
     if (toolCall) {
       Object.assign(facts, answer ? answerFacts(answer) : { outcome: relayed.cut ? 'cut' : 'no_result', is_error: null });
       g.audit.call('mcp.call', attempt, 'allow', facts);

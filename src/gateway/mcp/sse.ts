@@ -8,7 +8,7 @@ import { StringDecoder } from 'node:string_decoder';
 import { Transform, type TransformCallback } from 'node:stream';
 
 /** Looks at one message; returns (or resolves to) a replacement to send instead, or undefined to send it as it came. */
-export type MessageInspector = (message: unknown) => unknown | Promise<unknown>;
+export type MessageInspector = (message: unknown) => unknown; // a value, or a promise of one
 
 /** What a run of input became: text to send as it is, or an event whose message must be inspected first. */
 type Piece = string | { message: unknown; kept: string; raw: string };

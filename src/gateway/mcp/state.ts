@@ -24,7 +24,13 @@ export class McpState {
     let ids = this.#inflight.get(session);
     if (!ids) this.#inflight.set(session, (ids = new Set()));
     if (ids.has(key))
-      throw new RpcRefusal(RPC.INVALID_REQUEST, 'invalid_request', `request id ${JSON.stringify(id)} is already in flight in this MCP session`, 'mcp_duplicate_id', 400);
+      throw new RpcRefusal(
+        RPC.INVALID_REQUEST,
+        'invalid_request',
+        `request id ${JSON.stringify(id)} is already in flight in this MCP session`,
+        'mcp_duplicate_id',
+        400,
+      );
     ids.add(key);
     return () => {
       ids.delete(key);

@@ -68,14 +68,7 @@ export interface Sent {
   upstreamSeconds: number;
 }
 
-export async function send(
-  g: GatewayContext,
-  t: UpstreamTarget,
-  method: string,
-  body: Buffer | null,
-  timeoutMs: number,
-  signal: AbortSignal,
-): Promise<Sent> {
+export async function send(g: GatewayContext, t: UpstreamTarget, method: string, body: Buffer | null, timeoutMs: number, signal: AbortSignal): Promise<Sent> {
   const started = performance.now();
   try {
     const answer = await request(t.url, {
@@ -151,11 +144,7 @@ export async function ask(
   try {
     if (mediaType(answer.headers['content-type']) === 'text/event-stream') {
       const sink = new Writable({ write: (_c, _e, done) => (found ? done(new Error('answered')) : done()) });
-      await pipeline(
-        answer.body,
-        new SseInspector((m) => void mine(m)),
-        sink,
-      ).catch((e: Error) => {
+      await pipeline(answer.body, new SseInspector((m) => void mine(m)), sink).catch((e: Error) => {
         if (!found) throw e;
       });
     } else {

@@ -8,16 +8,9 @@ import { CordonError } from '../../errors.ts';
 
 export type JsonRpcId = string | number;
 
-export interface JsonRpcRequest {
-  jsonrpc: '2.0';
-  id: JsonRpcId;
-  method: string;
-  params?: Record<string, unknown>;
-}
-
 /** A client's message as the gateway classifies it. */
 export type ClientMessage =
-  | { kind: 'request'; id: JsonRpcId; method: string; params: Record<string, unknown> | undefined; raw: JsonRpcRequest }
+  | { kind: 'request'; id: JsonRpcId; method: string; params: Record<string, unknown> | undefined }
   | { kind: 'notification'; method: string; params: Record<string, unknown> | undefined }
   | { kind: 'response'; id: JsonRpcId | null };
 
@@ -65,17 +58,17 @@ export function parseClientMessage(body: Buffer): ClientMessage {
   if (!isObject(v)) throw malformed('the body is not a JSON-RPC object');
   if (v.jsonrpc !== '2.0') throw malformed('jsonrpc must be "2.0"');
   if (v.params !== undefined && !isObject(v.params)) throw malformed('params must be an object');
-  const params = v.params as Record<string, unknown> | undefined;
+  const params = v.params;
   if (typeof v.method === 'string') {
     if (v.method === '') throw malformed('method is empty');
     if (!Object.hasOwn(v, 'id')) return { kind: 'notification', method: v.method, params };
     if (!isId(v.id)) throw malformed('id must be a string or an integer');
-    return { kind: 'request', id: v.id, method: v.method, params, raw: v as unknown as JsonRpcRequest };
+    return { kind: 'request', id: v.id, method: v.method, params };
   }
   if (v.method !== undefined) throw malformed('method must be a string');
   if (Object.hasOwn(v, 'result') === Object.hasOwn(v, 'error')) throw malformed('neither a request, a notification nor a response');
   if (v.id !== null && !isId(v.id)) throw malformed('id must be a string or an integer');
-  return { kind: 'response', id: v.id as JsonRpcId | null };
+  return { kind: 'response', id: v.id };
 }
 
 /** A JSON-RPC error response, as text. */
@@ -123,7 +116,8 @@ const single = (v: string | string[] | undefined): string | undefined => (Array.
 export function checkStandardHeaders(headers: Record<string, string | string[] | undefined>, m: ClientMessage): void {
   if (m.kind === 'response') return;
   const method = single(headers['mcp-method']);
-  if (method !== undefined && method.trim() !== m.method) throw headerMismatch(`Mcp-Method names ${JSON.stringify(method.slice(0, 100))}, the body ${m.method}`);
+  if (method !== undefined && method.trim() !== m.method)
+    throw headerMismatch(`Mcp-Method names ${JSON.stringify(method.slice(0, 100))}, the body ${m.method}`);
   const name = single(headers['mcp-name']);
   if (name === undefined) return;
   const field = Object.hasOwn(NAME_SOURCE, m.method) ? NAME_SOURCE[m.method] : undefined;
