@@ -203,6 +203,29 @@ describe('gateway: MCP with the official SDKs', function () {
     assert.match(away.headers.get('www-authenticate')!, /scope="gw:gh-v1j"/);
   });
 
+  it('a call without arguments is still judged: a constrained argument must be there, of a kind a glob can match', async () => {
+    const up = UPSTREAMS.v1j;
+    const before = f.servers.v1j.shop.calls.length;
+    const none = await rawPost(f.mcpUrl(up), ownerToken, { jsonrpc: '2.0', id: 1, method: 'tools/call', params: { name: 'add_issue_comment' } });
+    assert.equal(none.status, 200);
+    assert.match(none.json.error.message, /argument owner of tool add_issue_comment is missing or not a string, number or boolean/);
+    const nested = await rawPost(f.mcpUrl(up), ownerToken, {
+      jsonrpc: '2.0',
+      id: 2,
+      method: 'tools/call',
+      params: { name: 'add_issue_comment', arguments: { owner: ['acme'], repo: 'agents-x', body: 'b' } },
+    });
+    assert.match(nested.json.error.message, /argument owner .* missing or not a string/);
+    const notObject = await rawPost(f.mcpUrl(up), ownerToken, {
+      jsonrpc: '2.0',
+      id: 3,
+      method: 'tools/call',
+      params: { name: 'add_issue_comment', arguments: 'owner=acme' },
+    });
+    assert.deepEqual([notObject.status, notObject.json.error.code], [200, -32602]);
+    assert.equal(f.servers.v1j.shop.calls.length, before);
+  });
+
   it('a revoked session is cut mid-stream and refused after', async () => {
     const tok = await mustSession(f.tb, f.mcpOwner, `gw:${UPSTREAMS.v1s}`);
     const url = f.mcpUrl(UPSTREAMS.v1s);

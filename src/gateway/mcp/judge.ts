@@ -49,7 +49,7 @@ function argText(v: unknown): string | undefined {
 export interface ToolQuestion {
   tool: string;
   pin: PinState;
-  /** For a call: its arguments (absent means `{}`); for a list: absent. */
+  /** For a call: its arguments (the key is present, the value may be undefined: no arguments). For a list: no key. */
   args?: unknown;
 }
 
@@ -81,14 +81,15 @@ export function toolRefusal(p: GatewayPrincipal, name: string, upstream: Upstrea
       { reason: 'tool_pin_changed' },
     );
   if (q.pin === 'unknown') return new CordonError('access_denied', `upstream ${name} does not offer tool ${tool}`, { reason: 'tool_not_offered' });
-  if (q.args === undefined) return undefined;
+  // A call without arguments is still judged: an argument the policy constrains must be there.
+  if (!Object.hasOwn(q, 'args')) return undefined;
   return argsRefusal(name, upstream, tool, q.args);
 }
 
 function argsRefusal(name: string, upstream: Upstream, tool: string, args: unknown): CordonError | undefined {
   const globs = upstream.args?.[tool];
   if (!globs) return undefined;
-  const given = args === null ? {} : args;
+  const given = args ?? {};
   if (typeof given !== 'object' || Array.isArray(given))
     return new CordonError('invalid_request', `arguments of tool ${tool} must be an object`, { reason: 'tool_args_malformed' });
   for (const [arg, glob] of Object.entries(globs)) {
@@ -97,7 +98,9 @@ function argsRefusal(name: string, upstream: Upstream, tool: string, args: unkno
     if (v === undefined || !matchesStringGlob(glob, v))
       return new CordonError(
         'access_denied',
-        `argument ${arg} of tool ${tool} is ${v === undefined ? 'missing or not a string' : 'outside'} the policy's glob ${JSON.stringify(glob)} (upstream ${name})`,
+        v === undefined
+          ? `argument ${arg} of tool ${tool} is missing or not a string, number or boolean; the policy's glob for it is ${JSON.stringify(glob)} (upstream ${name})`
+          : `argument ${arg} of tool ${tool} is outside the policy's glob ${JSON.stringify(glob)} (upstream ${name})`,
         { reason: 'tool_args_refused', auditParams: { argument: arg } },
       );
   }
