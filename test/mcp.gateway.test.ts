@@ -5,6 +5,7 @@
  * supplied bearer token. What the servers ran is what the tests assert on.
  */
 import assert from 'node:assert/strict';
+import { PIN_VERIFY_MS } from '../src/gateway/mcp/pins.ts';
 import { revokeSession } from '../src/revocation/revoke.ts';
 import { auditHead, auditSince, claimsOf, mustDelegate, mustSession } from './delegation.kit.ts';
 import { TICKETS_KEY } from './gateway.kit.ts';
@@ -224,6 +225,28 @@ describe('gateway: MCP with the official SDKs', function () {
     });
     assert.deepEqual([notObject.status, notObject.json.error.code], [200, -32602]);
     assert.equal(f.servers.v1j.shop.calls.length, before);
+  });
+
+  it("checks a pin not seen lately with its own tools/list inside the caller's MCP session (stateful v1 server)", async () => {
+    f.tb.clock.advance(PIN_VERIFY_MS + 1000);
+    const shop = f.servers.v1s.shop;
+    const c = await connectClient('v1', f.mcpUrl(UPSTREAMS.v1s), ownerToken);
+    try {
+      const mark = shop.requests.length;
+      const r = await c.client.callTool({ name: 'get_issue', arguments: { repo: 'agents-x', id: 5 } });
+      assert.match(JSON.stringify(r.content), /issue 5/);
+      const check = shop.requests.slice(mark).find((q) => q.body.includes('"tools/list"'));
+      assert.ok(check, 'the gateway listed the tools first');
+      assert.match(check.body, /"id":"cordon-pin-check-/);
+      assert.ok(check.headers['mcp-session-id'], "in the caller's session");
+      assert.equal(check.headers.authorization, `Bearer ${TICKETS_KEY}`);
+      // Seen now: the next call goes straight through.
+      const again = shop.requests.length;
+      await c.client.callTool({ name: 'get_issue', arguments: { repo: 'agents-x', id: 6 } });
+      assert.ok(shop.requests.slice(again).every((q) => !q.body.includes('"tools/list"')));
+    } finally {
+      await c.close();
+    }
   });
 
   it('a revoked session is cut mid-stream and refused after', async () => {

@@ -84,7 +84,8 @@ async function relayJson(sent: Sent, res: ServerResponse, ctx: InspectContext, h
   let out: Buffer | string = raw;
   let parsed: unknown;
   try {
-    parsed = JSON.parse(raw.toString('utf8'));
+    // An empty body (a 202 to a notification that still names JSON) holds nothing to look into.
+    parsed = raw.length ? JSON.parse(raw.toString('utf8')) : undefined;
   } catch {
     // A client cannot read it either; but a success the gateway could not look into does not pass.
     if (status >= 200 && status < 300) throw new UpstreamError('bad_gateway', 'the upstream answered with malformed JSON', { reason: 'upstream_bad_json' });
