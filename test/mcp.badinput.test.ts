@@ -124,6 +124,16 @@ upstreams:
     assert.equal(received().length, before, 'nothing reached the upstream');
   });
 
+  it('a key given twice (the tool name, the id) cannot be read one way here and another upstream: the judged message is what is sent', async () => {
+    const sent = '{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/call","params":{"name":"delete_repo","arguments":{},"name":"list_issues"}}';
+    const r = await rawPost(url, token, sent);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.id, 2);
+    const forwarded = received().at(-1)!;
+    assert.equal(forwarded.body, '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"list_issues","arguments":{}}}');
+    assert.ok(received().every((q) => !q.body.includes('delete_repo')));
+  });
+
   it('a batch is refused whole, even when every element would be allowed', async () => {
     const before = received().length;
     const r = await rawPost(url, token, [call(1, 'list_issues'), call(2, 'list_issues')]);

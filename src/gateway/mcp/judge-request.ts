@@ -25,6 +25,14 @@ export interface JudgeContext {
 /** Families whose every method the gateway judges: one it does not know is refused, not passed. */
 const GUARDED = /^(tools|resources|prompts|completion)\//;
 const PASSED = new Set(['tools/list']);
+
+/**
+ * Whether the gateway judged what this method's message says. Such a message goes upstream as
+ * the gateway re-serialises it from what it parsed, never as received: a body with a key given
+ * twice (`"name"` twice, `"id"` twice) could be read one way here and another way by the upstream.
+ */
+export const isJudged = (m: ClientMessage): boolean =>
+  m.kind !== 'response' && (GUARDED.test(m.method) || m.method === 'subscriptions/listen') && !PASSED.has(m.method);
 /** Pages of the upstream's tool list read, at most, to find a tool the gateway has never seen. */
 const MAX_PAGES = 20;
 

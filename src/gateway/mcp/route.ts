@@ -22,7 +22,7 @@ import { UpstreamError } from '../forward.ts';
 import type { GatewayPrincipal } from '../principal.ts';
 import { asCordonError } from '../replies.ts';
 import { answerFacts, toolCallFacts } from './call-facts.ts';
-import { judgeClientMessage } from './judge-request.ts';
+import { isJudged, judgeClientMessage } from './judge-request.ts';
 import { reachesUpstream } from './judge.ts';
 import type { Witness } from './pins.ts';
 import { relayAnswer } from './relay.ts';
@@ -141,6 +141,7 @@ export async function handleMcp(g: GatewayContext, req: IncomingMessage, res: Se
         },
         message,
       );
+      if (message.kind !== 'response' && isJudged(message)) body = Buffer.from(JSON.stringify(message.parsed));
     }
     g.limits.admit(p);
     const t = await targetOnce();

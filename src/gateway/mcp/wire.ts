@@ -10,8 +10,8 @@ export type JsonRpcId = string | number;
 
 /** A client's message as the gateway classifies it. */
 export type ClientMessage =
-  | { kind: 'request'; id: JsonRpcId; method: string; params: Record<string, unknown> | undefined }
-  | { kind: 'notification'; method: string; params: Record<string, unknown> | undefined }
+  | { kind: 'request'; id: JsonRpcId; method: string; params: Record<string, unknown> | undefined; parsed: Record<string, unknown> }
+  | { kind: 'notification'; method: string; params: Record<string, unknown> | undefined; parsed: Record<string, unknown> }
   | { kind: 'response'; id: JsonRpcId | null };
 
 /** JSON-RPC and MCP error codes the gateway uses. */
@@ -61,9 +61,9 @@ export function parseClientMessage(body: Buffer): ClientMessage {
   const params = v.params;
   if (typeof v.method === 'string') {
     if (v.method === '') throw malformed('method is empty');
-    if (!Object.hasOwn(v, 'id')) return { kind: 'notification', method: v.method, params };
+    if (!Object.hasOwn(v, 'id')) return { kind: 'notification', method: v.method, params, parsed: v };
     if (!isId(v.id)) throw malformed('id must be a string or an integer');
-    return { kind: 'request', id: v.id, method: v.method, params };
+    return { kind: 'request', id: v.id, method: v.method, params, parsed: v };
   }
   if (v.method !== undefined) throw malformed('method must be a string');
   if (Object.hasOwn(v, 'result') === Object.hasOwn(v, 'error')) throw malformed('neither a request, a notification nor a response');
