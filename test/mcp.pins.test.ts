@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { main } from '../src/cli/main.ts';
+import { metricsFor } from '../src/observability/metrics.ts';
 import type { Io } from '../src/cli/output.ts';
 import { PIN_VERIFY_MS } from '../src/gateway/mcp/pins.ts';
 import { mcpStateOf } from '../src/gateway/mcp/state.ts';
@@ -136,6 +137,7 @@ upstreams:
     after(async () => f?.stopAll());
 
     it('pins on first sight, hides and refuses a changed definition until an admin re-pins it', async () => {
+      const metrics = metricsFor(f.tb.b);
       const head = await auditHead(f.tb.b);
       const a = await connectClient('v2-modern', f.mcpUrl(up), token);
       try {
@@ -157,6 +159,7 @@ upstreams:
         }
         const changes = (await auditSince(f.tb.b, mark)).filter((r) => r.event === 'mcp.pin_changed');
         assert.equal(changes.length, 1, 'one audit row per change');
+        assert.match(await metrics.registry.metrics(), new RegExp(`cordon_mcp_pin_changes_total\\{upstream="${up}"\\} 1\\n`), 'and one count');
         assert.equal(changes[0].params.tool, 'get_issue');
         assert.match(changes[0].reason!, /changed its definition/);
 
