@@ -12,6 +12,7 @@ import { registerKeys } from './keys.ts';
 import { registerStatus } from './status.ts';
 import { registerCreds, registerExec } from './creds.ts';
 import { registerDemo } from './demo.ts';
+import { registerMcp } from './mcp.ts';
 
 /** Builds the command tree. A fresh one per call, so tests can run `main` many times in one process. */
 export function buildProgram(ctx: Ctx): Command {
@@ -48,6 +49,7 @@ export function buildProgram(ctx: Ctx): Command {
   registerStatus(program, ctx);
   registerCreds(program, ctx);
   registerExec(program, ctx);
+  registerMcp(program, ctx);
   // Every subcommand inherits the error handling and output of the program.
   const inherit = (c: Command) => {
     for (const sub of c.commands) {

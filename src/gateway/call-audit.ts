@@ -30,7 +30,7 @@ export class CallAudit {
 
   /** Records a call that got as far as a known agent (allowed, refused or failed upstream). */
   call(
-    event: Extract<AuditEvent, 'gateway.call' | 'egress.connect'>,
+    event: Extract<AuditEvent, 'gateway.call' | 'egress.connect' | 'mcp.call'>,
     attempt: Attempt,
     decision: 'allow' | 'deny',
     facts: Record<string, unknown>,

@@ -30,7 +30,8 @@ export function forwardableHeaders(h: IncomingHttpHeaders): Record<string, strin
   return out;
 }
 
-function relayHeaders(h: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
+/** The upstream's response headers that may go back to the caller (framing is Node's own). */
+export function relayHeaders(h: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
   const named = new Set(
     String(h.connection ?? '')
       .split(',')

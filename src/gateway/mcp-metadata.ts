@@ -8,17 +8,14 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { CordonError } from '../errors.ts';
-import { mcpResourceUrl } from '../policy/mcp-resource.ts';
+import { MCP_METADATA_PREFIX, mcpMetadataUrl, mcpResourceUrl } from '../policy/mcp-resource.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
 import { GW_PREFIX } from '../policy/scopes.ts';
 import { DPOP_ALGS } from '../protocol/constants.ts';
 import type { GatewayContext } from './context.ts';
 import { reply } from './replies.ts';
 
-export const MCP_METADATA_PREFIX = '/.well-known/oauth-protected-resource/mcp/';
-
-/** Where the metadata of `upstream` is served (the `resource_metadata` of a challenge). */
-export const mcpMetadataUrl = (gatewayUrl: string, upstream: string): string => `${gatewayUrl}${MCP_METADATA_PREFIX}${upstream}`;
+export { MCP_METADATA_PREFIX, mcpMetadataUrl };
 
 export interface ProtectedResourceMetadata {
   resource: string;

@@ -3,6 +3,7 @@
  * server, and the hot path needs no framework). It routes and maps errors; the steps decide.
  *
  *   /u/{upstream}/…   reverse mode (reverse.ts)
+ *   /mcp/{upstream}   MCP Streamable HTTP, judged per message (mcp/route.ts)
  *   CONNECT, absolute-URI requests   the forward proxy (egress.ts)
  *   /upstreams        what the caller's token may call (discovery.ts)
  *   /.well-known/oauth-protected-resource/mcp/{upstream}   RFC 9728 metadata of an MCP upstream (mcp-metadata.ts)
@@ -31,6 +32,8 @@ import { egressDeps } from './egress-audit.ts';
 import { DISCOVERY_PATH, handleDiscovery } from './discovery.ts';
 import { handleMcpMetadata, MCP_METADATA_PREFIX } from './mcp-metadata.ts';
 import { handleAbsoluteUri, handleConnect } from './egress.ts';
+import { handleMcp } from './mcp/route.ts';
+import { MCP_PREFIX } from './mcp/replies.ts';
 import type { Lookup } from './egress-rules.ts';
 
 export interface RunningGateway {
@@ -120,11 +123,12 @@ async function route(g: GatewayContext, ops: ReturnType<typeof opsRoutes>, req: 
   try {
     const url = req.url ?? '';
     if (url.startsWith(REVERSE_PREFIX)) return await handleReverse(g, req, res);
+    if (url.startsWith(MCP_PREFIX)) return await handleMcp(g, req, res);
     if (url === DISCOVERY_PATH && req.method === 'GET') return await handleDiscovery(g, req, res);
     if (url.startsWith(MCP_METADATA_PREFIX)) return await handleMcpMetadata(g, req, res);
     if (await ops(req, res)) return;
     if (!url.startsWith('/')) return await handleAbsoluteUri(egressDeps(g, req), req, res);
-    throw new CordonError('not_found', 'not found: call upstreams at /u/{upstream}/{path}', { reason: 'route_unknown' });
+    throw new CordonError('not_found', 'not found: call upstreams at /u/{upstream}/{path}, MCP upstreams at /mcp/{upstream}', { reason: 'route_unknown' });
   } catch (e) {
     reply(res, e instanceof CordonError ? e : new CordonError('server_error', 'the gateway failed unexpectedly'), req.complete ? {} : { connection: 'close' });
   }

@@ -105,7 +105,7 @@ function checkHttp(u: FileUpstream, at: (...rest: string[]) => Path, flag: Flag)
     flag(at(), 'has no rules, so the gateway would allow no call to it: add rules: { NAME: { methods: [GET], paths: ["/…"] } }');
 }
 
-function checkMcp(u: FileUpstream, at: (...rest: string[]) => Path, flag: Flag): void {
+function checkMcp(u: FileUpstream, at: (...rest: Array<string | number>) => Path, flag: Flag): void {
   const tools = u.tools ?? [];
   if (tools.length === 0) {
     flag(
@@ -117,4 +117,11 @@ function checkMcp(u: FileUpstream, at: (...rest: string[]) => Path, flag: Flag):
     if (!tools.includes(tool)) flag(at('args', tool), `${tool} is not one of tools (${tools.join(', ') || 'none'})`, 'key');
   }
   if (Object.keys(u.rules).length > 0) flag(at('rules'), 'rules are for kind http: an mcp upstream grants its tools (scope gw:NAME/TOOL)', 'key');
+  // gw:NAME/resources and gw:NAME/prompts grant the upstream's resources and prompts: a tool of that name could not be told apart.
+  tools.forEach((t, i) => {
+    if (t === 'resources' || t === 'prompts')
+      flag(at('tools', i), `${t} is reserved: the scope gw:NAME/${t} grants the upstream's ${t} (listed under ${t}:), so no tool may be named so`);
+  });
+  if (u.inject !== undefined && 'aws_sigv4' in u.inject)
+    flag(at('inject', 'aws_sigv4'), 'an mcp upstream takes its credential in a header or the query: inject: { header: NAME, value: "… {secret.FIELD}" }');
 }

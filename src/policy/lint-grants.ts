@@ -49,7 +49,11 @@ const GRANT_KINDS: readonly GrantKind[] = [
     defined: (f) =>
       Object.entries(f.upstreams).map(([name, u]) => ({
         name,
-        parts: u.kind === 'mcp' ? { noun: 'tool', names: u.tools ?? [] } : { noun: 'rule', names: Object.keys(u.rules) },
+        parts:
+          u.kind === 'mcp'
+            ? // gw:NAME/resources and gw:NAME/prompts grant what the upstream lists under resources: and prompts:.
+              { noun: 'tool', names: [...(u.tools ?? []), ...(u.resources?.length ? ['resources'] : []), ...(u.prompts?.length ? ['prompts'] : [])] }
+            : { noun: 'rule', names: Object.keys(u.rules) },
       })),
     parse: (s) => {
       const rest = s.slice(GW_PREFIX.length);

@@ -10,6 +10,10 @@ import type { Policy } from './types.ts';
 export const MCP_ROUTE_PREFIX = '/mcp/';
 
 export const mcpResourceUrl = (gatewayUrl: string, upstream: string): string => `${gatewayUrl}${MCP_ROUTE_PREFIX}${upstream}`;
+/** RFC 9728 metadata of an MCP upstream, served by the gateway. */
+export const MCP_METADATA_PREFIX = '/.well-known/oauth-protected-resource/mcp/';
+/** Where the metadata of `upstream` is served (the `resource_metadata` of a challenge). */
+export const mcpMetadataUrl = (gatewayUrl: string, upstream: string): string => `${gatewayUrl}${MCP_METADATA_PREFIX}${upstream}`;
 
 /** The upstream name a resource indicator names when it is `{gatewayUrl}/mcp/{name}` (one plain segment); undefined otherwise. */
 export function mcpUpstreamOf(gatewayUrl: string, resource: string): string | undefined {

@@ -27,7 +27,13 @@ export type AuditEvent =
   /** A call through the gateway (reverse mode), allowed or refused: upstream, method, path, rule, status, bytes, duration. */
   | 'gateway.call'
   /** A forward-proxy tunnel or request, allowed or refused: host, port, address, bytes, duration. */
-  | 'egress.connect';
+  | 'egress.connect'
+  /** An MCP tool call (or a refused MCP request), allowed or refused: upstream, tool, arguments' hash and names, outcome, isError. */
+  | 'mcp.call'
+  /** An MCP upstream offered a tool definition that differs from its pin (or the pinned one again): hidden and refused until re-pinned. */
+  | 'mcp.pin_changed'
+  /** An admin pinned an MCP tool definition (`cordon mcp pin`). */
+  | 'mcp.pin';
 
 /** What a refused request was trying to do: its route, grant or command. */
 export type Attempted =
@@ -46,5 +52,6 @@ export type Attempted =
   | 'jwks'
   | 'gateway.call'
   | 'egress.connect'
+  | 'mcp.call'
   | 'request'
   | `cli.${string}`;
