@@ -3,6 +3,7 @@ import { CordonError } from '../errors.ts';
 import { appendAudit } from '../store/audit-chain.ts';
 import { agents, type Agent, type AuthMethod } from '../store/agents.ts';
 import { transact } from '../store/db.ts';
+import { revocations } from '../store/revocations.ts';
 import { hashSecret } from '../keys/keyring.ts';
 import { newId, newSecret, isWellFormedId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
@@ -89,8 +90,11 @@ export async function setAgentEnabled(b: Broker, idOrName: string, enabled: bool
   // Decided inside the transaction: a revocation committed since the read above wins.
   await transact(b.db, async (tx) => {
     if (!(await agents.setStatus(tx, a.id, status, at))) throw revokedAgent();
+    // Every replica's caches drop what they hold of this agent (an enable too: nothing stale either way).
+    await revocations.add(tx, [{ kind: 'agentrow', value: a.id, expiresAt: at, revokedAt: at }]);
     await appendAudit(tx, { at, event: enabled ? 'agent.enable' : 'agent.disable', decision: 'info', agentId: a.id, params: { by: actor } });
   });
+  b.live.agentsChanged([a.id]);
   return { ...a, status, updatedAt: at };
 }
 

@@ -35,7 +35,7 @@ export async function principalOfToken(g: GatewayContext, jwt: string, attempt: 
   const aud = audiencesOf(p.claims);
   if (!aud.includes(g.url) && !aud.includes(g.b.config.issuer))
     throw new CordonError('invalid_token', `the token's audience names neither the gateway (${g.url}) nor the broker`, { reason: 'audience_not_gateway' });
-  return p;
+  return g.tokens.withPolicies(p);
 }
 
 /** Reverse mode: the Authorization header, with DPoP where the token is bound (htu is the gateway URL of this path). */
