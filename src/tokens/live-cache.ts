@@ -112,7 +112,8 @@ export class LiveTokenCache {
   async #begin(): Promise<void> {
     this.#cursor = await revocations.lastSeq(this.#b.read);
     this.#polledAt = performance.now();
-    this.#b.hooks.onRevoked.push(this.#hook);
+    // First in line: memory forgets before slower hooks (backend cleanup) run.
+    this.#b.hooks.onRevoked.unshift(this.#hook);
     this.#timer = setInterval(() => void this.poll(), this.#pollMs);
     this.#timer.unref();
     if (!this.#listen) return;
