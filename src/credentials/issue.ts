@@ -24,7 +24,7 @@ import { recordBackendError } from '../observability/metrics.ts';
 import { audiencesOf, type AccessTokenClaims } from '../tokens/claims.ts';
 import { requireDpopForToken } from '../tokens/dpop.ts';
 import type { Attempt } from '../audit/attempt.ts';
-import { verifySignature, type TokenView } from '../tokens/verify.ts';
+import type { TokenView } from '../tokens/verify.ts';
 import { deliversToGateway, gatewayOnlyRefusal } from './deliver.ts';
 import { revokeCtx, revokeRows, target } from './revoke.ts';
 import { issueGatewayKeys } from './gateway-keys.ts';
@@ -65,14 +65,11 @@ export async function issueCredential(b: Broker, req: CredentialRequest, attempt
   // Refused before anyone is known: the row says what was asked, never the token itself.
   attempt.note({ name: String(req.name).slice(0, 64) });
   // Liveness from the broker's cache: the database is read for a token string not seen live before.
-  let live = b.live.known(req.jwt);
-  if (!live) {
-    const presented = await verifySignature(b, req.jwt, 'invalid_token');
+  const live = await b.live.require(req.jwt, 'invalid_token', (presented) => {
     // Signed by this broker: a refusal from here on names its agent, so a replayed revoked token is
     // written one by one, never summarised as junk.
     attempt.by(presented.client_id).in(presented.sid, presented.jti);
-    live = await b.live.check(presented.jti, presented, req.jwt);
-  }
+  });
   // From here on every decision reads the token as the broker recorded it.
   const { claims, view, chain } = live;
   attempt.by(claims.client_id, chain).in(claims.sid, claims.jti);

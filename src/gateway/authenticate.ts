@@ -9,7 +9,6 @@ import type { Attempt } from '../audit/attempt.ts';
 import { CordonError } from '../errors.ts';
 import { audiencesOf } from '../tokens/claims.ts';
 import { requireDpopForToken } from '../tokens/dpop.ts';
-import { verifySignature } from '../tokens/verify.ts';
 import type { GatewayContext } from './context.ts';
 import type { GatewayPrincipal } from './principal.ts';
 
@@ -25,12 +24,7 @@ export const tokenMissing = (): CordonError =>
 
 /** A verified JWT's live record, with the checks every front door of the gateway shares (audience). */
 export async function principalOfToken(g: GatewayContext, jwt: string, attempt: Attempt): Promise<GatewayPrincipal> {
-  let p = g.tokens.known(jwt);
-  if (!p) {
-    const presented = await verifySignature(g.b, jwt, 'invalid_token');
-    attempt.by(presented.client_id).in(presented.sid, presented.jti);
-    p = await g.tokens.check(presented.jti, presented, jwt);
-  }
+  const p = await g.tokens.require(jwt, 'invalid_token', (presented) => attempt.by(presented.client_id).in(presented.sid, presented.jti));
   attempt.by(p.claims.client_id, p.chain).in(p.claims.sid, p.claims.jti);
   const aud = audiencesOf(p.claims);
   if (!aud.includes(g.url) && !aud.includes(g.b.config.issuer))

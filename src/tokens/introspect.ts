@@ -1,6 +1,5 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { verifySignature } from './verify.ts';
 
 export type IntrospectionResponse = { active: false } | ({ active: true } & Record<string, unknown>);
 
@@ -11,15 +10,12 @@ export type IntrospectionResponse = { active: false } | ({ active: true } & Reco
  * foreign key, `alg: none`, expired, revoked, revoked session or holder — is simply `active: false` (§2.2).
  */
 export async function introspect(b: Broker, token: unknown): Promise<IntrospectionResponse> {
-  let live = typeof token === 'string' ? b.live.known(token) : undefined;
-  if (!live) {
-    try {
-      const presented = await verifySignature(b, token, 'invalid_token');
-      live = await b.live.check(presented.jti, presented, token as string);
-    } catch (e) {
-      if (e instanceof CordonError) return { active: false };
-      throw e;
-    }
+  let live;
+  try {
+    live = await b.live.require(token, 'invalid_token');
+  } catch (e) {
+    if (e instanceof CordonError) return { active: false };
+    throw e;
   }
   // What the broker recorded, which the presented claims were checked against.
   const claims = live.claims;

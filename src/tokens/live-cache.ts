@@ -16,12 +16,12 @@ import type { Broker } from '../broker.ts';
 import { CordonError, type OAuthErrorCode } from '../errors.ts';
 import { revocations } from '../store/revocations.ts';
 import { listenForRevocations, type RevocationListener } from '../store/revocation-listener.ts';
-import { agents } from '../store/agents.ts';
+import { AgentCache } from '../agents/agent-cache.ts';
 import { chainAgents } from '../store/liveness.ts';
 import type { Policy } from '../policy/types.ts';
 import { parseScope } from '../policy/scopes.ts';
 import { chainOf, type AccessTokenClaims } from './claims.ts';
-import { WHY_TEXT, loadTokenView, recordClaims, requireActiveRecord, stateOf, type TokenView } from './verify.ts';
+import { WHY_TEXT, loadTokenView, recordClaims, requireActiveRecord, stateOf, verifySignature, type TokenView } from './verify.ts';
 
 /** A live token as the broker recorded it, with what decisions about its calls need. */
 export interface LiveToken {
@@ -85,6 +85,8 @@ export class LiveTokenCache {
   /** PostgreSQL: the listening connection is up, since this performance.now() (-1: down). */
   #listeningSince = -1;
   readonly #hook: (r: { sids: string[]; jtis: string[] }) => Promise<void>;
+  /** Agent rows, kept current by the same feed. */
+  readonly agents = new AgentCache(this);
 
   constructor(b: Broker, opts: { pollMs?: number; staleMs?: number; listen?: boolean } = {}) {
     this.#b = b;
@@ -149,6 +151,7 @@ export class LiveTokenCache {
     this.#entries.clear();
     this.#bySid.clear();
     this.#byJwt.clear();
+    this.agents.clear();
   }
 
   /** Stops it whatever the count: the broker is closing. */
@@ -171,6 +174,10 @@ export class LiveTokenCache {
   get current(): boolean {
     if (this.#cursor < 0 || performance.now() - this.#polledAt > this.#staleMs) return false;
     return !this.#listener || (this.#listeningSince >= 0 && this.#polledAt >= this.#listeningSince);
+  }
+
+  get epoch(): number {
+    return this.#epoch;
   }
 
   get size(): number {
@@ -233,6 +240,7 @@ export class LiveTokenCache {
     for (const sid of r.sids) for (const jti of [...(this.#bySid.get(sid) ?? [])]) this.#forget(jti);
     if (r.agents.length || changed.length) {
       const gone = new Set([...r.agents, ...changed]);
+      this.agents.forget(gone);
       for (const [jti, e] of this.#entries) if (e.live.chain.some((a) => gone.has(a))) this.#forget(jti);
     }
     if (!r.sids.length && !r.jtis.length && !r.agents.length) return;
@@ -273,6 +281,19 @@ export class LiveTokenCache {
     const e = jti === undefined ? undefined : this.#entries.get(jti);
     if (!e || e.jwt !== jwt) return undefined;
     return stateOf(e.live.view, this.#b.clock.now()).active ? e.live : undefined;
+  }
+
+  /**
+   * Signature, then liveness, for a token presented as a credential: a string seen live before is
+   * answered from memory; anything else is verified (`verified` learns the presented claims before
+   * the record is read) and checked against its record. Throws CordonError `code` when it is not live.
+   */
+  async require(jwt: unknown, code: OAuthErrorCode, verified?: (presented: AccessTokenClaims) => void): Promise<LiveToken> {
+    const known = typeof jwt === 'string' ? this.known(jwt) : undefined;
+    if (known) return known;
+    const presented = await verifySignature(this.#b, jwt, code);
+    verified?.(presented);
+    return this.check(presented.jti, presented, jwt as string, code);
   }
 
   /**
@@ -337,7 +358,7 @@ export class LiveTokenCache {
       throw new CordonError('invalid_token', `the session's root policy "${view.rootPolicy}" is not loaded on this broker`, { reason: 'policy_missing' });
     const chainPolicies: Policy[] = [];
     for (const id of chainAgents(view)) {
-      const a = id === view.sessionAgentId ? { policy: view.rootPolicy } : await agents.get(this.#b.read, id);
+      const a = id === view.sessionAgentId ? { policy: view.rootPolicy } : await this.agents.get(this.#b.read, id);
       const p = a ? this.#b.policies.get(a.policy) : undefined;
       // A link whose policy is not loaded allows nothing: fail closed rather than skip it.
       if (!p) throw new CordonError('invalid_token', 'a policy along the chain of this token is not loaded on this broker', { reason: 'policy_missing' });
