@@ -148,6 +148,11 @@ export class LiveTokenCache {
     this.#listener = undefined;
     await this.#next;
     await this.#polling;
+    this.#clear();
+  }
+
+  #clear(): void {
+    this.#epoch++;
     this.#entries.clear();
     this.#bySid.clear();
     this.#byJwt.clear();
@@ -208,6 +213,8 @@ export class LiveTokenCache {
         const started = performance.now();
         const rows = await revocations.since(this.#b.read, this.#cursor, PAGE);
         if (this.#cursor < 0) return; // stopped meanwhile
+        // After a long gap the feed may have been pruned past the cursor: start memory afresh.
+        if (started - this.#polledAt > this.#staleMs) this.#clear();
         const r: Revoked = { sids: [], jtis: [], agents: [] };
         const changed: string[] = [];
         for (const row of rows) (row.kind === 'jti' ? r.jtis : row.kind === 'sid' ? r.sids : row.kind === 'agent' ? r.agents : changed).push(row.value);
