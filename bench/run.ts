@@ -592,7 +592,7 @@ async function main(): Promise<void> {
       try {
         results.sqlPerDecision = await sqlPerDecision(b, be.agents.planner.id, be.agents.reader.id);
         console.log(
-          `- SQL statements per decision (in-process; HTTP client auth adds 1): ${Object.entries(results.sqlPerDecision)
+          `- SQL statements per decision (in-process, warm; HTTP client auth reads from memory): ${Object.entries(results.sqlPerDecision)
             .map(([k, v]) => `${k} ${v.count}`)
             .join(', ')}`,
         );

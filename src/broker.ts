@@ -12,6 +12,7 @@ import type { Providers } from './providers/index.ts';
 import type { RefusalLimiter } from './audit/refusal-limiter.ts';
 import { createRefusalLimiter } from './audit/refusals.ts';
 import type { BrokerMetrics } from './observability/metrics.ts';
+import { LiveTokenCache } from './tokens/live-cache.ts';
 
 /**
  * Everything a decision needs, built once at start and passed down explicitly
@@ -37,6 +38,12 @@ export interface Broker {
   federationKeys: Map<string, FederationKeySource>;
   /** Prometheus metrics, when the broker serves them (observability/metrics). */
   metrics?: BrokerMetrics;
+  /**
+   * Token liveness from memory, shared by every front door of this broker (introspection,
+   * `/credentials`, the gateway). Each front door starts it; until then, and whenever it cannot
+   * vouch that it is current, checks read the database.
+   */
+  live: LiveTokenCache;
   /** Hooks other modules attach to (backend revocation, metrics); kept loose so the core does not import them. */
   hooks: BrokerHooks;
 }
@@ -84,7 +91,7 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
         }),
       );
     }
-    return {
+    const b: Omit<Broker, 'live'> & { live?: LiveTokenCache } = {
       config,
       db,
       read: openReadDb(config.databaseUrl, db),
@@ -99,6 +106,8 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
       federationKeys: new Map(),
       hooks: { onRevoked: [], onDecision: [] },
     };
+    b.live = new LiveTokenCache(b as Broker);
+    return b as Broker;
   } catch (e) {
     await db.destroy();
     throw e;
@@ -106,6 +115,7 @@ export async function openBroker(config: Config, opts: OpenOptions = {}): Promis
 }
 
 export async function closeBroker(b: Broker): Promise<void> {
+  await b.live.close();
   if (b.read !== b.db) await b.read.destroy();
   await b.db.destroy();
 }

@@ -418,7 +418,12 @@ describe('cordon CLI', function () {
       return r.body.access_token;
     };
     const claims = (jwt: string) => JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString());
-    const active = async (jwt: string) => (await introspect(tb.b, jwt)).active;
+    // The CLI is another process to the test broker: the broker learns its revocations from the
+    // feed (polled at most every 250 ms on SQLite); reading the feed first makes that moment now.
+    const active = async (jwt: string) => {
+      await tb.b.live.poll();
+      return (await introspect(tb.b, jwt)).active;
+    };
 
     beforeEach(async () => {
       tb = await startTestBroker();

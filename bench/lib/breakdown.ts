@@ -183,27 +183,47 @@ export function printBreakdown(d: Breakdown): void {
     console.log(`  ${s.name.padEnd(56)} ${Math.round(s.opsPerSec).toString().padStart(7)}/s  ${s.usPerOp.toFixed(0).padStart(6)} µs/op wall`);
 }
 
-/** SQL statements one call issues on the broker's connection (knex 'query' events, BEGIN and COMMIT included). */
+/**
+ * SQL statements one call issues on the broker's connections (knex 'query' events, BEGIN and COMMIT
+ * included; the read pool too, a separate one on a SQLite file), without the live cache's feed polls.
+ */
 export async function countQueries(b: Broker, fn: () => Promise<unknown>): Promise<{ count: number; statements: string[] }> {
   const statements: string[] = [];
-  const on = (q: { sql: string }) => statements.push(q.sql.replace(/\s+/g, ' ').slice(0, 140));
-  b.db.on('query', on);
+  const on = (q: { sql: string }) => {
+    if (!/from [`"]revocations[`"] where [`"]seq[`"] >/.test(q.sql)) statements.push(q.sql.replace(/\s+/g, ' ').slice(0, 140));
+  };
+  const pools = b.read === b.db ? [b.db] : [b.db, b.read];
+  for (const p of pools) p.on('query', on);
   try {
     await fn();
   } finally {
-    b.db.off('query', on);
+    for (const p of pools) p.off('query', on);
   }
   return { count: statements.length, statements };
 }
 
-/** Statements per decision, in-process. Over HTTP, client authentication adds one agents SELECT to each. */
+/**
+ * Statements per decision, in-process, in the steady state of a served broker: its live cache
+ * started and each decision made once before (agent rows and the subject token are then in memory).
+ * Over HTTP, client authentication reads the agent from the same memory.
+ */
 export async function sqlPerDecision(b: Broker, plannerId: string, readerId: string): Promise<Record<string, { count: number; statements: string[] }>> {
-  const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
-  return {
-    startSession: await countQueries(b, () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'))),
-    delegate: await countQueries(b, () =>
-      delegate(b, { callerClientId: plannerId, subjectToken: s.jwt, requestedActor: readerId, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
-    ),
-    introspect: await countQueries(b, () => introspect(b, s.jwt)),
-  };
+  await b.live.start();
+  try {
+    const s = await startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test'));
+    const decisions = {
+      startSession: () => startSession(b, { clientId: plannerId, scope: 'docs:read web:search', audience: [] }, new Attempt('cli.test')),
+      delegate: () =>
+        delegate(b, { callerClientId: plannerId, subjectToken: s.jwt, requestedActor: readerId, scope: 'docs:read', audience: [] }, new Attempt('cli.test')),
+      introspect: () => introspect(b, s.jwt),
+    };
+    const out: Record<string, { count: number; statements: string[] }> = {};
+    for (const [name, f] of Object.entries(decisions)) {
+      await f();
+      out[name] = await countQueries(b, f);
+    }
+    return out;
+  } finally {
+    await b.live.stop();
+  }
 }

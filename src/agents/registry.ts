@@ -2,7 +2,8 @@ import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { appendAudit } from '../store/audit-chain.ts';
 import { agents, type Agent, type AuthMethod } from '../store/agents.ts';
-import { transact } from '../store/db.ts';
+import { type Q, transact } from '../store/db.ts';
+import { revocations } from '../store/revocations.ts';
 import { hashSecret } from '../keys/keyring.ts';
 import { newId, newSecret, isWellFormedId } from '../ids.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
@@ -80,6 +81,12 @@ export async function findAgent(b: Broker, idOrName: string): Promise<Agent> {
   return a;
 }
 
+/**
+ * Inside the changing transaction: every replica's caches drop what they hold of this agent (its
+ * row, its tokens), whatever the change (an enable too: nothing stale either way).
+ */
+const announceChange = (tx: Q, id: string, at: number): Promise<void> => revocations.add(tx, [{ kind: 'agentrow', value: id, expiresAt: at, revokedAt: at }]);
+
 const revokedAgent = (): CordonError => new CordonError('invalid_request', 'agent is revoked; register a new one', { reason: 'agent_revoked' });
 
 export async function setAgentEnabled(b: Broker, idOrName: string, enabled: boolean, actor = 'cli'): Promise<Agent> {
@@ -89,8 +96,10 @@ export async function setAgentEnabled(b: Broker, idOrName: string, enabled: bool
   // Decided inside the transaction: a revocation committed since the read above wins.
   await transact(b.db, async (tx) => {
     if (!(await agents.setStatus(tx, a.id, status, at))) throw revokedAgent();
+    await announceChange(tx, a.id, at);
     await appendAudit(tx, { at, event: enabled ? 'agent.enable' : 'agent.disable', decision: 'info', agentId: a.id, params: { by: actor } });
   });
+  b.live.agentsChanged([a.id]);
   return { ...a, status, updatedAt: at };
 }
 
@@ -104,8 +113,10 @@ export async function rotateAgentCredential(b: Broker, idOrName: string, jwks?: 
     const checked = checkPublicJwks(jwks);
     await transact(b.db, async (tx) => {
       if (!(await agents.setJwks(tx, a.id, checked, at))) throw revokedAgent();
+      await announceChange(tx, a.id, at);
       await appendAudit(tx, { at, event: 'agent.rotate', decision: 'info', agentId: a.id, params: { auth_method: a.authMethod, by: actor } });
     });
+    b.live.agentsChanged([a.id]);
     return { agent: { ...a, jwks: checked, updatedAt: at } };
   }
   if (jwks !== undefined)
@@ -117,7 +128,9 @@ export async function rotateAgentCredential(b: Broker, idOrName: string, jwks?: 
   const clientSecret = newSecret();
   await transact(b.db, async (tx) => {
     if (!(await agents.setSecret(tx, a.id, hashSecret(b.secretHashKey, clientSecret), at))) throw revokedAgent();
+    await announceChange(tx, a.id, at);
     await appendAudit(tx, { at, event: 'agent.rotate', decision: 'info', agentId: a.id, params: { auth_method: a.authMethod, by: actor } });
   });
+  b.live.agentsChanged([a.id]);
   return { agent: { ...a, updatedAt: at }, clientSecret };
 }

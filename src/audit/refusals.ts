@@ -1,7 +1,6 @@
 import type { Broker } from '../broker.ts';
 import type { CordonError } from '../errors.ts';
 import { isWellFormedId } from '../ids.ts';
-import { agents } from '../store/agents.ts';
 import { appendAudit } from '../store/audit-chain.ts';
 import { transact } from '../store/db.ts';
 import type { Attempt } from './attempt.ts';
@@ -48,7 +47,7 @@ export async function recordRefusal(b: Broker, attempt: Attempt, e: CordonError)
 async function isKnownAgent(b: Broker, id: string | null | undefined): Promise<boolean> {
   if (!isWellFormedId(id)) return false;
   try {
-    return (await agents.get(b.read, id)) !== undefined;
+    return (await b.live.agents.get(b.read, id)) !== undefined;
   } catch {
     return true;
   }

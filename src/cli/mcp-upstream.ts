@@ -18,7 +18,6 @@ import type { Policy, Upstream } from '../policy/types.ts';
 import { revokeSession } from '../revocation/revoke.ts';
 import { startSession } from '../sessions/start.ts';
 import { agents } from '../store/agents.ts';
-import { LiveTokenCache } from '../tokens/live-cache.ts';
 import { CliError } from './output.ts';
 
 /** Every loaded policy defining an MCP upstream of this name. */
@@ -96,8 +95,7 @@ export async function listUpstreamTools(b: Broker, name: string, choice: Upstrea
       const attempt = new Attempt('cli.mcp').note({ by: 'cli' });
       const issued = await startSession(b, { clientId: agent.id, scope: scope.join(' '), task: opts.command.slice(0, 200), audience: [] }, attempt);
       sid = issued.sid;
-      const tokens = new LiveTokenCache(b);
-      const live = await tokens.check(issued.claims.jti, issued.claims, issued.jwt);
+      const live = await b.live.withPolicies(await b.live.check(issued.claims.jti, issued.claims, issued.jwt));
       const held = await new GatewaySecrets(b).get(live, upstream.credential, attempt);
       const query = new URLSearchParams(url.search);
       injectTemplate(upstream.inject, held.values, headers, query);

@@ -21,10 +21,10 @@ import { ENABLING_VARIABLE } from '../providers/index.ts';
 import type { CredentialProvider, Handle, IssueRequest, RevokeResult } from '../providers/provider.ts';
 import { isProviderError } from '../providers/provider.ts';
 import { recordBackendError } from '../observability/metrics.ts';
-import { audiencesOf, chainOf, type AccessTokenClaims } from '../tokens/claims.ts';
+import { audiencesOf, type AccessTokenClaims } from '../tokens/claims.ts';
 import { requireDpopForToken } from '../tokens/dpop.ts';
 import type { Attempt } from '../audit/attempt.ts';
-import { recordClaims, requireActiveRecord, verifySignature, type TokenView } from '../tokens/verify.ts';
+import type { TokenView } from '../tokens/verify.ts';
 import { deliversToGateway, gatewayOnlyRefusal } from './deliver.ts';
 import { revokeCtx, revokeRows, target } from './revoke.ts';
 import { issueGatewayKeys } from './gateway-keys.ts';
@@ -64,14 +64,14 @@ const EVENT = 'credential.issue';
 export async function issueCredential(b: Broker, req: CredentialRequest, attempt: Attempt): Promise<CredentialResponse> {
   // Refused before anyone is known: the row says what was asked, never the token itself.
   attempt.note({ name: String(req.name).slice(0, 64) });
-  const presented = await verifySignature(b, req.jwt, 'invalid_token');
-  // Signed by this broker: a refusal from here on names its agent, so a replayed revoked token is
-  // written one by one, never summarised as junk.
-  attempt.by(presented.client_id).in(presented.sid, presented.jti);
-  const view = await requireActiveRecord(b, presented, 'invalid_token');
+  // Liveness from the broker's cache: the database is read for a token string not seen live before.
+  const live = await b.live.require(req.jwt, 'invalid_token', (presented) => {
+    // Signed by this broker: a refusal from here on names its agent, so a replayed revoked token is
+    // written one by one, never summarised as junk.
+    attempt.by(presented.client_id).in(presented.sid, presented.jti);
+  });
   // From here on every decision reads the token as the broker recorded it.
-  const claims = recordClaims(b, view);
-  const chain = chainOf(claims, view.sessionAgentId);
+  const { claims, view, chain } = live;
   attempt.by(claims.client_id, chain).in(claims.sid, claims.jti);
   // A token made for a resource server is not for the broker: that server (or whoever read the
   // token there) must not be able to trade it for backend credentials (RFC 8707 audience restriction).

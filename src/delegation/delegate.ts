@@ -12,7 +12,6 @@ import { audiencesOf, chainOf, type ActClaim } from '../tokens/claims.ts';
 import { issueToken, type IssuedToken } from '../tokens/issue.ts';
 import type { Attempt } from '../audit/attempt.ts';
 import { activeAgentAndPolicy, parseRequestedScope, parseRequestedTtl } from '../sessions/start.ts';
-import { requireActiveToken } from '../tokens/verify.ts';
 
 export interface DelegationRequest {
   callerClientId: string;
@@ -46,7 +45,7 @@ export async function delegate(b: Broker, req: DelegationRequest, attempt: Attem
     expires_in: req.requestedTtl,
   });
   // Every bound below reads the parent as the broker recorded it, never as presented.
-  const { claims, view } = await requireActiveToken(b, req.subjectToken, 'invalid_grant');
+  const { claims, view } = await b.live.require(req.subjectToken, 'invalid_grant');
   const chain = chainOf(claims);
   attempt.by(req.callerClientId, chain).in(claims.sid, claims.jti);
   if (claims.client_id !== req.callerClientId)
@@ -57,7 +56,7 @@ export async function delegate(b: Broker, req: DelegationRequest, attempt: Attem
   if (!req.requestedActor) throw new CordonError('invalid_request', 'requested_actor (the sub-agent client_id) is required', { reason: 'actor_missing' });
   if (!isWellFormedId(req.requestedActor) && !NAME_PATTERN.test(req.requestedActor))
     throw new CordonError('invalid_request', 'requested_actor is malformed', { reason: 'actor_malformed' });
-  const actorRow = (await agents.get(b.read, req.requestedActor)) ?? (await agents.byName(b.read, req.requestedActor));
+  const actorRow = (await b.live.agents.get(b.read, req.requestedActor)) ?? (await agents.byName(b.read, req.requestedActor));
   if (!actorRow) throw new CordonError('invalid_request', `requested_actor ${req.requestedActor} does not exist`, { reason: 'actor_unknown' });
   if (actorRow.status !== 'active')
     throw new CordonError('invalid_request', `requested_actor ${actorRow.name} is ${actorRow.status}`, { reason: 'actor_inactive' });
@@ -213,7 +212,7 @@ async function intermediatePolicies(b: Broker, chain: string[], callerDepth: num
   if (chain.length !== callerDepth + 1)
     throw new CordonError('invalid_grant', 'subject_token actor chain does not match its depth', { reason: 'chain_mismatch' });
   const ids = chain.slice(1, -1);
-  const rows = await Promise.all(ids.map((id) => agents.get(b.read, id)));
+  const rows = await Promise.all(ids.map((id) => b.live.agents.get(b.read, id)));
   return rows.map((row, i) => {
     const policy = row ? b.policies.get(row.policy) : undefined;
     if (!policy)

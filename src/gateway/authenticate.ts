@@ -10,7 +10,6 @@ import { CordonError } from '../errors.ts';
 import { mcpResourceUrl } from '../policy/mcp-resource.ts';
 import { audiencesOf } from '../tokens/claims.ts';
 import { requireDpopForToken } from '../tokens/dpop.ts';
-import { verifySignature } from '../tokens/verify.ts';
 import type { GatewayContext } from './context.ts';
 import type { GatewayPrincipal } from './principal.ts';
 
@@ -29,7 +28,7 @@ export const tokenMissing = (): CordonError =>
  * `resource`, the URL of one MCP upstream (`mcpResourceOf`), admits it on that upstream's route
  * only, so a token asked for one MCP server opens nothing else.
  */
-export function audienceAllows(g: GatewayContext, p: GatewayPrincipal, resource?: string): boolean {
+export function audienceAllows(g: GatewayContext, p: { claims: { aud?: string | string[] } }, resource?: string): boolean {
   const aud = audiencesOf(p.claims);
   return aud.includes(g.url) || aud.includes(g.b.config.issuer) || (resource !== undefined && aud.includes(resource));
 }
@@ -42,12 +41,7 @@ export const mcpResourceOf = (g: GatewayContext, upstream: string): string => mc
  * `resource` is given on an MCP upstream's route only (see audienceAllows).
  */
 export async function principalOfToken(g: GatewayContext, jwt: string, attempt: Attempt, resource?: string): Promise<GatewayPrincipal> {
-  let p = g.tokens.known(jwt);
-  if (!p) {
-    const presented = await verifySignature(g.b, jwt, 'invalid_token');
-    attempt.by(presented.client_id).in(presented.sid, presented.jti);
-    p = await g.tokens.check(presented.jti, presented, jwt);
-  }
+  const p = await g.tokens.require(jwt, 'invalid_token', (presented) => attempt.by(presented.client_id).in(presented.sid, presented.jti));
   attempt.by(p.claims.client_id, p.chain).in(p.claims.sid, p.claims.jti);
   if (!audienceAllows(g, p, resource))
     throw new CordonError(
@@ -55,7 +49,7 @@ export async function principalOfToken(g: GatewayContext, jwt: string, attempt: 
       `the token's audience names neither the gateway (${g.url}) nor the broker${resource === undefined ? '' : ` nor ${resource}`}`,
       { reason: 'audience_not_gateway' },
     );
-  return p;
+  return g.tokens.withPolicies(p);
 }
 
 /**

@@ -44,7 +44,7 @@ export async function authenticateGatewayKeys(g: GatewayContext, req: IncomingMe
       const jti = parseGatewayKeyId(akid);
       if (!jti) return undefined;
       try {
-        principal = await g.tokens.check(jti);
+        principal = await g.tokens.withPolicies(await g.tokens.check(jti));
       } catch (e) {
         // The key is authentic only if its token lives; say why it does not (after the signature check fails on it).
         refusal = e instanceof CordonError ? e : undefined;

@@ -3,4 +3,4 @@
  * presented claims), its chain, the scopes it holds, and the policies that bound it. Built by the
  * token check (tokens/live-cache.ts) and read by every later step; never mutated.
  */
-export type { LiveToken as GatewayPrincipal } from '../tokens/live-cache.ts';
+export type { LivePrincipal as GatewayPrincipal } from '../tokens/live-cache.ts';

@@ -16,7 +16,6 @@ import type { Duplex } from 'node:stream';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
 import { answerClientError } from '../http/server.ts';
-import { LiveTokenCache } from '../tokens/live-cache.ts';
 import { gatewayMetricsFor } from '../observability/gateway-metrics.ts';
 import { metricsFor } from '../observability/metrics.ts';
 import { CallAudit } from './call-audit.ts';
@@ -60,7 +59,8 @@ export interface GatewayOptions {
 export async function startGateway(b: Broker, opts: GatewayOptions): Promise<RunningGateway> {
   if (opts.serveMetrics) metricsFor(b, { defaultMetrics: true });
   const metrics = b.metrics ? gatewayMetricsFor(b, b.metrics) : undefined;
-  const tokens = new LiveTokenCache(b);
+  // The broker's own cache: a revocation learned once reaches introspection, /credentials and every call here.
+  const tokens = b.live;
   await tokens.start();
   const g: GatewayContext = {
     b,
@@ -76,7 +76,7 @@ export async function startGateway(b: Broker, opts: GatewayOptions): Promise<Run
   };
   const stopCounting = metrics?.addSource(() => g.open.counts());
   const ops = opsRoutes(g, { serveMetrics: opts.serveMetrics === true });
-  tokens.onRevoked((r) => {
+  const stopHearing = tokens.onRevoked((r) => {
     g.secrets.drop(r);
     g.open.close(r);
     g.limits.forget(r);
@@ -97,6 +97,12 @@ export async function startGateway(b: Broker, opts: GatewayOptions): Promise<Run
       reject(new Error(`cannot listen on ${host}:${opts.port}: ${e.code === 'EADDRINUSE' ? 'the port is in use' : e.message} (CORDON_GATEWAY_PORT, HOST)`)),
     );
     server.listen(opts.port, host, () => resolve());
+  }).catch(async (e: unknown) => {
+    stopHearing();
+    stopCounting?.();
+    await tokens.stop();
+    await g.dispatcher.close();
+    throw e;
   });
   const addr = server.address();
   const url = typeof addr === 'object' && addr ? `http://${host}:${addr.port}` : `http://${host}:${opts.port}`;
@@ -113,6 +119,7 @@ export async function startGateway(b: Broker, opts: GatewayOptions): Promise<Run
       await g.limits.idle();
       await g.audit.idle();
       stopCounting?.();
+      stopHearing();
       await tokens.stop();
       await g.dispatcher.close();
     },

@@ -2,7 +2,7 @@ import type { Request, Response } from 'express';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { agents, type Agent } from '../store/agents.ts';
+import type { Agent } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
@@ -52,7 +52,7 @@ async function authenticate(b: Broker, req: Request, res: Response, form: Form):
   }
   if (!clientId || secret === undefined) throw fail('client authentication is required');
   if (!isWellFormedId(clientId)) throw fail('unknown client');
-  const agent = await agents.get(b.read, clientId);
+  const agent = await b.live.agents.get(b.read, clientId);
   if (!agent || agent.authMethod === 'private_key_jwt' || !secretMatches(b.secretHashKey, secret, agent.secretHash)) throw fail('invalid client credentials');
   if (agent.status === 'revoked') throw fail('agent is revoked');
   return agent;
@@ -61,7 +61,7 @@ async function authenticate(b: Broker, req: Request, res: Response, form: Form):
 async function assertionAuth(b: Broker, req: Request, assertion: string, claimedId: string | undefined): Promise<Agent> {
   const sub = assertionPayload(assertion)?.sub;
   if (!isWellFormedId(sub) || (claimedId && claimedId !== sub)) throw fail('client_assertion sub is not a known client');
-  const agent = await agents.get(b.read, sub);
+  const agent = await b.live.agents.get(b.read, sub);
   if (!agent || agent.authMethod !== 'private_key_jwt' || !agent.jwks) throw fail('client does not use private_key_jwt');
   if (agent.status === 'revoked') throw fail('agent is revoked');
   const endpoint = `${b.config.issuer}${req.path}`;

@@ -1,7 +1,6 @@
 import Provider, { errors as oidcErrors, type KoaContextWithOIDC, type Adapter, type AdapterPayload } from 'oidc-provider';
 import type { Broker } from '../broker.ts';
 import { CordonError, type OAuthErrorCode } from '../errors.ts';
-import { agents } from '../store/agents.ts';
 import { replayGuard } from '../store/replay.ts';
 import { secretMatches } from '../keys/keyring.ts';
 import { isWellFormedId } from '../ids.ts';
@@ -43,7 +42,7 @@ function adapterFor(b: Broker) {
           };
         }
         if (!isWellFormedId(id)) return undefined;
-        const a = await agents.get(b.read, id);
+        const a = await b.live.agents.get(b.read, id);
         if (!a || a.status === 'revoked') return undefined;
         // Kept for this request only, so the grant does not read the same row again.
         const state = providerRequestState();

@@ -17,6 +17,8 @@ export interface RunningServer {
 /** Listens on the configured host and port (port 0 picks a free one, for tests). */
 export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config.port, host = b.config.host): Promise<RunningServer> {
   const app = await createApp(b, ext);
+  // Introspection and /credentials answer liveness from the broker's cache while it is current.
+  await b.live.start();
   // Not app.listen: Express 5 calls its callback on errors too, so a port in use would look like success.
   const server = createServer(app);
   await new Promise<void>((resolve, reject) => {
@@ -35,6 +37,9 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
     server.once('error', onError);
     server.once('listening', onListening);
     server.listen(port, host);
+  }).catch(async (e: unknown) => {
+    await b.live.stop();
+    throw e;
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => void answerClientError(b, err, socket));
   server.keepAliveTimeout = 65_000;
@@ -52,7 +57,9 @@ export async function listen(b: Broker, ext: AppExtensions = {}, port = b.config
       new Promise<void>((resolve) => {
         server.closeAllConnections();
         server.close(() => resolve());
-      }).then(() => b.refusals.close()),
+      })
+        .then(() => b.refusals.close())
+        .then(() => b.live.stop()),
   };
 }
 

@@ -25,7 +25,8 @@ export async function revocationFeed(b: Broker, since: number, limit: number): P
     cursor,
     more: rows.length === limit,
     revoked: rows
-      .filter((r) => r.expiresAt > now)
+      // An agent's changed row (disable, enable, rotation) is for the broker's caches only: it revokes nothing.
+      .filter((r): r is typeof r & { kind: FeedPage['revoked'][number]['kind'] } => r.kind !== 'agentrow' && r.expiresAt > now)
       .map((r) => ({ kind: r.kind, value: r.value, exp: Math.ceil(r.expiresAt / 1000), revoked_at: Math.floor(r.revokedAt / 1000) })),
   };
 }

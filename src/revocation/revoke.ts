@@ -141,6 +141,8 @@ export async function revokeAgent(b: Broker, agentId: string, by: { actor: strin
     });
     return { tokens: jtis, sessions: sids };
   });
+  // Tokens it holds only as a link of a chain are dropped from memory too (other replicas: the feed's agent row).
+  b.live.agentsChanged([agentId]);
   await notify(b, { sids: result.sessions, jtis: result.tokens });
   return result;
 }

@@ -1,6 +1,6 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { agents, type Agent } from '../store/agents.ts';
+import type { Agent } from '../store/agents.ts';
 import { sessions, type Session, type SessionOrigin } from '../store/sessions.ts';
 import type { Q } from '../store/db.ts';
 import { sessionStateAtCommit } from '../store/liveness.ts';
@@ -46,7 +46,7 @@ export const MAX_TASK_LENGTH = 200;
 
 /** The agent may act at all: it exists, is active and is bound to a loaded policy. */
 export async function activeAgentAndPolicy(b: Broker, clientId: string, preloaded?: Agent): Promise<{ agent: Agent; policy: Policy }> {
-  const agent = preloaded?.id === clientId ? preloaded : await agents.get(b.read, clientId);
+  const agent = preloaded?.id === clientId ? preloaded : await b.live.agents.get(b.read, clientId);
   if (!agent) throw new CordonError('invalid_client', 'unknown agent', { reason: 'agent_unknown' });
   if (agent.status !== 'active') throw new CordonError('invalid_client', `agent is ${agent.status}`, { reason: `agent_${agent.status}` });
   const policy = b.policies.get(agent.policy);

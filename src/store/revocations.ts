@@ -1,6 +1,12 @@
 import { type Q, isPostgres, num } from './db.ts';
+import { REVOCATION_CHANNEL } from './revocation-listener.ts';
 
-export type RevocationKind = 'jti' | 'sid' | 'agent';
+/**
+ * What a feed row names: a token, a session, a revoked agent, or (`agentrow`, never published to
+ * offline verifiers) an agent whose row changed in a way that can be undone (disable, enable,
+ * new credentials): the broker's own caches drop what they hold of it.
+ */
+export type RevocationKind = 'jti' | 'sid' | 'agent' | 'agentrow';
 export interface Revocation {
   seq: number;
   kind: RevocationKind;
@@ -17,7 +23,9 @@ export const revocations = {
    */
   async add(q: Q, entries: Array<Omit<Revocation, 'seq'>>): Promise<void> {
     if (!entries.length) return;
-    if (isPostgres(q)) await q.raw('SELECT pg_advisory_xact_lock(7202)');
+    // The notification is delivered at commit to every replica listening (revocation-listener.ts),
+    // and never if this rolls back: queued here with the lock, in the same round trip.
+    if (isPostgres(q)) await q.raw("SELECT pg_advisory_xact_lock(7202), pg_notify(?, '')", [REVOCATION_CHANNEL]);
     const rows = entries.map((e) => ({ kind: e.kind, value: e.value, expires_at: e.expiresAt, revoked_at: e.revokedAt }));
     for (let i = 0; i < rows.length; i += 200) await q('revocations').insert(rows.slice(i, i + 200));
   },

@@ -1,25 +1,24 @@
 import type { Broker } from '../broker.ts';
 import { CordonError } from '../errors.ts';
-import { recordClaims, tokenStatus, verifySignature } from './verify.ts';
 
 export type IntrospectionResponse = { active: false } | ({ active: true } & Record<string, unknown>);
 
 /**
- * RFC 7662 from the broker's own records. Anything we cannot vouch for — bad signature, foreign
- * key, `alg: none`, expired, revoked, revoked session or holder — is simply `active: false` (§2.2).
+ * RFC 7662 from the broker's own records, as the live-token cache (b.live) holds them: a token
+ * string already verified and still live is answered from memory, anything else is verified and
+ * read from the database (and kept while live). Anything we cannot vouch for — bad signature,
+ * foreign key, `alg: none`, expired, revoked, revoked session or holder — is simply `active: false` (§2.2).
  */
 export async function introspect(b: Broker, token: unknown): Promise<IntrospectionResponse> {
-  let presented;
+  let live;
   try {
-    presented = await verifySignature(b, token, 'invalid_token');
+    live = await b.live.require(token, 'invalid_token');
   } catch (e) {
     if (e instanceof CordonError) return { active: false };
     throw e;
   }
-  const { state, view } = await tokenStatus(b, presented);
-  if (!state.active) return { active: false };
   // What the broker recorded, which the presented claims were checked against.
-  const claims = recordClaims(b, view!);
+  const claims = live.claims;
   return {
     active: true,
     token_type: claims.cnf ? 'DPoP' : 'Bearer',

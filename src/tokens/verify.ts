@@ -58,7 +58,8 @@ export { stateOf } from '../store/liveness.ts';
 /** The record's view of a token (one query: token, session, holder, root). */
 export const loadTokenView = (b: Broker, jti: string): Promise<TokenView | undefined> => loadView(b.read, jti);
 
-const WHY_TEXT: Record<Exclude<TokenState, { active: true }>['why'], string> = {
+/** Why a token is not live, in words (every front door says the same). */
+export const WHY_TEXT: Record<Exclude<TokenState, { active: true }>['why'], string> = {
   unknown: 'token is not known to this broker',
   expired: 'token has expired',
   revoked: 'token has been revoked',
