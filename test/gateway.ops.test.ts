@@ -189,7 +189,7 @@ describe('gateway metrics', function () {
 describe('audit: gateway traffic in a window', function () {
   this.timeout(20_000);
   for (const db of ['sqlite', 'postgres'] as const) {
-    it(`counts gateway.call rows per upstream, egress.connect per host, anonymous refusals per attempt, from the window's first row on (${db})`, async () => {
+    it(`counts gateway.call and mcp.call rows per upstream, egress.connect per host, anonymous refusals per attempt, from the window's first row on (${db})`, async () => {
       const pg = db === 'postgres' ? await freshPgDatabase() : undefined;
       const tb = await startTestBroker({ http: false, ...(pg ? { databaseUrl: pg.url } : {}) });
       try {
@@ -212,6 +212,8 @@ describe('audit: gateway traffic in a window', function () {
             row(t0 + 6, 'deny', 'deny', { attempted: 'gateway.call', reason_tag: 'token_missing' }),
             row(t0 + 7, 'deny', 'deny', { attempted: 'token', reason_tag: 'invalid_client' }),
             row(t0 + 8, 'session.open', 'allow', { scope: 'x' }),
+            row(t0 + 8, 'mcp.call', 'allow', { upstream: 'github', tool: 'get_issue' }),
+            row(t0 + 8, 'mcp.call', 'deny', { upstream: 'github', tool: 'delete_repo' }),
           ]),
         );
         const got = (await auditRows.gatewayTraffic(tb.b.db, t0)).map((r) => `${r.event} ${r.name} ${r.decision} ${r.count}`).sort();
@@ -223,6 +225,8 @@ describe('audit: gateway traffic in a window', function () {
           'gateway.call search allow 1',
           'gateway.call tickets allow 2',
           'gateway.call tickets deny 1',
+          'mcp.call github allow 1',
+          'mcp.call github deny 1',
         ]);
         assert.deepEqual(await auditRows.gatewayTraffic(tb.b.db, t0 + 9), []);
       } finally {

@@ -38,10 +38,11 @@ export async function gatewayStatus(b: Broker, now: number): Promise<GatewayStat
     ),
     openAtGateway(b.config.gatewayUrl, b.config.metricsToken),
   ]);
-  const tally = (event: 'gateway.call' | 'egress.connect'): Traffic[] => {
+  // An MCP upstream's tool calls are its traffic, as reverse-mode calls are an HTTP upstream's.
+  const tally = (events: ReadonlyArray<'gateway.call' | 'mcp.call' | 'egress.connect'>): Traffic[] => {
     const by = new Map<string, Traffic>();
     for (const r of 'rows' in traffic ? traffic.rows : []) {
-      if (r.event !== event) continue;
+      if (r.event === 'deny' || !events.includes(r.event)) continue;
       const t = by.get(r.name) ?? { name: r.name, total: 0, allowed: 0, refused: 0 };
       t.total += r.count;
       if (r.decision === 'allow') t.allowed += r.count;
@@ -53,10 +54,10 @@ export async function gatewayStatus(b: Broker, now: number): Promise<GatewayStat
   return {
     url: b.config.gatewayUrl,
     since,
-    upstreams: tally('gateway.call'),
-    egress: tally('egress.connect'),
+    upstreams: tally(['gateway.call', 'mcp.call']),
+    egress: tally(['egress.connect']),
     anonymousRefusals: ('rows' in traffic ? traffic.rows : [])
-      .filter((r) => r.event === 'deny' && (r.name === 'gateway.call' || r.name === 'egress.connect'))
+      .filter((r) => r.event === 'deny' && (r.name === 'gateway.call' || r.name === 'egress.connect' || r.name === 'mcp.call'))
       .reduce((n, r) => n + r.count, 0),
     ...('error' in traffic ? { trafficError: traffic.error } : {}),
     open,

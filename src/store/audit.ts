@@ -93,21 +93,21 @@ export const auditRows = {
   async gatewayTraffic(
     q: Q,
     since: number,
-  ): Promise<Array<{ event: 'gateway.call' | 'egress.connect' | 'deny'; name: string; decision: Decision; count: number }>> {
+  ): Promise<Array<{ event: 'gateway.call' | 'mcp.call' | 'egress.connect' | 'deny'; name: string; decision: Decision; count: number }>> {
     const from = await firstSeqAtOrAfter(q, since);
     if (from === undefined) return [];
     // A row edited into invalid JSON (audit verify names it) must not stop the count on SQLite; PostgreSQL's cast refuses it.
     const field = (key: string): string =>
       isPostgres(q) ? `(params::jsonb ->> '${key}')` : `(CASE WHEN json_valid(params) THEN json_extract(params, '$.${key}') END)`;
-    const name = `CASE event WHEN 'gateway.call' THEN ${field('upstream')} WHEN 'egress.connect' THEN ${field('host')} ELSE ${field('attempted')} END`;
+    const name = `CASE event WHEN 'gateway.call' THEN ${field('upstream')} WHEN 'mcp.call' THEN ${field('upstream')} WHEN 'egress.connect' THEN ${field('host')} ELSE ${field('attempted')} END`;
     const rows = await q('audit')
       .select('event', 'decision', q.raw(`${name} AS name`), q.raw('COUNT(*) AS n'))
       .where('seq', '>=', from)
       .andWhere('at', '>=', since)
-      .whereIn('event', ['gateway.call', 'egress.connect', 'deny'])
+      .whereIn('event', ['gateway.call', 'mcp.call', 'egress.connect', 'deny'])
       .groupByRaw(`event, decision, ${name}`);
     return rows.map((r: Record<string, unknown>) => ({
-      event: r.event as 'gateway.call' | 'egress.connect' | 'deny',
+      event: r.event as 'gateway.call' | 'mcp.call' | 'egress.connect' | 'deny',
       name: String(r.name ?? '?'),
       decision: r.decision as Decision,
       count: num(r.n),
