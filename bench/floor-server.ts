@@ -8,6 +8,9 @@
  *   express            express + express.raw form body + res.json: any Cordon endpoint's ceiling
  *   introspect         … + keyed-hash client secret check + jose jwtVerify (EdDSA at+jwt)
  *                        + one knex/sqlite3 point read (4 read connections, as the broker has)
+ *   introspect-mem     express + HTTP Basic client secret check (keyed hash, compared as src/keys/keyring.ts
+ *                        secretMatches does) + jose jwtVerify, answering RFC 7662 JSON: introspection with
+ *                        no database, the floor of the introspection target
  *   provider           oidc-provider /token behind express, a static client_secret_basic client,
  *                        a grant that answers a constant: every /token scenario's ceiling
  *   provider-sign      … + one jose EdDSA signature: a /token that signs, with a free database
@@ -26,7 +29,7 @@ import { SignJWT, jwtVerify } from 'jose';
 import vaultFactory from 'node-vault';
 
 const [mode, dir, vaultAddr] = process.argv.slice(2);
-const MODES = ['express', 'introspect', 'provider', 'provider-sign', 'credentials'];
+const MODES = ['express', 'introspect', 'introspect-mem', 'provider', 'provider-sign', 'credentials'];
 if (!MODES.includes(mode) || !dir) throw new Error(`usage: floor-server.ts (${MODES.join('|')}) DIR [VAULT_ADDR]`);
 
 const CLIENT_ID = 'floor-client';
@@ -89,6 +92,30 @@ if (mode === 'introspect') {
     const claims = (await verify(new URLSearchParams(String(req.body)).get('token') ?? '')).payload;
     const row = await read('tokens').where('jti', claims.jti!).first();
     res.json({ active: row !== undefined && row.expires_at > Date.now(), ...claims });
+  });
+}
+
+if (mode === 'introspect-mem') {
+  // As the keyring stores and compares it: a hex keyed hash, decoded, constant-time compared.
+  const storedHex = secretHash.toString('hex');
+  const secretMatches = (id: string, secret: string): boolean => {
+    if (id !== CLIENT_ID) return false;
+    const a = Buffer.from(createHmac('sha256', hashKey).update(secret).digest('hex'), 'hex');
+    const b = Buffer.from(storedHex, 'hex');
+    return a.length === b.length && timingSafeEqual(a, b);
+  };
+  app.post('/', form, async (req, res) => {
+    const [id, secret] = Buffer.from((req.headers.authorization ?? '').replace(/^Basic /, ''), 'base64')
+      .toString()
+      .split(':')
+      .map(decodeURIComponent);
+    if (!secretMatches(id ?? '', secret ?? '')) return void res.status(401).json({ error: 'invalid_client' });
+    try {
+      const { payload } = await verify(new URLSearchParams(String(req.body)).get('token') ?? '');
+      res.json({ active: true, token_type: 'Bearer', ...payload });
+    } catch {
+      res.json({ active: false });
+    }
   });
 }
 

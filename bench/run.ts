@@ -3,10 +3,12 @@
  *
  * The broker runs as `node bin/cordon.js serve` in its own process on a throw-away SQLite file
  * (shipped policies/), autocannon drives it from this process, and the in-process scenarios
- * (revocation, middleware) open the same database. Prints a table and writes bench/results.json.
+ * (revocation, middleware) open the same database. Prints a table, then every target beside its
+ * floor (bench/lib/targets.ts), and writes bench/results.json.
  *
  *   npm run bench                              all scenarios
- *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials, gateway)
+ *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials, gateway, replicas)
+ *   npm run bench -- --check                   exit non-zero when a target is missed (--no-explain: no profile of the misses)
  *   npm run bench -- --duration=5 --connections=20
  *   npm run bench -- --profile[=session]       CPU-profile the broker during one HTTP scenario and summarise where the time goes
  *   npm run bench -- --server=core               serve the broker core only (no request logging, metrics, credentials, sweeper)
@@ -25,7 +27,6 @@ import {
   hasCredentials,
   hasMiddleware,
   middlewareBench,
-  startAuxServer,
   startCalibrationServer,
   startVaultDouble,
   type MiddlewareBench,
@@ -34,6 +35,11 @@ import {
 import { summarise, printSummary } from './lib/profile.ts';
 import { sessionStartBreakdown, printBreakdown, sqlPerDecision } from './lib/breakdown.ts';
 import { gatewayScenarios, hasGateway, printGateway, type GatewayBench } from './lib/gateway.ts';
+import { floorModes, floorScenarios, formHeaders } from './lib/floors.ts';
+import { credentialScenario, type CredentialBench } from './lib/credentials.ts';
+import { anyFailed, evaluateTargets, missedScenarios, printTargets, TARGET_TEXT, type TargetRow } from './lib/targets.ts';
+import { explainMisses, type MissExplained } from './lib/explain.ts';
+import { printReplicas, replicaScenarios, type ReplicaBench } from './lib/replicas.ts';
 
 // ------------------------------------------------------------------------- options
 
@@ -48,9 +54,11 @@ const CONNECTIONS = Number(arg('connections') || 20);
 const SERVER = arg('server') || 'cli';
 if (SERVER !== 'cli' && SERVER !== 'core') throw new Error('--server must be cli or core');
 const PROFILE = arg('profile') === undefined ? undefined : arg('profile') || 'session';
-const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials', 'gateway'];
+const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials', 'gateway', 'replicas'];
 const ONLY = new Set(PROFILE ? [PROFILE] : (arg('only')?.split(',') ?? ALL));
 for (const o of ONLY) if (!ALL.includes(o)) throw new Error(`unknown scenario ${o} (known: ${ALL.join(', ')})`);
+const CHECK = arg('check') !== undefined;
+const EXPLAIN = arg('no-explain') === undefined;
 
 // ------------------------------------------------------------------------- results
 
@@ -76,8 +84,10 @@ const results: {
   http: HttpScenario[];
   revocation: Array<RevokeResult & { target: string; met: boolean }>;
   middleware?: MiddlewareBench & { target: string; met?: boolean };
-  credentials?: Record<string, unknown>;
+  credentials?: CredentialBench;
   gateway?: GatewayBench;
+  replicas?: ReplicaBench;
+  targets?: { rows: TargetRow[]; allMet: boolean; missedProfiles?: { file: string; scenarios: MissExplained[] } };
   skipped: Array<{ id: string; why: string }>;
   sqlPerDecision?: Record<string, { count: number; statements: string[] }>;
   profile?: unknown;
@@ -111,6 +121,9 @@ const skip = (id: string, why: string) => {
 
 // ------------------------------------------------------------------------- helpers
 
+/** What each measured scenario sent, to run it again under the profiler when it misses its target. */
+const specs = new Map<string, LoadSpec>();
+
 async function measure(
   broker: BrokerProcess,
   id: string,
@@ -119,6 +132,7 @@ async function measure(
   ok: (r: LoadResult) => boolean,
   note?: string,
 ): Promise<HttpScenario> {
+  specs.set(id, spec);
   await warm(spec, 1);
   const pid = broker.child.pid!;
   const c0 = processCpuSec(pid);
@@ -161,8 +175,6 @@ async function measure(
   return s;
 }
 
-const formHeaders = (auth: string) => ({ 'content-type': 'application/x-www-form-urlencoded', authorization: auth });
-
 async function sessionToken(be: BenchEnv, url: string, scope: string): Promise<string> {
   const r = await postForm(
     `${url}/token`,
@@ -196,7 +208,7 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
     }
   }
 
-  if (ONLY.has('floor')) await floorScenarios(be, vault);
+  await floorScenarios(be, vault, { modes: floorModes(ONLY), measure, skip, connections: CONNECTIONS, durationSec: DURATION });
 
   if (ONLY.has('session')) {
     await measure(
@@ -209,8 +221,8 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
         headers: formHeaders(basic(planner.id, planner.secret)),
         body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'docs:read web:search' }).toString(),
       },
-      '≥ 5,000/s, p99 ≤ 10 ms',
-      (r) => r.requestsPerSec >= 5000 && r.p99 <= 10,
+      TARGET_TEXT.session,
+      () => true,
       'POST /token client_credentials, Basic auth; every request opens a new session (session + token + audit row)',
     );
   }
@@ -230,8 +242,8 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
         headers: formHeaders(basic(rs.id, rs.secret)),
         body: new URLSearchParams({ token }).toString(),
       },
-      '≥ 10,000/s',
-      (r) => r.requestsPerSec >= 10_000,
+      TARGET_TEXT.introspection,
+      () => true,
       'POST /introspect of a live token, Basic auth by a resource-server agent',
     );
   }
@@ -251,8 +263,8 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
       broker,
       'delegation',
       { ...base, name: 'delegation', url: `${url}/token`, headers: formHeaders(basic(planner.id, planner.secret)), body: new URLSearchParams(form).toString() },
-      '≥ 4,000/s, p99 ≤ 15 ms',
-      (r) => r.requestsPerSec >= 4000 && r.p99 <= 15,
+      TARGET_TEXT.delegation,
+      () => true,
       'RFC 8693 exchange of one research-planner token for a doc-reader token (requested_actor), scope docs:read',
     );
   }
@@ -296,152 +308,14 @@ async function httpScenarios(be: BenchEnv, broker: BrokerProcess, vault: VaultDo
   if (ONLY.has('credentials')) {
     if (!hasCredentials()) skip('credentials', 'src/tokens/credentials.ts (or test/doubles/vault.ts) does not exist yet');
     else if (!vault) skip('credentials', 'the Vault double did not start');
-    else {
-      const token = await sessionToken(be, url, 'docs:read cred:docs-vault');
-      const variants: Array<{ headers: Record<string, string>; body: string }> = [
-        { headers: { authorization: `Bearer ${token}` }, body: '' },
-        { headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}' },
-        { headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-www-form-urlencoded' }, body: '' },
-      ];
-      let chosen: (typeof variants)[number] | undefined;
-      let last = '';
-      for (const v of variants) {
-        const r = await fetch(`${url}/credentials/docs-vault`, { method: 'POST', headers: v.headers, body: v.body || undefined });
-        last = `${r.status} ${(await r.text()).slice(0, 300)}`;
-        if (r.ok) {
-          chosen = v;
-          break;
-        }
-      }
-      if (!chosen) skip('credentials', `POST /credentials/docs-vault did not succeed: ${last}`);
-      else {
-        // The double's own time: the same call straight to it, at the same concurrency.
-        const direct = await load({
-          ...base,
-          name: 'vault double direct',
-          durationSec: Math.min(DURATION, 4),
-          url: `${vault.url}/v1/auth/token/create`,
-          headers: { 'x-vault-token': vault.rootToken, 'content-type': 'application/json' },
-          body: JSON.stringify({ policies: ['docs-rw'], ttl: '900s', meta: { agent: 'bench' } }),
-        });
-        const s = await measure(
-          broker,
-          'credential issue (Vault child token)',
-          { ...base, name: 'credential issue', url: `${url}/credentials/docs-vault`, headers: chosen.headers, body: chosen.body },
-          '≥ 2,000/s, p99 ≤ 20 ms; broker overhead < 1 ms median',
-          (r) => r.requestsPerSec >= 2000 && r.p99 <= 20,
-          'POST /credentials/docs-vault with Bearer; the broker calls the Vault double (own process) auth/token/create',
-        );
-        // The broker's own overhead, without queueing: one request at a time, through the broker and straight to the double.
-        const one = { connections: 1, durationSec: 3 };
-        const direct1 = await load({
-          ...one,
-          name: 'vault double direct, 1 connection',
-          url: `${vault.url}/v1/auth/token/create`,
-          headers: { 'x-vault-token': vault.rootToken, 'content-type': 'application/json' },
-          body: JSON.stringify({ policies: ['docs-rw'], ttl: '900s', meta: { agent: 'bench' } }),
-        });
-        const before = await vault.count();
-        const broker1 = await load({
-          ...one,
-          name: 'credential issue, 1 connection',
-          url: `${url}/credentials/docs-vault`,
-          headers: chosen.headers,
-          body: chosen.body,
-        });
-        const callsPerIssue = Math.round(((await vault.count()) - before) / Math.max(1, broker1.total));
-        const overhead = broker1.p50 - callsPerIssue * direct1.p50;
-        s.met = s.met && overhead < 1;
-        results.credentials = {
-          vaultDoubleDirect: { connections: CONNECTIONS, rps: direct.requestsPerSec, p50: direct.p50, p99: direct.p99 },
-          oneConnection: {
-            brokerP50: broker1.p50,
-            brokerRps: broker1.requestsPerSec,
-            doubleP50: direct1.p50,
-            doubleRps: direct1.requestsPerSec,
-            vaultCallsPerIssue: callsPerIssue,
-          },
-          brokerOverheadP50Ms: overhead,
-        };
-        console.log(
-          `  Vault double alone: ${Math.round(direct.requestsPerSec)}/s p50 ${direct.p50.toFixed(2)} ms at ${CONNECTIONS} connections; broker CPU ${s.brokerCpuUsPerReq?.toFixed(0)} µs/request`,
-        );
-        console.log(
-          `  one request at a time: broker ${broker1.p50.toFixed(2)} ms p50; ${callsPerIssue} Vault calls per issue at ${direct1.p50.toFixed(2)} ms p50 each → broker overhead ${overhead.toFixed(2)} ms median`,
-        );
-      }
-    }
-  }
-}
-
-/**
- * Stack floors (bench/floor-server.ts): the chosen libraries doing the least a scenario needs and
- * nothing of Cordon's. A target above its floor cannot be met by any code on this stack here.
- */
-async function floorScenarios(be: BenchEnv, vault: VaultDoubleProcess | undefined): Promise<void> {
-  const base = { connections: CONNECTIONS, durationSec: Math.min(DURATION, 5) };
-  const auth = basic('floor-client', 'floor-secret');
-  const floors: Array<{ mode: string; id: string; bounds: string; note: string; request: (url: string, token: string) => LoadSpec }> = [
-    {
-      mode: 'express',
-      id: 'floor: express, no work',
-      bounds: 'ceiling of every express endpoint (introspection target 10,000/s)',
-      note: 'express + express.raw form body + res.json',
-      request: (url) => ({ ...base, name: 'floor express', url: `${url}/`, headers: formHeaders(auth), body: 'token=x' }),
-    },
-    {
-      mode: 'introspect',
-      id: 'floor: introspection',
-      bounds: 'ceiling of introspection (target 10,000/s)',
-      note: 'express + keyed-hash secret check + jose jwtVerify + one knex/sqlite3 point read',
-      request: (url, token) => ({
-        ...base,
-        name: 'floor introspect',
-        url: `${url}/`,
-        headers: formHeaders(auth),
-        body: new URLSearchParams({ token }).toString(),
-      }),
-    },
-    {
-      mode: 'provider',
-      id: 'floor: oidc-provider /token, no work',
-      bounds: 'ceiling of every /token scenario (session start 5,000/s p99 10 ms; delegation 4,000/s p99 15 ms)',
-      note: 'oidc-provider behind express, static client_secret_basic client, a grant answering a constant',
-      request: (url) => ({ ...base, name: 'floor provider', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }),
-    },
-    {
-      mode: 'provider-sign',
-      id: 'floor: oidc-provider /token + signature',
-      bounds: 'ceiling of a /token that signs, with a free database',
-      note: 'as above + one jose EdDSA signature per request',
-      request: (url) => ({ ...base, name: 'floor provider-sign', url: `${url}/token`, headers: formHeaders(auth), body: 'grant_type=urn%3Acordon%3Afloor' }),
-    },
-    {
-      mode: 'credentials',
-      id: 'floor: credential issue',
-      bounds: 'ceiling of credential issue with a free database (target 2,000/s p99 20 ms)',
-      note: 'express + jose jwtVerify + one node-vault auth/token/create to the Vault double',
-      request: (url, token) => ({ ...base, name: 'floor credentials', url: `${url}/`, headers: { authorization: `Bearer ${token}` }, body: '' }),
-    },
-  ];
-  for (const f of floors) {
-    if (f.mode === 'credentials' && !vault) {
-      skip(f.id, 'the Vault double is not running');
-      continue;
-    }
-    const server = await startAuxServer('floor-server.ts', [f.mode, be.dir, ...(vault ? [vault.url] : [])]);
-    try {
-      await measure(
-        { child: server.child, url: server.url, how: `bench/floor-server.ts ${f.mode}`, stop: async () => null },
-        f.id,
-        f.request(server.url, server.printed.TOKEN),
-        f.bounds,
-        () => true,
-        f.note,
-      );
-    } finally {
-      await server.stop();
-    }
+    else
+      results.credentials = await credentialScenario(url, await sessionToken(be, url, 'docs:read cred:docs-vault'), vault, {
+        broker,
+        measure,
+        skip,
+        connections: CONNECTIONS,
+        durationSec: DURATION,
+      });
   }
 }
 
@@ -513,7 +387,7 @@ function printTable(): void {
     ]);
   const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   console.log('');
-  for (const [i, r] of rows.entries()) {
+  for (const [i, r] of (rows.length > 1 ? rows : []).entries()) {
     console.log(r.map((c, j) => (j === 0 || j >= 9 ? c.padEnd(w[j]) : c.padStart(w[j]))).join('  '));
     if (i === 0) console.log(w.map((n) => '-'.repeat(n)).join('  '));
   }
@@ -585,6 +459,15 @@ async function main(): Promise<void> {
       } finally {
         await broker.stop();
       }
+      // A missed target comes with the profile that explains it (not under --profile, which is one already).
+      const missed = missedScenarios(evaluateTargets(results)).map((id) => ({ id, spec: specs.get(id)! }));
+      if (!PROFILE && EXPLAIN && missed.length)
+        try {
+          const p = await explainMisses(be, missed, { extraEnv, core: SERVER === 'core', durationSec: DURATION, profileDir: join(be.dir, 'targets-prof') });
+          if (p) results.targets = { rows: [], allMet: false, missedProfiles: p };
+        } catch (e) {
+          console.log(`- profiling the missed targets failed: ${(e as Error).message}`);
+        }
     }
 
     if (!PROFILE) {
@@ -626,6 +509,13 @@ async function main(): Promise<void> {
         }
     }
 
+    if (ONLY.has('replicas'))
+      try {
+        results.replicas = await replicaScenarios(be, { connections: CONNECTIONS, durationSec: DURATION });
+      } catch (e) {
+        skip('replicas', `failed: ${(e as Error).message}`);
+      }
+
     if (PROFILE && PROFILE !== 'gateway') {
       const files = readdirSync(profDir).filter((x) => x.endsWith('.cpuprofile'));
       if (!files.length) throw new Error('the broker wrote no CPU profile');
@@ -652,7 +542,15 @@ async function main(): Promise<void> {
     await vault?.stop();
     be.cleanup();
   }
+  const targets = evaluateTargets(results);
+  for (const h of results.http) {
+    const own = targets.filter((t) => t.scenario === h.id && !t.info);
+    if (own.length) h.met = own.every((t) => t.met === true);
+  }
+  results.targets = { ...results.targets, rows: targets, allMet: !anyFailed(targets) };
   printTable();
+  if (results.replicas) printReplicas(results.replicas);
+  printTargets(targets);
   // bench/results.json is the record of a full run with the real server; anything else goes beside it (git-ignored).
   const partial = arg('only') !== undefined || arg('duration') !== undefined || arg('connections') !== undefined;
   const file = join(
@@ -668,6 +566,10 @@ async function main(): Promise<void> {
   );
   writeFileSync(file, `${JSON.stringify({ ...results, elapsedSec: Math.round((Date.now() - t0) / 1000) }, null, 2)}\n`);
   console.log(`\nwrote ${file} (${Math.round((Date.now() - t0) / 1000)} s)`);
+  if (CHECK && anyFailed(targets)) {
+    console.log('--check: a target was missed');
+    process.exitCode = 1;
+  }
 }
 
 await main();

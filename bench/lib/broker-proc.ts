@@ -74,19 +74,24 @@ export async function prepare(): Promise<BenchEnv> {
   };
   const b = await openLocal(env);
   try {
-    const reg = async (name: string, policy: string) => {
-      const r = await registerAgent(b, { name, policy, auth: 'secret', actor: 'bench' });
-      return { id: r.agent.id, secret: r.clientSecret! };
-    };
-    const agents: Agents = {
-      planner: await reg('bench-planner', 'research-planner'),
-      reader: await reg('bench-reader', 'doc-reader'),
-      introspector: await reg('bench-rs', 'doc-reader'),
-    };
+    const agents = await registerBenchAgents(b);
     return { dir, port, issuer, env, agents, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
   } finally {
     await closeBroker(b);
   }
+}
+
+/** The bench's three agents on the broker's database. */
+export async function registerBenchAgents(b: Broker): Promise<Agents> {
+  const reg = async (name: string, policy: string) => {
+    const r = await registerAgent(b, { name, policy, auth: 'secret', actor: 'bench' });
+    return { id: r.agent.id, secret: r.clientSecret! };
+  };
+  return {
+    planner: await reg('bench-planner', 'research-planner'),
+    reader: await reg('bench-reader', 'doc-reader'),
+    introspector: await reg('bench-rs', 'doc-reader'),
+  };
 }
 
 export interface BrokerProcess {

@@ -64,3 +64,20 @@ export function diffThreads(a: Record<string, number>, b: Record<string, number>
   for (const k of Object.keys(b)) out[k] = Math.round(((b[k] ?? 0) - (a[k] ?? 0)) * 100) / 100;
   return out;
 }
+
+/** CPU-seconds used so far by every process with this command name (e.g. PostgreSQL's backends, `postgres`), from /proc. */
+export function commandCpuSec(comm: string): number {
+  let sum = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      if (stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) !== comm) continue;
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      sum += (Number(f[11]) + Number(f[12])) / 100;
+    } catch {
+      /* process gone */
+    }
+  }
+  return sum;
+}
