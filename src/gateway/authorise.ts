@@ -55,7 +55,10 @@ export function reachableUpstreams(p: GatewayPrincipal): ReachableUpstream[] {
   return Object.entries(p.rootPolicy.upstreams)
     .filter(
       ([name, u]) =>
-        covers(p.scopes, `${GW_PREFIX}${name}`) || [...Object.keys(u.rules), ...(u.tools ?? []), ...(u.resources?.length ? ['resources'] : []), ...(u.prompts?.length ? ['prompts'] : [])].some((r) => covers(p.scopes, `${GW_PREFIX}${name}/${r}`)),
+        covers(p.scopes, `${GW_PREFIX}${name}`) ||
+        [...Object.keys(u.rules), ...(u.tools ?? []), ...(u.resources?.length ? ['resources'] : []), ...(u.prompts?.length ? ['prompts'] : [])].some((r) =>
+          covers(p.scopes, `${GW_PREFIX}${name}/${r}`),
+        ),
     )
     .map(([name, u]) => ({
       name,
