@@ -6,7 +6,7 @@
  * (revocation, middleware) open the same database. Prints a table and writes bench/results.json.
  *
  *   npm run bench                              all scenarios
- *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials, gateway)
+ *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials, gateway, mcp)
  *   npm run bench -- --duration=5 --connections=20
  *   npm run bench -- --profile[=session]       CPU-profile the broker during one HTTP scenario and summarise where the time goes
  *   npm run bench -- --server=core               serve the broker core only (no request logging, metrics, credentials, sweeper)
@@ -34,6 +34,7 @@ import {
 import { summarise, printSummary } from './lib/profile.ts';
 import { sessionStartBreakdown, printBreakdown, sqlPerDecision } from './lib/breakdown.ts';
 import { gatewayScenarios, hasGateway, printGateway, type GatewayBench } from './lib/gateway.ts';
+import { mcpScenarios, printMcp, type McpBench } from './lib/mcp.ts';
 
 // ------------------------------------------------------------------------- options
 
@@ -48,7 +49,7 @@ const CONNECTIONS = Number(arg('connections') || 20);
 const SERVER = arg('server') || 'cli';
 if (SERVER !== 'cli' && SERVER !== 'core') throw new Error('--server must be cli or core');
 const PROFILE = arg('profile') === undefined ? undefined : arg('profile') || 'session';
-const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials', 'gateway'];
+const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials', 'gateway', 'mcp'];
 const ONLY = new Set(PROFILE ? [PROFILE] : (arg('only')?.split(',') ?? ALL));
 for (const o of ONLY) if (!ALL.includes(o)) throw new Error(`unknown scenario ${o} (known: ${ALL.join(', ')})`);
 
@@ -78,6 +79,7 @@ const results: {
   middleware?: MiddlewareBench & { target: string; met?: boolean };
   credentials?: Record<string, unknown>;
   gateway?: GatewayBench;
+  mcp?: McpBench;
   skipped: Array<{ id: string; why: string }>;
   sqlPerDecision?: Record<string, { count: number; statements: string[] }>;
   profile?: unknown;
@@ -521,6 +523,7 @@ function printTable(): void {
     console.log(`  ${r.name}: ${r.revokeMs.toFixed(0)} ms wall (${r.revokedTokens} tokens revoked; setup ${r.setupMs.toFixed(0)} ms)`);
   for (const s of results.skipped) console.log(`  skipped ${s.id}: ${s.why}`);
   if (results.gateway) printGateway(results.gateway);
+  if (results.mcp) printMcp(results.mcp);
 }
 
 // ------------------------------------------------------------------------- main
@@ -625,6 +628,12 @@ async function main(): Promise<void> {
           skip('gateway', `failed: ${(e as Error).message}`);
         }
     }
+
+    // MCP tools/call through the gateway beside the same MCP server called directly (its own broker, server and Vault double).
+    if (ONLY.has('mcp'))
+      results.mcp = await mcpScenarios(be, { measure, connections: CONNECTIONS, durationSec: DURATION }).catch(
+        (e: Error) => void skip('mcp', `failed: ${e.message}`),
+      );
 
     if (PROFILE && PROFILE !== 'gateway') {
       const files = readdirSync(profDir).filter((x) => x.endsWith('.cpuprofile'));
