@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { closeBroker } from '../../src/broker.ts';
 import { registerAgent } from '../../src/agents/registry.ts';
 import { basic, freePort, openLocal, postForm, ROOT, startBrokerProcess, TSX, type BenchEnv } from './broker-proc.ts';
+import { processCpuSec } from './cpu.ts';
 import { startVaultDouble } from './extras.ts';
 import { putKv, waitFor, type ComparisonRow, type Measure, type Proc } from './gateway.ts';
 import type { LoadResult, LoadSpec } from './load.ts';
@@ -185,6 +186,8 @@ export async function mcpScenarios(be: BenchEnv, opts: { measure: Measure; conne
       all,
       'tools/call get_ticket, 2026-07-28, X-Api-Key sent by the client',
     );
+    // The MCP server's own CPU while the gateway drives it (measure() watches the gateway process).
+    const serverCpu0 = processCpuSec(server.child.pid!);
     const gMax = await measure(
       broker,
       'mcp: gateway /mcp/bench-mcp',
@@ -193,6 +196,9 @@ export async function mcpScenarios(be: BenchEnv, opts: { measure: Measure; conne
       (r) => r.requestsPerSec >= MCP_TARGETS.throughputRatio * dMax.requestsPerSec,
       'token, policy + scope + args glob, pin, X-Api-Key from Vault KV (cached per session), undici forward, mcp.call audit row',
     );
+    const serverCpu1 = processCpuSec(server.child.pid!);
+    const serverUsPerCallViaGateway =
+      serverCpu0 !== undefined && serverCpu1 !== undefined && gMax.total ? ((serverCpu1 - serverCpu0) * 1e6) / gMax.total : undefined;
     // Latency at a rate both hold without queueing: half the slower one's maximum.
     const rate = Math.max(50, Math.round(Math.min(dMax.requestsPerSec, gMax.requestsPerSec) / 2 / 50) * 50);
     const dAt = await measure(
@@ -267,6 +273,15 @@ export async function mcpScenarios(be: BenchEnv, opts: { measure: Measure; conne
         target: '(where the time goes)',
         info: true,
         note: 'gateway process (broker + gateway) vs the MCP server process',
+      },
+      {
+        what: 'MCP server CPU per call at full load, µs',
+        gateway: serverUsPerCallViaGateway,
+        floor: cpu(dMax),
+        ratio: (serverUsPerCallViaGateway ?? NaN) / (cpu(dMax) ?? NaN),
+        target: '(information)',
+        info: true,
+        note: 'the server process, called through the gateway vs by autocannon directly',
       },
       {
         what: 'tools/call rate 2025-11-25 (SSE), req/s',
