@@ -7,7 +7,7 @@
  * floor (bench/lib/targets.ts), and writes bench/results.json.
  *
  *   npm run bench                              all scenarios
- *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials, gateway, replicas)
+ *   npm run bench -- --only=session,revoke     some of them (calibrate, floor, session, introspect, delegate, revoke, middleware, credentials, gateway, mcp, replicas)
  *   npm run bench -- --check                   exit non-zero when a target is missed (--no-explain: no profile of the misses)
  *   npm run bench -- --duration=5 --connections=20
  *   npm run bench -- --profile[=session]       CPU-profile the broker during one HTTP scenario and summarise where the time goes
@@ -40,6 +40,7 @@ import { credentialScenario, type CredentialBench } from './lib/credentials.ts';
 import { anyFailed, evaluateTargets, missedScenarios, printTargets, TARGET_TEXT, type TargetRow } from './lib/targets.ts';
 import { explainMisses, type MissExplained } from './lib/explain.ts';
 import { printReplicas, replicaScenarios, type ReplicaBench } from './lib/replicas.ts';
+import { mcpScenarios, printMcp, type McpBench } from './lib/mcp.ts';
 
 // ------------------------------------------------------------------------- options
 
@@ -54,7 +55,7 @@ const CONNECTIONS = Number(arg('connections') || 20);
 const SERVER = arg('server') || 'cli';
 if (SERVER !== 'cli' && SERVER !== 'core') throw new Error('--server must be cli or core');
 const PROFILE = arg('profile') === undefined ? undefined : arg('profile') || 'session';
-const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials', 'gateway', 'replicas'];
+const ALL = ['calibrate', 'floor', 'session', 'introspect', 'delegate', 'revoke', 'middleware', 'credentials', 'gateway', 'mcp', 'replicas'];
 const ONLY = new Set(PROFILE ? [PROFILE] : (arg('only')?.split(',') ?? ALL));
 for (const o of ONLY) if (!ALL.includes(o)) throw new Error(`unknown scenario ${o} (known: ${ALL.join(', ')})`);
 const CHECK = arg('check') !== undefined;
@@ -88,6 +89,7 @@ const results: {
   gateway?: GatewayBench;
   replicas?: ReplicaBench;
   targets?: { rows: TargetRow[]; allMet: boolean; missedProfiles?: { file: string; scenarios: MissExplained[] } };
+  mcp?: McpBench;
   skipped: Array<{ id: string; why: string }>;
   sqlPerDecision?: Record<string, { count: number; statements: string[] }>;
   profile?: unknown;
@@ -395,6 +397,7 @@ function printTable(): void {
     console.log(`  ${r.name}: ${r.revokeMs.toFixed(0)} ms wall (${r.revokedTokens} tokens revoked; setup ${r.setupMs.toFixed(0)} ms)`);
   for (const s of results.skipped) console.log(`  skipped ${s.id}: ${s.why}`);
   if (results.gateway) printGateway(results.gateway);
+  if (results.mcp) printMcp(results.mcp);
 }
 
 // ------------------------------------------------------------------------- main
@@ -508,6 +511,12 @@ async function main(): Promise<void> {
           skip('gateway', `failed: ${(e as Error).message}`);
         }
     }
+
+    // MCP tools/call through the gateway beside the same MCP server called directly (its own broker, server and Vault double).
+    if (ONLY.has('mcp'))
+      results.mcp = await mcpScenarios(be, { measure, connections: CONNECTIONS, durationSec: DURATION }).catch(
+        (e: Error) => void skip('mcp', `failed: ${e.message}`),
+      );
 
     if (ONLY.has('replicas'))
       try {

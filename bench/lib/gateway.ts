@@ -51,8 +51,8 @@ upstreams:
       read: { methods: [GET], paths: ["/**"] }
 `;
 
-type Proc = Pick<BrokerProcess, 'child' | 'url' | 'how' | 'stop'>;
-type Measure = (
+export type Proc = Pick<BrokerProcess, 'child' | 'url' | 'how' | 'stop'>;
+export type Measure = (
   proc: Proc,
   id: string,
   spec: LoadSpec,
@@ -83,9 +83,9 @@ export interface GatewayBench {
   profile?: { file: string; summary: ProfileSummary };
 }
 
-const asProc = (s: AuxServer, how: string): Proc => ({ child: s.child, url: s.url, how, stop: async () => null });
+export const asProc = (s: AuxServer, how: string): Proc => ({ child: s.child, url: s.url, how, stop: async () => null });
 
-async function putKv(vault: VaultDoubleProcess, path: string, data: Record<string, string>): Promise<void> {
+export async function putKv(vault: VaultDoubleProcess, path: string, data: Record<string, string>): Promise<void> {
   const r = await fetch(`${vault.url}/v1/secret/data/${path}`, {
     method: 'POST',
     headers: { 'x-vault-token': vault.rootToken, 'content-type': 'application/json' },
@@ -94,7 +94,7 @@ async function putKv(vault: VaultDoubleProcess, path: string, data: Record<strin
   if (!r.ok) throw new Error(`Vault double KV write failed: ${r.status} ${await r.text()}`);
 }
 
-async function waitFor(url: string, ms = 15_000): Promise<void> {
+export async function waitFor(url: string, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     try {
