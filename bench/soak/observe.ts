@@ -72,15 +72,16 @@ export class TableWatcher {
     return { ...(out as TableCounts), fileMiB: bytes / 2 ** 20 };
   }
   /**
-   * Rows retention should have deleted by `now`: sessions (with their tokens and credentials) that
-   * ended before `endedBefore`, and feed entries whose subject expired before `feedBefore`.
+   * Rows retention should have deleted: sessions that expired before `expiredBefore` (with their
+   * tokens and credentials; no credential outlives its session's expiry), and feed entries whose
+   * subject expired before `feedBefore`. (A session revoked earlier may wait until its expiry: a
+   * credential its backend cannot revoke, such as a KV secret, keeps it until that credential expires.)
    */
-  async overdue(endedBefore: number, feedBefore: number): Promise<{ sessions: number; tokens: number; credentials: number; revocations: number }> {
+  async overdue(expiredBefore: number, feedBefore: number): Promise<{ sessions: number; tokens: number; credentials: number; revocations: number }> {
     const n = async (q: Knex.QueryBuilder) => Number((await q.count({ n: '*' }).first())!.n);
-    const ended = (w: Knex.QueryBuilder): void => void w.where('expires_at', '<', endedBefore).orWhere('revoked_at', '<', endedBefore);
-    const old = this.#db('sessions').select('sid').where(ended);
+    const old = this.#db('sessions').select('sid').where('expires_at', '<', expiredBefore);
     return {
-      sessions: await n(this.#db('sessions').where(ended)),
+      sessions: await n(this.#db('sessions').where('expires_at', '<', expiredBefore)),
       tokens: await n(this.#db('tokens').whereIn('sid', old)),
       credentials: await n(this.#db('credentials').whereIn('sid', old)),
       revocations: await n(this.#db('revocations').where('expires_at', '<', feedBefore)),
@@ -91,21 +92,23 @@ export class TableWatcher {
   }
 }
 
-const median = (xs: number[]): number => {
+export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
 };
 
 /**
- * Growth after warm-up: the median of the samples in the last `windowMs` over the median of those
- * in the first `windowMs` after warm-up (medians, so one sample taken just before a collection does
- * not decide it). Undefined when the run is too short to have both windows apart.
+ * Growth after warm-up: a statistic of the samples in the last `windowMs` over the same statistic
+ * of those in the first `windowMs` after warm-up. Undefined when the run is too short to have both
+ * windows apart. The soak takes the median for RSS and the minimum for the heap: heap use is a saw
+ * tooth between collections, and its floor (what survives a collection) is what a leak raises.
  */
 export function growth(
   samples: Sample[],
   warmupEnd: number,
   windowMs: number,
   pick: (s: Sample) => number,
+  stat: (xs: number[]) => number,
 ): { from: number; to: number; ratio: number } | undefined {
   const after = samples.filter((s) => s.at >= warmupEnd);
   if (!after.length) return undefined;
@@ -113,7 +116,7 @@ export function growth(
   const first = after.filter((s) => s.at < warmupEnd + windowMs).map(pick);
   const end = after.filter((s) => s.at > last - windowMs && s.at >= warmupEnd + windowMs).map(pick);
   if (!first.length || !end.length) return undefined;
-  const from = median(first);
-  const to = median(end);
+  const from = stat(first);
+  const to = stat(end);
   return { from, to, ratio: to / from - 1 };
 }

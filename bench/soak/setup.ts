@@ -114,7 +114,7 @@ export interface SoakWorld {
   upstream: CountingUpstream;
   agents: { root: Agent; worker: Agent; rs: Agent };
   broker?: { child: ChildProcess; exited: Promise<number | null>; logFile: string };
-  stop(): Promise<void>;
+  stop(opts?: { keep?: boolean }): Promise<void>;
 }
 
 /** The doubles, the upstream, policies, database and agents; the broker is started by `startBroker`. */
@@ -198,12 +198,12 @@ export async function prepareWorld(s: SoakSettings): Promise<SoakWorld> {
     sts,
     upstream,
     agents,
-    async stop() {
+    async stop(opts = {}) {
       await stopBroker(world);
       await upstream.stop();
       await vault.stop();
       await sts.stop();
-      rmSync(dir, { recursive: true, force: true });
+      if (!opts.keep) rmSync(dir, { recursive: true, force: true });
     },
   };
   return world;
