@@ -19,19 +19,16 @@ const CHUNK = 400;
  * then (the sweeper retries a failed revocation only while the credential is unexpired). A pending
  * intent never is: orphan recovery owns it.
  */
-function finalBefore(w: Knex.QueryBuilder, cutoff: number, prefix = ''): Knex.QueryBuilder {
-  const c = (col: string) => `${prefix}${col}`;
-  return (
-    w
-      .whereNot(c('state'), 'pending')
-      // eslint-disable-next-line @typescript-eslint/no-misused-promises -- a knex builder is thenable; these callbacks only build clauses
-      .andWhere((x) => x.where(c('expires_at'), '<=', cutoff).orWhere((y) => revokedBefore(y, cutoff, prefix)))
-  );
+function finalBefore(cutoff: number, prefix = ''): (w: Knex.QueryBuilder) => void {
+  return (w) =>
+    void w
+      .whereNot(`${prefix}state`, 'pending')
+      .andWhere((x): void => void x.where(`${prefix}expires_at`, '<=', cutoff).orWhere((y): void => revokedBefore(y, cutoff, prefix)));
 }
 
 /** Revoked or failed, decided before `cutoff` (a failed issue has no revocation time: its intent's). */
-const revokedBefore = (w: Knex.QueryBuilder, cutoff: number, prefix = ''): Knex.QueryBuilder =>
-  w.whereIn(`${prefix}state`, ['revoked', 'failed']).andWhereRaw(`coalesce(${prefix}revoked_at, ${prefix}created_at) <= ?`, [cutoff]);
+const revokedBefore = (w: Knex.QueryBuilder, cutoff: number, prefix: string): void =>
+  void w.whereIn(`${prefix}state`, ['revoked', 'failed']).andWhereRaw(`coalesce(${prefix}revoked_at, ${prefix}created_at) <= ?`, [cutoff]);
 
 export const retention = {
   /**
@@ -42,14 +39,9 @@ export const retention = {
     const rows = await q('sessions as s')
       .select('s.sid')
       .whereNotNull('s.swept_at')
-      // eslint-disable-next-line @typescript-eslint/no-misused-promises -- a knex builder is thenable; this callback only builds the clause
-      .andWhere((w) => w.where('s.expires_at', '<=', cutoff).orWhere('s.revoked_at', '<=', cutoff))
+      .andWhere((w): void => void w.where('s.expires_at', '<=', cutoff).orWhere('s.revoked_at', '<=', cutoff))
       .whereNotExists(function (this: Knex.QueryBuilder) {
-        // eslint-disable-next-line @typescript-eslint/no-misused-promises -- as above
-        void this.select(1)
-          .from('credentials as c')
-          .whereRaw('c.sid = s.sid')
-          .andWhereNot((w) => finalBefore(w, cutoff, 'c.'));
+        void this.select(1).from('credentials as c').whereRaw('c.sid = s.sid').andWhereNot(finalBefore(cutoff, 'c.'));
       })
       .orderBy('s.expires_at')
       .limit(limit);
@@ -74,12 +66,7 @@ export const retention = {
    * spent credential. Issued rows that merely expired go with their session, once swept.
    */
   async pruneCredentials(q: Q, cutoff: number, limit: number): Promise<number> {
-    const ids = q('credentials')
-      .select('id')
-      .whereIn('state', ['revoked', 'failed'])
-      // eslint-disable-next-line @typescript-eslint/no-misused-promises -- a knex builder is thenable; this callback only builds the clause
-      .andWhere((w) => finalBefore(w, cutoff))
-      .limit(limit);
+    const ids = q('credentials').select('id').whereIn('state', ['revoked', 'failed']).andWhere(finalBefore(cutoff)).limit(limit);
     return q('credentials').whereIn('id', ids).del();
   },
 
