@@ -19,6 +19,13 @@ describe('config', () => {
     assert.equal(c.sts, undefined);
   });
 
+  it('CORDON_RETENTION reads 7d by default, one unit or whole seconds otherwise', () => {
+    assert.equal(loadConfig({}).retentionMs, 7 * 86400_000);
+    assert.equal(loadConfig({ CORDON_RETENTION: '2m' }).retentionMs, 120_000);
+    assert.equal(loadConfig({ CORDON_RETENTION: '12h' }).retentionMs, 12 * 3600_000);
+    assert.equal(loadConfig({ CORDON_RETENTION: '90' }).retentionMs, 90_000);
+  });
+
   it('VAULT_TOKEN_ROLE names the token role children are created through; CORDON_VAULT_ALLOW_ROOT=1 accepts a root broker token', () => {
     const base = { VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_TOKEN: 't' };
     assert.equal(loadConfig(base).vault?.tokenRole, undefined);
@@ -45,6 +52,9 @@ describe('config', () => {
     [{ AWS_REGION: 'moon' }, 'AWS_REGION'],
     [{ VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_TOKEN: 't', VAULT_TOKEN_ROLE: 'bad/role' }, 'VAULT_TOKEN_ROLE'],
     [{ VAULT_ADDR: 'http://127.0.0.1:8200', VAULT_TOKEN: 't', CORDON_VAULT_ALLOW_ROOT: 'yes please' }, 'CORDON_VAULT_ALLOW_ROOT'],
+    [{ CORDON_RETENTION: 'a week' }, 'CORDON_RETENTION'],
+    [{ CORDON_RETENTION: '1h30m' }, 'CORDON_RETENTION'],
+    [{ CORDON_RETENTION: '30s' }, 'CORDON_RETENTION'],
   ];
   for (const [env, variable] of bad) {
     it(`a bad ${variable} stops start-up with one line naming it`, () => {

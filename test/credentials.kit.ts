@@ -74,8 +74,10 @@ export interface CredFixture {
 
 const AWS_ENV = ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'] as const;
 
-/** Starts both doubles and a broker wired to them. `timeoutMs` is both backends' timeout. */
-export async function credFixture(opts: { timeoutMs?: number; providers?: boolean; policies?: Record<string, string> } = {}): Promise<CredFixture> {
+/** Starts both doubles and a broker wired to them. `timeoutMs` is both backends' timeout; `databaseUrl` and `env` go to the test broker. */
+export async function credFixture(
+  opts: { timeoutMs?: number; providers?: boolean; policies?: Record<string, string>; databaseUrl?: string; env?: Record<string, string> } = {},
+): Promise<CredFixture> {
   const vault = new VaultDouble('root-token');
   await vault.start();
   // Least privilege, as the README sets it up: the broker's token holds only the broker policy (not
@@ -114,7 +116,9 @@ export async function credFixture(opts: { timeoutMs?: number; providers?: boolea
   const t = String(opts.timeoutMs ?? 2000);
   const tb = await startTestBroker({
     policyDir: policyDir({ ...POLICIES, ...opts.policies }),
+    databaseUrl: opts.databaseUrl,
     env: {
+      ...opts.env,
       VAULT_ADDR: vault.url,
       VAULT_TOKEN: brokerVaultToken,
       VAULT_TOKEN_ROLE,

@@ -17,6 +17,8 @@ export interface Config {
   clockSkewSec: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   sweepIntervalSec: number;
+  /** How long ended sessions (with their tokens and credentials) and spent feed, IAM deny and bootstrap rows are kept before the sweeper deletes them (CORDON_RETENTION). The audit log is kept whole. */
+  retentionMs: number;
   /** When set, `GET /metrics` wants `Authorization: Bearer <this>` (Prometheus' bearer_token). */
   metricsToken?: string;
   /** The gateway's listener (`CORDON_GATEWAY_PORT`; null when `off`) and its public base URL (a token's `aud` may name it). */
@@ -63,6 +65,7 @@ export const DEFAULTS: Record<string, string> = {
   CORDON_CLOCK_SKEW: '30',
   CORDON_LOG_LEVEL: 'info',
   CORDON_SWEEP_INTERVAL: '30',
+  CORDON_RETENTION: '7d',
   CORDON_GATEWAY_PORT: '8081',
   CORDON_GATEWAY_URL: 'http://127.0.0.1:8081',
 };
@@ -160,6 +163,7 @@ export function loadConfig(env: Env = readEnv()): Config {
     clockSkewSec: int(env, 'CORDON_CLOCK_SKEW', 0, 300),
     logLevel: logLevel as Config['logLevel'],
     sweepIntervalSec: int(env, 'CORDON_SWEEP_INTERVAL', 1, 86400),
+    retentionMs: retention(env),
     metricsToken: metricsToken(env),
     gatewayPort: (env.CORDON_GATEWAY_PORT ?? DEFAULTS.CORDON_GATEWAY_PORT).trim() === 'off' ? null : int(env, 'CORDON_GATEWAY_PORT', 0, 65535),
     gatewayUrl: url(env, 'CORDON_GATEWAY_URL', ['http:', 'https:']).replace(/\/+$/, ''),
@@ -167,6 +171,16 @@ export function loadConfig(env: Env = readEnv()): Config {
     vault: vaultConfig(env),
     sts: stsConfig(env),
   };
+}
+
+/** CORDON_RETENTION: whole seconds, or a number with one unit (90s, 30m, 12h, 7d); at least a minute. */
+function retention(env: Env): number {
+  const raw = str(env, 'CORDON_RETENTION');
+  const m = /^(\d{1,9})([smhd]?)$/.exec(raw);
+  if (!m) throw new ConfigError('CORDON_RETENTION', `must be a duration such as 7d, 12h, 30m or 3600 (seconds), got "${raw}"`);
+  const sec = Number(m[1]) * { '': 1, s: 1, m: 60, h: 3600, d: 86400 }[m[2] as '' | 's' | 'm' | 'h' | 'd'];
+  if (sec < 60 || sec > 3650 * 86400) throw new ConfigError('CORDON_RETENTION', `must be between 1 minute and 10 years, got "${raw}"`);
+  return sec * 1000;
 }
 
 function metricsToken(env: Env): string | undefined {

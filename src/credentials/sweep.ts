@@ -14,7 +14,8 @@
  * 4. Each provider's reconcile hook (STS: IAM deny entries are dropped once everything they denied
  *    has expired, and the one revocation policy of every role with entries is rebuilt from the
  *    database, deleted when none is left).
- * 5. Spent one-time values (DPoP proof jtis) are pruned.
+ * 5. Spent one-time values (DPoP proof jtis) are pruned, and the refusal limiter forgets windows that ended.
+ * 6. Retention: rows that ended more than CORDON_RETENTION ago are deleted (retention.ts; never the audit log).
  *
  * Safe on several replicas: every credential row is claimed with a conditional UPDATE before
  * any backend call, IAM policy rebuilds are idempotent (and serialised per role on PostgreSQL), and marking a session swept is conditional.
@@ -27,6 +28,7 @@ import { replayGuard } from '../store/replay.ts';
 import { sessions } from '../store/sessions.ts';
 import { createProviders } from '../providers/index.ts';
 import { attachProviders, reconcileCtx, revokeRows } from './revoke.ts';
+import { pruneRetained, type RetentionReport } from './retention.ts';
 
 export interface SweepReport {
   orphans: number;
@@ -37,6 +39,7 @@ export interface SweepReport {
   retried: number;
   deniesRemoved: number;
   replayPruned: number;
+  pruned: RetentionReport;
 }
 
 /**
@@ -50,8 +53,20 @@ export function orphanGraceMs(b: Broker): number {
 
 const BATCH = 100;
 
+const emptyPruned = (): RetentionReport => ({ sessions: 0, tokens: 0, credentials: 0, revocations: 0, iamDenies: 0, bootstrapTokens: 0 });
+
 export async function sweepOnce(b: Broker): Promise<SweepReport> {
-  const rep: SweepReport = { orphans: 0, sessionsSwept: 0, revoked: 0, notRevocable: 0, failed: 0, retried: 0, deniesRemoved: 0, replayPruned: 0 };
+  const rep: SweepReport = {
+    orphans: 0,
+    sessionsSwept: 0,
+    revoked: 0,
+    notRevocable: 0,
+    failed: 0,
+    retried: 0,
+    deniesRemoved: 0,
+    replayPruned: 0,
+    pruned: emptyPruned(),
+  };
   const add = (s: { revoked: number; notRevocable: number; failed: number }): void => {
     rep.revoked += s.revoked;
     rep.notRevocable += s.notRevocable;
@@ -107,8 +122,12 @@ export async function sweepOnce(b: Broker): Promise<SweepReport> {
     }
   }
 
-  // 5. Spent one-time values.
+  // 5. Spent one-time values; refusal counters of ended windows (their summaries written).
   rep.replayPruned = await replayGuard.prune(b.db, now);
+  b.refusals.flushEnded();
+
+  // 6. Rows past the retention window.
+  rep.pruned = await pruneRetained(b, now);
   return rep;
 }
 
@@ -126,7 +145,7 @@ export function startSweeper(b: Broker, intervalSec = b.config.sweepIntervalSec)
   return periodic(
     async () => {
       const rep = await sweepOnce(b);
-      if (rep.orphans || rep.sessionsSwept || rep.revoked || rep.failed || rep.deniesRemoved) b.log.info({ sweep: rep }, 'sweeper');
+      if (rep.orphans || rep.sessionsSwept || rep.revoked || rep.failed || rep.deniesRemoved || rep.pruned.sessions) b.log.info({ sweep: rep }, 'sweeper');
       return rep;
     },
     {
