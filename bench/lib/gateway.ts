@@ -144,20 +144,7 @@ export async function gatewayScenarios(
     const proxy = await startAuxServer('proxy-floor.ts', [`${upstream.url}/api`, INJECTED]);
     cleanups.push(() => proxy.stop());
 
-    // The shipped policies plus the bench's gateway policy, and an agent on it.
-    const policyDir = join(be.dir, 'gateway-policies');
-    mkdirSync(policyDir, { recursive: true });
-    for (const f of readdirSync(join(ROOT, 'policies'))) if (f.endsWith('.yaml')) copyFileSync(join(ROOT, 'policies', f), join(policyDir, f));
-    writeFileSync(join(policyDir, 'bench-gateway.yaml'), policyYaml(upstream.url));
-    const gbe: BenchEnv = { ...be, env: { ...be.env, CORDON_POLICY_DIR: policyDir } };
-    const b = await openLocal(gbe.env);
-    let agent: { id: string; secret: string };
-    try {
-      const r = await registerAgent(b, { name: 'bench-gw', policy: 'bench-gateway', auth: 'secret', actor: 'bench' });
-      agent = { id: r.agent.id, secret: r.clientSecret! };
-    } finally {
-      await closeBroker(b);
-    }
+    const { env: gbe, agent } = await policyAndAgent(be, 'bench-gateway', policyYaml(upstream.url), 'bench-gw');
 
     let broker = await startGatewayBroker(gbe, vault);
     cleanups.push(() => broker.stop());
@@ -340,4 +327,25 @@ export function printGateway(g: GatewayBench): void {
     if (i === 0) console.log(w.map((n) => '-'.repeat(n)).join('  '));
   }
   console.log(`  Vault calls during the measured gateway runs: ${g.vaultCallsDuringLoad} (the KV credential is cached per session)`);
+}
+
+/** The shipped policies plus one bench policy (`name`.yaml) in a directory of the bench's own, and an agent registered on it. */
+export async function policyAndAgent(
+  be: BenchEnv,
+  name: string,
+  yaml: string,
+  agentName: string,
+): Promise<{ env: BenchEnv; agent: { id: string; secret: string } }> {
+  const policyDir = join(be.dir, `${name}-policies`);
+  mkdirSync(policyDir, { recursive: true });
+  for (const f of readdirSync(join(ROOT, 'policies'))) if (f.endsWith('.yaml')) copyFileSync(join(ROOT, 'policies', f), join(policyDir, f));
+  writeFileSync(join(policyDir, `${name}.yaml`), yaml);
+  const env: BenchEnv = { ...be, env: { ...be.env, CORDON_POLICY_DIR: policyDir } };
+  const b = await openLocal(env.env);
+  try {
+    const r = await registerAgent(b, { name: agentName, policy: name, auth: 'secret', actor: 'bench' });
+    return { env, agent: { id: r.agent.id, secret: r.clientSecret! } };
+  } finally {
+    await closeBroker(b);
+  }
 }

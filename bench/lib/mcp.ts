@@ -1,12 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { closeBroker } from '../../src/broker.ts';
-import { registerAgent } from '../../src/agents/registry.ts';
 import { basic, freePort, openLocal, postForm, ROOT, startBrokerProcess, TSX, type BenchEnv } from './broker-proc.ts';
 import { processCpuSec } from './cpu.ts';
 import { startVaultDouble } from './extras.ts';
-import { putKv, waitFor, type ComparisonRow, type Measure, type Proc } from './gateway.ts';
+import { policyAndAgent, putKv, waitFor, type ComparisonRow, type Measure, type Proc } from './gateway.ts';
 import type { LoadResult, LoadSpec } from './load.ts';
 
 /**
@@ -128,19 +126,7 @@ export async function mcpScenarios(be: BenchEnv, opts: { measure: Measure; conne
     const server = await startTicketsServer();
     cleanups.push(() => server.stop());
 
-    const policyDir = join(be.dir, 'mcp-policies');
-    mkdirSync(policyDir, { recursive: true });
-    for (const f of readdirSync(join(ROOT, 'policies'))) if (f.endsWith('.yaml')) copyFileSync(join(ROOT, 'policies', f), join(policyDir, f));
-    writeFileSync(join(policyDir, 'bench-mcp.yaml'), policyYaml(server.url));
-    const mbe: BenchEnv = { ...be, env: { ...be.env, CORDON_POLICY_DIR: policyDir } };
-    let b = await openLocal(mbe.env);
-    let agent: { id: string; secret: string };
-    try {
-      const r = await registerAgent(b, { name: 'bench-mcp', policy: 'bench-mcp', auth: 'secret', actor: 'bench' });
-      agent = { id: r.agent.id, secret: r.clientSecret! };
-    } finally {
-      await closeBroker(b);
-    }
+    const { env: mbe, agent } = await policyAndAgent(be, 'bench-mcp', policyYaml(server.url), 'bench-mcp');
     const broker = await startBrokerProcess(mbe, { extraEnv: { VAULT_ADDR: vault.url, VAULT_TOKEN: vault.rootToken, CORDON_VAULT_ALLOW_ROOT: '1' } });
     cleanups.push(() => broker.stop());
     await waitFor(`${mbe.env.CORDON_GATEWAY_URL}/healthz`);
@@ -298,7 +284,7 @@ export async function mcpScenarios(be: BenchEnv, opts: { measure: Measure; conne
 
     // Every call through the gateway was allowed and answered: a refusal or JSON-RPC error would have been a 200 too.
     await broker.stop();
-    b = await openLocal(mbe.env);
+    const b = await openLocal(mbe.env);
     let auditRows: McpBench['auditRows'];
     try {
       const q = () => b.db('audit').where({ sid, event: 'mcp.call' });
