@@ -248,8 +248,13 @@ upstreams:
         .catch(() => ''),
     );
     await assert.rejects(chatty.text(), 'the talking stream is cut when its token ends');
-    await f.gw.context.audit.idle();
-    const rows = (await auditSince(f.tb.b, head)).filter((r) => r.event === 'mcp.call');
+    // The client sees the cut before the gateway has finished the call and queued its row: wait for the row itself.
+    const rowsNow = async () => {
+      await f.gw.context.audit.idle();
+      return (await auditSince(f.tb.b, head)).filter((r) => r.event === 'mcp.call');
+    };
+    let rows = await rowsNow();
+    for (const end = performance.now() + 3000; rows.length < 2 && performance.now() < end; rows = await rowsNow()) await new Promise((r) => setTimeout(r, 20));
     assert.deepEqual(
       rows.map((r) => [r.params.tool, r.params.outcome]),
       [
