@@ -72,6 +72,21 @@ describe('gateway: bad input', function () {
     assert.equal(f.upstream.received.length, 0);
   });
 
+  it('audits each refusal of the front door once: an unknown route, a protocol upgrade, metadata asked with POST', async () => {
+    await f.gw.context.audit.idle();
+    const head = await auditHead(f.tb.b);
+    assert.equal((await f.call('/nowhere')).status, 404);
+    assert.equal(statusOf(await rawExchange(f.gw.url, `GET /u/tickets/x HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)), 400);
+    assert.equal((await f.call('/.well-known/oauth-protected-resource/mcp/x', { method: 'POST' })).status, 405);
+    await f.gw.context.audit.idle();
+    const rows = (await auditSince(f.tb.b, head)).filter((r) => r.decision === 'deny');
+    assert.deepEqual(rows.map((r) => [r.params.attempted, r.params.reason_tag]).sort(), [
+      ['gateway.call', 'method_not_allowed'],
+      ['gateway.call', 'route_unknown'],
+      ['gateway.call', 'upgrade_refused'],
+    ]);
+  });
+
   it('never forwards hop-by-hop headers or those Connection names, and never relays the upstream’s', async () => {
     const saved = f.upstream.answer;
     f.upstream.answer = (_req, res) => {

@@ -7,6 +7,8 @@
  * policy already publishes to its agents (upstream and tool names), never a credential.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Attempt } from '../audit/attempt.ts';
+import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { CordonError } from '../errors.ts';
 import { MCP_METADATA_PREFIX, mcpMetadataUrl, mcpResourceUrl } from '../policy/mcp-resource.ts';
 import { NAME_PATTERN } from '../policy/schema.ts';
@@ -45,9 +47,9 @@ export function protectedResourceMetadata(g: GatewayContext, upstream: string): 
 export async function handleMcpMetadata(g: GatewayContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const upstream = (req.url ?? '').split('?')[0].slice(MCP_METADATA_PREFIX.length);
   if (req.method !== 'GET' && req.method !== 'HEAD') {
-    reply(res, new CordonError('invalid_request', 'protected-resource metadata is read with GET', { reason: 'method_not_allowed', status: 405 }), {
-      allow: 'GET, HEAD',
-    });
+    const e = new CordonError('invalid_request', 'protected-resource metadata is read with GET', { reason: 'method_not_allowed', status: 405 });
+    reply(res, e, { allow: 'GET, HEAD' });
+    g.audit.call('gateway.call', new Attempt('gateway.call', clientAddressOf(req.socket.remoteAddress)).note({ path: MCP_METADATA_PREFIX }), 'deny', {}, e);
     return;
   }
   const metadata = NAME_PATTERN.test(upstream) ? protectedResourceMetadata(g, upstream) : undefined;

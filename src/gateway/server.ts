@@ -14,6 +14,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Broker } from '../broker.ts';
+import { Attempt } from '../audit/attempt.ts';
+import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { CordonError } from '../errors.ts';
 import { answerClientError } from '../http/server.ts';
 import { gatewayMetricsFor } from '../observability/gateway-metrics.ts';
@@ -83,9 +85,11 @@ export async function startGateway(b: Broker, opts: GatewayOptions): Promise<Run
   });
   const server = createServer((req, res) => void route(g, ops, req, res));
   server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleConnect(egressDeps(g, req), req, socket, head));
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex) =>
-    refuseOnSocket(socket, new CordonError('invalid_request', 'protocol upgrades are not allowed through the gateway', { reason: 'upgrade_refused' })),
-  );
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex) => {
+    const e = new CordonError('invalid_request', 'protocol upgrades are not allowed through the gateway', { reason: 'upgrade_refused' });
+    refuseOnSocket(socket, e);
+    g.audit.call('gateway.call', routeAttempt(req), 'deny', {}, e);
+  });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => void answerClientError(b, err, socket));
   server.keepAliveTimeout = 65_000;
   server.headersTimeout = 20_000;
@@ -137,7 +141,10 @@ async function route(g: GatewayContext, ops: ReturnType<typeof opsRoutes>, req: 
     if (!url.startsWith('/')) return await handleAbsoluteUri(egressDeps(g, req), req, res);
     throw new CordonError('not_found', 'not found: call upstreams at /u/{upstream}/{path}, MCP upstreams at /mcp/{upstream}', { reason: 'route_unknown' });
   } catch (e) {
-    reply(res, e instanceof CordonError ? e : new CordonError('server_error', 'the gateway failed unexpectedly'), req.complete ? {} : { connection: 'close' });
+    // What a route refused without a row of its own (an unknown route or metadata document) is audited here, once.
+    const err = e instanceof CordonError ? e : new CordonError('server_error', 'the gateway failed unexpectedly');
+    reply(res, err, req.complete ? {} : { connection: 'close' });
+    g.audit.call('gateway.call', routeAttempt(req), 'deny', {}, err);
   }
 }
 
@@ -151,4 +158,9 @@ export function refuseOnSocket(socket: Duplex, e: CordonError, extra: Record<str
   socket.end(
     `HTTP/1.1 ${r.status} ${e.status === 401 ? 'Unauthorized' : e.status === 403 ? 'Forbidden' : e.status === 407 ? 'Proxy Authentication Required' : 'Error'}\r\n${head}\r\n${r.body}`,
   );
+}
+
+/** The attempt of a request refused at the front door, before any route knew who asked. */
+function routeAttempt(req: IncomingMessage): Attempt {
+  return new Attempt('gateway.call', clientAddressOf(req.socket.remoteAddress)).note({ method: req.method, path: (req.url ?? '').split('?')[0].slice(0, 256) });
 }
