@@ -13,20 +13,6 @@ import type { GatewayContext } from './context.ts';
 import type { GatewayPrincipal } from './principal.ts';
 import { resign, verifyIncoming } from './sigv4.ts';
 
-/** Reads the whole body, refusing (413) past `cap` bytes. */
-export async function readBody(req: IncomingMessage, cap: number): Promise<Buffer> {
-  if (Number(req.headers['content-length'] ?? 0) > cap)
-    throw new CordonError('invalid_request', `request body is larger than ${cap} bytes`, { reason: 'body_too_large', status: 413 });
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of req) {
-    n += (c as Buffer).length;
-    if (n > cap) throw new CordonError('invalid_request', `request body is larger than ${cap} bytes`, { reason: 'body_too_large', status: 413 });
-    chunks.push(c as Buffer);
-  }
-  return Buffer.concat(chunks);
-}
-
 /** The largest body any SigV4 upstream of any loaded policy accepts: the cap for buffering before the upstream is known. */
 export function sigv4BodyCap(g: GatewayContext): number {
   let cap = 0;

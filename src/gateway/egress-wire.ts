@@ -5,9 +5,9 @@
  * answered as a bare server_error so no internal message reaches the client.
  */
 import type { IncomingHttpHeaders, OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { CordonError, isCordonError } from '../errors.ts';
+import { endSocket } from './replies.ts';
 
 /** Both schemes a client may use; Basic exists because most HTTP(S)_PROXY clients only speak it. */
 export const PROXY_AUTHENTICATE = ['Bearer realm="cordon"', 'Basic realm="cordon"'];
@@ -71,11 +71,7 @@ export function refusal(err: unknown): { error: CordonError; status: number; hea
 /** A complete HTTP/1.1 response on a CONNECT socket, then the socket is ended. Returns the status written. */
 export function writeConnectRefusal(socket: Duplex, err: unknown): { error: CordonError; status: number } {
   const r = refusal(err);
-  const lines = [`HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}`];
-  for (const [name, value] of Object.entries(r.headers)) for (const v of [value].flat()) lines.push(`${name}: ${v}`);
-  lines.push(`content-length: ${Buffer.byteLength(r.body)}`, 'connection: close', '', r.body);
-  if (socket.writable) socket.end(lines.join('\r\n'));
-  else socket.destroy();
+  endSocket(socket, r.status, r.headers, r.body);
   return { error: r.error, status: r.status };
 }
 

@@ -93,6 +93,20 @@ function relay(body: Readable, res: ServerResponse, out: { n: number }, small: b
 /** Thrown before anything was relayed: the front door answers it. After the reply has begun, the connection is cut instead. */
 export class UpstreamError extends CordonError {}
 
+/** Reads the whole body, refusing (413) past `cap` bytes. */
+export async function readBody(req: IncomingMessage, cap: number): Promise<Buffer> {
+  if (Number(req.headers['content-length'] ?? 0) > cap)
+    throw new CordonError('invalid_request', `request body is larger than ${cap} bytes`, { reason: 'body_too_large', status: 413 });
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > cap) throw new CordonError('invalid_request', `request body is larger than ${cap} bytes`, { reason: 'body_too_large', status: 413 });
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
 /** Counts bytes and refuses past the cap (the caller may send chunked bodies of any length). */
 function capped(max: number, counter: { n: number }): Transform {
   return new Transform({

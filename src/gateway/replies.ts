@@ -2,7 +2,8 @@
  * The gateway's one error mapper: a CordonError becomes a JSON reply with the status and the
  * challenge headers RFC 6750 asks for. Nothing else is ever sent on an error, and never a stack.
  */
-import type { ServerResponse } from 'node:http';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { CordonError } from '../errors.ts';
 
 const quoted = (s: string): string => `"${s.replace(/["\\\r\n]/g, ' ')}"`;
@@ -38,4 +39,19 @@ export function reply(res: ServerResponse, e: CordonError, extra: Record<string,
   const r = refusalReply(e);
   res.writeHead(r.status, { ...r.headers, ...extra, 'content-length': String(Buffer.byteLength(r.body)) });
   res.end(r.body);
+}
+
+/** A whole HTTP/1.1 answer on a raw socket (CONNECT, upgrades), then the end of the connection. */
+export function endSocket(socket: Duplex, status: number, headers: Record<string, string | string[]>, body: string): void {
+  const lines = [`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`];
+  for (const [name, value] of Object.entries(headers)) for (const v of [value].flat()) lines.push(`${name}: ${v}`);
+  lines.push(`content-length: ${Buffer.byteLength(body)}`, 'connection: close', '', body);
+  if (socket.writable) socket.end(lines.join('\r\n'));
+  else socket.destroy();
+}
+
+/** A refusal on a raw socket. */
+export function refuseOnSocket(socket: Duplex, e: CordonError): void {
+  const r = refusalReply(e);
+  endSocket(socket, r.status, r.headers, r.body);
 }

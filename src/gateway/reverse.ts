@@ -9,19 +9,19 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Attempt } from '../audit/attempt.ts';
 import { clientAddressOf } from '../audit/refusal-limiter.ts';
 import { CordonError } from '../errors.ts';
+import { NAME_PATTERN } from '../policy/schema.ts';
 import { authenticateCall } from './authenticate.ts';
 import { authoriseCall, type AuthorisedCall } from './authorise.ts';
 import type { GatewayContext } from './context.ts';
-import { forward, forwardableHeaders, UpstreamError } from './forward.ts';
+import { forward, forwardableHeaders, readBody, UpstreamError } from './forward.ts';
 import { injectTemplate } from './inject.ts';
 import { parseCallPath, type CallPath } from './path.ts';
 import type { GatewayPrincipal } from './principal.ts';
 import { asCordonError, reply } from './replies.ts';
-import { authenticateGatewayKeys, readBody, signForUpstream, sigv4BodyCap } from './aws.ts';
+import { authenticateGatewayKeys, signForUpstream, sigv4BodyCap } from './aws.ts';
 import { hasSigV4 } from './sigv4.ts';
 
 export const REVERSE_PREFIX = '/u/';
-const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
 /** The upstream's URL for this call: its base path, then the call's path as received, then the query. */
 export function upstreamUrl(base: string, path: CallPath): URL {
@@ -58,7 +58,7 @@ export async function handleReverse(g: GatewayContext, req: IncomingMessage, res
   let forwardedAt: number | undefined;
   const abort = new AbortController();
   try {
-    if (!NAME.test(name))
+    if (!NAME_PATTERN.test(name))
       throw new CordonError('not_found', 'unknown upstream: /u/{upstream}/{path} names an upstream of your policy', { reason: 'upstream_unknown' });
     const path = parseCallPath(slash < 0 ? '' : rest.slice(slash));
     // An AWS SDK signs with gateway keys, and its signature covers the body: read it first.

@@ -26,7 +26,7 @@ import { upstreamPool } from './forward.ts';
 import { GatewayLimits } from './limits.ts';
 import { OpenCalls } from './open-calls.ts';
 import { opsRoutes } from './ops.ts';
-import { refusalReply, reply } from './replies.ts';
+import { refuseOnSocket, reply } from './replies.ts';
 import { handleReverse, REVERSE_PREFIX } from './reverse.ts';
 import { GatewaySecrets } from './secrets.ts';
 import { egressDeps } from './egress-audit.ts';
@@ -146,18 +146,6 @@ async function route(g: GatewayContext, ops: ReturnType<typeof opsRoutes>, req: 
     reply(res, err, req.complete ? {} : { connection: 'close' });
     g.audit.call('gateway.call', routeAttempt(req), 'deny', {}, err);
   }
-}
-
-/** A refusal on a raw socket (CONNECT, upgrade): a whole HTTP/1.1 response, then the end. */
-export function refuseOnSocket(socket: Duplex, e: CordonError, extra: Record<string, string> = {}): void {
-  const r = refusalReply(e);
-  const headers = { ...r.headers, ...extra, 'content-length': String(Buffer.byteLength(r.body)), connection: 'close' };
-  const head = Object.entries(headers)
-    .map(([k, v]) => `${k}: ${v}\r\n`)
-    .join('');
-  socket.end(
-    `HTTP/1.1 ${r.status} ${e.status === 401 ? 'Unauthorized' : e.status === 403 ? 'Forbidden' : e.status === 407 ? 'Proxy Authentication Required' : 'Error'}\r\n${head}\r\n${r.body}`,
-  );
 }
 
 /** The attempt of a request refused at the front door, before any route knew who asked. */

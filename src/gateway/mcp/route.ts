@@ -14,11 +14,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Attempt } from '../../audit/attempt.ts';
 import { clientAddressOf } from '../../audit/refusal-limiter.ts';
 import { CordonError } from '../../errors.ts';
+import { NAME_PATTERN } from '../../policy/schema.ts';
 import { authenticateCall } from '../authenticate.ts';
 import { upstreamFor } from '../authorise.ts';
-import { readBody } from '../aws.ts';
 import type { GatewayContext } from '../context.ts';
-import { UpstreamError } from '../forward.ts';
+import { readBody, UpstreamError } from '../forward.ts';
 import type { GatewayPrincipal } from '../principal.ts';
 import { asCordonError } from '../replies.ts';
 import { answerFacts, toolCallFacts } from './call-facts.ts';
@@ -31,7 +31,6 @@ import { mcpStateOf } from './state.ts';
 import { ask, send, targetFor, type UpstreamTarget } from './upstream.ts';
 import { checkStandardHeaders, parseClientMessage, type ClientMessage, type JsonRpcId } from './wire.ts';
 
-const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const METHODS = new Set(['GET', 'POST', 'DELETE']);
 
 /** DNS rebinding: a browser page of another site must not reach the gateway. No Origin (an agent, a CLI) or the gateway's own passes. */
@@ -72,7 +71,7 @@ export async function handleMcp(g: GatewayContext, req: IncomingMessage, res: Se
   let forwardedAt: number | undefined;
   try {
     checkOrigin(g, req);
-    if (!NAME.test(name))
+    if (!NAME_PATTERN.test(name))
       throw new CordonError('not_found', 'unknown MCP upstream: call /mcp/{upstream}, an MCP upstream of your policy', { reason: 'upstream_unknown' });
     if (!METHODS.has(httpMethod))
       throw new CordonError('invalid_request', `${httpMethod.slice(0, 16)} is not part of MCP Streamable HTTP (GET, POST, DELETE)`, {
@@ -188,9 +187,9 @@ export async function handleMcp(g: GatewayContext, req: IncomingMessage, res: Se
     if (refused || toolCall) g.audit.call('mcp.call', attempt, refused ? 'deny' : 'allow', { ...facts }, e);
     const upstreamSeconds = !refused && forwardedAt !== undefined ? (performance.now() - forwardedAt) / 1000 : undefined;
     g.observe({ upstream: name, decision: refused ? 'deny' : 'allow', status: e.status, reason: e.reason, upstreamSeconds });
-    if (refused && p) await g.limits.denied(p, e, NAME.test(name) ? name : undefined);
+    if (refused && p) await g.limits.denied(p, e, NAME_PATTERN.test(name) ? name : undefined);
     // An unread request body would be taken for the next request on this connection.
-    replyMcp(res, g.url, NAME.test(name) ? name : undefined, e, id, {
+    replyMcp(res, g.url, NAME_PATTERN.test(name) ? name : undefined, e, id, {
       ...(req.complete ? {} : { connection: 'close' }),
       ...(e.reason === 'mcp_http_method' ? { allow: 'GET, POST, DELETE' } : {}),
     });
