@@ -307,15 +307,15 @@ export async function gatewayScenarios(
 
 const fmt = (n: number | undefined, d: number): string => (n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(d));
 
-/** Each gateway figure beside its floor, with the ratio, the target and whether it is met. */
-export function printGateway(g: GatewayBench): void {
-  const rows = [['gateway vs floor', 'gateway', 'floor', 'ratio', 'target', 'met', '']];
-  for (const r of g.rows)
+/** A comparison table: each figure beside its floor (or direct figure), with the ratio, the target and whether it is met. */
+export function printComparison(title: string, floorName: string, comparison: ComparisonRow[]): void {
+  const rows = [[title, 'gateway', floorName, 'ratio', 'target', 'met', '']];
+  for (const r of comparison)
     rows.push([
       r.what,
       fmt(r.gateway, r.what.endsWith(', ms') ? 2 : 0),
       fmt(r.floor, r.what.endsWith(', ms') ? 2 : 0),
-      r.ratio === undefined ? '–' : `${r.ratio.toFixed(2)}×`,
+      r.ratio === undefined || !Number.isFinite(r.ratio) ? '–' : `${r.ratio.toFixed(2)}×`,
       r.target,
       r.info ? '' : r.met === undefined ? 'pending' : r.met ? 'yes' : 'NO',
       r.note ?? '',
@@ -326,6 +326,11 @@ export function printGateway(g: GatewayBench): void {
     console.log(r.map((c, j) => (j === 0 || j >= 4 ? c.padEnd(w[j]) : c.padStart(w[j]))).join('  '));
     if (i === 0) console.log(w.map((n) => '-'.repeat(n)).join('  '));
   }
+}
+
+/** Each gateway figure beside its floor. */
+export function printGateway(g: GatewayBench): void {
+  printComparison('gateway vs floor', 'floor', g.rows);
   console.log(`  Vault calls during the measured gateway runs: ${g.vaultCallsDuringLoad} (the KV credential is cached per session)`);
 }
 

@@ -4,7 +4,7 @@ import { closeBroker } from '../../src/broker.ts';
 import { basic, freePort, openLocal, postForm, ROOT, startBrokerProcess, TSX, type BenchEnv } from './broker-proc.ts';
 import { processCpuSec } from './cpu.ts';
 import { startVaultDouble } from './extras.ts';
-import { policyAndAgent, putKv, waitFor, type ComparisonRow, type Measure, type Proc } from './gateway.ts';
+import { policyAndAgent, printComparison, putKv, waitFor, type ComparisonRow, type Measure, type Proc } from './gateway.ts';
 import type { LoadResult, LoadSpec } from './load.ts';
 
 /**
@@ -304,27 +304,9 @@ export async function mcpScenarios(be: BenchEnv, opts: { measure: Measure; conne
   }
 }
 
-const fmt = (n: number | undefined, d: number): string => (n === undefined || !Number.isFinite(n) ? '–' : n.toFixed(d));
-
-/** Each MCP figure beside the direct one, with the ratio, the target and whether it is met. */
+/** Each MCP figure beside the direct one. */
 export function printMcp(m: McpBench): void {
-  const rows = [['MCP tools/call: gateway vs direct', 'gateway', 'direct', 'ratio', 'target', 'met', '']];
-  for (const r of m.rows)
-    rows.push([
-      r.what,
-      fmt(r.gateway, r.what.endsWith(', ms') ? 2 : 0),
-      fmt(r.floor, r.what.endsWith(', ms') ? 2 : 0),
-      r.ratio === undefined || !Number.isFinite(r.ratio) ? '–' : `${r.ratio.toFixed(2)}×`,
-      r.target,
-      r.info ? '' : r.met ? 'yes' : 'NO',
-      r.note ?? '',
-    ]);
-  const w = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-  console.log('');
-  for (const [i, r] of rows.entries()) {
-    console.log(r.map((c, j) => (j === 0 || j >= 4 ? c.padEnd(w[j]) : c.padStart(w[j]))).join('  '));
-    if (i === 0) console.log(w.map((n) => '-'.repeat(n)).join('  '));
-  }
+  printComparison('MCP tools/call: gateway vs direct', 'direct', m.rows);
   const a = m.auditRows;
   console.log(
     `  mcp.call rows of the bench session: ${a.allowed} allowed, ${a.denied} refused, ${a.jsonRpcErrors} JSON-RPC errors; Vault calls during the runs: ${m.vaultCallsDuringLoad}`,
